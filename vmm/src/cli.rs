@@ -1,0 +1,205 @@
+//! The `svmm` command line: parsing and validation of everything the user types.
+//!
+//! Parsing is clap's; this module adds the checks clap cannot express (memory against the host,
+//! device kinds) so that the rest of the VMM only ever sees a validated [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
+pub const MIN_MEM_MIB: u64 = 16;
+/// Largest vCPU count: APIC IDs 0..=254 (0xff is the broadcast ID, and the IOAPIC takes one).
+pub const MAX_CPUS: u8 = 254;
+
+/// svmm: a KVM virtual machine monitor that runs every virtio device in its own sandboxed worker
+/// process.
+///
+/// The guest's first serial port (COM1) is connected to svmm's standard output and input. When
+/// standard input is a terminal it is put into raw mode: press Ctrl-A then x to end svmm.
+/// Exit status: 0 when the guest powers off, 1-63 the status a test guest wrote to port 0xf4,
+/// 64 and above svmm's own failures (64 bad command line, 65 bad kernel or initrd, 66 KVM
+/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error).
+#[derive(Debug, Parser)]
+#[command(name = "svmm", version, about, long_about, max_term_width = 100)]
+pub struct Args {
+    /// Guest kernel: an ELF `vmlinux` (booted through its PVH entry when it has one, else its
+    /// 64-bit entry), a `bzImage`, or any x86_64 ELF with a PVH note (such as the test guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (initramfs) loaded into guest memory and handed to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line. svmm appends the entries that describe its devices.
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
+    pub cmdline: String,
+
+    /// Guest RAM in MiB (at least 16, at most the host's memory).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub mem: u64,
+
+    /// Number of vCPUs, each run by its own thread (1 to 254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u16,
+
+    /// Add a virtio device, given as KIND[=PATH][,OPTION=VALUE...]. May be repeated; each device
+    /// instance runs in its own sandboxed worker process.
+    #[arg(long = "device", value_name = "SPEC")]
+    pub devices: Vec<String>,
+}
+
+/// A problem with the command line, found after clap accepted its syntax.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `--mem` below the minimum.
+    #[error("--mem {0} MiB is too small: the guest needs at least {MIN_MEM_MIB} MiB")]
+    MemTooSmall(u64),
+    /// `--mem` above what the host has.
+    #[error("--mem {requested} MiB is more than this host's {host} MiB of memory")]
+    MemTooLarge {
+        /// Requested MiB.
+        requested: u64,
+        /// Host memory in MiB.
+        host: u64,
+    },
+    /// `--cpus` outside 1..=MAX_CPUS.
+    #[error("--cpus {0} is out of range: use 1 to {MAX_CPUS}")]
+    Cpus(u16),
+    /// An empty or malformed `--device` value.
+    #[error("--device '{0}': expected KIND[=PATH][,OPTION=VALUE...]")]
+    DeviceSyntax(String),
+    /// A `--device` kind this build does not know.
+    #[error("--device '{spec}': unknown device kind '{kind}' (this build supports no virtio devices yet)")]
+    UnknownDevice {
+        /// The whole spec.
+        spec: String,
+        /// The kind that was not recognised.
+        kind: String,
+    },
+}
+
+/// The validated configuration the VMM runs with.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Kernel image path.
+    pub kernel: PathBuf,
+    /// Optional initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Command line as given.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// vCPU count.
+    pub cpus: u8,
+}
+
+impl Args {
+    /// Checks what clap cannot and produces the configuration.
+    pub fn validate(self, host_mem_mib: u64) -> Result<VmConfig, CliError> {
+        if self.mem < MIN_MEM_MIB {
+            return Err(CliError::MemTooSmall(self.mem));
+        }
+        if self.mem > host_mem_mib {
+            return Err(CliError::MemTooLarge {
+                requested: self.mem,
+                host: host_mem_mib,
+            });
+        }
+        let cpus = u8::try_from(self.cpus)
+            .ok()
+            .filter(|n| (1..=MAX_CPUS).contains(n))
+            .ok_or(CliError::Cpus(self.cpus))?;
+        for spec in &self.devices {
+            parse_device(spec)?;
+        }
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            mem_bytes: self.mem << 20,
+            cpus,
+        })
+    }
+}
+
+/// Parses one `--device` spec. No device kinds exist yet, so every well-formed spec names an
+/// unknown kind; the virtio device issues add kinds here.
+fn parse_device(spec: &str) -> Result<(), CliError> {
+    let head = spec.split(',').next().unwrap_or_default();
+    let kind = head.split('=').next().unwrap_or_default();
+    if kind.is_empty() {
+        return Err(CliError::DeviceSyntax(spec.to_string()));
+    }
+    Err(CliError::UnknownDevice {
+        spec: spec.to_string(),
+        kind: kind.to_string(),
+    })
+}
+
+/// Total host memory in MiB, from `/proc/meminfo`; `u64::MAX` when it cannot be read, so that
+/// the check never refuses a sane size because of an unusual host.
+pub fn host_mem_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["svmm", "--kernel", "k"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("syntax")
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = args(&[]).validate(1024).unwrap();
+        assert_eq!(c.mem_bytes, 256 << 20);
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn memory_bounds() {
+        assert!(matches!(args(&["--mem", "0"]).validate(1024), Err(CliError::MemTooSmall(0))));
+        assert!(matches!(
+            args(&["--mem", "4096"]).validate(1024),
+            Err(CliError::MemTooLarge { requested: 4096, host: 1024 })
+        ));
+        assert!(args(&["--mem", "1024"]).validate(1024).is_ok());
+    }
+
+    #[test]
+    fn cpu_bounds() {
+        assert!(matches!(args(&["--cpus", "0"]).validate(1024), Err(CliError::Cpus(0))));
+        assert!(matches!(args(&["--cpus", "255"]).validate(1024), Err(CliError::Cpus(255))));
+        assert_eq!(args(&["--cpus", "254"]).validate(1024).unwrap().cpus, 254);
+    }
+
+    #[test]
+    fn devices_are_checked() {
+        assert!(matches!(
+            args(&["--device", "bogus"]).validate(1024),
+            Err(CliError::UnknownDevice { .. })
+        ));
+        assert!(matches!(
+            args(&["--device", ",x=1"]).validate(1024),
+            Err(CliError::DeviceSyntax(_))
+        ));
+    }
+
+    #[test]
+    fn host_memory_is_read() {
+        assert!(host_mem_mib() > 0);
+    }
+}

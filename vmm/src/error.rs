@@ -1,0 +1,68 @@
+//! svmm's top-level error: every failure the binary can report, each mapped to its exit code.
+
+use crate::boot::BootError;
+use crate::cli::CliError;
+use crate::cpu::CpuError;
+use crate::exit_code::ExitCode;
+use crate::kvm::{KvmUnavailable, VmSetupError};
+use crate::memory::MemoryError;
+
+/// Anything that stops svmm before or while running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum SvmmError {
+    /// The command line is wrong.
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    /// The kernel or initrd cannot be used.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// KVM is not usable.
+    #[error(transparent)]
+    Kvm(#[from] KvmUnavailable),
+    /// Creating the VM failed.
+    #[error(transparent)]
+    VmSetup(#[from] VmSetupError),
+    /// Creating guest RAM failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Configuring a vCPU failed.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// Writing the ACPI tables failed.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
+    /// A host resource (eventfd, thread, irqfd) could not be set up.
+    #[error("cannot {0}")]
+    Host(&'static str, #[source] std::io::Error),
+}
+
+impl SvmmError {
+    /// The exit code this failure ends svmm with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Cli(_) => ExitCode::Usage,
+            Self::Boot(BootError::CmdlineTooLong(_)) => ExitCode::Usage,
+            Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
+            Self::Boot(_) => ExitCode::BadInput,
+            Self::Kvm(_) => ExitCode::KvmUnavailable,
+            Self::VmSetup(_) | Self::Memory(_) | Self::Cpu(_) | Self::Acpi(_) | Self::Host(..) => {
+                ExitCode::SetupFailed
+            }
+        }
+    }
+}
+
+/// Formats an error and its sources as one line: `outer: inner: innermost`.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}

@@ -1,0 +1,104 @@
+//! `svmm`: command-line entry point.
+//!
+//! Parses the command line, builds and runs the VM, and turns what ended it into svmm's exit
+//! status (see [`exit_code`]). Every failure is reported as one line on stderr.
+
+#[path = "acpi_shim.rs"]
+mod acpi;
+mod boot;
+mod cli;
+mod control;
+mod cpu;
+mod error;
+mod exit_code;
+mod kvm;
+mod layout;
+mod legacy;
+mod memory;
+mod terminal;
+mod vcpu;
+mod vm;
+
+use std::io::Write;
+
+use clap::Parser;
+
+use crate::control::VmEvent;
+use crate::error::{one_line, SvmmError};
+use crate::exit_code::ExitCode;
+
+fn main() {
+    let code = run();
+    terminal::restore();
+    let _ = std::io::stdout().flush();
+    std::process::exit(i32::from(code));
+}
+
+fn run() -> u8 {
+    let args = match cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return report_clap_error(&e),
+    };
+    let config = match args.validate(cli::host_mem_mib()) {
+        Ok(config) => config,
+        Err(e) => return fail(&SvmmError::from(e)),
+    };
+    match vm::run(&config) {
+        // The VM is kept alive until the process exits: its vCPU threads still use it.
+        Ok((_vm, event)) => {
+            let _ = std::io::stdout().flush();
+            finish(event)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Reports the event that ended the VM and returns the exit code for it.
+fn finish(event: VmEvent) -> u8 {
+    match event {
+        VmEvent::PowerOff => ExitCode::PowerOff as u8,
+        VmEvent::GuestStatus(status) => exit_code::guest_status(status),
+        VmEvent::Reboot => {
+            eprintln!("svmm: the guest asked for a reboot; svmm does not reboot guests, it ends");
+            ExitCode::GuestReboot as u8
+        }
+        VmEvent::Crashed(reason) => {
+            eprintln!("svmm: guest crashed: {reason}");
+            ExitCode::GuestCrashed as u8
+        }
+        VmEvent::UserQuit => {
+            eprintln!("svmm: ended from the console (Ctrl-A x)");
+            ExitCode::PowerOff as u8
+        }
+        VmEvent::Internal(reason) => {
+            eprintln!("svmm: internal error: {reason}");
+            ExitCode::Internal as u8
+        }
+    }
+}
+
+fn fail(error: &SvmmError) -> u8 {
+    eprintln!("svmm: error: {}", one_line(error));
+    error.exit_code() as u8
+}
+
+/// `--help` and `--version` print and succeed; any other clap error is one line plus a hint.
+fn report_clap_error(error: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            0
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid command line")
+                .trim_start_matches("error: ");
+            eprintln!("svmm: error: {first} (see svmm --help)");
+            ExitCode::Usage as u8
+        }
+    }
+}

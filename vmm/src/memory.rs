@@ -1,0 +1,122 @@
+//! Guest RAM: one sealed memfd, mapped into a vm-memory `GuestMemoryMmap`.
+//!
+//! All of guest RAM is a single memfd so that device workers can later map the very same pages.
+//! The memfd is sealed against shrinking and growing (and further sealing) before anything is
+//! mapped, so no process holding it can truncate it and crash the VMM with `SIGBUS`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{MMIO_GAP_END, MMIO_GAP_START, RAM_START};
+
+/// Failure to create guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// memfd_create failed.
+    #[error("cannot create the guest RAM memfd")]
+    Memfd(#[source] io::Error),
+    /// ftruncate failed.
+    #[error("cannot size the guest RAM memfd to {1} bytes")]
+    Size(#[source] io::Error, u64),
+    /// F_ADD_SEALS failed.
+    #[error("cannot seal the guest RAM memfd")]
+    Seal(#[source] io::Error),
+    /// Duplicating the memfd for a mapping failed.
+    #[error("cannot duplicate the guest RAM memfd")]
+    Dup(#[source] io::Error),
+    /// mmap of a region failed.
+    #[error("cannot map guest RAM")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+}
+
+/// Guest RAM and the memfd behind it.
+pub struct GuestRam {
+    /// The mapped guest memory.
+    pub memory: GuestMemoryMmap,
+    /// The sealed memfd; offset `o` in the file is the `o`-th byte of RAM, low region first.
+    pub memfd: File,
+}
+
+/// The guest-physical ranges that `size` bytes of RAM occupy: below the MMIO gap first, the rest
+/// above 4 GiB. Each entry is (guest address, length, offset in the memfd).
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64, u64)> {
+    let low = size.min(MMIO_GAP_START - RAM_START);
+    let mut ranges = vec![(GuestAddress(RAM_START), low, 0)];
+    if size > low {
+        ranges.push((GuestAddress(MMIO_GAP_END), size - low, low));
+    }
+    ranges
+}
+
+/// Creates `size` bytes of guest RAM backed by a sealed memfd.
+pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
+    // SAFETY: the name is a NUL-terminated literal and the flags are valid; the returned fd is
+    // checked before use and owned by the File below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"svmm-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by memfd_create, is valid, and nothing else owns it.
+    let memfd = unsafe { File::from_raw_fd(fd) };
+    memfd
+        .set_len(size)
+        .map_err(|e| MemoryError::Size(e, size))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes an int argument; the fd is a valid memfd owned by `memfd`.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(MemoryError::Seal(io::Error::last_os_error()));
+    }
+    let mut regions = Vec::new();
+    for (addr, len, offset) in ram_ranges(size) {
+        let file = memfd.try_clone().map_err(MemoryError::Dup)?;
+        // Cannot truncate: `len` is at most the RAM size, which the CLI bounds by host memory.
+        regions.push((addr, len as usize, Some(FileOffset::new(file, offset))));
+    }
+    let memory = GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Map)?;
+    Ok(GuestRam { memory, memfd })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn ranges_split_around_the_gap() {
+        assert_eq!(ram_ranges(1 << 30), vec![(GuestAddress(0), 1 << 30, 0)]);
+        let big = MMIO_GAP_START + (1 << 30);
+        assert_eq!(
+            ram_ranges(big),
+            vec![
+                (GuestAddress(0), MMIO_GAP_START, 0),
+                (GuestAddress(MMIO_GAP_END), 1 << 30, MMIO_GAP_START)
+            ]
+        );
+    }
+
+    #[test]
+    fn memfd_is_sealed_and_shared() {
+        let ram = create_guest_ram(4 << 20).unwrap();
+        assert_eq!(ram.memory.num_regions(), 1);
+        ram.memory.write_obj(0x1234_5678u32, GuestAddress(0x1000)).unwrap();
+        // The bytes are in the memfd, where a worker would see them.
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&ram.memfd, &mut buf, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0x1234_5678);
+        // Sealed: neither shrinking nor growing is possible.
+        assert!(ram.memfd.set_len(1 << 20).is_err());
+        assert!(ram.memfd.set_len(8 << 20).is_err());
+        // SAFETY: F_GET_SEALS only reads the seal set of a valid fd.
+        let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&ram.memfd), libc::F_GET_SEALS) };
+        let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        assert_eq!(seals & want, want);
+    }
+}

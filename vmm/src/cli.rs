@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
 
-    /// Kernel command line. svmm appends the entries that describe its devices.
+    /// Kernel command line.
     #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
     pub cmdline: String,
 

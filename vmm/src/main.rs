@@ -91,13 +91,18 @@ fn report_clap_error(error: &clap::Error) -> u8 {
             0
         }
         _ => {
+            // clap's message is its first paragraph (the error and, for missing arguments, the
+            // arguments on the following lines); usage and tips come after a blank line.
             let rendered = error.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line")
-                .trim_start_matches("error: ");
-            eprintln!("svmm: error: {first} (see svmm --help)");
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ");
+            let message = message.trim_start_matches("error: ");
+            eprintln!("svmm: error: {message} (see svmm --help)");
             ExitCode::Usage as u8
         }
     }

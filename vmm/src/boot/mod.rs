@@ -40,11 +40,11 @@ pub enum BootEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The file could not be opened or read.
-    #[error("cannot read {}", .0.display())]
-    Read(PathBuf, #[source] io::Error),
+    #[error("cannot read {0} {path}", path = .1.display())]
+    Read(&'static str, PathBuf, #[source] io::Error),
     /// The path is a directory or other non-file.
-    #[error("{} is not a regular file", .0.display())]
-    NotAFile(PathBuf),
+    #[error("{0} {path} is not a regular file", path = .1.display())]
+    NotAFile(&'static str, PathBuf),
     /// Neither ELF nor bzImage.
     #[error("{} is not a kernel: neither an ELF image nor a bzImage", .0.display())]
     NotAKernel(PathBuf),
@@ -95,7 +95,7 @@ pub struct Initrd {
 
 /// Loads everything into `mem` and returns where the boot vCPU starts.
 pub fn load(mem: &GuestMemoryMmap, inputs: &BootInputs) -> Result<BootEntry, BootError> {
-    let mut kernel = open_regular(inputs.kernel)?;
+    let mut kernel = open_regular(KERNEL, inputs.kernel)?;
     let kind = detect(&mut kernel, inputs.kernel)?;
     let loaded = match kind {
         KernelKind::Elf => Elf::load(mem, None, &mut kernel, Some(GuestAddress(HIMEM_START))),
@@ -131,20 +131,23 @@ enum KernelKind {
     BzImage,
 }
 
-fn open_regular(path: &Path) -> Result<File, BootError> {
-    let file = File::open(path).map_err(|e| BootError::Read(path.to_path_buf(), e))?;
+const KERNEL: &str = "kernel";
+const INITRD: &str = "initrd";
+
+fn open_regular(role: &'static str, path: &Path) -> Result<File, BootError> {
+    let file = File::open(path).map_err(|e| BootError::Read(role, path.to_path_buf(), e))?;
     let meta = file
         .metadata()
-        .map_err(|e| BootError::Read(path.to_path_buf(), e))?;
+        .map_err(|e| BootError::Read(role, path.to_path_buf(), e))?;
     if !meta.is_file() {
-        return Err(BootError::NotAFile(path.to_path_buf()));
+        return Err(BootError::NotAFile(role, path.to_path_buf()));
     }
     Ok(file)
 }
 
 /// Recognises an ELF by its magic and a bzImage by the "HdrS" boot-protocol signature at 0x202.
 fn detect(file: &mut File, path: &Path) -> Result<KernelKind, BootError> {
-    let read_err = |e| BootError::Read(path.to_path_buf(), e);
+    let read_err = |e| BootError::Read(KERNEL, path.to_path_buf(), e);
     let mut head = [0u8; 0x206];
     let mut filled = 0;
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
@@ -173,10 +176,10 @@ fn load_initrd(
     kernel: &KernelLoaderResult,
 ) -> Result<Initrd, BootError> {
     const INITRD_ADDR_MAX: u64 = 0x3800_0000;
-    let mut file = open_regular(path)?;
+    let mut file = open_regular(INITRD, path)?;
     let size = file
         .metadata()
-        .map_err(|e| BootError::Read(path.to_path_buf(), e))?
+        .map_err(|e| BootError::Read(INITRD, path.to_path_buf(), e))?
         .len();
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_path_buf(),
@@ -193,6 +196,6 @@ fn load_initrd(
     let len = usize::try_from(size).map_err(|_| too_large())?;
     let mut slice = mem.get_slice(addr, len).map_err(BootError::Memory)?;
     file.read_exact_volatile(&mut slice)
-        .map_err(|e| BootError::Read(path.to_path_buf(), io::Error::other(e)))?;
+        .map_err(|e| BootError::Read(INITRD, path.to_path_buf(), io::Error::other(e)))?;
     Ok(Initrd { addr, size })
 }

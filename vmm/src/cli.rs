@@ -171,18 +171,30 @@ mod tests {
 
     #[test]
     fn memory_bounds() {
-        assert!(matches!(args(&["--mem", "0"]).validate(1024), Err(CliError::MemTooSmall(0))));
+        assert!(matches!(
+            args(&["--mem", "0"]).validate(1024),
+            Err(CliError::MemTooSmall(0))
+        ));
         assert!(matches!(
             args(&["--mem", "4096"]).validate(1024),
-            Err(CliError::MemTooLarge { requested: 4096, host: 1024 })
+            Err(CliError::MemTooLarge {
+                requested: 4096,
+                host: 1024
+            })
         ));
         assert!(args(&["--mem", "1024"]).validate(1024).is_ok());
     }
 
     #[test]
     fn cpu_bounds() {
-        assert!(matches!(args(&["--cpus", "0"]).validate(1024), Err(CliError::Cpus(0))));
-        assert!(matches!(args(&["--cpus", "255"]).validate(1024), Err(CliError::Cpus(255))));
+        assert!(matches!(
+            args(&["--cpus", "0"]).validate(1024),
+            Err(CliError::Cpus(0))
+        ));
+        assert!(matches!(
+            args(&["--cpus", "255"]).validate(1024),
+            Err(CliError::Cpus(255))
+        ));
         assert_eq!(args(&["--cpus", "254"]).validate(1024).unwrap().cpus, 254);
     }
 

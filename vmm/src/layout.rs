@@ -15,7 +15,7 @@
 //! 0x0010_0000  kernel load address (HIMEM_START)
 //! ...          RAM up to MMIO_GAP_START, the rest above 4 GiB
 //! 0xc000_0000  MMIO gap (1 GiB): virtio-mmio devices, IOAPIC, LAPIC
-//! 0xd000_0000  virtio-mmio device windows, VIRTIO_MMIO_SIZE each
+//! 0xd000_0000  virtio-mmio device windows (with the device issues)
 //! 0xfec0_0000  IOAPIC
 //! 0xfee0_0000  local APIC
 //! ```
@@ -55,10 +55,6 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End (exclusive) of the 32-bit MMIO gap.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// First virtio-mmio device window.
-pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
-/// Size of one virtio-mmio device window.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
@@ -66,8 +62,6 @@ pub const APIC_START: u64 = 0xfee0_0000;
 
 /// Number of IOAPIC pins KVM's in-kernel IOAPIC provides.
 pub const IOAPIC_PINS: u32 = 24;
-/// First GSI handed to virtio-mmio devices (one each, counting up).
-pub const VIRTIO_IRQ_BASE: u32 = 5;
 
 /// COM1 16550 UART.
 pub const SERIAL_PORT: u16 = 0x3f8;
@@ -75,8 +69,6 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 data port.
 pub const I8042_DATA_PORT: u16 = 0x60;
-/// i8042 command/status port.
-pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// ACPI hardware-reduced sleep control register (FADT `X_SLEEP_CONTROL_REG`), one byte.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
 /// ACPI hardware-reduced sleep status register (FADT `X_SLEEP_STATUS_REG`), one byte.

@@ -3,7 +3,6 @@
 //! Parses the command line, builds and runs the VM, and turns what ended it into svmm's exit
 //! status (see [`exit_code`]). Every failure is reported as one line on stderr.
 
-#[path = "acpi_shim.rs"]
 mod acpi;
 mod boot;
 mod cli;

@@ -37,6 +37,10 @@ pub struct GuestRam {
     /// The mapped guest memory.
     pub memory: GuestMemoryMmap,
     /// The sealed memfd; offset `o` in the file is the `o`-th byte of RAM, low region first.
+    #[allow(
+        dead_code,
+        reason = "handed to device workers once they exist (sandboxed-workers issue)"
+    )]
     pub memfd: File,
 }
 
@@ -106,7 +110,9 @@ mod tests {
     fn memfd_is_sealed_and_shared() {
         let ram = create_guest_ram(4 << 20).unwrap();
         assert_eq!(ram.memory.num_regions(), 1);
-        ram.memory.write_obj(0x1234_5678u32, GuestAddress(0x1000)).unwrap();
+        ram.memory
+            .write_obj(0x1234_5678u32, GuestAddress(0x1000))
+            .unwrap();
         // The bytes are in the memfd, where a worker would see them.
         let mut buf = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&ram.memfd, &mut buf, 0x1000).unwrap();
@@ -115,7 +121,12 @@ mod tests {
         assert!(ram.memfd.set_len(1 << 20).is_err());
         assert!(ram.memfd.set_len(8 << 20).is_err());
         // SAFETY: F_GET_SEALS only reads the seal set of a valid fd.
-        let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&ram.memfd), libc::F_GET_SEALS) };
+        let seals = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&ram.memfd),
+                libc::F_GET_SEALS,
+            )
+        };
         let want = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         assert_eq!(seals & want, want);
     }

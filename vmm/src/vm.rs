@@ -11,10 +11,8 @@ use crate::boot::{self, BootInputs};
 use crate::cli::VmConfig;
 use crate::control::{VmControl, VmEvent};
 use crate::error::SvmmError;
+use crate::layout::{ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT};
 use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8042};
-use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT,
-};
 use crate::memory::{create_guest_ram, GuestRam};
 use crate::{cpu, kvm, terminal, vcpu};
 
@@ -90,12 +88,20 @@ fn legacy_devices(
     let serial = Arc::new(Mutex::new(ConsoleSerial::new(serial_irq)));
     let mut bus = PioBus::default();
     bus.insert(SERIAL_PORT, 8, serial.clone());
-    bus.insert(I8042_DATA_PORT, 5, Arc::new(Mutex::new(I8042::new(control.clone()))));
+    bus.insert(
+        I8042_DATA_PORT,
+        5,
+        Arc::new(Mutex::new(I8042::new(control.clone()))),
+    );
     bus.insert(
         ACPI_SLEEP_CONTROL_PORT,
         2,
         Arc::new(Mutex::new(AcpiSleep::new(control.clone()))),
     );
-    bus.insert(EXIT_PORT, 4, Arc::new(Mutex::new(ExitPort::new(control.clone()))));
+    bus.insert(
+        EXIT_PORT,
+        4,
+        Arc::new(Mutex::new(ExitPort::new(control.clone()))),
+    );
     Ok((bus, serial))
 }

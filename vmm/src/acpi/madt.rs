@@ -96,7 +96,11 @@ pub(super) fn build(num_cpus: u8) -> Result<Vec<u8>, AcpiError> {
         PIT_GSI,
         MPS_INTI_CONFORMING,
     ));
-    entries.extend(local_apic_nmi(ALL_PROCESSORS, MPS_INTI_CONFORMING, NMI_LINT));
+    entries.extend(local_apic_nmi(
+        ALL_PROCESSORS,
+        MPS_INTI_CONFORMING,
+        NMI_LINT,
+    ));
     // One append: `Sdt` recomputes the checksum over the whole table on every append.
     madt.append_slice(&entries);
     Ok(madt.as_slice().to_vec())

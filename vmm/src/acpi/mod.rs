@@ -89,7 +89,7 @@ pub enum AcpiError {
         pins: u32,
     },
     /// The tables need more room than the ACPI area has.
-    #[error("ACPI tables do not fit in [{start:#x}, {end:#x}): the {table} needs {len} bytes at {addr:#x}")]
+    #[error("the {table} ({len} bytes at {addr:#x}) overflows the ACPI area ending at {end:#x}")]
     TooLarge {
         /// The table that did not fit.
         table: &'static str,
@@ -97,8 +97,6 @@ pub enum AcpiError {
         addr: u64,
         /// Its length.
         len: usize,
-        /// Start of the ACPI area.
-        start: u64,
         /// End (exclusive) of the ACPI area.
         end: u64,
     },
@@ -115,7 +113,12 @@ pub enum AcpiError {
     },
 }
 
-/// Writes RSDP, XSDT, FADT (+DSDT), MADT into guest memory at layout::ACPI_START.. and returns the RSDP's address.
+/// Writes RSDP, XSDT, FADT (+DSDT), MADT into guest memory at [`layout::ACPI_START`].. and
+/// returns the RSDP's address (which is `ACPI_START`).
+///
+/// Fails, writing nothing, if `cfg` cannot be described (no vCPUs, a device window above 4 GiB or
+/// empty, a device GSI beyond the IOAPIC, more than 1000 devices) or the tables would not fit
+/// below [`layout::ACPI_END`]; fails part-way if guest memory does not cover the ACPI area.
 pub fn create_acpi_tables<M: GuestMemory>(
     mem: &M,
     cfg: &AcpiConfig,
@@ -144,7 +147,7 @@ fn build_tables(cfg: &AcpiConfig, start: u64, end: u64) -> Result<Vec<PlacedTabl
     let dsdt = dsdt::build(cfg.virtio_mmio)?;
     let madt = madt::build(cfg.num_cpus)?;
 
-    let mut area = Area { start, end, next: start };
+    let mut area = Area { end, next: start };
     let rsdp_addr = area.place("RSDP", Rsdp::len())?;
     let dsdt_addr = area.place("DSDT", dsdt.len())?;
     let fadt = fadt::build(dsdt_addr);
@@ -177,7 +180,6 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
 
 /// Hands out aligned, non-overlapping places in `[start, end)`.
 struct Area {
-    start: u64,
     end: u64,
     next: u64,
 }
@@ -189,7 +191,6 @@ impl Area {
             table,
             addr,
             len,
-            start: self.start,
             end: self.end,
         };
         let addr = self

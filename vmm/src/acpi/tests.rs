@@ -8,12 +8,14 @@ fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
 }
 
+/// Device windows as the transport will place them: 4 KiB each from 0xd000_0000, GSIs from 5.
 fn devices(n: usize) -> Vec<VirtioMmioDevice> {
+    const WINDOW: u64 = 0x1000;
     (0..n)
         .map(|i| VirtioMmioDevice {
-            addr: layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE,
-            size: layout::VIRTIO_MMIO_SIZE,
-            irq: layout::VIRTIO_IRQ_BASE + (i as u32 % (layout::IOAPIC_PINS - 5)),
+            addr: 0xd000_0000 + i as u64 * WINDOW,
+            size: WINDOW,
+            irq: 5 + (i as u32 % (layout::IOAPIC_PINS - 5)),
         })
         .collect()
 }
@@ -49,7 +51,12 @@ fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
     let len = u32_at(&header, 4) as usize;
     assert!(addr >= layout::ACPI_START && addr + len as u64 <= layout::ACPI_END);
     let bytes = read(mem, addr, len);
-    assert_eq!(sum(&bytes), 0, "{} checksum", String::from_utf8_lossy(signature));
+    assert_eq!(
+        sum(&bytes),
+        0,
+        "{} checksum",
+        String::from_utf8_lossy(signature)
+    );
     bytes
 }
 
@@ -72,16 +79,22 @@ fn parse(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> (Vec<u8>, Vec<u8>, V
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 #[test]
 fn tables_parse_back() {
     let mem = memory();
     let devs = devices(3);
-    let cfg = AcpiConfig { num_cpus: 2, virtio_mmio: &devs };
+    let cfg = AcpiConfig {
+        num_cpus: 2,
+        virtio_mmio: &devs,
+    };
     let rsdp = create_acpi_tables(&mem, &cfg).unwrap();
-    let (fadt, madt, dsdt) = parse(&mem, rsdp);
+    let (fadt, _, dsdt) = parse(&mem, rsdp);
 
     // FADT: revision 6, hardware-reduced, 32-bit DSDT unused, sleep registers as byte ports.
     assert_eq!(fadt.len(), 276);
@@ -91,9 +104,15 @@ fn tables_parse_back() {
     assert_eq!(u16_at(&fadt, 109), 0b11_1100, "IAPC_BOOT_ARCH");
     let sleep_control = [1, 8, 0, 1];
     assert_eq!(fadt[244..248], sleep_control);
-    assert_eq!(u64_at(&fadt, 248), u64::from(layout::ACPI_SLEEP_CONTROL_PORT));
+    assert_eq!(
+        u64_at(&fadt, 248),
+        u64::from(layout::ACPI_SLEEP_CONTROL_PORT)
+    );
     assert_eq!(fadt[256..260], sleep_control);
-    assert_eq!(u64_at(&fadt, 260), u64::from(layout::ACPI_SLEEP_STATUS_PORT));
+    assert_eq!(
+        u64_at(&fadt, 260),
+        u64::from(layout::ACPI_SLEEP_STATUS_PORT)
+    );
     assert_eq!(&fadt[268..276], b"SVMM-KVM");
 
     // DSDT: one LNRO0005 per device, one \_S5_, COM1.
@@ -116,7 +135,10 @@ fn tables_parse_back() {
 #[test]
 fn madt_entries() {
     let mem = memory();
-    let cfg = AcpiConfig { num_cpus: 4, virtio_mmio: &[] };
+    let cfg = AcpiConfig {
+        num_cpus: 4,
+        virtio_mmio: &[],
+    };
     let (_, madt, _) = parse(&mem, create_acpi_tables(&mem, &cfg).unwrap());
     assert_eq!(u32_at(&madt, 36) as u64, layout::APIC_START);
     assert_eq!(u32_at(&madt, 40), 1, "PCAT_COMPAT");
@@ -138,7 +160,10 @@ fn madt_entries() {
                 ioapics += 1;
             }
             2 => {
-                assert_eq!((len, e[2], e[3], u32_at(e, 4), u16_at(e, 8)), (10, 0, 0, 2, 0));
+                assert_eq!(
+                    (len, e[2], e[3], u32_at(e, 4), u16_at(e, 8)),
+                    (10, 0, 0, 2, 0)
+                );
                 overrides += 1;
             }
             4 => {
@@ -157,14 +182,20 @@ fn madt_entries() {
 fn largest_config_fits() {
     let mem = memory();
     let devs = devices(24);
-    let cfg = AcpiConfig { num_cpus: 255, virtio_mmio: &devs };
+    let cfg = AcpiConfig {
+        num_cpus: 255,
+        virtio_mmio: &devs,
+    };
     let (_, madt, dsdt) = parse(&mem, create_acpi_tables(&mem, &cfg).unwrap());
     assert_eq!(count(&madt[44..], &[0, 8]), 255);
     assert_eq!(count(&dsdt, b"LNRO0005"), 24);
 
     // As many devices as can be named: fits too (about 80 bytes each).
     let devs = devices(MAX_DEVICES);
-    let cfg = AcpiConfig { num_cpus: 255, virtio_mmio: &devs };
+    let cfg = AcpiConfig {
+        num_cpus: 255,
+        virtio_mmio: &devs,
+    };
     let (_, _, dsdt) = parse(&mem, create_acpi_tables(&mem, &cfg).unwrap());
     assert_eq!(count(&dsdt, b"LNRO0005"), MAX_DEVICES);
 }
@@ -174,10 +205,14 @@ const MAX_DEVICES: usize = dsdt::MAX_VIRTIO_DEVICES;
 #[test]
 fn bad_configs_are_errors() {
     let mem = memory();
-    let build = |num_cpus, devs: &[VirtioMmioDevice]| {
-        let cfg = AcpiConfig { num_cpus, virtio_mmio: devs };
-        create_acpi_tables(&mem, &cfg).unwrap_err()
+    let run = |num_cpus, devs: &[VirtioMmioDevice]| {
+        let cfg = AcpiConfig {
+            num_cpus,
+            virtio_mmio: devs,
+        };
+        create_acpi_tables(&mem, &cfg)
     };
+    let build = |num_cpus, devs: &[VirtioMmioDevice]| run(num_cpus, devs).unwrap_err();
     assert!(matches!(build(0, &[]), AcpiError::NoCpus));
     assert!(matches!(
         build(1, &devices(MAX_DEVICES + 1)),
@@ -186,18 +221,32 @@ fn bad_configs_are_errors() {
     let dev = devices(1)[0];
     for (addr, size) in [(1 << 32, 0x1000), (0xffff_f000, 0x1001), (0xd000_0000, 0)] {
         let err = build(1, &[dev, VirtioMmioDevice { addr, size, irq: 6 }]);
-        assert!(matches!(err, AcpiError::DeviceWindow { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, AcpiError::DeviceWindow { index: 1, .. }),
+            "{err}"
+        );
     }
-    let top = VirtioMmioDevice { addr: 0xffff_f000, size: 0x1000, irq: 6 };
-    assert!(create_acpi_tables(&mem, &AcpiConfig { num_cpus: 1, virtio_mmio: &[top] }).is_ok());
-    let err = build(1, &[VirtioMmioDevice { irq: layout::IOAPIC_PINS, ..dev }]);
-    assert!(matches!(err, AcpiError::DeviceIrq { index: 0, irq: 24, .. }), "{err}");
+    // The last page below 4 GiB is fine.
+    let top = VirtioMmioDevice {
+        addr: 0xffff_f000,
+        ..dev
+    };
+    assert!(run(1, &[top]).is_ok());
+    let irq = VirtioMmioDevice {
+        irq: layout::IOAPIC_PINS,
+        ..dev
+    };
+    let err = build(1, &[irq]);
+    assert!(matches!(err, AcpiError::DeviceIrq { irq: 24, .. }), "{err}");
 }
 
 #[test]
 fn too_small_area_is_an_error() {
     let devs = devices(24);
-    let cfg = AcpiConfig { num_cpus: 255, virtio_mmio: &devs };
+    let cfg = AcpiConfig {
+        num_cpus: 255,
+        virtio_mmio: &devs,
+    };
     let start = layout::ACPI_START;
     assert!(build_tables(&cfg, start, start + 0x10000).is_ok());
     let err = build_tables(&cfg, start, start + 0x800).err().unwrap();
@@ -208,8 +257,14 @@ fn too_small_area_is_an_error() {
 
 #[test]
 fn memory_without_acpi_area_is_an_error() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-    let cfg = AcpiConfig { num_cpus: 1, virtio_mmio: &[] };
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let cfg = AcpiConfig {
+        num_cpus: 1,
+        virtio_mmio: &[],
+    };
     let err = create_acpi_tables(&mem, &cfg).unwrap_err();
-    assert!(matches!(err, AcpiError::GuestMemory { table: "RSDP", .. }), "{err}");
+    assert!(
+        matches!(err, AcpiError::GuestMemory { table: "RSDP", .. }),
+        "{err}"
+    );
 }

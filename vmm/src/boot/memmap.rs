@@ -50,7 +50,10 @@ mod tests {
     fn large_guest_skips_the_gap() {
         let map = memory_map(4 << 30);
         assert_eq!(map.len(), 4);
-        assert_eq!(map[2], (HIMEM_START, MMIO_GAP_START - HIMEM_START, E820_RAM));
+        assert_eq!(
+            map[2],
+            (HIMEM_START, MMIO_GAP_START - HIMEM_START, E820_RAM)
+        );
         assert_eq!(map[3], (1 << 32, (4 << 30) - MMIO_GAP_START, E820_RAM));
     }
 }

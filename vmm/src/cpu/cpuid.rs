@@ -112,7 +112,10 @@ mod tests {
         let mut core = entry(0xb, 1);
         filter_entry(&mut thread, 2, 3);
         filter_entry(&mut core, 2, 3);
-        assert_eq!((thread.ebx, thread.edx, thread.ecx >> 8), (1, 2, LEVEL_TYPE_THREAD));
+        assert_eq!(
+            (thread.ebx, thread.edx, thread.ecx >> 8),
+            (1, 2, LEVEL_TYPE_THREAD)
+        );
         assert_eq!((core.eax, core.ebx, core.ecx >> 8), (2, 3, LEVEL_TYPE_CORE));
     }
 

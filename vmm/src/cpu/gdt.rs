@@ -32,7 +32,7 @@ pub const GDT_32: [u64; 4] = [
 pub fn segment_from_gdt(table: &[u64], index: u8) -> kvm_segment {
     let entry = table.get(usize::from(index)).copied().unwrap_or(0);
     let get = |shift: u32, mask: u64| ((entry >> shift) & mask) as u8;
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = get(55, 1);
     if g == 1 {
@@ -63,8 +63,14 @@ mod tests {
     #[test]
     fn code_segment_64() {
         let cs = segment_from_gdt(&GDT_64, 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.g, cs.present), (8, 1, 0, 1, 1));
-        assert_eq!((cs.base, cs.limit, cs.type_, cs.s), (0, 0xffff_ffff, 0xb, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.g, cs.present),
+            (8, 1, 0, 1, 1)
+        );
+        assert_eq!(
+            (cs.base, cs.limit, cs.type_, cs.s),
+            (0, 0xffff_ffff, 0xb, 1)
+        );
     }
 
     #[test]

@@ -163,7 +163,9 @@ fn set_pvh_regs(
     start_info: u64,
 ) -> Result<(), CpuError> {
     write_gdt(mem, &gdt::GDT_32)?;
-    let mut sregs = vcpu.get_sregs().map_err(ioctl("segment registers (read)"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(ioctl("segment registers (read)"))?;
     let code = gdt::segment_from_gdt(&gdt::GDT_32, 1);
     let data = gdt::segment_from_gdt(&gdt::GDT_32, 2);
     sregs.cs = code;
@@ -202,7 +204,9 @@ fn set_linux64_regs(
     const EFER_LMA: u64 = 0x400;
     write_gdt(mem, &gdt::GDT_64)?;
     write_identity_page_tables(mem)?;
-    let mut sregs = vcpu.get_sregs().map_err(ioctl("segment registers (read)"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(ioctl("segment registers (read)"))?;
     let code = gdt::segment_from_gdt(&gdt::GDT_64, 1);
     let data = gdt::segment_from_gdt(&gdt::GDT_64, 2);
     sregs.cs = code;

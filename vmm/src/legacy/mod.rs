@@ -8,7 +8,7 @@ mod serial;
 
 pub use i8042::I8042;
 pub use power::{AcpiSleep, ExitPort};
-pub use serial::{ConsoleSerial, ConsoleInput};
+pub use serial::{ConsoleInput, ConsoleSerial};
 
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,44 @@
+//! The test table. To add a test: write `tests/<name>.rs` with `applies` and `run`, and add a
+//! row to `TESTS`. `applies` decides whether the test is in the default set (no
+//! `testguest.run=`), given the virtio-mmio devices on the command line; `run` returns the
+//! figures printed after `ok`, or the reason printed after `FAIL`.
+
+mod echo;
+mod panic;
+
+use crate::cmdline::{MmioDevice, Params};
+use crate::line::Line;
+use crate::timer::Timer;
+
+/// What a test gets: the devices, the timer, and the parsed command line.
+pub struct Ctx<'a> {
+    pub devices: &'a [MmioDevice],
+    pub timer: &'a Timer,
+    pub params: &'a Params<'a>,
+}
+
+/// `Ok(figures)` → `testguest: <name> ok <figures>`; `Err(reason)` → `... FAIL <reason>`.
+pub type Outcome = Result<Line, Line>;
+
+pub struct Test {
+    pub name: &'static str,
+    pub applies: fn(&[MmioDevice]) -> bool,
+    pub run: fn(&Ctx) -> Outcome,
+}
+
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "echo",
+        applies: echo::applies,
+        run: echo::run,
+    },
+    Test {
+        name: "panic",
+        applies: panic::applies,
+        run: panic::run,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Test> {
+    TESTS.iter().find(|t| t.name == name)
+}

@@ -74,6 +74,14 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, id: u32, count: u32) {
                 }
             }
         }
+        0x8000_001e => {
+            // AMD extended APIC ID, compute unit (core) ID with one thread per core, and a
+            // single node per package: otherwise every vCPU reports the host's values and Linux
+            // sees them on different dies.
+            entry.eax = id;
+            entry.ebx = (entry.ebx & !0xffff) | (id & 0xff);
+            entry.ecx = 0;
+        }
         0x8000_0008 => {
             // ECX[7:0] number of cores - 1, ECX[15:12] APIC ID size (AMD).
             entry.ecx = (entry.ecx & !0xf0ff) | (count - 1) | (id_bits(count) << 12);
@@ -117,6 +125,14 @@ mod tests {
             (1, 2, LEVEL_TYPE_THREAD)
         );
         assert_eq!((core.eax, core.ebx, core.ecx >> 8), (2, 3, LEVEL_TYPE_CORE));
+    }
+
+    #[test]
+    fn amd_topology_leaf() {
+        let mut e = entry(0x8000_001e, 0);
+        e.ecx = 0x0302;
+        filter_entry(&mut e, 1, 2);
+        assert_eq!((e.eax, e.ebx & 0xffff, e.ecx), (1, 1, 0));
     }
 
     #[test]

@@ -1,6 +1,32 @@
-//! Control protocol between the VMM and device workers.
+//! The control protocol between the VMM and its device worker processes.
 //!
-//! This crate will own the message enums (one per direction), the bincode codec with explicit
-//! size limits (the only place that knows the wire format), the SOCK_SEQPACKET channel with
-//! SCM_RIGHTS fd passing, and typed errors. It contains no device or KVM logic. Nothing is
-//! implemented here yet: the sandboxed-workers issue fills it.
+//! Owns: the message enums, one per direction ([`VmmToWorker`], [`WorkerToVmm`]); their
+//! semantic validation ([`validate`]); the wire format, a bincode codec with hard size limits
+//! ([`codec`], the only module that knows it); and the `SOCK_SEQPACKET` [`Channel`] that carries
+//! one message per packet with file descriptors alongside.
+//!
+//! Carries rare control events only — config space, feature negotiation, activation, reset,
+//! shutdown, errors, statistics, seccomp reports. The data path (queue notifications,
+//! interrupts) goes through KVM ioeventfd/irqfd and never through here.
+//!
+//! Must not contain device or KVM logic: it knows queue *addresses*, never queue contents.
+//!
+//! Threat model: a worker is hostile once compromised, so every received byte is untrusted.
+//! Decoding never panics, never allocates more than [`codec::DECODE_ALLOC_LIMIT`], and rejects
+//! oversized, truncated and trailing input; receiving never leaks a descriptor; the receiver
+//! then runs `validate` before acting on a message.
+
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod codec;
+pub mod fuzzing;
+pub mod messages;
+pub mod validate;
+
+pub use channel::{Channel, ChannelError, MAX_FDS};
+pub use codec::{decode, encode, CodecError, MAX_MESSAGE_SIZE};
+pub use messages::{
+    DeviceErrorKind, DeviceStats, QueueConfig, QueueStats, VmmToWorker, WorkerToVmm,
+};
+pub use validate::{DeviceLayout, Limits, ProtocolError, MAX_QUEUE_SIZE};

@@ -5,6 +5,7 @@
 
 mod echo;
 mod panic;
+mod triplefault;
 
 use crate::cmdline::{MmioDevice, Params};
 use crate::line::Line;
@@ -36,6 +37,11 @@ pub static TESTS: &[Test] = &[
         name: "panic",
         applies: panic::applies,
         run: panic::run,
+    },
+    Test {
+        name: "triplefault",
+        applies: triplefault::applies,
+        run: triplefault::run,
     },
 ];
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# svmm's whole test command (README and CI call this):
+#   1. images/build.sh all          guest kernel, initramfs, rootfs and test guest → images/out/
+#   2. cargo build --release -p vmm the svmm binary under test
+#   3. cargo test --workspace --release --no-fail-fast
+#                                   unit tests of every crate, then the integration binaries in
+#                                   tests/tests/ (cli, testguest, linux), which use that svmm
+#
+# Runnable from any directory. Extra arguments go to `cargo test`, e.g.
+#   tests/run.sh -- --list            SVMM_SKIP_LINUX=1 tests/run.sh (skip the minutes-long Linux boots)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "images/build.sh all   (in $ROOT)"
+images/build.sh all
+
+step "cargo build --release -p vmm"
+cargo build --release -p vmm
+
+# The harness would find (and, if stale, rebuild) this binary itself; naming it makes the run
+# test exactly what step 2 built, wherever the target directory is.
+SVMM_BIN=$(cargo build --release -p vmm --bin svmm --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\/svmm\)".*/\1/p' | tail -n 1)
+if [[ -z "$SVMM_BIN" || ! -x "$SVMM_BIN" ]]; then
+    echo "run.sh: cannot find the svmm binary cargo just built" >&2
+    exit 1
+fi
+export SVMM_BIN
+
+# Fuzz targets (every crate's fuzz/ directory) must keep building; their corpora are replayed by
+# ordinary tests in step 3. cargo-fuzz needs nightly, which these machines have.
+step "cargo +nightly fuzz build (every */fuzz)"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo +nightly install cargo-fuzz --locked
+fi
+for fuzz in */fuzz/Cargo.toml; do
+    crate=$(dirname "$(dirname "$fuzz")")
+    (cd "$crate" && cargo +nightly fuzz build)
+done
+step "cargo test --workspace --release --no-fail-fast $*   (SVMM_BIN=$SVMM_BIN)"
+cargo test --workspace --release --no-fail-fast "$@"

@@ -1,0 +1,38 @@
+//! svmm's integration harness: everything the `harness = false` binaries in `tests/tests/` share.
+//!
+//! | module      | owns                                                                    |
+//! |-------------|-------------------------------------------------------------------------|
+//! | [`paths`]   | the repository root, guest artefacts in `images/out/`, temporary dirs    |
+//! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
+//! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
+//! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
+//! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
+//! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
+//! | [`suite`]   | a thin libtest-mimic wrapper: ignored trials always carry their reason   |
+//!
+//! Typical use:
+//!
+//! ```no_run
+//! use tests::{paths, TestVm};
+//! let out = TestVm::svmm(paths::artefact("testguest.elf"))
+//!     .cmdline("testguest.run=echo")
+//!     .stdin_after_line("testguest: echo ready", "hello\n")
+//!     .run()
+//!     .unwrap();
+//! out.assert_line("testguest: echo ok line=hello");
+//! assert_eq!(out.testguest_summary(), Some((1, 0)));
+//! ```
+
+pub mod binary;
+pub mod host;
+pub mod output;
+pub mod paths;
+pub mod running;
+pub mod suite;
+pub mod vm;
+
+pub use host::{has_hw_virt, require_kvm};
+pub use output::{VmError, VmOutput};
+pub use running::RunningVm;
+pub use suite::Suite;
+pub use vm::{Backend, TestVm};

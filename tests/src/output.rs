@@ -1,0 +1,270 @@
+//! What a finished VM left behind ([`VmOutput`]), assertions on it, and the harness's errors
+//! ([`VmError`]). Every failure message carries the command, the exit status, the VMM's stderr
+//! and the last [`TAIL_LINES`] console lines, so a red test explains itself.
+
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::vm::Backend;
+
+/// Console lines quoted in failure messages.
+pub const TAIL_LINES: usize = 40;
+
+/// The result of one VM run.
+#[derive(Clone, Debug)]
+pub struct VmOutput {
+    /// Which VMM ran the guest.
+    pub backend: Backend,
+    /// The command that was run, for messages.
+    pub command: String,
+    /// The VMM's exit code, if it exited normally.
+    pub status: Option<i32>,
+    /// The signal that ended the VMM, if one did (SIGKILL after a timeout).
+    pub signal: Option<i32>,
+    /// The guest's console output (the VMM's stdout), lossily decoded.
+    pub stdout: String,
+    /// The VMM's own messages (its stderr).
+    pub stderr: String,
+    /// Time from spawn to exit (or to the kill).
+    pub elapsed: Duration,
+    /// Whether the run was killed at its timeout.
+    pub timed_out: bool,
+}
+
+impl VmOutput {
+    pub(crate) fn new(
+        backend: Backend,
+        command: String,
+        status: Option<ExitStatus>,
+        stdout: String,
+        stderr: String,
+        elapsed: Duration,
+        timed_out: bool,
+    ) -> VmOutput {
+        VmOutput {
+            backend,
+            command,
+            status: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            stdout,
+            stderr,
+            elapsed,
+            timed_out,
+        }
+    }
+
+    /// The guest status decoded from the exit code ([`Backend::guest_status`]).
+    pub fn guest_status(&self) -> Option<i32> {
+        self.backend.guest_status(self.status)
+    }
+
+    /// Console lines, without trailing `\r`.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.stdout.lines().map(|l| l.trim_end_matches('\r'))
+    }
+
+    /// Console lines starting with `prefix`.
+    pub fn lines_with(&self, prefix: &str) -> Vec<&str> {
+        self.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    /// Console lines containing `needle` anywhere (kernel log lines start with a timestamp).
+    pub fn lines_containing(&self, needle: &str) -> Vec<&str> {
+        self.lines().filter(|l| l.contains(needle)).collect()
+    }
+
+    /// The first console line starting with `prefix`.
+    ///
+    /// # Panics
+    /// If there is none, with [`Self::report`].
+    pub fn assert_line(&self, prefix: &str) -> &str {
+        self.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no console line starts with {prefix:?}\n{}", self.report()))
+    }
+
+    /// The first console line containing `needle`.
+    ///
+    /// # Panics
+    /// If there is none, with [`Self::report`].
+    pub fn assert_contains(&self, needle: &str) -> &str {
+        self.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no console line contains {needle:?}\n{}", self.report()))
+    }
+
+    /// Asserts that the VMM exited (not killed, not timed out) with exit code `code`.
+    pub fn assert_status(&self, code: i32) {
+        assert_eq!(
+            self.status,
+            Some(code),
+            "unexpected exit status\n{}",
+            self.report()
+        );
+    }
+
+    /// `(pass, fail)` from the test guest's last `testguest: done pass=N fail=M` line.
+    pub fn testguest_summary(&self) -> Option<(u32, u32)> {
+        let line = self.lines_with("testguest: done ").pop()?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        Some((field("pass=")?, field("fail=")?))
+    }
+
+    /// The last `n` console lines.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// A multi-line account of the run for failure messages: command, outcome, stderr, console tail.
+    pub fn report(&self) -> String {
+        format!(
+            "--- command: {}\n--- outcome: {}\n--- stderr:\n{}\n--- last {TAIL_LINES} console lines:\n{}\n---",
+            self.command,
+            self.outcome(),
+            self.stderr.trim_end(),
+            self.tail(TAIL_LINES)
+        )
+    }
+
+    /// One line: how the VMM ended and after how long.
+    pub fn outcome(&self) -> String {
+        let how = match (self.timed_out, self.status, self.signal) {
+            (true, ..) => "killed at the timeout".to_string(),
+            (false, Some(c), _) => format!("exit code {c}"),
+            (false, None, Some(s)) => format!("killed by signal {s}"),
+            (false, None, None) => "unknown end".to_string(),
+        };
+        format!(
+            "{} {how} after {:.2} s",
+            self.backend.name(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+
+    /// Prints `label: outcome` to stderr (per-trial timings in the test log).
+    pub fn log(&self, label: &str) {
+        eprintln!("    {label}: {}", self.outcome());
+    }
+}
+
+/// Why a VM run could not produce a judgeable result.
+#[derive(Debug)]
+pub enum VmError {
+    /// The VMM could not be started at all.
+    Spawn {
+        /// The command.
+        command: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The VM ran past its timeout and was killed; the output so far is attached.
+    Timeout(Box<VmOutput>),
+    /// [`crate::RunningVm::wait_for_line`] did not see the line.
+    LineNotSeen {
+        /// The prefix waited for.
+        prefix: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Whether the output had ended (the VMM closed stdout) before the timeout.
+        ended: bool,
+        /// Console output so far.
+        stdout: String,
+        /// VMM stderr so far.
+        stderr: String,
+    },
+}
+
+impl VmError {
+    /// The output of a timed-out run.
+    pub fn output(&self) -> Option<&VmOutput> {
+        match self {
+            VmError::Timeout(out) => Some(out),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::Spawn { command, source } => write!(f, "cannot start {command}: {source}"),
+            VmError::Timeout(out) => write!(f, "VM timed out\n{}", out.report()),
+            VmError::LineNotSeen {
+                prefix,
+                waited,
+                ended,
+                stdout,
+                stderr,
+            } => {
+                let why = if *ended { "output ended" } else { "timed out" };
+                let lines: Vec<&str> = stdout.lines().collect();
+                let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+                write!(
+                    f,
+                    "no line starting with {prefix:?} ({why}, waited up to {:.1} s)\n\
+                     --- stderr:\n{}\n--- last {TAIL_LINES} console lines:\n{tail}\n---",
+                    waited.as_secs_f64(),
+                    stderr.trim_end()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for VmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VmError::Spawn { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(stdout: &str, backend: Backend, status: i32) -> VmOutput {
+        VmOutput {
+            backend,
+            command: "x".into(),
+            status: Some(status),
+            signal: None,
+            stdout: stdout.into(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+            timed_out: false,
+        }
+    }
+
+    #[test]
+    fn summary_and_lines() {
+        let o = output(
+            "testguest: a ok\r\ntestguest: done pass=2 fail=1\r\n",
+            Backend::Svmm,
+            1,
+        );
+        assert_eq!(o.testguest_summary(), Some((2, 1)));
+        assert_eq!(o.lines_with("testguest: a"), vec!["testguest: a ok"]);
+        assert_eq!(o.guest_status(), Some(1));
+        assert_eq!(o.tail(1), "testguest: done pass=2 fail=1");
+    }
+
+    #[test]
+    fn qemu_exit_codes_decode() {
+        let qemu = Backend::Qemu {
+            machine: "microvm".into(),
+        };
+        assert_eq!(output("", qemu.clone(), 1).guest_status(), Some(0));
+        assert_eq!(output("", qemu.clone(), 11).guest_status(), Some(5));
+        assert_eq!(output("", qemu, 0).guest_status(), None);
+        assert_eq!(output("", Backend::Svmm, 64).guest_status(), None);
+    }
+}

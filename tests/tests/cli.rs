@@ -1,0 +1,195 @@
+//! svmm's command line and input checking: every bad invocation ends with the exit code from
+//! `vmm/src/exit_code.rs`, one `svmm: ...` line on stderr that names the problem, and no panic.
+//! Also `--help`, and a host without `/dev/kvm` (simulated for real in a private mount namespace).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tests::paths::{self, TempDir};
+use tests::suite::{Failed, TrialResult};
+use tests::{Backend, Suite, TestVm, VmOutput};
+
+/// Bad command line.
+const USAGE: i32 = 64;
+/// Bad kernel or initrd file.
+const BAD_INPUT: i32 = 65;
+/// `/dev/kvm` missing or not permitted.
+const KVM_UNAVAILABLE: i32 = 66;
+/// VM set-up failed (accepted where a limit may only show when KVM or mmap refuses).
+const SETUP_FAILED: i32 = 67;
+
+/// Phrases that say a file does not exist.
+const NOT_FOUND: &[&str] = &["no such file", "not found", "does not exist", "missing"];
+/// Phrases that say a file is no kernel.
+const NOT_KERNEL: &[&str] = &["kernel", "elf", "bzimage"];
+
+fn main() {
+    Suite::new("cli")
+        .test("no_kernel_option", || {
+            expect_error(TestVm::new(Backend::Svmm), &[USAGE], &[], &["--kernel"])
+        })
+        .test("kernel_file_missing", || {
+            let path = "/nonexistent/svmm-test/vmlinux";
+            expect_error(TestVm::svmm(path), &[BAD_INPUT], &[path], NOT_FOUND)
+        })
+        .test("kernel_is_a_directory", || {
+            let dir = TempDir::new("cli-dir");
+            let path = dir.path().to_str().unwrap();
+            let phrases = &["directory", "not a regular file", "not a file"];
+            expect_error(TestVm::svmm(path), &[BAD_INPUT], &[path], phrases)
+        })
+        .test("kernel_is_random_bytes", || {
+            not_a_kernel("random", &pseudo_random(64 * 1024))
+        })
+        .test("kernel_is_empty", || not_a_kernel("empty", b""))
+        .test("kernel_is_text", || {
+            not_a_kernel("text", &b"#!/bin/sh\necho hi\n".repeat(100))
+        })
+        .test("initrd_file_missing", || {
+            let path = "/nonexistent/svmm-test/initrd.gz";
+            expect_error(good_kernel().initrd(path), &[BAD_INPUT], &[path], NOT_FOUND)
+        })
+        .test("mem_zero", || {
+            bad_number(good_kernel().mem_mib(0), &[USAGE], "mem")
+        })
+        .test("mem_absurd", || {
+            // 100 TB: beyond any host; the check may come from the CLI or from the mapping.
+            let vm = good_kernel().mem_mib(100_000_000);
+            bad_number(vm, &[USAGE, SETUP_FAILED], "mem")
+        })
+        .test("cpus_zero", || {
+            bad_number(good_kernel().cpus(0), &[USAGE], "cpu")
+        })
+        .test("cpus_1000", || {
+            bad_number(good_kernel().cpus(1000), &[USAGE, SETUP_FAILED], "cpu")
+        })
+        .test("unknown_device_kind", || {
+            expect_error(good_kernel().device("bogus"), &[USAGE], &["bogus"], &[])
+        })
+        .test("help_lists_every_option", help_lists_every_option)
+        .test_unless("kvm_unavailable", no_namespace_reason(), kvm_unavailable)
+        .run()
+}
+
+/// A valid kernel (the test guest), so that the option under test is the only thing wrong.
+fn good_kernel() -> TestVm {
+    TestVm::svmm(paths::artefact("testguest.elf"))
+}
+
+/// Runs `vm` and checks the error contract: exit code in `codes`, stderr exactly one line starting
+/// with `svmm: `, containing every `all_of` and at least one `any_of` phrase (case-insensitive).
+fn expect_error(vm: TestVm, codes: &[i32], all_of: &[&str], any_of: &[&str]) -> TrialResult {
+    // Errors are found before any guest runs; a VM still running after 30 s was accepted wrongly.
+    let out = vm.timeout(Duration::from_secs(30)).run()?;
+    out.log("svmm");
+    check_no_panic(&out)?;
+    if !out.status.is_some_and(|c| codes.contains(&c)) {
+        return Err(format!("expected exit code {codes:?}\n{}", out.report()).into());
+    }
+    let stderr = out.stderr.trim();
+    let lines: Vec<&str> = stderr.lines().collect();
+    if lines.len() != 1 || !stderr.starts_with("svmm: ") {
+        return Err(format!(
+            "expected exactly one stderr line starting with `svmm: `, got {}\n{}",
+            lines.len(),
+            out.report()
+        )
+        .into());
+    }
+    let lower = stderr.to_lowercase();
+    let missing: Vec<&&str> = all_of
+        .iter()
+        .filter(|p| !lower.contains(&p.to_lowercase()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("stderr does not mention {missing:?}\n{}", out.report()).into());
+    }
+    if !any_of.is_empty() && !any_of.iter().any(|p| lower.contains(&p.to_lowercase())) {
+        return Err(format!("stderr mentions none of {any_of:?}\n{}", out.report()).into());
+    }
+    Ok(())
+}
+
+/// A numeric option out of range: the message must name the option (or what it sets).
+fn bad_number(vm: TestVm, codes: &[i32], what: &str) -> TrialResult {
+    expect_error(vm, codes, &[], &[&format!("--{what}"), what])
+}
+
+/// A kernel file with `contents` that is no kernel at all.
+fn not_a_kernel(label: &str, contents: &[u8]) -> TrialResult {
+    let dir = TempDir::new("cli-kernel");
+    let path = dir.file(&format!("{label}.bin"), contents);
+    let path = path.to_str().unwrap();
+    expect_error(TestVm::svmm(path), &[BAD_INPUT], &[path], NOT_KERNEL)
+}
+
+fn check_no_panic(out: &VmOutput) -> TrialResult {
+    if out.status == Some(101) || out.stderr.contains("panicked") {
+        return Err(format!("svmm panicked\n{}", out.report()).into());
+    }
+    Ok(())
+}
+
+/// Deterministic bytes without structure (xorshift64).
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn help_lists_every_option() -> TrialResult {
+    let out = TestVm::new(Backend::Svmm)
+        .arg("--help")
+        .timeout(Duration::from_secs(30))
+        .run()?;
+    check_no_panic(&out)?;
+    out.assert_status(0);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let options = [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--mem",
+        "--cpus",
+        "--device",
+    ];
+    let missing: Vec<&str> = options.into_iter().filter(|o| !text.contains(o)).collect();
+    if !missing.is_empty() {
+        return Err(Failed::from(format!(
+            "--help does not mention {missing:?}:\n{text}"
+        )));
+    }
+    Ok(())
+}
+
+/// Mounts an empty tmpfs over `/dev` in a private mount namespace, then execs svmm there.
+const HIDE_DEV: &str = r#"mount -t tmpfs none /dev && exec "$0" "$@""#;
+
+/// Why the `/dev/kvm`-less namespace cannot be made here, if it cannot.
+fn no_namespace_reason() -> Option<String> {
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs none /dev"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "cannot hide /dev/kvm: `unshare -m` + tmpfs mount failed here (needs root): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!(
+            "cannot hide /dev/kvm: unshare(1) not runnable: {e}"
+        )),
+    }
+}
+
+fn kvm_unavailable() -> TrialResult {
+    let vm = good_kernel().wrapper(["unshare", "-m", "sh", "-c", HIDE_DEV]);
+    let fixes = &["kvm group", "modprobe", "kvm_intel", "kvm_amd"];
+    expect_error(vm, &[KVM_UNAVAILABLE], &["/dev/kvm"], fixes)
+}

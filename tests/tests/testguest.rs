@@ -1,0 +1,211 @@
+//! Boots our test guest (`images/out/testguest.elf`) under svmm, and under QEMU microvm for
+//! comparison, and checks what it reports: the console both ways (`echo`), its command line and the
+//! virtio-mmio devices given there, and its exit status carried through svmm's exit code.
+//!
+//! Each trial is one short boot (a few seconds); the 60 s timeout only guards against hangs.
+
+use std::time::Duration;
+
+use tests::suite::TrialResult;
+use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const READY: &str = "testguest: echo ready";
+
+fn main() {
+    Suite::new("testguest")
+        .test("echo_roundtrip", echo_roundtrip)
+        .test("cmdline_and_devices_listed", cmdline_and_devices_listed)
+        .test("exit_status_passes_through", exit_status_passes_through)
+        .test("echo_timeout_fails_with_status_1", echo_timeout_fails)
+        .test("two_vcpus_boot", two_vcpus_boot)
+        .test("guest_panic_is_a_failure_status", guest_panic)
+        .test("triple_fault_reported_in_one_line", triple_fault)
+        .test(
+            "running_vm_inspected_then_killed",
+            running_vm_inspected_then_killed,
+        )
+        .test("timeout_kills_vm_and_keeps_output", timeout_kills_vm)
+        .test("qemu_microvm_echo", qemu_microvm_echo)
+        .run()
+}
+
+/// The test guest under svmm with `cmdline`, answering `hello` when the echo test is ready.
+fn guest(cmdline: &str) -> TestVm {
+    require_kvm();
+    TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline(cmdline)
+        .mem_mib(128)
+        .stdin_after_line(READY, "hello\n")
+        .timeout(TIMEOUT)
+}
+
+/// Checks what every successful echo run shows: banner, echo, summary, a clean stderr.
+fn assert_echo_passed(out: &VmOutput) {
+    out.assert_line("testguest: svmm test guest v1");
+    out.assert_line("testguest: echo ok line=hello");
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_no_panic(out);
+}
+
+fn assert_no_panic(out: &VmOutput) {
+    assert!(
+        !out.stderr.contains("panicked"),
+        "svmm panicked\n{}",
+        out.report()
+    );
+}
+
+fn echo_roundtrip() -> TrialResult {
+    let out = guest("testguest.run=echo").run()?;
+    out.log("svmm testguest echo (1 vCPU)");
+    assert_echo_passed(&out);
+    out.assert_status(0);
+    Ok(())
+}
+
+fn cmdline_and_devices_listed() -> TrialResult {
+    let cmdline = "testguest.run=echo console=ttyS0 \
+                   virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=0x200@0xd0001000:6:3";
+    let out = guest(cmdline).run()?;
+    out.log("svmm testguest cmdline");
+    let echoed = out.assert_line("testguest: cmdline: ");
+    // svmm may add words of its own; ours must all arrive, in order.
+    assert!(
+        echoed.contains(cmdline),
+        "command line not passed intact: {echoed:?}\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: virtio-mmio 0 addr=0xd0000000 size=0x1000 irq=5");
+    out.assert_line("testguest: virtio-mmio 1 addr=0xd0001000 size=0x200 irq=6");
+    out.assert_line("testguest: found 2 virtio-mmio devices");
+    assert_echo_passed(&out);
+    out.assert_status(0);
+    Ok(())
+}
+
+fn exit_status_passes_through() -> TrialResult {
+    let out = guest("testguest.run=echo testguest.exit=5").run()?;
+    out.log("svmm testguest exit=5");
+    assert_echo_passed(&out);
+    out.assert_status(5);
+    Ok(())
+}
+
+fn echo_timeout_fails() -> TrialResult {
+    require_kvm();
+    // No input at all: the guest's echo test must give up after 200 ms and fail.
+    let out = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline("testguest.run=echo testguest.echo_timeout_ms=200")
+        .mem_mib(128)
+        .timeout(TIMEOUT)
+        .run()?;
+    out.log("svmm testguest echo timeout");
+    out.assert_line(READY);
+    out.assert_line("testguest: echo FAIL timeout");
+    assert_eq!(out.testguest_summary(), Some((0, 1)), "\n{}", out.report());
+    assert_no_panic(&out);
+    out.assert_status(1);
+    Ok(())
+}
+
+fn two_vcpus_boot() -> TrialResult {
+    let out = guest("testguest.run=echo").cpus(2).run()?;
+    out.log("svmm testguest echo (2 vCPUs)");
+    assert_echo_passed(&out);
+    out.assert_status(0);
+    Ok(())
+}
+
+/// A test guest that panics reports it, counts it as a failure and exits with status 3.
+fn guest_panic() -> TrialResult {
+    let out = guest("testguest.run=panic").run()?;
+    out.log("svmm testguest panic");
+    out.assert_line("testguest: panic: ");
+    assert_eq!(out.testguest_summary(), Some((0, 1)), "\n{}", out.report());
+    assert_no_panic(&out);
+    out.assert_status(3);
+    Ok(())
+}
+
+/// A guest that triple-faults ends svmm with the crash code (68) and one line naming the exit
+/// reason and the RIP — not a hang, not a Rust panic.
+fn triple_fault() -> TrialResult {
+    let out = guest("testguest.run=triplefault").run()?;
+    out.log("svmm testguest triplefault");
+    assert_no_panic(&out);
+    out.assert_status(68);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("triple fault") && lines[0].contains("RIP 0x"),
+        "expected one stderr line naming the triple fault and RIP\n{}",
+        out.report()
+    );
+    Ok(())
+}
+
+/// A guest that idles after its tests, so the VMM can be looked at while it runs.
+fn sleeping_guest() -> TestVm {
+    require_kvm();
+    TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline("testguest.run=echo testguest.echo_timeout_ms=100 testguest.sleep_ms=60000")
+        .mem_mib(128)
+        .timeout(TIMEOUT)
+}
+
+const SLEEPING: &str = "testguest: sleep ms=60000";
+
+/// `spawn()` gives the live VMM: its pid is in /proc while the guest sleeps, and gone once killed.
+fn running_vm_inspected_then_killed() -> TrialResult {
+    let mut vm = sleeping_guest().spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    let proc_dir = format!("/proc/{}", vm.pid());
+    let comm = std::fs::read_to_string(format!("{proc_dir}/comm"))?;
+    assert_eq!(comm.trim(), "svmm", "the spawned process is not svmm");
+    vm.kill();
+    assert!(
+        !std::path::Path::new(&proc_dir).exists(),
+        "svmm still exists after kill()"
+    );
+    Ok(())
+}
+
+/// A run past its timeout is killed and reported as an error that still carries the output.
+fn timeout_kills_vm() -> TrialResult {
+    let err = match sleeping_guest().timeout(Duration::from_secs(3)).run() {
+        Ok(out) => return Err(format!("expected a timeout\n{}", out.report()).into()),
+        Err(err) => err,
+    };
+    let out = err
+        .output()
+        .ok_or_else(|| format!("expected a timeout, got: {err}"))?;
+    out.log("svmm sleeping guest (3 s timeout)");
+    assert!(out.timed_out && out.status.is_none(), "\n{}", out.report());
+    out.assert_line(SLEEPING);
+    Ok(())
+}
+
+fn qemu_microvm_echo() -> TrialResult {
+    require_kvm();
+    let out = TestVm::qemu(paths::artefact("testguest.elf"))
+        .cmdline("testguest.run=echo")
+        .mem_mib(128)
+        .stdin_after_line(READY, "hello\n")
+        .timeout(TIMEOUT)
+        .run()?;
+    out.log("qemu microvm testguest echo");
+    out.assert_line("testguest: svmm test guest v1");
+    out.assert_line("testguest: echo ok line=hello");
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_eq!(
+        out.guest_status(),
+        Some(0),
+        "QEMU did not end through the exit port with status 0\n{}",
+        out.report()
+    );
+    Ok(())
+}

@@ -38,6 +38,7 @@ use std::sync::Arc;
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
+pub mod rng;
 
 /// Feature bit mask: the device complies with virtio 1.0+ (bit 32). Every device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

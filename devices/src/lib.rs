@@ -39,6 +39,7 @@ pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
 pub mod rng;
+pub mod runner;
 
 /// Feature bit mask: the device complies with virtio 1.0+ (bit 32). Every device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

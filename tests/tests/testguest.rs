@@ -1,13 +1,14 @@
 //! Boots our test guest (`images/out/testguest.elf`) under svmm, and under QEMU microvm for
 //! comparison, and checks what it reports: the console both ways (`echo`), its command line and the
-//! virtio-mmio devices given there, and its exit status carried through svmm's exit code.
+//! virtio-mmio devices given there, and its exit status carried through svmm's exit code. Under
+//! QEMU it also drives a virtio-rng device with its own virtqueue driver (`rng`).
 //!
 //! Each trial is one short boot (a few seconds); the 60 s timeout only guards against hangs.
 
 use std::time::Duration;
 
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
+use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const READY: &str = "testguest: echo ready";
@@ -27,6 +28,7 @@ fn main() {
         )
         .test("timeout_kills_vm_and_keeps_output", timeout_kills_vm)
         .test("qemu_microvm_echo", qemu_microvm_echo)
+        .test("qemu_microvm_rng", qemu_microvm_rng)
         .run()
 }
 
@@ -200,6 +202,43 @@ fn qemu_microvm_echo() -> TrialResult {
     out.log("qemu microvm testguest echo");
     out.assert_line("testguest: svmm test guest v1");
     out.assert_line("testguest: echo ok line=hello");
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_eq!(
+        out.guest_status(),
+        Some(0),
+        "QEMU did not end through the exit port with status 0\n{}",
+        out.report()
+    );
+    Ok(())
+}
+
+/// The guest's virtio driver against QEMU's virtio-rng, as a reference for svmm's transport.
+///
+/// QEMU microvm lists its virtio-mmio transports on the kernel command line only without ACPI
+/// (`acpi=off`), and they speak the legacy interface (version 1) unless `force-legacy` is off; the
+/// test guest speaks version 2 only.
+fn qemu_microvm_rng() -> TrialResult {
+    require_kvm();
+    let out = TestVm::new(Backend::Qemu {
+        machine: "microvm,acpi=off".into(),
+    })
+    .kernel(paths::artefact("testguest.elf"))
+    .cmdline("testguest.run=rng")
+    .mem_mib(128)
+    .args(["-global", "virtio-mmio.force-legacy=false"])
+    .device("virtio-rng-device")
+    .timeout(TIMEOUT)
+    .run()?;
+    out.log("qemu microvm testguest rng");
+    out.assert_line("testguest: found 1 virtio-mmio devices");
+    let device = out.assert_line("testguest: virtio-mmio 0 ");
+    assert!(
+        device.ends_with(" id=4"),
+        "QEMU's virtio-rng not probed as a version-2 device with ID 4\n{}",
+        out.report()
+    );
+    let rng = out.assert_line("testguest: rng ok bytes=2048 requests=32 ");
+    eprintln!("    {rng}");
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
     assert_eq!(
         out.guest_status(),

@@ -16,6 +16,7 @@ mod runner;
 mod serial;
 mod tests;
 mod timer;
+mod virtio;
 
 use cmdline::BadKind;
 use core::panic::PanicInfo;
@@ -39,11 +40,12 @@ pub extern "C" fn rust_main(start_info_paddr: u32) -> ! {
     let params = cmdline::parse(cmdline);
     for (index, dev) in params.devices().iter().enumerate() {
         say!(
-            "virtio-mmio {} addr={:#x} size={:#x} irq={}",
+            "virtio-mmio {} addr={:#x} size={:#x} irq={} {}",
             index,
             dev.addr,
             dev.size,
-            dev.irq
+            dev.irq,
+            virtio::probe(dev)
         );
     }
     say!("found {} virtio-mmio devices", params.devices().len());

@@ -191,12 +191,10 @@ impl Timer {
     }
 
     /// Microseconds since the TSC started (roughly: since the VM started).
-    #[allow(dead_code)] // for tests that time themselves (none yet)
     pub fn now_us(&self) -> u64 {
         self.cycles_to_us(rdtsc())
     }
 
-    #[allow(dead_code)] // for tests that time themselves (none yet)
     pub fn cycles_to_us(&self, cycles: u64) -> u64 {
         (cycles / self.tsc_khz) * 1000 + (cycles % self.tsc_khz) * 1000 / self.tsc_khz
     }

@@ -5,6 +5,7 @@
 
 mod echo;
 mod panic;
+mod rng;
 mod triplefault;
 
 use crate::cmdline::{MmioDevice, Params};
@@ -37,6 +38,16 @@ pub static TESTS: &[Test] = &[
         name: "panic",
         applies: panic::applies,
         run: panic::run,
+    },
+    Test {
+        name: "rng",
+        applies: rng::applies,
+        run: rng::run,
+    },
+    Test {
+        name: "rng_reinit",
+        applies: rng::applies_reinit,
+        run: rng::run_reinit,
     },
     Test {
         name: "triplefault",

@@ -38,6 +38,7 @@ use std::sync::Arc;
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
+pub mod irq_status;
 pub mod rng;
 pub mod runner;
 

@@ -14,6 +14,7 @@ mod kvm;
 mod layout;
 mod legacy;
 mod memory;
+mod mmio_bus;
 mod terminal;
 mod vcpu;
 mod vm;

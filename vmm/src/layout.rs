@@ -15,7 +15,8 @@
 //! 0x0010_0000  kernel load address (HIMEM_START)
 //! ...          RAM up to MMIO_GAP_START, the rest above 4 GiB
 //! 0xc000_0000  MMIO gap (1 GiB): virtio-mmio devices, IOAPIC, LAPIC
-//! 0xd000_0000  virtio-mmio device windows (with the device issues)
+//! 0xd000_0000  virtio-mmio device windows: slot i at 0xd000_0000 + i * 0x1000, 4 KiB each,
+//!              VIRTIO_MMIO_SLOTS of them (see `virtio_mmio_slot`)
 //! 0xfec0_0000  IOAPIC
 //! 0xfee0_0000  local APIC
 //! ```
@@ -78,3 +79,97 @@ pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
 pub const EXIT_PORT: u16 = 0xf4;
 /// `SLP_TYP` value our DSDT's `_S5_` object declares; the guest writes it to power off.
 pub const S5_SLEEP_TYPE: u8 = 5;
+
+/// Base of the first virtio-mmio window; slot `i` starts `i * VIRTIO_MMIO_SIZE` above it.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Size of one virtio-mmio window: a page, as Linux's `virtio_mmio.device=4K@...` expects (the
+/// registers take 0x100 bytes, the config space the rest).
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// IOAPIC pins of the virtio-mmio slots, in slot order (edge-triggered, active-high).
+///
+/// Below 16 only lines no legacy device uses: not 0/2 (PIT), 1 and 12 (i8042 keyboard and
+/// mouse, which Linux may probe since the i8042 is there), 3 and 4 (COM2, COM1), 8 (RTC), 9
+/// (ACPI SCI). The first eight work without an IOAPIC too (a kernel with `acpi=off` and no MP
+/// table uses the 8259 PIC and knows GSIs 0-15 only); slots 8-15 need the IOAPIC, so only ACPI
+/// guests (which learn the pins from the DSDT) should get that many devices.
+pub const VIRTIO_MMIO_IRQS: [u32; 16] =
+    [5, 6, 7, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+/// Number of virtio-mmio slots.
+#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
+pub const VIRTIO_MMIO_SLOTS: usize = VIRTIO_MMIO_IRQS.len();
+
+/// Window base, window size and GSI of virtio-mmio slot `i`; `None` past the last slot.
+#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
+pub fn virtio_mmio_slot(i: usize) -> Option<(u64, u64, u32)> {
+    let irq = *VIRTIO_MMIO_IRQS.get(i)?;
+    // Cannot truncate or overflow: `i` < VIRTIO_MMIO_SLOTS.
+    let addr = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+    Some((addr, VIRTIO_MMIO_SIZE, irq))
+}
+
+/// The `virtio_mmio.device=SIZE@ADDR:IRQ` command-line word for a window, in the form Linux's
+/// `virtio_mmio` driver (with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) and the test guest parse:
+/// the size in KiB with a `K` suffix when it is a whole number of KiB, the address in hex.
+#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
+pub fn virtio_mmio_cmdline_entry(addr: u64, size: u64, irq: u32) -> String {
+    if size % 1024 == 0 && size != 0 {
+        format!("virtio_mmio.device={}K@{addr:#x}:{irq}", size / 1024)
+    } else {
+        format!("virtio_mmio.device={size:#x}@{addr:#x}:{irq}")
+    }
+}
+
+/// The command-line words for slots `0..count` (at most [`VIRTIO_MMIO_SLOTS`]), separated by
+/// spaces, for kernels that learn their devices from the command line.
+#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
+pub fn virtio_mmio_cmdline(count: usize) -> String {
+    (0..count)
+        .map_while(virtio_mmio_slot)
+        .map(|(addr, size, irq)| virtio_mmio_cmdline_entry(addr, size, irq))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_slots_are_disjoint_and_in_the_gap() {
+        let slots: Vec<_> = (0..VIRTIO_MMIO_SLOTS).map_while(virtio_mmio_slot).collect();
+        assert_eq!(slots.len(), VIRTIO_MMIO_SLOTS);
+        assert_eq!(virtio_mmio_slot(VIRTIO_MMIO_SLOTS), None);
+        assert_eq!(slots[0], (0xd000_0000, 0x1000, 5));
+        assert_eq!(slots[1], (0xd000_1000, 0x1000, 6));
+        for pair in slots.windows(2) {
+            assert_eq!(pair[0].0 + pair[0].1, pair[1].0);
+        }
+        let (last, size, _) = slots[VIRTIO_MMIO_SLOTS - 1];
+        assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && last + size <= IOAPIC_START);
+        let mut irqs: Vec<u32> = slots.iter().map(|s| s.2).collect();
+        irqs.sort_unstable();
+        irqs.dedup();
+        assert_eq!(irqs.len(), VIRTIO_MMIO_SLOTS);
+        for irq in irqs {
+            assert!(irq < IOAPIC_PINS);
+            assert!(![0, 1, 2, 3, 4, 8, 9, 12].contains(&irq) && irq != SERIAL_IRQ);
+        }
+    }
+
+    #[test]
+    fn virtio_cmdline_words() {
+        assert_eq!(
+            virtio_mmio_cmdline_entry(0xd000_1000, 0x200, 6),
+            "virtio_mmio.device=0x200@0xd0001000:6"
+        );
+        assert_eq!(virtio_mmio_cmdline(0), "");
+        assert_eq!(
+            virtio_mmio_cmdline(2),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        assert_eq!(
+            virtio_mmio_cmdline(100).split(' ').count(),
+            VIRTIO_MMIO_SLOTS
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! vCPU threads: one per vCPU, each running `KVM_RUN` and dispatching its exits.
 //!
-//! Port I/O goes to the legacy devices; anything that ends the VM (power-off, reset, a crash,
+//! Port I/O goes to the legacy devices and MMIO to the devices on the [`MmioBus`] (the virtio-mmio
+//! windows); anything that ends the VM (power-off, reset, a crash,
 //! an exit KVM should never produce) becomes one [`VmEvent`] and the thread stops.
 
 use std::sync::Arc;
@@ -11,24 +12,26 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::control::{VmControl, VmEvent};
 use crate::legacy::PioBus;
+use crate::mmio_bus::MmioBus;
 
 /// Starts the thread that runs vCPU `id`.
 pub fn spawn(
     id: u8,
     vcpu: VcpuFd,
     bus: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     control: VmControl,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            let event = run(id, vcpu, &bus);
+            let event = run(id, vcpu, &bus, &mmio);
             control.request(event);
         })
 }
 
 /// Runs the vCPU until something ends the VM.
-fn run(id: u8, mut vcpu: VcpuFd, bus: &PioBus) -> VmEvent {
+fn run(id: u8, mut vcpu: VcpuFd, bus: &PioBus, mmio: &MmioBus) -> VmEvent {
     loop {
         let outcome = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -39,12 +42,16 @@ fn run(id: u8, mut vcpu: VcpuFd, bus: &PioBus) -> VmEvent {
                 bus.write(port, data);
                 None
             }
-            // Nothing is mapped in the MMIO gap yet besides the in-kernel APICs: reads float high.
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                data.fill(0xff);
+            // Addresses no device claims read as all-ones, like unclaimed ports.
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                mmio.read(addr, data);
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Intr) => None,
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => VmEvent::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => VmEvent::Reboot,

@@ -14,6 +14,7 @@ use crate::error::SvmmError;
 use crate::layout::{ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT};
 use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8042};
 use crate::memory::{create_guest_ram, GuestRam};
+use crate::mmio_bus::MmioBus;
 use crate::{cpu, kvm, terminal, vcpu};
 
 /// A built VM. It must stay alive (not dropped) while its vCPU threads run: they use its memory
@@ -65,8 +66,10 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     ConsoleInput::spawn(serial, control.clone(), raw)
         .map_err(|e| SvmmError::Host("start the console input thread", e))?;
     let bus = Arc::new(bus);
+    // No MMIO devices yet: the virtio-mmio transports are added here with the devices.
+    let mmio_bus = Arc::new(MmioBus::default());
     for (id, fd) in (0u8..).zip(vcpus) {
-        vcpu::spawn(id, fd, bus.clone(), control.clone())
+        vcpu::spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
     }
     // `control` stays alive here, so the channel cannot close before an event arrives.

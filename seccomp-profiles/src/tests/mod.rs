@@ -1,0 +1,350 @@
+//! Unit tests: the profiles are well-formed reviewed data, they compile, and the embedded
+//! programs do what the JSON says (checked with a small BPF interpreter, no filter installed).
+
+mod bpf;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use self::bpf::{run, SeccompData, RET_ALLOW, RET_KILL_PROCESS, RET_LOG, RET_TRAP};
+use crate::{profiles, program, source, syscall_name, syscall_table, Mode};
+
+/// What no device profile may allow: ways to open files, run programs, create sockets or
+/// processes, or inspect other processes. Everything a worker needs is handed to it.
+const DEVICE_FORBIDDEN: &[&str] = &[
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "open_by_handle_at",
+    "execve",
+    "execveat",
+    "socket",
+    "fork",
+    "vfork",
+    "clone",
+    "clone3",
+    "ptrace",
+];
+
+/// Profiles that are not device profiles.
+const NOT_DEVICES: &[&str] = &["base", "vmm"];
+
+/// Every `profiles/*.json`, parsed, by file stem.
+fn json_files() -> BTreeMap<String, Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+            files.insert(stem, value);
+        }
+    }
+    files
+}
+
+/// The rules of the one filter in a profile document.
+fn rules(doc: &Value) -> &[Value] {
+    let filters = doc.as_object().unwrap();
+    assert_eq!(filters.len(), 1, "one filter per profile");
+    let filter = filters.values().next().unwrap();
+    filter["filter"].as_array().unwrap()
+}
+
+/// The syscall names a profile document has rules for.
+fn syscalls(doc: &Value) -> BTreeSet<String> {
+    rules(doc)
+        .iter()
+        .map(|r| r["syscall"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn merged(profile: &str) -> Value {
+    serde_json::from_str(source(profile).unwrap()).unwrap()
+}
+
+fn nr(name: &str) -> i64 {
+    let index = syscall_table::NAMES
+        .iter()
+        .position(|n| *n == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in the syscall table"));
+    i64::try_from(index).unwrap()
+}
+
+fn verdict(profile: &str, mode: Mode, name: &str, args: [u64; 6]) -> u32 {
+    run(
+        &program(profile, mode).unwrap(),
+        &SeccompData::x86_64(nr(name), args),
+    )
+}
+
+fn is_device(profile: &str) -> bool {
+    !NOT_DEVICES.contains(&profile)
+}
+
+#[test]
+fn profiles_are_the_device_kinds_and_the_vmm() {
+    assert_eq!(profiles(), ["rng", "vmm"]);
+    assert!(program("base", Mode::Trap).is_none());
+    assert!(program("no-such-device", Mode::Log).is_none());
+    assert!(source("no-such-device").is_none());
+}
+
+#[test]
+fn every_profile_file_parses_and_compiles() {
+    for (name, doc) in json_files() {
+        let text = serde_json::to_vec(&doc).unwrap();
+        let compiled =
+            seccompiler::compile_from_json(text.as_slice(), seccompiler::TargetArch::x86_64)
+                .unwrap_or_else(|e| panic!("{name}.json: {e}"));
+        assert!(
+            compiled.contains_key(&name),
+            "{name}.json names its filter {name:?}"
+        );
+    }
+}
+
+#[test]
+fn embedded_programs_are_the_compiled_sources() {
+    for &name in profiles() {
+        let map = seccompiler::compile_from_json(
+            source(name).unwrap().as_bytes(),
+            seccompiler::TargetArch::x86_64,
+        )
+        .unwrap();
+        assert_eq!(map[name], program(name, Mode::Trap).unwrap(), "{name}");
+        assert_ne!(program(name, Mode::Trap), program(name, Mode::Log));
+    }
+}
+
+#[test]
+fn every_rule_and_condition_has_a_comment() {
+    let mut checked = 0;
+    for (name, doc) in json_files() {
+        for rule in rules(&doc) {
+            let syscall = rule["syscall"].as_str().unwrap();
+            let comment = rule["comment"].as_str().unwrap_or_default();
+            assert!(
+                !comment.trim().is_empty(),
+                "{name}: {syscall} has no comment"
+            );
+            for arg in rule
+                .get("args")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let comment = arg["comment"].as_str().unwrap_or_default();
+                assert!(
+                    !comment.trim().is_empty(),
+                    "{name}: {syscall} arg has no comment"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} rules found");
+}
+
+#[test]
+fn device_profiles_allow_no_forbidden_syscall() {
+    let devices: Vec<&str> = profiles()
+        .iter()
+        .copied()
+        .filter(|p| is_device(p))
+        .collect();
+    assert!(devices.contains(&"rng"));
+    for profile in devices {
+        let allowed = syscalls(&merged(profile));
+        for &name in DEVICE_FORBIDDEN {
+            assert!(!allowed.contains(name), "{profile} allows {name}");
+            for args in [[0; 6], [u64::MAX; 6]] {
+                assert_eq!(verdict(profile, Mode::Trap, name, args), RET_TRAP, "{name}");
+                assert_eq!(verdict(profile, Mode::Log, name, args), RET_LOG, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn device_profiles_contain_every_base_rule() {
+    let base = syscalls(&json_files()["base"]);
+    for &profile in profiles().iter().filter(|p| is_device(p)) {
+        let rules = syscalls(&merged(profile));
+        assert!(base.is_subset(&rules), "{profile} lacks base rules");
+    }
+}
+
+#[test]
+fn listed_syscalls_are_allowed_in_both_modes() {
+    for &profile in profiles() {
+        for mode in [Mode::Trap, Mode::Log] {
+            for name in ["read", "write", "futex", "exit_group", "rt_sigreturn"] {
+                assert_eq!(
+                    verdict(profile, mode, name, [0; 6]),
+                    RET_ALLOW,
+                    "{profile} {name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn memory_can_never_become_executable() {
+    const PROT_RW: u64 = 3;
+    const PROT_EXEC: u64 = 4;
+    for &profile in profiles() {
+        for name in ["mmap", "mprotect"] {
+            let call = |prot| verdict(profile, Mode::Trap, name, [0, 4096, prot, 0x22, 0, 0]);
+            assert_eq!(call(PROT_RW), RET_ALLOW, "{profile} {name} rw");
+            assert_eq!(call(PROT_RW | PROT_EXEC), RET_TRAP, "{profile} {name} rwx");
+            assert_eq!(call(PROT_EXEC), RET_TRAP, "{profile} {name} x");
+        }
+        let madvise = |advice| verdict(profile, Mode::Trap, "madvise", [0, 4096, advice, 0, 0, 0]);
+        assert_eq!(madvise(4), RET_ALLOW, "MADV_DONTNEED");
+        assert_eq!(madvise(100), RET_TRAP, "MADV_HWPOISON");
+    }
+}
+
+#[test]
+fn vmm_ioctls_are_the_runtime_ones_only() {
+    let ioctl = |request| verdict("vmm", Mode::Trap, "ioctl", [3, request, 0, 0, 0, 0]);
+    for allowed in [
+        0xae80,
+        0x8090_ae81,
+        0x4020_ae76,
+        0x4040_ae79,
+        0x5402,
+        0x5421,
+    ] {
+        assert_eq!(ioctl(allowed), RET_ALLOW, "{allowed:#x}");
+    }
+    // KVM_CREATE_VM, KVM_SET_USER_MEMORY_REGION, KVM_SET_REGS, TIOCSTI.
+    for denied in [0xae01, 0x4020_ae46, 0x4090_ae82, 0x5412] {
+        assert_eq!(ioctl(denied), RET_TRAP, "{denied:#x}");
+    }
+    assert_eq!(
+        verdict("rng", Mode::Trap, "ioctl", [3, 0xae80, 0, 0, 0, 0]),
+        RET_TRAP
+    );
+    for name in ["execve", "openat", "socket", "clone3"] {
+        assert_eq!(verdict("vmm", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
+    }
+}
+
+#[test]
+fn another_architecture_is_killed() {
+    for &profile in profiles() {
+        let mut data = SeccompData::x86_64(0, [0; 6]);
+        data.arch = 0x4000_0003; // AUDIT_ARCH_I386: int 0x80 from a 64-bit process
+        assert_eq!(
+            run(&program(profile, Mode::Log).unwrap(), &data),
+            RET_KILL_PROCESS
+        );
+    }
+}
+
+#[test]
+fn syscall_names() {
+    assert_eq!(syscall_name(0), Some("read"));
+    assert_eq!(syscall_name(59), Some("execve"));
+    assert_eq!(syscall_name(257), Some("openat"));
+    assert_eq!(syscall_name(435), Some("clone3"));
+    assert_eq!(syscall_name(462), Some("mseal"));
+    for unknown in [-1, 336, 423, 463, 512, i64::MAX, i64::MIN] {
+        assert_eq!(syscall_name(unknown), None, "{unknown}");
+    }
+}
+
+/// Every table entry is the number seccompiler compiles that name to (and so the number the
+/// profiles use): a one-rule filter for `name` must match `nr` and nothing next to it.
+#[test]
+fn syscall_table_agrees_with_seccompiler() {
+    let mut seen = BTreeSet::new();
+    for (nr, name) in syscall_table::NAMES.iter().enumerate() {
+        let Some(name) = name else { continue };
+        assert!(seen.insert(*name), "{name} twice");
+        let json = format!(
+            r#"{{"t": {{"mismatch_action": "allow", "match_action": "trap",
+                "filter": [{{"syscall": "{name}"}}]}}}}"#
+        );
+        let map = seccompiler::compile_from_json(json.as_bytes(), seccompiler::TargetArch::x86_64)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let nr = i64::try_from(nr).unwrap();
+        for (probe, want) in [(nr, RET_TRAP), (nr + 1, RET_ALLOW), (nr - 1, RET_ALLOW)] {
+            let got = run(&map["t"], &SeccompData::x86_64(probe, [0; 6]));
+            assert_eq!(got, want, "{name} probed with {probe}");
+        }
+    }
+    assert!(seen.len() > 370);
+}
+
+#[test]
+fn syscall_table_agrees_with_libc() {
+    let pairs = [
+        (libc::SYS_read, "read"),
+        (libc::SYS_mmap, "mmap"),
+        (libc::SYS_ioctl, "ioctl"),
+        (libc::SYS_sendmsg, "sendmsg"),
+        (libc::SYS_clone, "clone"),
+        (libc::SYS_exit, "exit"),
+        (libc::SYS_futex, "futex"),
+        (libc::SYS_exit_group, "exit_group"),
+        (libc::SYS_epoll_pwait, "epoll_pwait"),
+        (libc::SYS_getrandom, "getrandom"),
+        (libc::SYS_execveat, "execveat"),
+        (libc::SYS_pidfd_send_signal, "pidfd_send_signal"),
+        (libc::SYS_openat2, "openat2"),
+        (libc::SYS_landlock_restrict_self, "landlock_restrict_self"),
+    ];
+    for (nr, name) in pairs {
+        assert_eq!(syscall_name(nr), Some(name));
+    }
+}
+
+/// README.md has one row per allowed syscall per profile file, each with a reason.
+#[test]
+fn readme_gives_a_reason_for_every_syscall() {
+    let readme = include_str!("../../README.md");
+    let mut sections: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in readme.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            current = heading
+                .split('`')
+                .nth(1)
+                .and_then(|f| f.strip_suffix(".json"))
+                .map(str::to_string);
+            continue;
+        }
+        let (Some(profile), Some(row)) = (&current, line.strip_prefix("| `")) else {
+            continue;
+        };
+        let (syscall, rest) = row.split_once('`').unwrap();
+        let reason = rest.trim_start_matches([' ', '|']).trim_end_matches('|');
+        assert!(
+            !reason.trim().is_empty(),
+            "README: {profile}/{syscall} has no reason"
+        );
+        let fresh = sections
+            .entry(profile.clone())
+            .or_default()
+            .insert(syscall.into());
+        assert!(fresh, "README: {profile}/{syscall} listed twice");
+    }
+    for (name, doc) in json_files() {
+        let listed = sections.remove(&name).unwrap_or_default();
+        assert_eq!(listed, syscalls(&doc), "README section for {name}.json");
+    }
+    assert!(
+        sections.is_empty(),
+        "README sections without a profile: {sections:?}"
+    );
+}

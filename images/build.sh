@@ -55,7 +55,7 @@ install_if_changed() {
 # ---------------------------------------------------------------------------------------------
 # Host packages: install only the missing ones (one apt-get update, one apt-get install).
 
-KERNEL_PKGS=(linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev xz-utils zstd
+KERNEL_PKGS=(linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev xz-utils lz4
              kmod cpio)
 ROOTFS_PKGS=(busybox-static e2fsprogs cpio gzip)
 # Not an image input: the test suite boots the test guest under QEMU microvm too (the benchmark's

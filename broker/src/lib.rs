@@ -1,7 +1,42 @@
-//! Worker broker.
+//! Worker broker: turns a device's worker spec into a confined worker process.
 //!
-//! This crate will own turning a `--device` spec into a confined worker process: opening host
-//! resources before confinement, the control socket and eventfds, fork + exec of the svmm binary
-//! in worker mode, the sandbox steps in order (namespaces, pivot_root, uid/gid, capabilities,
-//! no_new_privs, PDEATHSIG, rlimits, Landlock, seccomp), child handles and reaping. It never
-//! decides device behaviour. Nothing is implemented here yet: the sandboxed-workers issue fills it.
+//! Owns fork + exec of the svmm binary in worker mode ([`spawn`], [`Spawner`]), the sandbox
+//! steps the exec'd worker applies to itself ([`confine`]), and the VMM's handle on a worker
+//! ([`Worker`]: pidfd, kill, reaping). It never decides device behaviour: what a worker needs
+//! (fds, seccomp profile, Landlock directories) comes from the device's declaration.
+//!
+//! The life cycle is DESIGN.md's "Worker life cycle":
+//! 1. the VMM opens host resources and creates the control socket and eventfds;
+//! 2. [`Spawner::spawn`] clones the worker into fresh namespaces (`clone3`, pidfd), writes its
+//!    id maps and execs the svmm binary through an `O_PATH` fd ([`self_exe`]) with only the
+//!    listed fds (module `spawn`, child side in `preexec`);
+//! 3. the worker calls [`confine`] first thing, with the [`ConfineConfig`] it got as
+//!    `--sandbox-*` arguments ([`ConfineConfig::from_args`]);
+//! 4. the VMM supervises it through [`Worker::pidfd`] and reaps it ([`Worker::wait`], `Drop`).
+
+mod caps;
+pub mod config;
+pub mod confine;
+mod preexec;
+pub mod spawn;
+pub mod worker;
+
+pub use config::{ArgsError, ConfineConfig, LandlockBeneath, Rlimits, NOFILE_MARGIN};
+pub use confine::{
+    confine, describe, landlock_abi_version, ConfineError, Step, REQUIRED_LANDLOCK_ABI,
+};
+pub use preexec::ChildStage;
+pub use spawn::{
+    self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, WorkerIds, WorkerSpec, MAX_WORKER_FDS,
+    NS_WORKER_ID,
+};
+pub use worker::{ExitCause, Worker, WorkerError};
+
+/// INTERFACES.md's name for [`Worker`].
+pub type WorkerHandle = Worker;
+
+/// INTERFACES.md's path for the worker side: `broker::child::confine`.
+pub mod child {
+    pub use crate::config::ConfineConfig;
+    pub use crate::confine::{confine, describe, ConfineError, Step};
+}

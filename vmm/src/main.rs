@@ -8,6 +8,7 @@ mod boot;
 mod cli;
 mod control;
 mod cpu;
+mod device_spec;
 mod error;
 mod exit_code;
 mod kvm;

@@ -30,13 +30,17 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let kvm = kvm::open_kvm()?;
     let ram = create_guest_ram(config.mem_bytes)?;
     let vm = kvm::create_vm(&kvm, &ram)?;
-    let rsdp = acpi::create_acpi_tables(
-        &ram.memory,
-        &AcpiConfig {
-            num_cpus: config.cpus,
-            virtio_mmio: &[],
-        },
-    )?;
+    let rsdp = if config.acpi {
+        Some(acpi::create_acpi_tables(
+            &ram.memory,
+            &AcpiConfig {
+                num_cpus: config.cpus,
+                virtio_mmio: &[],
+            },
+        )?)
+    } else {
+        None
+    };
     let entry = boot::load(
         &ram.memory,
         &BootInputs {
@@ -44,7 +48,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
             initrd: config.initrd.as_deref(),
             cmdline: &config.cmdline,
             mem_bytes: config.mem_bytes,
-            rsdp: Some(rsdp),
+            rsdp,
         },
     )?;
 

@@ -11,6 +11,8 @@ mod cpu;
 mod device_spec;
 mod error;
 mod exit_code;
+#[allow(dead_code)] // Used by the worker proxy (next step).
+mod fd_wait;
 mod kvm;
 mod layout;
 mod legacy;
@@ -22,6 +24,9 @@ mod vcpu;
 #[allow(dead_code)]
 mod virtio;
 mod vm;
+// Wired into vm.rs by device_setup in the next step.
+#[allow(dead_code)]
+mod worker;
 
 use std::io::Write;
 

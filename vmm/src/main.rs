@@ -11,7 +11,6 @@ mod cpu;
 mod device_spec;
 mod error;
 mod exit_code;
-#[allow(dead_code)] // Used by the worker proxy (next step).
 mod fd_wait;
 mod kvm;
 mod layout;

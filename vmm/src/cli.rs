@@ -22,7 +22,8 @@ pub const MAX_CPUS: u8 = 254;
 /// standard input is a terminal it is put into raw mode: press Ctrl-A then x to end svmm.
 /// Exit status: 0 when the guest powers off, 1-63 the status a test guest wrote to port 0xf4,
 /// 64 and above svmm's own failures (64 bad command line, 65 bad kernel or initrd, 66 KVM
-/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error).
+/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error, 71 a
+/// device worker failed with --on-worker-exit=stop).
 #[derive(Debug, Parser)]
 #[command(name = "svmm", version, about, long_about, max_term_width = 100)]
 pub struct Args {
@@ -72,7 +73,7 @@ pub struct Args {
 
     /// What svmm does when a device worker dies or misbehaves: `keep` the VM running with that
     /// device marked as needing a reset (the guest sees DEVICE_NEEDS_RESET), or `stop` the VM
-    /// with a non-zero exit status (70).
+    /// with exit status 71.
     #[arg(long, value_name = "keep|stop", default_value = "keep")]
     pub on_worker_exit: OnWorkerExit,
 }
@@ -127,7 +128,6 @@ pub enum CliError {
 
 /// The validated configuration the VMM runs with.
 #[derive(Debug)]
-#[allow(dead_code)] // `devices` and `on_worker_exit` are used once vm.rs creates the devices.
 pub struct VmConfig {
     /// Kernel image path.
     pub kernel: PathBuf,

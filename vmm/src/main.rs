@@ -8,6 +8,7 @@ mod boot;
 mod cli;
 mod control;
 mod cpu;
+mod device_setup;
 mod device_spec;
 mod error;
 mod exit_code;
@@ -23,8 +24,6 @@ mod vcpu;
 #[allow(dead_code)]
 mod virtio;
 mod vm;
-// Wired into vm.rs by device_setup in the next step.
-#[allow(dead_code)]
 mod worker;
 
 use std::io::Write;
@@ -53,8 +52,9 @@ fn run() -> u8 {
     };
     match vm::run(&config) {
         // The VM is kept alive until the process exits: its vCPU threads still use it.
-        Ok((_vm, event)) => {
+        Ok((vm, event)) => {
             let _ = std::io::stdout().flush();
+            vm.report_device_stats();
             finish(event)
         }
         Err(e) => fail(&e),
@@ -77,6 +77,10 @@ fn finish(event: VmEvent) -> u8 {
         VmEvent::UserQuit => {
             eprintln!("svmm: ended from the console (Ctrl-A x)");
             ExitCode::PowerOff as u8
+        }
+        VmEvent::DeviceFailed(reason) => {
+            eprintln!("svmm: stopping the VM (--on-worker-exit=stop): device {reason}");
+            ExitCode::DeviceFailed as u8
         }
         VmEvent::Internal(reason) => {
             eprintln!("svmm: internal error: {reason}");

@@ -40,7 +40,6 @@ pub struct GuestRam {
     /// The mapped guest memory.
     pub memory: GuestMemoryMmap,
     /// The sealed memfd; offset `o` in the file is the `o`-th byte of RAM, low region first.
-    #[allow(dead_code)] // Handed to device workers by device_setup (next step).
     pub memfd: File,
 }
 

@@ -19,7 +19,7 @@
 //!    │                          | DeviceError{BadActivation | GuestMemory}
 //!    │ ── WriteConfig ──────▶ backend.write_config (no reply; ConfigChanged if config changed)
 //!    │ ── Reset ────────────▶ backend.reset()    ◀── ResetDone
-//!    │ ── GetStats ─────────▶                     ◀── Stats
+//!    │ ── GetStats ─────────▶                     ◀── Stats (summed over activations)
 //!    │ ── Shutdown ─────────▶ return Ok(Shutdown)
 //!    │  (closes its end)      return Ok(PeerGone)
 //!    │                      ◀── DeviceError{..}   a queue failed (device waits for Reset)

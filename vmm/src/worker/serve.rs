@@ -6,7 +6,10 @@ use std::sync::Arc;
 use devices::irq_status::IrqStatus;
 use devices::runner::{QueueRunner, RunnerError, Wake};
 use devices::{Interrupt, VirtioBackend};
-use ipc::{Channel, ChannelError, DeviceErrorKind, DeviceLayout, VmmToWorker, WorkerToVmm};
+use ipc::{
+    Channel, ChannelError, DeviceErrorKind, DeviceLayout, DeviceStats, QueueStats, VmmToWorker,
+    WorkerToVmm,
+};
 use vm_memory::GuestMemoryMmap;
 
 use super::interrupt::IrqfdInterrupt;
@@ -80,6 +83,7 @@ pub fn run_device(
         mem,
         interrupt,
         config,
+        earlier: DeviceStats::default(),
     };
     if let Some(exit) = worker.send(&ready)? {
         return Ok(exit);
@@ -119,6 +123,23 @@ fn report(control: &Channel, reason: DeviceErrorKind) {
     let _ = control.send(&WorkerToVmm::DeviceError { reason }, &[]);
 }
 
+/// Per-queue sums of `a` and `b`, as long as the longer of the two (at most `num_queues`).
+fn add_stats(a: &DeviceStats, b: &DeviceStats) -> DeviceStats {
+    let len = a.queues.len().max(b.queues.len());
+    let at = |s: &DeviceStats, i: usize| s.queues.get(i).copied().unwrap_or_default();
+    let queues = (0..len)
+        .map(|i| {
+            let (x, y) = (at(a, i), at(b, i));
+            QueueStats {
+                requests: x.requests.wrapping_add(y.requests),
+                bytes: x.bytes.wrapping_add(y.bytes),
+                errors: x.errors.wrapping_add(y.errors),
+            }
+        })
+        .collect();
+    DeviceStats { queues }
+}
+
 /// What the loop keeps between messages.
 struct Worker<'a> {
     control: &'a Channel,
@@ -127,6 +148,8 @@ struct Worker<'a> {
     interrupt: Arc<dyn Interrupt>,
     /// The config space as last published to the VMM.
     config: Vec<u8>,
+    /// Counters of earlier activations (the backend's restart at each activation).
+    earlier: DeviceStats,
 }
 
 impl Worker<'_> {
@@ -179,11 +202,15 @@ impl Worker<'_> {
                 })
             }
             VmmToWorker::Reset => {
+                self.earlier = add_stats(&self.earlier, &backend.stats());
                 // The queues come back and are dropped: the next activation builds new ones.
                 let _ = backend.reset();
                 Some(WorkerToVmm::ResetDone)
             }
-            VmmToWorker::GetStats => Some(WorkerToVmm::Stats(backend.stats())),
+            VmmToWorker::GetStats => Some(WorkerToVmm::Stats(add_stats(
+                &self.earlier,
+                &backend.stats(),
+            ))),
             VmmToWorker::Shutdown => return Ok(Some(WorkerExit::Shutdown)),
         };
         match reply {

@@ -23,6 +23,7 @@ fn main() {
         .test("rng_reinit_in_process", rng_reinit_in_process)
         .test("two_rng_devices_without_acpi", two_rng_devices_without_acpi)
         .test("unknown_kind_lists_supported_kinds", unknown_kind)
+        .test("spawned_worker_mode", spawned_worker_mode)
         .run()
 }
 
@@ -126,4 +127,156 @@ fn unknown_kind() -> TrialResult {
         out.report()
     );
     Ok(())
+}
+
+/// `svmm __worker rng` started the way the broker will start it — fds at the fixed numbers of
+/// `vmm/src/worker/mod.rs` (`fd_numbers`) — speaks the control protocol: `Ready` first, then
+/// `Activate`, `GetStats`, and exits 0 on `Shutdown`. (Not confined yet: that is the broker's.)
+fn spawned_worker_mode() -> TrialResult {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    use sys::{check, eventfd, memfd, owned};
+
+    use ipc::{Channel, QueueConfig, VmmToWorker, WorkerToVmm};
+
+    let (vmm, worker) = Channel::pair()?;
+    let queue = eventfd()?;
+    // In fd_numbers order: control, guest RAM, status page, irqfd, stop, queue 0, /dev/urandom.
+    let passed: Vec<OwnedFd> = vec![
+        worker.into(),
+        memfd(1 << 20)?,
+        memfd(4096)?,
+        eventfd()?,
+        eventfd()?,
+        queue.try_clone()?,
+        std::fs::File::open("/dev/urandom")?.into(),
+    ];
+    // Out of the way of 3..10 first, so that no dup2 below overwrites a source.
+    let high: Vec<OwnedFd> = passed
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd we own; the result is checked.
+            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+            check(dup, "F_DUPFD_CLOEXEC").map(owned)
+        })
+        .collect::<std::io::Result<_>>()?;
+    drop(passed);
+    let raw: Vec<libc::c_int> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut cmd = std::process::Command::new(tests::binary::svmm_bin());
+    cmd.args(["__worker", "rng"]);
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
+    // async-signal-safe, on fds that are open in the child (inherited `high`).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, fd) in (3..).zip(&raw) {
+                if libc::dup2(*fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(high);
+
+    vmm.set_nonblocking(true)?;
+    let recv = || -> Result<WorkerToVmm, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match vmm.recv::<WorkerToVmm>() {
+                Ok((msg, _)) => return Ok(msg),
+                Err(ipc::ChannelError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("worker: {e}")),
+            }
+        }
+    };
+    let ready = recv()?;
+    assert!(
+        matches!(
+            ready,
+            WorkerToVmm::Ready {
+                device_type: 4,
+                num_queues: 1,
+                ..
+            }
+        ),
+        "{ready:?}"
+    );
+    let activate = VmmToWorker::Activate {
+        driver_features: 1 << 32,
+        queues: vec![QueueConfig {
+            index: 0,
+            size: 16,
+            desc_table: 0x1000,
+            avail_ring: 0x2000,
+            used_ring: 0x3000,
+        }],
+    };
+    vmm.send(&activate, &[])?;
+    assert_eq!(recv()?, WorkerToVmm::Activated);
+    // A notification with nothing available: served, nothing used.
+    sys::notify(&queue)?;
+    vmm.send(&VmmToWorker::GetStats, &[])?;
+    match recv()? {
+        WorkerToVmm::Stats(stats) => assert_eq!(stats.queues[0].requests, 0),
+        other => panic!("expected Stats, got {other:?}"),
+    }
+    vmm.send(&VmmToWorker::Shutdown, &[])?;
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(0), "worker exit: {status}");
+    Ok(())
+}
+
+/// The few raw syscalls the spawned-worker trial needs to stand in for the broker.
+mod sys {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// `ret`, or the OS error named after `what`.
+    pub fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(err.kind(), format!("{what}: {err}")));
+        }
+        Ok(ret)
+    }
+
+    /// Owns an fd a syscall just created.
+    pub fn owned(fd: libc::c_int) -> OwnedFd {
+        // SAFETY: `fd` was just returned (and checked) by the syscall that created it; nothing
+        // else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// A close-on-exec memfd of `size` bytes.
+    pub fn memfd(size: i64) -> io::Result<OwnedFd> {
+        // SAFETY: a NUL-terminated literal name and valid flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"test-memfd".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = owned(check(fd, "memfd_create")?);
+        // SAFETY: ftruncate on the memfd just created, which `fd` owns.
+        let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), size) };
+        check(ret, "ftruncate")?;
+        Ok(fd)
+    }
+
+    /// A close-on-exec, non-blocking eventfd.
+    pub fn eventfd() -> io::Result<OwnedFd> {
+        // SAFETY: eventfd2 with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Ok(owned(check(fd, "eventfd")?))
+    }
+
+    /// Adds 1 to an eventfd's counter.
+    pub fn notify(fd: &OwnedFd) -> io::Result<()> {
+        let one = 1u64;
+        // SAFETY: writes the 8 bytes of a live u64 to an eventfd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }

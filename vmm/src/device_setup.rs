@@ -281,8 +281,9 @@ fn create_one(
 /// the broker before confinement) and `fds` everything the worker needs from the VMM, already
 /// registered with KVM. In-process, the thread builds the backend and runs
 /// `worker::run_device`. Sandboxed, the broker will pass `fds` at `worker::fd_numbers` and the
-/// resources after them to `svmm __worker KIND`, whose worker mode confines itself, builds the
-/// backend with `backend::build` and calls the same `run_device`.
+/// resources after them to `svmm __worker KIND` (`worker::spawned`, already built and tested),
+/// which confines itself, builds the backend with `backend::build` and calls the same
+/// `run_device`; the `Worker` it returns holds the broker's handle (kill + reap on drop).
 fn start_worker(
     spec: &DeviceSpec,
     name: &str,

@@ -35,7 +35,8 @@ impl DeviceKind {
         }
     }
 
-    fn from_name(name: &str) -> Option<DeviceKind> {
+    /// The kind called `name` on the command line.
+    pub fn from_name(name: &str) -> Option<DeviceKind> {
         match name {
             "rng" => Some(DeviceKind::Rng),
             _ => None,

@@ -42,6 +42,15 @@ fn main() {
 }
 
 fn run() -> u8 {
+    // Hidden worker mode (`svmm __worker KIND`), started by the broker with its fds in place.
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == worker::spawned::WORKER_ARG)
+    {
+        let rest: Vec<String> = argv.map(|a| a.to_string_lossy().into_owned()).collect();
+        return worker::spawned::main(&rest);
+    }
     let args = match cli::Args::try_parse() {
         Ok(args) => args,
         Err(e) => return report_clap_error(&e),

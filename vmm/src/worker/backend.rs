@@ -60,6 +60,13 @@ pub fn num_queues(kind: DeviceKind) -> u16 {
     }
 }
 
+/// How many host resources `kind` is built from (the length of [`HostResources::files`]).
+pub fn host_resource_count(kind: DeviceKind) -> usize {
+    match kind {
+        DeviceKind::Rng => 1,
+    }
+}
+
 /// Opens what `kind` works on (VMM side; the broker's job once workers are spawned).
 pub fn open_host_resources(kind: DeviceKind) -> Result<HostResources, BackendError> {
     match kind {
@@ -85,7 +92,7 @@ pub fn build(
             Ok([source]) => Ok(Box::new(Rng::new(source))),
             Err(_) => Err(BackendError::ResourceCount {
                 kind,
-                expected: 1,
+                expected: host_resource_count(kind),
                 got,
             }),
         },

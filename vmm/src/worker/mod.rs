@@ -8,8 +8,8 @@
 //!
 //! - **in-process** (`--device KIND,sandbox=off`): on a thread of svmm ([`in_process::spawn`]),
 //!   with the worker end of an `ipc::Channel::pair()`;
-//! - **sandboxed** (later, with the broker): in `svmm __worker KIND` after `broker::child::confine`,
-//!   with the fds the broker passed at fixed numbers ([`fd_numbers`]).
+//! - **sandboxed** (once the broker spawns it): in `svmm __worker KIND` ([`spawned`]), after
+//!   `broker::child::confine`, with the fds the broker passed at fixed numbers ([`fd_numbers`]).
 //!
 //! ```text
 //!   VMM (WorkerProxy)                         run_device
@@ -34,6 +34,7 @@ pub mod in_process;
 mod interrupt;
 mod queues;
 mod serve;
+pub mod spawned;
 #[cfg(test)]
 mod tests;
 
@@ -56,7 +57,6 @@ pub use serve::run_device;
 ///   8.. one ioeventfd per queue, in queue index order (num_queues of them)
 ///   then the kind's host resources in `backend::HostResources` order (rng: /dev/urandom)
 /// ```
-#[allow(dead_code)] // The contract for the broker's worker mode, which is not built yet.
 pub mod fd_numbers {
     /// The control socket.
     pub const CONTROL: i32 = 3;

@@ -158,6 +158,9 @@ fn help_lists_every_option() -> TrialResult {
         "--mem",
         "--cpus",
         "--device",
+        "--no-sandbox",
+        "--acpi",
+        "--on-worker-exit",
     ];
     let missing: Vec<&str> = options.into_iter().filter(|o| !text.contains(o)).collect();
     if !missing.is_empty() {

@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
+use crate::layout::VIRTIO_MMIO_SLOTS;
 
 /// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -19,7 +22,8 @@ pub const MAX_CPUS: u8 = 254;
 /// standard input is a terminal it is put into raw mode: press Ctrl-A then x to end svmm.
 /// Exit status: 0 when the guest powers off, 1-63 the status a test guest wrote to port 0xf4,
 /// 64 and above svmm's own failures (64 bad command line, 65 bad kernel or initrd, 66 KVM
-/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error).
+/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error, 71 a
+/// device worker failed with --on-worker-exit=stop).
 #[derive(Debug, Parser)]
 #[command(name = "svmm", version, about, long_about, max_term_width = 100)]
 pub struct Args {
@@ -45,9 +49,51 @@ pub struct Args {
     pub cpus: u16,
 
     /// Add a virtio device, given as KIND[=PATH][,OPTION=VALUE...]. May be repeated; each device
-    /// instance runs in its own sandboxed worker process.
+    /// instance runs in its own sandboxed worker process. Supported kinds: `rng` (virtio-rng fed
+    /// from the host's /dev/urandom). Every kind takes `sandbox=on|off`: `off` runs the same
+    /// device code on a thread of svmm instead. Devices get the virtio-mmio slots in the order
+    /// given: slot i at 0xd0000000 + i * 0x1000, interrupts 5, 6, 7, 10, 11, ...
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
+
+    /// Run every device on a thread of svmm instead of a sandboxed worker process (as if each
+    /// `--device` had `sandbox=off`). For debugging and comparison only.
+    #[arg(long)]
+    pub no_sandbox: bool,
+
+    /// ACPI tables for the guest. `on`: svmm writes ACPI tables (CPUs, interrupt controllers,
+    /// power-off) and describes each virtio-mmio device in the DSDT (`LNRO0005`), which is how
+    /// stock distribution kernels find them. `off`: no ACPI tables at all. Either way each device
+    /// is also appended to the kernel command line as `virtio_mmio.device=4K@ADDR:IRQ`, for
+    /// kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and the test guest; a kernel that
+    /// reads both registers each device twice, so use `off` for kernels that rely on the command
+    /// line alone.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub acpi: OnOff,
+
+    /// What svmm does when a device worker dies or misbehaves: `keep` the VM running with that
+    /// device marked as needing a reset (the guest sees DEVICE_NEEDS_RESET), or `stop` the VM
+    /// with exit status 71.
+    #[arg(long, value_name = "keep|stop", default_value = "keep")]
+    pub on_worker_exit: OnWorkerExit,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// `--on-worker-exit`: what a dead or misbehaving device worker does to the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnWorkerExit {
+    /// Keep the VM running; the device shows DEVICE_NEEDS_RESET.
+    Keep,
+    /// End the VM with an error.
+    Stop,
 }
 
 /// A problem with the command line, found after clap accepted its syntax.
@@ -67,16 +113,16 @@ pub enum CliError {
     /// `--cpus` outside 1..=MAX_CPUS.
     #[error("--cpus {0} is out of range: use 1 to {MAX_CPUS}")]
     Cpus(u16),
-    /// An empty or malformed `--device` value.
-    #[error("--device '{0}': expected KIND[=PATH][,OPTION=VALUE...]")]
-    DeviceSyntax(String),
-    /// A `--device` kind this build does not know.
-    #[error("--device '{spec}': unknown device kind '{kind}' (this build supports no virtio devices yet)")]
-    UnknownDevice {
-        /// The whole spec.
-        spec: String,
-        /// The kind that was not recognised.
-        kind: String,
+    /// A `--device` value that cannot be used.
+    #[error(transparent)]
+    Device(#[from] DeviceSpecError),
+    /// More devices than there are virtio-mmio slots.
+    #[error("{count} devices given, svmm has {max} virtio-mmio slots")]
+    TooManyDevices {
+        /// Devices given.
+        count: usize,
+        /// Slots available.
+        max: usize,
     },
 }
 
@@ -93,6 +139,12 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     /// vCPU count.
     pub cpus: u8,
+    /// The virtio devices, in slot order; `sandbox` already folds in `--no-sandbox`.
+    pub devices: Vec<DeviceSpec>,
+    /// Whether to write ACPI tables (`--acpi`).
+    pub acpi: bool,
+    /// What a dead or misbehaving worker does to the VM.
+    pub on_worker_exit: OnWorkerExit,
 }
 
 impl Args {
@@ -111,8 +163,17 @@ impl Args {
             .ok()
             .filter(|n| (1..=MAX_CPUS).contains(n))
             .ok_or(CliError::Cpus(self.cpus))?;
+        let mut devices = Vec::with_capacity(self.devices.len());
         for spec in &self.devices {
-            parse_device(spec)?;
+            let mut device = device_spec::parse(spec)?;
+            device.sandbox &= !self.no_sandbox;
+            devices.push(device);
+        }
+        if devices.len() > VIRTIO_MMIO_SLOTS {
+            return Err(CliError::TooManyDevices {
+                count: devices.len(),
+                max: VIRTIO_MMIO_SLOTS,
+            });
         }
         Ok(VmConfig {
             kernel: self.kernel,
@@ -120,22 +181,11 @@ impl Args {
             cmdline: self.cmdline,
             mem_bytes: self.mem << 20,
             cpus,
+            devices,
+            acpi: self.acpi == OnOff::On,
+            on_worker_exit: self.on_worker_exit,
         })
     }
-}
-
-/// Parses one `--device` spec. No device kinds exist yet, so every well-formed spec names an
-/// unknown kind; the virtio device issues add kinds here.
-fn parse_device(spec: &str) -> Result<(), CliError> {
-    let head = spec.split(',').next().unwrap_or_default();
-    let kind = head.split('=').next().unwrap_or_default();
-    if kind.is_empty() {
-        return Err(CliError::DeviceSyntax(spec.to_string()));
-    }
-    Err(CliError::UnknownDevice {
-        spec: spec.to_string(),
-        kind: kind.to_string(),
-    })
 }
 
 /// Total host memory in MiB, from `/proc/meminfo`; `u64::MAX` when it cannot be read, so that
@@ -202,12 +252,47 @@ mod tests {
     fn devices_are_checked() {
         assert!(matches!(
             args(&["--device", "bogus"]).validate(1024),
-            Err(CliError::UnknownDevice { .. })
+            Err(CliError::Device(DeviceSpecError::UnknownKind { .. }))
         ));
         assert!(matches!(
             args(&["--device", ",x=1"]).validate(1024),
-            Err(CliError::DeviceSyntax(_))
+            Err(CliError::Device(DeviceSpecError::Syntax(_)))
         ));
+        let many: Vec<&str> = ["--device", "rng"].repeat(VIRTIO_MMIO_SLOTS + 1);
+        assert!(matches!(
+            args(&many).validate(1024),
+            Err(CliError::TooManyDevices { count: 17, max: 16 })
+        ));
+    }
+
+    #[test]
+    fn device_options_and_switches() {
+        use crate::device_spec::DeviceKind;
+        let c = args(&["--device", "rng", "--device", "rng,sandbox=off"])
+            .validate(1024)
+            .unwrap();
+        let sandboxed: Vec<bool> = c.devices.iter().map(|d| d.sandbox).collect();
+        assert_eq!(sandboxed, [true, false]);
+        assert!(c.devices.iter().all(|d| d.kind == DeviceKind::Rng));
+        assert!(c.acpi);
+        assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
+
+        let c = args(&[
+            "--device",
+            "rng",
+            "--no-sandbox",
+            "--acpi=off",
+            "--on-worker-exit",
+            "stop",
+        ])
+        .validate(1024)
+        .unwrap();
+        assert!(!c.devices[0].sandbox);
+        assert!(!c.acpi);
+        assert_eq!(c.on_worker_exit, OnWorkerExit::Stop);
+
+        let v = ["svmm", "--kernel", "k", "--acpi", "maybe"];
+        assert!(Args::try_parse_from(v).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum VmEvent {
     Crashed(String),
     /// The user ended svmm from the console (Ctrl-A x).
     UserQuit,
+    /// A device worker died or misbehaved and `--on-worker-exit=stop` asks to end the VM.
+    DeviceFailed(String),
     /// svmm itself failed while running the VM.
     Internal(String),
 }

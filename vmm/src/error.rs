@@ -31,6 +31,9 @@ pub enum SvmmError {
     /// Writing the ACPI tables failed.
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Device(#[from] crate::device_setup::DeviceSetupError),
     /// A host resource (eventfd, thread, irqfd) could not be set up.
     #[error("cannot {0}")]
     Host(&'static str, #[source] std::io::Error),
@@ -45,9 +48,12 @@ impl SvmmError {
             Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
             Self::Boot(_) => ExitCode::BadInput,
             Self::Kvm(_) => ExitCode::KvmUnavailable,
-            Self::VmSetup(_) | Self::Memory(_) | Self::Cpu(_) | Self::Acpi(_) | Self::Host(..) => {
-                ExitCode::SetupFailed
-            }
+            Self::VmSetup(_)
+            | Self::Memory(_)
+            | Self::Cpu(_)
+            | Self::Acpi(_)
+            | Self::Device(_)
+            | Self::Host(..) => ExitCode::SetupFailed,
         }
     }
 }

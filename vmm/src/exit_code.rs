@@ -11,6 +11,7 @@
 //! | 68     | the guest crashed: triple fault, KVM internal error, unexpected exit         |
 //! | 69     | the guest asked for a reboot (i8042 reset); svmm does not reboot, it ends    |
 //! | 70     | internal error in svmm                                                       |
+//! | 71     | a device worker died or misbehaved, and `--on-worker-exit=stop` was given    |
 //!
 //! A test-guest status above 63 is reported as 63 so it can never be mistaken for one of svmm's
 //! own codes.
@@ -35,6 +36,8 @@ pub enum ExitCode {
     GuestReboot = 69,
     /// Internal error.
     Internal = 70,
+    /// A device worker failed and `--on-worker-exit=stop` was given.
+    DeviceFailed = 71,
 }
 
 /// Largest test-guest status passed through unchanged.

@@ -95,7 +95,6 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_IRQS: [u32; 16] =
     [5, 6, 7, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
 /// Number of virtio-mmio slots.
-#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
 pub const VIRTIO_MMIO_SLOTS: usize = VIRTIO_MMIO_IRQS.len();
 
 /// Window base, window size and GSI of virtio-mmio slot `i`; `None` past the last slot.

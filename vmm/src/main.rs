@@ -8,8 +8,11 @@ mod boot;
 mod cli;
 mod control;
 mod cpu;
+mod device_setup;
+mod device_spec;
 mod error;
 mod exit_code;
+mod fd_wait;
 mod kvm;
 mod layout;
 mod legacy;
@@ -21,6 +24,7 @@ mod vcpu;
 #[allow(dead_code)]
 mod virtio;
 mod vm;
+mod worker;
 
 use std::io::Write;
 
@@ -38,6 +42,15 @@ fn main() {
 }
 
 fn run() -> u8 {
+    // Hidden worker mode (`svmm __worker KIND`), started by the broker with its fds in place.
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == worker::spawned::WORKER_ARG)
+    {
+        let rest: Vec<String> = argv.map(|a| a.to_string_lossy().into_owned()).collect();
+        return worker::spawned::main(&rest);
+    }
     let args = match cli::Args::try_parse() {
         Ok(args) => args,
         Err(e) => return report_clap_error(&e),
@@ -48,8 +61,9 @@ fn run() -> u8 {
     };
     match vm::run(&config) {
         // The VM is kept alive until the process exits: its vCPU threads still use it.
-        Ok((_vm, event)) => {
+        Ok((vm, event)) => {
             let _ = std::io::stdout().flush();
+            vm.report_device_stats();
             finish(event)
         }
         Err(e) => fail(&e),
@@ -72,6 +86,10 @@ fn finish(event: VmEvent) -> u8 {
         VmEvent::UserQuit => {
             eprintln!("svmm: ended from the console (Ctrl-A x)");
             ExitCode::PowerOff as u8
+        }
+        VmEvent::DeviceFailed(reason) => {
+            eprintln!("svmm: stopping the VM (--on-worker-exit=stop): device {reason}");
+            ExitCode::DeviceFailed as u8
         }
         VmEvent::Internal(reason) => {
             eprintln!("svmm: internal error: {reason}");

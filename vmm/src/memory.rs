@@ -27,6 +27,9 @@ pub enum MemoryError {
     /// Duplicating the memfd for a mapping failed.
     #[error("cannot duplicate the guest RAM memfd")]
     Dup(#[source] io::Error),
+    /// The size does not fit this host's address space.
+    #[error("guest RAM of {0} bytes does not fit the address space")]
+    TooLarge(u64),
     /// mmap of a region failed.
     #[error("cannot map guest RAM")]
     Map(#[source] vm_memory::mmap::FromRangesError),
@@ -37,10 +40,6 @@ pub struct GuestRam {
     /// The mapped guest memory.
     pub memory: GuestMemoryMmap,
     /// The sealed memfd; offset `o` in the file is the `o`-th byte of RAM, low region first.
-    #[allow(
-        dead_code,
-        reason = "handed to device workers once they exist (sandboxed-workers issue)"
-    )]
     pub memfd: File,
 }
 
@@ -78,14 +77,20 @@ pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
     if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
         return Err(MemoryError::Seal(io::Error::last_os_error()));
     }
+    let memory = map_guest_ram(&memfd, size)?;
+    Ok(GuestRam { memory, memfd })
+}
+
+/// Maps the first `size` bytes of the guest RAM memfd at the guest-physical places
+/// [`ram_ranges`] gives them: the VMM's own view, and a device worker's view of the same pages.
+pub fn map_guest_ram(memfd: &File, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     for (addr, len, offset) in ram_ranges(size) {
         let file = memfd.try_clone().map_err(MemoryError::Dup)?;
-        // Cannot truncate: `len` is at most the RAM size, which the CLI bounds by host memory.
-        regions.push((addr, len as usize, Some(FileOffset::new(file, offset))));
+        let len = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size))?;
+        regions.push((addr, len, Some(FileOffset::new(file, offset))));
     }
-    let memory = GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Map)?;
-    Ok(GuestRam { memory, memfd })
+    GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Map)
 }
 
 #[cfg(test)]

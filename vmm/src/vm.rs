@@ -1,5 +1,8 @@
-//! Assembling and running a VM: guest RAM, KVM, ACPI tables, the kernel, legacy devices and
-//! vCPU threads, then waiting for the first event that ends it.
+//! Assembling and running a VM: guest RAM, KVM, the virtio devices, ACPI tables, the kernel,
+//! legacy devices and vCPU threads, then waiting for the first event that ends it.
+//!
+//! Order matters: the devices come before the ACPI tables (the DSDT lists them) and before the
+//! kernel command line is written (it lists them too).
 
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +13,7 @@ use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootInputs};
 use crate::cli::VmConfig;
 use crate::control::{VmControl, VmEvent};
+use crate::device_setup::{self, VirtioDevices};
 use crate::error::SvmmError;
 use crate::layout::{ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT};
 use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8042};
@@ -22,6 +26,14 @@ use crate::{cpu, kvm, terminal, vcpu};
 pub struct Vm {
     _vm: VmFd,
     _ram: GuestRam,
+    devices: VirtioDevices,
+}
+
+impl Vm {
+    /// Prints per-device statistics (at VM end).
+    pub fn report_device_stats(&self) {
+        self.devices.report_stats();
+    }
 }
 
 /// Builds the VM described by `config`, starts it and returns the event that ended it, together
@@ -30,25 +42,36 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let kvm = kvm::open_kvm()?;
     let ram = create_guest_ram(config.mem_bytes)?;
     let vm = kvm::create_vm(&kvm, &ram)?;
-    let rsdp = acpi::create_acpi_tables(
-        &ram.memory,
-        &AcpiConfig {
-            num_cpus: config.cpus,
-            virtio_mmio: &[],
-        },
-    )?;
+    let (control, events) = VmControl::new();
+    let mut mmio_bus = MmioBus::default();
+    let devices = device_setup::create(&vm, &ram, config, &mut mmio_bus, &control)?;
+
+    let rsdp = if config.acpi {
+        Some(acpi::create_acpi_tables(
+            &ram.memory,
+            &AcpiConfig {
+                num_cpus: config.cpus,
+                virtio_mmio: &devices.acpi,
+            },
+        )?)
+    } else {
+        None
+    };
+    let cmdline = match devices.cmdline.as_str() {
+        "" => config.cmdline.clone(),
+        entries => format!("{} {entries}", config.cmdline),
+    };
     let entry = boot::load(
         &ram.memory,
         &BootInputs {
             kernel: &config.kernel,
             initrd: config.initrd.as_deref(),
-            cmdline: &config.cmdline,
+            cmdline: &cmdline,
             mem_bytes: config.mem_bytes,
-            rsdp: Some(rsdp),
+            rsdp,
         },
     )?;
 
-    let (control, events) = VmControl::new();
     let (bus, serial) = legacy_devices(&vm, &control)?;
 
     let base_cpuid = cpu::supported_cpuid(&kvm)?;
@@ -66,8 +89,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     ConsoleInput::spawn(serial, control.clone(), raw)
         .map_err(|e| SvmmError::Host("start the console input thread", e))?;
     let bus = Arc::new(bus);
-    // No MMIO devices yet: the virtio-mmio transports are added here with the devices.
-    let mmio_bus = Arc::new(MmioBus::default());
+    let mmio_bus = Arc::new(mmio_bus);
     for (id, fd) in (0u8..).zip(vcpus) {
         vcpu::spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
@@ -76,9 +98,13 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let event = events
         .recv()
         .unwrap_or_else(|_| VmEvent::Internal("VM event channel closed".into()));
-    Ok((Vm { _vm: vm, _ram: ram }, event))
+    let vm = Vm {
+        _vm: vm,
+        _ram: ram,
+        devices,
+    };
+    Ok((vm, event))
 }
-
 /// COM1, the i8042, the ACPI sleep registers and the exit port on a fresh port bus.
 fn legacy_devices(
     vm: &VmFd,

@@ -268,3 +268,23 @@ fn memory_without_acpi_area_is_an_error() {
         "{err}"
     );
 }
+
+/// Each virtio device's `_CRS` declares its GSI as an edge-triggered, active-high, exclusive
+/// interrupt (what an irqfd pulse delivers): an Extended IRQ descriptor with flags 0x03.
+#[test]
+fn virtio_interrupts_are_declared_edge_triggered_active_high() {
+    let mem = memory();
+    let devs = devices(3);
+    let cfg = AcpiConfig {
+        num_cpus: 1,
+        virtio_mmio: &devs,
+    };
+    let rsdp = create_acpi_tables(&mem, &cfg).unwrap();
+    let (_, _, dsdt) = parse(&mem, rsdp);
+    for dev in &devs {
+        // Tag 0x89, length 6, flags (consumer | edge), one interrupt: the GSI.
+        let mut descriptor = vec![0x89, 0x06, 0x00, 0x03, 0x01];
+        descriptor.extend_from_slice(&dev.irq.to_le_bytes());
+        assert_eq!(count(&dsdt, &descriptor), 1, "GSI {}", dev.irq);
+    }
+}

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod mmio;
+pub mod worker_proxy;
 
 use std::time::Duration;
 

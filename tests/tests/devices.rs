@@ -1,0 +1,282 @@
+//! svmm's virtio devices driven by the test guest's own virtio-mmio driver: virtio-rng served
+//! by the worker loop, here in-process (`sandbox=off`, `--no-sandbox`). The guest's `rng` test
+//! fails unless every returned chain also came with a used-buffer interrupt (InterruptStatus
+//! bit 0 set in the status word the worker shares with svmm), so a pass proves the interrupt
+//! path too. Sandboxed trials join these once the broker spawns workers.
+//!
+//! Each trial is one short boot; they run one at a time (this host has few cores).
+
+use std::time::Duration;
+
+use tests::suite::TrialResult;
+use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The rng test's result line up to its timing fields (32 requests of 64 bytes).
+const RNG_OK: &str = "testguest: rng ok bytes=2048 requests=32 ";
+
+fn main() {
+    Suite::new("devices")
+        .sequential()
+        .test("rng_in_process", rng_in_process)
+        .test("rng_no_sandbox_switch", rng_no_sandbox_switch)
+        .test("rng_reinit_in_process", rng_reinit_in_process)
+        .test("two_rng_devices_without_acpi", two_rng_devices_without_acpi)
+        .test("unknown_kind_lists_supported_kinds", unknown_kind)
+        .test("spawned_worker_mode", spawned_worker_mode)
+        .run()
+}
+
+/// The test guest running `tests` with `devices` (svmm `--device` specs).
+fn guest(tests: &str, devices: &[&str]) -> TestVm {
+    require_kvm();
+    let mut vm = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline(format!("testguest.run={tests}"))
+        .mem_mib(128)
+        .timeout(TIMEOUT);
+    for spec in devices {
+        vm = vm.device(*spec);
+    }
+    vm
+}
+
+/// What every good run shows: the device probed in slot 0, one pass, exit 0, no panic.
+fn assert_passed(out: &VmOutput) {
+    out.assert_line("testguest: virtio-mmio 0 addr=0xd0000000 size=0x1000 irq=5 id=4");
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert!(
+        !out.stderr.contains("panicked"),
+        "svmm panicked\n{}",
+        out.report()
+    );
+    out.assert_status(0);
+}
+
+/// The per-device statistics line svmm prints at VM end.
+fn assert_stats(out: &VmOutput, line: &str) {
+    assert!(
+        out.stderr.lines().any(|l| l == line),
+        "missing statistics line {line:?}\n{}",
+        out.report()
+    );
+}
+
+fn rng_in_process() -> TrialResult {
+    let out = guest("rng", &["rng,sandbox=off"]).run()?;
+    out.log("svmm testguest rng (in-process)");
+    let rng = out.assert_line(RNG_OK);
+    eprintln!("    {rng}");
+    // The device is listed on the command line svmm hands the guest.
+    let cmdline = out.assert_line("testguest: cmdline: ");
+    assert!(
+        cmdline.ends_with(" virtio_mmio.device=4K@0xd0000000:5"),
+        "{cmdline:?}"
+    );
+    assert_passed(&out);
+    assert_stats(
+        &out,
+        "svmm: rng#0 (in-process): q0 requests=32 bytes=2048 errors=0",
+    );
+    Ok(())
+}
+
+fn rng_no_sandbox_switch() -> TrialResult {
+    let out = guest("rng", &["rng"]).arg("--no-sandbox").run()?;
+    out.log("svmm testguest rng (--no-sandbox)");
+    out.assert_line(RNG_OK);
+    assert_passed(&out);
+    Ok(())
+}
+
+/// Reset and a second initialisation of a live device: both requests served.
+fn rng_reinit_in_process() -> TrialResult {
+    let out = guest("rng_reinit", &["rng,sandbox=off"]).run()?;
+    out.log("svmm testguest rng_reinit (in-process)");
+    out.assert_line("testguest: rng_reinit ok bytes=128 requests=2");
+    assert_passed(&out);
+    // Statistics add up over both activations.
+    assert_stats(
+        &out,
+        "svmm: rng#0 (in-process): q0 requests=2 bytes=128 errors=0",
+    );
+    Ok(())
+}
+
+/// Two devices take slots 0 and 1 (IRQs 5 and 6); without ACPI the command line alone lists them.
+fn two_rng_devices_without_acpi() -> TrialResult {
+    let out = guest("rng", &["rng,sandbox=off", "rng,sandbox=off"])
+        .arg("--acpi=off")
+        .run()?;
+    out.log("svmm testguest rng, two devices, --acpi=off");
+    out.assert_line("testguest: virtio-mmio 1 addr=0xd0001000 size=0x1000 irq=6 id=4");
+    out.assert_line("testguest: found 2 virtio-mmio devices");
+    out.assert_line(RNG_OK);
+    assert_passed(&out);
+    assert_stats(&out, "svmm: rng#1 (in-process): no requests");
+    Ok(())
+}
+
+fn unknown_kind() -> TrialResult {
+    let out = guest("rng", &["blk=/nonexistent"]).run()?;
+    out.assert_status(64);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        ["svmm: error: --device 'blk=/nonexistent': unknown device kind 'blk' (supported: rng)"],
+        "\n{}",
+        out.report()
+    );
+    Ok(())
+}
+
+/// `svmm __worker rng` started the way the broker will start it — fds at the fixed numbers of
+/// `vmm/src/worker/mod.rs` (`fd_numbers`) — speaks the control protocol: `Ready` first, then
+/// `Activate`, `GetStats`, and exits 0 on `Shutdown`. (Not confined yet: that is the broker's.)
+fn spawned_worker_mode() -> TrialResult {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    use sys::{check, eventfd, memfd, owned};
+
+    use ipc::{Channel, QueueConfig, VmmToWorker, WorkerToVmm};
+
+    let (vmm, worker) = Channel::pair()?;
+    let queue = eventfd()?;
+    // In fd_numbers order: control, guest RAM, status page, irqfd, stop, queue 0, /dev/urandom.
+    let passed: Vec<OwnedFd> = vec![
+        worker.into(),
+        memfd(1 << 20)?,
+        memfd(4096)?,
+        eventfd()?,
+        eventfd()?,
+        queue.try_clone()?,
+        std::fs::File::open("/dev/urandom")?.into(),
+    ];
+    // Out of the way of 3..10 first, so that no dup2 below overwrites a source.
+    let high: Vec<OwnedFd> = passed
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates an open fd we own; the result is checked.
+            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+            check(dup, "F_DUPFD_CLOEXEC").map(owned)
+        })
+        .collect::<std::io::Result<_>>()?;
+    drop(passed);
+    let raw: Vec<libc::c_int> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut cmd = std::process::Command::new(tests::binary::svmm_bin());
+    cmd.args(["__worker", "rng"]);
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
+    // async-signal-safe, on fds that are open in the child (inherited `high`).
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, fd) in (3..).zip(&raw) {
+                if libc::dup2(*fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(high);
+
+    vmm.set_nonblocking(true)?;
+    let recv = || -> Result<WorkerToVmm, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match vmm.recv::<WorkerToVmm>() {
+                Ok((msg, _)) => return Ok(msg),
+                Err(ipc::ChannelError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("worker: {e}")),
+            }
+        }
+    };
+    let ready = recv()?;
+    assert!(
+        matches!(
+            ready,
+            WorkerToVmm::Ready {
+                device_type: 4,
+                num_queues: 1,
+                ..
+            }
+        ),
+        "{ready:?}"
+    );
+    let activate = VmmToWorker::Activate {
+        driver_features: 1 << 32,
+        queues: vec![QueueConfig {
+            index: 0,
+            size: 16,
+            desc_table: 0x1000,
+            avail_ring: 0x2000,
+            used_ring: 0x3000,
+        }],
+    };
+    vmm.send(&activate, &[])?;
+    assert_eq!(recv()?, WorkerToVmm::Activated);
+    // A notification with nothing available: served, nothing used.
+    sys::notify(&queue)?;
+    vmm.send(&VmmToWorker::GetStats, &[])?;
+    match recv()? {
+        WorkerToVmm::Stats(stats) => assert_eq!(stats.queues[0].requests, 0),
+        other => panic!("expected Stats, got {other:?}"),
+    }
+    vmm.send(&VmmToWorker::Shutdown, &[])?;
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(0), "worker exit: {status}");
+    Ok(())
+}
+
+/// The few raw syscalls the spawned-worker trial needs to stand in for the broker.
+mod sys {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// `ret`, or the OS error named after `what`.
+    pub fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(err.kind(), format!("{what}: {err}")));
+        }
+        Ok(ret)
+    }
+
+    /// Owns an fd a syscall just created.
+    pub fn owned(fd: libc::c_int) -> OwnedFd {
+        // SAFETY: `fd` was just returned (and checked) by the syscall that created it; nothing
+        // else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// A close-on-exec memfd of `size` bytes.
+    pub fn memfd(size: i64) -> io::Result<OwnedFd> {
+        // SAFETY: a NUL-terminated literal name and valid flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"test-memfd".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = owned(check(fd, "memfd_create")?);
+        // SAFETY: ftruncate on the memfd just created, which `fd` owns.
+        let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), size) };
+        check(ret, "ftruncate")?;
+        Ok(fd)
+    }
+
+    /// A close-on-exec, non-blocking eventfd.
+    pub fn eventfd() -> io::Result<OwnedFd> {
+        // SAFETY: eventfd2 with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        Ok(owned(check(fd, "eventfd")?))
+    }
+
+    /// Adds 1 to an eventfd's counter.
+    pub fn notify(fd: &OwnedFd) -> io::Result<()> {
+        let one = 1u64;
+        // SAFETY: writes the 8 bytes of a live u64 to an eventfd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,461 @@
+//! [`WorkerProxy`]: the [`DeviceProxy`] of a device served by `worker::run_device` on the other
+//! end of a control channel — in a sandboxed worker process or on a thread of svmm alike.
+//!
+//! The worker is untrusted (DESIGN.md: hostile once compromised), and the proxy is called from
+//! vCPU threads, so:
+//!
+//! - **Deadlines.** Set-up waits at most [`Deadlines::ready`] for `Ready`; a request that needs a
+//!   reply (`Activate`, `Reset`, `GetStats`) waits at most [`Deadlines::reply`], polling the
+//!   socket. The VMM's end is non-blocking, so a send into a full socket fails instead of
+//!   blocking. A silent worker makes the device broken; no vCPU ever waits longer.
+//! - **Validation.** Every message is decoded with the `ipc` size limits and checked with
+//!   `WorkerToVmm::validate` against the layout the worker declared in `Ready` (config no longer
+//!   than declared, statistics for no more queues). Undecodable, invalid or out-of-order
+//!   messages (a second `Ready`, an `Activated` nobody asked for, ...) break the device.
+//! - **Rate cap.** More than [`MAX_UNSOLICITED_PER_SEC`] unsolicited messages in a second, or
+//!   more than [`MAX_MESSAGES_PER_REPLY`] before a reply, is flooding: the device breaks.
+//!
+//! Breaking is final: the proxy prints one line with the reason, shuts its socket down (a live
+//! worker then sees its peer gone and exits; the monitor watching the socket wakes up), runs the
+//! terminate hook (the broker's kill, later) and reports [`DeviceProxy::is_broken`] from then
+//! on, so the transport shows `DEVICE_NEEDS_RESET` and refuses re-initialisation.
+//!
+//! A `DeviceError` the worker sends while active (a guest fault in a queue) is not final: the
+//! device shows `DEVICE_NEEDS_RESET` until the driver resets it, then works again.
+//!
+//! Unsolicited messages (`ConfigChanged`, `DeviceError`, `SeccompViolation`) are handled by
+//! [`WorkerProxy::service`], which the device's owner calls when the socket is readable (see
+//! `device_setup`), and before every request.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use devices::irq_status::IrqStatus;
+use ipc::{
+    Channel, ChannelError, DeviceErrorKind, DeviceStats, Limits, QueueConfig, VmmToWorker,
+    WorkerToVmm,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{DeviceInfo, DeviceProxy, ProxyError, INT_CONFIG};
+use crate::fd_wait::wait_readable;
+
+#[cfg(test)]
+mod tests;
+
+/// Most unsolicited messages a worker may send in one second.
+pub const MAX_UNSOLICITED_PER_SEC: u32 = 64;
+/// Most messages read while waiting for one reply.
+pub const MAX_MESSAGES_PER_REPLY: u32 = 16;
+
+/// How long the VMM waits for a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    /// For `Ready` after the worker was started.
+    pub ready: Duration,
+    /// For the reply to one request.
+    pub reply: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            ready: Duration::from_secs(5),
+            reply: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The VMM's end of one device worker.
+pub struct WorkerProxy {
+    /// Names the device in reports (`rng#0`).
+    name: String,
+    channel: Channel,
+    info: DeviceInfo,
+    /// Bounds for the worker's messages, from its `Ready`.
+    limits: Limits,
+    status: IrqStatus,
+    irqfd: EventFd,
+    /// The VMM's copies of the queue notification eventfds, indexed by queue.
+    queue_events: Vec<EventFd>,
+    deadlines: Deadlines,
+    /// Activated and not reset since.
+    active: bool,
+    /// The device reported an error while active; cleared by a reset.
+    failed: Option<DeviceErrorKind>,
+    /// Why the device broke for good.
+    broken: Option<String>,
+    /// The owner must call the transport's `mark_needs_reset` (see [`Self::take_needs_reset`]).
+    needs_reset: bool,
+    /// Start of the current rate-cap window and the unsolicited messages in it.
+    window: (Instant, u32),
+    /// Run once when the device breaks (kills the worker process, later).
+    terminate: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// The requests that wait for a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Activate,
+    Reset,
+    Stats,
+}
+
+impl Request {
+    /// The name in error messages.
+    fn name(self) -> &'static str {
+        match self {
+            Request::Activate => "activate",
+            Request::Reset => "reset",
+            Request::Stats => "statistics",
+        }
+    }
+
+    /// Whether `msg` answers this request.
+    fn is_reply(self, msg: &WorkerToVmm) -> bool {
+        matches!(
+            (self, msg),
+            (
+                Request::Activate,
+                WorkerToVmm::Activated | WorkerToVmm::DeviceError { .. }
+            ) | (Request::Reset, WorkerToVmm::ResetDone)
+                | (Request::Stats, WorkerToVmm::Stats(_))
+        )
+    }
+}
+
+/// What a message turned out to be, for the request waiting on it.
+enum Received {
+    /// The reply the request waits for.
+    Reply(WorkerToVmm),
+    /// Something else, handled.
+    Other,
+}
+
+impl WorkerProxy {
+    /// Waits for the worker's `Ready` on `channel` and builds the proxy from it.
+    ///
+    /// `queue_events` are the VMM's copies of the device's queue eventfds; the worker must
+    /// declare exactly that many queues. `status` and `irqfd` are the device's interrupt status
+    /// page and irqfd (the VMM keeps them, so it can still signal a config change after the
+    /// worker died).
+    pub fn connect(
+        name: impl Into<String>,
+        channel: Channel,
+        status: IrqStatus,
+        irqfd: EventFd,
+        queue_events: Vec<EventFd>,
+        deadlines: Deadlines,
+    ) -> Result<WorkerProxy, ProxyError> {
+        channel.set_nonblocking(true)?;
+        let bad = || ProxyError::BadReply { request: "start" };
+        if !wait_readable(channel.as_fd(), deadlines.ready).map_err(io_error)? {
+            return Err(ProxyError::Timeout {
+                request: "start",
+                timeout: deadlines.ready,
+            });
+        }
+        let (msg, fds) = channel.recv::<WorkerToVmm>()?;
+        if !fds.is_empty() {
+            return Err(bad());
+        }
+        msg.validate(&Limits::VIRTIO_MMIO).map_err(|_| bad())?;
+        let WorkerToVmm::Ready {
+            device_type,
+            device_features,
+            num_queues,
+            max_queue_size,
+            config,
+        } = msg
+        else {
+            if let WorkerToVmm::DeviceError { reason } = msg {
+                return Err(ProxyError::Device(reason));
+            }
+            return Err(bad());
+        };
+        if usize::from(num_queues) != queue_events.len() {
+            return Err(bad());
+        }
+        let config_len = config.len();
+        Ok(WorkerProxy {
+            name: name.into(),
+            channel,
+            info: DeviceInfo {
+                device_type,
+                device_features,
+                num_queues,
+                max_queue_size,
+                config,
+                config_generation: 0,
+            },
+            limits: Limits {
+                max_config_len: config_len,
+                max_queues: num_queues,
+            },
+            status,
+            irqfd,
+            queue_events,
+            deadlines,
+            active: false,
+            failed: None,
+            broken: None,
+            needs_reset: false,
+            window: (Instant::now(), 0),
+            terminate: None,
+        })
+    }
+
+    /// Runs `terminate` once if the device breaks (e.g. the broker's kill of the worker).
+    pub fn set_terminate(&mut self, terminate: impl FnOnce() + Send + 'static) {
+        self.terminate = Some(Box::new(terminate));
+    }
+
+    /// The control socket, for the owner to watch: readable means [`Self::service`] has work.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+
+    /// Why the device broke for good, if it did.
+    pub fn broken_reason(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Whether the transport's `mark_needs_reset` must be called (once: the flag is cleared).
+    pub fn take_needs_reset(&mut self) -> bool {
+        std::mem::take(&mut self.needs_reset)
+    }
+
+    /// Handles every message the worker sent on its own, without waiting. The owner calls this
+    /// when the socket is readable, then [`Self::take_needs_reset`].
+    pub fn service(&mut self) {
+        for _ in 0..=MAX_UNSOLICITED_PER_SEC {
+            if self.broken.is_some() {
+                return;
+            }
+            match self.receive(None) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Asks the worker for its statistics.
+    pub fn stats(&mut self) -> Result<DeviceStats, ProxyError> {
+        match self.request(&VmmToWorker::GetStats, Request::Stats)? {
+            WorkerToVmm::Stats(stats) => Ok(stats),
+            _ => Err(self.break_with(ProxyError::BadReply {
+                request: "statistics",
+            })),
+        }
+    }
+
+    /// Asks a live worker to exit (at VM end). Best effort: a worker that does not read is
+    /// dealt with by its terminate hook.
+    pub fn shutdown(&mut self) {
+        if self.broken.is_none() {
+            let _ = self.channel.send(&VmmToWorker::Shutdown, &[]);
+        }
+    }
+
+    /// Marks the device broken for good with `reason`.
+    fn break_device(&mut self, reason: &str) {
+        if self.broken.is_some() {
+            return;
+        }
+        eprintln!(
+            "svmm: {}: device worker {reason}; device marked as needing reset",
+            self.name
+        );
+        self.broken = Some(reason.to_string());
+        self.needs_reset = true;
+        self.active = false;
+        // SAFETY: shutdown(2) on the proxy's own open socket changes no memory; it makes the
+        // worker's reads return end-of-file and wakes anyone polling the socket.
+        unsafe { libc::shutdown(self.channel.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(terminate) = self.terminate.take() {
+            terminate();
+        }
+    }
+
+    /// Breaks the device because of `err`, returning `err` for the caller.
+    fn break_with(&mut self, err: ProxyError) -> ProxyError {
+        let reason = crate::error::one_line(&err);
+        self.break_device(&reason);
+        err
+    }
+
+    /// Sends `msg` and waits for its reply, handling unsolicited messages meanwhile.
+    fn request(&mut self, msg: &VmmToWorker, kind: Request) -> Result<WorkerToVmm, ProxyError> {
+        let request = kind.name();
+        self.service();
+        if self.broken.is_some() {
+            return Err(ProxyError::Broken);
+        }
+        self.send(msg)?;
+        let deadline = Instant::now() + self.deadlines.reply;
+        for _ in 0..MAX_MESSAGES_PER_REPLY {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !wait_readable(self.channel.as_fd(), left).map_err(io_error)? {
+                let timeout = self.deadlines.reply;
+                return Err(self.break_with(ProxyError::Timeout { request, timeout }));
+            }
+            if let Some(Received::Reply(reply)) = self.receive(Some(kind))? {
+                return Ok(reply);
+            }
+        }
+        Err(self.break_with(ProxyError::BadReply { request }))
+    }
+
+    /// Sends without waiting; a full socket (a worker that does not read) breaks the device.
+    fn send(&mut self, msg: &VmmToWorker) -> Result<(), ProxyError> {
+        if self.broken.is_some() {
+            return Err(ProxyError::Broken);
+        }
+        self.channel
+            .send(msg, &[])
+            .map_err(|e| self.break_with(ProxyError::Channel(e)))
+    }
+
+    /// Receives one message if one is waiting (`Ok(None)` if not), validates and handles it.
+    /// While `waiting` for the reply to a request, the reply is returned instead.
+    fn receive(&mut self, waiting: Option<Request>) -> Result<Option<Received>, ProxyError> {
+        let msg = match self.channel.recv::<WorkerToVmm>() {
+            Ok((msg, fds)) if fds.is_empty() => msg,
+            Ok(_) => {
+                let request = waiting.map_or("nothing", Request::name);
+                return Err(self.break_with(ProxyError::BadReply { request }));
+            }
+            Err(ChannelError::WouldBlock) => return Ok(None),
+            Err(e) => return Err(self.break_with(ProxyError::Channel(e))),
+        };
+        if msg.validate(&self.limits).is_err() {
+            let request = waiting.map_or("nothing", Request::name);
+            return Err(self.break_with(ProxyError::BadReply { request }));
+        }
+        if waiting.is_some_and(|request| request.is_reply(&msg)) {
+            return Ok(Some(Received::Reply(msg)));
+        }
+        self.unsolicited(msg)?;
+        Ok(Some(Received::Other))
+    }
+
+    /// Handles a message nobody asked for.
+    fn unsolicited(&mut self, msg: WorkerToVmm) -> Result<(), ProxyError> {
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        if self.window.1 > MAX_UNSOLICITED_PER_SEC {
+            self.break_device("floods the control channel");
+            return Err(ProxyError::Broken);
+        }
+        match msg {
+            WorkerToVmm::ConfigChanged { config } => {
+                self.info.config = config;
+                self.info.config_generation = self.info.config_generation.wrapping_add(1);
+                self.signal_config_change();
+            }
+            WorkerToVmm::DeviceError { reason } => {
+                eprintln!(
+                    "svmm: {}: device stopped ({reason:?}); it needs a reset",
+                    self.name
+                );
+                self.failed = Some(reason);
+                self.needs_reset = true;
+            }
+            WorkerToVmm::SeccompViolation { syscall, arch } => {
+                // Named by the seccomp-profiles crate once it exists.
+                self.break_device(&format!(
+                    "made forbidden system call {syscall} (arch {arch:#x})"
+                ));
+                return Err(ProxyError::Broken);
+            }
+            WorkerToVmm::Ready { .. }
+            | WorkerToVmm::Activated
+            | WorkerToVmm::ResetDone
+            | WorkerToVmm::Stats(_) => {
+                self.break_device("sent an out-of-order message");
+                return Err(ProxyError::Broken);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed poll(2) on the socket, as a channel error.
+fn io_error(source: std::io::Error) -> ProxyError {
+    ProxyError::Channel(ChannelError::Io { op: "poll", source })
+}
+
+impl DeviceProxy for WorkerProxy {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn activate(&mut self, driver_features: u64, queues: &[QueueConfig]) -> Result<(), ProxyError> {
+        let msg = VmmToWorker::Activate {
+            driver_features,
+            queues: queues.to_vec(),
+        };
+        match self.request(&msg, Request::Activate)? {
+            WorkerToVmm::Activated => {
+                self.active = true;
+                Ok(())
+            }
+            WorkerToVmm::DeviceError { reason } => Err(ProxyError::Device(reason)),
+            _ => Err(self.break_with(ProxyError::BadReply {
+                request: "activate",
+            })),
+        }
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
+        self.send(&VmmToWorker::WriteConfig {
+            offset,
+            data: data.to_vec(),
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), ProxyError> {
+        if self.active {
+            match self.request(&VmmToWorker::Reset, Request::Reset)? {
+                WorkerToVmm::ResetDone => self.active = false,
+                _ => return Err(self.break_with(ProxyError::BadReply { request: "reset" })),
+            }
+        }
+        self.failed = None;
+        self.status.clear();
+        Ok(())
+    }
+
+    fn interrupt_status(&self) -> u32 {
+        self.status.pending()
+    }
+
+    fn interrupt_ack(&mut self, bits: u32) {
+        self.status.ack(bits);
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.is_some() || self.failed.is_some()
+    }
+
+    fn notify(&mut self, queue: u16) -> Result<(), ProxyError> {
+        if let Some(fd) = self.queue_events.get(usize::from(queue)) {
+            fd.write(1).map_err(|source| {
+                ProxyError::Channel(ChannelError::Io {
+                    op: "write",
+                    source,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    fn signal_config_change(&mut self) {
+        self.status.raise(INT_CONFIG);
+        // Only fails with the counter near overflow, when an interrupt is pending anyway.
+        let _ = self.irqfd.write(1);
+    }
+}

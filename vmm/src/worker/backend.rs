@@ -1,0 +1,100 @@
+//! Which backend a device kind runs, and the host resources it is built from.
+//!
+//! The VMM (later: the broker, before the worker is confined) opens a kind's host resources with
+//! [`open_host_resources`]; whoever runs the device builds the backend from them with
+//! [`build`]. In a spawned worker the resources arrive as inherited fds, in the order listed
+//! here, after the queue eventfds (see [`super::fd_numbers`]).
+//!
+//! | kind  | queues | host resources (in order)   |
+//! |-------|--------|-----------------------------|
+//! | `rng` | 1      | `/dev/urandom`, read-only   |
+
+use std::fs::File;
+use std::io;
+
+use devices::rng::{self, Rng};
+use devices::VirtioBackend;
+
+use crate::device_spec::DeviceKind;
+
+/// Where virtio-rng's entropy comes from.
+pub const ENTROPY_SOURCE: &str = "/dev/urandom";
+
+/// The host files a device works on, opened outside the sandbox, in the kind's fixed order.
+#[derive(Debug)]
+pub struct HostResources {
+    /// The files, in the order of the table above.
+    pub files: Vec<File>,
+}
+
+/// Why a backend could not be built from its host resources.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Opening a host resource failed.
+    #[error("cannot open {path} for the {kind} device")]
+    Open {
+        /// The device kind.
+        kind: DeviceKind,
+        /// The resource.
+        path: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The wrong number of host resources for the kind.
+    #[error("the {kind} device needs {expected} host resources, got {got}")]
+    ResourceCount {
+        /// The device kind.
+        kind: DeviceKind,
+        /// Resources the kind needs.
+        expected: usize,
+        /// Resources given.
+        got: usize,
+    },
+}
+
+/// How many queues (and so queue eventfds) a kind has; known before its backend exists.
+pub fn num_queues(kind: DeviceKind) -> u16 {
+    match kind {
+        DeviceKind::Rng => rng::NUM_QUEUES,
+    }
+}
+
+/// How many host resources `kind` is built from (the length of [`HostResources::files`]).
+pub fn host_resource_count(kind: DeviceKind) -> usize {
+    match kind {
+        DeviceKind::Rng => 1,
+    }
+}
+
+/// Opens what `kind` works on (VMM side; the broker's job once workers are spawned).
+pub fn open_host_resources(kind: DeviceKind) -> Result<HostResources, BackendError> {
+    match kind {
+        DeviceKind::Rng => {
+            let file = File::open(ENTROPY_SOURCE).map_err(|source| BackendError::Open {
+                kind,
+                path: ENTROPY_SOURCE,
+                source,
+            })?;
+            Ok(HostResources { files: vec![file] })
+        }
+    }
+}
+
+/// Builds the backend of `kind` from its host resources (worker side).
+pub fn build(
+    kind: DeviceKind,
+    resources: HostResources,
+) -> Result<Box<dyn VirtioBackend>, BackendError> {
+    let got = resources.files.len();
+    match kind {
+        DeviceKind::Rng => match <[File; 1]>::try_from(resources.files) {
+            Ok([source]) => Ok(Box::new(Rng::new(source))),
+            Err(_) => Err(BackendError::ResourceCount {
+                kind,
+                expected: host_resource_count(kind),
+                got,
+            }),
+        },
+    }
+}

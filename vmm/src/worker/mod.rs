@@ -1,0 +1,134 @@
+//! The device side of the control protocol: the loop that serves one virtio backend for the
+//! VMM, wherever it runs.
+//!
+//! [`run_device`] is the whole life of a device worker once it holds its fds: it maps guest RAM
+//! and the interrupt status page, announces the device with `Ready`, then serves queue
+//! notifications (through `devices::runner::QueueRunner`) and control messages until the VMM
+//! says `Shutdown`, closes its end, or the stop eventfd fires. The very same function runs
+//!
+//! - **in-process** (`--device KIND,sandbox=off`): on a thread of svmm ([`in_process::spawn`]),
+//!   with the worker end of an `ipc::Channel::pair()`;
+//! - **sandboxed** (once the broker spawns it): in `svmm __worker KIND` ([`spawned`]), after
+//!   `broker::child::confine`, with the fds the broker passed at fixed numbers ([`fd_numbers`]).
+//!
+//! ```text
+//!   VMM (WorkerProxy)                         run_device
+//!    │                      ◀── Ready ──────── first, before any guest data is read
+//!    │ ── Activate ─────────▶ validate against own layout → build Queues (is_valid against
+//!    │                      ◀── Activated      guest RAM) → backend.activate(.., IrqfdInterrupt)
+//!    │                          | DeviceError{BadActivation | GuestMemory}
+//!    │ ── WriteConfig ──────▶ backend.write_config (no reply; ConfigChanged if config changed)
+//!    │ ── Reset ────────────▶ backend.reset()    ◀── ResetDone
+//!    │ ── GetStats ─────────▶                     ◀── Stats (summed over activations)
+//!    │ ── Shutdown ─────────▶ return Ok(Shutdown)
+//!    │  (closes its end)      return Ok(PeerGone)
+//!    │                      ◀── DeviceError{..}   a queue failed (device waits for Reset)
+//! ```
+//!
+//! A message from the VMM that does not decode, or carries fds, is a protocol violation: the
+//! worker answers `DeviceError { Internal }` and returns an error (the VMM then sees the device as
+//! broken). Nothing here panics on what arrives over the channel or sits in guest memory.
+
+pub mod backend;
+pub mod in_process;
+mod interrupt;
+mod queues;
+mod serve;
+pub mod spawned;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+
+use vmm_sys_util::eventfd::EventFd;
+
+pub use serve::run_device;
+
+/// Fixed fd numbers of a spawned worker (`svmm __worker KIND`): what the broker passes where.
+///
+/// ```text
+///   3  control socket (SOCK_SEQPACKET, worker end)
+///   4  guest RAM memfd (sealed; its size is the RAM size, layout as memory::ram_ranges)
+///   5  interrupt status page memfd (devices::irq_status)
+///   6  irqfd (eventfd registered with KVM on the device's GSI)
+///   7  stop eventfd (the broker may keep a copy to ask for a graceful stop)
+///   8.. one ioeventfd per queue, in queue index order (num_queues of them)
+///   then the kind's host resources in `backend::HostResources` order (rng: /dev/urandom)
+/// ```
+pub mod fd_numbers {
+    /// The control socket.
+    pub const CONTROL: i32 = 3;
+    /// The guest RAM memfd.
+    pub const GUEST_RAM: i32 = 4;
+    /// The interrupt status page.
+    pub const IRQ_STATUS: i32 = 5;
+    /// The irqfd.
+    pub const IRQFD: i32 = 6;
+    /// The stop eventfd.
+    pub const STOP: i32 = 7;
+    /// The first queue eventfd; queue `i` is at `FIRST_QUEUE + i`.
+    pub const FIRST_QUEUE: i32 = 8;
+}
+
+/// Every fd a device worker needs from the VMM, owned. See [`fd_numbers`] for how a spawned
+/// worker receives them.
+pub struct WorkerFds {
+    /// The worker's end of the control channel.
+    pub control: ipc::Channel,
+    /// The sealed guest RAM memfd. Its size is the guest RAM size; the worker maps it at the
+    /// places `memory::ram_ranges` gives, exactly as the VMM does.
+    pub guest_ram: File,
+    /// The interrupt status page (`devices::irq_status::IrqStatus::create` on the VMM side).
+    pub irq_status: OwnedFd,
+    /// The device's irqfd, written after a status bit is raised.
+    pub irqfd: EventFd,
+    /// One notification eventfd per queue, indexed by queue (KVM ioeventfds on `QueueNotify`).
+    pub queue_events: Vec<EventFd>,
+    /// Readable = stop serving. Never written by the VMM for a spawned worker; an in-process
+    /// device's owner may keep a clone to end the thread.
+    pub stop: EventFd,
+}
+
+/// Why [`run_device`] returned normally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// The VMM sent `Shutdown`.
+    Shutdown,
+    /// The VMM closed its end of the channel.
+    PeerGone,
+    /// The stop eventfd fired.
+    Stopped,
+}
+
+/// Why [`run_device`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Mapping guest RAM failed.
+    #[error("cannot map guest RAM")]
+    GuestRam(#[source] crate::memory::MemoryError),
+    /// Reading the guest RAM memfd's size failed.
+    #[error("cannot read the guest RAM size")]
+    GuestRamSize(#[source] io::Error),
+    /// Mapping the interrupt status page failed.
+    #[error("cannot map the interrupt status page")]
+    IrqStatus(#[source] io::Error),
+    /// The number of queue eventfds does not match the device.
+    #[error("device has {expected} queues but {got} queue eventfds were passed")]
+    QueueEvents {
+        /// The backend's queue count.
+        expected: u16,
+        /// Eventfds passed.
+        got: usize,
+    },
+    /// The control channel failed, or the VMM sent something that is not a valid message.
+    #[error("control channel failed")]
+    Control(#[source] ipc::ChannelError),
+    /// The VMM attached fds to a message that takes none.
+    #[error("the VMM sent {0} fds with a message that takes none")]
+    UnexpectedFds(usize),
+    /// The queue runner failed (event loop, not the device).
+    #[error("queue event loop failed")]
+    Runner(#[source] devices::runner::RunnerError),
+}

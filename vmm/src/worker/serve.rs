@@ -1,0 +1,250 @@
+//! [`run_device`]: set-up, `Ready`, then the loop that serves queue notifications and control
+//! messages (see the module docs of [`crate::worker`] for the conversation).
+
+use std::sync::Arc;
+
+use devices::irq_status::IrqStatus;
+use devices::runner::{QueueRunner, RunnerError, Wake};
+use devices::{Interrupt, VirtioBackend};
+use ipc::{
+    Channel, ChannelError, DeviceErrorKind, DeviceLayout, DeviceStats, QueueStats, VmmToWorker,
+    WorkerToVmm,
+};
+use vm_memory::GuestMemoryMmap;
+
+use super::interrupt::IrqfdInterrupt;
+use super::{queues, WorkerError, WorkerExit, WorkerFds};
+use crate::memory::map_guest_ram;
+
+/// Runner token of the control socket.
+const CONTROL: u64 = 0;
+
+/// Serves `backend` for the VMM on the other end of `fds.control` until it shuts the device
+/// down, closes the channel, or `fds.stop` fires.
+///
+/// Sends `Ready` first, so the VMM can send nothing the worker would act on before it knows the
+/// device. Set-up failures are reported as `DeviceError { Internal }` (best effort) before the
+/// error is returned.
+pub fn run_device(
+    mut backend: Box<dyn VirtioBackend>,
+    fds: WorkerFds,
+) -> Result<WorkerExit, WorkerError> {
+    let WorkerFds {
+        control,
+        guest_ram,
+        irq_status,
+        irqfd,
+        queue_events,
+        stop,
+    } = fds;
+    let setup = || -> Result<_, WorkerError> {
+        let size = guest_ram
+            .metadata()
+            .map_err(WorkerError::GuestRamSize)?
+            .len();
+        let mem = map_guest_ram(&guest_ram, size).map_err(WorkerError::GuestRam)?;
+        let status = IrqStatus::from_fd(irq_status).map_err(WorkerError::IrqStatus)?;
+        if queue_events.len() != usize::from(backend.num_queues()) {
+            return Err(WorkerError::QueueEvents {
+                expected: backend.num_queues(),
+                got: queue_events.len(),
+            });
+        }
+        let interrupt: Arc<dyn Interrupt> = Arc::new(IrqfdInterrupt::new(status, irqfd));
+        Ok((mem, interrupt))
+    };
+    let (mem, interrupt) = match setup() {
+        Ok(done) => done,
+        Err(e) => {
+            report(&control, DeviceErrorKind::Internal);
+            return Err(e);
+        }
+    };
+    // Cannot truncate: the runner takes queue indices as u16, and there are num_queues of them.
+    let queue_events: Vec<(u16, _)> = (0u16..).zip(queue_events).collect();
+
+    let config = backend.config();
+    let layout = DeviceLayout {
+        device_features: backend.features(),
+        num_queues: backend.num_queues(),
+        max_queue_size: backend.max_queue_size(),
+        config_len: config.len(),
+    };
+    let ready = WorkerToVmm::Ready {
+        device_type: backend.device_type(),
+        device_features: layout.device_features,
+        num_queues: layout.num_queues,
+        max_queue_size: layout.max_queue_size,
+        config: config.clone(),
+    };
+    let mut worker = Worker {
+        layout,
+        control: &control,
+        mem,
+        interrupt,
+        config,
+        earlier: DeviceStats::default(),
+    };
+    if let Some(exit) = worker.send(&ready)? {
+        return Ok(exit);
+    }
+
+    let mut runner = QueueRunner::new(&queue_events, &stop).map_err(WorkerError::Runner)?;
+    runner
+        .watch(&control, CONTROL)
+        .map_err(WorkerError::Runner)?;
+    loop {
+        match runner.run(&mut *backend) {
+            Ok(Wake::Stop) => return Ok(WorkerExit::Stopped),
+            Ok(Wake::Fd(_)) => {
+                if let Some(exit) = worker.serve_one(&mut *backend)? {
+                    return Ok(exit);
+                }
+            }
+            // The backend stopped serving its queues (it ignores notifications until a reset):
+            // tell the VMM, which shows DEVICE_NEEDS_RESET, and keep serving control messages.
+            Err(RunnerError::Device(e)) => {
+                if let Some(exit) = worker.send(&WorkerToVmm::DeviceError {
+                    reason: (&e).into(),
+                })? {
+                    return Ok(exit);
+                }
+            }
+            Err(e) => {
+                report(&control, DeviceErrorKind::Internal);
+                return Err(WorkerError::Runner(e));
+            }
+        }
+    }
+}
+
+/// Best-effort error report on a path that ends the worker anyway.
+fn report(control: &Channel, reason: DeviceErrorKind) {
+    let _ = control.send(&WorkerToVmm::DeviceError { reason }, &[]);
+}
+
+/// Per-queue sums of `a` and `b`, as long as the longer of the two (at most `num_queues`).
+fn add_stats(a: &DeviceStats, b: &DeviceStats) -> DeviceStats {
+    let len = a.queues.len().max(b.queues.len());
+    let at = |s: &DeviceStats, i: usize| s.queues.get(i).copied().unwrap_or_default();
+    let queues = (0..len)
+        .map(|i| {
+            let (x, y) = (at(a, i), at(b, i));
+            QueueStats {
+                requests: x.requests.wrapping_add(y.requests),
+                bytes: x.bytes.wrapping_add(y.bytes),
+                errors: x.errors.wrapping_add(y.errors),
+            }
+        })
+        .collect();
+    DeviceStats { queues }
+}
+
+/// What the loop keeps between messages.
+struct Worker<'a> {
+    control: &'a Channel,
+    layout: DeviceLayout,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    /// The config space as last published to the VMM.
+    config: Vec<u8>,
+    /// Counters of earlier activations (the backend's restart at each activation).
+    earlier: DeviceStats,
+}
+
+impl Worker<'_> {
+    /// Sends `msg`; `Some(PeerGone)` when the VMM is gone.
+    fn send(&self, msg: &WorkerToVmm) -> Result<Option<WorkerExit>, WorkerError> {
+        match self.control.send(msg, &[]) {
+            Ok(()) => Ok(None),
+            Err(ChannelError::PeerGone) => Ok(Some(WorkerExit::PeerGone)),
+            Err(e) => Err(WorkerError::Control(e)),
+        }
+    }
+
+    /// Receives and handles one control message; `Some(exit)` ends the worker.
+    fn serve_one(
+        &mut self,
+        backend: &mut dyn VirtioBackend,
+    ) -> Result<Option<WorkerExit>, WorkerError> {
+        let msg = match self.control.recv::<VmmToWorker>() {
+            Ok((msg, fds)) if fds.is_empty() => msg,
+            Ok((_, fds)) => {
+                report(self.control, DeviceErrorKind::Internal);
+                return Err(WorkerError::UnexpectedFds(fds.len()));
+            }
+            Err(ChannelError::PeerGone) => return Ok(Some(WorkerExit::PeerGone)),
+            // Readiness without a packet (cannot happen on a blocking SEQPACKET socket).
+            Err(ChannelError::WouldBlock) => return Ok(None),
+            Err(e) => {
+                report(self.control, DeviceErrorKind::Internal);
+                return Err(WorkerError::Control(e));
+            }
+        };
+        let valid = msg.validate(&self.layout).is_ok();
+        let reply = match msg {
+            VmmToWorker::Activate { .. } if !valid => Some(WorkerToVmm::DeviceError {
+                reason: DeviceErrorKind::BadActivation,
+            }),
+            VmmToWorker::Activate {
+                driver_features,
+                queues,
+            } => Some(self.activate(backend, driver_features, &queues)),
+            // The transport only forwards writes inside the config space; anything else is
+            // ignored, as the backend would.
+            VmmToWorker::WriteConfig { .. } if !valid => None,
+            VmmToWorker::WriteConfig { offset, data } => {
+                backend.write_config(offset, &data);
+                let config = backend.config();
+                (config != self.config).then(|| {
+                    self.config.clone_from(&config);
+                    WorkerToVmm::ConfigChanged { config }
+                })
+            }
+            VmmToWorker::Reset => {
+                self.earlier = add_stats(&self.earlier, &backend.stats());
+                // The queues come back and are dropped: the next activation builds new ones.
+                let _ = backend.reset();
+                Some(WorkerToVmm::ResetDone)
+            }
+            VmmToWorker::GetStats => Some(WorkerToVmm::Stats(add_stats(
+                &self.earlier,
+                &backend.stats(),
+            ))),
+            VmmToWorker::Shutdown => return Ok(Some(WorkerExit::Shutdown)),
+        };
+        match reply {
+            Some(reply) => self.send(&reply),
+            None => Ok(None),
+        }
+    }
+
+    /// Builds the queues and starts the backend; the reply to send.
+    fn activate(
+        &self,
+        backend: &mut dyn VirtioBackend,
+        driver_features: u64,
+        configs: &[ipc::QueueConfig],
+    ) -> WorkerToVmm {
+        let queues = match queues::build(
+            self.layout.num_queues,
+            self.layout.max_queue_size,
+            configs,
+            &self.mem,
+        ) {
+            Ok(queues) => queues,
+            Err(e) => return WorkerToVmm::DeviceError { reason: e.kind() },
+        };
+        match backend.activate(
+            driver_features,
+            self.mem.clone(),
+            queues,
+            self.interrupt.clone(),
+        ) {
+            Ok(()) => WorkerToVmm::Activated,
+            Err(e) => WorkerToVmm::DeviceError {
+                reason: (&e).into(),
+            },
+        }
+    }
+}

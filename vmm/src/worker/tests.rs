@@ -1,0 +1,415 @@
+//! The worker loop on a thread, driven from the VMM's end of a channel pair, with real guest
+//! RAM (a sealed memfd), a real status page and real eventfds — as in-process mode runs it.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::irq_status::IrqStatus;
+use devices::rng::Rng;
+use devices::{
+    DeviceError, Interrupt, Queue, SandboxNeeds, VirtioBackend, INT_VRING, VIRTIO_F_VERSION_1,
+};
+use ipc::{Channel, DeviceErrorKind, QueueConfig, VmmToWorker, WorkerToVmm};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{run_device, WorkerError, WorkerExit, WorkerFds};
+use crate::fd_wait::wait_readable;
+use crate::memory::{create_guest_ram, GuestRam};
+
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x1_0000;
+const AVAIL: u64 = 0x1_1000;
+const USED: u64 = 0x1_2000;
+const BUF: u64 = 0x2_0000;
+
+/// 0x5a forever.
+struct Fives;
+
+impl Read for Fives {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        buf.fill(0x5a);
+        Ok(buf.len())
+    }
+}
+
+/// A device with two queues and a 4-byte config space that doubles what is written to it.
+struct Doubler {
+    config: [u8; 4],
+}
+
+impl VirtioBackend for Doubler {
+    fn device_type(&self) -> u32 {
+        42
+    }
+    fn num_queues(&self) -> u16 {
+        2
+    }
+    fn max_queue_size(&self) -> u16 {
+        QSIZE
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn config(&self) -> Vec<u8> {
+        self.config.to_vec()
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            if let Some(slot) = self.config.get_mut(offset as usize + i) {
+                *slot = b.wrapping_mul(2);
+            }
+        }
+    }
+    fn activate(
+        &mut self,
+        _driver_features: u64,
+        _mem: GuestMemoryMmap,
+        _queues: Vec<Queue>,
+        _interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn process_queue(&mut self, _index: u16) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        None
+    }
+    fn sandbox_needs(&self) -> SandboxNeeds {
+        SandboxNeeds {
+            seccomp_profile: "none",
+            keep_fds: Vec::new(),
+            landlock_paths: Vec::new(),
+        }
+    }
+}
+
+/// The VMM's side of a running worker.
+struct Harness {
+    vmm: Channel,
+    ram: GuestRam,
+    status: IrqStatus,
+    irqfd: EventFd,
+    queues: Vec<EventFd>,
+    stop: EventFd,
+    worker: JoinHandle<Result<WorkerExit, WorkerError>>,
+}
+
+fn eventfd() -> EventFd {
+    EventFd::new(EFD_NONBLOCK).unwrap()
+}
+
+/// Starts `backend` with `queue_fds` queue eventfds on a thread.
+fn start(backend: Box<dyn VirtioBackend>, queue_fds: usize) -> Harness {
+    let ram = create_guest_ram(1 << 20).unwrap();
+    let status = IrqStatus::create().unwrap();
+    let (vmm, theirs) = Channel::pair().unwrap();
+    let irqfd = eventfd();
+    let queues: Vec<EventFd> = (0..queue_fds).map(|_| eventfd()).collect();
+    let stop = eventfd();
+    let fds = WorkerFds {
+        control: theirs,
+        guest_ram: ram.memfd.try_clone().unwrap(),
+        irq_status: status.fd().try_clone_to_owned().unwrap(),
+        irqfd: irqfd.try_clone().unwrap(),
+        queue_events: queues.iter().map(|q| q.try_clone().unwrap()).collect(),
+        stop: stop.try_clone().unwrap(),
+    };
+    let worker = std::thread::spawn(move || run_device(backend, fds));
+    Harness {
+        vmm,
+        ram,
+        status,
+        irqfd,
+        queues,
+        stop,
+        worker,
+    }
+}
+
+impl Harness {
+    fn recv(&self) -> WorkerToVmm {
+        assert!(
+            wait_readable(self.vmm.as_fd(), Duration::from_secs(10)).unwrap(),
+            "worker silent"
+        );
+        let (msg, fds) = self.vmm.recv::<WorkerToVmm>().unwrap();
+        assert!(fds.is_empty());
+        msg
+    }
+
+    fn send(&self, msg: &VmmToWorker) {
+        self.vmm.send(msg, &[]).unwrap();
+    }
+
+    fn request(&self, msg: &VmmToWorker) -> WorkerToVmm {
+        self.send(msg);
+        self.recv()
+    }
+
+    fn join(self) -> Result<WorkerExit, WorkerError> {
+        self.worker.join().unwrap()
+    }
+}
+
+fn rng() -> Box<dyn VirtioBackend> {
+    Box::new(Rng::with_reader(Fives))
+}
+
+fn rng_queue() -> QueueConfig {
+    QueueConfig {
+        index: 0,
+        size: QSIZE,
+        desc_table: DESC,
+        avail_ring: AVAIL,
+        used_ring: USED,
+    }
+}
+
+fn activate(queues: Vec<QueueConfig>) -> VmmToWorker {
+    VmmToWorker::Activate {
+        driver_features: VIRTIO_F_VERSION_1,
+        queues,
+    }
+}
+
+#[test]
+fn ready_comes_first_even_if_the_vmm_talks_first() {
+    let h = start(rng(), 1);
+    // Sent before the worker could have said anything: still, Ready is the first message.
+    h.send(&activate(vec![rng_queue()]));
+    match h.recv() {
+        WorkerToVmm::Ready {
+            device_type,
+            device_features,
+            num_queues,
+            max_queue_size,
+            config,
+        } => {
+            assert_eq!(device_type, devices::VIRTIO_ID_RNG);
+            assert_ne!(device_features & VIRTIO_F_VERSION_1, 0);
+            assert_eq!(
+                (num_queues, max_queue_size),
+                (1, devices::rng::MAX_QUEUE_SIZE)
+            );
+            assert!(config.is_empty());
+        }
+        other => panic!("expected Ready, got {other:?}"),
+    }
+    assert_eq!(h.recv(), WorkerToVmm::Activated);
+    h.send(&VmmToWorker::Shutdown);
+    assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
+}
+
+/// Puts one device-writable buffer of `len` bytes at BUF in descriptor 0 and makes it available
+/// as the `n`-th chain (avail idx n + 1).
+fn offer_buffer(mem: &GuestMemoryMmap, n: u16, len: u32) {
+    mem.write_obj(BUF, GuestAddress(DESC)).unwrap();
+    mem.write_obj(len, GuestAddress(DESC + 8)).unwrap();
+    mem.write_obj(2u16, GuestAddress(DESC + 12)).unwrap(); // VIRTQ_DESC_F_WRITE
+    mem.write_obj(0u16, GuestAddress(DESC + 14)).unwrap();
+    let ring_slot = GuestAddress(AVAIL + 4 + 2 * u64::from(n % QSIZE));
+    mem.write_obj(0u16, ring_slot).unwrap();
+    mem.write_obj(n + 1, GuestAddress(AVAIL + 2)).unwrap();
+}
+
+fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+    mem.read_obj(GuestAddress(USED + 2)).unwrap()
+}
+
+#[test]
+fn activated_rng_fills_buffers_and_raises_vring_interrupts() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    let mem = &h.ram.memory;
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::Activated
+    );
+
+    for n in 0..3u16 {
+        offer_buffer(mem, n, 32);
+        h.queues[0].write(1).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while used_idx(mem) != n + 1 {
+            assert!(std::time::Instant::now() < deadline, "chain {n} not used");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The bit is set before the irqfd is written, so once the irqfd fired it is visible.
+        assert!(wait_readable_eventfd(&h.irqfd));
+        assert_eq!(h.status.pending() & INT_VRING, INT_VRING);
+        h.status.ack(INT_VRING);
+        h.irqfd.read().unwrap();
+    }
+    let mut bytes = [0u8; 32];
+    mem.read_slice(&mut bytes, GuestAddress(BUF)).unwrap();
+    assert_eq!(bytes, [0x5a; 32]);
+    let used_len: u32 = mem.read_obj(GuestAddress(USED + 4 + 4)).unwrap();
+    assert_eq!(used_len, 32);
+
+    match h.request(&VmmToWorker::GetStats) {
+        WorkerToVmm::Stats(stats) => {
+            assert_eq!((stats.queues[0].requests, stats.queues[0].bytes), (3, 96));
+        }
+        other => panic!("expected Stats, got {other:?}"),
+    }
+    assert_eq!(h.request(&VmmToWorker::Reset), WorkerToVmm::ResetDone);
+    // After a reset the device can be activated again.
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::Activated
+    );
+    drop(h.vmm);
+    assert_eq!(h.worker.join().unwrap().unwrap(), WorkerExit::PeerGone);
+}
+
+/// Polls the irqfd (a non-blocking eventfd) for up to 10 s.
+fn wait_readable_eventfd(fd: &EventFd) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        // Reading the counter would consume it, so peek with poll instead.
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a call with count 1; the eventfd outlives the call.
+        if unsafe { libc::poll(&mut pfd, 1, 10) } > 0 {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn invalid_activations_are_refused_and_the_worker_keeps_serving() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    let bad_activation = WorkerToVmm::DeviceError {
+        reason: DeviceErrorKind::BadActivation,
+    };
+    // Queue index the device lacks; unoffered feature; misaligned ring (message validation).
+    let mut wrong_index = rng_queue();
+    wrong_index.index = 1;
+    assert_eq!(h.request(&activate(vec![wrong_index])), bad_activation);
+    let unoffered = VmmToWorker::Activate {
+        driver_features: VIRTIO_F_VERSION_1 | 1 << 60,
+        queues: vec![rng_queue()],
+    };
+    assert_eq!(h.request(&unoffered), bad_activation);
+    let mut misaligned = rng_queue();
+    misaligned.used_ring += 2;
+    assert_eq!(h.request(&activate(vec![misaligned])), bad_activation);
+    // A ring past the end of guest RAM (1 MiB): only guest memory can tell.
+    let mut outside = rng_queue();
+    outside.desc_table = 2 << 20;
+    assert_eq!(
+        h.request(&activate(vec![outside])),
+        WorkerToVmm::DeviceError {
+            reason: DeviceErrorKind::GuestMemory
+        }
+    );
+    // No queue at all: the backend refuses (its queue is not ready).
+    assert_eq!(h.request(&activate(vec![])), bad_activation);
+    // Still alive and inactive: a good activation works, a second one is refused.
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::Activated
+    );
+    assert_eq!(h.request(&activate(vec![rng_queue()])), bad_activation);
+    h.send(&VmmToWorker::Shutdown);
+    assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
+}
+
+#[test]
+fn garbage_from_the_vmm_gets_an_error_reply_and_ends_the_worker() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    // A u32 tag no VmmToWorker variant has.
+    h.vmm.send(&0xffff_ffffu32, &[]).unwrap();
+    assert_eq!(
+        h.recv(),
+        WorkerToVmm::DeviceError {
+            reason: DeviceErrorKind::Internal
+        }
+    );
+    assert!(matches!(h.join(), Err(WorkerError::Control(_))));
+}
+
+#[test]
+fn fds_with_a_message_end_the_worker() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    h.vmm
+        .send(&VmmToWorker::GetStats, &[h.ram.memfd.as_fd()])
+        .unwrap();
+    assert!(matches!(h.recv(), WorkerToVmm::DeviceError { .. }));
+    assert!(matches!(h.join(), Err(WorkerError::UnexpectedFds(1))));
+}
+
+#[test]
+fn config_writes_inside_the_space_publish_the_new_config() {
+    let h = start(
+        Box::new(Doubler {
+            config: [1, 2, 3, 4],
+        }),
+        2,
+    );
+    match h.recv() {
+        WorkerToVmm::Ready {
+            device_type,
+            num_queues,
+            config,
+            ..
+        } => assert_eq!((device_type, num_queues, config), (42, 2, vec![1, 2, 3, 4])),
+        other => panic!("expected Ready, got {other:?}"),
+    }
+    // Outside the 4-byte space: ignored, no reply.
+    h.send(&VmmToWorker::WriteConfig {
+        offset: 3,
+        data: vec![9, 9],
+    });
+    h.send(&VmmToWorker::WriteConfig {
+        offset: 1,
+        data: vec![5],
+    });
+    assert_eq!(
+        h.recv(),
+        WorkerToVmm::ConfigChanged {
+            config: vec![1, 10, 3, 4]
+        }
+    );
+    // The same write again changes nothing, so nothing is published; the next reply is Stats.
+    h.send(&VmmToWorker::WriteConfig {
+        offset: 1,
+        data: vec![5],
+    });
+    assert!(matches!(
+        h.request(&VmmToWorker::GetStats),
+        WorkerToVmm::Stats(_)
+    ));
+    h.stop.write(1).unwrap();
+    assert_eq!(h.join().unwrap(), WorkerExit::Stopped);
+}
+
+#[test]
+fn a_queue_eventfd_count_mismatch_is_reported_before_ready() {
+    let h = start(rng(), 2);
+    assert_eq!(
+        h.recv(),
+        WorkerToVmm::DeviceError {
+            reason: DeviceErrorKind::Internal
+        }
+    );
+    assert!(matches!(
+        h.join(),
+        Err(WorkerError::QueueEvents {
+            expected: 1,
+            got: 2
+        })
+    ));
+}

@@ -18,6 +18,21 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "images/build.sh all   (in $ROOT)"
 images/build.sh all
 
+# The sandbox suite also runs svmm as an unprivileged user in the kvm group (its workers then
+# live inside a user namespace). As root, make sure that account exists.
+if [[ $(id -u) -eq 0 ]]; then
+    getent group kvm >/dev/null || groupadd --system kvm
+    if ! id svmm-test >/dev/null 2>&1; then
+        step "creating the unprivileged test user svmm-test (group kvm)"
+        useradd --system --no-create-home --shell /usr/sbin/nologin --groups kvm svmm-test
+    fi
+    # What Debian's udev rule does on hosts with the kvm group: members may use KVM.
+    if [[ $(stat -c %G /dev/kvm) != kvm ]]; then
+        step "giving the kvm group access to /dev/kvm (chgrp kvm, chmod 660)"
+        chgrp kvm /dev/kvm && chmod 660 /dev/kvm
+    fi
+fi
+
 step "cargo build --release -p vmm"
 cargo build --release -p vmm
 

@@ -5,6 +5,7 @@
 //! | [`paths`]   | the repository root, guest artefacts in `images/out/`, temporary dirs    |
 //! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
+//! | [`procfs`]  | a live process seen from `/proc`: children, status, namespaces, fds      |
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
 //! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
 //! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
@@ -27,6 +28,7 @@ pub mod binary;
 pub mod host;
 pub mod output;
 pub mod paths;
+pub mod procfs;
 pub mod running;
 pub mod suite;
 pub mod vm;

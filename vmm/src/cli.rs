@@ -76,6 +76,32 @@ pub struct Args {
     /// with exit status 71.
     #[arg(long, value_name = "keep|stop", default_value = "keep")]
     pub on_worker_exit: OnWorkerExit,
+
+    /// What a seccomp filter does with a system call its profile does not allow, for the device
+    /// workers and for svmm's own threads alike: `trap` denies it (a worker dies and svmm names
+    /// the call; in svmm itself the VM ends with status 70), `log` lets it through and logs it to
+    /// the kernel audit log (for finding what a profile misses).
+    #[arg(long, value_name = "trap|log", default_value = "trap")]
+    pub seccomp: SeccompMode,
+}
+
+/// `--seccomp`: what a filter does with a system call its profile does not allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Deny it with SIGSYS.
+    #[default]
+    Trap,
+    /// Allow it and log it to the kernel audit log.
+    Log,
+}
+
+impl From<SeccompMode> for seccomp_profiles::Mode {
+    fn from(mode: SeccompMode) -> Self {
+        match mode {
+            SeccompMode::Trap => seccomp_profiles::Mode::Trap,
+            SeccompMode::Log => seccomp_profiles::Mode::Log,
+        }
+    }
 }
 
 /// A switch given as `on` or `off`.
@@ -145,6 +171,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// What a dead or misbehaving worker does to the VM.
     pub on_worker_exit: OnWorkerExit,
+    /// What seccomp filters do with a system call their profile does not allow.
+    pub seccomp: SeccompMode,
 }
 
 impl Args {
@@ -184,6 +212,7 @@ impl Args {
             devices,
             acpi: self.acpi == OnOff::On,
             on_worker_exit: self.on_worker_exit,
+            seccomp: self.seccomp,
         })
     }
 }
@@ -293,6 +322,18 @@ mod tests {
 
         let v = ["svmm", "--kernel", "k", "--acpi", "maybe"];
         assert!(Args::try_parse_from(v).is_err());
+    }
+
+    #[test]
+    fn seccomp_mode_reaches_the_config() {
+        assert_eq!(args(&[]).validate(1024).unwrap().seccomp, SeccompMode::Trap);
+        let c = args(&["--seccomp", "log"]).validate(1024).unwrap();
+        assert_eq!(c.seccomp, SeccompMode::Log);
+        assert_eq!(
+            seccomp_profiles::Mode::from(c.seccomp),
+            seccomp_profiles::Mode::Log
+        );
+        assert!(Args::try_parse_from(["svmm", "--kernel", "k", "--seccomp", "kill"]).is_err());
     }
 
     #[test]

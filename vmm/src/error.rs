@@ -34,6 +34,9 @@ pub enum SvmmError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] crate::device_setup::DeviceSetupError),
+    /// svmm could not put its own threads under their seccomp filters.
+    #[error(transparent)]
+    SelfConfine(#[from] crate::self_confine::SelfConfineError),
     /// A host resource (eventfd, thread, irqfd) could not be set up.
     #[error("cannot {0}")]
     Host(&'static str, #[source] std::io::Error),
@@ -53,6 +56,7 @@ impl SvmmError {
             | Self::Cpu(_)
             | Self::Acpi(_)
             | Self::Device(_)
+            | Self::SelfConfine(_)
             | Self::Host(..) => ExitCode::SetupFailed,
         }
     }

@@ -18,6 +18,7 @@ mod layout;
 mod legacy;
 mod memory;
 mod mmio_bus;
+mod self_confine;
 mod terminal;
 mod vcpu;
 // The transport is complete but no device is created yet: vm.rs wires transports next.

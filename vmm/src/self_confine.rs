@@ -91,6 +91,54 @@ impl ThreadRole {
     }
 }
 
+/// One row of the thread policy, as `--print-sandbox` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadPolicy {
+    /// The thread (its name, or a pattern of names).
+    pub thread: &'static str,
+    /// Its filter.
+    pub filter: &'static str,
+    /// When it is installed, and why this way.
+    pub when: &'static str,
+}
+
+/// The table of the module docs.
+pub const THREAD_POLICY: &[ThreadPolicy] = &[
+    ThreadPolicy {
+        thread: "main",
+        filter: "none while it builds the VM, then the vmm profile",
+        when: "by itself right after the vCPU threads started; until then it opens the kernel, \
+               creates the KVM objects and starts the workers",
+    },
+    ThreadPolicy {
+        thread: "broker spawner",
+        filter: "none",
+        when: "never: it clone3s and execs workers, which would inherit any filter; it only \
+               acts on spawn requests from svmm's other threads",
+    },
+    ThreadPolicy {
+        thread: "vcpuN",
+        filter: "the vmm profile",
+        when: "by itself at thread start, before its first KVM_RUN (the main thread made every \
+               set-up ioctl before)",
+    },
+    ThreadPolicy {
+        thread: "console-in",
+        filter: "the vmm profile",
+        when: "by itself at thread start",
+    },
+    ThreadPolicy {
+        thread: "mon-DEVICE",
+        filter: "the vmm profile",
+        when: "by itself at thread start",
+    },
+    ThreadPolicy {
+        thread: "dev-DEVICE (sandbox=off)",
+        filter: "the device's worker profile (shown with the device)",
+        when: "by itself once its event loop is set up, before it serves the first request",
+    },
+];
+
 /// Why svmm could not confine itself.
 #[derive(Debug, thiserror::Error)]
 pub enum SelfConfineError {

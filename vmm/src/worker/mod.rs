@@ -32,6 +32,7 @@
 pub mod backend;
 pub mod in_process;
 mod interrupt;
+pub mod plan;
 mod queues;
 mod serve;
 pub mod spawned;

@@ -1,6 +1,7 @@
 //! svmm's command line and input checking: every bad invocation ends with the exit code from
 //! `vmm/src/exit_code.rs`, one `svmm: ...` line on stderr that names the problem, and no panic.
-//! Also `--help`, and a host without `/dev/kvm` (simulated for real in a private mount namespace).
+//! Also `--help`, `--print-sandbox` (no kernel needed, a real report on stdout), and a host
+//! without `/dev/kvm` (simulated for real in a private mount namespace).
 
 use std::process::Command;
 use std::time::Duration;
@@ -67,6 +68,13 @@ fn main() {
             expect_error(good_kernel().device("bogus"), &[USAGE], &["bogus"], &[])
         })
         .test("help_lists_every_option", help_lists_every_option)
+        .test("print_sandbox_rng", print_sandbox_rng)
+        .test("print_sandbox_bad_device", || {
+            let vm = TestVm::new(Backend::Svmm)
+                .arg("--print-sandbox")
+                .device("bogus");
+            expect_error(vm, &[USAGE], &["bogus"], &["unknown device kind"])
+        })
         .test_unless("kvm_unavailable", no_namespace_reason(), kvm_unavailable)
         .run()
 }
@@ -161,12 +169,92 @@ fn help_lists_every_option() -> TrialResult {
         "--no-sandbox",
         "--acpi",
         "--on-worker-exit",
+        "--seccomp",
+        "--print-sandbox",
     ];
     let missing: Vec<&str> = options.into_iter().filter(|o| !text.contains(o)).collect();
     if !missing.is_empty() {
         return Err(Failed::from(format!(
             "--help does not mention {missing:?}:\n{text}"
         )));
+    }
+    Ok(())
+}
+
+/// The system calls a `--print-sandbox` seccomp section lists as allowed: the first word of each
+/// rule line (4 spaces of indent; the reasons below them are indented further), from the first
+/// `seccomp:` line after `heading` to the end of the list.
+fn allowed_syscalls<'a>(report: &'a str, heading: &str) -> Vec<&'a str> {
+    let Some(start) = report.find(heading) else {
+        return Vec::new();
+    };
+    report[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("seccomp: "))
+        .skip(2)
+        .take_while(|l| l.starts_with("    "))
+        .filter(|l| !l.starts_with("     "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
+/// `svmm --print-sandbox --device rng`: no kernel, exit 0, nothing on stderr, and a report with
+/// the worker's command line, fds, sandbox layers and seccomp rules, and svmm's own profile.
+fn print_sandbox_rng() -> TrialResult {
+    let out = TestVm::new(Backend::Svmm)
+        .arg("--print-sandbox")
+        .device("rng")
+        .timeout(Duration::from_secs(30))
+        .run()?;
+    check_no_panic(&out)?;
+    out.assert_status(0);
+    assert_eq!(out.stderr, "", "\n{}", out.report());
+    let text = &out.stdout;
+    for needle in [
+        "== rng#0: sandboxed worker process",
+        "command line: svmm __worker rng --sandbox-namespaces=1 ",
+        "namespaces: own user, pid (worker is PID 1), mount, net",
+        "root: empty read-only tmpfs (pivot_root)",
+        "capabilities: none",
+        "no_new_privs: set",
+        "rlimits: NPROC 0",
+        "inherited fds (every other fd is closed before exec):",
+        "    3  control socket",
+        "    4  guest RAM memfd (sealed",
+        "    5  interrupt status page",
+        "    6  irqfd",
+        "    7  stop eventfd",
+        "    8  queue 0 notify eventfd",
+        "    9  host resource of rng: /dev/urandom (read-only)",
+        "landlock: ",
+        "seccomp: profile \"rng\" in mode trap",
+        "only if arg2 (32 bits) & 0x4 == 0x0 [prot without PROT_EXEC",
+        "== svmm itself: its threads ==",
+        "seccomp: profile \"vmm\" in mode trap",
+        "[KVM_RUN (0xae80)]",
+    ] {
+        if !text.contains(needle) {
+            return Err(format!("report lacks {needle:?}\n{text}").into());
+        }
+    }
+    let worker = allowed_syscalls(text, "== rng#0: sandboxed worker process");
+    let vmm = allowed_syscalls(text, "== svmm itself");
+    for (who, calls) in [("rng worker", &worker), ("svmm", &vmm)] {
+        for call in ["read", "write", "recvmsg", "futex", "exit_group"] {
+            if !calls.contains(&call) {
+                return Err(format!("{who}: {call} not allowed: {calls:?}\n{text}").into());
+            }
+        }
+    }
+    for call in [
+        "openat", "open", "execve", "socket", "clone", "fork", "ioctl",
+    ] {
+        if worker.contains(&call) {
+            return Err(format!("rng worker: {call} allowed\n{text}").into());
+        }
+    }
+    if text.contains("openat") {
+        return Err(format!("openat appears in the report\n{text}").into());
     }
     Ok(())
 }

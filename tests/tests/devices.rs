@@ -4,8 +4,12 @@
 //! bit 0 set in the status word the worker shares with svmm), so a pass proves the interrupt
 //! path too. Sandboxed trials join these once the broker spawns workers.
 //!
+//! svmm confines its own threads too: while the guest runs, `/proc` shows every vCPU thread, the
+//! console-input thread, the main thread and the in-process device thread under seccomp.
+//!
 //! Each trial is one short boot; they run one at a time (this host has few cores).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tests::suite::TrialResult;
@@ -24,6 +28,10 @@ fn main() {
         .test("two_rng_devices_without_acpi", two_rng_devices_without_acpi)
         .test("unknown_kind_lists_supported_kinds", unknown_kind)
         .test("spawned_worker_mode", spawned_worker_mode)
+        .test(
+            "vmm_threads_run_under_seccomp",
+            vmm_threads_run_under_seccomp,
+        )
         .run()
 }
 
@@ -126,6 +134,71 @@ fn unknown_kind() -> TrialResult {
         "\n{}",
         out.report()
     );
+    Ok(())
+}
+
+/// The threads of `pid`: (tid, name, `/proc/<pid>/task/<tid>/status` fields).
+fn threads(pid: u32) -> Vec<(u32, String, BTreeMap<String, String>)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let fields = status
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        out.push((tid, comm.trim().to_string(), fields));
+    }
+    out
+}
+
+/// While the guest sleeps after its rng test, every vCPU thread, the console-input thread, the
+/// main thread and the in-process device thread show `Seccomp: 2` (filter mode) and
+/// `NoNewPrivs: 1`; the guest's rng test passed through the confined device thread, and svmm
+/// still ends with the guest's status 0 and no seccomp report.
+fn vmm_threads_run_under_seccomp() -> TrialResult {
+    const SLEEPING: &str = "testguest: sleep ms=3000";
+    let vm = guest("rng", &["rng,sandbox=off"])
+        .cmdline("testguest.run=rng testguest.sleep_ms=3000")
+        .cpus(2)
+        .spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    let pid = vm.pid();
+    let threads = threads(pid);
+    let mut confined = Vec::new();
+    for (tid, name, fields) in &threads {
+        let is_main = *tid == pid;
+        if !(is_main || ["vcpu0", "vcpu1", "console-in", "dev-rng#0"].contains(&name.as_str())) {
+            continue;
+        }
+        let seccomp = fields.get("Seccomp").map(String::as_str);
+        let nnp = fields.get("NoNewPrivs").map(String::as_str);
+        assert_eq!(
+            (seccomp, nnp),
+            (Some("2"), Some("1")),
+            "thread {tid} ({name}) of svmm is not confined"
+        );
+        confined.push(if is_main { "main" } else { name.as_str() });
+    }
+    confined.sort_unstable();
+    assert_eq!(
+        confined,
+        ["console-in", "dev-rng#0", "main", "vcpu0", "vcpu1"],
+        "threads of svmm: {:?}",
+        threads.iter().map(|t| &t.1).collect::<Vec<_>>()
+    );
+    let out = vm.wait()?;
+    out.log("svmm testguest rng, sleeping, threads inspected");
+    out.assert_line(RNG_OK);
+    assert!(!out.stderr.contains("seccomp"), "\n{}", out.report());
+    assert_passed(&out);
     Ok(())
 }
 

@@ -29,8 +29,9 @@ pub const MAX_CPUS: u8 = 254;
 pub struct Args {
     /// Guest kernel: an ELF `vmlinux` (booted through its PVH entry when it has one, else its
     /// 64-bit entry), a `bzImage`, or any x86_64 ELF with a PVH note (such as the test guest).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// Required unless `--print-sandbox` is given.
+    #[arg(long, value_name = "PATH", required_unless_present = "print_sandbox")]
+    pub kernel: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs) loaded into guest memory and handed to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -76,6 +77,39 @@ pub struct Args {
     /// with exit status 71.
     #[arg(long, value_name = "keep|stop", default_value = "keep")]
     pub on_worker_exit: OnWorkerExit,
+
+    /// What a seccomp filter does with a system call its profile does not allow, for the device
+    /// workers and for svmm's own threads alike: `trap` denies it (a worker dies and svmm names
+    /// the call; in svmm itself the VM ends with status 70), `log` lets it through and logs it to
+    /// the kernel audit log (for finding what a profile misses).
+    #[arg(long, value_name = "trap|log", default_value = "trap")]
+    pub seccomp: SeccompMode,
+
+    /// Print what each `--device`'s worker will be able to do (the command line it is started
+    /// with, namespaces, ids, rlimits, inherited fds, Landlock rules, the allowed system calls
+    /// with their argument filters) and the seccomp profile of svmm's own threads, then exit
+    /// without starting a VM. `--kernel` is not needed.
+    #[arg(long)]
+    pub print_sandbox: bool,
+}
+
+/// `--seccomp`: what a filter does with a system call its profile does not allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Deny it with SIGSYS.
+    #[default]
+    Trap,
+    /// Allow it and log it to the kernel audit log.
+    Log,
+}
+
+impl From<SeccompMode> for seccomp_profiles::Mode {
+    fn from(mode: SeccompMode) -> Self {
+        match mode {
+            SeccompMode::Trap => seccomp_profiles::Mode::Trap,
+            SeccompMode::Log => seccomp_profiles::Mode::Log,
+        }
+    }
 }
 
 /// A switch given as `on` or `off`.
@@ -110,6 +144,9 @@ pub enum CliError {
         /// Host memory in MiB.
         host: u64,
     },
+    /// No `--kernel` for a run that boots a VM.
+    #[error("--kernel is required to run a VM")]
+    NoKernel,
     /// `--cpus` outside 1..=MAX_CPUS.
     #[error("--cpus {0} is out of range: use 1 to {MAX_CPUS}")]
     Cpus(u16),
@@ -145,6 +182,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// What a dead or misbehaving worker does to the VM.
     pub on_worker_exit: OnWorkerExit,
+    /// What seccomp filters do with a system call their profile does not allow.
+    pub seccomp: SeccompMode,
 }
 
 impl Args {
@@ -163,6 +202,23 @@ impl Args {
             .ok()
             .filter(|n| (1..=MAX_CPUS).contains(n))
             .ok_or(CliError::Cpus(self.cpus))?;
+        let devices = self.device_specs()?;
+        Ok(VmConfig {
+            // clap requires --kernel unless --print-sandbox, which never gets here.
+            kernel: self.kernel.ok_or(CliError::NoKernel)?,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            mem_bytes: self.mem << 20,
+            cpus,
+            devices,
+            acpi: self.acpi == OnOff::On,
+            on_worker_exit: self.on_worker_exit,
+            seccomp: self.seccomp,
+        })
+    }
+
+    /// The `--device` specs, validated, in slot order, with `--no-sandbox` folded in.
+    pub fn device_specs(&self) -> Result<Vec<DeviceSpec>, CliError> {
         let mut devices = Vec::with_capacity(self.devices.len());
         for spec in &self.devices {
             let mut device = device_spec::parse(spec)?;
@@ -175,16 +231,7 @@ impl Args {
                 max: VIRTIO_MMIO_SLOTS,
             });
         }
-        Ok(VmConfig {
-            kernel: self.kernel,
-            initrd: self.initrd,
-            cmdline: self.cmdline,
-            mem_bytes: self.mem << 20,
-            cpus,
-            devices,
-            acpi: self.acpi == OnOff::On,
-            on_worker_exit: self.on_worker_exit,
-        })
+        Ok(devices)
     }
 }
 
@@ -293,6 +340,29 @@ mod tests {
 
         let v = ["svmm", "--kernel", "k", "--acpi", "maybe"];
         assert!(Args::try_parse_from(v).is_err());
+    }
+
+    #[test]
+    fn print_sandbox_needs_no_kernel_but_a_run_does() {
+        let a = Args::try_parse_from(["svmm", "--print-sandbox", "--device", "rng"]).unwrap();
+        assert!(a.print_sandbox);
+        assert_eq!(a.seccomp, SeccompMode::Trap);
+        assert_eq!(a.device_specs().unwrap().len(), 1);
+        let e = Args::try_parse_from(["svmm", "--device", "rng"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--kernel"), "{e}");
+    }
+
+    #[test]
+    fn seccomp_mode_reaches_the_config() {
+        assert_eq!(args(&[]).validate(1024).unwrap().seccomp, SeccompMode::Trap);
+        let c = args(&["--seccomp", "log"]).validate(1024).unwrap();
+        assert_eq!(c.seccomp, SeccompMode::Log);
+        assert_eq!(
+            seccomp_profiles::Mode::from(c.seccomp),
+            seccomp_profiles::Mode::Log
+        );
+        assert!(Args::try_parse_from(["svmm", "--kernel", "k", "--seccomp", "kill"]).is_err());
     }
 
     #[test]

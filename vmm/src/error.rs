@@ -6,6 +6,7 @@ use crate::cpu::CpuError;
 use crate::exit_code::ExitCode;
 use crate::kvm::{KvmUnavailable, VmSetupError};
 use crate::memory::MemoryError;
+use crate::print_sandbox::PrintSandboxError;
 
 /// Anything that stops svmm before or while running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,12 @@ pub enum SvmmError {
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] crate::device_setup::DeviceSetupError),
+    /// `--print-sandbox` could not make its report.
+    #[error(transparent)]
+    PrintSandbox(#[from] crate::print_sandbox::PrintSandboxError),
+    /// svmm could not put its own threads under their seccomp filters.
+    #[error(transparent)]
+    SelfConfine(#[from] crate::self_confine::SelfConfineError),
     /// A host resource (eventfd, thread, irqfd) could not be set up.
     #[error("cannot {0}")]
     Host(&'static str, #[source] std::io::Error),
@@ -43,7 +50,7 @@ impl SvmmError {
     /// The exit code this failure ends svmm with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Cli(_) => ExitCode::Usage,
+            Self::Cli(_) | Self::PrintSandbox(PrintSandboxError::Cli(_)) => ExitCode::Usage,
             Self::Boot(BootError::CmdlineTooLong(_)) => ExitCode::Usage,
             Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
             Self::Boot(_) => ExitCode::BadInput,
@@ -53,6 +60,8 @@ impl SvmmError {
             | Self::Cpu(_)
             | Self::Acpi(_)
             | Self::Device(_)
+            | Self::PrintSandbox(_)
+            | Self::SelfConfine(_)
             | Self::Host(..) => ExitCode::SetupFailed,
         }
     }

@@ -18,6 +18,8 @@ mod layout;
 mod legacy;
 mod memory;
 mod mmio_bus;
+mod print_sandbox;
+mod self_confine;
 mod terminal;
 mod vcpu;
 // The transport is complete but no device is created yet: vm.rs wires transports next.
@@ -55,6 +57,15 @@ fn run() -> u8 {
         Ok(args) => args,
         Err(e) => return report_clap_error(&e),
     };
+    if args.print_sandbox {
+        return match print_sandbox::report_for(&args) {
+            Ok(report) => {
+                print!("{report}");
+                0
+            }
+            Err(e) => fail(&SvmmError::from(e)),
+        };
+    }
     let config = match args.validate(cli::host_mem_mib()) {
         Ok(config) => config,
         Err(e) => return fail(&SvmmError::from(e)),

@@ -3,6 +3,14 @@
 //! Port I/O goes to the legacy devices and MMIO to the devices on the [`MmioBus`] (the virtio-mmio
 //! windows); anything that ends the VM (power-off, reset, a crash,
 //! an exit KVM should never produce) becomes one [`VmEvent`] and the thread stops.
+//!
+//! **Seccomp**: a vCPU thread installs the `vmm` profile on itself first thing, before its
+//! first `KVM_RUN` (`self_confine`). Nothing is left to set up by then: the main thread made
+//! every vCPU set-up ioctl (`KVM_SET_CPUID2`, `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_FPU`,
+//! `KVM_SET_MSRS`, `KVM_SET_LAPIC`) and registered every irqfd and ioeventfd before the thread
+//! started. What the thread does from then on — `KVM_RUN`, `KVM_GET_REGS` for a crash report,
+//! the I/O its exits cause (serial output, irqfd writes, a device worker's control socket with
+//! a deadline, the channel to the main thread) — is what the profile allows.
 
 use std::sync::Arc;
 use std::thread;
@@ -11,8 +19,10 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::control::{VmControl, VmEvent};
+use crate::error::one_line;
 use crate::legacy::PioBus;
 use crate::mmio_bus::MmioBus;
+use crate::self_confine::{self, ThreadRole};
 
 /// Starts the thread that runs vCPU `id`.
 pub fn spawn(
@@ -25,7 +35,10 @@ pub fn spawn(
     thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            let event = run(id, vcpu, &bus, &mmio);
+            let event = match self_confine::enter(ThreadRole::Vcpu(id)) {
+                Ok(()) => run(id, vcpu, &bus, &mmio),
+                Err(e) => VmEvent::Internal(format!("vCPU {id}: {}", one_line(&e))),
+            };
             control.request(event);
         })
 }

@@ -19,6 +19,7 @@ use crate::layout::{ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_
 use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8042};
 use crate::memory::{create_guest_ram, GuestRam};
 use crate::mmio_bus::MmioBus;
+use crate::self_confine::{self, ThreadRole};
 use crate::{cpu, kvm, terminal, vcpu};
 
 /// A built VM. It must stay alive (not dropped) while its vCPU threads run: they use its memory
@@ -39,6 +40,8 @@ impl Vm {
 /// Builds the VM described by `config`, starts it and returns the event that ended it, together
 /// with the VM itself, which the caller keeps until the process exits.
 pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
+    // Before any thread starts: each confines itself (see self_confine for which and when).
+    self_confine::init(config.seccomp)?;
     let kvm = kvm::open_kvm()?;
     let ram = create_guest_ram(config.mem_bytes)?;
     let vm = kvm::create_vm(&kvm, &ram)?;
@@ -94,6 +97,8 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         vcpu::spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
     }
+    // The VM is built: from here on the main thread only waits, reports and exits.
+    self_confine::enter(ThreadRole::Main)?;
     // `control` stays alive here, so the channel cannot close before an event arrives.
     let event = events
         .recv()

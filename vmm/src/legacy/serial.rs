@@ -12,6 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::PioDevice;
 use crate::control::{VmControl, VmEvent};
+use crate::error::one_line;
+use crate::self_confine::{self, ThreadRole};
 
 /// Raises the serial interrupt by writing the irqfd KVM has bound to the UART's GSI.
 pub struct IrqTrigger(pub EventFd);
@@ -100,6 +102,13 @@ impl ConsoleInput {
 }
 
 fn forward(serial: Arc<Mutex<ConsoleSerial>>, control: VmControl, escape: bool) {
+    if let Err(e) = self_confine::enter(ThreadRole::ConsoleInput) {
+        control.request(VmEvent::Internal(format!(
+            "console input: {}",
+            one_line(&e)
+        )));
+        return;
+    }
     let mut stdin = io::stdin().lock();
     let mut buf = [0u8; 256];
     let mut pending_escape = false;

@@ -32,6 +32,7 @@
 pub mod backend;
 pub mod in_process;
 mod interrupt;
+pub mod plan;
 mod queues;
 mod serve;
 pub mod spawned;
@@ -44,7 +45,7 @@ use std::os::fd::OwnedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use serve::run_device;
+pub use serve::{run_device, run_device_confined};
 
 /// Fixed fd numbers of a spawned worker (`svmm __worker KIND`): what the broker passes where.
 ///
@@ -128,6 +129,9 @@ pub enum WorkerError {
     /// The VMM attached fds to a message that takes none.
     #[error("the VMM sent {0} fds with a message that takes none")]
     UnexpectedFds(usize),
+    /// An in-process device thread could not install its seccomp filter.
+    #[error("cannot confine the device thread")]
+    Confine(#[source] crate::self_confine::SelfConfineError),
     /// The queue runner failed (event loop, not the device).
     #[error("queue event loop failed")]
     Runner(#[source] devices::runner::RunnerError),

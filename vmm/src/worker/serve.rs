@@ -26,8 +26,20 @@ const CONTROL: u64 = 0;
 /// device. Set-up failures are reported as `DeviceError { Internal }` (best effort) before the
 /// error is returned.
 pub fn run_device(
+    backend: Box<dyn VirtioBackend>,
+    fds: WorkerFds,
+) -> Result<WorkerExit, WorkerError> {
+    run_device_confined(backend, fds, || Ok(()))
+}
+
+/// [`run_device`], calling `confine` once set-up is done — guest RAM and the status page
+/// mapped, `Ready` sent, the event loop built — and before the first control message or queue
+/// notification is read: where an in-process device thread installs its seccomp filter
+/// (`self_confine`). If `confine` fails the device does not serve.
+pub fn run_device_confined(
     mut backend: Box<dyn VirtioBackend>,
     fds: WorkerFds,
+    confine: impl FnOnce() -> Result<(), WorkerError>,
 ) -> Result<WorkerExit, WorkerError> {
     let WorkerFds {
         control,
@@ -93,6 +105,10 @@ pub fn run_device(
     runner
         .watch(&control, CONTROL)
         .map_err(WorkerError::Runner)?;
+    if let Err(e) = confine() {
+        report(&control, DeviceErrorKind::Internal);
+        return Err(e);
+    }
     loop {
         match runner.run(&mut *backend) {
             Ok(Wake::Stop) => return Ok(WorkerExit::Stopped),

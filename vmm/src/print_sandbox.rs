@@ -1,0 +1,238 @@
+//! `svmm --print-sandbox`: what each device's worker, and svmm itself, will be able to do.
+//!
+//! Nothing here describes a sandbox in words of its own. Each device's part is built from the
+//! structures the spawner uses ([`crate::worker::plan`]: the host resources opened the same
+//! way, the fd table, the `broker::ConfineConfig` and its `broker::describe`, the worker's
+//! argv), and each seccomp section from the merged JSON the filter was compiled from
+//! ([`profile`]); svmm's own threads come from [`crate::self_confine::THREAD_POLICY`]. The
+//! report goes to stdout; nothing is spawned and no VM is created.
+
+pub mod profile;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+
+use broker::{IdChoice, REQUIRED_LANDLOCK_ABI};
+
+use crate::cli::{Args, CliError, SeccompMode};
+use crate::device_spec::DeviceSpec;
+use crate::layout::virtio_mmio_slot;
+use crate::self_confine::{THREAD_POLICY, VMM_PROFILE};
+use crate::worker::plan::{self, PlanError, WorkerPlan};
+use profile::ProfileError;
+
+/// Why the report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PrintSandboxError {
+    /// A `--device` is wrong.
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    /// A device's worker could not be planned.
+    #[error("{name}: {source}")]
+    Plan {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: PlanError,
+    },
+    /// A seccomp profile could not be read back.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+/// The report for the command line `args` (its `--device`s, `--no-sandbox` and `--seccomp`).
+pub fn report_for(args: &Args) -> Result<String, PrintSandboxError> {
+    report(&args.device_specs()?, args.seccomp)
+}
+
+/// The report for `devices` with seccomp filters in `mode`.
+pub fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSandboxError> {
+    let mut out = String::new();
+    header(&mut out, devices.len(), mode);
+    for (index, spec) in (0u32..).zip(devices) {
+        let name = format!("{}#{index}", spec.kind);
+        let plan = plan::plan(index, spec, mode.into())
+            .map_err(|source| PrintSandboxError::Plan { name, source })?;
+        out.push('\n');
+        device(&mut out, index, &plan, mode)?;
+    }
+    out.push('\n');
+    vmm(&mut out, mode)?;
+    Ok(out)
+}
+
+fn header(out: &mut String, devices: usize, mode: SeccompMode) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let who = match uid {
+        0 => "root: each worker gets host ids of its own from the worker id range".to_string(),
+        _ => format!(
+            "uid {uid}, gid {gid}: workers keep these ids, mapped inside their user namespace"
+        ),
+    };
+    let required = REQUIRED_LANDLOCK_ABI as i32;
+    let landlock = match broker::landlock_abi_version() {
+        0 => "missing: workers refuse to start".to_string(),
+        v if v < required => {
+            format!("ABI {v}, below the {required} workers need: they refuse to start")
+        }
+        v => format!("ABI {v}"),
+    };
+    let _ = writeln!(out, "svmm sandbox report: {devices} device(s)");
+    let _ = writeln!(out, "svmm runs as {who}");
+    let _ = writeln!(out, "landlock on this kernel: {landlock}");
+    let _ = writeln!(out, "seccomp mode (--seccomp): {}", mode_name(mode));
+}
+
+fn mode_name(mode: SeccompMode) -> &'static str {
+    match mode {
+        SeccompMode::Trap => "trap",
+        SeccompMode::Log => "log",
+    }
+}
+
+/// One device: its worker process, or its thread of svmm.
+fn device(
+    out: &mut String,
+    index: u32,
+    plan: &WorkerPlan,
+    mode: SeccompMode,
+) -> Result<(), PrintSandboxError> {
+    let slot = usize::try_from(index).ok().and_then(virtio_mmio_slot);
+    let place = slot.map_or(String::new(), |(addr, _, irq)| {
+        format!(", virtio-mmio at {addr:#x}, GSI {irq}")
+    });
+    if !plan.sandboxed {
+        return in_process(out, plan, &place, mode);
+    }
+    let _ = writeln!(out, "== {}: sandboxed worker process{place} ==", plan.name);
+    let _ = writeln!(out, "command line: {}", plan.argv.join(" "));
+    let _ = writeln!(
+        out,
+        "  started by the broker's spawner thread: clone3 into new namespaces, then execveat of \
+         svmm's own binary through an O_PATH fd, empty environment; the worker confines itself \
+         (below) before it reads a byte from svmm or the guest"
+    );
+    // broker::describe is the sandbox's own account; the fd and seccomp lines are replaced by
+    // the detailed sections below, and the ids line gets the host's view.
+    for line in broker::describe(&plan.confine).lines() {
+        if line.starts_with("fds:") || line.starts_with("seccomp:") {
+            continue;
+        }
+        let _ = writeln!(out, "{line}");
+        if line.starts_with("ids:") {
+            let _ = writeln!(out, "  {}", host_ids(plan.ids));
+        }
+    }
+    let _ = writeln!(out, "inherited fds (every other fd is closed before exec):");
+    for fd in &plan.fds {
+        let _ = writeln!(out, "  {:>3}  {}", fd.number, fd.what);
+    }
+    let profile = plan.needs.seccomp_profile;
+    let violation = match mode {
+        SeccompMode::Trap => {
+            "any other call is denied with SIGSYS: the worker names it to svmm on its control \
+             socket and dies (svmm reports the device, the pid and the call)"
+        }
+        SeccompMode::Log => {
+            "any other call is allowed and logged to the kernel audit log (for debugging)"
+        }
+    };
+    seccomp(out, profile, mode, violation)
+}
+
+/// A `sandbox=off` device: the same code on a thread of svmm.
+fn in_process(
+    out: &mut String,
+    plan: &WorkerPlan,
+    place: &str,
+    mode: SeccompMode,
+) -> Result<(), PrintSandboxError> {
+    let name = &plan.name;
+    let _ = writeln!(
+        out,
+        "== {name}: in-process (sandbox=off), thread dev-{name} of svmm{place} =="
+    );
+    let _ = writeln!(
+        out,
+        "no worker process: no namespaces, ids, Landlock, rlimits or root of its own; the \
+         thread shares svmm's memory and fds, so a compromised device owns svmm"
+    );
+    let _ = writeln!(out, "works on its own copies of:");
+    for fd in plan.fds.iter().filter(|fd| fd.number > 2) {
+        let _ = writeln!(out, "  {}", fd.what);
+    }
+    let violation = match mode {
+        SeccompMode::Trap => {
+            "installed by the thread once its event loop is set up; any other call is denied \
+             with SIGSYS and ends svmm with status 70, naming the call"
+        }
+        SeccompMode::Log => {
+            "installed by the thread once its event loop is set up; any other call is allowed \
+             and logged to the kernel audit log"
+        }
+    };
+    seccomp(out, plan.needs.seccomp_profile, mode, violation)
+}
+
+/// `IdChoice` as the host sees it.
+fn host_ids(ids: IdChoice) -> String {
+    match ids {
+        IdChoice::Root { uid, gid } => format!(
+            "host view: uid {uid}, gid {gid} (the worker's own, from svmm's worker id range; \
+             the user namespace maps them to the same numbers)"
+        ),
+        IdChoice::Unprivileged => {
+            // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            format!(
+                "host view: uid {uid}, gid {gid} (svmm's own ids, mapped to the ids above inside \
+                 the worker's user namespace, which the worker does not own)"
+            )
+        }
+    }
+}
+
+/// The seccomp section of `profile`.
+fn seccomp(
+    out: &mut String,
+    profile: &str,
+    mode: SeccompMode,
+    violation: &str,
+) -> Result<(), PrintSandboxError> {
+    let rules = profile::rules(profile)?;
+    let _ = writeln!(
+        out,
+        "seccomp: profile \"{profile}\" in mode {}: {violation}; a call through the 32-bit \
+         ABI kills the process in either mode",
+        mode_name(mode)
+    );
+    let _ = writeln!(
+        out,
+        "  allowed system calls ({} calls, {} rules; a call with several rules is allowed when \
+         any of them matches):",
+        profile::syscall_count(&rules),
+        rules.len()
+    );
+    out.push_str(&profile::render(&rules, "    "));
+    Ok(())
+}
+
+/// svmm's own threads and the `vmm` profile.
+fn vmm(out: &mut String, mode: SeccompMode) -> Result<(), PrintSandboxError> {
+    let _ = writeln!(out, "== svmm itself: its threads ==");
+    for row in THREAD_POLICY {
+        let _ = writeln!(out, "  {:<26} {}", row.thread, row.filter);
+        let _ = writeln!(out, "  {:<26} {}", "", row.when);
+    }
+    let violation = match mode {
+        SeccompMode::Trap => {
+            "any other call is denied with SIGSYS: svmm prints the call and the thread, restores \
+             the terminal and ends with status 70"
+        }
+        SeccompMode::Log => "any other call is allowed and logged to the kernel audit log",
+    };
+    seccomp(out, VMM_PROFILE, mode, violation)
+}

@@ -1,0 +1,193 @@
+//! The report's content: every rule of the profiles, the fd table, the sandbox layers.
+
+use super::profile::{self, Rule};
+use super::*;
+use crate::device_spec::DeviceKind;
+
+fn rng(sandbox: bool) -> DeviceSpec {
+    DeviceSpec {
+        kind: DeviceKind::Rng,
+        sandbox,
+    }
+}
+
+/// The system calls the report lists as allowed in the seccomp section after `heading`: the
+/// first word of each list line (4 spaces of indent) up to the next section.
+fn allowed_after(report: &str, heading: &str) -> Vec<String> {
+    let start = report.find(heading).expect(heading);
+    report[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("seccomp: "))
+        .skip(2)
+        .take_while(|l| l.starts_with("    "))
+        .filter(|l| !l.starts_with("     "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The rules of the JSON source, read independently of `profile::rules`.
+fn json_syscalls(name: &str) -> Vec<String> {
+    let value: serde_json::Value =
+        serde_json::from_str(seccomp_profiles::source(name).unwrap()).unwrap();
+    value[name]["filter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["syscall"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn rng_report_lists_every_rule_of_base_and_rng() {
+    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
+    let listed = allowed_after(&text, "== rng#0: sandboxed worker process");
+    // The merged source holds base's rules then rng's: each appears, in order, once per rule.
+    assert_eq!(listed, json_syscalls("rng"));
+    for call in [
+        "read",
+        "write",
+        "recvmsg",
+        "sendmsg",
+        "epoll_wait",
+        "futex",
+        "exit_group",
+    ] {
+        assert!(listed.iter().any(|c| c == call), "{call} missing\n{text}");
+    }
+    for forbidden in [
+        "open", "openat", "execve", "socket", "clone", "fork", "ioctl",
+    ] {
+        assert!(
+            !listed.iter().any(|c| c == forbidden),
+            "{forbidden} allowed\n{text}"
+        );
+    }
+    assert!(!text.contains("openat"), "{text}");
+    // Argument filters and comments are shown.
+    assert!(
+        text.contains("only if arg1 (32 bits) == 0x1 [F_GETFD only"),
+        "{text}"
+    );
+    assert!(text.contains("only if arg2 (32 bits) & 0x4 == 0x0 [prot without PROT_EXEC"));
+    assert!(text.contains("why: Reads the ioeventfds (queue notifications)"));
+    assert!(text
+        .contains("seccomp: profile \"rng\" in mode trap: any other call is denied with SIGSYS"));
+}
+
+#[test]
+fn rng_report_lists_the_fds_and_every_layer() {
+    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
+    for needle in [
+        "== rng#0: sandboxed worker process, virtio-mmio at 0xd0000000, GSI 5 ==",
+        "command line: svmm __worker rng --sandbox-namespaces=1 ",
+        "--sandbox-fds=7 ",
+        "namespaces: own user, pid (worker is PID 1), mount, net",
+        "cgroup, time",
+        "root: empty read-only tmpfs (pivot_root)",
+        "capabilities: none",
+        "no_new_privs: set",
+        "parent death: SIGKILL",
+        "rlimits: NPROC 0 (no processes, no threads), CORE 0, NOFILE 26, FSIZE 0",
+        "landlock: every filesystem right handled",
+        "no filesystem access at all",
+        "host view: uid ",
+        "inherited fds (every other fd is closed before exec):",
+        "    0  stdin: /dev/null",
+        "    3  control socket (SOCK_SEQPACKET",
+        "    4  guest RAM memfd (sealed",
+        "    5  interrupt status page",
+        "    6  irqfd",
+        "    7  stop eventfd",
+        "    8  queue 0 notify eventfd",
+        "    9  host resource of rng: /dev/urandom (read-only)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?}\n{text}");
+    }
+    assert!(!text.contains("   10  "), "an fd too many\n{text}");
+}
+
+#[test]
+fn vmm_section_lists_every_rule_with_its_filters() {
+    let text = report(&[], SeccompMode::Log).unwrap();
+    assert!(text.starts_with("svmm sandbox report: 0 device(s)\n"));
+    let listed = allowed_after(&text, "== svmm itself");
+    assert_eq!(listed, json_syscalls("vmm"));
+    assert!(
+        text.contains("ioctl                only if arg1 (32 bits) == 0xae80 [KVM_RUN (0xae80)]")
+    );
+    assert!(
+        text.contains("seccomp: profile \"vmm\" in mode log: any other call is allowed and logged")
+    );
+    for row in THREAD_POLICY {
+        assert!(
+            text.contains(row.thread) && text.contains(row.when),
+            "{}",
+            row.thread
+        );
+    }
+    for forbidden in ["openat", "execve", "clone", "socket"] {
+        assert!(
+            !listed.iter().any(|c| c == forbidden),
+            "{forbidden} allowed\n{text}"
+        );
+    }
+}
+
+#[test]
+fn in_process_device_shows_its_thread_and_profile() {
+    let text = report(&[rng(true), rng(false)], SeccompMode::Trap).unwrap();
+    assert!(text.contains("== rng#1: in-process (sandbox=off), thread dev-rng#1 of svmm, virtio-mmio at 0xd0001000, GSI 6 =="));
+    let listed = allowed_after(&text, "== rng#1: in-process");
+    assert_eq!(listed, json_syscalls("rng"));
+    assert!(text.contains("  host resource of rng: /dev/urandom (read-only)"));
+}
+
+#[test]
+fn every_profile_reads_back_with_comments_everywhere() {
+    for name in seccomp_profiles::profiles() {
+        let rules = profile::rules(name).unwrap();
+        assert_eq!(rules.len(), json_syscalls(name).len(), "{name}");
+        for Rule {
+            syscall,
+            comment,
+            args,
+        } in &rules
+        {
+            assert!(!comment.is_empty(), "{name}: {syscall}");
+            assert!(
+                args.iter().all(|a| !a.comment.is_empty()),
+                "{name}: {syscall}"
+            );
+        }
+    }
+    assert!(matches!(
+        profile::rules("nope"),
+        Err(profile::ProfileError::Unknown(_))
+    ));
+}
+
+#[test]
+fn rendering_of_conditions() {
+    let rules = vec![Rule {
+        syscall: "madvise".into(),
+        comment: "why not".into(),
+        args: vec![profile::Condition {
+            index: 2,
+            width: "qword".into(),
+            test: "== 0x4".into(),
+            comment: "MADV_DONTNEED".into(),
+        }],
+    }];
+    assert_eq!(
+        profile::render(&rules, "  "),
+        format!(
+            "  madvise              only if arg2 == 0x4 [MADV_DONTNEED]\n  {} why: why not\n",
+            " ".repeat(20)
+        )
+    );
+    assert_eq!(
+        profile::syscall_count(&[rules[0].clone(), rules[0].clone()]),
+        1
+    );
+}

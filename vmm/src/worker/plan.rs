@@ -1,0 +1,295 @@
+//! What a device's worker is started with, computed in one place: the fds it inherits (number
+//! and meaning), its ids, its sandbox ([`broker::ConfineConfig`]) and its command line.
+//!
+//! The spawner and `svmm --print-sandbox` both build a worker from these functions, so the
+//! report shows what is spawned rather than a description that can drift from it:
+//!
+//! ```text
+//!   DeviceSpec ─ backend::open_host_resources ─▶ HostResources ─ inherited_fds ─▶ [InheritedFd]
+//!        │                                            └ backend::build ─▶ sandbox_needs()
+//!        └ worker_ids(index) ─▶ IdChoice ─┐                                    │
+//!                                         confine_config(kind, ids, needs, mode) ─▶ ConfineConfig
+//!                                                                                 └ worker_argv
+//! ```
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+
+use broker::{ConfineConfig, IdChoice, IdRange};
+use devices::SandboxNeeds;
+use seccomp_profiles::Mode;
+
+use super::backend::{self, BackendError, HostResources};
+use super::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
+use super::spawned::WORKER_ARG;
+use crate::device_spec::{DeviceKind, DeviceSpec};
+
+/// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
+/// otherwise it is `/dev/null` like fds 0 and 1.
+pub const INHERIT_STDERR: bool = true;
+
+/// One fd a worker holds from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedFd {
+    /// Its number in the worker.
+    pub number: RawFd,
+    /// What it is, for people.
+    pub what: String,
+}
+
+/// Everything about one device's worker, as `--print-sandbox` shows it.
+#[derive(Debug)]
+pub struct WorkerPlan {
+    /// `rng#0`.
+    pub name: String,
+    /// Sandboxed worker process (true) or a thread of svmm (`sandbox=off`).
+    pub sandboxed: bool,
+    /// The device's own declaration (seccomp profile, Landlock paths).
+    pub needs: SandboxNeeds,
+    /// The fds of the worker, 0 upwards.
+    pub fds: Vec<InheritedFd>,
+    /// The ids the worker gets.
+    pub ids: IdChoice,
+    /// The sandbox `broker::confine` applies.
+    pub confine: ConfineConfig,
+    /// The worker's command line (argv[0] first).
+    pub argv: Vec<String>,
+}
+
+/// Why a worker cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The device's host resources could not be opened, or its backend built.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The device names a seccomp profile this build has not compiled (a bug).
+    #[error("the {kind} device asks for seccomp profile {profile:?}, which this build lacks")]
+    UnknownProfile {
+        /// The device kind.
+        kind: DeviceKind,
+        /// The missing profile.
+        profile: &'static str,
+    },
+    /// The device asks for Landlock paths; no device kind passes them yet.
+    #[error(
+        "the {kind} device asks for Landlock paths {paths:?}, which the broker cannot grant yet"
+    )]
+    LandlockPaths {
+        /// The device kind.
+        kind: DeviceKind,
+        /// The paths.
+        paths: Vec<PathBuf>,
+    },
+    /// Root runs out of worker ids.
+    #[error("no worker id left for device {index} in the worker id range")]
+    NoIds {
+        /// The device's index.
+        index: u32,
+    },
+}
+
+/// Plans the worker of device number `index` (in `--device` order): opens its host resources
+/// exactly as the spawner does, builds the backend to read its [`SandboxNeeds`], and derives
+/// the rest. Nothing is spawned.
+pub fn plan(index: u32, spec: &DeviceSpec, mode: Mode) -> Result<WorkerPlan, PlanError> {
+    let kind = spec.kind;
+    let resources = backend::open_host_resources(kind)?;
+    let fds = inherited_fds(kind, &resources);
+    let needs = backend::build(kind, resources)?.sandbox_needs();
+    let ids = worker_ids(index)?;
+    let confine = confine_config(kind, ids, &needs, mode)?;
+    let argv = worker_argv(kind, &confine)
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Ok(WorkerPlan {
+        name: format!("{kind}#{index}"),
+        sandboxed: spec.sandbox,
+        needs,
+        fds,
+        ids,
+        confine,
+        argv,
+    })
+}
+
+/// The ids of worker `index`: as root, host ids from [`IdRange::DEFAULT`]; otherwise the VMM's
+/// own ids, seen as [`broker::NS_WORKER_ID`] inside the worker's user namespace.
+pub fn worker_ids(index: u32) -> Result<IdChoice, PlanError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        IdRange::DEFAULT
+            .ids(index)
+            .ok_or(PlanError::NoIds { index })
+    } else {
+        Ok(IdChoice::Unprivileged)
+    }
+}
+
+/// The fds a `kind` worker holds, 0 upwards: stdio, the fixed numbers of
+/// [`super::fd_numbers`], one eventfd per queue, then `resources` in order.
+pub fn inherited_fds(kind: DeviceKind, resources: &HostResources) -> Vec<InheritedFd> {
+    let fd = |number: RawFd, what: &str| InheritedFd {
+        number,
+        what: what.to_string(),
+    };
+    let stderr = match INHERIT_STDERR {
+        true => "stderr: svmm's stderr (the worker's one-line error reports)",
+        false => "stderr: /dev/null",
+    };
+    let mut fds = vec![
+        fd(0, "stdin: /dev/null"),
+        fd(1, "stdout: /dev/null"),
+        fd(2, stderr),
+        fd(
+            CONTROL,
+            "control socket (SOCK_SEQPACKET, the worker's end; svmm holds the other)",
+        ),
+        fd(
+            GUEST_RAM,
+            "guest RAM memfd (sealed: F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)",
+        ),
+        fd(
+            IRQ_STATUS,
+            "interrupt status page (memfd, one page shared with svmm: InterruptStatus bits)",
+        ),
+        fd(
+            IRQFD,
+            "irqfd (eventfd bound by KVM to the device's GSI: writing it interrupts the guest)",
+        ),
+        fd(
+            STOP,
+            "stop eventfd (readable = stop serving; svmm never writes it to a spawned worker)",
+        ),
+    ];
+    let queues = backend::num_queues(kind);
+    for queue in 0..queues {
+        fds.push(fd(
+            FIRST_QUEUE + i32::from(queue),
+            &format!(
+                "queue {queue} notify eventfd (KVM ioeventfd on QueueNotify, datamatch {queue})"
+            ),
+        ));
+    }
+    let first_resource = FIRST_QUEUE + i32::from(queues);
+    for (number, file) in (first_resource..).zip(&resources.files) {
+        fds.push(fd(
+            number,
+            &format!("host resource of {kind}: {}", describe_file(file)),
+        ));
+    }
+    fds
+}
+
+/// The worker's sandbox: the broker's usual one ([`ConfineConfig::new`]) for the fds above
+/// stderr, with the device's seccomp profile compiled for `mode`.
+pub fn confine_config(
+    kind: DeviceKind,
+    ids: IdChoice,
+    needs: &SandboxNeeds,
+    mode: Mode,
+) -> Result<ConfineConfig, PlanError> {
+    if !needs.landlock_paths.is_empty() {
+        return Err(PlanError::LandlockPaths {
+            kind,
+            paths: needs.landlock_paths.clone(),
+        });
+    }
+    let profile = needs.seccomp_profile;
+    let seccomp = seccomp_profiles::program(profile, mode)
+        .ok_or(PlanError::UnknownProfile { kind, profile })?;
+    // Cannot truncate: a worker has a handful of queues and resources.
+    let fds = (FIRST_QUEUE - CONTROL) as u32
+        + u32::from(backend::num_queues(kind))
+        + backend::host_resource_count(kind) as u32;
+    Ok(ConfineConfig::new(ids.worker_ids(), fds, seccomp))
+}
+
+/// The worker's argv: `svmm __worker KIND` and the `--sandbox-*` arguments that carry
+/// `confine` (the seccomp program does not travel: the worker takes it from the profiles
+/// compiled into the same binary).
+pub fn worker_argv(kind: DeviceKind, confine: &ConfineConfig) -> Vec<CString> {
+    let mut argv: Vec<CString> = ["svmm", WORKER_ARG, kind.name()]
+        .into_iter()
+        .map(|a| CString::new(a).expect("no NUL in fixed words"))
+        .collect();
+    argv.extend(confine.to_args());
+    argv
+}
+
+/// `/dev/urandom (read-only)`: where an open file points and how it was opened.
+fn describe_file(file: &File) -> String {
+    let fd = file.as_raw_fd();
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_or_else(|_| format!("fd {fd}"), |p| p.display().to_string());
+    // SAFETY: F_GETFL only reads the status flags of `fd`, which `file` keeps open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let mode = match flags & libc::O_ACCMODE {
+        _ if flags < 0 => "mode unknown",
+        libc::O_RDONLY => "read-only",
+        libc::O_WRONLY => "write-only",
+        _ => "read-write",
+    };
+    format!("{path} ({mode})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng() -> DeviceSpec {
+        DeviceSpec {
+            kind: DeviceKind::Rng,
+            sandbox: true,
+        }
+    }
+
+    #[test]
+    fn rng_worker_fds_follow_the_fixed_numbers() {
+        let plan = plan(0, &rng(), Mode::Trap).unwrap();
+        let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
+        assert_eq!(numbers, (0..=9).collect::<Vec<_>>());
+        assert!(plan.fds[3].what.starts_with("control socket"));
+        assert!(plan.fds[4].what.contains("sealed"));
+        assert!(plan.fds[8].what.starts_with("queue 0 notify eventfd"));
+        assert_eq!(
+            plan.fds[9].what,
+            "host resource of rng: /dev/urandom (read-only)"
+        );
+        // The sandbox covers exactly the fds above stderr.
+        assert_eq!(plan.confine.fds, 7);
+        assert_eq!(plan.confine.lifeline, Some(CONTROL));
+        assert_eq!(plan.needs.seccomp_profile, "rng");
+        assert_eq!(
+            plan.confine.seccomp,
+            seccomp_profiles::program("rng", Mode::Trap).unwrap()
+        );
+    }
+
+    #[test]
+    fn argv_round_trips_through_the_worker_parser() {
+        let plan = plan(3, &rng(), Mode::Log).unwrap();
+        assert_eq!(&plan.argv[..3], ["svmm", WORKER_ARG, "rng"]);
+        let (back, rest) = ConfineConfig::from_args(
+            &plan.argv,
+            seccomp_profiles::program("rng", Mode::Log).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back, plan.confine);
+        assert_eq!(rest, ["svmm", WORKER_ARG, "rng"]);
+    }
+
+    #[test]
+    fn ids_depend_on_who_runs_svmm() {
+        let ids = worker_ids(2).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(ids, IdRange::DEFAULT.ids(2).unwrap());
+            assert_ne!(worker_ids(3).unwrap(), ids, "each worker has its own ids");
+        } else {
+            assert_eq!(ids, IdChoice::Unprivileged);
+        }
+    }
+}

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
 use crate::layout::VIRTIO_MMIO_SLOTS;
+use crate::sandboxed::SandboxOptions;
 
 /// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -76,6 +77,46 @@ pub struct Args {
     /// with exit status 71.
     #[arg(long, value_name = "keep|stop", default_value = "keep")]
     pub on_worker_exit: OnWorkerExit,
+
+    /// What a sandboxed worker's seccomp filter does with a system call its device's profile
+    /// does not allow: `trap` kills the worker (svmm names the call), `log` lets it through and
+    /// logs it to the kernel's audit log — for debugging a profile only, the sandbox is then
+    /// weaker.
+    #[arg(long, value_name = "trap|log", default_value = "trap")]
+    pub seccomp: SeccompAction,
+
+    /// When svmm runs as root: the host uids and gids of sandboxed workers, as FIRST:COUNT.
+    /// Worker i of this VM runs as uid and gid FIRST + i; give VMs that run at the same time
+    /// disjoint ranges. (Unprivileged, workers keep svmm's ids, mapped to 1000 inside their
+    /// user namespace.)
+    #[arg(long, value_name = "FIRST:COUNT", default_value = "1500000000:65536",
+          value_parser = parse_id_range)]
+    pub worker_ids: broker::IdRange,
+
+    /// Start sandboxed workers even if this kernel cannot enforce Landlock (ABI 6, Linux 6.12),
+    /// without that layer. By default svmm refuses to start them.
+    #[arg(long)]
+    pub allow_missing_landlock: bool,
+}
+
+/// `--seccomp`: the action of a worker's filter on a forbidden system call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SeccompAction {
+    /// Kill the worker with SIGSYS (after it names the call to svmm).
+    Trap,
+    /// Allow the call and log it (debugging).
+    Log,
+}
+
+/// Parses `FIRST:COUNT` for `--worker-ids`.
+fn parse_id_range(text: &str) -> Result<broker::IdRange, String> {
+    let bad = || format!("'{text}' is not FIRST:COUNT with FIRST > 0, COUNT > 0, below 2^32 - 1");
+    let (first, count) = text.split_once(':').ok_or_else(bad)?;
+    let (first, count) = (
+        first.parse().map_err(|_| bad())?,
+        count.parse().map_err(|_| bad())?,
+    );
+    broker::IdRange::new(first, count).ok_or_else(bad)
 }
 
 /// A switch given as `on` or `off`.
@@ -145,6 +186,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// What a dead or misbehaving worker does to the VM.
     pub on_worker_exit: OnWorkerExit,
+    /// How sandboxed workers are confined.
+    pub sandbox: SandboxOptions,
 }
 
 impl Args {
@@ -165,9 +208,7 @@ impl Args {
             .ok_or(CliError::Cpus(self.cpus))?;
         let mut devices = Vec::with_capacity(self.devices.len());
         for spec in &self.devices {
-            let mut device = device_spec::parse(spec)?;
-            device.sandbox &= !self.no_sandbox;
-            devices.push(device);
+            devices.push(device_spec::parse_with_switch(spec, self.no_sandbox)?);
         }
         if devices.len() > VIRTIO_MMIO_SLOTS {
             return Err(CliError::TooManyDevices {
@@ -184,6 +225,14 @@ impl Args {
             devices,
             acpi: self.acpi == OnOff::On,
             on_worker_exit: self.on_worker_exit,
+            sandbox: SandboxOptions {
+                seccomp: match self.seccomp {
+                    SeccompAction::Trap => seccomp_profiles::Mode::Trap,
+                    SeccompAction::Log => seccomp_profiles::Mode::Log,
+                },
+                worker_ids: self.worker_ids,
+                allow_missing_landlock: self.allow_missing_landlock,
+            },
         })
     }
 }
@@ -293,6 +342,32 @@ mod tests {
 
         let v = ["svmm", "--kernel", "k", "--acpi", "maybe"];
         assert!(Args::try_parse_from(v).is_err());
+    }
+
+    #[test]
+    fn sandbox_switches() {
+        let c = args(&[]).validate(1024).unwrap();
+        assert_eq!(c.sandbox.seccomp, seccomp_profiles::Mode::Trap);
+        assert_eq!(c.sandbox.worker_ids, broker::IdRange::DEFAULT);
+        assert!(!c.sandbox.allow_missing_landlock);
+        let c = args(&[
+            "--seccomp=log",
+            "--worker-ids",
+            "70000:8",
+            "--allow-missing-landlock",
+        ])
+        .validate(1024)
+        .unwrap();
+        assert_eq!(c.sandbox.seccomp, seccomp_profiles::Mode::Log);
+        assert_eq!(
+            c.sandbox.worker_ids,
+            broker::IdRange::new(70000, 8).unwrap()
+        );
+        assert!(c.sandbox.allow_missing_landlock);
+        for bad in ["0:5", "5:0", "5", "x:1", "4294967295:1"] {
+            let v = ["svmm", "--kernel", "k", "--worker-ids", bad];
+            assert!(Args::try_parse_from(v).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ mod layout;
 mod legacy;
 mod memory;
 mod mmio_bus;
+mod sandboxed;
+mod supervisor;
 mod terminal;
 mod vcpu;
 // The transport is complete but no device is created yet: vm.rs wires transports next.

@@ -8,8 +8,9 @@
 //!
 //! - **in-process** (`--device KIND,sandbox=off`): on a thread of svmm ([`in_process::spawn`]),
 //!   with the worker end of an `ipc::Channel::pair()`;
-//! - **sandboxed** (once the broker spawns it): in `svmm __worker KIND` ([`spawned`]), after
-//!   `broker::child::confine`, with the fds the broker passed at fixed numbers ([`fd_numbers`]).
+//! - **sandboxed** (`--device KIND`, the default): in `svmm __worker KIND` ([`spawned`]),
+//!   spawned by the broker (`crate::sandboxed`) with the fds at fixed numbers ([`fd_numbers`]),
+//!   after `broker::confine` and the device's seccomp filter.
 //!
 //! ```text
 //!   VMM (WorkerProxy)                         run_device
@@ -30,6 +31,8 @@
 //! broken). Nothing here panics on what arrives over the channel or sits in guest memory.
 
 pub mod backend;
+#[cfg(feature = "test-faults")]
+pub mod fault;
 pub mod in_process;
 mod interrupt;
 mod queues;
@@ -44,7 +47,7 @@ use std::os::fd::OwnedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use serve::run_device;
+pub use serve::{prepare, run_device, serve};
 
 /// Fixed fd numbers of a spawned worker (`svmm __worker KIND`): what the broker passes where.
 ///

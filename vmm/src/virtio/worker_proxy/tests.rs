@@ -102,7 +102,7 @@ fn a_worker_that_never_answers_is_broken_after_the_deadline() {
     let mut proxy = proxy.unwrap();
     let killed = Arc::new(AtomicBool::new(false));
     let flag = killed.clone();
-    proxy.set_terminate(move || flag.store(true, Ordering::SeqCst));
+    proxy.set_terminate(move |_, _| flag.store(true, Ordering::SeqCst));
 
     let start = Instant::now();
     let err = proxy.activate(1 << 32, &[queue()]).unwrap_err();

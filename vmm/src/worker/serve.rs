@@ -58,7 +58,7 @@ pub fn prepare(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Prepared, 
             .metadata()
             .map_err(WorkerError::GuestRamSize)?
             .len();
-        let mem = map_guest_ram(&guest_ram, size).map_err(WorkerError::GuestRam)?;
+        let mem = map_guest_ram(guest_ram, size).map_err(WorkerError::GuestRam)?;
         let status = IrqStatus::from_fd(irq_status).map_err(WorkerError::IrqStatus)?;
         if queue_events.len() != usize::from(backend.num_queues()) {
             return Err(WorkerError::QueueEvents {

@@ -2,6 +2,9 @@
 //! by the same code in-process), and the worker's confinement is read from `/proc` while the
 //! guest runs — never taken from what svmm or the worker say about themselves.
 //!
+//! The misbehaving-worker trials use the hidden `--device rng,fault=MODE` of svmm builds with
+//! the `test-faults` feature (tests/run.sh builds svmm so).
+//!
 //! The unprivileged trial runs svmm as the user `svmm-test` (in the `kvm` group), which
 //! `tests/run.sh` creates when it runs as root; run as a normal user, it runs as that user.
 
@@ -37,6 +40,11 @@ fn main() {
         })
         .test("worker_sigkill_reported_vm_survives", worker_sigkill)
         .test("svmm_sigkill_leaves_no_worker", svmm_sigkill)
+        .test("seccomp_violation_named", seccomp_violation)
+        .test("malicious_worker_garbage", || malicious("garbage"))
+        .test("malicious_worker_silent", || malicious("silent"))
+        .test("malicious_worker_flood", || malicious("flood"))
+        .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
 }
 
@@ -357,4 +365,139 @@ fn svmm_sigkill() -> TrialResult {
     } else {
         Err(format!("workers {survivors:?} survived svmm's SIGKILL").into())
     }
+}
+
+/// svmm's exit status with `--on-worker-exit=stop` once a worker failed (vmm/src/exit_code.rs).
+const EXIT_DEVICE_FAILED: i32 = 71;
+
+/// A fault trial's run could not start because this svmm lacks the test-only faults.
+fn check_fault_support(out: &VmOutput) -> TrialResult {
+    if out.stderr.contains("unknown option 'fault'") {
+        return Err(format!(
+            "{} was built without the test-only worker faults: build it with \
+             `cargo build --release -p vmm --features test-faults` (tests/run.sh does)",
+            tests::binary::svmm_bin().display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The one line svmm printed about the death of `device`'s worker (exactly one).
+fn death_line(out: &VmOutput, device: &str) -> String {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("svmm: {device} worker (pid ")))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want exactly one line about the death of {device}'s worker\n{}",
+        out.report()
+    );
+    lines[0].to_string()
+}
+
+/// The guest's re-initialisation of a dead device is refused cleanly.
+fn assert_reinit_refused(out: &VmOutput, test: &str) {
+    let reinit = out.assert_line(&format!("testguest: {test} FAIL"));
+    assert!(
+        reinit.contains("needs_reset") || reinit.contains("features_ok_refused"),
+        "the guest should see the dead device refuse re-initialisation: {reinit}\n{}",
+        out.report()
+    );
+}
+
+/// A worker that makes a forbidden system call dies of SIGSYS; svmm names the call, the VM
+/// survives, and the guest finds the device needing reset.
+fn seccomp_violation() -> TrialResult {
+    let out = guest("testguest.run=rng,rng_reinit")
+        .args(["--device", "rng,fault=syscall"])
+        .run()?;
+    out.log("svmm testguest rng, worker makes a forbidden syscall");
+    check_fault_support(&out)?;
+    let line = death_line(&out, "rng#0");
+    assert!(
+        line.contains("killed by SIGSYS") && line.contains("syscall openat"),
+        "the report should name SIGSYS and the call: {line}\n{}",
+        out.report()
+    );
+    assert!(line.ends_with("VM keeps running"), "{line}");
+    out.assert_line("testguest: rng FAIL");
+    assert_reinit_refused(&out, "rng_reinit");
+    assert_clean_stderr(&out);
+    assert_eq!(out.testguest_summary(), Some((0, 2)), "\n{}", out.report());
+    out.assert_status(1);
+    Ok(())
+}
+
+/// A hostile worker (`fault`: garbage on its socket, silence, a flood of messages) gets its
+/// device marked broken and is killed; svmm neither panics nor stops, and the other device
+/// keeps serving the guest.
+fn malicious(fault: &str) -> TrialResult {
+    let out = guest("testguest.run=rng,rng_reinit,rng@1,rng_reinit@1")
+        .args(["--device", &format!("rng,fault={fault}"), "--device", "rng"])
+        .run()?;
+    out.log(&format!(
+        "svmm testguest rng, two devices, rng#0 worker: {fault}"
+    ));
+    check_fault_support(&out)?;
+    let line = death_line(&out, "rng#0");
+    assert!(
+        line.contains("killed by svmm: ") && line.ends_with("VM keeps running"),
+        "svmm should report killing the {fault} worker: {line}\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: rng FAIL");
+    assert_reinit_refused(&out, "rng_reinit");
+    out.assert_line("testguest: rng@1 ok bytes=2048 requests=32 ");
+    out.assert_line("testguest: rng_reinit@1 ok ");
+    assert!(
+        !out.stderr.contains("svmm: rng#1 worker"),
+        "the healthy device's worker was harmed\n{}",
+        out.report()
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("svmm: rng#1 (sandboxed): q0 requests=34 ")),
+        "the healthy device should have served both of its tests\n{}",
+        out.report()
+    );
+    assert_clean_stderr(&out);
+    assert_eq!(out.testguest_summary(), Some((2, 2)), "\n{}", out.report());
+    out.assert_status(1);
+    Ok(())
+}
+
+/// `--on-worker-exit=stop`: a worker that exits on its own ends the VM with svmm's documented
+/// status, after the one-line report.
+fn worker_exit_stops_vm() -> TrialResult {
+    let out = guest("testguest.run=rng,echo testguest.echo_timeout_ms=30000")
+        .args(["--device", "rng,fault=exit", "--on-worker-exit=stop"])
+        .run()?;
+    out.log("svmm testguest rng, worker exits, --on-worker-exit=stop");
+    check_fault_support(&out)?;
+    let line = death_line(&out, "rng#0");
+    assert!(
+        line.contains("exited with status 3"),
+        "the report should give the worker's exit status: {line}\n{}",
+        out.report()
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("svmm: stopping the VM (--on-worker-exit=stop)")),
+        "\n{}",
+        out.report()
+    );
+    assert!(
+        out.testguest_summary().is_none(),
+        "the VM should have stopped before the guest finished\n{}",
+        out.report()
+    );
+    assert_clean_stderr(&out);
+    out.assert_status(EXIT_DEVICE_FAILED);
+    Ok(())
 }

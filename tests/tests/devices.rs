@@ -2,7 +2,8 @@
 //! by the worker loop, here in-process (`sandbox=off`, `--no-sandbox`). The guest's `rng` test
 //! fails unless every returned chain also came with a used-buffer interrupt (InterruptStatus
 //! bit 0 set in the status word the worker shares with svmm), so a pass proves the interrupt
-//! path too. Sandboxed trials join these once the broker spawns workers.
+//! path too. Sandboxed devices have their own suite (`sandbox.rs`); here `svmm __worker` is
+//! also started by hand, as the broker would, to check its protocol.
 //!
 //! Each trial is one short boot; they run one at a time (this host has few cores).
 

@@ -188,10 +188,14 @@ impl WorkerProxy {
             config,
         } = msg
         else {
-            if let WorkerToVmm::DeviceError { reason } = msg {
-                return Err(ProxyError::Device(reason));
-            }
-            return Err(bad());
+            return Err(match msg {
+                WorkerToVmm::DeviceError { reason } => ProxyError::Device(reason),
+                // Its filter forbids something set-up needs: name it (a profile to fix).
+                WorkerToVmm::SeccompViolation { syscall, arch } => {
+                    ProxyError::SeccompViolation(syscall_label(syscall, arch))
+                }
+                _ => bad(),
+            });
         };
         if usize::from(num_queues) != queue_events.len() {
             return Err(bad());
@@ -408,14 +412,11 @@ impl WorkerProxy {
             }
             WorkerToVmm::SeccompViolation { syscall, arch } => {
                 self.violation = Some(syscall);
-                let call = match seccomp_profiles::syscall_name(syscall) {
-                    Some(name) if arch == seccomp_profiles::sigsys::AUDIT_ARCH_X86_64 => {
-                        name.to_string()
-                    }
-                    _ => format!("{syscall} (arch {arch:#x})"),
-                };
                 self.break_device(
-                    &format!("reported a seccomp violation, syscall {call}"),
+                    &format!(
+                        "reported a seccomp violation, syscall {}",
+                        syscall_label(syscall, arch)
+                    ),
                     EXIT_GRACE,
                 );
                 return Err(ProxyError::Broken);
@@ -429,6 +430,14 @@ impl WorkerProxy {
             }
         }
         Ok(())
+    }
+}
+
+/// A trapped system call as a worker reported it: its name, or its number and architecture.
+fn syscall_label(syscall: i64, arch: u32) -> String {
+    match seccomp_profiles::syscall_name(syscall) {
+        Some(name) if arch == seccomp_profiles::sigsys::AUDIT_ARCH_X86_64 => name.to_string(),
+        _ => format!("{syscall} (arch {arch:#x})"),
     }
 }
 

@@ -199,6 +199,14 @@ fn a_wrong_queue_count_or_a_first_message_other_than_ready_is_refused() {
         .0,
         Err(ProxyError::Device(DeviceErrorKind::Internal))
     ));
+    let trapped = WorkerToVmm::SeccompViolation {
+        syscall: 332,
+        arch: seccomp_profiles::sigsys::AUDIT_ARCH_X86_64,
+    };
+    match connect(&trapped).0 {
+        Err(ProxyError::SeccompViolation(call)) => assert_eq!(call, "statx"),
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[test]

@@ -670,6 +670,9 @@ mod tests {
         assert_eq!(e.step(), Step::NoNewPrivs);
         assert_eq!(e.step() as u8, 4);
         assert!(e.to_string().starts_with("step 4"));
+        let hook = ConfineError::BeforeSeccomp("mapping failed".into());
+        assert_eq!(hook.step(), Step::Seccomp);
+        assert!(hook.to_string().starts_with("step 9"));
     }
 
     #[test]

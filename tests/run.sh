@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # svmm's whole test command (README and CI call this):
 #   1. images/build.sh all          guest kernel, initramfs, rootfs and test guest → images/out/
-#   2. cargo build --release -p vmm the svmm binary under test
-#   3. cargo test --workspace --release --no-fail-fast
+#   2. cargo build --release -p vmm --features test-faults
+#                                   the svmm binary under test, with the test-only misbehaving
+#                                   worker modes (--device rng,fault=...) the sandbox suite uses
+#   3. cargo test --workspace --release --features vmm/test-faults --no-fail-fast
 #                                   unit tests of every crate, then the integration binaries in
-#                                   tests/tests/ (cli, testguest, linux), which use that svmm
+#                                   tests/tests/ (cli, testguest, devices, sandbox, linux), which
+#                                   use that svmm
 #
 # Runnable from any directory. Extra arguments go to `cargo test`, e.g.
 #   tests/run.sh -- --list            SVMM_SKIP_LINUX=1 tests/run.sh (skip the minutes-long Linux boots)
@@ -33,12 +36,12 @@ if [[ $(id -u) -eq 0 ]]; then
     fi
 fi
 
-step "cargo build --release -p vmm"
-cargo build --release -p vmm
+step "cargo build --release -p vmm --features test-faults"
+cargo build --release -p vmm --features test-faults
 
 # The harness would find (and, if stale, rebuild) this binary itself; naming it makes the run
 # test exactly what step 2 built, wherever the target directory is.
-SVMM_BIN=$(cargo build --release -p vmm --bin svmm --message-format=json 2>/dev/null \
+SVMM_BIN=$(cargo build --release -p vmm --features test-faults --bin svmm --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\/svmm\)".*/\1/p' | tail -n 1)
 if [[ -z "$SVMM_BIN" || ! -x "$SVMM_BIN" ]]; then
     echo "run.sh: cannot find the svmm binary cargo just built" >&2
@@ -57,5 +60,6 @@ for fuzz in */fuzz/Cargo.toml; do
     crate=$(dirname "$(dirname "$fuzz")")
     (cd "$crate" && cargo +nightly fuzz build)
 done
-step "cargo test --workspace --release --no-fail-fast $*   (SVMM_BIN=$SVMM_BIN)"
-cargo test --workspace --release --no-fail-fast "$@"
+# The same feature here, so building the tests never rebuilds svmm without it.
+step "cargo test --workspace --release --features vmm/test-faults --no-fail-fast $*   (SVMM_BIN=$SVMM_BIN)"
+cargo test --workspace --release --features vmm/test-faults --no-fail-fast "$@"

@@ -14,7 +14,12 @@
 //! | 6 | rlimits | `NPROC`, `CORE` 0, small `NOFILE`, `FSIZE` |
 //! | 7 | fds | `close_range(3 + n, ~0)`, then every fd below is checked to be open |
 //! | 8 | Landlock | no filesystem rights (except the configured directories), no TCP, scoped |
-//! | 9 | seccomp | the device kind's filter |
+//! | 9 | seccomp | the caller's last set-up ([`confine_with`]), then the device kind's filter |
+//!
+//! [`confine_with`] runs a hook right before the filter, with every other layer in place: what
+//! the worker must still do that its filter forbids — install its SIGSYS reporter
+//! (`sigaltstack`, `rt_sigaction`), map its memory (`fstat`, `fcntl(F_DUPFD)`). Fds the hook
+//! opens survive: step 7 is behind it.
 //!
 //! Precondition: the process is single-threaded (Landlock and seccomp apply per thread); it is
 //! checked first, while `/proc` is still visible.
@@ -36,6 +41,7 @@ use landlock::{
 use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::io;
+use std::io::Write as _;
 use std::os::fd::BorrowedFd;
 
 /// The Landlock ABI whose rights are required: filesystem (incl. truncate and device ioctls),
@@ -146,6 +152,9 @@ pub enum ConfineError {
         #[source]
         source: landlock::RulesetError,
     },
+    /// Step 9, the caller's hook before the filter ([`confine_with`]).
+    #[error("step 9 (seccomp): set-up before the filter")]
+    BeforeSeccomp(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Step 9.
     #[error("step 9 (seccomp)")]
     Seccomp(#[source] seccompiler::Error),
@@ -164,7 +173,7 @@ impl ConfineError {
             ConfineError::Rlimits { .. } => Step::Rlimits,
             ConfineError::Fds { .. } => Step::Fds,
             ConfineError::Landlock { .. } => Step::Landlock,
-            ConfineError::Seccomp(_) => Step::Seccomp,
+            ConfineError::BeforeSeccomp(_) | ConfineError::Seccomp(_) => Step::Seccomp,
         }
     }
 }
@@ -173,6 +182,16 @@ impl ConfineError {
 /// has an empty read-only root, its own ids, no capabilities, no_new_privs, a death signal,
 /// tight rlimits, only the listed fds, Landlock and its seccomp filter.
 pub fn confine(cfg: &ConfineConfig) -> Result<(), ConfineError> {
+    confine_with(cfg, || Ok(()))
+}
+
+/// [`confine`], with `before_seccomp` run right before the seccomp filter is installed (after
+/// Landlock): the worker's last set-up that its filter would forbid. Its error ends confinement
+/// as [`ConfineError::BeforeSeccomp`].
+pub fn confine_with<F>(cfg: &ConfineConfig, before_seccomp: F) -> Result<(), ConfineError>
+where
+    F: FnOnce() -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
+{
     // 0. Landlock and seccomp bind the calling thread only: there must be no other.
     single_threaded()?;
     // 1. Empty, read-only root (only in our own mount namespace).
@@ -196,7 +215,9 @@ pub fn confine(cfg: &ConfineConfig) -> Result<(), ConfineError> {
     only_listed_fds(cfg)?;
     // 8. No filesystem (beyond the configured directories), no TCP, no signals outside.
     landlock(cfg)?;
-    // 9. The device's syscall filter, last: it may forbid everything above.
+    // 9. The caller's last set-up, then the device's syscall filter, last: it may forbid
+    //    everything above.
+    before_seccomp().map_err(ConfineError::BeforeSeccomp)?;
     seccompiler::apply_filter(&cfg.seccomp).map_err(ConfineError::Seccomp)
 }
 
@@ -514,7 +535,11 @@ fn landlock(cfg: &ConfineConfig) -> Result<(), ConfineError> {
     let status = created.restrict_self().map_err(err("restrict_self"))?;
     if status.ruleset == RulesetStatus::NotEnforced {
         // Only reachable with allow_missing_landlock (HardRequirement failed above otherwise).
-        eprintln!("svmm worker: Landlock is not available; going on without it (allowed)");
+        // Not eprintln: stderr may be unwritable (e.g. a file, with RLIMIT_FSIZE 0).
+        let _ = writeln!(
+            io::stderr(),
+            "svmm worker: Landlock is not available; going on without it (allowed)"
+        );
     }
     Ok(())
 }
@@ -645,6 +670,9 @@ mod tests {
         assert_eq!(e.step(), Step::NoNewPrivs);
         assert_eq!(e.step() as u8, 4);
         assert!(e.to_string().starts_with("step 4"));
+        let hook = ConfineError::BeforeSeccomp("mapping failed".into());
+        assert_eq!(hook.step(), Step::Seccomp);
+        assert!(hook.to_string().starts_with("step 9"));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!    id maps and execs the svmm binary through an `O_PATH` fd ([`self_exe`]) with only the
 //!    listed fds (module `spawn`, child side in `preexec`);
 //! 3. the worker calls [`confine`] first thing, with the [`ConfineConfig`] it got as
-//!    `--sandbox-*` arguments ([`ConfineConfig::from_args`]);
+//!    `--sandbox-*` arguments ([`ConfineConfig::from_args`]) — or [`confine_with`], to run its
+//!    last set-up (SIGSYS reporter, memory mappings) right before the seccomp filter;
 //! 4. the VMM supervises it through [`Worker::pidfd`] and reaps it ([`Worker::wait`], `Drop`).
 
 mod caps;
@@ -23,7 +24,8 @@ pub mod worker;
 
 pub use config::{ArgsError, ConfineConfig, LandlockBeneath, Rlimits, NOFILE_MARGIN};
 pub use confine::{
-    confine, describe, landlock_abi_version, ConfineError, Step, REQUIRED_LANDLOCK_ABI,
+    confine, confine_with, describe, landlock_abi_version, ConfineError, Step,
+    REQUIRED_LANDLOCK_ABI,
 };
 pub use preexec::ChildStage;
 pub use spawn::{
@@ -38,5 +40,5 @@ pub type WorkerHandle = Worker;
 /// INTERFACES.md's path for the worker side: `broker::child::confine`.
 pub mod child {
     pub use crate::config::ConfineConfig;
-    pub use crate::confine::{confine, describe, ConfineError, Step};
+    pub use crate::confine::{confine, confine_with, describe, ConfineError, Step};
 }

@@ -30,8 +30,8 @@ pub const INT_MASK: u32 = INT_VRING | INT_CONFIG;
 
 /// One device's shared interrupt status word.
 pub struct IrqStatus {
+    /// The mapped page; it owns the memfd (one fd per side, no duplicate).
     region: MmapRegion,
-    file: File,
 }
 
 impl IrqStatus {
@@ -59,16 +59,19 @@ impl IrqStatus {
     }
 
     fn map(fd: OwnedFd) -> io::Result<IrqStatus> {
-        let file = File::from(fd);
-        let offset = FileOffset::new(file.try_clone()?, 0);
+        let offset = FileOffset::new(File::from(fd), 0);
         let region = MmapRegion::from_file(offset, PAGE_SIZE)
             .map_err(|e| io::Error::other(format!("cannot map the interrupt status page: {e}")))?;
-        Ok(IrqStatus { region, file })
+        Ok(IrqStatus { region })
     }
 
     /// The memfd, to pass to the runner.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        // `map` always maps from a file, so the region has one; a `None` would be a bug here.
+        self.region
+            .file_offset()
+            .map(|offset| offset.file().as_fd())
+            .expect("the status page is mapped from its memfd")
     }
 
     fn word(&self) -> &AtomicU32 {

@@ -1,7 +1,8 @@
 //! The `svmm` binary under test.
 //!
 //! `SVMM_BIN=/path/to/svmm` selects a binary explicitly. Otherwise the first caller in a test
-//! process builds it with `$CARGO build -p vmm --bin svmm` (adding `--release` when this test binary
+//! process builds it with `$CARGO build -p vmm --features test-faults --bin svmm` (the sandbox
+//! suite's misbehaving workers need the feature; adding `--release` when this test binary
 //! is itself optimised, so `cargo test --release` tests a release svmm), and everyone uses the path
 //! cargo reports for it — which respects `CARGO_TARGET_DIR` and `build.target-dir`.
 
@@ -39,7 +40,8 @@ fn locate() -> Result<PathBuf, String> {
     build()
 }
 
-/// Runs `cargo build -p vmm --bin svmm` in the workspace root and returns the executable's path.
+/// Runs `cargo build -p vmm --features test-faults --bin svmm` in the workspace root and returns
+/// the executable's path.
 fn build() -> Result<PathBuf, String> {
     // Cargo sets CARGO for the processes it runs; fall back to the one that built us, then PATH.
     let cargo = std::env::var_os("CARGO")
@@ -47,7 +49,15 @@ fn build() -> Result<PathBuf, String> {
         .unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(repo_root())
-        .args(["build", "-p", "vmm", "--bin", "svmm"])
+        .args([
+            "build",
+            "-p",
+            "vmm",
+            "--features",
+            "test-faults",
+            "--bin",
+            "svmm",
+        ])
         .arg("--message-format=json-render-diagnostics");
     if release_build() {
         cmd.arg("--release");
@@ -60,7 +70,7 @@ fn build() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !out.status.success() {
         return Err(format!(
-            "`cargo build -p vmm --bin svmm` failed ({}); its errors are above",
+            "`cargo build -p vmm --features test-faults --bin svmm` failed ({}); its errors are above",
             out.status
         ));
     }

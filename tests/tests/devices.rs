@@ -2,7 +2,8 @@
 //! by the worker loop, here in-process (`sandbox=off`, `--no-sandbox`). The guest's `rng` test
 //! fails unless every returned chain also came with a used-buffer interrupt (InterruptStatus
 //! bit 0 set in the status word the worker shares with svmm), so a pass proves the interrupt
-//! path too. Sandboxed trials join these once the broker spawns workers.
+//! path too. Sandboxed devices have their own suite (`sandbox.rs`); here `svmm __worker` is
+//! also started by hand, as the broker would, to check its protocol.
 //!
 //! svmm confines its own threads too: while the guest runs, `/proc` shows every vCPU thread, the
 //! console-input thread, the main thread and the in-process device thread under seccomp.
@@ -202,9 +203,11 @@ fn vmm_threads_run_under_seccomp() -> TrialResult {
     Ok(())
 }
 
-/// `svmm __worker rng` started the way the broker will start it — fds at the fixed numbers of
-/// `vmm/src/worker/mod.rs` (`fd_numbers`) — speaks the control protocol: `Ready` first, then
-/// `Activate`, `GetStats`, and exits 0 on `Shutdown`. (Not confined yet: that is the broker's.)
+/// `svmm __worker rng` started the way the broker starts it — fds at the fixed numbers of
+/// `vmm/src/worker/mod.rs` (`fd_numbers`), its sandbox as `--sandbox-*` arguments — confines
+/// itself (here without namespaces: this harness is no broker) and speaks the control protocol:
+/// `Ready` first, then `Activate`, `GetStats`, and exits 0 on `Shutdown`. Without the sandbox
+/// arguments it refuses to run at all.
 fn spawned_worker_mode() -> TrialResult {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
@@ -234,10 +237,21 @@ fn spawned_worker_mode() -> TrialResult {
             check(dup, "F_DUPFD_CLOEXEC").map(owned)
         })
         .collect::<std::io::Result<_>>()?;
+    let count = passed.len();
     drop(passed);
     let raw: Vec<libc::c_int> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    let unconfined = std::process::Command::new(tests::binary::svmm_bin())
+        .args(["__worker", "rng", "--seccomp=trap"])
+        .output()?;
+    let refusal = String::from_utf8_lossy(&unconfined.stderr);
+    assert!(
+        !unconfined.status.success() && refusal.contains("only runs confined"),
+        "an unconfined worker must refuse to start: {:?} {refusal}",
+        unconfined.status
+    );
     let mut cmd = std::process::Command::new(tests::binary::svmm_bin());
-    cmd.args(["__worker", "rng"]);
+    cmd.args(["__worker", "rng", "--seccomp=trap"]);
+    cmd.args(sandbox_args(count));
     // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
     // async-signal-safe, on fds that are open in the child (inherited `high`).
     unsafe {
@@ -301,6 +315,34 @@ fn spawned_worker_mode() -> TrialResult {
     let status = child.wait()?;
     assert_eq!(status.code(), Some(0), "worker exit: {status}");
     Ok(())
+}
+
+/// The `--sandbox-*` arguments of a worker with `fds` inherited fds, confined without
+/// namespaces (the broker would clone it into new ones): as root, an otherwise unused uid/gid;
+/// unprivileged, our own.
+fn sandbox_args(fds: usize) -> Vec<String> {
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let ids = match euid {
+        0 => broker::WorkerIds {
+            uid: 1_499_999_000,
+            gid: 1_499_999_000,
+            drop_groups: true,
+        },
+        _ => broker::WorkerIds {
+            uid: euid,
+            gid: egid,
+            drop_groups: false,
+        },
+    };
+    let fds = u32::try_from(fds).expect("a handful of fds");
+    let mut config = broker::ConfineConfig::new(ids, fds, Vec::new());
+    config.namespaces = false;
+    config
+        .to_args()
+        .into_iter()
+        .map(|a| a.into_string().expect("ASCII arguments"))
+        .collect()
 }
 
 /// The few raw syscalls the spawned-worker trial needs to stand in for the broker.

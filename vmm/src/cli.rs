@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
 use crate::layout::VIRTIO_MMIO_SLOTS;
+use crate::sandboxed::SandboxOptions;
 
 /// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -91,6 +92,19 @@ pub struct Args {
     /// without starting a VM. `--kernel` is not needed.
     #[arg(long)]
     pub print_sandbox: bool,
+
+    /// When svmm runs as root: the host uids and gids of sandboxed workers, as FIRST:COUNT.
+    /// Worker i of this VM runs as uid and gid FIRST + i; give VMs that run at the same time
+    /// disjoint ranges. (Unprivileged, workers keep svmm's ids, mapped to 1000 inside their
+    /// user namespace.)
+    #[arg(long, value_name = "FIRST:COUNT", default_value = "1500000000:65536",
+          value_parser = parse_id_range)]
+    pub worker_ids: broker::IdRange,
+
+    /// Start sandboxed workers even if this kernel cannot enforce Landlock (ABI 6, Linux 6.12),
+    /// without that layer. By default svmm refuses to start them.
+    #[arg(long)]
+    pub allow_missing_landlock: bool,
 }
 
 /// `--seccomp`: what a filter does with a system call its profile does not allow.
@@ -110,6 +124,17 @@ impl From<SeccompMode> for seccomp_profiles::Mode {
             SeccompMode::Log => seccomp_profiles::Mode::Log,
         }
     }
+}
+
+/// Parses `FIRST:COUNT` for `--worker-ids`.
+fn parse_id_range(text: &str) -> Result<broker::IdRange, String> {
+    let bad = || format!("'{text}' is not FIRST:COUNT with FIRST > 0, COUNT > 0, below 2^32 - 1");
+    let (first, count) = text.split_once(':').ok_or_else(bad)?;
+    let (first, count) = (
+        first.parse().map_err(|_| bad())?,
+        count.parse().map_err(|_| bad())?,
+    );
+    broker::IdRange::new(first, count).ok_or_else(bad)
 }
 
 /// A switch given as `on` or `off`.
@@ -184,6 +209,8 @@ pub struct VmConfig {
     pub on_worker_exit: OnWorkerExit,
     /// What seccomp filters do with a system call their profile does not allow.
     pub seccomp: SeccompMode,
+    /// How sandboxed workers are confined.
+    pub sandbox: SandboxOptions,
 }
 
 impl Args {
@@ -214,6 +241,11 @@ impl Args {
             acpi: self.acpi == OnOff::On,
             on_worker_exit: self.on_worker_exit,
             seccomp: self.seccomp,
+            sandbox: SandboxOptions {
+                seccomp: self.seccomp.into(),
+                worker_ids: self.worker_ids,
+                allow_missing_landlock: self.allow_missing_landlock,
+            },
         })
     }
 
@@ -221,9 +253,7 @@ impl Args {
     pub fn device_specs(&self) -> Result<Vec<DeviceSpec>, CliError> {
         let mut devices = Vec::with_capacity(self.devices.len());
         for spec in &self.devices {
-            let mut device = device_spec::parse(spec)?;
-            device.sandbox &= !self.no_sandbox;
-            devices.push(device);
+            devices.push(device_spec::parse_with_switch(spec, self.no_sandbox)?);
         }
         if devices.len() > VIRTIO_MMIO_SLOTS {
             return Err(CliError::TooManyDevices {
@@ -363,6 +393,32 @@ mod tests {
             seccomp_profiles::Mode::Log
         );
         assert!(Args::try_parse_from(["svmm", "--kernel", "k", "--seccomp", "kill"]).is_err());
+    }
+
+    #[test]
+    fn sandbox_switches() {
+        let c = args(&[]).validate(1024).unwrap();
+        assert_eq!(c.sandbox.seccomp, seccomp_profiles::Mode::Trap);
+        assert_eq!(c.sandbox.worker_ids, broker::IdRange::DEFAULT);
+        assert!(!c.sandbox.allow_missing_landlock);
+        let c = args(&[
+            "--seccomp=log",
+            "--worker-ids",
+            "70000:8",
+            "--allow-missing-landlock",
+        ])
+        .validate(1024)
+        .unwrap();
+        assert_eq!(c.sandbox.seccomp, seccomp_profiles::Mode::Log);
+        assert_eq!(
+            c.sandbox.worker_ids,
+            broker::IdRange::new(70000, 8).unwrap()
+        );
+        assert!(c.sandbox.allow_missing_landlock);
+        for bad in ["0:5", "5:0", "5", "x:1", "4294967295:1"] {
+            let v = ["svmm", "--kernel", "k", "--worker-ids", bad];
+            assert!(Args::try_parse_from(v).is_err(), "{bad}");
+        }
     }
 
     #[test]

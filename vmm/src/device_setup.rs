@@ -5,18 +5,23 @@
 //! ```text
 //!   slot i (addr, 4 KiB, GSI) ─ IrqStatus page ─ irqfd → KVM GSI ─ ioeventfd per queue ← KVM
 //!        │                                                              (QueueNotify, datamatch = i)
-//!        ├─ open_host_resources(kind)          (broker: before confinement)
-//!        ├─ start_worker(...)                  ◀── THE place the broker plugs in
-//!        ├─ WorkerProxy::connect (waits for Ready, 5 s)
+//!        ├─ open_host_resources(kind)          (in the VMM, before any worker exists)
+//!        ├─ start_worker(...)                  sandbox=on: broker spawns `svmm __worker KIND`
+//!        │                                     (crate::sandboxed); off: a thread of svmm
+//!        ├─ WorkerProxy::connect (waits for Ready, 5 s); terminate hook = kill the worker
 //!        ├─ MmioTransport on the MMIO bus at addr
-//!        └─ monitor thread: socket readable → proxy.service(), DEVICE_NEEDS_RESET, policy
+//!        └─ monitor thread (crate::supervisor): socket readable → proxy.service(); pidfd
+//!           readable → reap, one line, DEVICE_NEEDS_RESET, --on-worker-exit
 //! ```
+//!
+//! The VM owns one [`Sandbox`] (the broker's spawner thread), made with the first sandboxed
+//! device. When the devices are dropped (VM end, or a set-up failure) every worker process is
+//! killed and reaped; a `kill -9` of svmm kills them through their parent-death signal.
 //!
 //! The devices must exist before the ACPI tables and the command line are written: both
 //! describe them ([`VirtioDevices::acpi`], [`VirtioDevices::cmdline`]).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -26,14 +31,15 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::VirtioMmioDevice;
-use crate::cli::{OnWorkerExit, VmConfig};
-use crate::control::{VmControl, VmEvent};
+use crate::cli::VmConfig;
+use crate::control::VmControl;
 use crate::device_spec::DeviceSpec;
 use crate::error::one_line;
-use crate::fd_wait::wait_readable;
 use crate::layout::{virtio_mmio_cmdline_entry, virtio_mmio_slot};
 use crate::memory::GuestRam;
 use crate::mmio_bus::{MmioBus, MmioBusError};
+use crate::sandboxed::{Sandbox, SandboxError};
+use crate::supervisor::{spawn_monitor, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::ProxyError;
@@ -41,7 +47,7 @@ use crate::worker::backend::{self, BackendError, HostResources};
 use crate::worker::{in_process, WorkerFds};
 
 /// The transport of one device, shared by the MMIO bus, its monitor and the VM's owner.
-type Transport = Arc<Mutex<MmioTransport<WorkerProxy>>>;
+pub type Transport = Arc<Mutex<MmioTransport<WorkerProxy>>>;
 
 /// Setting up a device failed. Every variant names the device (`rng#0`).
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +89,18 @@ pub enum DeviceSetupError {
         #[source]
         source: ipc::ChannelError,
     },
-    /// `sandbox=on` asked for a worker process, which this build cannot spawn yet.
-    #[error(
-        "{0}: sandboxed device workers are not available in this build yet; \
-         use --device KIND,sandbox=off or --no-sandbox"
-    )]
-    SandboxUnavailable(String),
+    /// The sandbox cannot be set up (before the first sandboxed worker).
+    #[error(transparent)]
+    Sandbox(SandboxError),
+    /// The broker could not start the device's worker.
+    #[error("{name}: sandboxed worker")]
+    Spawn {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: SandboxError,
+    },
     /// The worker did not come up.
     #[error("{name}: device worker did not start")]
     Start {
@@ -113,7 +125,8 @@ pub enum DeviceSetupError {
 enum Worker {
     /// On a thread of svmm (`sandbox=off`).
     InProcess(#[allow(dead_code)] JoinHandle<()>),
-    // Sandboxed(broker::WorkerHandle) — added with the broker; its Drop kills and reaps.
+    /// A confined `svmm __worker` process, shared with the monitor and the terminate hook.
+    Sandboxed(Arc<Supervised>),
 }
 
 /// One device as the VM keeps it.
@@ -131,6 +144,20 @@ pub struct VirtioDevices {
     /// `virtio_mmio.device=` words for the kernel command line, space-separated.
     pub cmdline: String,
     devices: Vec<Device>,
+    /// The broker's spawner, once a device is sandboxed. Dropped after `devices` (their workers
+    /// are killed and reaped first).
+    sandbox: Option<Sandbox>,
+}
+
+impl Drop for VirtioDevices {
+    /// Every worker process is gone when the devices are: killed and reaped, quietly.
+    fn drop(&mut self) {
+        for device in &self.devices {
+            if let Worker::Sandboxed(worker) = &device.worker {
+                worker.end();
+            }
+        }
+    }
 }
 
 impl VirtioDevices {
@@ -143,6 +170,7 @@ impl VirtioDevices {
             };
             let mode = match device.worker {
                 Worker::InProcess(_) => "in-process",
+                Worker::Sandboxed(_) => "sandboxed",
             };
             match transport.proxy_mut().stats() {
                 Ok(stats) => {
@@ -184,13 +212,30 @@ pub fn create(
         let name = format!("{}#{index}", spec.kind);
         let (addr, size, irq) =
             virtio_mmio_slot(index).ok_or_else(|| DeviceSetupError::NoSlot(name.clone()))?;
-        let (transport, worker) = create_one(vm, ram, spec, &name, (addr, irq))?;
+        let sandbox = match (spec.sandbox, &mut devices.sandbox) {
+            (false, _) => None,
+            (true, Some(sandbox)) => Some(sandbox),
+            (true, none) => {
+                Some(none.insert(Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?))
+            }
+        };
+        let (transport, worker) = create_one(vm, ram, spec, &name, (addr, irq), sandbox)?;
         bus.insert(addr, size, transport.clone())
             .map_err(|source| DeviceSetupError::Bus {
                 name: name.clone(),
                 source,
             })?;
-        spawn_monitor(&name, &transport, config.on_worker_exit, control)?;
+        let supervised = match &worker {
+            Worker::Sandboxed(supervised) => Some(supervised.clone()),
+            Worker::InProcess(_) => None,
+        };
+        spawn_monitor(
+            &name,
+            &transport,
+            supervised,
+            config.on_worker_exit,
+            control,
+        )?;
         devices.acpi.push(VirtioMmioDevice { addr, size, irq });
         if !devices.cmdline.is_empty() {
             devices.cmdline.push(' ');
@@ -214,6 +259,7 @@ fn create_one(
     spec: &DeviceSpec,
     name: &str,
     (addr, irq): (u64, u32),
+    sandbox: Option<&mut Sandbox>,
 ) -> Result<(Transport, Worker), DeviceSetupError> {
     let host = |what| {
         let name = name.to_string();
@@ -257,9 +303,9 @@ fn create_one(
             .map_err(host("duplicate an fd"))?,
         stop: EventFd::new(EFD_NONBLOCK).map_err(host("create its stop eventfd"))?,
     };
-    let worker = start_worker(spec, name, resources, fds)?;
+    let worker = start_worker(spec, name, resources, fds, sandbox)?;
 
-    let proxy = WorkerProxy::connect(
+    let mut proxy = WorkerProxy::connect(
         name,
         vmm_end,
         status,
@@ -271,27 +317,38 @@ fn create_one(
         name: name.to_string(),
         source,
     })?;
+    if let Worker::Sandboxed(supervised) = &worker {
+        let supervised = supervised.clone();
+        proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
+    }
     let transport = Arc::new(Mutex::new(MmioTransport::new(name, proxy)));
     Ok((transport, worker))
 }
 
 /// Starts the worker that serves the device: **the one place the broker plugs in**.
 ///
-/// `resources` are the device's host files (opened by `backend::open_host_resources`, later by
-/// the broker before confinement) and `fds` everything the worker needs from the VMM, already
-/// registered with KVM. In-process, the thread builds the backend and runs
-/// `worker::run_device`. Sandboxed, the broker will pass `fds` at `worker::fd_numbers` and the
-/// resources after them to `svmm __worker KIND` (`worker::spawned`, already built and tested),
-/// which confines itself, builds the backend with `backend::build` and calls the same
-/// `run_device`; the `Worker` it returns holds the broker's handle (kill + reap on drop).
+/// `resources` are the device's host files (opened by `backend::open_host_resources` in the
+/// VMM, before any worker exists) and `fds` everything the worker needs from the VMM, already
+/// registered with KVM. Sandboxed, `sandbox` spawns `svmm __worker KIND` with them at
+/// `worker::fd_numbers` (see `crate::sandboxed`); the worker confines itself, builds the
+/// backend with `backend::build` and calls `worker::run_device_confined`. In-process, a thread builds
+/// the same backend and runs the same `run_device_confined`.
 fn start_worker(
     spec: &DeviceSpec,
     name: &str,
     resources: HostResources,
     fds: WorkerFds,
+    sandbox: Option<&mut Sandbox>,
 ) -> Result<Worker, DeviceSetupError> {
-    if spec.sandbox {
-        return Err(DeviceSetupError::SandboxUnavailable(name.to_string()));
+    if let Some(sandbox) = sandbox {
+        let worker =
+            sandbox
+                .spawn(spec, fds, resources)
+                .map_err(|source| DeviceSetupError::Spawn {
+                    name: name.to_string(),
+                    source,
+                })?;
+        return Ok(Worker::Sandboxed(Supervised::new(worker)));
     }
     let backend = backend::build(spec.kind, resources)?;
     let label = name.to_string();
@@ -308,68 +365,8 @@ fn start_worker(
     Ok(Worker::InProcess(handle))
 }
 
-/// Starts the thread that serves the worker's unsolicited messages: config changes, device
-/// errors, and the worker's death (the socket hangs up). It latches DEVICE_NEEDS_RESET when the
-/// proxy asks, applies `--on-worker-exit` once the device is broken for good, and ends then.
-fn spawn_monitor(
-    name: &str,
-    transport: &Transport,
-    policy: OnWorkerExit,
-    control: &VmControl,
-) -> Result<(), DeviceSetupError> {
-    let host = |what, source| DeviceSetupError::Host {
-        name: name.to_string(),
-        what,
-        source,
-    };
-    // Its own copy of the socket, only for polling: the proxy keeps (and may shut down) its own.
-    let socket: OwnedFd = lock(transport)
-        .proxy()
-        .socket()
-        .try_clone_to_owned()
-        .map_err(|e| host("duplicate its control socket", e))?;
-    let transport = transport.clone();
-    let control = control.clone();
-    let label = name.to_string();
-    thread::Builder::new()
-        .name(format!("mon-{name}"))
-        .spawn(move || monitor(&label, &transport, &socket, policy, &control))
-        .map_err(|e| host("start its monitor thread", e))?;
-    Ok(())
-}
-
-fn monitor(
-    name: &str,
-    transport: &Transport,
-    socket: &OwnedFd,
-    policy: OnWorkerExit,
-    control: &VmControl,
-) {
-    loop {
-        match wait_readable(socket.as_fd(), Duration::from_secs(3600)) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                eprintln!("svmm: {name}: cannot watch the device worker: {e}");
-                return;
-            }
-        }
-        let mut transport = lock(transport);
-        transport.proxy_mut().service();
-        if transport.proxy_mut().take_needs_reset() {
-            transport.mark_needs_reset();
-        }
-        if let Some(reason) = transport.proxy().broken_reason() {
-            if policy == OnWorkerExit::Stop {
-                control.request(VmEvent::DeviceFailed(format!("{name}: {reason}")));
-            }
-            return;
-        }
-    }
-}
-
 /// Locks a transport; a poisoned lock (a panic elsewhere) still holds a usable register state.
-fn lock(transport: &Transport) -> MutexGuard<'_, MmioTransport<WorkerProxy>> {
+pub fn lock(transport: &Transport) -> MutexGuard<'_, MmioTransport<WorkerProxy>> {
     transport.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -388,92 +385,5 @@ fn lock_within(
             }
             Err(std::sync::TryLockError::WouldBlock) => return None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use devices::irq_status::IrqStatus;
-    use ipc::{Channel, DeviceErrorKind, WorkerToVmm};
-
-    use crate::mmio_bus::MmioDevice;
-    use crate::virtio::status::DEVICE_NEEDS_RESET;
-
-    /// A transport whose proxy talks to a fake worker; returns the fake's end.
-    fn transport() -> (Transport, Channel) {
-        let (vmm, worker) = Channel::pair().unwrap();
-        let ready = WorkerToVmm::Ready {
-            device_type: 4,
-            device_features: 1 << 32,
-            num_queues: 1,
-            max_queue_size: 16,
-            config: vec![],
-        };
-        worker.send(&ready, &[]).unwrap();
-        let proxy = WorkerProxy::connect(
-            "rng#0",
-            vmm,
-            IrqStatus::create().unwrap(),
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-            vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            Deadlines::default(),
-        )
-        .unwrap();
-        (
-            Arc::new(Mutex::new(MmioTransport::new("rng#0", proxy))),
-            worker,
-        )
-    }
-
-    fn status(transport: &Transport) -> u32 {
-        let mut data = [0u8; 4];
-        lock(transport).read(0x70, &mut data);
-        u32::from_le_bytes(data)
-    }
-
-    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    #[test]
-    fn a_dead_worker_stops_the_vm_when_asked() {
-        let (transport, worker) = transport();
-        // The driver acknowledged the device, so DEVICE_NEEDS_RESET can show.
-        lock(&transport).write(0x70, &1u32.to_le_bytes());
-        let (control, events) = VmControl::new();
-        spawn_monitor("rng#0", &transport, OnWorkerExit::Stop, &control).unwrap();
-        drop(worker);
-        let event = events.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(
-            matches!(&event, VmEvent::DeviceFailed(reason) if reason.starts_with("rng#0: ")),
-            "{event:?}"
-        );
-        assert_ne!(status(&transport) & DEVICE_NEEDS_RESET, 0);
-    }
-
-    #[test]
-    fn a_device_error_shows_needs_reset_and_the_vm_keeps_running() {
-        let (transport, worker) = transport();
-        lock(&transport).write(0x70, &1u32.to_le_bytes());
-        let (control, events) = VmControl::new();
-        spawn_monitor("rng#0", &transport, OnWorkerExit::Keep, &control).unwrap();
-        let error = WorkerToVmm::DeviceError {
-            reason: DeviceErrorKind::GuestFault,
-        };
-        worker.send(&error, &[]).unwrap();
-        wait_for("DEVICE_NEEDS_RESET", || {
-            status(&transport) & DEVICE_NEEDS_RESET != 0
-        });
-        // Keep: the worker's death is reported, not turned into a VM event.
-        drop(worker);
-        wait_for("the device to break", || {
-            lock(&transport).proxy().broken_reason().is_some()
-        });
-        assert!(events.recv_timeout(Duration::from_millis(100)).is_err());
     }
 }

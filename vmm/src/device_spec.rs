@@ -7,6 +7,9 @@
 //! | kind  | path | options          |
 //! |-------|------|------------------|
 //! | `rng` | none | `sandbox=on\|off` |
+//!
+//! Builds with the `test-faults` feature also take a hidden `fault=MODE` on every kind (see
+//! `worker::fault`), only for sandboxed devices.
 
 use std::fmt;
 
@@ -58,6 +61,9 @@ pub struct DeviceSpec {
     /// Whether the device runs in a sandboxed worker process (`sandbox=on`, the default) or on
     /// a thread of svmm (`sandbox=off`, or `--no-sandbox` for every device).
     pub sandbox: bool,
+    /// The test-only misbehaviour of its worker (`fault=MODE`).
+    #[cfg(feature = "test-faults")]
+    pub fault: Option<crate::worker::fault::Fault>,
 }
 
 /// A `--device` value that cannot be used. Every message names the whole spec.
@@ -104,6 +110,10 @@ pub enum DeviceSpecError {
         /// What the value may be.
         expected: &'static str,
     },
+    /// `fault=` on a device that does not run in a worker process.
+    #[cfg(feature = "test-faults")]
+    #[error("--device '{0}': fault= needs a sandboxed device (sandbox=on, no --no-sandbox)")]
+    FaultNeedsSandbox(String),
     /// The same option twice.
     #[error("--device '{spec}': option '{option}' given twice")]
     Repeated {
@@ -112,6 +122,17 @@ pub enum DeviceSpecError {
         /// The option name.
         option: String,
     },
+}
+
+/// Parses one `--device` value, as `--no-sandbox` (`no_sandbox`) leaves it.
+pub fn parse_with_switch(spec: &str, no_sandbox: bool) -> Result<DeviceSpec, DeviceSpecError> {
+    let mut device = parse(spec)?;
+    device.sandbox &= !no_sandbox;
+    #[cfg(feature = "test-faults")]
+    if device.fault.is_some() && !device.sandbox {
+        return Err(DeviceSpecError::FaultNeedsSandbox(spec.to_string()));
+    }
+    Ok(device)
 }
 
 /// Parses one `--device` value.
@@ -136,8 +157,26 @@ pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceSpecError> {
         });
     }
     let mut sandbox = None;
+    #[cfg(feature = "test-faults")]
+    let mut fault = None;
     for option in parts {
         let (name, value) = option.split_once('=').unwrap_or((option, ""));
+        #[cfg(feature = "test-faults")]
+        if name == "fault" {
+            use crate::worker::fault::Fault;
+            let mode = Fault::from_name(value).ok_or_else(|| DeviceSpecError::BadValue {
+                spec: spec.to_string(),
+                option: option.to_string(),
+                expected: Fault::EXPECTED,
+            })?;
+            if fault.replace(mode).is_some() {
+                return Err(DeviceSpecError::Repeated {
+                    spec: spec.to_string(),
+                    option: name.to_string(),
+                });
+            }
+            continue;
+        }
         if !kind.options().contains(&name) {
             return Err(DeviceSpecError::UnknownOption {
                 spec: spec.to_string(),
@@ -162,6 +201,8 @@ pub fn parse(spec: &str) -> Result<DeviceSpec, DeviceSpecError> {
     Ok(DeviceSpec {
         kind,
         sandbox: sandbox.unwrap_or(true),
+        #[cfg(feature = "test-faults")]
+        fault,
     })
 }
 
@@ -182,6 +223,8 @@ mod tests {
         let want = DeviceSpec {
             kind: DeviceKind::Rng,
             sandbox: true,
+            #[cfg(feature = "test-faults")]
+            fault: None,
         };
         assert_eq!(parse("rng"), Ok(want.clone()));
         assert_eq!(parse("rng,sandbox=on"), Ok(want));
@@ -189,7 +232,9 @@ mod tests {
             parse("rng,sandbox=off"),
             Ok(DeviceSpec {
                 kind: DeviceKind::Rng,
-                sandbox: false
+                sandbox: false,
+                #[cfg(feature = "test-faults")]
+                fault: None,
             })
         );
     }
@@ -233,5 +278,37 @@ mod tests {
             msg("rng,"),
             "--device 'rng,': unknown option '' for rng (supported: sandbox)"
         );
+    }
+
+    #[cfg(feature = "test-faults")]
+    #[test]
+    fn hidden_fault_option() {
+        use crate::worker::fault::Fault;
+        assert_eq!(
+            parse("rng,fault=garbage").unwrap().fault,
+            Some(Fault::Garbage)
+        );
+        assert!(matches!(
+            parse("rng,fault=nonsense"),
+            Err(DeviceSpecError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_with_switch("rng,fault=exit,sandbox=off", false),
+            Err(DeviceSpecError::FaultNeedsSandbox(_))
+        ));
+        assert!(matches!(
+            parse_with_switch("rng,fault=exit", true),
+            Err(DeviceSpecError::FaultNeedsSandbox(_))
+        ));
+        assert!(parse_with_switch("rng,fault=exit", false).is_ok());
+    }
+
+    #[cfg(not(feature = "test-faults"))]
+    #[test]
+    fn fault_is_unknown_without_the_test_feature() {
+        assert!(matches!(
+            parse("rng,fault=exit"),
+            Err(DeviceSpecError::UnknownOption { .. })
+        ));
     }
 }

@@ -7,7 +7,8 @@
 //! | 64     | bad command line                                                            |
 //! | 65     | bad input file: kernel or initrd missing, unreadable or not a kernel        |
 //! | 66     | KVM unavailable: `/dev/kvm` missing or not permitted                         |
-//! | 67     | the VM could not be set up (KVM or host resource failure)                    |
+//! | 67     | the VM could not be set up (KVM, host resource, or a device worker that     |
+//! |        | could not start, e.g. a kernel without Landlock)                            |
 //! | 68     | the guest crashed: triple fault, KVM internal error, unexpected exit         |
 //! | 69     | the guest asked for a reboot (i8042 reset); svmm does not reboot, it ends    |
 //! | 70     | internal error in svmm                                                       |

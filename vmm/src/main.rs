@@ -19,7 +19,9 @@ mod legacy;
 mod memory;
 mod mmio_bus;
 mod print_sandbox;
+mod sandboxed;
 mod self_confine;
+mod supervisor;
 mod terminal;
 mod vcpu;
 // The transport is complete but no device is created yet: vm.rs wires transports next.

@@ -77,16 +77,29 @@ pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
     if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
         return Err(MemoryError::Seal(io::Error::last_os_error()));
     }
-    let memory = map_guest_ram(&memfd, size)?;
+    let memory = map_guest_ram(memfd.try_clone().map_err(MemoryError::Dup)?, size)?;
     Ok(GuestRam { memory, memfd })
 }
 
 /// Maps the first `size` bytes of the guest RAM memfd at the guest-physical places
 /// [`ram_ranges`] gives them: the VMM's own view, and a device worker's view of the same pages.
-pub fn map_guest_ram(memfd: &File, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let mut regions = Vec::new();
-    for (addr, len, offset) in ram_ranges(size) {
-        let file = memfd.try_clone().map_err(MemoryError::Dup)?;
+/// The mapping keeps `memfd` (the last range's region owns it, earlier ranges a duplicate), so a
+/// worker holds one fd for guest RAM, not two.
+pub fn map_guest_ram(memfd: File, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = ram_ranges(size);
+    let mut regions = Vec::with_capacity(ranges.len());
+    let last = ranges.len().saturating_sub(1);
+    let mut memfd = Some(memfd);
+    for (i, (addr, len, offset)) in ranges.into_iter().enumerate() {
+        // Only the last range takes `memfd` itself, so it is there for every earlier one.
+        let Some(fd) = memfd.take() else { break };
+        let file = if i < last {
+            let dup = fd.try_clone().map_err(MemoryError::Dup)?;
+            memfd = Some(fd);
+            dup
+        } else {
+            fd
+        };
         let len = usize::try_from(len).map_err(|_| MemoryError::TooLarge(size))?;
         regions.push((addr, len, Some(FileOffset::new(file, offset))));
     }

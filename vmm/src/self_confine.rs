@@ -60,10 +60,7 @@ pub enum ThreadRole {
     Vcpu(u8),
     /// The thread forwarding stdin to the serial port.
     ConsoleInput,
-    /// A device's monitor thread (worker messages, worker death). Its thread is started in
-    /// `device_setup`, which calls `enter(ThreadRole::Monitor)` first thing once merged with the
-    /// broker wiring.
-    #[allow(dead_code)]
+    /// A device's monitor thread (worker messages, worker death), started by `supervisor`.
     Monitor,
     /// An in-process device's thread, with the device's seccomp profile.
     Device(&'static str),

@@ -71,6 +71,7 @@ pub extern "C" fn rust_main(start_info_paddr: u32) -> ! {
         devices: params.devices(),
         timer: &timer,
         params: &params,
+        instance: 0,
     };
     runner::run_tests(&ctx, &params);
 

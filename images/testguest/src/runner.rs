@@ -26,15 +26,15 @@ pub fn count_fail() {
     FAILED.store(FAILED.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// Runs one test and prints its result line.
-fn run_one(test: &Test, ctx: &Ctx) {
+/// Runs one test and prints its result line, under `label` (the test's name, or `NAME@N`).
+fn run_one(test: &Test, label: &str, ctx: &Ctx) {
     let outcome = (test.run)(ctx);
     let (verdict, text) = match &outcome {
         Ok(figures) => (" ok", figures),
         Err(reason) => (" FAIL", reason),
     };
     serial::write_bytes(b"testguest: ");
-    serial::write_bytes(test.name.as_bytes());
+    serial::write_bytes(label.as_bytes());
     serial::write_bytes(verdict.as_bytes());
     if !text.as_bytes().is_empty() {
         serial::write_byte(b' ');
@@ -48,15 +48,26 @@ fn run_one(test: &Test, ctx: &Ctx) {
 }
 
 /// Runs the tests named by `testguest.run=` in the given order, or else every test that
-/// applies to the devices found.
+/// applies to the devices found. `NAME@N` runs test NAME on the N-th device (from 0) of its
+/// kind, e.g. `rng@1` on the second virtio-rng device.
 pub fn run_tests(ctx: &Ctx, params: &Params) {
     match params.run {
         Some(list) => {
-            for name in list.split(',').filter(|n| !n.is_empty()) {
-                match tests::find(name) {
-                    Some(test) => run_one(test, ctx),
-                    None => {
-                        say!("{} FAIL unknown test", name);
+            for word in list.split(',').filter(|n| !n.is_empty()) {
+                let (name, instance) = match word.split_once('@') {
+                    Some((name, n)) => (name, n.parse::<usize>().ok()),
+                    None => (word, Some(0)),
+                };
+                match (tests::find(name), instance) {
+                    (Some(test), Some(instance)) => {
+                        run_one(test, word, &Ctx { instance, ..*ctx });
+                    }
+                    (None, _) => {
+                        say!("{} FAIL unknown test", word);
+                        count_fail();
+                    }
+                    (Some(_), None) => {
+                        say!("{} FAIL bad instance", word);
                         count_fail();
                     }
                 }
@@ -64,7 +75,7 @@ pub fn run_tests(ctx: &Ctx, params: &Params) {
         }
         None => {
             for test in tests::TESTS.iter().filter(|t| (t.applies)(ctx.devices)) {
-                run_one(test, ctx);
+                run_one(test, test.name, ctx);
             }
         }
     }

@@ -8,6 +8,8 @@ fn rng(sandbox: bool) -> DeviceSpec {
     DeviceSpec {
         kind: DeviceKind::Rng,
         sandbox,
+        #[cfg(feature = "test-faults")]
+        fault: None,
     }
 }
 

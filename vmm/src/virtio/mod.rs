@@ -88,6 +88,9 @@ pub enum ProxyError {
     /// The device itself refused or failed the request.
     #[error("the device failed the request: {0:?}")]
     Device(ipc::DeviceErrorKind),
+    /// The worker's seccomp filter trapped this system call before it was ready.
+    #[error("the device worker made a system call its seccomp profile forbids: {0}")]
+    SeccompViolation(String),
 }
 
 /// The transport's handle on one device backend, wherever it runs.

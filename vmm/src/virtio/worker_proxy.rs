@@ -1,4 +1,4 @@
-//! [`WorkerProxy`]: the [`DeviceProxy`] of a device served by `worker::run_device` on the other
+//! [`WorkerProxy`]: the [`DeviceProxy`] of a device served by `worker::run_device_confined` on the other
 //! end of a control channel — in a sandboxed worker process or on a thread of svmm alike.
 //!
 //! The worker is untrusted (DESIGN.md: hostile once compromised), and the proxy is called from
@@ -15,10 +15,19 @@
 //! - **Rate cap.** More than [`MAX_UNSOLICITED_PER_SEC`] unsolicited messages in a second, or
 //!   more than [`MAX_MESSAGES_PER_REPLY`] before a reply, is flooding: the device breaks.
 //!
-//! Breaking is final: the proxy prints one line with the reason, shuts its socket down (a live
-//! worker then sees its peer gone and exits; the monitor watching the socket wakes up), runs the
-//! terminate hook (the broker's kill, later) and reports [`DeviceProxy::is_broken`] from then
-//! on, so the transport shows `DEVICE_NEEDS_RESET` and refuses re-initialisation.
+//! Breaking is final: the proxy shuts its socket down (a live worker then sees its peer gone and
+//! exits; the monitor watching the socket wakes up), runs the terminate hook (for a sandboxed
+//! worker: kill the process, see `crate::supervisor`) and reports [`DeviceProxy::is_broken`]
+//! from then on, so the transport shows `DEVICE_NEEDS_RESET` and refuses re-initialisation.
+//! Without a terminate hook (an in-process device) the proxy prints one line with the reason;
+//! with one, the supervisor prints it when the worker's death confirms the kill, so every dead
+//! worker makes exactly one line.
+//!
+//! A `SeccompViolation` report (the worker's SIGSYS handler, just before it dies) breaks the
+//! device too: the proxy names the call ([`seccomp_profiles::syscall_name`]) and records it
+//! ([`WorkerProxy::seccomp_violation`]) for the supervisor's line, and gives the worker a short
+//! grace period ([`EXIT_GRACE`]) to die of its SIGSYS before the terminate hook kills it; so
+//! does a worker that closed its socket (it is exiting).
 //!
 //! A `DeviceError` the worker sends while active (a guest fault in a queue) is not final: the
 //! device shows `DEVICE_NEEDS_RESET` until the driver resets it, then works again.
@@ -47,6 +56,13 @@ mod tests;
 pub const MAX_UNSOLICITED_PER_SEC: u32 = 64;
 /// Most messages read while waiting for one reply.
 pub const MAX_MESSAGES_PER_REPLY: u32 = 16;
+/// How long a worker that is ending by itself — it reported a seccomp violation, or closed its
+/// control socket — may take to die before it is killed (so the report names the real cause).
+pub const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+/// The terminate hook: called once, when the device breaks, with the reason and how long the
+/// worker may take to end by itself before it must be killed (zero: kill now).
+pub type Terminate = Box<dyn FnOnce(&str, Duration) + Send>;
 
 /// How long the VMM waits for a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +105,12 @@ pub struct WorkerProxy {
     needs_reset: bool,
     /// Start of the current rate-cap window and the unsolicited messages in it.
     window: (Instant, u32),
-    /// Run once when the device breaks (kills the worker process, later).
-    terminate: Option<Box<dyn FnOnce() + Send>>,
+    /// Run once when the device breaks (kills the worker process).
+    terminate: Option<Terminate>,
+    /// A terminate hook was set: its owner reports breakage, the proxy stays quiet.
+    supervised: bool,
+    /// The syscall number of the worker's `SeccompViolation` report, if it sent one.
+    violation: Option<i64>,
 }
 
 /// The requests that wait for a reply.
@@ -168,10 +188,14 @@ impl WorkerProxy {
             config,
         } = msg
         else {
-            if let WorkerToVmm::DeviceError { reason } = msg {
-                return Err(ProxyError::Device(reason));
-            }
-            return Err(bad());
+            return Err(match msg {
+                WorkerToVmm::DeviceError { reason } => ProxyError::Device(reason),
+                // Its filter forbids something set-up needs: name it (a profile to fix).
+                WorkerToVmm::SeccompViolation { syscall, arch } => {
+                    ProxyError::SeccompViolation(syscall_label(syscall, arch))
+                }
+                _ => bad(),
+            });
         };
         if usize::from(num_queues) != queue_events.len() {
             return Err(bad());
@@ -202,12 +226,27 @@ impl WorkerProxy {
             needs_reset: false,
             window: (Instant::now(), 0),
             terminate: None,
+            supervised: false,
+            violation: None,
         })
     }
 
-    /// Runs `terminate` once if the device breaks (e.g. the broker's kill of the worker).
-    pub fn set_terminate(&mut self, terminate: impl FnOnce() + Send + 'static) {
+    /// Runs `terminate` once if the device breaks (the supervisor's kill of the worker
+    /// process). From then on the proxy no longer prints why the device broke: the owner of
+    /// the hook reports it (see the module docs).
+    pub fn set_terminate(&mut self, terminate: impl FnOnce(&str, Duration) + Send + 'static) {
         self.terminate = Some(Box::new(terminate));
+        self.supervised = true;
+    }
+
+    /// The system call number the worker reported in a `SeccompViolation`, if it did.
+    pub fn seccomp_violation(&self) -> Option<i64> {
+        self.violation
+    }
+
+    /// The worker process ended (seen by its supervisor): the device is broken for good.
+    pub fn worker_died(&mut self, reason: &str) {
+        self.break_device(reason, Duration::ZERO);
     }
 
     /// The control socket, for the owner to watch: readable means [`Self::service`] has work.
@@ -257,15 +296,18 @@ impl WorkerProxy {
         }
     }
 
-    /// Marks the device broken for good with `reason`.
-    fn break_device(&mut self, reason: &str) {
+    /// Marks the device broken for good with `reason`; the worker gets `grace` to end by itself
+    /// before the terminate hook kills it.
+    fn break_device(&mut self, reason: &str, grace: Duration) {
         if self.broken.is_some() {
             return;
         }
-        eprintln!(
-            "svmm: {}: device worker {reason}; device marked as needing reset",
-            self.name
-        );
+        if !self.supervised {
+            eprintln!(
+                "svmm: {}: device worker {reason}; device marked as needing reset",
+                self.name
+            );
+        }
         self.broken = Some(reason.to_string());
         self.needs_reset = true;
         self.active = false;
@@ -273,14 +315,18 @@ impl WorkerProxy {
         // worker's reads return end-of-file and wakes anyone polling the socket.
         unsafe { libc::shutdown(self.channel.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(terminate) = self.terminate.take() {
-            terminate();
+            terminate(reason, grace);
         }
     }
 
     /// Breaks the device because of `err`, returning `err` for the caller.
     fn break_with(&mut self, err: ProxyError) -> ProxyError {
         let reason = crate::error::one_line(&err);
-        self.break_device(&reason);
+        let grace = match err {
+            ProxyError::Channel(ChannelError::PeerGone) => EXIT_GRACE,
+            _ => Duration::ZERO,
+        };
+        self.break_device(&reason, grace);
         err
     }
 
@@ -347,7 +393,7 @@ impl WorkerProxy {
         }
         self.window.1 += 1;
         if self.window.1 > MAX_UNSOLICITED_PER_SEC {
-            self.break_device("floods the control channel");
+            self.break_device("floods the control channel", Duration::ZERO);
             return Err(ProxyError::Broken);
         }
         match msg {
@@ -365,21 +411,33 @@ impl WorkerProxy {
                 self.needs_reset = true;
             }
             WorkerToVmm::SeccompViolation { syscall, arch } => {
-                // Named by the seccomp-profiles crate once it exists.
-                self.break_device(&format!(
-                    "made forbidden system call {syscall} (arch {arch:#x})"
-                ));
+                self.violation = Some(syscall);
+                self.break_device(
+                    &format!(
+                        "reported a seccomp violation, syscall {}",
+                        syscall_label(syscall, arch)
+                    ),
+                    EXIT_GRACE,
+                );
                 return Err(ProxyError::Broken);
             }
             WorkerToVmm::Ready { .. }
             | WorkerToVmm::Activated
             | WorkerToVmm::ResetDone
             | WorkerToVmm::Stats(_) => {
-                self.break_device("sent an out-of-order message");
+                self.break_device("sent an out-of-order message", Duration::ZERO);
                 return Err(ProxyError::Broken);
             }
         }
         Ok(())
+    }
+}
+
+/// A trapped system call as a worker reported it: its name, or its number and architecture.
+fn syscall_label(syscall: i64, arch: u32) -> String {
+    match seccomp_profiles::syscall_name(syscall) {
+        Some(name) if arch == seccomp_profiles::sigsys::AUDIT_ARCH_X86_64 => name.to_string(),
+        _ => format!("{syscall} (arch {arch:#x})"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Which backend a device kind runs, and the host resources it is built from.
 //!
-//! The VMM (later: the broker, before the worker is confined) opens a kind's host resources with
+//! The VMM opens a kind's host resources, before any worker exists, with
 //! [`open_host_resources`]; whoever runs the device builds the backend from them with
 //! [`build`]. In a spawned worker the resources arrive as inherited fds, in the order listed
 //! here, after the queue eventfds (see [`super::fd_numbers`]).
@@ -67,7 +67,7 @@ pub fn host_resource_count(kind: DeviceKind) -> usize {
     }
 }
 
-/// Opens what `kind` works on (VMM side; the broker's job once workers are spawned).
+/// Opens what `kind` works on (VMM side, before the worker is spawned or started).
 pub fn open_host_resources(kind: DeviceKind) -> Result<HostResources, BackendError> {
     match kind {
         DeviceKind::Rng => {

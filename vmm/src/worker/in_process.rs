@@ -1,4 +1,4 @@
-//! In-process devices (`sandbox=off`): [`run_device`](super::run_device) on a thread of svmm.
+//! In-process devices (`sandbox=off`): [`run_device_confined`](super::run_device_confined) on a thread of svmm.
 //!
 //! The thread gets exactly what a spawned worker would get — its own end of the control
 //! channel and its own copies of the fds — so the VMM side cannot tell the two apart, and the

@@ -1,15 +1,16 @@
 //! The device side of the control protocol: the loop that serves one virtio backend for the
 //! VMM, wherever it runs.
 //!
-//! [`run_device`] is the whole life of a device worker once it holds its fds: it maps guest RAM
+//! [`run_device_confined`] is the whole life of a device worker once it holds its fds: it maps guest RAM
 //! and the interrupt status page, announces the device with `Ready`, then serves queue
 //! notifications (through `devices::runner::QueueRunner`) and control messages until the VMM
 //! says `Shutdown`, closes its end, or the stop eventfd fires. The very same function runs
 //!
 //! - **in-process** (`--device KIND,sandbox=off`): on a thread of svmm ([`in_process::spawn`]),
 //!   with the worker end of an `ipc::Channel::pair()`;
-//! - **sandboxed** (once the broker spawns it): in `svmm __worker KIND` ([`spawned`]), after
-//!   `broker::child::confine`, with the fds the broker passed at fixed numbers ([`fd_numbers`]).
+//! - **sandboxed** (`--device KIND`, the default): in `svmm __worker KIND` ([`spawned`]),
+//!   spawned by the broker (`crate::sandboxed`) with the fds at fixed numbers ([`fd_numbers`]),
+//!   after `broker::confine` and the device's seccomp filter.
 //!
 //! ```text
 //!   VMM (WorkerProxy)                         run_device
@@ -30,6 +31,8 @@
 //! broken). Nothing here panics on what arrives over the channel or sits in guest memory.
 
 pub mod backend;
+#[cfg(feature = "test-faults")]
+pub mod fault;
 pub mod in_process;
 mod interrupt;
 pub mod plan;
@@ -45,7 +48,7 @@ use std::os::fd::OwnedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use serve::{run_device, run_device_confined};
+pub use serve::{prepare, run_device_confined, serve};
 
 /// Fixed fd numbers of a spawned worker (`svmm __worker KIND`): what the broker passes where.
 ///
@@ -92,7 +95,7 @@ pub struct WorkerFds {
     pub stop: EventFd,
 }
 
-/// Why [`run_device`] returned normally.
+/// Why [`run_device_confined`] returned normally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
     /// The VMM sent `Shutdown`.
@@ -103,7 +106,7 @@ pub enum WorkerExit {
     Stopped,
 }
 
-/// Why [`run_device`] failed.
+/// Why [`run_device_confined`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Mapping guest RAM failed.

@@ -243,6 +243,8 @@ mod tests {
         DeviceSpec {
             kind: DeviceKind::Rng,
             sandbox: true,
+            #[cfg(feature = "test-faults")]
+            fault: None,
         }
     }
 

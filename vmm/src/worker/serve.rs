@@ -1,4 +1,4 @@
-//! [`run_device`]: set-up, `Ready`, then the loop that serves queue notifications and control
+//! [`run_device_confined`]: set-up, `Ready`, then the loop that serves queue notifications and control
 //! messages (see the module docs of [`crate::worker`] for the conversation).
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use ipc::{
     WorkerToVmm,
 };
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::IrqfdInterrupt;
 use super::{queues, WorkerError, WorkerExit, WorkerFds};
@@ -20,27 +21,34 @@ use crate::memory::map_guest_ram;
 const CONTROL: u64 = 0;
 
 /// Serves `backend` for the VMM on the other end of `fds.control` until it shuts the device
-/// down, closes the channel, or `fds.stop` fires.
-///
-/// Sends `Ready` first, so the VMM can send nothing the worker would act on before it knows the
-/// device. Set-up failures are reported as `DeviceError { Internal }` (best effort) before the
-/// error is returned.
-pub fn run_device(
-    backend: Box<dyn VirtioBackend>,
-    fds: WorkerFds,
-) -> Result<WorkerExit, WorkerError> {
-    run_device_confined(backend, fds, || Ok(()))
-}
-
-/// [`run_device`], calling `confine` once set-up is done — guest RAM and the status page
+/// down, closes the channel, or `fds.stop` fires ([`prepare`], then [`serve`]), calling `confine` once set-up is done — guest RAM and the status page
 /// mapped, `Ready` sent, the event loop built — and before the first control message or queue
 /// notification is read: where an in-process device thread installs its seccomp filter
 /// (`self_confine`). If `confine` fails the device does not serve.
 pub fn run_device_confined(
-    mut backend: Box<dyn VirtioBackend>,
+    backend: Box<dyn VirtioBackend>,
     fds: WorkerFds,
     confine: impl FnOnce() -> Result<(), WorkerError>,
 ) -> Result<WorkerExit, WorkerError> {
+    let prepared = prepare(&*backend, fds)?;
+    serve_confined(backend, prepared, confine)
+}
+
+/// A worker's fds turned into what [`serve`] works with: guest RAM and the interrupt status
+/// page mapped, the interrupt handle built. Reads nothing from the VMM or the guest.
+pub struct Prepared {
+    control: Channel,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+    queue_events: Vec<EventFd>,
+    stop: EventFd,
+}
+
+/// Maps guest RAM and the interrupt status page of `fds` for `backend`. A spawned worker calls
+/// this before it confines itself, so its seccomp filter need not allow what mapping takes
+/// (`statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`). Failures are reported as
+/// `DeviceError { Internal }` (best effort) before the error is returned.
+pub fn prepare(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Prepared, WorkerError> {
     let WorkerFds {
         control,
         guest_ram,
@@ -54,7 +62,7 @@ pub fn run_device_confined(
             .metadata()
             .map_err(WorkerError::GuestRamSize)?
             .len();
-        let mem = map_guest_ram(&guest_ram, size).map_err(WorkerError::GuestRam)?;
+        let mem = map_guest_ram(guest_ram, size).map_err(WorkerError::GuestRam)?;
         let status = IrqStatus::from_fd(irq_status).map_err(WorkerError::IrqStatus)?;
         if queue_events.len() != usize::from(backend.num_queues()) {
             return Err(WorkerError::QueueEvents {
@@ -65,13 +73,45 @@ pub fn run_device_confined(
         let interrupt: Arc<dyn Interrupt> = Arc::new(IrqfdInterrupt::new(status, irqfd));
         Ok((mem, interrupt))
     };
-    let (mem, interrupt) = match setup() {
-        Ok(done) => done,
+    match setup() {
+        Ok((mem, interrupt)) => Ok(Prepared {
+            control,
+            mem,
+            interrupt,
+            queue_events,
+            stop,
+        }),
         Err(e) => {
             report(&control, DeviceErrorKind::Internal);
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// Serves `backend` with what [`prepare`] set up: sends `Ready` first, so the VMM can send
+/// nothing the worker would act on before it knows the device, then handles queue
+/// notifications and control messages.
+pub fn serve(
+    backend: Box<dyn VirtioBackend>,
+    prepared: Prepared,
+) -> Result<WorkerExit, WorkerError> {
+    serve_confined(backend, prepared, || Ok(()))
+}
+
+/// [`serve`], calling `confine` after `Ready` is sent and the event loop is built, before the
+/// first control message or queue notification is read.
+fn serve_confined(
+    mut backend: Box<dyn VirtioBackend>,
+    prepared: Prepared,
+    confine: impl FnOnce() -> Result<(), WorkerError>,
+) -> Result<WorkerExit, WorkerError> {
+    let Prepared {
+        control,
+        mem,
+        interrupt,
+        queue_events,
+        stop,
+    } = prepared;
     // Cannot truncate: the runner takes queue indices as u16, and there are num_queues of them.
     let queue_events: Vec<(u16, _)> = (0u16..).zip(queue_events).collect();
 

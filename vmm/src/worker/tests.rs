@@ -16,7 +16,7 @@ use ipc::{Channel, DeviceErrorKind, QueueConfig, VmmToWorker, WorkerToVmm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{run_device, WorkerError, WorkerExit, WorkerFds};
+use super::{run_device_confined, WorkerError, WorkerExit, WorkerFds};
 use crate::fd_wait::wait_readable;
 use crate::memory::{create_guest_ram, GuestRam};
 
@@ -119,7 +119,7 @@ fn start(backend: Box<dyn VirtioBackend>, queue_fds: usize) -> Harness {
         queue_events: queues.iter().map(|q| q.try_clone().unwrap()).collect(),
         stop: stop.try_clone().unwrap(),
     };
-    let worker = std::thread::spawn(move || run_device(backend, fds));
+    let worker = std::thread::spawn(move || run_device_confined(backend, fds, || Ok(())));
     Harness {
         vmm,
         ram,

@@ -12,11 +12,14 @@ use crate::cmdline::{MmioDevice, Params};
 use crate::line::Line;
 use crate::timer::Timer;
 
-/// What a test gets: the devices, the timer, and the parsed command line.
+/// What a test gets: the devices, the timer, the parsed command line, and which instance of
+/// its device kind to drive (`NAME@N` in `testguest.run=`; 0 by default).
+#[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub devices: &'a [MmioDevice],
     pub timer: &'a Timer,
     pub params: &'a Params<'a>,
+    pub instance: usize,
 }
 
 /// `Ok(figures)` → `testguest: <name> ok <figures>`; `Err(reason)` → `... FAIL <reason>`.

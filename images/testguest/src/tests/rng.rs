@@ -6,6 +6,8 @@
 //! all equal (so not all zero), and they differ from the previous request's. It reports
 //! `bytes=N requests=M us=T kib_s=R` (time from the first submit to the last completion).
 //!
+//! Both drive the first virtio-rng device, or the N-th (from 0) when run as `rng@N`.
+//!
 //! `rng_reinit` (by name only): one request, a reset (status 0), a second full initialisation
 //! and one more request. Where the device's back end has died the second initialisation must
 //! be refused cleanly (`needs_reset` or `features_ok_refused`), within the driver's timeouts.
@@ -45,8 +47,9 @@ pub fn applies_reinit(_devices: &[MmioDevice]) -> bool {
     false
 }
 
+/// The virtio-rng device the test drives: the first, or the one `rng@N` names.
 fn device(ctx: &Ctx) -> Result<Mmio, Line> {
-    virtio::find(ctx.devices, ID_RNG).ok_or_else(|| fig!("no_device"))
+    virtio::find_nth(ctx.devices, ID_RNG, ctx.instance).ok_or_else(|| fig!("no_device"))
 }
 
 fn init<'t>(mmio: Mmio, ctx: &'t Ctx, step: &str) -> Result<Device<'t>, Line> {

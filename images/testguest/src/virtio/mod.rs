@@ -128,10 +128,18 @@ pub fn probe(dev: &MmioDevice) -> Probe {
 
 /// The first device on the command line with device ID `id`.
 pub fn find(devices: &[MmioDevice], id: u32) -> Option<Mmio> {
-    devices.iter().find_map(|dev| match probe(dev) {
-        Probe::Device { mmio, id: found } if found == id => Some(mmio),
-        _ => None,
-    })
+    find_nth(devices, id, 0)
+}
+
+/// The `n`-th (from 0) device on the command line with device ID `id`.
+pub fn find_nth(devices: &[MmioDevice], id: u32, n: usize) -> Option<Mmio> {
+    devices
+        .iter()
+        .filter_map(|dev| match probe(dev) {
+            Probe::Device { mmio, id: found } if found == id => Some(mmio),
+            _ => None,
+        })
+        .nth(n)
 }
 
 /// An initialised device with queue 0 live (status DRIVER_OK).

@@ -102,7 +102,7 @@ fn a_worker_that_never_answers_is_broken_after_the_deadline() {
     let mut proxy = proxy.unwrap();
     let killed = Arc::new(AtomicBool::new(false));
     let flag = killed.clone();
-    proxy.set_terminate(move || flag.store(true, Ordering::SeqCst));
+    proxy.set_terminate(move |_, _| flag.store(true, Ordering::SeqCst));
 
     let start = Instant::now();
     let err = proxy.activate(1 << 32, &[queue()]).unwrap_err();
@@ -199,6 +199,14 @@ fn a_wrong_queue_count_or_a_first_message_other_than_ready_is_refused() {
         .0,
         Err(ProxyError::Device(DeviceErrorKind::Internal))
     ));
+    let trapped = WorkerToVmm::SeccompViolation {
+        syscall: 332,
+        arch: seccomp_profiles::sigsys::AUDIT_ARCH_X86_64,
+    };
+    match connect(&trapped).0 {
+        Err(ProxyError::SeccompViolation(call)) => assert_eq!(call, "statx"),
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[test]

@@ -1,0 +1,309 @@
+//! Worker supervision: one monitor thread per device notices at once when its worker sends
+//! something on its own, misbehaves or dies, and acts on it.
+//!
+//! ```text
+//!   monitor thread (mon-rng#0) ── poll ──┬─ control socket readable → proxy.service()
+//!                                         │    config change, device error: DEVICE_NEEDS_RESET
+//!                                         │    garbage, flood, seccomp report: proxy breaks the
+//!                                         │    device → terminate hook → Supervised::kill_for
+//!                                         └─ pidfd readable (sandboxed: the worker ended)
+//!                                              read its last messages (SeccompViolation), reap it,
+//!                                              ONE line: device, pid, cause; device broken →
+//!                                              DEVICE_NEEDS_RESET + config interrupt;
+//!                                              --on-worker-exit=stop ends the VM
+//! ```
+//!
+//! The line, for example:
+//! `svmm: rng#0 worker (pid 1234) killed by SIGSYS: seccomp violation, syscall openat; device
+//! needs reset, VM keeps running`. A worker svmm killed itself (it sent garbage, flooded, or
+//! missed a deadline) is reported as `killed by svmm: <why>`.
+//!
+//! An in-process device has no process to watch: its monitor watches the socket only and the
+//! proxy prints why the device broke.
+//!
+//! Lock order: a transport, then its [`Supervised`] worker — the terminate hook runs with the
+//! transport locked.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use broker::ExitCause;
+
+use crate::cli::OnWorkerExit;
+use crate::control::{VmControl, VmEvent};
+use crate::device_setup::{lock, DeviceSetupError, Transport};
+
+/// A sandboxed worker process, shared by its device, the proxy's terminate hook and the
+/// monitor.
+pub struct Supervised {
+    worker: Mutex<broker::Worker>,
+    pid: i32,
+    /// Why svmm killed the worker, if it did while the worker still ran.
+    killed_for: Mutex<Option<String>>,
+    /// The VM is ending: the worker's death is expected and not reported.
+    ending: AtomicBool,
+}
+
+impl Supervised {
+    /// Takes charge of `worker`.
+    pub fn new(worker: broker::Worker) -> Arc<Self> {
+        Arc::new(Supervised {
+            pid: worker.pid(),
+            worker: Mutex::new(worker),
+            killed_for: Mutex::new(None),
+            ending: AtomicBool::new(false),
+        })
+    }
+
+    /// The worker's pid (in svmm's pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn worker(&self) -> MutexGuard<'_, broker::Worker> {
+        self.worker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The terminate hook: kills the worker for `reason`, unless it ends by itself within
+    /// `grace` (a worker that reported its seccomp violation is about to die of SIGSYS).
+    pub fn kill_for(&self, reason: &str, grace: Duration) {
+        let mut worker = self.worker();
+        if !grace.is_zero() {
+            // A timeout or a poll failure both fall through to the kill below.
+            let _ = crate::fd_wait::wait_readable(worker.pidfd(), grace);
+        }
+        if !matches!(worker.try_wait(), Ok(None)) {
+            return; // Already ended (or cannot be waited for): nothing to kill.
+        }
+        *self.killed_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        if let Err(e) = worker.kill() {
+            eprintln!(
+                "svmm: cannot kill worker (pid {}): {}",
+                self.pid,
+                crate::error::one_line(&e)
+            );
+        }
+    }
+
+    /// At VM end: kills and reaps the worker without reporting it.
+    pub fn end(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+        let mut worker = self.worker();
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+
+    /// Reaps the ended worker: how it ended.
+    fn reap(&self) -> Result<ExitCause, broker::WorkerError> {
+        self.worker().wait()
+    }
+
+    /// What ended the worker, for the report line.
+    fn cause(&self, exit: Result<ExitCause, broker::WorkerError>, syscall: Option<i64>) -> String {
+        let killed_for = self
+            .killed_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        describe_death(exit, syscall, killed_for.as_deref())
+    }
+}
+
+/// The cause part of the line: a seccomp kill names the reported call; a SIGKILL that svmm sent
+/// says why; anything else is the bare exit status or signal.
+fn describe_death(
+    exit: Result<ExitCause, broker::WorkerError>,
+    syscall: Option<i64>,
+    killed_for: Option<&str>,
+) -> String {
+    match (exit, killed_for) {
+        (Ok(cause), _) if cause.is_seccomp_violation() => match syscall {
+            Some(nr) => {
+                let name = seccomp_profiles::syscall_name(nr)
+                    .map_or_else(|| format!("number {nr}"), str::to_string);
+                format!("killed by SIGSYS: seccomp violation, syscall {name}")
+            }
+            None => "killed by SIGSYS (seccomp)".to_string(),
+        },
+        (Ok(ExitCause::Killed { signal, .. }), Some(reason)) if signal == libc::SIGKILL => {
+            format!("killed by svmm: {reason}")
+        }
+        (Ok(cause), _) => cause.to_string(),
+        (Err(e), _) => format!("ended, cause unknown ({})", crate::error::one_line(&e)),
+    }
+}
+
+/// Starts the monitor thread of device `name`: its worker process is `supervised` (sandboxed)
+/// or none (in-process). It ends once the device is broken for good and, for a process, the
+/// process is reaped.
+pub fn spawn_monitor(
+    name: &str,
+    transport: &Transport,
+    supervised: Option<Arc<Supervised>>,
+    policy: OnWorkerExit,
+    control: &VmControl,
+) -> Result<(), DeviceSetupError> {
+    let host = |what, source| DeviceSetupError::Host {
+        name: name.to_string(),
+        what,
+        source,
+    };
+    // Its own copy of the socket, only for polling: the proxy keeps (and may shut down) its own.
+    let socket: OwnedFd = lock(transport)
+        .proxy()
+        .socket()
+        .try_clone_to_owned()
+        .map_err(|e| host("duplicate its control socket", e))?;
+    let pidfd = match &supervised {
+        Some(s) => Some(
+            s.worker()
+                .pidfd()
+                .try_clone_to_owned()
+                .map_err(|e| host("duplicate its worker's pidfd", e))?,
+        ),
+        None => None,
+    };
+    let monitor = Monitor {
+        name: name.to_string(),
+        transport: transport.clone(),
+        supervised,
+        policy,
+        control: control.clone(),
+    };
+    thread::Builder::new()
+        .name(format!("mon-{name}"))
+        .spawn(move || monitor.run(&socket, pidfd.as_ref()))
+        .map_err(|e| host("start its monitor thread", e))?;
+    Ok(())
+}
+
+/// What a monitor thread holds.
+struct Monitor {
+    name: String,
+    transport: Transport,
+    supervised: Option<Arc<Supervised>>,
+    policy: OnWorkerExit,
+    control: VmControl,
+}
+
+impl Monitor {
+    fn run(&self, socket: &OwnedFd, pidfd: Option<&OwnedFd>) {
+        // Like every runtime thread of svmm: the `vmm` profile before it reads a worker's byte.
+        if let Err(e) = crate::self_confine::enter(crate::self_confine::ThreadRole::Monitor) {
+            eprintln!("svmm: {}: {e}; the device is stopped", self.name);
+            self.transport
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .mark_needs_reset();
+            return;
+        }
+        let mut watch_socket = true;
+        loop {
+            let socket_fd = watch_socket.then(|| socket.as_fd());
+            let (socket_ready, ended) = match poll_two(socket_fd, pidfd.map(AsFd::as_fd)) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    eprintln!("svmm: {}: cannot watch the device worker: {e}", self.name);
+                    return;
+                }
+            };
+            if ended {
+                self.worker_ended();
+                return;
+            }
+            if socket_ready && self.service() {
+                // Broken for good. A process was killed by the terminate hook: wait for its
+                // death (the socket, shut down, would only wake us again). A thread: done.
+                if self.supervised.is_none() {
+                    return;
+                }
+                watch_socket = false;
+            }
+        }
+    }
+
+    /// Handles the worker's messages; true when the device is broken for good.
+    fn service(&self) -> bool {
+        let mut transport = lock(&self.transport);
+        transport.proxy_mut().service();
+        if transport.proxy_mut().take_needs_reset() {
+            transport.mark_needs_reset();
+        }
+        let Some(reason) = transport.proxy().broken_reason().map(str::to_string) else {
+            return false;
+        };
+        drop(transport);
+        if self.supervised.is_none() && self.policy == OnWorkerExit::Stop {
+            let event = VmEvent::DeviceFailed(format!("{}: {reason}", self.name));
+            self.control.request(event);
+        }
+        true
+    }
+
+    /// The worker process ended: reap, report, break the device, apply the policy.
+    fn worker_ended(&self) {
+        let Some(supervised) = &self.supervised else {
+            return;
+        };
+        let mut transport = lock(&self.transport);
+        // What it sent just before it died: its SIGSYS handler's SeccompViolation report.
+        transport.proxy_mut().service();
+        let syscall = transport.proxy().seccomp_violation();
+        let exit = supervised.reap();
+        if supervised.ending.load(Ordering::SeqCst) {
+            return;
+        }
+        let cause = supervised.cause(exit, syscall);
+        transport.proxy_mut().worker_died(&cause);
+        if transport.proxy_mut().take_needs_reset() {
+            transport.mark_needs_reset();
+        }
+        drop(transport);
+        let pid = supervised.pid();
+        let what = format!("{} worker (pid {pid}) {cause}", self.name);
+        match self.policy {
+            OnWorkerExit::Keep => {
+                eprintln!("svmm: {what}; device needs reset, VM keeps running");
+            }
+            OnWorkerExit::Stop => {
+                eprintln!("svmm: {what}; device needs reset");
+                self.control.request(VmEvent::DeviceFailed(what));
+            }
+        }
+    }
+}
+
+/// Waits (without a deadline: this is a monitor thread, not a vCPU) until `socket` is readable
+/// or `pidfd` says the process ended; either may be absent. Returns (socket readable, ended).
+fn poll_two(
+    socket: Option<BorrowedFd<'_>>,
+    pidfd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<(bool, bool)> {
+    let entry = |fd: Option<BorrowedFd<'_>>| libc::pollfd {
+        // A negative fd is ignored by poll(2).
+        fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [entry(socket), entry(pidfd)];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfds whose fds are open (borrowed for this
+        // call) or -1; poll only writes their `revents`.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc >= 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    let ready = |p: &libc::pollfd| p.fd >= 0 && p.revents != 0;
+    Ok((ready(&fds[0]), ready(&fds[1])))
+}
+
+#[cfg(test)]
+mod tests;

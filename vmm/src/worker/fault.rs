@@ -1,0 +1,211 @@
+//! Deliberately misbehaving workers, for the sandbox tests only (cargo feature `test-faults`).
+//!
+//! `--device KIND,fault=MODE` (a hidden option, accepted only in builds with the feature and only
+//! for sandboxed devices) passes `--fault=MODE` to `svmm __worker KIND`, which wraps its backend
+//! in [`Faulty`]. At the first queue notification after an activation — that is, once the guest
+//! really uses the device, after every sandbox layer is in place — the worker:
+//!
+//! | mode      | does                                                                    |
+//! |-----------|-------------------------------------------------------------------------|
+//! | `syscall` | calls `openat`, which no device profile allows (dies of `SIGSYS`)        |
+//! | `garbage` | sends bytes on the control socket that decode as no message             |
+//! | `silent`  | stops answering: blocks forever, never reads the control socket again   |
+//! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
+//! | `exit`    | exits with status 3                                                     |
+//!
+//! The VMM must survive each of them: report it in one line, mark the device broken and kill
+//! the worker, and keep the VM and every other device running.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use devices::{DeviceError, GuestMemoryMmap, Interrupt, Queue, SandboxNeeds, VirtioBackend};
+use ipc::WorkerToVmm;
+
+/// The worker argument that selects a fault: `--fault=MODE`.
+pub const ARG_PREFIX: &str = "--fault=";
+
+/// The exit status of `fault=exit`.
+pub const EXIT_STATUS: i32 = 3;
+
+/// One way to misbehave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A system call the seccomp profile forbids (`openat`).
+    Syscall,
+    /// Undecodable bytes on the control socket.
+    Garbage,
+    /// Never answer again.
+    Silent,
+    /// Unsolicited messages without end.
+    Flood,
+    /// Exit with [`EXIT_STATUS`].
+    Exit,
+}
+
+impl Fault {
+    /// The accepted values, for error messages.
+    pub const EXPECTED: &'static str = "=syscall, =garbage, =silent, =flood or =exit";
+
+    /// The mode called `name`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        match name {
+            "syscall" => Some(Fault::Syscall),
+            "garbage" => Some(Fault::Garbage),
+            "silent" => Some(Fault::Silent),
+            "flood" => Some(Fault::Flood),
+            "exit" => Some(Fault::Exit),
+            _ => None,
+        }
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Syscall => "syscall",
+            Fault::Garbage => "garbage",
+            Fault::Silent => "silent",
+            Fault::Flood => "flood",
+            Fault::Exit => "exit",
+        }
+    }
+}
+
+/// A backend that behaves like `inner` until its first queue notification after an activation,
+/// then commits `fault`.
+pub struct Faulty {
+    inner: Box<dyn VirtioBackend>,
+    fault: Fault,
+    /// The worker's control socket (misbehaviour is sent on it directly, bypassing the codec).
+    control: RawFd,
+    active: bool,
+}
+
+impl Faulty {
+    /// Wraps `inner`; `control` is the worker's control socket fd.
+    pub fn new(inner: Box<dyn VirtioBackend>, fault: Fault, control: RawFd) -> Self {
+        Faulty {
+            inner,
+            fault,
+            control,
+            active: false,
+        }
+    }
+
+    /// Commits the fault. Returns only where the fault lets the worker go on (`syscall` in
+    /// `--seccomp=log` mode, a `flood` the VMM stopped reading).
+    fn misbehave(&self) {
+        super::spawned::say(&format!("test fault '{}' now", self.fault.name()));
+        match self.fault {
+            Fault::Syscall => {
+                // SAFETY: openat with a NUL-terminated literal path; the fd, if the filter lets
+                // the call through (log mode), is closed right away.
+                let fd = unsafe { libc::openat(libc::AT_FDCWD, c"/".as_ptr(), libc::O_RDONLY) };
+                if fd >= 0 {
+                    // SAFETY: `fd` was just opened above and is owned by nothing else.
+                    unsafe { libc::close(fd) };
+                }
+            }
+            Fault::Garbage => {
+                send_raw(self.control, &[0xff; 48]);
+            }
+            Fault::Silent => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Fault::Flood => {
+                let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() })
+                else {
+                    return;
+                };
+                while send_raw(self.control, &bytes) {}
+            }
+            Fault::Exit => std::process::exit(EXIT_STATUS),
+        }
+    }
+}
+
+/// Sends `bytes` as one packet on `fd` (blocking, no SIGPIPE); false once the peer is gone.
+fn send_raw(fd: RawFd, bytes: &[u8]) -> bool {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: `msghdr` is plain data; all-zero means no address and no control data.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    // SAFETY: `header` points at one iovec describing `bytes`, which sendmsg only reads, and
+    // `fd` is the worker's control socket, open for the worker's whole life.
+    let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_NOSIGNAL) };
+    sent >= 0
+}
+
+impl VirtioBackend for Faulty {
+    fn device_type(&self) -> u32 {
+        self.inner.device_type()
+    }
+    fn num_queues(&self) -> u16 {
+        self.inner.num_queues()
+    }
+    fn max_queue_size(&self) -> u16 {
+        self.inner.max_queue_size()
+    }
+    fn features(&self) -> u64 {
+        self.inner.features()
+    }
+    fn config(&self) -> Vec<u8> {
+        self.inner.config()
+    }
+    fn write_config(&mut self, offset: u32, data: &[u8]) {
+        self.inner.write_config(offset, data)
+    }
+    fn activate(
+        &mut self,
+        driver_features: u64,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        self.inner
+            .activate(driver_features, mem, queues, interrupt)?;
+        self.active = true;
+        Ok(())
+    }
+    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+        if self.active {
+            self.misbehave();
+        }
+        self.inner.process_queue(index)
+    }
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.active = false;
+        self.inner.reset()
+    }
+    fn sandbox_needs(&self) -> SandboxNeeds {
+        self.inner.sandbox_needs()
+    }
+    fn stats(&self) -> ipc::DeviceStats {
+        self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for fault in [
+            Fault::Syscall,
+            Fault::Garbage,
+            Fault::Silent,
+            Fault::Flood,
+            Fault::Exit,
+        ] {
+            assert_eq!(Fault::from_name(fault.name()), Some(fault));
+            assert!(Fault::EXPECTED.contains(fault.name()));
+        }
+        assert_eq!(Fault::from_name("segfault"), None);
+    }
+}

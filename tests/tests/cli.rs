@@ -212,7 +212,7 @@ fn print_sandbox_rng() -> TrialResult {
     let text = &out.stdout;
     for needle in [
         "== rng#0: sandboxed worker process",
-        "command line: svmm __worker rng --sandbox-namespaces=1 ",
+        "command line: svmm __worker rng --seccomp=trap --sandbox-namespaces=1 ",
         "namespaces: own user, pid (worker is PID 1), mount, net",
         "root: empty read-only tmpfs (pivot_root)",
         "capabilities: none",

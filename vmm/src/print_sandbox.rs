@@ -44,16 +44,20 @@ pub enum PrintSandboxError {
 
 /// The report for the command line `args` (its `--device`s, `--no-sandbox` and `--seccomp`).
 pub fn report_for(args: &Args) -> Result<String, PrintSandboxError> {
-    report(&args.device_specs()?, args.seccomp)
+    report(&args.device_specs()?, args.seccomp, args.worker_ids)
 }
 
-/// The report for `devices` with seccomp filters in `mode`.
-pub fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSandboxError> {
+/// The report for `devices` with seccomp filters in `mode` and root workers' ids from `range`.
+pub fn report(
+    devices: &[DeviceSpec],
+    mode: SeccompMode,
+    range: broker::IdRange,
+) -> Result<String, PrintSandboxError> {
     let mut out = String::new();
     header(&mut out, devices.len(), mode);
     for (index, spec) in (0u32..).zip(devices) {
         let name = format!("{}#{index}", spec.kind);
-        let plan = plan::plan(index, spec, mode.into())
+        let plan = plan::plan(index, spec, mode.into(), range)
             .map_err(|source| PrintSandboxError::Plan { name, source })?;
         out.push('\n');
         device(&mut out, index, &plan, mode)?;

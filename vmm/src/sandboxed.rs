@@ -25,16 +25,16 @@
 //! Dropping the `Sandbox` ends the spawner thread, which kills every worker it started (their
 //! parent-death signal); the `Worker` handles still reap them.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use broker::{ConfineConfig, IdChoice, IdRange, SpawnError, Spawner, WorkerSpec};
+use broker::{ConfineConfig, IdRange, SpawnError, Spawner, WorkerSpec};
 use seccomp_profiles::Mode;
 
 use crate::device_spec::DeviceSpec;
 use crate::worker::backend::HostResources;
-use crate::worker::spawned::{fds_passed, SECCOMP_ARG, WORKER_ARG};
+use crate::worker::plan;
+use crate::worker::spawned::fds_passed;
 use crate::worker::WorkerFds;
 
 /// How sandboxed workers are confined (from the command line).
@@ -84,8 +84,6 @@ pub struct Sandbox {
     options: SandboxOptions,
     /// Workers started so far (the next root worker's index in `--worker-ids`).
     started: u32,
-    /// svmm runs as root (workers get host ids of their own).
-    root: bool,
     /// Workers share svmm's stderr (for their one-line fatal errors); not when it is a regular
     /// file, which their `RLIMIT_FSIZE` of 0 would refuse to grow.
     share_stderr: bool,
@@ -101,8 +99,6 @@ impl Sandbox {
         }
         let exe = broker::self_exe().map_err(SandboxError::SelfExe)?;
         let spawner = Spawner::new().map_err(SandboxError::Spawner)?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
         let stderr_is_file = std::io::stderr()
             .as_fd()
             .try_clone_to_owned()
@@ -113,7 +109,6 @@ impl Sandbox {
             exe: Arc::new(exe),
             options,
             started: 0,
-            root,
             share_stderr: !stderr_is_file,
         })
     }
@@ -125,14 +120,8 @@ impl Sandbox {
         fds: WorkerFds,
         resources: HostResources,
     ) -> Result<broker::Worker, SandboxError> {
-        let ids = if self.root {
-            self.options
-                .worker_ids
-                .ids(self.started)
-                .ok_or(SandboxError::IdsExhausted(self.started))?
-        } else {
-            IdChoice::Unprivileged
-        };
+        let ids = plan::worker_ids(self.started, self.options.worker_ids)
+            .map_err(|_| SandboxError::IdsExhausted(self.started))?;
         let fds = fd_list(fds, resources);
         let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         debug_assert_eq!(count, fds_passed(spec.kind));
@@ -142,7 +131,7 @@ impl Sandbox {
             .spawner
             .spawn(WorkerSpec {
                 exe: self.exe.clone(),
-                args: worker_args(spec, self.options.seccomp, &config),
+                args: plan::worker_argv(spec, self.options.seccomp, &config),
                 fds,
                 ids,
                 namespaces: true,
@@ -184,27 +173,6 @@ fn eventfd(fd: vmm_sys_util::eventfd::EventFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) }
 }
 
-/// `svmm __worker KIND --seccomp=MODE --sandbox-... [--fault=MODE]`.
-fn worker_args(spec: &DeviceSpec, seccomp: Mode, config: &ConfineConfig) -> Vec<CString> {
-    let mode = match seccomp {
-        Mode::Trap => "trap",
-        Mode::Log => "log",
-    };
-    let mut args = vec![
-        c"svmm".to_owned(),
-        CString::new(WORKER_ARG).unwrap_or_default(),
-        CString::new(spec.kind.name()).unwrap_or_default(),
-        CString::new(format!("{SECCOMP_ARG}{mode}")).unwrap_or_default(),
-    ];
-    args.extend(config.to_args());
-    #[cfg(feature = "test-faults")]
-    if let Some(fault) = spec.fault {
-        let arg = format!("{}{}", crate::worker::fault::ARG_PREFIX, fault.name());
-        args.push(CString::new(arg).unwrap_or_default());
-    }
-    args
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,8 +181,8 @@ mod tests {
     #[test]
     fn worker_args_carry_kind_mode_and_sandbox() {
         let spec = device_spec::parse("rng").unwrap();
-        let config = ConfineConfig::new(IdChoice::Unprivileged.worker_ids(), 7, Vec::new());
-        let args: Vec<String> = worker_args(&spec, Mode::Log, &config)
+        let config = ConfineConfig::new(broker::IdChoice::Unprivileged.worker_ids(), 7, Vec::new());
+        let args: Vec<String> = plan::worker_argv(&spec, Mode::Log, &config)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();

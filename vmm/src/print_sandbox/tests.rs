@@ -42,7 +42,7 @@ fn json_syscalls(name: &str) -> Vec<String> {
 
 #[test]
 fn rng_report_lists_every_rule_of_base_and_rng() {
-    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
+    let text = report(&[rng(true)], SeccompMode::Trap, broker::IdRange::DEFAULT).unwrap();
     let listed = allowed_after(&text, "== rng#0: sandboxed worker process");
     // The merged source holds base's rules then rng's: each appears, in order, once per rule.
     assert_eq!(listed, json_syscalls("rng"));
@@ -79,10 +79,10 @@ fn rng_report_lists_every_rule_of_base_and_rng() {
 
 #[test]
 fn rng_report_lists_the_fds_and_every_layer() {
-    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
+    let text = report(&[rng(true)], SeccompMode::Trap, broker::IdRange::DEFAULT).unwrap();
     for needle in [
         "== rng#0: sandboxed worker process, virtio-mmio at 0xd0000000, GSI 5 ==",
-        "command line: svmm __worker rng --sandbox-namespaces=1 ",
+        "command line: svmm __worker rng --seccomp=trap --sandbox-namespaces=1 ",
         "--sandbox-fds=7 ",
         "namespaces: own user, pid (worker is PID 1), mount, net",
         "cgroup, time",
@@ -111,7 +111,7 @@ fn rng_report_lists_the_fds_and_every_layer() {
 
 #[test]
 fn vmm_section_lists_every_rule_with_its_filters() {
-    let text = report(&[], SeccompMode::Log).unwrap();
+    let text = report(&[], SeccompMode::Log, broker::IdRange::DEFAULT).unwrap();
     assert!(text.starts_with("svmm sandbox report: 0 device(s)\n"));
     let listed = allowed_after(&text, "== svmm itself");
     assert_eq!(listed, json_syscalls("vmm"));
@@ -138,7 +138,12 @@ fn vmm_section_lists_every_rule_with_its_filters() {
 
 #[test]
 fn in_process_device_shows_its_thread_and_profile() {
-    let text = report(&[rng(true), rng(false)], SeccompMode::Trap).unwrap();
+    let text = report(
+        &[rng(true), rng(false)],
+        SeccompMode::Trap,
+        broker::IdRange::DEFAULT,
+    )
+    .unwrap();
     assert!(text.contains("== rng#1: in-process (sandbox=off), thread dev-rng#1 of svmm, virtio-mmio at 0xd0001000, GSI 6 =="));
     let listed = allowed_after(&text, "== rng#1: in-process");
     assert_eq!(listed, json_syscalls("rng"));

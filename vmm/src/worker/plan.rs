@@ -7,7 +7,7 @@
 //! ```text
 //!   DeviceSpec ─ backend::open_host_resources ─▶ HostResources ─ inherited_fds ─▶ [InheritedFd]
 //!        │                                            └ backend::build ─▶ sandbox_needs()
-//!        └ worker_ids(index) ─▶ IdChoice ─┐                                    │
+//!        └ worker_ids(index, range) ─▶ IdChoice ─┐                                    │
 //!                                         confine_config(kind, ids, needs, mode) ─▶ ConfineConfig
 //!                                                                                 └ worker_argv
 //! ```
@@ -23,7 +23,7 @@ use seccomp_profiles::Mode;
 
 use super::backend::{self, BackendError, HostResources};
 use super::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
-use super::spawned::WORKER_ARG;
+use super::spawned::{SECCOMP_ARG, WORKER_ARG};
 use crate::device_spec::{DeviceKind, DeviceSpec};
 
 /// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
@@ -93,14 +93,19 @@ pub enum PlanError {
 /// Plans the worker of device number `index` (in `--device` order): opens its host resources
 /// exactly as the spawner does, builds the backend to read its [`SandboxNeeds`], and derives
 /// the rest. Nothing is spawned.
-pub fn plan(index: u32, spec: &DeviceSpec, mode: Mode) -> Result<WorkerPlan, PlanError> {
+pub fn plan(
+    index: u32,
+    spec: &DeviceSpec,
+    mode: Mode,
+    range: IdRange,
+) -> Result<WorkerPlan, PlanError> {
     let kind = spec.kind;
     let resources = backend::open_host_resources(kind)?;
     let fds = inherited_fds(kind, &resources);
     let needs = backend::build(kind, resources)?.sandbox_needs();
-    let ids = worker_ids(index)?;
+    let ids = worker_ids(index, range)?;
     let confine = confine_config(kind, ids, &needs, mode)?;
-    let argv = worker_argv(kind, &confine)
+    let argv = worker_argv(spec, mode, &confine)
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -115,14 +120,12 @@ pub fn plan(index: u32, spec: &DeviceSpec, mode: Mode) -> Result<WorkerPlan, Pla
     })
 }
 
-/// The ids of worker `index`: as root, host ids from [`IdRange::DEFAULT`]; otherwise the VMM's
-/// own ids, seen as [`broker::NS_WORKER_ID`] inside the worker's user namespace.
-pub fn worker_ids(index: u32) -> Result<IdChoice, PlanError> {
+/// The ids of worker `index`: as root, host ids from `range` (`--worker-ids`); otherwise the
+/// VMM's own ids, seen as [`broker::NS_WORKER_ID`] inside the worker's user namespace.
+pub fn worker_ids(index: u32, range: IdRange) -> Result<IdChoice, PlanError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
-        IdRange::DEFAULT
-            .ids(index)
-            .ok_or(PlanError::NoIds { index })
+        range.ids(index).ok_or(PlanError::NoIds { index })
     } else {
         Ok(IdChoice::Unprivileged)
     }
@@ -207,15 +210,29 @@ pub fn confine_config(
     Ok(ConfineConfig::new(ids.worker_ids(), fds, seccomp))
 }
 
-/// The worker's argv: `svmm __worker KIND` and the `--sandbox-*` arguments that carry
-/// `confine` (the seccomp program does not travel: the worker takes it from the profiles
-/// compiled into the same binary).
-pub fn worker_argv(kind: DeviceKind, confine: &ConfineConfig) -> Vec<CString> {
-    let mut argv: Vec<CString> = ["svmm", WORKER_ARG, kind.name()]
-        .into_iter()
-        .map(|a| CString::new(a).expect("no NUL in fixed words"))
-        .collect();
+/// The worker's argv, `svmm __worker KIND --seccomp=MODE --sandbox-... [--fault=MODE]`: the
+/// `--sandbox-*` arguments carry `confine` (the seccomp program does not travel: the worker
+/// compiles its profile from the same binary, in `mode`).
+pub fn worker_argv(spec: &DeviceSpec, mode: Mode, confine: &ConfineConfig) -> Vec<CString> {
+    let mode = match mode {
+        Mode::Trap => "trap",
+        Mode::Log => "log",
+    };
+    let mut argv: Vec<CString> = [
+        "svmm".to_string(),
+        WORKER_ARG.to_string(),
+        spec.kind.name().to_string(),
+        format!("{SECCOMP_ARG}{mode}"),
+    ]
+    .into_iter()
+    .map(|a| CString::new(a).expect("no NUL in fixed words"))
+    .collect();
     argv.extend(confine.to_args());
+    #[cfg(feature = "test-faults")]
+    if let Some(fault) = spec.fault {
+        let arg = format!("{}{}", super::fault::ARG_PREFIX, fault.name());
+        argv.push(CString::new(arg).expect("no NUL in fault names"));
+    }
     argv
 }
 
@@ -250,7 +267,7 @@ mod tests {
 
     #[test]
     fn rng_worker_fds_follow_the_fixed_numbers() {
-        let plan = plan(0, &rng(), Mode::Trap).unwrap();
+        let plan = plan(0, &rng(), Mode::Trap, IdRange::DEFAULT).unwrap();
         let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
         assert_eq!(numbers, (0..=9).collect::<Vec<_>>());
         assert!(plan.fds[3].what.starts_with("control socket"));
@@ -272,7 +289,7 @@ mod tests {
 
     #[test]
     fn argv_round_trips_through_the_worker_parser() {
-        let plan = plan(3, &rng(), Mode::Log).unwrap();
+        let plan = plan(3, &rng(), Mode::Log, IdRange::DEFAULT).unwrap();
         assert_eq!(&plan.argv[..3], ["svmm", WORKER_ARG, "rng"]);
         let (back, rest) = ConfineConfig::from_args(
             &plan.argv,
@@ -280,16 +297,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, plan.confine);
-        assert_eq!(rest, ["svmm", WORKER_ARG, "rng"]);
+        assert_eq!(rest, ["svmm", WORKER_ARG, "rng", "--seccomp=log"]);
     }
 
     #[test]
     fn ids_depend_on_who_runs_svmm() {
-        let ids = worker_ids(2).unwrap();
+        let ids = worker_ids(2, IdRange::DEFAULT).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(ids, IdRange::DEFAULT.ids(2).unwrap());
-            assert_ne!(worker_ids(3).unwrap(), ids, "each worker has its own ids");
+            assert_ne!(
+                worker_ids(3, IdRange::DEFAULT).unwrap(),
+                ids,
+                "each worker has its own ids"
+            );
         } else {
             assert_eq!(ids, IdChoice::Unprivileged);
         }

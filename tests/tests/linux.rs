@@ -179,6 +179,13 @@ fn ends(kernel: &'static str) -> TrialResult {
 fn userspace(kernel: &'static str) -> TrialResult {
     let out = boot(kernel)?;
     out.assert_contains("SVMM-INIT-OK");
+    // User space reads the device too: init reads 16 bytes from /dev/hwrng (virtio_rng current).
+    out.assert_contains("--- hwrng (virtio_rng");
+    assert!(
+        !out.stdout.contains("(no data)"),
+        "/dev/hwrng gave no data\n{}",
+        out.report()
+    );
     out.assert_status(0);
     Ok(())
 }

@@ -19,6 +19,7 @@ mod caps;
 pub mod config;
 pub mod confine;
 mod preexec;
+pub mod resources;
 pub mod spawn;
 pub mod worker;
 
@@ -28,6 +29,7 @@ pub use confine::{
     REQUIRED_LANDLOCK_ABI,
 };
 pub use preexec::ChildStage;
+pub use resources::{open_host_file, Access, DeviceFds, HostFile, Lock, ResourceError};
 pub use spawn::{
     self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, WorkerIds, WorkerSpec, MAX_WORKER_FDS,
     NS_WORKER_ID,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use devices::irq_status::IrqStatus;
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::VirtioMmioDevice;
 use crate::cli::VmConfig;
@@ -80,14 +80,14 @@ pub enum DeviceSetupError {
     /// Opening the device's host resources failed, or the backend could not be built.
     #[error("{0}")]
     Backend(#[from] BackendError),
-    /// The control channel could not be created.
-    #[error("{name}: cannot create its control channel")]
-    Channel {
+    /// The broker could not create the device's control channel or eventfds.
+    #[error("{name}")]
+    Resources {
         /// The device.
         name: String,
-        /// The channel error.
+        /// What failed.
         #[source]
-        source: ipc::ChannelError,
+        source: broker::ResourceError,
     },
     /// The sandbox cannot be set up (before the first sandboxed worker).
     #[error(transparent)]
@@ -270,23 +270,28 @@ fn create_one(
         move |source| DeviceSetupError::Kvm { name, what, source }
     };
     let status = IrqStatus::create().map_err(host("create its interrupt status page"))?;
-    let irqfd = EventFd::new(EFD_NONBLOCK).map_err(host("create its irqfd"))?;
+    // The broker makes the channel and eventfds and opens the host files; svmm binds the
+    // eventfds to KVM and keeps its ends.
+    let broker::DeviceFds {
+        vmm: vmm_end,
+        worker: worker_end,
+        irqfd,
+        stop,
+        queue_events,
+    } = broker::DeviceFds::new(backend::num_queues(spec.kind)).map_err(|source| {
+        DeviceSetupError::Resources {
+            name: name.to_string(),
+            source,
+        }
+    })?;
     vm.register_irqfd(&irqfd, irq).map_err(kvm("irqfd"))?;
-    let mut queue_events = Vec::new();
-    for queue in 0..backend::num_queues(spec.kind) {
-        let fd = EventFd::new(EFD_NONBLOCK).map_err(host("create a queue eventfd"))?;
+    for (queue, fd) in (0u32..).zip(&queue_events) {
         let notify = IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
-        vm.register_ioevent(&fd, &notify, u32::from(queue))
+        vm.register_ioevent(fd, &notify, queue)
             .map_err(kvm("queue notification ioeventfd"))?;
-        queue_events.push(fd);
     }
     let resources = backend::open_host_resources(spec.kind)?;
 
-    let (vmm_end, worker_end) =
-        ipc::Channel::pair().map_err(|source| DeviceSetupError::Channel {
-            name: name.to_string(),
-            source,
-        })?;
     let dup = host("duplicate an fd for its worker");
     let fds = WorkerFds {
         control: worker_end,
@@ -301,7 +306,7 @@ fn create_one(
             .map(EventFd::try_clone)
             .collect::<io::Result<_>>()
             .map_err(host("duplicate an fd"))?,
-        stop: EventFd::new(EFD_NONBLOCK).map_err(host("create its stop eventfd"))?,
+        stop,
     };
     let worker = start_worker(spec, name, resources, fds, sandbox)?;
 

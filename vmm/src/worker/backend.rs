@@ -10,7 +10,6 @@
 //! | `rng` | 1      | `/dev/urandom`, read-only   |
 
 use std::fs::File;
-use std::io;
 
 use devices::rng::{self, Rng};
 use devices::VirtioBackend;
@@ -30,16 +29,14 @@ pub struct HostResources {
 /// Why a backend could not be built from its host resources.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// Opening a host resource failed.
-    #[error("cannot open {path} for the {kind} device")]
+    /// The broker could not open a host resource.
+    #[error("the {kind} device")]
     Open {
         /// The device kind.
         kind: DeviceKind,
-        /// The resource.
-        path: &'static str,
-        /// The OS error.
+        /// What failed (names the file).
         #[source]
-        source: io::Error,
+        source: broker::ResourceError,
     },
     /// The wrong number of host resources for the kind.
     #[error("the {kind} device needs {expected} host resources, got {got}")]
@@ -62,22 +59,29 @@ pub fn num_queues(kind: DeviceKind) -> u16 {
 
 /// How many host resources `kind` is built from (the length of [`HostResources::files`]).
 pub fn host_resource_count(kind: DeviceKind) -> usize {
-    match kind {
-        DeviceKind::Rng => 1,
-    }
+    host_files(kind).len()
 }
 
-/// Opens what `kind` works on (VMM side, before the worker is spawned or started).
+/// Opens what `kind` works on through the broker (VMM side, before the worker is spawned or
+/// started).
 pub fn open_host_resources(kind: DeviceKind) -> Result<HostResources, BackendError> {
+    let files = host_files(kind)
+        .iter()
+        .map(broker::open_host_file)
+        .collect::<Result<_, _>>()
+        .map_err(|source| BackendError::Open { kind, source })?;
+    Ok(HostResources { files })
+}
+
+/// The host files `kind` declares, in the order of the table above; the broker opens them.
+pub fn host_files(kind: DeviceKind) -> Vec<broker::HostFile> {
     match kind {
-        DeviceKind::Rng => {
-            let file = File::open(ENTROPY_SOURCE).map_err(|source| BackendError::Open {
-                kind,
-                path: ENTROPY_SOURCE,
-                source,
-            })?;
-            Ok(HostResources { files: vec![file] })
-        }
+        DeviceKind::Rng => vec![broker::HostFile {
+            path: ENTROPY_SOURCE.into(),
+            access: broker::Access::ReadOnly,
+            lock: broker::Lock::None,
+            direct: false,
+        }],
     }
 }
 

@@ -1,0 +1,359 @@
+//! The virtio-blk backend: construction from an open image, activation, reset.
+//!
+//! [`Blk`] implements [`VirtioBackend`]; the queue loop itself is in `io`. The engine belongs to
+//! the device, not to an activation: a ring prepared before confinement cannot be made again
+//! after it, so it survives resets.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+
+use ipc::{DeviceStats, QueueStats};
+use rustix::fs::{AtFlags, FileType, OFlags, SeekFrom, StatxFlags};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::config::{
+    Geometry, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use super::engine::{self, Engine, EngineKind, SyncEngine, UringEngine};
+use super::io::{Active, DirectIo, QueueState};
+use super::request::{ChainSource, DiskLimits};
+use super::{BlkError, ID_BYTES, MAX_QUEUES, MAX_QUEUE_SIZE, SECCOMP_PROFILE, SECTOR_SIZE};
+use crate::{
+    DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
+};
+
+/// How the device presents the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlkOptions {
+    /// Refuse writes, discard and write-zeroes; offer `VIRTIO_BLK_F_RO`.
+    pub read_only: bool,
+    /// What `GET_ID` answers, at most [`ID_BYTES`] bytes (the VMM derives a default from the
+    /// path).
+    pub id: String,
+    /// The image fd is (or is made) `O_DIRECT`; `blk_size` is the host's direct-I/O alignment.
+    pub direct: bool,
+    /// Number of request queues, `1..=`[`MAX_QUEUES`].
+    pub queues: u16,
+}
+
+impl Default for BlkOptions {
+    fn default() -> Self {
+        BlkOptions {
+            read_only: false,
+            id: String::new(),
+            direct: false,
+            queues: 1,
+        }
+    }
+}
+
+/// A virtio-blk device on a raw image.
+pub struct Blk {
+    image: Arc<File>,
+    geometry: Geometry,
+    id: [u8; ID_BYTES],
+    direct: Option<DirectIo>,
+    engine: Box<dyn Engine>,
+    state: State,
+}
+
+enum State {
+    Inactive,
+    Active(Box<Active>),
+    /// A queue could not be completed; notifications are ignored until reset.
+    Broken(Box<Active>),
+}
+
+impl Blk {
+    /// A device on `image`, opened (and locked) by the broker: read-write unless
+    /// `options.read_only`, `O_DIRECT` if `options.direct` (set here if missing).
+    ///
+    /// Checks that the image is a regular file or block device whose size is a multiple of
+    /// 512, and for `direct` reads the host's direct-I/O alignment. Uses `fstat`, `lseek`,
+    /// `statx` and `fcntl`, none of which the `blk` seccomp profile allows: call it before the
+    /// worker confines itself, then [`prepare_engine`](Self::prepare_engine).
+    ///
+    /// The device starts on the synchronous engine.
+    pub fn new(image: File, options: BlkOptions) -> Result<Blk, BlkError> {
+        if options.id.len() > ID_BYTES {
+            return Err(BlkError::IdTooLong(options.id));
+        }
+        if options.queues == 0 || options.queues > MAX_QUEUES {
+            return Err(BlkError::QueueCount(options.queues));
+        }
+        let inspect = |e: rustix::io::Errno| BlkError::Inspect(e.into());
+        let stat = rustix::fs::fstat(image.as_fd()).map_err(inspect)?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile | FileType::BlockDevice => {}
+            _ => return Err(BlkError::NotAnImage),
+        }
+        // lseek rather than st_size: a block device's st_size is 0.
+        let size = rustix::fs::seek(image.as_fd(), SeekFrom::End(0)).map_err(inspect)?;
+        rustix::fs::seek(image.as_fd(), SeekFrom::Start(0)).map_err(inspect)?;
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlkError::SizeNotSectorMultiple(size));
+        }
+        let flags = rustix::fs::fcntl_getfl(image.as_fd()).map_err(inspect)?;
+        if !options.read_only && !flags.contains(OFlags::RDWR) && !flags.contains(OFlags::WRONLY) {
+            return Err(BlkError::OpenedReadOnly);
+        }
+        let direct = if options.direct {
+            if !flags.contains(OFlags::DIRECT) {
+                rustix::fs::fcntl_setfl(image.as_fd(), flags | OFlags::DIRECT)
+                    .map_err(|e| BlkError::Direct(e.into()))?;
+            }
+            Some(dio_alignment(&image))
+        } else {
+            None
+        };
+        let blk_size = direct.map_or(SECTOR_SIZE as u32, |d| {
+            u32::try_from(d.offset_align).unwrap_or(SECTOR_SIZE as u32)
+        });
+        let mut id = [0u8; ID_BYTES];
+        id[..options.id.len()].copy_from_slice(options.id.as_bytes());
+        let image = Arc::new(image);
+        Ok(Blk {
+            engine: Box::new(SyncEngine::new(Arc::clone(&image))),
+            image,
+            geometry: Geometry {
+                capacity: size / SECTOR_SIZE,
+                blk_size,
+                num_queues: options.queues,
+                read_only: options.read_only,
+            },
+            id,
+            direct,
+            state: State::Inactive,
+        })
+    }
+
+    /// Sets up the io_uring engine (see the module docs for the ring's restrictions). Call it
+    /// before confinement: it needs `io_uring_setup` and `io_uring_register`, which the `blk`
+    /// profile does not allow; afterwards only `io_uring_enter` is used.
+    ///
+    /// If the kernel refuses io_uring, the device keeps the synchronous engine (depth 1) and
+    /// the error is returned for the caller to report; the device works either way. Refused
+    /// while the device is active.
+    pub fn prepare_engine(&mut self) -> Result<EngineKind, std::io::Error> {
+        if !matches!(self.state, State::Inactive) {
+            return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let entries = u32::from(MAX_QUEUE_SIZE);
+        let ring = UringEngine::new(Arc::clone(&self.image), entries)?;
+        self.engine = Box::new(ring);
+        Ok(EngineKind::IoUring)
+    }
+
+    /// The engine the device runs on.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// Size of the image in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.geometry.capacity
+    }
+
+    /// The `blk_size` the device advertises.
+    pub fn blk_size(&self) -> u32 {
+        self.geometry.blk_size
+    }
+
+    /// Replaces the engine (tests: recording and failing engines).
+    #[cfg(test)]
+    pub(crate) fn set_engine(&mut self, engine: Box<dyn Engine>) {
+        self.engine = engine;
+    }
+
+    /// The image file (tests wrap its engine).
+    #[cfg(test)]
+    pub(crate) fn image(&self) -> Arc<File> {
+        Arc::clone(&self.image)
+    }
+
+    fn check_activation(
+        &self,
+        driver_features: u64,
+        mem: &GuestMemoryMmap,
+        queues: &[Queue],
+    ) -> Result<(), DeviceError> {
+        if !matches!(self.state, State::Inactive) {
+            return Err(DeviceError::AlreadyActive);
+        }
+        let unsupported = driver_features & !self.features();
+        if unsupported != 0 {
+            return Err(DeviceError::UnsupportedFeatures(unsupported));
+        }
+        if queues.len() != usize::from(self.geometry.num_queues) {
+            return Err(DeviceError::QueueCount {
+                expected: self.geometry.num_queues,
+                got: queues.len(),
+            });
+        }
+        // Queue 0 must be usable; a driver without MQ (or with fewer CPUs) leaves the others
+        // not ready, and they are never touched.
+        for (index, queue) in (0u16..).zip(queues) {
+            let usable = queue.size() <= MAX_QUEUE_SIZE && queue.is_valid(mem);
+            if (index == 0 || queue.ready()) && !usable {
+                return Err(DeviceError::InvalidQueue { index });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host's direct-I/O alignment of `image` (`statx` `STATX_DIOALIGN`, Linux 6.1). Where
+/// the kernel or file system does not report it, 512 for both: the logical block size every
+/// Linux block device and file system supports for direct I/O except 4Kn disks, where I/O
+/// then fails with `IOERR` rather than silently.
+fn dio_alignment(image: &File) -> DirectIo {
+    const FALLBACK: DirectIo = DirectIo {
+        mem_align: SECTOR_SIZE as usize,
+        offset_align: SECTOR_SIZE,
+    };
+    let Ok(stx) = rustix::fs::statx(
+        image.as_fd(),
+        c"",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::DIOALIGN,
+    ) else {
+        return FALLBACK;
+    };
+    let reported = StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::DIOALIGN);
+    if !reported || stx.stx_dio_offset_align == 0 || stx.stx_dio_mem_align == 0 {
+        return FALLBACK;
+    }
+    // Never advertise a block size below a sector, nor one that is not a power of two.
+    let offset_align = u64::from(stx.stx_dio_offset_align).max(SECTOR_SIZE);
+    if !offset_align.is_power_of_two() || !stx.stx_dio_mem_align.is_power_of_two() {
+        return FALLBACK;
+    }
+    DirectIo {
+        mem_align: stx.stx_dio_mem_align as usize,
+        offset_align,
+    }
+}
+
+impl VirtioBackend for Blk {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn num_queues(&self) -> u16 {
+        self.geometry.num_queues
+    }
+
+    fn max_queue_size(&self) -> u16 {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.geometry.features()
+    }
+
+    fn config(&self) -> Vec<u8> {
+        self.geometry.config()
+    }
+
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) {
+        // Nothing is writable without VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
+    }
+
+    fn activate(
+        &mut self,
+        driver_features: u64,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        self.check_activation(driver_features, &mem, &queues)?;
+        let event_idx = driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
+        let indirect = driver_features & VIRTIO_F_RING_INDIRECT_DESC != 0;
+        let queues = queues
+            .into_iter()
+            .map(|mut queue| {
+                queue.set_event_idx(event_idx);
+                QueueState {
+                    source: ChainSource {
+                        desc_table: GuestAddress(queue.desc_table()),
+                        queue_size: queue.size(),
+                        indirect,
+                    },
+                    ready: queue.ready(),
+                    queue,
+                    stats: QueueStats::default(),
+                }
+            })
+            .collect();
+        let disk = DiskLimits {
+            capacity: self.geometry.capacity,
+            read_only: self.geometry.read_only,
+            discard: driver_features & VIRTIO_BLK_F_DISCARD != 0,
+            write_zeroes: driver_features & VIRTIO_BLK_F_WRITE_ZEROES != 0,
+        };
+        self.state = State::Active(Box::new(Active::new(
+            Arc::new(mem),
+            queues,
+            interrupt,
+            disk,
+            driver_features & VIRTIO_BLK_F_FLUSH != 0,
+            self.direct,
+            self.id,
+        )));
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+        if index >= self.geometry.num_queues {
+            return Err(DeviceError::UnknownQueue(index));
+        }
+        let State::Active(active) = &mut self.state else {
+            return Ok(());
+        };
+        let result = active.process(index, self.engine.as_mut());
+        if result.is_err() {
+            // Nothing may stay in flight on a device that stops serving; an engine that
+            // cannot even drain is reported by its own error on the next use.
+            let _ = engine::drain(self.engine.as_mut());
+            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
+                self.state = State::Broken(active);
+            }
+        }
+        result
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        let _ = engine::drain(self.engine.as_mut());
+        match std::mem::replace(&mut self.state, State::Inactive) {
+            State::Inactive => None,
+            State::Active(active) | State::Broken(active) => Some(active.into_queues()),
+        }
+    }
+
+    fn sandbox_needs(&self) -> SandboxNeeds {
+        SandboxNeeds {
+            seccomp_profile: SECCOMP_PROFILE,
+            keep_fds: std::iter::once(self.image.as_raw_fd())
+                .chain(self.engine.extra_fd())
+                .collect(),
+            landlock_paths: Vec::new(),
+        }
+    }
+
+    fn stats(&self) -> DeviceStats {
+        match &self.state {
+            State::Active(active) | State::Broken(active) => active.stats(),
+            State::Inactive => DeviceStats::default(),
+        }
+    }
+}
+
+/// The raw fd of the image (for callers that pass it on).
+impl AsRawFd for Blk {
+    fn as_raw_fd(&self) -> RawFd {
+        self.image.as_raw_fd()
+    }
+}

@@ -1,0 +1,1 @@
+//! What the `blk_request` fuzz target runs (placeholder).

@@ -1,0 +1,486 @@
+//! The virtio-blk queue loop: pop chains, parse them (`request::parse`), turn each validated
+//! request into engine operations, and complete requests in the order the engine finishes them.
+//!
+//! One `process_queue` call runs this loop until the queue is idle:
+//!
+//! ```text
+//!   ┌─▶ disable notifications
+//!   │   pop + parse + submit while < MAX_IN_FLIGHT requests and the engine has room
+//!   │   nothing in flight? ── enable notifications ── nothing new? ──▶ return
+//!   │   wait for ≥ 1 completion; per finished request: status byte, add_used, interrupt
+//!   └───────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! A request that fails validation is completed at once with `IOERR`/`UNSUPP` (or used length
+//! 0 when the chain has no status byte); a host I/O error completes its request with `IOERR`.
+//! Neither stops the device. Only a broken ring (bad avail index, head index outside the
+//! queue, used ring not writable) or an engine that cannot wait any more does.
+
+use std::sync::Arc;
+
+use ipc::{DeviceStats, QueueStats};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::engine::{Completion, Engine, Fallocate, IoVecs, Op, MAX_OPS_PER_REQUEST};
+use super::request::{self, ChainSource, DiskLimits, Range, Request, Segment};
+use super::{status, ID_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
+use crate::{DeviceError, Interrupt};
+
+/// One activated queue.
+pub(crate) struct QueueState {
+    pub queue: Queue,
+    /// The driver set it up (`ready`); a queue that is not is never touched.
+    pub ready: bool,
+    /// Where its chains live, fixed at activation.
+    pub source: ChainSource,
+    pub stats: QueueStats,
+}
+
+/// Direct-I/O alignment of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirectIo {
+    /// Alignment of buffer addresses and lengths in memory.
+    pub mem_align: usize,
+    /// Alignment of file offsets and transfer lengths (the advertised `blk_size`).
+    pub offset_align: u64,
+}
+
+/// A request between its parse and its completion.
+struct InFlight {
+    queue: u16,
+    head: u16,
+    status_addr: GuestAddress,
+    status: u8,
+    /// Bytes the request writes into device-writable data buffers when it succeeds.
+    data_written: u32,
+    /// Payload bytes moved (statistics).
+    bytes: u64,
+    ops_left: usize,
+    /// `fdatasync` once every op succeeded (discard/write-zeroes without `FLUSH`).
+    sync_after: bool,
+    /// A discard: `EOPNOTSUPP` from the file system is not an error (discard is a hint).
+    discard: bool,
+    /// A read through a bounce buffer: the guest buffers its bytes go to.
+    copy_out: Vec<Segment>,
+}
+
+/// Everything the device holds between activate and reset.
+pub(crate) struct Active {
+    mem: Arc<GuestMemoryMmap>,
+    /// Indexed by queue.
+    queues: Vec<QueueState>,
+    interrupt: Arc<dyn Interrupt>,
+    disk: DiskLimits,
+    /// `VIRTIO_BLK_F_FLUSH` was negotiated: writes need not be durable before completion.
+    flush: bool,
+    direct: Option<DirectIo>,
+    id: [u8; ID_BYTES],
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    requests_in_flight: usize,
+    completions: Vec<Completion>,
+}
+
+impl Active {
+    pub(crate) fn new(
+        mem: Arc<GuestMemoryMmap>,
+        queues: Vec<QueueState>,
+        interrupt: Arc<dyn Interrupt>,
+        disk: DiskLimits,
+        flush: bool,
+        direct: Option<DirectIo>,
+        id: [u8; ID_BYTES],
+    ) -> Self {
+        Active {
+            mem,
+            queues,
+            interrupt,
+            disk,
+            flush,
+            direct,
+            id,
+            slots: Vec::new(),
+            free: Vec::new(),
+            requests_in_flight: 0,
+            completions: Vec::new(),
+        }
+    }
+
+    /// The queues, for reset.
+    pub(crate) fn into_queues(self) -> Vec<Queue> {
+        self.queues.into_iter().map(|q| q.queue).collect()
+    }
+
+    pub(crate) fn stats(&self) -> DeviceStats {
+        DeviceStats {
+            queues: self.queues.iter().map(|q| q.stats).collect(),
+        }
+    }
+
+    /// Serves queue `index` until it is idle and nothing is in flight.
+    pub(crate) fn process(
+        &mut self,
+        index: u16,
+        engine: &mut dyn Engine,
+    ) -> Result<(), DeviceError> {
+        if self.queue(index).is_none() {
+            return Ok(()); // not set up by the driver: nothing to serve
+        }
+        loop {
+            self.with_queue(index, |q, mem| q.disable_notification(mem))?;
+            self.fill(index, engine)?;
+            if self.requests_in_flight == 0 {
+                if !self.with_queue(index, |q, mem| q.enable_notification(mem))? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut done = std::mem::take(&mut self.completions);
+            engine.wait(&mut done).map_err(DeviceError::HostIo)?;
+            for completion in done.drain(..) {
+                self.finish_op(engine, completion)?;
+            }
+            self.completions = done;
+        }
+    }
+
+    fn queue(&mut self, index: u16) -> Option<&mut QueueState> {
+        self.queues.get_mut(usize::from(index)).filter(|q| q.ready)
+    }
+
+    /// Runs a virtio-queue call on queue `index` with guest memory.
+    fn with_queue<T>(
+        &mut self,
+        index: u16,
+        f: impl FnOnce(&mut Queue, &GuestMemoryMmap) -> Result<T, virtio_queue::Error>,
+    ) -> Result<T, DeviceError> {
+        let mem = Arc::clone(&self.mem);
+        let q = self.queue(index).ok_or(DeviceError::UnknownQueue(index))?;
+        f(&mut q.queue, &mem).map_err(DeviceError::Queue)
+    }
+
+    /// Pops and starts chains while there is room.
+    fn fill(&mut self, index: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
+        while self.requests_in_flight < MAX_IN_FLIGHT
+            && engine.in_flight() + MAX_OPS_PER_REQUEST <= engine.capacity()
+        {
+            let Some(head) = self.pop(index)? else {
+                break;
+            };
+            self.start(index, head, engine)?;
+        }
+        Ok(())
+    }
+
+    /// The next available head index, checked to be a descriptor of the queue.
+    fn pop(&mut self, index: u16) -> Result<Option<u16>, DeviceError> {
+        let mem = Arc::clone(&self.mem);
+        let q = self.queue(index).ok_or(DeviceError::UnknownQueue(index))?;
+        let chain = q.queue.iter(&*mem).map_err(DeviceError::Queue)?.next();
+        let Some(chain) = chain else {
+            return Ok(None);
+        };
+        // Only the head index is taken from virtio-queue's chain; the descriptors themselves
+        // are read by `request::parse`, once.
+        let (head, size) = (chain.head_index(), q.queue.size());
+        if head >= size {
+            return Err(DeviceError::BadHeadIndex { head, size });
+        }
+        Ok(Some(head))
+    }
+
+    /// Parses the chain at `head` and submits its operations (or completes it at once).
+    fn start(&mut self, queue: u16, head: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
+        let Some(source) = self.queue(queue).map(|q| q.source) else {
+            return Err(DeviceError::UnknownQueue(queue));
+        };
+        let valid = match request::parse(&*self.mem, &source, head, &self.disk) {
+            Ok(valid) => valid,
+            Err(rejected) => {
+                let byte = rejected.status_byte();
+                return self.complete(queue, head, rejected.status, byte, 0, 0);
+            }
+        };
+        let mut req = InFlight {
+            queue,
+            head,
+            status_addr: valid.status,
+            status: status::OK,
+            data_written: 0,
+            bytes: 0,
+            ops_left: 0,
+            sync_after: false,
+            discard: false,
+            copy_out: Vec::new(),
+        };
+        let status_addr = Some(valid.status);
+        let ops = match valid.request {
+            // A zero-length read or write: nothing to do.
+            Request::Read { ref bufs, .. } | Request::Write { ref bufs, .. } if bufs.is_empty() => {
+                return self.complete(queue, head, status_addr, status::OK, 0, 0);
+            }
+            Request::Read { sector, bufs } => match self.data_iov(sector, &bufs, false) {
+                Some((offset, iov)) => {
+                    req.data_written = u32::try_from(iov.len()).unwrap_or(0);
+                    req.bytes = iov.len() as u64;
+                    if iov.bounce_bytes().is_some() {
+                        req.copy_out = bufs;
+                    }
+                    vec![Op::Read { offset, iov }]
+                }
+                None => return self.complete(queue, head, status_addr, status::IOERR, 0, 0),
+            },
+            Request::Write { sector, bufs } => match self.data_iov(sector, &bufs, true) {
+                Some((offset, iov)) => {
+                    req.bytes = iov.len() as u64;
+                    let dsync = !self.flush;
+                    vec![Op::Write { offset, iov, dsync }]
+                }
+                None => return self.complete(queue, head, status_addr, status::IOERR, 0, 0),
+            },
+            Request::Flush => vec![Op::Sync],
+            Request::GetId { bufs } => {
+                let (byte, n) = self.write_id(&bufs);
+                return self.complete(queue, head, status_addr, byte, n, 0);
+            }
+            Request::Discard { ranges } => {
+                req.discard = true;
+                req.sync_after = !self.flush;
+                fallocate_ops(&ranges, Fallocate::PunchHole)
+            }
+            Request::WriteZeroes { ranges, unmap } => {
+                req.sync_after = !self.flush;
+                let mode = if unmap {
+                    Fallocate::PunchHole
+                } else {
+                    Fallocate::ZeroRange
+                };
+                fallocate_ops(&ranges, mode)
+            }
+            Request::Unsupported { .. } => {
+                return self.complete(queue, head, status_addr, status::UNSUPP, 0, 0);
+            }
+        };
+        let ops = if ops.is_empty() && req.sync_after {
+            req.sync_after = false;
+            vec![Op::Sync]
+        } else {
+            ops
+        };
+        if ops.is_empty() {
+            return self.complete(queue, head, status_addr, status::OK, 0, 0);
+        }
+
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        for op in ops {
+            match engine.submit(slot as u64, op) {
+                Ok(()) => req.ops_left += 1,
+                Err(_) => req.status = status::IOERR,
+            }
+        }
+        self.requests_in_flight += 1;
+        if req.ops_left == 0 {
+            // Nothing reached the engine: finish here.
+            return self.finish_request(req, slot);
+        }
+        self.slots[slot] = Some(req);
+        Ok(())
+    }
+
+    /// The image offset and iovecs of a read (`write == false`) or write: straight into guest
+    /// memory, or through a bounce buffer where direct I/O needs alignment the guest's buffers
+    /// lack. `None`: the request cannot be done (misaligned for direct I/O).
+    fn data_iov(&self, sector: u64, bufs: &[Segment], write: bool) -> Option<(u64, IoVecs)> {
+        // The parser checked sector + len/512 <= capacity, and capacity * 512 is the image
+        // size, so neither product nor sum overflows.
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let len: u64 = bufs.iter().map(|b| u64::from(b.len)).sum();
+        let mem_align = match self.direct {
+            Some(d) if offset % d.offset_align != 0 || len % d.offset_align != 0 => return None,
+            Some(d) => d.mem_align,
+            None => 1,
+        };
+        if let Some(iov) = IoVecs::guest(&self.mem, bufs, mem_align, !write).ok()? {
+            return Some((offset, iov));
+        }
+        let mut iov = IoVecs::bounce(usize::try_from(len).ok()?, mem_align);
+        if write {
+            // Copy the payload in before the kernel sees the bounce buffer.
+            let bytes = iov.bounce_bytes_mut()?;
+            let mut at = 0;
+            for b in bufs {
+                let n = b.len as usize;
+                self.mem.read_slice(&mut bytes[at..at + n], b.addr).ok()?;
+                at += n;
+            }
+        }
+        Some((offset, iov))
+    }
+
+    /// Writes the id (NUL-padded to 20 bytes, cut to the buffers) into `bufs`.
+    fn write_id(&self, bufs: &[Segment]) -> (u8, u32) {
+        let mut at = 0usize;
+        for b in bufs {
+            let n = (b.len as usize).min(ID_BYTES - at);
+            if self.mem.write_slice(&self.id[at..at + n], b.addr).is_err() {
+                return (status::IOERR, 0);
+            }
+            at += n;
+        }
+        (status::OK, u32::try_from(at).unwrap_or(0))
+    }
+
+    /// One operation finished: account for it, and complete its request when it was the last.
+    fn finish_op(&mut self, engine: &mut dyn Engine, c: Completion) -> Result<(), DeviceError> {
+        let Ok(slot) = usize::try_from(c.token) else {
+            return Ok(());
+        };
+        let mem = Arc::clone(&self.mem);
+        let Some(req) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(()); // not a live request's (cannot happen)
+        };
+        req.ops_left = req.ops_left.saturating_sub(1);
+        let expected = c.op.transfer_len();
+        match (&c.op, &c.result) {
+            (Op::Read { iov, .. }, Ok(n)) if *n == expected => {
+                if let Some(bytes) = iov.bounce_bytes().filter(|_| !req.copy_out.is_empty()) {
+                    if !copy_out(&mem, bytes, &req.copy_out) {
+                        req.status = status::IOERR;
+                    }
+                }
+            }
+            (_, Ok(n)) if *n == expected => {}
+            (Op::Fallocate { mode, offset, len }, Err(e))
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+            {
+                if req.discard {
+                    // Discard is a hint; a file system that cannot punch holes ignores it.
+                } else if *mode == Fallocate::ZeroRange {
+                    // No zero-range here: punching a hole also reads back as zeroes.
+                    let retry = Op::Fallocate {
+                        mode: Fallocate::PunchHole,
+                        offset: *offset,
+                        len: *len,
+                    };
+                    match engine.submit(c.token, retry) {
+                        Ok(()) => req.ops_left += 1,
+                        Err(_) => req.status = status::IOERR,
+                    }
+                } else {
+                    req.status = status::IOERR;
+                }
+            }
+            // A host error or a short transfer (the image shrank under us).
+            _ => req.status = status::IOERR,
+        }
+        if req.ops_left > 0 {
+            return Ok(());
+        }
+        if req.sync_after && req.status == status::OK {
+            req.sync_after = false;
+            match engine.submit(c.token, Op::Sync) {
+                Ok(()) => {
+                    req.ops_left = 1;
+                    return Ok(());
+                }
+                Err(_) => req.status = status::IOERR,
+            }
+        }
+        match self.slots.get_mut(slot).and_then(Option::take) {
+            Some(req) => self.finish_request(req, slot),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes a request whose operations are all done and frees its slot.
+    fn finish_request(&mut self, req: InFlight, slot: usize) -> Result<(), DeviceError> {
+        self.free.push(slot);
+        self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
+        let (written, bytes) = if req.status == status::OK {
+            (req.data_written, req.bytes)
+        } else {
+            (0, 0)
+        };
+        self.complete(
+            req.queue,
+            req.head,
+            Some(req.status_addr),
+            req.status,
+            written,
+            bytes,
+        )
+    }
+
+    /// Writes the status byte (if there is one), puts the chain in the used ring and interrupts
+    /// if the driver wants it. The used length counts the data bytes written plus the status.
+    fn complete(
+        &mut self,
+        queue: u16,
+        head: u16,
+        status_addr: Option<GuestAddress>,
+        status_byte: u8,
+        data_written: u32,
+        bytes: u64,
+    ) -> Result<(), DeviceError> {
+        let mem = Arc::clone(&self.mem);
+        let used_len = match status_addr {
+            // The address was checked to be inside guest memory when the chain was parsed.
+            Some(addr) if mem.write_obj(status_byte, addr).is_ok() => {
+                data_written.saturating_add(1)
+            }
+            _ => 0,
+        };
+        let q = self.queue(queue).ok_or(DeviceError::UnknownQueue(queue))?;
+        q.queue
+            .add_used(&*mem, head, used_len)
+            .map_err(DeviceError::Queue)?;
+        q.stats.requests += 1;
+        q.stats.bytes += bytes;
+        if status_byte != status::OK || used_len == 0 {
+            q.stats.errors += 1;
+        }
+        if q.queue
+            .needs_notification(&*mem)
+            .map_err(DeviceError::Queue)?
+        {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+}
+
+/// One `fallocate` per range.
+fn fallocate_ops(ranges: &[Range], mode: Fallocate) -> Vec<Op> {
+    ranges
+        .iter()
+        .map(|r| Op::Fallocate {
+            mode,
+            // sector + sectors <= capacity, so both products fit (see `data_iov`).
+            offset: r.sector.saturating_mul(SECTOR_SIZE),
+            len: u64::from(r.sectors) * SECTOR_SIZE,
+        })
+        .collect()
+}
+
+/// Copies a bounce buffer's bytes into the guest buffers `to`.
+fn copy_out(mem: &GuestMemoryMmap, bytes: &[u8], to: &[Segment]) -> bool {
+    let mut at = 0;
+    for seg in to {
+        let n = seg.len as usize;
+        let Some(src) = bytes.get(at..at + n) else {
+            return false;
+        };
+        if mem.write_slice(src, seg.addr).is_err() {
+            return false;
+        }
+        at += n;
+    }
+    true
+}

@@ -1,0 +1,155 @@
+//! virtio-blk: a block device backed by a raw image file (virtio spec 1.2, section 5.2).
+//!
+//! The broker opens the image (read-only for `ro`, `O_DIRECT` for `direct=on`) and locks it
+//! before the worker exists; [`Blk::new`] takes that open [`File`](std::fs::File) and checks it.
+//!
+//! - `config`: feature bits and the config space the device publishes.
+//! - `request`: **the one copy-in function**: every descriptor, the request header and the
+//!   discard/write-zeroes segments are read from guest memory exactly once into private values,
+//!   validated there and turned into a typed [`Request`].
+//! - `io`: the queue loop: pop, parse, turn a request into engine operations, complete requests
+//!   in the order the engine finishes them.
+//! - `engine`: where operations run: io_uring, or synchronous `preadv2`/`pwritev2`. The only
+//!   module of this crate with `unsafe` code (building iovecs into guest memory and handing them
+//!   to the kernel).
+//! - `device`: the [`Blk`] backend.
+//!
+//! # I/O model
+//!
+//! A confined worker cannot create threads (`RLIMIT_NPROC`, and `clone` is not in its seccomp
+//! profile), so queue depth does not come from threads: it comes from **io_uring**. The ring is
+//! created, given the image as its only (fixed) file, limited to `READV`/`WRITEV`/`FSYNC`/
+//! `FALLOCATE` by io_uring restrictions and enabled in [`Blk::prepare_engine`], which the worker
+//! calls *before* it confines itself; afterwards the worker only needs `io_uring_enter`.
+//! Within one `process_queue` call the device keeps popping chains while fewer than
+//! [`MAX_IN_FLIGHT`] requests are in flight, waits for completions, and completes requests (used
+//! ring, status byte, interrupt) in the order the kernel finishes them, picking up new chains
+//! between waits; it returns once the queue is idle and nothing is in flight.
+//!
+//! io_uring runs blocking operations (`fdatasync`, `fallocate`, most buffered writes) on kernel
+//! io-wq threads, which count against `RLIMIT_NPROC`: a sandbox that allows no process at all
+//! makes the kernel cancel them (`ECANCELED`); the engine then redoes that operation
+//! synchronously, so the device stays correct, only shallower. [`SANDBOX_NPROC`] is the
+//! `RLIMIT_NPROC` that gives full depth.
+//!
+//! Without io_uring (no [`Blk::prepare_engine`], or a kernel that refuses the ring) the device
+//! uses a synchronous engine (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics,
+//! depth 1.
+//!
+//! # Durability
+//!
+//! `FLUSH` completes only after `fdatasync` of the image returned (io_uring: an `FSYNC` with
+//! `IOSQE_IO_DRAIN`, so it also waits for every write submitted before it). Without a
+//! negotiated `FLUSH`, every write is durable before it completes (`RWF_DSYNC`), and discard /
+//! write-zeroes are followed by `fdatasync`.
+//!
+//! # Direct I/O
+//!
+//! With `direct=on` the image is `O_DIRECT`; `blk_size` advertises the host's direct-I/O offset
+//! alignment (`statx` `STATX_DIOALIGN`, 512 where the kernel does not report it). Guest buffers
+//! that do not meet the memory alignment go through an aligned bounce buffer; a request whose
+//! offset or length is not a multiple of `blk_size` (which Linux never sends once it read
+//! `blk_size`) fails with `IOERR`.
+//!
+//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the image fd and the ring's fd, no paths.
+
+mod config;
+mod device;
+mod engine;
+pub mod fuzzing;
+mod io;
+pub mod request;
+#[cfg(test)]
+mod tests;
+
+use std::io as stdio;
+
+pub use device::{Blk, BlkOptions};
+pub use engine::EngineKind;
+pub use request::{MetaMemory, Request};
+
+/// Largest queue size the device accepts.
+pub const MAX_QUEUE_SIZE: u16 = 256;
+/// Most queues (`num_queues` with `MQ`).
+pub const MAX_QUEUES: u16 = 16;
+/// Bytes per sector: the unit of `capacity` and of request sectors, whatever `blk_size` says.
+pub const SECTOR_SIZE: u64 = 512;
+/// Most data segments per request (`seg_max`): the queue size minus header and status.
+pub const SEG_MAX: u32 = 126;
+/// Largest single data segment (`size_max`).
+pub const SIZE_MAX: u32 = 64 * 1024;
+/// Most data bytes one read or write request may carry: `seg_max * size_max`, so every request
+/// Linux builds from the published limits fits.
+pub const MAX_DATA_BYTES: u32 = SEG_MAX * SIZE_MAX;
+/// Most sectors one discard segment may cover (`max_discard_sectors`), 2 GiB.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Most segments in one discard request (`max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 16;
+/// Most sectors one write-zeroes segment may cover (`max_write_zeroes_sectors`).
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 22;
+/// Most segments in one write-zeroes request (`max_write_zeroes_seg`).
+pub const MAX_WRITE_ZEROES_SEG: u32 = 16;
+/// Length of the device id string (`VIRTIO_BLK_ID_BYTES`).
+pub const ID_BYTES: usize = 20;
+/// Most requests in flight per queue.
+pub const MAX_IN_FLIGHT: usize = MAX_QUEUE_SIZE as usize;
+/// Kernel io-wq threads the ring may use for blocking operations, per kind (bound/unbound).
+pub const IO_WORKERS: u32 = 4;
+/// The `RLIMIT_NPROC` that gives the ring its [`IO_WORKERS`] (the worker itself, plus bound and
+/// unbound io-wq threads). The worker still cannot create any: `clone`, `clone3`, `fork` and
+/// `vfork` are not in its seccomp profile.
+pub const SANDBOX_NPROC: u64 = 1 + 2 * IO_WORKERS as u64;
+/// Name of the device's seccomp profile in the `seccomp-profiles` crate.
+pub const SECCOMP_PROFILE: &str = "blk";
+
+/// Request types (`virtio_blk_outhdr.type`).
+pub mod req_type {
+    /// Read sectors.
+    pub const IN: u32 = 0;
+    /// Write sectors.
+    pub const OUT: u32 = 1;
+    /// Make completed writes durable.
+    pub const FLUSH: u32 = 4;
+    /// Read the device id string.
+    pub const GET_ID: u32 = 8;
+    /// Deallocate ranges.
+    pub const DISCARD: u32 = 11;
+    /// Zero ranges.
+    pub const WRITE_ZEROES: u32 = 13;
+}
+
+/// Status byte values.
+pub mod status {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The request failed (invalid, out of range, read-only, or a host I/O error).
+    pub const IOERR: u8 = 1;
+    /// The request type (or a flag of it) is not supported.
+    pub const UNSUPP: u8 = 2;
+}
+
+/// Why an image cannot back a virtio-blk device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkError {
+    /// fstat/lseek/statx/fcntl on the image failed.
+    #[error("cannot inspect the image")]
+    Inspect(#[source] stdio::Error),
+    /// A directory, socket, fifo, ... instead of a regular file or block device.
+    #[error("the image is neither a regular file nor a block device")]
+    NotAnImage,
+    /// Raw images are whole sectors.
+    #[error("image size {0} bytes is not a multiple of 512")]
+    SizeNotSectorMultiple(u64),
+    /// A writable device on an fd opened read-only.
+    #[error("the image was opened read-only but the device is writable (add `ro`)")]
+    OpenedReadOnly,
+    /// `id=` longer than [`ID_BYTES`].
+    #[error("id {0:?} is longer than 20 bytes")]
+    IdTooLong(String),
+    /// `queues=` outside `1..=MAX_QUEUES`.
+    #[error("queues={0} is outside 1..=16")]
+    QueueCount(u16),
+    /// Setting `O_DIRECT` on an fd opened without it failed.
+    #[error("cannot switch the image to O_DIRECT")]
+    Direct(#[source] stdio::Error),
+}

@@ -350,7 +350,7 @@ mod tests {
             .unwrap();
         let sandboxed: Vec<bool> = c.devices.iter().map(|d| d.sandbox).collect();
         assert_eq!(sandboxed, [true, false]);
-        assert!(c.devices.iter().all(|d| d.kind == DeviceKind::Rng));
+        assert!(c.devices.iter().all(|d| d.kind() == DeviceKind::Rng));
         assert!(c.acpi);
         assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
 

@@ -1,10 +1,12 @@
 //! Boots our test guest (`images/out/testguest.elf`) under svmm, and under QEMU microvm for
 //! comparison, and checks what it reports: the console both ways (`echo`), its command line and the
 //! virtio-mmio devices given there, and its exit status carried through svmm's exit code. Under
-//! QEMU it also drives a virtio-rng device with its own virtqueue driver (`rng`).
+//! QEMU it also drives a virtio-rng device with its own virtqueue driver (`rng`), and
+//! virtio-blk devices (`blk`, `blk_write`, `blk_ro`), whose image the test then reads back.
 //!
 //! Each trial is one short boot (a few seconds); the 60 s timeout only guards against hangs.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tests::suite::TrialResult;
@@ -29,6 +31,8 @@ fn main() {
         .test("timeout_kills_vm_and_keeps_output", timeout_kills_vm)
         .test("qemu_microvm_echo", qemu_microvm_echo)
         .test("qemu_microvm_rng", qemu_microvm_rng)
+        .test("qemu_microvm_blk", qemu_microvm_blk)
+        .test("qemu_microvm_blk_ro", qemu_microvm_blk_ro)
         .run()
 }
 
@@ -246,5 +250,202 @@ fn qemu_microvm_rng() -> TrialResult {
         "QEMU did not end through the exit port with status 0\n{}",
         out.report()
     );
+    Ok(())
+}
+
+/// The disk the blk trials give the guest: 4 MiB (8192 sectors), every byte `BLK_BACKGROUND`,
+/// so that the host sees both what the guest wrote and what it must not have touched.
+const BLK_IMAGE_BYTES: usize = 4 << 20;
+const BLK_BACKGROUND: u8 = 0xa5;
+const SECTOR: usize = 512;
+
+/// The test guest's blk data pattern (images/testguest/README.md): the 8-byte little-endian word
+/// at byte offset `8 k` of the disk is `(seed << 32) | (k mod 2^32)`. Writes it over `count`
+/// sectors from `sector` into `image`.
+fn put_blk_pattern(image: &mut [u8], seed: u32, sector: usize, count: usize) {
+    let range = sector * SECTOR..(sector + count) * SECTOR;
+    for (word, at) in image[range.clone()]
+        .chunks_exact_mut(8)
+        .zip(range.step_by(8))
+    {
+        let k = (at / 8) as u64 & 0xffff_ffff;
+        word.copy_from_slice(&((u64::from(seed) << 32) | k).to_le_bytes());
+    }
+}
+
+/// The regions every blk test writes (or reads) with the pattern, for a disk of `capacity`
+/// sectors with 512-byte blocks (the guest's regions A, B, C, D): `(first sector, sectors)`.
+fn blk_pattern_regions(capacity: usize) -> [(usize, usize); 4] {
+    [(0, 1), (7, 8), (capacity / 2, 64), (capacity - 8, 8)]
+}
+
+/// What the image holds after a `blk_write` run (`batch_requests == 0`), or after a `blk` run
+/// whose batch had `batch_requests` requests of 8 sectors: the pattern over regions A-D and the
+/// batch region (C/4), zeroes over the discard and write-zeroes regions (C/8, 16 sectors
+/// each), the background everywhere else.
+fn expected_blk_image(seed: u32, batch_requests: usize) -> Vec<u8> {
+    let mut image = vec![BLK_BACKGROUND; BLK_IMAGE_BYTES];
+    let capacity = BLK_IMAGE_BYTES / SECTOR;
+    for (sector, count) in blk_pattern_regions(capacity) {
+        put_blk_pattern(&mut image, seed, sector, count);
+    }
+    if batch_requests > 0 {
+        put_blk_pattern(&mut image, seed, capacity / 4, 8 * batch_requests);
+        let zeroed = capacity / 8 * SECTOR..(capacity / 8 + 32) * SECTOR;
+        image[zeroed].fill(0);
+    }
+    image
+}
+
+/// Compares the image file with `want`, naming the first sector that differs.
+fn assert_image(path: &Path, want: &[u8], what: &str) {
+    let got = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(got.len(), want.len(), "{what}: the image changed size");
+    if let Some(sector) = (0..got.len() / SECTOR)
+        .find(|s| got[s * SECTOR..(s + 1) * SECTOR] != want[s * SECTOR..(s + 1) * SECTOR])
+    {
+        let at = sector * SECTOR;
+        panic!(
+            "{what}: sector {sector} of the image is not as expected\n  got  {:02x?}\n  want {:02x?}",
+            &got[at..at + 16],
+            &want[at..at + 16]
+        );
+    }
+}
+
+/// The test guest under QEMU microvm with one virtio-blk device on `image` (`drive_opts` added to
+/// its `-drive`, `device_opts` to its `-device virtio-blk-device`).
+fn qemu_blk_guest(cmdline: &str, image: &Path, drive_opts: &str, device_opts: &str) -> TestVm {
+    require_kvm();
+    let drive = format!(
+        "id=d0,file={},format=raw,if=none{drive_opts}",
+        image.display().to_string().replace(',', ",,")
+    );
+    TestVm::new(Backend::Qemu {
+        machine: "microvm,acpi=off".into(),
+    })
+    .kernel(paths::artefact("testguest.elf"))
+    .cmdline(cmdline)
+    .mem_mib(128)
+    .args([
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-drive",
+        &drive,
+    ])
+    .device(format!("virtio-blk-device,drive=d0{device_opts}"))
+    .timeout(TIMEOUT)
+}
+
+fn assert_qemu_passed(out: &VmOutput, passed: u32) {
+    assert_eq!(
+        out.testguest_summary(),
+        Some((passed, 0)),
+        "\n{}",
+        out.report()
+    );
+    assert_eq!(
+        out.guest_status(),
+        Some(0),
+        "QEMU did not end through the exit port with status 0\n{}",
+        out.report()
+    );
+}
+
+/// The guest's blk tests against QEMU's virtio-blk (two queues, discard and write-zeroes on), as
+/// a reference for svmm's device; then the host reads the image. A second boot runs `blk_write`,
+/// is SIGKILLed once it reported, and the host finds the pattern in the image.
+fn qemu_microvm_blk() -> TrialResult {
+    const SEED: u32 = 0x5eed_0001;
+    const ID: &str = "svmm-blk-test";
+    let dir = paths::TempDir::new("blk");
+    let image = dir.file("disk.img", &vec![BLK_BACKGROUND; BLK_IMAGE_BYTES]);
+    let out = qemu_blk_guest(
+        &format!("testguest.run=blk testguest.blk_pattern={SEED:#x}"),
+        &image,
+        ",discard=unmap",
+        &format!(",num-queues=2,serial={ID}"),
+    )
+    .run()?;
+    out.log("qemu microvm testguest blk");
+    let device = out.assert_line("testguest: virtio-mmio 0 ");
+    assert!(
+        device.ends_with(" id=2"),
+        "QEMU's virtio-blk not probed as a version-2 device with ID 2\n{}",
+        out.report()
+    );
+    let blk = out.assert_line("testguest: blk ok ");
+    eprintln!("    {blk}");
+    for want in [
+        " capacity=8192 blk_size=512 queues=2 depth=4 flush=1 discard=1 write_zeroes=1 ",
+        &format!(" seed={SEED:#x} id={ID}"),
+    ] {
+        assert!(
+            blk.contains(want),
+            "expected {want:?} in {blk:?}\n{}",
+            out.report()
+        );
+    }
+    assert_qemu_passed(&out, 1);
+    assert_image(&image, &expected_blk_image(SEED, 4), "after blk");
+
+    // blk_write, then SIGKILL while the guest idles: the image holds the pattern.
+    const SEED2: u32 = 0x5eed_0002;
+    let image = dir.file("write.img", &vec![BLK_BACKGROUND; BLK_IMAGE_BYTES]);
+    let mut vm = qemu_blk_guest(
+        &format!(
+            "testguest.run=blk_write testguest.blk_pattern={SEED2:#x} testguest.sleep_ms=60000"
+        ),
+        &image,
+        "",
+        "",
+    )
+    .spawn()?;
+    // The sleep line comes after the whole result line (a line still being written matches).
+    vm.wait_for_line("testguest: sleep ms=", TIMEOUT)?;
+    vm.kill();
+    let stdout = vm.stdout_so_far();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("testguest: blk_write "))
+        .unwrap_or("");
+    eprintln!("    {line}");
+    assert!(
+        line.starts_with("testguest: blk_write ok ") && line.contains(" flush=1 "),
+        "blk_write did not pass with a flush: {line:?}\n{stdout}"
+    );
+    assert_image(
+        &image,
+        &expected_blk_image(SEED2, 0),
+        "after blk_write and SIGKILL",
+    );
+    Ok(())
+}
+
+/// `blk_ro` against QEMU's virtio-blk on a read-only drive whose image the host wrote with the
+/// pattern: the guest reads and checks it, a write is refused with IOERR, the image is unchanged.
+fn qemu_microvm_blk_ro() -> TrialResult {
+    const SEED: u32 = 0x5eed_0003;
+    const ID: &str = "svmm-blk-ro";
+    let dir = paths::TempDir::new("blk-ro");
+    let contents = expected_blk_image(SEED, 0);
+    let image = dir.file("ro.img", &contents);
+    let out = qemu_blk_guest(
+        &format!("testguest.run=blk_ro testguest.blk_pattern={SEED:#x}"),
+        &image,
+        ",readonly=on",
+        &format!(",serial={ID}"),
+    )
+    .run()?;
+    out.log("qemu microvm testguest blk_ro");
+    let blk = out.assert_line("testguest: blk_ro ok ");
+    eprintln!("    {blk}");
+    assert!(
+        blk.contains(" capacity=8192 ") && blk.ends_with(&format!(" verified=1 id={ID}")),
+        "blk_ro did not verify the pattern: {blk:?}\n{}",
+        out.report()
+    );
+    assert_qemu_passed(&out, 1);
+    assert_image(&image, &contents, "after blk_ro");
     Ok(())
 }

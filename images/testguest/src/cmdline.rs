@@ -46,6 +46,8 @@ pub struct Params<'a> {
     pub echo_timeout_ms: u64,
     /// `testguest.exit=N` (0..=63): exit with N whatever the results (test hook).
     pub exit: Option<u32>,
+    /// `testguest.blk_pattern=SEED` (32 bits): the seed of the blk tests' data pattern.
+    pub blk_pattern: Option<u32>,
 }
 
 impl<'a> Params<'a> {
@@ -78,6 +80,7 @@ pub fn parse(cmdline: &str) -> Params<'_> {
         sleep_ms: 0,
         echo_timeout_ms: DEFAULT_ECHO_TIMEOUT_MS,
         exit: None,
+        blk_pattern: None,
     };
     for word in cmdline.split(' ').filter(|w| !w.is_empty()) {
         if let Some(value) = word.strip_prefix("virtio_mmio.device=") {
@@ -115,6 +118,10 @@ fn apply_param<'a>(p: &mut Params<'a>, param: &'a str) -> bool {
         },
         "exit" => match parse_number(value).filter(|&n| n <= MAX_EXIT_STATUS) {
             Some(n) => p.exit = Some(n as u32),
+            None => return false,
+        },
+        "blk_pattern" => match parse_number(value).and_then(|n| u32::try_from(n).ok()) {
+            Some(seed) => p.blk_pattern = Some(seed),
             None => return false,
         },
         _ => return false,

@@ -3,6 +3,7 @@
 //! `testguest.run=`), given the virtio-mmio devices on the command line; `run` returns the
 //! figures printed after `ok`, or the reason printed after `FAIL`.
 
+mod blk;
 mod echo;
 mod panic;
 mod rng;
@@ -32,6 +33,21 @@ pub struct Test {
 }
 
 pub static TESTS: &[Test] = &[
+    Test {
+        name: "blk",
+        applies: blk::applies,
+        run: blk::run,
+    },
+    Test {
+        name: "blk_ro",
+        applies: blk::applies_ro,
+        run: blk::run_ro,
+    },
+    Test {
+        name: "blk_write",
+        applies: blk::applies_write,
+        run: blk::run_write,
+    },
     Test {
         name: "echo",
         applies: echo::applies,

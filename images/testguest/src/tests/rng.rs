@@ -25,17 +25,11 @@ const REQUEST_BYTES: usize = 64;
 /// Which request uses the two-descriptor chain.
 const CHAIN_REQUEST: u32 = 5;
 
-const SINGLE: [Buf; 1] = [Buf {
-    offset: 0,
-    len: REQUEST_BYTES as u32,
-}];
-/// 40 + 24 bytes, in different places of the buffer page.
+const SINGLE: [Buf; 1] = [Buf::writable(0, REQUEST_BYTES as u32)];
+/// 40 + 24 bytes, in different places of the buffer space.
 const CHAIN: [Buf; 2] = [
-    Buf { offset: 0, len: 40 },
-    Buf {
-        offset: 2048,
-        len: (REQUEST_BYTES - 40) as u32,
-    },
+    Buf::writable(0, 40),
+    Buf::writable(2048, (REQUEST_BYTES - 40) as u32),
 ];
 
 pub fn applies(devices: &[MmioDevice]) -> bool {

@@ -1,6 +1,8 @@
 //! The virtio-mmio register file, version 2 ("modern"), virtio 1.2 §4.2.2. Every register is
-//! 32 bits wide and accessed with one volatile 32-bit load or store (each is a VM exit).
+//! 32 bits wide and accessed with one volatile 32-bit load or store (each is a VM exit); the
+//! device-specific configuration space after it is read with accesses of each field's width.
 
+use super::Error;
 use crate::cmdline::MmioDevice;
 use core::ptr::{read_volatile, write_volatile};
 
@@ -31,16 +33,21 @@ pub const QUEUE_DRIVER_LOW: usize = 0x090;
 pub const QUEUE_DRIVER_HIGH: usize = 0x094;
 pub const QUEUE_DEVICE_LOW: usize = 0x0a0;
 pub const QUEUE_DEVICE_HIGH: usize = 0x0a4;
+pub const CONFIG_GENERATION: usize = 0x0fc;
 
-/// Registers end here; device-specific config space follows (none used yet).
+/// Registers end here; the device-specific configuration space follows.
 const REGISTERS_END: u64 = 0x100;
 /// The boot page tables identity-map the first 4 GiB only.
 const MAPPED_END: u64 = 1 << 32;
+/// Reads of a 64-bit configuration field before giving up on a changing ConfigGeneration.
+const CONFIG_TRIES: u32 = 16;
 
 /// One device's register window (identity mapped, uncached in the top GiB).
 #[derive(Clone, Copy)]
 pub struct Mmio {
     base: usize,
+    /// Bytes of the window the guest can reach (at least the 0x100 bytes of registers).
+    len: u64,
 }
 
 impl Mmio {
@@ -52,6 +59,7 @@ impl Mmio {
             && dev.addr.checked_add(REGISTERS_END)? <= MAPPED_END;
         usable.then_some(Mmio {
             base: dev.addr as usize,
+            len: dev.size.min(MAPPED_END - dev.addr),
         })
     }
 
@@ -71,5 +79,46 @@ impl Mmio {
     pub fn write_addr(&self, low: usize, high: usize, addr: u64) {
         self.write(low, addr as u32);
         self.write(high, (addr >> 32) as u32);
+    }
+
+    /// The address of a `width`-byte field at `offset` in the configuration space, if it lies
+    /// inside the window and is naturally aligned.
+    fn config_addr(&self, offset: usize, width: usize) -> Result<usize, Error> {
+        let end = REGISTERS_END + offset as u64 + width as u64;
+        if end > self.len || !offset.is_multiple_of(width) {
+            return Err(Error::ConfigOutside { offset });
+        }
+        Ok(self.base + REGISTERS_END as usize + offset)
+    }
+
+    // Configuration space (§4.2.2.2): 16- and 32-bit fields are read with one access of their
+    // own width (8-bit fields would be too; none is used); 64-bit fields as two 32-bit halves
+    // under ConfigGeneration (`config64`).
+
+    pub fn config16(&self, offset: usize) -> Result<u16, Error> {
+        let addr = self.config_addr(offset, 2)?;
+        // SAFETY: inside the device's window and aligned (checked), which is MMIO below 4 GiB,
+        // identity mapped and owned by no Rust object.
+        Ok(unsafe { read_volatile(addr as *const u16) })
+    }
+
+    pub fn config32(&self, offset: usize) -> Result<u32, Error> {
+        let addr = self.config_addr(offset, 4)?;
+        // SAFETY: as for `config16`.
+        Ok(unsafe { read_volatile(addr as *const u32) })
+    }
+
+    /// A 64-bit field: low half, high half, retried until ConfigGeneration is the same before
+    /// and after (§2.5.1: the device may change the field between the two reads).
+    pub fn config64(&self, offset: usize) -> Result<u64, Error> {
+        for _ in 0..CONFIG_TRIES {
+            let before = self.read(CONFIG_GENERATION);
+            let low = self.config32(offset)?;
+            let high = self.config32(offset + 4)?;
+            if self.read(CONFIG_GENERATION) == before {
+                return Ok((u64::from(high) << 32) | u64::from(low));
+            }
+        }
+        Err(Error::ConfigUnstable { offset })
     }
 }

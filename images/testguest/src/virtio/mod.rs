@@ -1,14 +1,18 @@
-//! A small virtio-mmio driver (transport version 2 only, one split virtqueue, polled), enough
-//! for tests to drive a device and check what the transport reports.
+//! A small virtio-mmio driver (transport version 2 only, split virtqueues, polled), enough for
+//! tests to drive a device and check what the transport reports.
 //!
 //! [`find`] probes the `virtio_mmio.device=` entries for a device ID. [`Device::init`] runs
-//! the initialisation of virtio 1.2 §3.1.1 and sets up queue 0; [`Device::request`] puts a
-//! chain of device-writable buffers on it, notifies, and waits — polling the used ring and
-//! `InterruptStatus` (interrupts stay off in this guest) — until the device has returned the
-//! chain *and* raised the used-buffer interrupt (bit 0), acknowledging what it sees. A chain
-//! returned without that bit is an error ([`Error::NoVringInterrupt`]): Linux's driver ignores
-//! the rings when bit 0 is clear, so a transport that forgets it must not pass a polling test.
-//! `DEVICE_NEEDS_RESET` is reported as its own error wherever the status is read.
+//! the initialisation of virtio 1.2 §3.1.1 and sets up queue 0; it is [`Device::negotiate`]
+//! (reset, features, FEATURES_OK) followed by [`Negotiated::start`] (N queues, DRIVER_OK),
+//! between which a test may read the configuration space (e.g. how many queues there are).
+//! [`Device::request`] puts one chain on queue 0, notifies, and waits — polling the used rings
+//! and `InterruptStatus` (interrupts stay off in this guest) — until the device has returned
+//! the chain *and* raised the used-buffer interrupt (bit 0), acknowledging what it sees. A
+//! chain returned without that bit is an error ([`Error::NoVringInterrupt`]): Linux's driver
+//! ignores the rings when bit 0 is clear, so a transport that forgets it must not pass a
+//! polling test. [`Device::submit`], [`Device::notify`] and [`Device::wait`] do the same for
+//! several chains in flight at once, on one queue or several. `DEVICE_NEEDS_RESET` is
+//! reported as its own error wherever the status is read.
 
 pub mod mmio;
 pub mod queue;
@@ -17,9 +21,10 @@ use crate::cmdline::MmioDevice;
 use crate::timer::Timer;
 use core::fmt;
 use mmio::Mmio;
-use queue::{Buf, Queue};
+use queue::{Buf, Queue, MAX_QUEUES};
 
 /// Device IDs (virtio 1.2 §5). 0 marks an empty transport slot.
+pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
 
 // Device status bits (§2.1).
@@ -53,10 +58,15 @@ pub enum Error {
     ResetTimeout { status: u32 },
     /// QueueReady was already 1 right after a reset.
     QueueBusy,
-    /// QueueNumMax is 0: the device has no queue 0.
+    /// QueueNumMax is 0: the device has no such queue.
     QueueSize { max: u32 },
-    /// The device returned a chain with a head we did not submit.
+    /// The device returned a chain with a head we did not submit (`expected`: the oldest
+    /// chain still in flight on that queue).
     UsedId { expected: u16, got: u32 },
+    /// A configuration-space field lies outside the device's window (or is misaligned).
+    ConfigOutside { offset: usize },
+    /// ConfigGeneration kept changing while a 64-bit field was read.
+    ConfigUnstable { offset: usize },
     /// The device returned the chain but InterruptStatus bit 0 was never set.
     NoVringInterrupt,
     /// The chain did not come back in time.
@@ -75,6 +85,8 @@ impl fmt::Display for Error {
             Error::UsedId { expected, got } => {
                 write!(f, "used_id expected={expected} got={got}")
             }
+            Error::ConfigOutside { offset } => write!(f, "config_outside offset={offset:#x}"),
+            Error::ConfigUnstable { offset } => write!(f, "config_unstable offset={offset:#x}"),
             Error::NoVringInterrupt => write!(f, "no_vring_interrupt"),
             Error::Timeout { interrupt } => {
                 write!(f, "timeout interrupt={}", if interrupt { 1 } else { 0 })
@@ -142,11 +154,28 @@ pub fn find_nth(devices: &[MmioDevice], id: u32, n: usize) -> Option<Mmio> {
         .nth(n)
 }
 
-/// An initialised device with queue 0 live (status DRIVER_OK).
+/// A device whose features are agreed (status FEATURES_OK), before its queues are set up.
+pub struct Negotiated<'t> {
+    mmio: Mmio,
+    features: u64,
+    timer: &'t Timer,
+}
+
+/// An initialised device with queues 0..N live (status DRIVER_OK).
 pub struct Device<'t> {
     mmio: Mmio,
-    queue: Queue,
+    features: u64,
+    queues: [Option<Queue>; MAX_QUEUES],
     timer: &'t Timer,
+}
+
+/// A chain in flight: the queue it is on, its head descriptor, and — once the device returned
+/// it — the used length.
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub queue: usize,
+    pub head: u16,
+    pub len: Option<u32>,
 }
 
 /// Writes 0 to Status and waits until it reads back 0.
@@ -177,7 +206,8 @@ fn set_status(mmio: Mmio, status: u32) -> Result<u32, Error> {
     Ok(now)
 }
 
-fn device_features(mmio: Mmio) -> u64 {
+/// The 64 feature bits the device offers (selects and reads DeviceFeatures; no other effect).
+pub fn device_features(mmio: Mmio) -> u64 {
     mmio.write(mmio::DEVICE_FEATURES_SEL, 0);
     let low = mmio.read(mmio::DEVICE_FEATURES);
     mmio.write(mmio::DEVICE_FEATURES_SEL, 1);
@@ -193,9 +223,15 @@ fn set_driver_features(mmio: Mmio, features: u64) {
 }
 
 impl<'t> Device<'t> {
-    /// Resets the device and initialises it: ACKNOWLEDGE, DRIVER, features (VERSION_1 plus
-    /// those of `accept` the device offers), FEATURES_OK (checked), queue 0, DRIVER_OK.
+    /// Resets the device and initialises it with queue 0 only: [`Device::negotiate`], then
+    /// [`Negotiated::start`] with one queue.
     pub fn init(mmio: Mmio, accept: u64, timer: &'t Timer) -> Result<Device<'t>, Error> {
+        Device::negotiate(mmio, accept, timer)?.start(1)
+    }
+
+    /// Resets the device, then ACKNOWLEDGE, DRIVER, features (VERSION_1 plus those of
+    /// `accept` the device offers), FEATURES_OK (checked).
+    pub fn negotiate(mmio: Mmio, accept: u64, timer: &'t Timer) -> Result<Negotiated<'t>, Error> {
         reset(mmio, timer)?;
         set_status(mmio, ACKNOWLEDGE)?;
         set_status(mmio, ACKNOWLEDGE | DRIVER)?;
@@ -210,66 +246,120 @@ impl<'t> Device<'t> {
         if status & FEATURES_OK == 0 {
             return Err(Error::FeaturesOkRefused);
         }
-
-        mmio.write(mmio::QUEUE_SEL, 0);
-        if mmio.read(mmio::QUEUE_READY) != 0 {
-            return Err(Error::QueueBusy);
-        }
-        let max = mmio.read(mmio::QUEUE_NUM_MAX);
-        if max == 0 {
-            return Err(Error::QueueSize { max });
-        }
-        // The largest power of two not above either limit.
-        let size = 1u16 << (max.min(u32::from(queue::MAX_SIZE)).ilog2());
-        let queue = Queue::new(size);
-        let (desc, avail, used) = queue.addresses();
-        mmio.write(mmio::QUEUE_NUM, u32::from(queue.size()));
-        mmio.write_addr(mmio::QUEUE_DESC_LOW, mmio::QUEUE_DESC_HIGH, desc);
-        mmio.write_addr(mmio::QUEUE_DRIVER_LOW, mmio::QUEUE_DRIVER_HIGH, avail);
-        mmio.write_addr(mmio::QUEUE_DEVICE_LOW, mmio::QUEUE_DEVICE_HIGH, used);
-        mmio.write(mmio::QUEUE_READY, 1);
-
-        set_status(mmio, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)?;
-        Ok(Device { mmio, queue, timer })
+        Ok(Negotiated {
+            mmio,
+            features,
+            timer,
+        })
     }
 
-    /// Submits `bufs` as one chain, notifies queue 0 and waits for the chain to come back
-    /// with a used-buffer interrupt. Returns the used length (bytes the device wrote).
+    /// The features agreed on.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// How many queues are live.
+    pub fn queues(&self) -> usize {
+        self.queues.iter().filter(|q| q.is_some()).count()
+    }
+
+    /// Size of queue `queue` (0 if it is not live).
+    pub fn queue_size(&self, queue: usize) -> u16 {
+        self.queues[queue].as_ref().map_or(0, Queue::size)
+    }
+
+    /// Submits `bufs` as one chain on queue 0, notifies and waits (up to 2 s) for the chain to
+    /// come back with a used-buffer interrupt. Returns the used length (bytes the device
+    /// wrote).
     pub fn request(&mut self, bufs: &[Buf]) -> Result<u32, Error> {
-        let head = self.queue.submit(bufs);
-        self.mmio.write(mmio::QUEUE_NOTIFY, 0);
-        let deadline = self.timer.deadline_ms(REQUEST_TIMEOUT_MS);
+        self.request_on(0, bufs, REQUEST_TIMEOUT_MS)
+    }
+
+    /// [`Device::request`] on queue `queue`, waiting up to `timeout_ms`.
+    pub fn request_on(
+        &mut self,
+        queue: usize,
+        bufs: &[Buf],
+        timeout_ms: u64,
+    ) -> Result<u32, Error> {
+        let mut pending = [self.submit(queue, bufs)];
+        self.notify(queue);
+        self.wait(&mut pending, timeout_ms)?;
+        Ok(pending[0].len.unwrap_or(0))
+    }
+
+    /// Puts `bufs` as one chain on queue `queue` without notifying. Panics if the queue is not
+    /// live or lacks free descriptors.
+    pub fn submit(&mut self, queue: usize, bufs: &[Buf]) -> Pending {
+        let q = self.queues[queue].as_mut().expect("virtqueue not set up");
+        Pending {
+            queue,
+            head: q.submit(bufs),
+            len: None,
+        }
+    }
+
+    /// QueueNotify for queue `queue`.
+    pub fn notify(&self, queue: usize) {
+        self.mmio.write(mmio::QUEUE_NOTIFY, queue as u32);
+    }
+
+    /// Waits up to `timeout_ms` until every chain of `pending` is back (its `len` set) and the
+    /// used-buffer interrupt was seen at least once since the call began.
+    pub fn wait(&mut self, pending: &mut [Pending], timeout_ms: u64) -> Result<(), Error> {
+        let deadline = self.timer.deadline_ms(timeout_ms);
         let mut interrupt = false;
-        let mut used = None;
         loop {
-            let pending = self.mmio.read(mmio::INTERRUPT_STATUS);
-            if pending != 0 {
-                self.mmio.write(mmio::INTERRUPT_ACK, pending);
-                interrupt |= pending & INT_VRING != 0;
-                if pending & INT_CONFIG != 0 && self.needs_reset() {
+            let status = self.mmio.read(mmio::INTERRUPT_STATUS);
+            if status != 0 {
+                self.mmio.write(mmio::INTERRUPT_ACK, status);
+                interrupt |= status & INT_VRING != 0;
+                if status & INT_CONFIG != 0 && self.needs_reset() {
                     return Err(Error::NeedsReset);
                 }
             }
-            if used.is_none() {
-                used = self.queue.pop_used();
-            }
-            // The device may publish the chain a moment before it sets the interrupt bit.
-            if let (Some((id, len)), true) = (used, interrupt) {
-                if id != u32::from(head) {
-                    return Err(Error::UsedId {
-                        expected: head,
-                        got: id,
-                    });
+            for index in 0..MAX_QUEUES {
+                if !pending.iter().any(|p| p.queue == index && p.len.is_none()) {
+                    continue;
                 }
-                return Ok(len);
+                let Some(queue) = self.queues[index].as_mut() else {
+                    continue;
+                };
+                while let Some((id, len)) = queue.pop_used() {
+                    let waiting = pending
+                        .iter_mut()
+                        .filter(|p| p.queue == index && p.len.is_none());
+                    let mut oldest = None;
+                    let mut matched = false;
+                    for p in waiting {
+                        oldest.get_or_insert(p.head);
+                        if u32::from(p.head) == id {
+                            p.len = Some(len);
+                            matched = true;
+                            break;
+                        }
+                    }
+                    if !matched {
+                        return Err(Error::UsedId {
+                            expected: oldest.unwrap_or(u16::MAX),
+                            got: id,
+                        });
+                    }
+                }
+            }
+            let done = pending.iter().all(|p| p.len.is_some());
+            // The device may publish a chain a moment before it sets the interrupt bit.
+            if done && interrupt {
+                return Ok(());
             }
             if self.timer.expired(deadline) {
                 if self.needs_reset() {
                     return Err(Error::NeedsReset);
                 }
-                return Err(match used {
-                    Some(_) => Error::NoVringInterrupt,
-                    None => Error::Timeout { interrupt },
+                return Err(if done {
+                    Error::NoVringInterrupt
+                } else {
+                    Error::Timeout { interrupt }
                 });
             }
         }
@@ -279,8 +369,50 @@ impl<'t> Device<'t> {
         self.mmio.read(mmio::STATUS) & DEVICE_NEEDS_RESET != 0
     }
 
-    /// Resets the device (status 0); the queue is dead afterwards.
+    /// Resets the device (status 0); the queues are dead afterwards.
     pub fn reset(self) -> Result<(), Error> {
         reset(self.mmio, self.timer)
+    }
+}
+
+impl<'t> Negotiated<'t> {
+    /// The features agreed on.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Sets up queues 0..`queues` (at most [`MAX_QUEUES`]; for each, QueueReady must be 0,
+    /// size the largest power of two up to min(QueueNumMax, 16)), then DRIVER_OK.
+    pub fn start(self, queues: usize) -> Result<Device<'t>, Error> {
+        assert!((1..=MAX_QUEUES).contains(&queues));
+        let mmio = self.mmio;
+        let mut live = [const { None }; MAX_QUEUES];
+        for (index, slot) in live.iter_mut().enumerate().take(queues) {
+            mmio.write(mmio::QUEUE_SEL, index as u32);
+            if mmio.read(mmio::QUEUE_READY) != 0 {
+                return Err(Error::QueueBusy);
+            }
+            let max = mmio.read(mmio::QUEUE_NUM_MAX);
+            if max == 0 {
+                return Err(Error::QueueSize { max });
+            }
+            // The largest power of two not above either limit.
+            let size = 1u16 << (max.min(u32::from(queue::MAX_SIZE)).ilog2());
+            let queue = Queue::new(index, size);
+            let (desc, avail, used) = queue.addresses();
+            mmio.write(mmio::QUEUE_NUM, u32::from(queue.size()));
+            mmio.write_addr(mmio::QUEUE_DESC_LOW, mmio::QUEUE_DESC_HIGH, desc);
+            mmio.write_addr(mmio::QUEUE_DRIVER_LOW, mmio::QUEUE_DRIVER_HIGH, avail);
+            mmio.write_addr(mmio::QUEUE_DEVICE_LOW, mmio::QUEUE_DEVICE_HIGH, used);
+            mmio.write(mmio::QUEUE_READY, 1);
+            *slot = Some(queue);
+        }
+        set_status(mmio, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)?;
+        Ok(Device {
+            mmio,
+            features: self.features,
+            queues: live,
+            timer: self.timer,
+        })
     }
 }

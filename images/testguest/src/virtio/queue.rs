@@ -1,10 +1,13 @@
-//! One split virtqueue (virtio 1.2 §2.7) of at most 16 entries, in a static page-aligned page
-//! of guest RAM, and a static page of buffer space the device writes into. Guest RAM is
-//! identity mapped, so an address in this program is the guest-physical address the device
+//! Split virtqueues (virtio 1.2 §2.7) of at most 16 entries, each in a static page-aligned
+//! page of guest RAM, and 64 KiB of static buffer space that requests point into. Guest RAM
+//! is identity mapped, so an address in this program is the guest-physical address the device
 //! sees.
 //!
-//! Only one queue exists at a time (tests run one after the other on one vCPU) and one request
-//! is in flight at a time, so there is no free list: descriptors are handed out round-robin.
+//! A device has up to [`MAX_QUEUES`] queues, queue `n` in ring page `n` (tests run one after
+//! the other, so one device at a time uses them). Several chains may be in flight on a queue;
+//! each descriptor remembers, in the driver's private `owner` table, the head of the chain it
+//! belongs to, so chains can come back in any order and free exactly their own descriptors.
+//! The device's copy of the descriptors is never read back.
 //!
 //! Memory shared with the device is only touched through volatile accesses. Ordering: x86 is
 //! TSO (stores are seen in program order, loads are not reordered with older loads), so the
@@ -18,8 +21,12 @@ use core::sync::atomic::{fence, Ordering};
 
 /// Entries in the rings this driver allocates; the device may offer fewer.
 pub const MAX_SIZE: u16 = 16;
-/// Bytes of buffer space (offsets in [`Buf`] are into this page).
-pub const BUF_SPACE: usize = 4096;
+/// Queues a device may have set up at once (one ring page each).
+pub const MAX_QUEUES: usize = 4;
+/// Bytes of buffer space (offsets in [`Buf`] are into it).
+pub const BUF_SPACE: usize = 64 * 1024;
+/// `owner` entry of a free descriptor.
+const FREE: u16 = u16::MAX;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
@@ -70,7 +77,7 @@ struct Shared<T>(UnsafeCell<T>);
 // contents are only reached through raw pointers with volatile accesses.
 unsafe impl<T> Sync for Shared<T> {}
 
-static RINGS: Shared<Rings> = Shared(UnsafeCell::new(Rings {
+const ZERO_RINGS: Rings = Rings {
     desc: [const {
         Desc {
             addr: 0,
@@ -91,34 +98,105 @@ static RINGS: Shared<Rings> = Shared(UnsafeCell::new(Rings {
         ring: [const { UsedElem { id: 0, len: 0 } }; MAX_SIZE as usize],
         avail_event: 0,
     },
-}));
+};
+
+/// Ring page `n` holds queue `n`.
+static RINGS: [Shared<Rings>; MAX_QUEUES] =
+    [const { Shared(UnsafeCell::new(ZERO_RINGS)) }; MAX_QUEUES];
 
 static BUFFERS: Shared<[u8; BUF_SPACE]> = Shared(UnsafeCell::new([0; BUF_SPACE]));
 
-/// A device-writable buffer: `len` bytes at `offset` in the buffer page.
+/// `len` bytes at `offset` in the buffer space: one descriptor of a chain.
 #[derive(Clone, Copy)]
 pub struct Buf {
     pub offset: usize,
     pub len: u32,
+    /// Device-writable (`VIRTQ_DESC_F_WRITE`): the device fills it. Otherwise it reads it.
+    pub writable: bool,
 }
 
 impl Buf {
+    /// A buffer the device reads (driver to device).
+    pub const fn readable(offset: usize, len: u32) -> Buf {
+        Buf {
+            offset,
+            len,
+            writable: false,
+        }
+    }
+
+    /// A buffer the device writes (device to driver).
+    pub const fn writable(offset: usize, len: u32) -> Buf {
+        Buf {
+            offset,
+            len,
+            writable: true,
+        }
+    }
+
     fn check(&self) {
         assert!(
             self.offset.saturating_add(self.len as usize) <= BUF_SPACE,
-            "virtio buffer outside the buffer page"
+            "virtio buffer outside the buffer space"
         );
     }
 }
 
-/// Sets every byte of `buf` to `value` (before a request, so that unwritten bytes show).
+/// Sets every byte of `buf` to `value` (before a request, so that unwritten bytes show). Whole
+/// aligned words take one 8-byte store: ring-0 code is slow where it is emulated (PVM hosts).
 pub fn fill(buf: Buf, value: u8) {
     buf.check();
     let base = BUFFERS.0.get() as *mut u8;
-    for i in 0..buf.len as usize {
-        // SAFETY: in bounds (checked); no request is in flight, so the device does not write.
-        unsafe { write_volatile(base.add(buf.offset + i), value) };
+    let word = u64::from_ne_bytes([value; 8]);
+    let (mut at, end) = (buf.offset, buf.offset + buf.len as usize);
+    while at < end {
+        if at.is_multiple_of(8) && end - at >= 8 {
+            // SAFETY: in bounds (checked) and aligned (the space is page-aligned); the buffer
+            // is not part of a request in flight.
+            unsafe { write_volatile(base.add(at) as *mut u64, word) };
+            at += 8;
+        } else {
+            // SAFETY: as above.
+            unsafe { write_volatile(base.add(at), value) };
+            at += 1;
+        }
     }
+}
+
+/// Stores `value` (little-endian) at `offset`, which must be a multiple of 8.
+pub fn write_u64(offset: usize, value: u64) {
+    let buf = Buf::readable(offset, 8);
+    buf.check();
+    assert!(offset.is_multiple_of(8), "unaligned word");
+    // SAFETY: in bounds (checked), aligned (the space is page-aligned); the buffer is not part
+    // of a request in flight.
+    unsafe {
+        write_volatile(
+            (BUFFERS.0.get() as *mut u8).add(offset) as *mut u64,
+            value.to_le(),
+        )
+    };
+}
+
+/// Loads the little-endian word at `offset`, which must be a multiple of 8.
+pub fn read_u64(offset: usize) -> u64 {
+    let buf = Buf::readable(offset, 8);
+    buf.check();
+    assert!(offset.is_multiple_of(8), "unaligned word");
+    // SAFETY: in bounds (checked), aligned; the request that filled it has completed.
+    u64::from_le(unsafe { read_volatile((BUFFERS.0.get() as *const u8).add(offset) as *const u64) })
+}
+
+/// Copies `bytes` into `buf` (at most `buf.len`); returns how many.
+pub fn write(buf: Buf, bytes: &[u8]) -> usize {
+    buf.check();
+    let base = BUFFERS.0.get() as *mut u8;
+    let n = bytes.len().min(buf.len as usize);
+    for (i, &byte) in bytes.iter().take(n).enumerate() {
+        // SAFETY: in bounds (checked); the buffer is not part of a request in flight.
+        unsafe { write_volatile(base.add(buf.offset + i), byte) };
+    }
+    n
 }
 
 /// Copies `buf`'s bytes into `out` (at most `out.len()`); returns how many.
@@ -133,33 +211,36 @@ pub fn read(buf: Buf, out: &mut [u8]) -> usize {
     n
 }
 
-/// The driver side of the queue: its size and where it is in the rings.
+/// The driver side of one queue: its size and where it is in the rings.
 pub struct Queue {
+    /// Which ring page (and queue index).
+    index: usize,
     size: u16,
-    /// Next descriptor to hand out.
-    next_desc: u16,
     /// Our copy of `avail.idx` (free-running, wraps at 2^16).
     avail_idx: u16,
     /// Used entries consumed so far (free-running).
     last_used: u16,
+    /// Per descriptor: the head of the in-flight chain it belongs to, or `FREE`.
+    owner: [u16; MAX_SIZE as usize],
 }
 
 impl Queue {
-    /// Zeroes the rings and returns a queue of `size` entries (a power of two, at most
-    /// [`MAX_SIZE`]). The caller then gives the device the ring addresses.
-    pub fn new(size: u16) -> Queue {
-        assert!(size.is_power_of_two() && size <= MAX_SIZE);
-        let rings = RINGS.0.get() as *mut u8;
+    /// Zeroes ring page `index` and returns a queue of `size` entries there (a power of two, at
+    /// most [`MAX_SIZE`]). The caller then gives the device the ring addresses.
+    pub fn new(index: usize, size: u16) -> Queue {
+        assert!(index < MAX_QUEUES && size.is_power_of_two() && size <= MAX_SIZE);
+        let rings = RINGS[index].0.get() as *mut u8;
         for i in 0..core::mem::size_of::<Rings>() {
-            // SAFETY: within `RINGS`; the queue is not live (the device was reset), so the
-            // device does not access it.
+            // SAFETY: within `RINGS[index]`; the queue is not live (the device was reset), so
+            // the device does not access it.
             unsafe { write_volatile(rings.add(i), 0) };
         }
         Queue {
+            index,
             size,
-            next_desc: 0,
             avail_idx: 0,
             last_used: 0,
+            owner: [FREE; MAX_SIZE as usize],
         }
     }
 
@@ -167,9 +248,21 @@ impl Queue {
         self.size
     }
 
+    /// Descriptors not part of a chain in flight.
+    pub fn free_descriptors(&self) -> usize {
+        self.owner[..self.size as usize]
+            .iter()
+            .filter(|&&o| o == FREE)
+            .count()
+    }
+
+    fn rings(&self) -> *mut Rings {
+        RINGS[self.index].0.get()
+    }
+
     /// Guest-physical addresses of the descriptor table, available ring and used ring.
     pub fn addresses(&self) -> (u64, u64, u64) {
-        let rings = RINGS.0.get();
+        let rings = self.rings();
         // SAFETY: only computes field addresses inside the static; nothing is read.
         unsafe {
             (
@@ -180,26 +273,40 @@ impl Queue {
         }
     }
 
-    /// Puts a chain of device-writable buffers on the available ring; returns its head
-    /// descriptor. The caller notifies the device.
+    /// Puts `bufs` as one chain on the available ring, in free descriptors; returns its head
+    /// descriptor. The caller notifies the device. Panics if the queue lacks free descriptors
+    /// (the tests size their batches to fit).
     pub fn submit(&mut self, bufs: &[Buf]) -> u16 {
-        assert!(!bufs.is_empty() && bufs.len() <= self.size as usize);
-        let rings = RINGS.0.get();
+        assert!(
+            !bufs.is_empty() && bufs.len() <= self.free_descriptors(),
+            "virtqueue full"
+        );
+        // The lowest free descriptors, in order.
+        let mut chain = [0u16; MAX_SIZE as usize];
+        let mut n = 0;
+        for (index, owner) in self.owner[..self.size as usize].iter().enumerate() {
+            if n < bufs.len() && *owner == FREE {
+                chain[n] = index as u16;
+                n += 1;
+            }
+        }
+        let head = chain[0];
+        let rings = self.rings();
         let buffers = BUFFERS.0.get() as u64;
-        let head = self.next_desc;
         for (i, buf) in bufs.iter().enumerate() {
             buf.check();
-            let index = self.next_desc;
-            self.next_desc = (index + 1) % self.size;
             let last = i + 1 == bufs.len();
             let desc = Desc {
                 addr: buffers + buf.offset as u64,
                 len: buf.len,
-                flags: DESC_F_WRITE | if last { 0 } else { DESC_F_NEXT },
-                next: if last { 0 } else { self.next_desc },
+                flags: if buf.writable { DESC_F_WRITE } else { 0 }
+                    | if last { 0 } else { DESC_F_NEXT },
+                next: if last { 0 } else { chain[i + 1] },
             };
-            // SAFETY: `index` < size <= MAX_SIZE; the descriptor is free (no request in flight).
-            unsafe { write_volatile(addr_of_mut!((*rings).desc[index as usize]), desc) };
+            self.owner[chain[i] as usize] = head;
+            // SAFETY: `chain[i]` < size <= MAX_SIZE; the descriptor was free, so the device
+            // does not read it.
+            unsafe { write_volatile(addr_of_mut!((*rings).desc[chain[i] as usize]), desc) };
         }
         let slot = (self.avail_idx % self.size) as usize;
         // SAFETY: `slot` < size; the device reads this entry only after `avail.idx` moves.
@@ -214,9 +321,10 @@ impl Queue {
         head
     }
 
-    /// The next used element `(id, len)`, if the device has returned one.
+    /// The next used element `(id, len)`, if the device has returned one. If `id` is the head
+    /// of a chain in flight, that chain's descriptors are free again.
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
-        let rings = RINGS.0.get();
+        let rings = self.rings();
         // SAFETY: a field of the static rings, written by the device.
         let used_idx = unsafe { read_volatile(addr_of!((*rings).used.idx)) };
         if used_idx == self.last_used {
@@ -228,6 +336,13 @@ impl Queue {
         // SAFETY: `slot` < size; the device wrote this element before moving `used.idx`.
         let elem = unsafe { read_volatile(addr_of!((*rings).used.ring[slot])) };
         self.last_used = self.last_used.wrapping_add(1);
+        if let Ok(head) = u16::try_from(elem.id) {
+            if (head as usize) < self.size as usize && self.owner[head as usize] == head {
+                for owner in self.owner.iter_mut().filter(|o| **o == head) {
+                    *owner = FREE;
+                }
+            }
+        }
         Some((elem.id, elem.len))
     }
 }

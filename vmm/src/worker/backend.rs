@@ -344,3 +344,132 @@ pub fn build(config: &BackendConfig, resources: HostResources) -> Result<Built, 
             .map_err(|source| BackendError::Build { kind, source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_spec;
+
+    /// A fresh directory for this test's images.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("svmm-backend-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn open(spec: &str) -> Result<HostResources, BackendError> {
+        open_host_resources(&device_spec::parse(spec).unwrap())
+    }
+
+    #[test]
+    fn bad_images_are_bad_input_and_named() {
+        let dir = temp_dir("bad");
+        let small = dir.join("small.img");
+        std::fs::write(&small, [0u8; 1000]).unwrap();
+        let fifo = dir.join("fifo.img");
+        let c_fifo = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which `c_fifo` keeps alive.
+        assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+        for (path, why) in [
+            (dir.join("missing.img"), "cannot open"),
+            (dir.clone(), "is a directory"),
+            (small, "image size 1000 bytes is not a multiple of 512"),
+            // Read-only, so a blocking open of the fifo would hang the test.
+            (fifo, "neither a regular file nor a block device"),
+        ] {
+            let err = open(&format!("blk={},ro", path.display())).unwrap_err();
+            let line = crate::error::one_line(&err);
+            assert!(err.is_bad_input(), "{line}");
+            assert!(line.contains(&path.display().to_string()), "{line}");
+            assert!(line.contains(why), "{line}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_locked_image_is_named_and_not_bad_input() {
+        let dir = temp_dir("lock");
+        let image = dir.join("disk.img");
+        std::fs::write(&image, [0u8; 4096]).unwrap();
+        let held = open(&format!("blk={}", image.display())).unwrap();
+        for options in ["", ",ro", ",sandbox=off"] {
+            let err = open(&format!("blk={}{options}", image.display())).unwrap_err();
+            let line = crate::error::one_line(&err);
+            assert!(!err.is_bad_input(), "{line}");
+            assert!(line.contains("is in use by another process"), "{line}");
+            assert!(line.contains(&image.display().to_string()), "{line}");
+        }
+        drop(held);
+        // Readers share.
+        let _a = open(&format!("blk={},ro", image.display())).unwrap();
+        let _b = open(&format!("blk={},ro", image.display())).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn blk_limits_follow_the_image() {
+        let dir = temp_dir("limits");
+        let image = dir.join("disk.img");
+        std::fs::write(&image, vec![0u8; 8192]).unwrap();
+        let base = broker::Rlimits {
+            nproc: 0,
+            nofile: 20,
+            fsize: Some(0),
+        };
+        let spec = device_spec::parse(&format!("blk={},queues=3", image.display())).unwrap();
+        let config = BackendConfig::of(&spec);
+        assert_eq!(config.num_queues(), 3);
+        let resources = open_host_resources(&spec).unwrap();
+        let limits = rlimits(&config, &resources, base);
+        assert_eq!(
+            limits,
+            broker::Rlimits {
+                nproc: blk::SANDBOX_NPROC,
+                nofile: 20,
+                fsize: Some(8192),
+            }
+        );
+        drop(resources);
+        let spec = device_spec::parse(&format!("blk={},ro", image.display())).unwrap();
+        let resources = open_host_resources(&spec).unwrap();
+        let limits = rlimits(&BackendConfig::of(&spec), &resources, base);
+        assert_eq!(limits.fsize, Some(0), "a read-only device writes nothing");
+        let rng = device_spec::parse("rng").unwrap();
+        assert_eq!(
+            rlimits(
+                &BackendConfig::Rng,
+                &open_host_resources(&rng).unwrap(),
+                base
+            ),
+            base
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn blk_builds_and_prepares_its_engine() {
+        let dir = temp_dir("build");
+        let image = dir.join("disk.img");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let spec = device_spec::parse(&format!("blk={},id=x", image.display())).unwrap();
+        let config = BackendConfig::of(&spec);
+        let mut built = build(&config, open_host_resources(&spec).unwrap()).unwrap();
+        assert_eq!(built.sandbox_needs().seccomp_profile, blk::SECCOMP_PROFILE);
+        // io_uring may be refused on some hosts: then a warning, never an error.
+        if let Some(warning) = built.prepare() {
+            assert!(warning.contains("one request at a time"), "{warning}");
+        }
+        let backend = built.into_backend();
+        assert_eq!(backend.device_type(), devices::VIRTIO_ID_BLOCK);
+        assert!(matches!(
+            build(&config, HostResources { files: Vec::new() }),
+            Err(BackendError::ResourceCount {
+                expected: 1,
+                got: 0,
+                ..
+            })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -327,6 +327,56 @@ mod tests {
     }
 
     #[test]
+    fn blk_worker_fds_limits_and_argv() {
+        let dir = std::env::temp_dir().join(format!("svmm-plan-blk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        std::fs::write(&image, vec![0u8; 1 << 16]).unwrap();
+        let spec = crate::device_spec::parse(&format!("blk={},queues=2", image.display())).unwrap();
+        let config = BackendConfig::of(&spec);
+        let resources = backend::open_host_resources(&spec).unwrap();
+        let fds = inherited_fds(&spec, &resources);
+        let numbers: Vec<RawFd> = fds.iter().map(|f| f.number).collect();
+        assert_eq!(numbers, (0..=10).collect::<Vec<_>>());
+        assert!(fds[9].what.starts_with("queue 1 notify eventfd"));
+        assert_eq!(
+            fds[10].what,
+            format!(
+                "host resource of blk: {} (read-write, flock LOCK_EX: no other svmm may open it)",
+                image.display()
+            )
+        );
+        let sandbox = sandbox_config(&config, &resources, IdChoice::Unprivileged, Vec::new());
+        assert_eq!(sandbox.fds, 8);
+        assert_eq!(sandbox.rlimits.nproc, devices::blk::SANDBOX_NPROC);
+        assert_eq!(sandbox.rlimits.fsize, Some(1 << 16));
+        let argv: Vec<String> = worker_argv(&spec, Mode::Trap, &sandbox)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            argv[..8],
+            [
+                "svmm",
+                WORKER_ARG,
+                "blk",
+                "--blk-ro=0",
+                "--blk-id=disk.img",
+                "--blk-queues=2",
+                "--blk-direct=0",
+                "--seccomp=trap"
+            ]
+        );
+        // The worker gets back exactly the sandbox and the device.
+        let (back, rest) = ConfineConfig::from_args(&argv[3..], Vec::new()).unwrap();
+        assert_eq!(back, sandbox);
+        let (device, rest) = kind_args::parse(DeviceKind::Blk, &rest).unwrap();
+        assert_eq!(device, config);
+        assert_eq!(rest, ["--seccomp=trap"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn ids_depend_on_who_runs_svmm() {
         let ids = worker_ids(2, IdRange::DEFAULT).unwrap();
         // SAFETY: geteuid has no preconditions.

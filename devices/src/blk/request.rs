@@ -305,10 +305,12 @@ pub fn parse<M: MetaMemory + ?Sized>(
         mem,
         done: Vec::with_capacity(4),
     };
-    let reject = |status, error| Rejected { status, error };
-    let chain = walk(&mut fetch, source, head).map_err(|e| reject(None, e))?;
+    let chain = walk(&mut fetch, source, head)?;
     let status = chain.status;
-    let request = typed(&mut fetch, chain, disk).map_err(|e| reject(Some(status), e))?;
+    let request = typed(&mut fetch, chain, disk).map_err(|error| Rejected {
+        status: Some(status),
+        error,
+    })?;
     Ok(Validated { request, status })
 }
 
@@ -405,10 +407,37 @@ struct Chain {
 }
 
 /// Walks the chain, reading each descriptor once, and splits it into byte streams.
+///
+/// A broken chain structure (loop, bad index, unreadable descriptor, bad indirect table) ends
+/// the walk with no status byte. A bad buffer (outside memory, wrong direction order, too much
+/// data) does not: the walk goes on to the end, so the request can still be answered `IOERR`
+/// through its status byte.
 fn walk<M: MetaMemory + ?Sized>(
     fetch: &mut Fetcher<'_, M>,
     source: &ChainSource,
     head: u16,
+) -> Result<Chain, Rejected> {
+    let no_status = |error| Rejected {
+        status: None,
+        error,
+    };
+    let mut deferred = None;
+    let chain = walk_chain(fetch, source, head, &mut deferred).map_err(no_status)?;
+    match deferred {
+        Some(error) => Err(Rejected {
+            status: Some(chain.status),
+            error,
+        }),
+        None => Ok(chain),
+    }
+}
+
+/// [`walk`]'s loop: structural errors return, buffer errors go to `deferred` (the first one).
+fn walk_chain<M: MetaMemory + ?Sized>(
+    fetch: &mut Fetcher<'_, M>,
+    source: &ChainSource,
+    head: u16,
+    deferred: &mut Option<RequestError>,
 ) -> Result<Chain, RequestError> {
     let max = source.queue_size;
     if max == 0 || max > MAX_QUEUE_SIZE {
@@ -476,17 +505,23 @@ fn walk<M: MetaMemory + ?Sized>(
             continue;
         }
 
-        add_buffer(&mut chain, &desc, fetch.mem)?;
+        let added = add_buffer(&mut chain, &desc, fetch.mem);
+        let accepted = added.is_ok();
+        if let Err(e) = added {
+            deferred.get_or_insert(e);
+        }
         if !desc.has(VIRTQ_DESC_F_NEXT) {
-            break desc;
+            break (desc, accepted);
         }
         index = desc.next;
     };
 
     // The status byte: the last byte of the last descriptor, which must be device-writable.
+    // Its buffer must have passed the checks (inside memory, counted in `writable_len`).
     match last {
-        d if d.has(VIRTQ_DESC_F_WRITE) && d.len > 0 => {
-            chain.status = GuestAddress(d.addr + u64::from(d.len) - 1);
+        (d, true) if d.has(VIRTQ_DESC_F_WRITE) && d.len > 0 => {
+            // `contains` checked that `addr + len` does not overflow.
+            chain.status = GuestAddress(d.addr.saturating_add(u64::from(d.len) - 1));
             chain.writable_len -= 1;
             if let Some(seg) = chain.writable.last_mut() {
                 seg.len -= 1;

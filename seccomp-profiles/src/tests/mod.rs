@@ -90,7 +90,7 @@ fn is_device(profile: &str) -> bool {
 
 #[test]
 fn profiles_are_the_device_kinds_and_the_vmm() {
-    assert_eq!(profiles(), ["rng", "vmm"]);
+    assert_eq!(profiles(), ["blk", "rng", "vmm"]);
     assert!(program("base", Mode::Trap).is_none());
     assert!(program("no-such-device", Mode::Log).is_none());
     assert!(source("no-such-device").is_none());
@@ -160,6 +160,7 @@ fn device_profiles_allow_no_forbidden_syscall() {
         .filter(|p| is_device(p))
         .collect();
     assert!(devices.contains(&"rng"));
+    assert!(devices.contains(&"blk"));
     for profile in devices {
         let allowed = syscalls(&merged(profile));
         for &name in DEVICE_FORBIDDEN {
@@ -347,4 +348,54 @@ fn readme_gives_a_reason_for_every_syscall() {
         sections.is_empty(),
         "README sections without a profile: {sections:?}"
     );
+}
+
+/// blk gets its image I/O and nothing to set up a new ring or reconfigure the one it has.
+#[test]
+fn blk_allows_image_io_only() {
+    let allow = |name, args| verdict("blk", Mode::Trap, name, args);
+    const RWF_DSYNC: u64 = 2;
+    const RWF_NOWAIT: u64 = 8;
+    assert_eq!(allow("preadv2", [3, 0, 1, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(allow("preadv2", [3, 0, 1, 0, 0, RWF_NOWAIT]), RET_TRAP);
+    assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_DSYNC]), RET_ALLOW);
+    assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_NOWAIT]), RET_TRAP);
+    assert_eq!(allow("fdatasync", [3, 0, 0, 0, 0, 0]), RET_ALLOW);
+    // PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE|KEEP_SIZE; not a plain (growing) allocate, not
+    // COLLAPSE_RANGE or INSERT_RANGE.
+    for (mode, want) in [
+        (3, RET_ALLOW),
+        (17, RET_ALLOW),
+        (0, RET_TRAP),
+        (8, RET_TRAP),
+        (32, RET_TRAP),
+    ] {
+        assert_eq!(
+            allow("fallocate", [3, mode, 0, 4096, 0, 0]),
+            want,
+            "mode {mode}"
+        );
+    }
+    assert_eq!(allow("io_uring_enter", [5, 1, 0, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(allow("io_uring_enter", [5, 1, 1, 1, 0, 0]), RET_ALLOW);
+    // IORING_ENTER_EXT_ARG (8) or SQ_WAKEUP (2): not used.
+    assert_eq!(allow("io_uring_enter", [5, 1, 1, 8, 0, 0]), RET_TRAP);
+    for name in [
+        "io_uring_setup",
+        "io_uring_register",
+        "pwrite64",
+        "ftruncate",
+        "ioctl",
+        "statx",
+        "lseek",
+        "fcntl",
+    ] {
+        let args = if name == "fcntl" {
+            [3, 4, 0, 0, 0, 0]
+        } else {
+            [0; 6]
+        };
+        assert_eq!(allow(name, args), RET_TRAP, "{name}");
+    }
 }

@@ -325,11 +325,23 @@ fn worker_holds_image_and_ring() -> TrialResult {
     Ok(())
 }
 
-/// Waits until the workers of a killed svmm are gone (they die through their parent-death
-/// signal, asynchronously), so that the image's lock is free again.
-fn wait_gone(pids: &[u32]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| procfs::alive(p)) && std::time::Instant::now() < deadline {
+/// Waits until nobody holds a lock on `image` any more: the workers of a killed svmm die through
+/// their parent-death signal, and the kernel drops an io_uring's files (the image) only after
+/// the ring's own asynchronous teardown, so the lock outlives svmm for a moment.
+fn wait_unlocked(image: &Path) -> TrialResult {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let file = std::fs::File::open(image)?;
+        // SAFETY: flock only reads its two integer arguments; `file` keeps the fd open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(
+                format!("{} is still locked 10 s after svmm ended", image.display()).into(),
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -343,12 +355,11 @@ fn second_svmm_gets_lock_error() -> TrialResult {
     let idle = |test: &str| format!("testguest.run={test} testguest.sleep_ms=30000");
     let first = guest(&idle("blk_write"), blk_spec(&image, "")).spawn()?;
     first.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::children(first.pid());
     for options in ["", ",sandbox=off", ",ro"] {
         expect_locked(&image, options)?;
     }
     drop(first);
-    wait_gone(&workers);
+    wait_unlocked(&image)?;
 
     let reader = guest(&idle("blk_ro"), blk_spec(&image, ",ro")).spawn()?;
     reader.wait_for_line(SLEEPING, TIMEOUT)?;

@@ -373,6 +373,17 @@ mod tests {
         let (device, rest) = kind_args::parse(DeviceKind::Blk, &rest).unwrap();
         assert_eq!(device, config);
         assert_eq!(rest, ["--seccomp=trap"]);
+        // The whole plan, as --print-sandbox shows it (the image is free again).
+        drop(resources);
+        let plan = plan(0, &spec, Mode::Trap, IdRange::DEFAULT).unwrap();
+        assert_eq!(plan.needs.seccomp_profile, "blk");
+        assert_eq!(
+            plan.confine.seccomp,
+            seccomp_profiles::program("blk", Mode::Trap).unwrap()
+        );
+        assert_eq!(plan.confine.rlimits, sandbox.rlimits);
+        assert_eq!(plan.argv[..8], argv[..8]);
+        assert!(plan.created[0].starts_with("an io_uring instance"));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -51,7 +51,10 @@
 //! offset or length is not a multiple of `blk_size` (which Linux never sends once it read
 //! `blk_size`) fails with `IOERR`.
 //!
-//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the image fd and the ring's fd, no paths.
+//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the image fd and (after
+//! [`Blk::prepare_engine`]) the ring's fd in `keep_fds` — the confinement's fd cleanup must spare
+//! both — `RLIMIT_NPROC` [`SANDBOX_NPROC`] for full depth, no file-size limit, no paths. The
+//! worker calls [`Blk::new`] and [`Blk::prepare_engine`] before it confines itself.
 
 mod config;
 mod device;

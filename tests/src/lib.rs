@@ -4,6 +4,7 @@
 //! |-------------|-------------------------------------------------------------------------|
 //! | [`paths`]   | the repository root, guest artefacts in `images/out/`, temporary dirs    |
 //! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
+//! | [`disk`]    | disk images for the blk trials: the test guest's pattern, expected images |
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
 //! | [`procfs`]  | a live process seen from `/proc`: children, status, namespaces, fds      |
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod binary;
+pub mod disk;
 pub mod host;
 pub mod output;
 pub mod paths;

@@ -126,12 +126,12 @@ fn two_rng_devices_without_acpi() -> TrialResult {
 }
 
 fn unknown_kind() -> TrialResult {
-    let out = guest("rng", &["blk=/nonexistent"]).run()?;
+    let out = guest("rng", &["net=/nonexistent"]).run()?;
     out.assert_status(64);
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(
         lines,
-        ["svmm: error: --device 'blk=/nonexistent': unknown device kind 'blk' (supported: rng)"],
+        ["svmm: error: --device 'net=/nonexistent': unknown device kind 'net' (supported: rng, blk)"],
         "\n{}",
         out.report()
     );

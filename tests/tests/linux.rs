@@ -1,13 +1,17 @@
 //! Boots the project's Linux (`images/out/vmlinux` through PVH, and `images/out/bzImage`) with the
 //! busybox initramfs under svmm, and checks from the kernel log what the kernel made of our
-//! machine: the ACPI tables, the CPUs in the MADT, and reaching `/init`.
+//! machine: the ACPI tables, the CPUs in the MADT, and reaching `/init`. A third boot has no
+//! initramfs: `vmlinux` mounts its root file system from a sandboxed, read-only virtio-blk
+//! device (`images/out/rootfs.ext4`), beside a writable in-process one (`vdb`, a scratch image).
 //!
-//! One boot per kernel image, shared by that image's trials (a boot takes minutes on PVM hosts).
+//! One boot per configuration, shared by its trials (a boot takes minutes on PVM hosts).
 //! User space runs only with hardware virtualisation (GUEST.md); elsewhere that trial is ignored
 //! with the reason. `SVMM_SKIP_LINUX=1` ignores every trial here, for quick local runs.
 
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use tests::output::VmError;
 
 use tests::host::no_hw_virt_reason;
 use tests::suite::TrialResult;
@@ -32,6 +36,15 @@ const MEM_MIB: u64 = 512;
 /// One boot serves Linux from a sandboxed worker, the other from the same device in-process.
 const KERNELS: [&str; 2] = ["vmlinux", "bzImage"];
 const DEVICES: [&str; 2] = ["rng", "rng,sandbox=off"];
+
+/// The blk boot's command line: the root file system from the first virtio-blk disk, mounted
+/// read-only, no initramfs; with user space, init writes [`BLK_MARKER`] to `/dev/vdb`.
+const BLK_CMDLINE: &str =
+    "console=ttyS0 noxsave clearcpuid=cx16,popcnt,smap panic=1 root=/dev/vda ro";
+/// What init writes at the start of `/dev/vdb` (`svmm.blk_write=`, see images/rootfs/init).
+const BLK_MARKER: &str = "svmm-linux-blk-dd";
+/// The scratch disk `vdb`: 1 MiB.
+const SCRATCH_BYTES: usize = 1 << 20;
 
 fn main() {
     let skip = std::env::var("SVMM_SKIP_LINUX")
@@ -67,7 +80,14 @@ fn main() {
                 move || userspace(kernel),
             );
     }
-    suite.run()
+    let s = || skip.clone();
+    suite
+        .test_unless("vmlinux_blk_disks_sized", s(), blk_disks_sized)
+        .test_unless("vmlinux_blk_root_mounted_readonly", s(), blk_root_mounted)
+        .test_unless("vmlinux_blk_served_linux", s(), blk_served)
+        .test_unless("vmlinux_blk_vm_ends_by_itself", s(), blk_ends)
+        .test_unless("vmlinux_blk_userspace_dd", no_hw, blk_userspace_dd)
+        .run()
 }
 
 /// The boot of `kernel`, started by the first trial that asks and shared with the others.
@@ -187,5 +207,147 @@ fn userspace(kernel: &'static str) -> TrialResult {
         out.report()
     );
     out.assert_status(0);
+    Ok(())
+}
+
+/// What the blk boot left: its output, and the first block of the scratch disk afterwards.
+struct BlkBoot {
+    out: VmOutput,
+    scratch_head: Vec<u8>,
+    root_sectors: u64,
+}
+
+/// `vmlinux` without initramfs: `vda` the root file system image, `ro`, in a sandboxed worker;
+/// `vdb` a zeroed 1 MiB scratch image, writable, in-process. Started by the first trial that
+/// asks, shared with the others.
+fn blk_boot() -> Result<&'static BlkBoot, String> {
+    static BOOT: OnceLock<Result<BlkBoot, String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        require_kvm();
+        let root = paths::artefact("rootfs.ext4");
+        let root_sectors = std::fs::metadata(&root).map_err(|e| e.to_string())?.len() / 512;
+        let dir = paths::TempDir::new("linux-blk");
+        let scratch = dir.file("scratch.img", &vec![0u8; SCRATCH_BYTES]);
+        let vm = TestVm::svmm(paths::artefact("vmlinux"))
+            .cmdline(format!("{BLK_CMDLINE} svmm.blk_write={BLK_MARKER}"))
+            .cpus(CPUS)
+            .mem_mib(MEM_MIB)
+            .device(format!("blk={},ro", root.display()))
+            .device(format!("blk={},sandbox=off", scratch.display()))
+            .timeout(BOOT_TIMEOUT);
+        eprintln!(
+            "svmm-tests: linux: booting vmlinux from a virtio-blk root disk (up to {} s) ...",
+            BOOT_TIMEOUT.as_secs()
+        );
+        let out = match vm.run() {
+            Ok(out) => out,
+            Err(e @ VmError::Timeout(_)) => e.output().cloned().ok_or(e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        out.log("linux: vmlinux blk root boot");
+        let mut scratch_head = std::fs::read(&scratch).map_err(|e| e.to_string())?;
+        scratch_head.truncate(512);
+        Ok(BlkBoot {
+            out,
+            scratch_head,
+            root_sectors,
+        })
+    })
+    .as_ref()
+    .map_err(|e| format!("vmlinux blk boot failed: {e}"))
+}
+
+/// The kernel's virtio-blk driver sized both disks from the devices' config space.
+fn blk_disks_sized() -> TrialResult {
+    let boot = blk_boot()?;
+    let out = &boot.out;
+    let vda = out.assert_contains(&format!(
+        "[vda] {} 512-byte logical blocks",
+        boot.root_sectors
+    ));
+    let vdb = out.assert_contains(&format!(
+        "[vdb] {} 512-byte logical blocks",
+        SCRATCH_BYTES / 512
+    ));
+    eprintln!("    {vda}\n    {vdb}");
+    Ok(())
+}
+
+/// The kernel mounted its root file system, ext4, read-only, from the sandboxed `ro` device.
+fn blk_root_mounted() -> TrialResult {
+    let boot = blk_boot()?;
+    let line = boot
+        .out
+        .assert_contains("VFS: Mounted root (ext4 filesystem) readonly");
+    eprintln!("    {line}");
+    Ok(())
+}
+
+/// Both devices served the kernel without errors (svmm's per-device statistics at VM end):
+/// blk#0 sandboxed (the root file system), blk#1 in-process (the partition scan of vdb).
+fn blk_served() -> TrialResult {
+    let out = &blk_boot()?.out;
+    for (device, mode) in [("blk#0", "sandboxed"), ("blk#1", "in-process")] {
+        let prefix = format!("svmm: {device} ({mode}): ");
+        let stats = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .ok_or_else(|| format!("no statistics line for {device}\n{}", out.report()))?;
+        match (
+            stats_field(stats, "requests"),
+            stats_field(stats, "bytes"),
+            stats_field(stats, "errors"),
+        ) {
+            (Some(r), Some(b), Some(0)) if r > 0 && b > 0 => {}
+            _ => {
+                return Err(
+                    format!("{device} served Linux nothing: {stats}\n{}", out.report()).into(),
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The number after ` NAME=` in a statistics line.
+fn stats_field(line: &str, name: &str) -> Option<u64> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Like [`ends`]: poweroff (0) with user space, `panic=1`'s reboot (69) without.
+fn blk_ends() -> TrialResult {
+    let out = &blk_boot()?.out;
+    if out.timed_out || !matches!(out.status, Some(0 | 69)) || out.stderr.contains("panicked") {
+        return Err(format!(
+            "expected svmm to end with 0 (poweroff) or 69 (guest reboot after panic=1)\n{}",
+            out.report()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// With user space: init wrote the marker to `/dev/vdb` with dd, synced and powered off; the
+/// host finds it at the start of the scratch image, padded with zeroes.
+fn blk_userspace_dd() -> TrialResult {
+    let boot = blk_boot()?;
+    let out = &boot.out;
+    out.assert_contains("SVMM-INIT-OK");
+    out.assert_contains(&format!("svmm-init: wrote {BLK_MARKER} to /dev/vdb"));
+    out.assert_status(0);
+    let mut want = format!("{BLK_MARKER}\n").into_bytes();
+    want.resize(512, 0);
+    if boot.scratch_head != want {
+        return Err(format!(
+            "the scratch image does not start with the marker: {:02x?}",
+            &boot.scratch_head[..32.min(boot.scratch_head.len())]
+        )
+        .into());
+    }
     Ok(())
 }

@@ -22,8 +22,9 @@ pub const MAX_CPUS: u8 = 254;
 /// The guest's first serial port (COM1) is connected to svmm's standard output and input. When
 /// standard input is a terminal it is put into raw mode: press Ctrl-A then x to end svmm.
 /// Exit status: 0 when the guest powers off, 1-63 the status a test guest wrote to port 0xf4,
-/// 64 and above svmm's own failures (64 bad command line, 65 bad kernel or initrd, 66 KVM
-/// unavailable, 67 VM set-up failed, 68 guest crashed, 69 guest reboot, 70 internal error, 71 a
+/// 64 and above svmm's own failures (64 bad command line, 65 bad kernel, initrd or disk image,
+/// 66 KVM unavailable, 67 VM set-up failed (a disk image in use by another svmm included), 68
+/// guest crashed, 69 guest reboot, 70 internal error, 71 a
 /// device worker failed with --on-worker-exit=stop).
 #[derive(Debug, Parser)]
 #[command(name = "svmm", version, about, long_about, max_term_width = 100)]
@@ -52,8 +53,11 @@ pub struct Args {
 
     /// Add a virtio device, given as KIND[=PATH][,OPTION=VALUE...]. May be repeated; each device
     /// instance runs in its own sandboxed worker process. Supported kinds: `rng` (virtio-rng fed
-    /// from the host's /dev/urandom). Every kind takes `sandbox=on|off`: `off` runs the same
-    /// device code on a thread of svmm instead. Devices get the virtio-mmio slots in the order
+    /// from the host's /dev/urandom) and `blk=PATH[,ro][,id=STR][,direct=on][,queues=N]`
+    /// (virtio-blk on a raw image whose size is a multiple of 512: locked exclusively, or shared
+    /// and read-only with `ro`; `id` is what the guest reads as the serial, 1-20 bytes, default
+    /// the file name; `direct=on` opens it O_DIRECT; `queues` 1-16, default 1). Every kind takes
+    /// `sandbox=on|off`: `off` runs the same device code on a thread of svmm instead. Devices get the virtio-mmio slots in the order
     /// given: slot i at 0xd0000000 + i * 0x1000, interrupts 5, 6, 7, 10, 11, ...
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
@@ -350,7 +354,7 @@ mod tests {
             .unwrap();
         let sandboxed: Vec<bool> = c.devices.iter().map(|d| d.sandbox).collect();
         assert_eq!(sandboxed, [true, false]);
-        assert!(c.devices.iter().all(|d| d.kind == DeviceKind::Rng));
+        assert!(c.devices.iter().all(|d| d.kind() == DeviceKind::Rng));
         assert!(c.acpi);
         assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
 

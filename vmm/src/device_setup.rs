@@ -5,7 +5,8 @@
 //! ```text
 //!   slot i (addr, 4 KiB, GSI) ─ IrqStatus page ─ irqfd → KVM GSI ─ ioeventfd per queue ← KVM
 //!        │                                                              (QueueNotify, datamatch = i)
-//!        ├─ open_host_resources(kind)          (in the VMM, before any worker exists)
+//!        ├─ open_host_resources(spec)          (in the VMM, before any worker exists: the image
+//!        │                                     opened, locked and checked)
 //!        ├─ start_worker(...)                  sandbox=on: broker spawns `svmm __worker KIND`
 //!        │                                     (crate::sandboxed); off: a thread of svmm
 //!        ├─ WorkerProxy::connect (waits for Ready, 5 s); terminate hook = kill the worker
@@ -43,7 +44,7 @@ use crate::supervisor::{spawn_monitor, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::ProxyError;
-use crate::worker::backend::{self, BackendError, HostResources};
+use crate::worker::backend::{self, BackendConfig, BackendError, HostResources};
 use crate::worker::{in_process, WorkerFds};
 
 /// The transport of one device, shared by the MMIO bus, its monitor and the VM's owner.
@@ -78,8 +79,14 @@ pub enum DeviceSetupError {
         source: kvm_ioctls::Error,
     },
     /// Opening the device's host resources failed, or the backend could not be built.
-    #[error("{0}")]
-    Backend(#[from] BackendError),
+    #[error("{name}")]
+    Backend {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
     /// The broker could not create the device's control channel or eventfds.
     #[error("{name}")]
     Resources {
@@ -209,7 +216,7 @@ pub fn create(
 ) -> Result<VirtioDevices, DeviceSetupError> {
     let mut devices = VirtioDevices::default();
     for (index, spec) in config.devices.iter().enumerate() {
-        let name = format!("{}#{index}", spec.kind);
+        let name = format!("{}#{index}", spec.kind());
         let (addr, size, irq) =
             virtio_mmio_slot(index).ok_or_else(|| DeviceSetupError::NoSlot(name.clone()))?;
         let sandbox = match (spec.sandbox, &mut devices.sandbox) {
@@ -269,6 +276,12 @@ fn create_one(
         let name = name.to_string();
         move |source| DeviceSetupError::Kvm { name, what, source }
     };
+    let backend_error = |source| DeviceSetupError::Backend {
+        name: name.to_string(),
+        source,
+    };
+    // The user's files first: a missing, locked or unusable image is the likeliest failure.
+    let resources = backend::open_host_resources(spec).map_err(backend_error)?;
     let status = IrqStatus::create().map_err(host("create its interrupt status page"))?;
     // The broker makes the channel and eventfds and opens the host files; svmm binds the
     // eventfds to KVM and keeps its ends.
@@ -278,7 +291,7 @@ fn create_one(
         irqfd,
         stop,
         queue_events,
-    } = broker::DeviceFds::new(backend::num_queues(spec.kind)).map_err(|source| {
+    } = broker::DeviceFds::new(BackendConfig::of(spec).num_queues()).map_err(|source| {
         DeviceSetupError::Resources {
             name: name.to_string(),
             source,
@@ -290,7 +303,6 @@ fn create_one(
         vm.register_ioevent(fd, &notify, queue)
             .map_err(kvm("queue notification ioeventfd"))?;
     }
-    let resources = backend::open_host_resources(spec.kind)?;
 
     let dup = host("duplicate an fd for its worker");
     let fds = WorkerFds {
@@ -355,9 +367,16 @@ fn start_worker(
                 })?;
         return Ok(Worker::Sandboxed(Supervised::new(worker)));
     }
-    let backend = backend::build(spec.kind, resources)?;
+    let backend = backend::build(&BackendConfig::of(spec), resources).map_err(|source| {
+        DeviceSetupError::Backend {
+            name: name.to_string(),
+            source,
+        }
+    })?;
     let label = name.to_string();
-    let handle = in_process::spawn(format!("dev-{name}"), backend, fds, move |result| {
+    let warn_label = label.clone();
+    let warn = move |warning: &str| eprintln!("svmm: {warn_label}: {warning}");
+    let handle = in_process::spawn(format!("dev-{name}"), backend, fds, warn, move |result| {
         if let Err(e) = result {
             eprintln!("svmm: {label}: in-process device stopped: {}", one_line(e));
         }

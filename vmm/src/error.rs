@@ -3,6 +3,7 @@
 use crate::boot::BootError;
 use crate::cli::CliError;
 use crate::cpu::CpuError;
+use crate::device_setup::DeviceSetupError;
 use crate::exit_code::ExitCode;
 use crate::kvm::{KvmUnavailable, VmSetupError};
 use crate::memory::MemoryError;
@@ -54,6 +55,9 @@ impl SvmmError {
             Self::Boot(BootError::CmdlineTooLong(_)) => ExitCode::Usage,
             Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
             Self::Boot(_) => ExitCode::BadInput,
+            Self::Device(DeviceSetupError::Backend { source, .. }) if source.is_bad_input() => {
+                ExitCode::BadInput
+            }
             Self::Kvm(_) => ExitCode::KvmUnavailable,
             Self::VmSetup(_)
             | Self::Memory(_)

@@ -5,10 +5,13 @@
 //! | 0      | the guest powered off (ACPI S5), or the test guest reported status 0        |
 //! | 1–63   | status the test guest wrote to the exit port ([`crate::layout::EXIT_PORT`]) |
 //! | 64     | bad command line                                                            |
-//! | 65     | bad input file: kernel or initrd missing, unreadable or not a kernel        |
+//! | 65     | bad input file: kernel or initrd missing, unreadable or not a kernel; a     |
+//! |        | disk image (`--device blk=PATH`) missing, unreadable, a directory or other  |
+//! |        | non-file, or of a size that is not a multiple of 512 bytes                  |
 //! | 66     | KVM unavailable: `/dev/kvm` missing or not permitted                         |
-//! | 67     | the VM could not be set up (KVM, host resource, or a device worker that     |
-//! |        | could not start, e.g. a kernel without Landlock)                            |
+//! | 67     | the VM could not be set up (KVM, host resource, a disk image another process |
+//! |        | holds locked, or a device worker that could not start, e.g. a kernel        |
+//! |        | without Landlock)                                                           |
 //! | 68     | the guest crashed: triple fault, KVM internal error, unexpected exit         |
 //! | 69     | the guest asked for a reboot (i8042 reset); svmm does not reboot, it ends    |
 //! | 70     | internal error in svmm                                                       |
@@ -25,7 +28,7 @@ pub enum ExitCode {
     PowerOff = 0,
     /// Bad command line.
     Usage = 64,
-    /// Bad kernel or initrd file.
+    /// Bad kernel, initrd or disk image file.
     BadInput = 65,
     /// `/dev/kvm` missing or not permitted.
     KvmUnavailable = 66,

@@ -56,7 +56,7 @@ pub fn report(
     let mut out = String::new();
     header(&mut out, devices.len(), mode);
     for (index, spec) in (0u32..).zip(devices) {
-        let name = format!("{}#{index}", spec.kind);
+        let name = format!("{}#{index}", spec.kind());
         let plan = plan::plan(index, spec, mode.into(), range)
             .map_err(|source| PrintSandboxError::Plan { name, source })?;
         out.push('\n');
@@ -134,6 +134,9 @@ fn device(
     for fd in &plan.fds {
         let _ = writeln!(out, "  {:>3}  {}", fd.number, fd.what);
     }
+    for what in plan.created {
+        let _ = writeln!(out, "  created by the worker itself: {what}");
+    }
     let profile = plan.needs.seccomp_profile;
     let violation = match mode {
         SeccompMode::Trap => {
@@ -167,6 +170,9 @@ fn in_process(
     let _ = writeln!(out, "works on its own copies of:");
     for fd in plan.fds.iter().filter(|fd| fd.number > 2) {
         let _ = writeln!(out, "  {}", fd.what);
+    }
+    for what in plan.created {
+        let _ = writeln!(out, "  created by the device thread itself: {what}");
     }
     let violation = match mode {
         SeccompMode::Trap => {

@@ -12,8 +12,10 @@
 //! 2. lists the fds in `worker::fd_numbers` order — control socket, guest RAM, status page,
 //!    irqfd, stop eventfd, one ioeventfd per queue — and then the host resources the VMM opened
 //!    (`worker::backend::open_host_resources`);
-//! 3. writes the worker's argv: `svmm __worker KIND --seccomp=MODE` and the sandbox as
-//!    `--sandbox-*` arguments (`broker::ConfineConfig::to_args`);
+//! 3. writes the worker's argv: `svmm __worker KIND`, the kind's parameters
+//!    (`worker::kind_args`), `--seccomp=MODE` and the sandbox — with the kind's resource limits
+//!    (`worker::backend::rlimits`) — as `--sandbox-*` arguments
+//!    (`broker::ConfineConfig::to_args`);
 //! 4. hands the spec to the spawner and returns the [`broker::Worker`] (pidfd, kill, reap).
 //!
 //! Before the first spawn, [`Sandbox::new`] checks that the kernel enforces Landlock and refuses,
@@ -28,13 +30,12 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use broker::{ConfineConfig, IdRange, SpawnError, Spawner, WorkerSpec};
+use broker::{IdRange, SpawnError, Spawner, WorkerSpec};
 use seccomp_profiles::Mode;
 
 use crate::device_spec::DeviceSpec;
-use crate::worker::backend::HostResources;
+use crate::worker::backend::{BackendConfig, HostResources};
 use crate::worker::plan;
-use crate::worker::spawned::fds_passed;
 use crate::worker::WorkerFds;
 
 /// How sandboxed workers are confined (from the command line).
@@ -122,10 +123,10 @@ impl Sandbox {
     ) -> Result<broker::Worker, SandboxError> {
         let ids = plan::worker_ids(self.started, self.options.worker_ids)
             .map_err(|_| SandboxError::IdsExhausted(self.started))?;
+        let mut config =
+            plan::sandbox_config(&BackendConfig::of(spec), &resources, ids, Vec::new());
         let fds = fd_list(fds, resources);
-        let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
-        debug_assert_eq!(count, fds_passed(spec.kind));
-        let mut config = ConfineConfig::new(ids.worker_ids(), count, Vec::new());
+        debug_assert_eq!(u32::try_from(fds.len()).ok(), Some(config.fds));
         config.allow_missing_landlock = self.options.allow_missing_landlock;
         let worker = self
             .spawner
@@ -181,14 +182,15 @@ mod tests {
     #[test]
     fn worker_args_carry_kind_mode_and_sandbox() {
         let spec = device_spec::parse("rng").unwrap();
-        let config = ConfineConfig::new(broker::IdChoice::Unprivileged.worker_ids(), 7, Vec::new());
+        let config =
+            broker::ConfineConfig::new(broker::IdChoice::Unprivileged.worker_ids(), 7, Vec::new());
         let args: Vec<String> = plan::worker_argv(&spec, Mode::Log, &config)
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
         assert_eq!(args[..4], ["svmm", "__worker", "rng", "--seccomp=log"]);
         assert!(args.contains(&"--sandbox-fds=7".to_string()), "{args:?}");
-        let (back, rest) = ConfineConfig::from_args(&args[4..], Vec::new()).unwrap();
+        let (back, rest) = broker::ConfineConfig::from_args(&args[4..], Vec::new()).unwrap();
         assert_eq!(back, config);
         assert!(rest.is_empty());
     }

@@ -347,6 +347,7 @@ mod tests {
             ThreadRole::ConsoleInput,
             ThreadRole::Monitor,
             ThreadRole::Device(devices::rng::SECCOMP_PROFILE),
+            ThreadRole::Device(devices::blk::SECCOMP_PROFILE),
         ] {
             assert!(
                 seccomp_profiles::program(role.profile(), Mode::Trap).is_some(),

@@ -2,14 +2,12 @@
 
 use super::profile::{self, Rule};
 use super::*;
-use crate::device_spec::DeviceKind;
+use crate::device_spec::DeviceParams;
 
 fn rng(sandbox: bool) -> DeviceSpec {
     DeviceSpec {
-        kind: DeviceKind::Rng,
         sandbox,
-        #[cfg(feature = "test-faults")]
-        fault: None,
+        ..DeviceSpec::new(DeviceParams::Rng)
     }
 }
 

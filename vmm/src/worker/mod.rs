@@ -35,6 +35,7 @@ pub mod backend;
 pub mod fault;
 pub mod in_process;
 mod interrupt;
+pub mod kind_args;
 pub mod plan;
 mod queues;
 mod serve;
@@ -59,7 +60,8 @@ pub use serve::{prepare, run_device_confined, serve};
 ///   6  irqfd (eventfd registered with KVM on the device's GSI)
 ///   7  stop eventfd (the broker may keep a copy to ask for a graceful stop)
 ///   8.. one ioeventfd per queue, in queue index order (num_queues of them)
-///   then the kind's host resources in `backend::HostResources` order (rng: /dev/urandom)
+///   then the kind's host resources in `backend::HostResources` order (rng: /dev/urandom;
+///   blk: the image)
 /// ```
 pub mod fd_numbers {
     /// The control socket.

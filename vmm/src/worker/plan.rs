@@ -6,9 +6,9 @@
 //!
 //! ```text
 //!   DeviceSpec ─ backend::open_host_resources ─▶ HostResources ─ inherited_fds ─▶ [InheritedFd]
-//!        │                                            └ backend::build ─▶ sandbox_needs()
-//!        └ worker_ids(index, range) ─▶ IdChoice ─┐                                    │
-//!                                         confine_config(kind, ids, needs, mode) ─▶ ConfineConfig
+//!     │  └ BackendConfig::of ─┐                      ├ backend::build ─▶ sandbox_needs()
+//!     │                       └─ sandbox_config ◀────┘ (fd count, rlimits)  │
+//!     └ worker_ids(index, range) ─▶ IdChoice ─┘    └ confine_config(.., needs, mode) ─▶ ConfineConfig
 //!                                                                                 └ worker_argv
 //! ```
 
@@ -21,9 +21,10 @@ use broker::{ConfineConfig, IdChoice, IdRange};
 use devices::SandboxNeeds;
 use seccomp_profiles::Mode;
 
-use super::backend::{self, BackendError, HostResources};
+use super::backend::{self, BackendConfig, BackendError, HostResources};
 use super::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
-use super::spawned::{SECCOMP_ARG, WORKER_ARG};
+use super::kind_args;
+use super::spawned::{fds_passed, SECCOMP_ARG, WORKER_ARG};
 use crate::device_spec::{DeviceKind, DeviceSpec};
 
 /// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
@@ -56,6 +57,8 @@ pub struct WorkerPlan {
     pub confine: ConfineConfig,
     /// The worker's command line (argv[0] first).
     pub argv: Vec<String>,
+    /// What the device creates for itself before confinement (`backend::created_before_confinement`).
+    pub created: &'static [&'static str],
 }
 
 /// Why a worker cannot be planned.
@@ -99,12 +102,14 @@ pub fn plan(
     mode: Mode,
     range: IdRange,
 ) -> Result<WorkerPlan, PlanError> {
-    let kind = spec.kind;
-    let resources = backend::open_host_resources(kind)?;
-    let fds = inherited_fds(kind, &resources);
-    let needs = backend::build(kind, resources)?.sandbox_needs();
+    let kind = spec.kind();
+    let config = BackendConfig::of(spec);
+    let resources = backend::open_host_resources(spec)?;
+    let fds = inherited_fds(spec, &resources);
     let ids = worker_ids(index, range)?;
-    let confine = confine_config(kind, ids, &needs, mode)?;
+    let sandbox = sandbox_config(&config, &resources, ids, Vec::new());
+    let needs = backend::build(&config, resources)?.sandbox_needs();
+    let confine = confine_config(kind, sandbox, &needs, mode)?;
     let argv = worker_argv(spec, mode, &confine)
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -117,6 +122,7 @@ pub fn plan(
         ids,
         confine,
         argv,
+        created: backend::created_before_confinement(&config),
     })
 }
 
@@ -131,9 +137,11 @@ pub fn worker_ids(index: u32, range: IdRange) -> Result<IdChoice, PlanError> {
     }
 }
 
-/// The fds a `kind` worker holds, 0 upwards: stdio, the fixed numbers of
-/// [`super::fd_numbers`], one eventfd per queue, then `resources` in order.
-pub fn inherited_fds(kind: DeviceKind, resources: &HostResources) -> Vec<InheritedFd> {
+/// The fds the worker of `spec` holds, 0 upwards: stdio, the fixed numbers of
+/// [`super::fd_numbers`], one eventfd per queue, then `resources` in order, each with the mode
+/// it was opened in and the lock the broker took as declared (`backend::host_files`).
+pub fn inherited_fds(spec: &DeviceSpec, resources: &HostResources) -> Vec<InheritedFd> {
+    let kind = spec.kind();
     let fd = |number: RawFd, what: &str| InheritedFd {
         number,
         what: what.to_string(),
@@ -167,7 +175,7 @@ pub fn inherited_fds(kind: DeviceKind, resources: &HostResources) -> Vec<Inherit
             "stop eventfd (readable = stop serving; svmm never writes it to a spawned worker)",
         ),
     ];
-    let queues = backend::num_queues(kind);
+    let queues = BackendConfig::of(spec).num_queues();
     for queue in 0..queues {
         fds.push(fd(
             FIRST_QUEUE + i32::from(queue),
@@ -177,20 +185,35 @@ pub fn inherited_fds(kind: DeviceKind, resources: &HostResources) -> Vec<Inherit
         ));
     }
     let first_resource = FIRST_QUEUE + i32::from(queues);
-    for (number, file) in (first_resource..).zip(&resources.files) {
+    let declared = backend::host_files(&spec.params);
+    for ((number, file), declared) in (first_resource..).zip(&resources.files).zip(&declared) {
         fds.push(fd(
             number,
-            &format!("host resource of {kind}: {}", describe_file(file)),
+            &format!("host resource of {kind}: {}", describe_file(file, declared)),
         ));
     }
     fds
 }
 
-/// The worker's sandbox: the broker's usual one ([`ConfineConfig::new`]) for the fds above
-/// stderr, with the device's seccomp profile compiled for `mode`.
+/// The worker's sandbox without its seccomp program (`seccomp`): the broker's usual one
+/// ([`ConfineConfig::new`]) for the fds above stderr, with the resource limits of the kind
+/// (`backend::rlimits`). The spawner (with an empty program: the worker compiles its own) and
+/// [`plan`] both start from this.
+pub fn sandbox_config(
+    config: &BackendConfig,
+    resources: &HostResources,
+    ids: IdChoice,
+    seccomp: seccompiler::BpfProgram,
+) -> ConfineConfig {
+    let mut sandbox = ConfineConfig::new(ids.worker_ids(), fds_passed(config), seccomp);
+    sandbox.rlimits = backend::rlimits(config, resources, sandbox.rlimits);
+    sandbox
+}
+
+/// `sandbox` (from [`sandbox_config`]) with the device's seccomp profile compiled for `mode`.
 pub fn confine_config(
     kind: DeviceKind,
-    ids: IdChoice,
+    mut sandbox: ConfineConfig,
     needs: &SandboxNeeds,
     mode: Mode,
 ) -> Result<ConfineConfig, PlanError> {
@@ -201,32 +224,31 @@ pub fn confine_config(
         });
     }
     let profile = needs.seccomp_profile;
-    let seccomp = seccomp_profiles::program(profile, mode)
+    sandbox.seccomp = seccomp_profiles::program(profile, mode)
         .ok_or(PlanError::UnknownProfile { kind, profile })?;
-    // Cannot truncate: a worker has a handful of queues and resources.
-    let fds = (FIRST_QUEUE - CONTROL) as u32
-        + u32::from(backend::num_queues(kind))
-        + backend::host_resource_count(kind) as u32;
-    Ok(ConfineConfig::new(ids.worker_ids(), fds, seccomp))
+    Ok(sandbox)
 }
 
-/// The worker's argv, `svmm __worker KIND --seccomp=MODE --sandbox-... [--fault=MODE]`: the
-/// `--sandbox-*` arguments carry `confine` (the seccomp program does not travel: the worker
-/// compiles its profile from the same binary, in `mode`).
+/// The worker's argv, `svmm __worker KIND [--KIND-*...] --seccomp=MODE --sandbox-...
+/// [--fault=MODE]`: the kind's parameters (`kind_args`), then the `--sandbox-*` arguments that
+/// carry `confine` (the seccomp program does not travel: the worker compiles its profile from
+/// the same binary, in `mode`).
 pub fn worker_argv(spec: &DeviceSpec, mode: Mode, confine: &ConfineConfig) -> Vec<CString> {
     let mode = match mode {
         Mode::Trap => "trap",
         Mode::Log => "log",
     };
-    let mut argv: Vec<CString> = [
+    let words = [
         "svmm".to_string(),
         WORKER_ARG.to_string(),
-        spec.kind.name().to_string(),
-        format!("{SECCOMP_ARG}{mode}"),
+        spec.kind().name().to_string(),
     ]
     .into_iter()
-    .map(|a| CString::new(a).expect("no NUL in fixed words"))
-    .collect();
+    .chain(kind_args::to_args(&BackendConfig::of(spec)))
+    .chain([format!("{SECCOMP_ARG}{mode}")]);
+    // A NUL cannot come from a command line (the id of a blk device is its only free text);
+    // should one appear, the worker gets an empty argument and refuses to start.
+    let mut argv: Vec<CString> = words.map(|a| CString::new(a).unwrap_or_default()).collect();
     argv.extend(confine.to_args());
     #[cfg(feature = "test-faults")]
     if let Some(fault) = spec.fault {
@@ -236,20 +258,29 @@ pub fn worker_argv(spec: &DeviceSpec, mode: Mode, confine: &ConfineConfig) -> Ve
     argv
 }
 
-/// `/dev/urandom (read-only)`: where an open file points and how it was opened.
-fn describe_file(file: &File) -> String {
+/// `/dev/urandom (read-only)`, `/images/disk.img (read-write, O_DIRECT, flock LOCK_EX)`: where
+/// an open file points and how it was opened (mode from the fd itself, lock as declared).
+fn describe_file(file: &File, declared: &broker::HostFile) -> String {
     let fd = file.as_raw_fd();
     let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map_or_else(|_| format!("fd {fd}"), |p| p.display().to_string());
     // SAFETY: F_GETFL only reads the status flags of `fd`, which `file` keeps open.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    let mode = match flags & libc::O_ACCMODE {
+    let mut how = vec![match flags & libc::O_ACCMODE {
         _ if flags < 0 => "mode unknown",
         libc::O_RDONLY => "read-only",
         libc::O_WRONLY => "write-only",
         _ => "read-write",
-    };
-    format!("{path} ({mode})")
+    }];
+    if flags >= 0 && flags & libc::O_DIRECT != 0 {
+        how.push("O_DIRECT");
+    }
+    match declared.lock {
+        broker::Lock::None => {}
+        broker::Lock::Shared => how.push("flock LOCK_SH: other readers may share it, no writer"),
+        broker::Lock::Exclusive => how.push("flock LOCK_EX: no other svmm may open it"),
+    }
+    format!("{path} ({})", how.join(", "))
 }
 
 #[cfg(test)]
@@ -257,12 +288,7 @@ mod tests {
     use super::*;
 
     fn rng() -> DeviceSpec {
-        DeviceSpec {
-            kind: DeviceKind::Rng,
-            sandbox: true,
-            #[cfg(feature = "test-faults")]
-            fault: None,
-        }
+        DeviceSpec::new(crate::device_spec::DeviceParams::Rng)
     }
 
     #[test]
@@ -298,6 +324,67 @@ mod tests {
         .unwrap();
         assert_eq!(back, plan.confine);
         assert_eq!(rest, ["svmm", WORKER_ARG, "rng", "--seccomp=log"]);
+    }
+
+    #[test]
+    fn blk_worker_fds_limits_and_argv() {
+        let dir = std::env::temp_dir().join(format!("svmm-plan-blk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        std::fs::write(&image, vec![0u8; 1 << 16]).unwrap();
+        let spec = crate::device_spec::parse(&format!("blk={},queues=2", image.display())).unwrap();
+        let config = BackendConfig::of(&spec);
+        let resources = backend::open_host_resources(&spec).unwrap();
+        let fds = inherited_fds(&spec, &resources);
+        let numbers: Vec<RawFd> = fds.iter().map(|f| f.number).collect();
+        assert_eq!(numbers, (0..=10).collect::<Vec<_>>());
+        assert!(fds[9].what.starts_with("queue 1 notify eventfd"));
+        assert_eq!(
+            fds[10].what,
+            format!(
+                "host resource of blk: {} (read-write, flock LOCK_EX: no other svmm may open it)",
+                image.display()
+            )
+        );
+        let sandbox = sandbox_config(&config, &resources, IdChoice::Unprivileged, Vec::new());
+        assert_eq!(sandbox.fds, 8);
+        assert_eq!(sandbox.rlimits.nproc, devices::blk::SANDBOX_NPROC);
+        assert_eq!(sandbox.rlimits.fsize, Some(1 << 16));
+        let argv: Vec<String> = worker_argv(&spec, Mode::Trap, &sandbox)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            argv[..8],
+            [
+                "svmm",
+                WORKER_ARG,
+                "blk",
+                "--blk-ro=0",
+                "--blk-id=disk.img",
+                "--blk-queues=2",
+                "--blk-direct=0",
+                "--seccomp=trap"
+            ]
+        );
+        // The worker gets back exactly the sandbox and the device.
+        let (back, rest) = ConfineConfig::from_args(&argv[3..], Vec::new()).unwrap();
+        assert_eq!(back, sandbox);
+        let (device, rest) = kind_args::parse(DeviceKind::Blk, &rest).unwrap();
+        assert_eq!(device, config);
+        assert_eq!(rest, ["--seccomp=trap"]);
+        // The whole plan, as --print-sandbox shows it (the image is free again).
+        drop(resources);
+        let plan = plan(0, &spec, Mode::Trap, IdRange::DEFAULT).unwrap();
+        assert_eq!(plan.needs.seccomp_profile, "blk");
+        assert_eq!(
+            plan.confine.seccomp,
+            seccomp_profiles::program("blk", Mode::Trap).unwrap()
+        );
+        assert_eq!(plan.confine.rlimits, sandbox.rlimits);
+        assert_eq!(plan.argv[..8], argv[..8]);
+        assert!(plan.created[0].starts_with("an io_uring instance"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -1,19 +1,23 @@
-//! `svmm __worker KIND --seccomp=MODE --sandbox-...`: the hidden mode in which a spawned worker
-//! process runs one device.
+//! `svmm __worker KIND [--KIND-*...] --seccomp=MODE --sandbox-...`: the hidden mode in which a
+//! spawned worker process runs one device.
 //!
 //! The broker starts it with the fds at the fixed numbers of [`super::fd_numbers`], then the
-//! kind's host resources, and its sandbox as `--sandbox-*` arguments
+//! kind's host resources, the kind's parameters as `--KIND-*` arguments ([`super::kind_args`],
+//! parsed strictly) and its sandbox as `--sandbox-*` arguments
 //! (`broker::ConfineConfig::to_args`). In this order, before any byte from the VMM or the guest
 //! is read:
 //!
 //! 1. adopt the fds (checking each is open) and build the backend from the host resources
-//!    (which only stores them);
+//!    (which stores and checks them: a disk image's type and size);
 //! 2. take the device's seccomp program (`backend.sandbox_needs().seccomp_profile`, in the
 //!    `--seccomp` mode) and rebuild the sandbox config from the arguments;
 //! 3. `broker::confine_with`: empty root, ids, no capabilities, no_new_privs, death signal,
 //!    rlimits, only the listed fds, Landlock, then
 //! 4. right before the seccomp filter, what the filter forbids: the SIGSYS reporter on the
-//!    control socket (`seccomp_profiles::sigsys`: `sigaltstack`, `rt_sigaction`) and the
+//!    control socket (`seccomp_profiles::sigsys`: `sigaltstack`, `rt_sigaction`), the kind's
+//!    own set-up (`backend::Built::prepare`: virtio-blk's io_uring ring, `io_uring_setup` and
+//!    `io_uring_register`; here, after step 7, so that its fd survives; if the kernel refuses
+//!    io_uring the worker says so in one line and uses the synchronous engine) and the
 //!    mappings of guest RAM and the interrupt status page ([`prepare`]: `statx`, `fstat`,
 //!    `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of which reads a byte — and the filter last;
 //!
@@ -32,9 +36,9 @@ use vmm_sys_util::eventfd::EventFd;
 use broker::ConfineConfig;
 use seccomp_profiles::Mode;
 
-use super::backend::{self, HostResources};
+use super::backend::{self, BackendConfig, HostResources};
 use super::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
-use super::{prepare, serve, WorkerFds};
+use super::{kind_args, prepare, serve, WorkerFds};
 use crate::device_spec::{DeviceKind, SUPPORTED_KINDS};
 use crate::error::one_line;
 
@@ -68,34 +72,40 @@ fn run(args: &[String]) -> Result<(), String> {
     })?;
     let (mut config, rest) = ConfineConfig::from_args(options, Vec::new())
         .map_err(|e| format!("{} (a worker only runs confined)", one_line(&e)))?;
+    let (device, rest) = kind_args::parse(kind, &rest).map_err(|e| one_line(&e))?;
     let options = WorkerOptions::parse(&rest)?;
 
-    // 1. The fds and the backend (which only stores its host files).
-    let (fds, resources) = adopt_fds(kind)?;
-    let expected = fds_passed(kind);
+    // 1. The fds and the backend (which stores and checks its host files).
+    let (fds, resources) = adopt_fds(&device)?;
+    let expected = fds_passed(&device);
     if config.fds != expected {
         return Err(format!(
             "--sandbox-fds={} but a {kind} worker inherits {expected} fds",
             config.fds
         ));
     }
-    let backend = backend::build(kind, resources).map_err(|e| one_line(&e))?;
+    let mut built = backend::build(&device, resources).map_err(|e| one_line(&e))?;
 
     // 2. The device's own filter.
-    let profile = backend.sandbox_needs().seccomp_profile;
+    let profile = built.sandbox_needs().seccomp_profile;
     config.seccomp = seccomp_profiles::program(profile, options.seccomp)
         .ok_or_else(|| format!("no seccomp profile {profile:?} in this build"))?;
 
     // 3 + 4. Every sandbox layer; right before the filter, what it forbids: the SIGSYS
-    // reporter and the mappings. Nothing here reads VMM or guest data.
+    // reporter, the device's own set-up and the mappings. Nothing here reads VMM or guest
+    // data.
     let mut prepared = None;
     broker::confine_with(&config, || {
         seccomp_profiles::sigsys::install_reporter(CONTROL)?;
-        prepared = Some(prepare(&*backend, fds)?);
+        if let Some(warning) = built.prepare() {
+            say(&format!("{kind}: {warning}"));
+        }
+        prepared = Some(prepare(built.backend(), fds)?);
         Ok(())
     })
     .map_err(|e| format!("sandbox {}", one_line(&e)))?;
     let prepared = prepared.ok_or("sandbox set-up did not run")?;
+    let backend = built.into_backend();
 
     #[cfg(feature = "test-faults")]
     let backend: Box<dyn devices::VirtioBackend> = match options.fault {
@@ -156,20 +166,20 @@ impl WorkerOptions {
     }
 }
 
-/// How many fds a `kind` worker inherits at 3, 4, ...: the fixed ones, one per queue, and the
-/// host resources.
-pub fn fds_passed(kind: DeviceKind) -> u32 {
+/// How many fds the worker of a `device` inherits at 3, 4, ...: the fixed ones, one per queue,
+/// and the host resources.
+pub fn fds_passed(device: &BackendConfig) -> u32 {
     let fixed = (FIRST_QUEUE - CONTROL) as u32;
-    let resources = u32::try_from(backend::host_resource_count(kind)).unwrap_or(u32::MAX);
+    let resources = u32::try_from(device.host_resource_count()).unwrap_or(u32::MAX);
     fixed
-        .saturating_add(u32::from(backend::num_queues(kind)))
+        .saturating_add(u32::from(device.num_queues()))
         .saturating_add(resources)
 }
 
-/// Takes ownership of the inherited fds of a `kind` worker.
-fn adopt_fds(kind: DeviceKind) -> Result<(WorkerFds, HostResources), String> {
-    let queues = i32::from(backend::num_queues(kind));
-    let resources = i32::try_from(backend::host_resource_count(kind)).unwrap_or(i32::MAX);
+/// Takes ownership of the inherited fds of the worker of a `device`.
+fn adopt_fds(device: &BackendConfig) -> Result<(WorkerFds, HostResources), String> {
+    let queues = i32::from(device.num_queues());
+    let resources = i32::try_from(device.host_resource_count()).unwrap_or(i32::MAX);
     let last = FIRST_QUEUE.saturating_add(queues).saturating_add(resources);
     // Check every number first, so that nothing is adopted unless all are there.
     for fd in CONTROL..last {

@@ -313,6 +313,7 @@ impl std::io::Read for Ones {
 
 #[test]
 fn the_real_worker_loop_on_a_thread() {
+    use crate::worker::backend::Built;
     use crate::worker::{in_process, WorkerExit, WorkerFds};
     let ram = crate::memory::create_guest_ram(1 << 20).unwrap();
     let status = IrqStatus::create().unwrap();
@@ -328,8 +329,9 @@ fn the_real_worker_loop_on_a_thread() {
         stop: eventfd(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let backend = Box::new(devices::rng::Rng::with_reader(Ones));
-    let thread = in_process::spawn("rng-test".into(), backend, fds, move |result| {
+    let backend = Built::Ready(Box::new(devices::rng::Rng::with_reader(Ones)));
+    let warn = |warning: &str| panic!("rng has no set-up to warn about: {warning}");
+    let thread = in_process::spawn("rng-test".into(), backend, fds, warn, move |result| {
         tx.send(result.as_ref().ok().copied()).unwrap();
     })
     .unwrap();

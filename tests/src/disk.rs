@@ -1,0 +1,106 @@
+//! Disk images for the virtio-blk trials: the test guest's data pattern, recomputed on the
+//! host, and what an image must hold after each of the guest's blk tests
+//! (images/testguest/README.md, "blk tests").
+
+use std::path::Path;
+
+/// Bytes per sector.
+pub const SECTOR: usize = 512;
+/// The image the blk trials give the guest: 4 MiB, 8192 sectors.
+pub const IMAGE_BYTES: usize = 4 << 20;
+/// Every byte of a fresh image, so that the host sees both what the guest wrote and what it must
+/// not have touched.
+pub const BACKGROUND: u8 = 0xa5;
+
+/// A fresh image: [`IMAGE_BYTES`] of [`BACKGROUND`].
+pub fn fresh_image() -> Vec<u8> {
+    vec![BACKGROUND; IMAGE_BYTES]
+}
+
+/// Writes the guest's pattern over `count` sectors from `sector` into `image`: the 8-byte
+/// little-endian word at byte offset `8 k` of the disk is `(seed << 32) | (k mod 2^32)`.
+pub fn put_pattern(image: &mut [u8], seed: u32, sector: usize, count: usize) {
+    let range = sector * SECTOR..(sector + count) * SECTOR;
+    for (word, at) in image[range.clone()]
+        .chunks_exact_mut(8)
+        .zip(range.step_by(8))
+    {
+        let k = (at / 8) as u64 & 0xffff_ffff;
+        word.copy_from_slice(&((u64::from(seed) << 32) | k).to_le_bytes());
+    }
+}
+
+/// The regions every blk test writes (or reads) with the pattern on a disk of `capacity`
+/// sectors with 512-byte blocks (the guest's regions A, B, C, D): `(first sector, sectors)`.
+pub fn pattern_regions(capacity: usize) -> [(usize, usize); 4] {
+    [(0, 1), (7, 8), (capacity / 2, 64), (capacity - 8, 8)]
+}
+
+/// What a fresh image holds after a `blk_write` run (`batch_requests == 0`), or after a `blk`
+/// run whose batch had `batch_requests` requests of 8 sectors: the pattern over regions A-D and
+/// the batch region (C/4), zeroes over the discard and write-zeroes regions (C/8, 16 sectors
+/// each), the background everywhere else.
+pub fn expected_image(seed: u32, batch_requests: usize) -> Vec<u8> {
+    let mut image = fresh_image();
+    let capacity = IMAGE_BYTES / SECTOR;
+    for (sector, count) in pattern_regions(capacity) {
+        put_pattern(&mut image, seed, sector, count);
+    }
+    if batch_requests > 0 {
+        put_pattern(&mut image, seed, capacity / 4, 8 * batch_requests);
+        let zeroed = capacity / 8 * SECTOR..(capacity / 8 + 32) * SECTOR;
+        image[zeroed].fill(0);
+    }
+    image
+}
+
+/// Compares the image file at `path` with `want`; the error names the first sector that
+/// differs.
+pub fn compare_image(path: &Path, want: &[u8], what: &str) -> Result<(), String> {
+    let got = std::fs::read(path).map_err(|e| format!("{what}: read {}: {e}", path.display()))?;
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: the image is {} bytes, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let differs =
+        |s: &usize| got[s * SECTOR..(s + 1) * SECTOR] != want[s * SECTOR..(s + 1) * SECTOR];
+    match (0..got.len() / SECTOR).find(differs) {
+        None => Ok(()),
+        Some(sector) => {
+            let at = sector * SECTOR;
+            Err(format!(
+                "{what}: sector {sector} of the image is not as expected\n  got  {:02x?}\n  want {:02x?}",
+                &got[at..at + 16],
+                &want[at..at + 16]
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_words_carry_seed_and_index() {
+        let mut image = vec![0u8; 2 * SECTOR];
+        put_pattern(&mut image, 0x1234_5678, 1, 1);
+        assert!(image[..SECTOR].iter().all(|&b| b == 0));
+        let word = |i: usize| u64::from_le_bytes(image[i * 8..i * 8 + 8].try_into().unwrap());
+        assert_eq!(word(64), 0x1234_5678_0000_0040);
+        assert_eq!(word(127), 0x1234_5678_0000_007f);
+    }
+
+    #[test]
+    fn expected_images_differ_where_the_tests_wrote() {
+        let written = expected_image(7, 0);
+        let fresh = fresh_image();
+        assert_ne!(written[..SECTOR], fresh[..SECTOR]);
+        assert_eq!(written[SECTOR..7 * SECTOR], fresh[SECTOR..7 * SECTOR]);
+        let full = expected_image(7, 4);
+        assert!(full[1024 * SECTOR..1056 * SECTOR].iter().all(|&b| b == 0));
+    }
+}

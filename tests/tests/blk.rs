@@ -1,0 +1,460 @@
+//! virtio-blk end to end: the test guest's own driver against svmm's blk device, sandboxed and
+//! in-process, and the host reading the image file afterwards — never trusting what the guest
+//! or svmm say about the disk.
+//!
+//! - `blk`, `blk_ro` and `blk_write` (images/testguest/README.md, "blk tests") on a 4 MiB image
+//!   the host filled with a background byte; then the host compares the whole image with what
+//!   the guest must have written, zeroed and left alone. `blk_write` runs until the guest idles
+//!   after its FLUSH, svmm is killed with SIGKILL, and the image must hold the pattern.
+//! - The image's lock: a second svmm on an image in use fails with one line naming it (exit
+//!   67); read-only devices share an image.
+//! - Bad images (missing, a directory, 1000 bytes): one line naming the image, exit 65.
+//! - The blk worker seen from `/proc`: the image and the io_uring instance in its fd table,
+//!   its `--blk-*` arguments, seccomp; `--print-sandbox` shows the same powers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tests::disk::{self, compare_image, expected_image};
+use tests::procfs;
+use tests::suite::TrialResult;
+use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
+const SLEEPING: &str = "testguest: sleep ms=";
+/// svmm's exit status for a bad input file (`vmm/src/exit_code.rs`).
+const BAD_INPUT: i32 = 65;
+/// svmm's exit status for a VM that could not be set up (an image in use included).
+const SETUP_FAILED: i32 = 67;
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Sandboxed,
+    InProcess,
+}
+
+impl Mode {
+    /// What the mode adds to a `--device` spec.
+    fn option(self) -> &'static str {
+        match self {
+            Mode::Sandboxed => "",
+            Mode::InProcess => ",sandbox=off",
+        }
+    }
+
+    /// The mode as svmm's statistics line names it.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sandboxed => "sandboxed",
+            Mode::InProcess => "in-process",
+        }
+    }
+}
+
+fn main() {
+    let mut suite = Suite::new("blk").sequential();
+    for mode in [Mode::Sandboxed, Mode::InProcess] {
+        let name = |test: &str| format!("{test}_{}", mode.name().replace('-', "_"));
+        suite = suite
+            .test(&name("guest_blk"), move || guest_blk(mode))
+            .test(&name("write_flush_sigkill"), move || {
+                write_flush_sigkill(mode)
+            })
+            .test(&name("read_only"), move || read_only(mode))
+            .test(&name("bad_images"), move || bad_images(mode));
+    }
+    suite
+        .test("direct_io_sandboxed", direct_io)
+        .test("worker_holds_image_and_ring", worker_holds_image_and_ring)
+        .test("second_svmm_gets_lock_error", second_svmm_gets_lock_error)
+        .test("print_sandbox_blk", print_sandbox_blk)
+        .run()
+}
+
+/// The test guest with `cmdline` and one blk device `spec`.
+fn guest(cmdline: &str, spec: String) -> TestVm {
+    require_kvm();
+    TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline(cmdline)
+        .mem_mib(128)
+        .device(spec)
+        .timeout(TIMEOUT)
+}
+
+fn blk_spec(image: &Path, options: &str) -> String {
+    format!("blk={}{options}", image.display())
+}
+
+fn assert_clean(out: &VmOutput) {
+    assert!(
+        !out.stderr.contains("panicked"),
+        "svmm panicked\n{}",
+        out.report()
+    );
+}
+
+/// Whether this kernel lets processes use io_uring (so the device must not fall back).
+fn io_uring_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0")
+}
+
+/// The device ran on io_uring: svmm printed no fallback warning.
+fn assert_no_fallback(out: &VmOutput) {
+    if io_uring_allowed() {
+        assert!(
+            !out.stderr.contains("io_uring is not available"),
+            "the blk device fell back to the synchronous engine\n{}",
+            out.report()
+        );
+    }
+}
+
+/// The full `blk` test on two queues with an id: the guest's checks pass, and the host finds
+/// exactly the pattern, the zeroed regions and the untouched background in the image.
+fn guest_blk(mode: Mode) -> TrialResult {
+    const SEED: u32 = 0x5eed_0011;
+    const ID: &str = "svmm-blk-test";
+    let dir = paths::TempDir::new("blk");
+    let image = dir.file("disk.img", &disk::fresh_image());
+    let spec = blk_spec(&image, &format!(",id={ID},queues=2{}", mode.option()));
+    let out = guest(
+        &format!("testguest.run=blk testguest.blk_pattern={SEED:#x}"),
+        spec,
+    )
+    .run()?;
+    out.log(&format!("svmm testguest blk ({})", mode.name()));
+    out.assert_line("testguest: virtio-mmio 0 addr=0xd0000000 size=0x1000 irq=5 id=2");
+    let blk = out.assert_line("testguest: blk ok ");
+    eprintln!("    {blk}");
+    for want in [
+        " capacity=8192 blk_size=512 queues=2 depth=4 flush=1 discard=1 write_zeroes=1 ",
+        &format!(" seed={SEED:#x} id={ID}"),
+    ] {
+        assert!(
+            blk.contains(want),
+            "expected {want:?} in {blk:?}\n{}",
+            out.report()
+        );
+    }
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_clean(&out);
+    assert_no_fallback(&out);
+    out.assert_status(0);
+    let stats = format!("svmm: blk#0 ({}): q0 requests=", mode.name());
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(&stats) && l.contains(", q1 requests=")),
+        "no statistics line for both queues\n{}",
+        out.report()
+    );
+    compare_image(&image, &expected_image(SEED, 4), "after blk")?;
+    Ok(())
+}
+
+/// `blk_write` (pattern, then FLUSH), SIGKILL of svmm while the guest idles, then the host
+/// reads the image: exactly the pattern over the written regions, the background elsewhere.
+fn write_flush_sigkill(mode: Mode) -> TrialResult {
+    const SEED: u32 = 0x5eed_0012;
+    let dir = paths::TempDir::new("blk-write");
+    let image = dir.file("write.img", &disk::fresh_image());
+    let mut vm = guest(
+        &format!(
+            "testguest.run=blk_write testguest.blk_pattern={SEED:#x} testguest.sleep_ms=60000"
+        ),
+        blk_spec(&image, mode.option()),
+    )
+    .spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    vm.kill();
+    let stdout = vm.stdout_so_far();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("testguest: blk_write "))
+        .unwrap_or("");
+    eprintln!("    {line}");
+    if !(line.starts_with("testguest: blk_write ok ") && line.contains(" flush=1 ")) {
+        return Err(format!(
+            "blk_write did not pass with a flush: {line:?}\n{stdout}\n{}",
+            vm.stderr_so_far()
+        )
+        .into());
+    }
+    compare_image(
+        &image,
+        &expected_image(SEED, 0),
+        "after blk_write and SIGKILL",
+    )?;
+    Ok(())
+}
+
+/// A `ro` device on an image holding the pattern: the guest reads and checks it, its write gets
+/// IOERR (the `blk_ro` test), and the image is unchanged.
+fn read_only(mode: Mode) -> TrialResult {
+    const SEED: u32 = 0x5eed_0013;
+    let dir = paths::TempDir::new("blk-ro");
+    let contents = expected_image(SEED, 0);
+    let image = dir.file("ro.img", &contents);
+    let out = guest(
+        &format!("testguest.run=blk_ro testguest.blk_pattern={SEED:#x}"),
+        blk_spec(&image, &format!(",ro{}", mode.option())),
+    )
+    .run()?;
+    out.log(&format!("svmm testguest blk_ro ({})", mode.name()));
+    let blk = out.assert_line("testguest: blk_ro ok ");
+    eprintln!("    {blk}");
+    // The default id is the image's file name.
+    assert!(
+        blk.contains(" capacity=8192 ") && blk.ends_with(" verified=1 id=ro.img"),
+        "blk_ro did not verify the pattern: {blk:?}\n{}",
+        out.report()
+    );
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_clean(&out);
+    out.assert_status(0);
+    compare_image(&image, &contents, "after blk_ro")?;
+    Ok(())
+}
+
+/// Missing, a directory, 1000 bytes: exit 65, one line on stderr naming the image and the
+/// problem, no guest output.
+fn bad_images(mode: Mode) -> TrialResult {
+    let dir = paths::TempDir::new("blk-bad");
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub)?;
+    let cases = [
+        (dir.path().join("missing.img"), "No such file or directory"),
+        (sub, "is a directory"),
+        (
+            dir.file("small.img", &[0u8; 1000]),
+            "image size 1000 bytes is not a multiple of 512",
+        ),
+    ];
+    for (path, why) in cases {
+        let out = guest("testguest.run=blk", blk_spec(&path, mode.option())).run()?;
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+        let ok = out.status == Some(BAD_INPUT)
+            && lines.len() == 1
+            && lines[0].starts_with("svmm: error: blk#0: ")
+            && lines[0].contains(&path.display().to_string())
+            && lines[0].contains(why)
+            && !out.stdout.contains("testguest: blk");
+        if !ok {
+            return Err(format!(
+                "expected exit {BAD_INPUT} and one line naming {} ({why})\n{}",
+                path.display(),
+                out.report()
+            )
+            .into());
+        }
+        eprintln!("    {}", lines[0]);
+    }
+    Ok(())
+}
+
+/// `direct=on`: the image opened `O_DIRECT`, the guest's tests still pass (misaligned guest
+/// buffers go through the device's bounce buffer); with 512-byte blocks the host checks the
+/// image as for `guest_blk`.
+fn direct_io() -> TrialResult {
+    const SEED: u32 = 0x5eed_0014;
+    let dir = paths::TempDir::new("blk-direct");
+    let image = dir.file("direct.img", &disk::fresh_image());
+    let out = guest(
+        &format!("testguest.run=blk testguest.blk_pattern={SEED:#x}"),
+        blk_spec(&image, ",direct=on,queues=2"),
+    )
+    .run()?;
+    out.log("svmm testguest blk (direct=on)");
+    let blk = out.assert_line("testguest: blk ok ");
+    eprintln!("    {blk}");
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    assert_clean(&out);
+    out.assert_status(0);
+    if blk.contains(" blk_size=512 ") {
+        compare_image(&image, &expected_image(SEED, 4), "after blk with direct=on")?;
+    }
+    Ok(())
+}
+
+/// The sandboxed blk worker from `/proc` while the guest idles: its arguments carry the blk
+/// parameters, it holds the image (after its two queue eventfds) and an io_uring instance, and
+/// runs under seccomp.
+fn worker_holds_image_and_ring() -> TrialResult {
+    let dir = paths::TempDir::new("blk-worker");
+    let image = dir.file("disk.img", &disk::fresh_image());
+    let mut vm = guest(
+        "testguest.run=blk_write testguest.sleep_ms=30000",
+        blk_spec(&image, ",queues=2,id=worker-test"),
+    )
+    .spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    let workers = procfs::wait_for_children(vm.pid(), 1, Duration::from_secs(5));
+    let [worker] = workers[..] else {
+        return Err(format!("expected one worker under svmm, found {workers:?}").into());
+    };
+    let cmdline = procfs::cmdline(worker)?;
+    let fds = procfs::fds(worker)?;
+    let status = procfs::status(worker)?;
+    let mut problems = Vec::new();
+    let args = "__worker blk --blk-ro=0 --blk-id=worker-test --blk-queues=2 --blk-direct=0 ";
+    if !cmdline.contains(args) {
+        problems.push(format!("command line {cmdline:?} lacks {args:?}"));
+    }
+    // 3 control, 4 RAM, 5 status page, 6 irqfd, 7 stop, 8-9 queues, 10 the image.
+    let want = image.display().to_string();
+    if fds.get(&10) != Some(&want) {
+        problems.push(format!("fd 10 is {:?}, not the image {want}", fds.get(&10)));
+    }
+    let rings = fds.values().filter(|t| t.contains("io_uring")).count();
+    if io_uring_allowed() && rings != 1 {
+        problems.push(format!("{rings} io_uring instances, want 1"));
+    }
+    if status.get("Seccomp").map(String::as_str) != Some("2") {
+        problems.push(format!("Seccomp: {:?}", status.get("Seccomp")));
+    }
+    vm.kill();
+    if !problems.is_empty() {
+        return Err(format!(
+            "blk worker: {}\nfds: {fds:?}\n--- stderr:\n{}",
+            problems.join("; "),
+            vm.stderr_so_far()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Waits until nobody holds a lock on `image` any more: the workers of a killed svmm die through
+/// their parent-death signal, and the kernel drops an io_uring's files (the image) only after
+/// the ring's own asynchronous teardown, so the lock outlives svmm for a moment.
+fn wait_unlocked(image: &Path) -> TrialResult {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let file = std::fs::File::open(image)?;
+        // SAFETY: flock only reads its two integer arguments; `file` keeps the fd open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(
+                format!("{} is still locked 10 s after svmm ended", image.display()).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// While one svmm writes an image, a second (in-process or sandboxed, writable or `ro`) fails
+/// with the lock error naming the image (exit 67). Afterwards two `ro` devices share the image
+/// while a writer is still refused.
+fn second_svmm_gets_lock_error() -> TrialResult {
+    let dir = paths::TempDir::new("blk-lock");
+    let image = dir.file("shared.img", &disk::fresh_image());
+    let idle = |test: &str| format!("testguest.run={test} testguest.sleep_ms=30000");
+    let first = guest(&idle("blk_write"), blk_spec(&image, "")).spawn()?;
+    first.wait_for_line(SLEEPING, TIMEOUT)?;
+    for options in ["", ",sandbox=off", ",ro"] {
+        expect_locked(&image, options)?;
+    }
+    drop(first);
+    wait_unlocked(&image)?;
+
+    let reader = guest(&idle("blk_ro"), blk_spec(&image, ",ro")).spawn()?;
+    reader.wait_for_line(SLEEPING, TIMEOUT)?;
+    let out = guest("testguest.run=blk_ro", blk_spec(&image, ",ro")).run()?;
+    if out.status != Some(0) || out.testguest_summary() != Some((1, 0)) {
+        return Err(format!(
+            "a second ro device could not share the image\n{}",
+            out.report()
+        )
+        .into());
+    }
+    expect_locked(&image, "")?;
+    Ok(())
+}
+
+/// svmm with a blk device `options` on `image` fails with the lock error, in one line.
+fn expect_locked(image: &Path, options: &str) -> TrialResult {
+    let out = guest("testguest.run=blk", blk_spec(image, options)).run()?;
+    let want = format!(
+        "svmm: error: blk#0: {} is in use by another process (it holds a lock on it)",
+        image.display()
+    );
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+    if out.status != Some(SETUP_FAILED) || lines != [want.as_str()] {
+        return Err(format!(
+            "blk{options}: expected exit {SETUP_FAILED} and {want:?}\n{}",
+            out.report()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `svmm --print-sandbox --device blk=...`: the blk worker's exact powers.
+fn print_sandbox_blk() -> TrialResult {
+    let dir = paths::TempDir::new("blk-print");
+    let image = dir.file("disk.img", &disk::fresh_image());
+    let path = image.display().to_string();
+    let report = |options: &str| -> Result<String, String> {
+        let out = TestVm::new(Backend::Svmm)
+            .arg("--print-sandbox")
+            .device(blk_spec(&image, options))
+            .timeout(Duration::from_secs(30))
+            .run()
+            .map_err(|e| e.to_string())?;
+        if out.status != Some(0) || !out.stderr.is_empty() {
+            return Err(out.report());
+        }
+        Ok(out.stdout)
+    };
+    let rw = report(",queues=2")?;
+    let ro = report(",ro,id=root")?;
+    let needles = [
+        (&rw, "== blk#0: sandboxed worker process".to_string()),
+        (&rw, "command line: svmm __worker blk --blk-ro=0 --blk-id=disk.img --blk-queues=2 --blk-direct=0 --seccomp=trap --sandbox-".to_string()),
+        (&rw, format!("rlimits: NPROC 9, CORE 0, NOFILE 27, FSIZE {}", disk::IMAGE_BYTES)),
+        (&rw, "    9  queue 1 notify eventfd".to_string()),
+        (&rw, format!("   10  host resource of blk: {path} (read-write, flock LOCK_EX: no other svmm may open it)")),
+        (&rw, "  created by the worker itself: an io_uring instance".to_string()),
+        (&rw, "seccomp: profile \"blk\" in mode trap".to_string()),
+        (&ro, "command line: svmm __worker blk --blk-ro=1 --blk-id=root --blk-queues=1 --blk-direct=0 ".to_string()),
+        (&ro, "rlimits: NPROC 9, CORE 0, NOFILE 26, FSIZE 0".to_string()),
+        (&ro, format!("    9  host resource of blk: {path} (read-only, flock LOCK_SH: other readers may share it, no writer)")),
+    ];
+    for (text, needle) in needles {
+        if !text.contains(&needle) {
+            return Err(format!("report lacks {needle:?}\n{text}").into());
+        }
+    }
+    // The worker's filter: what it needs for the ring, never what sets one up or opens files.
+    let section =
+        &rw[rw.find("== blk#0").unwrap_or(0)..rw.find("== svmm itself").unwrap_or(rw.len())];
+    let allowed: Vec<&str> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("seccomp: "))
+        .skip(2)
+        .take_while(|l| l.starts_with("    "))
+        .filter(|l| !l.starts_with("     "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if !allowed.contains(&"io_uring_enter") {
+        return Err(format!("io_uring_enter not allowed: {allowed:?}").into());
+    }
+    for call in [
+        "openat",
+        "open",
+        "io_uring_setup",
+        "io_uring_register",
+        "execve",
+        "socket",
+        "clone",
+    ] {
+        if allowed.contains(&call) {
+            return Err(format!("the blk worker may call {call}: {allowed:?}").into());
+        }
+    }
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! Boots the project's Linux (`images/out/vmlinux` through PVH, and `images/out/bzImage`) with the
 //! busybox initramfs under svmm, and checks from the kernel log what the kernel made of our
-//! machine: the ACPI tables, the CPUs in the MADT, and reaching `/init`. A third boot has no
-//! initramfs: `vmlinux` mounts its root file system from a sandboxed, read-only virtio-blk
-//! device (`images/out/rootfs.ext4`), beside a writable in-process one (`vdb`, a scratch image).
+//! machine: the ACPI tables, the CPUs in the MADT, and reaching `/init`. Two more boots have no
+//! initramfs: `vmlinux` mounts its root file system from a read-only virtio-blk device
+//! (`images/out/rootfs.ext4`), beside a writable one (`vdb`, a scratch image); once with the root
+//! disk in a sandboxed worker and the scratch disk in-process, once the other way round.
 //!
 //! One boot per configuration, shared by its trials (a boot takes minutes on PVM hosts).
 //! User space runs only with hardware virtualisation (GUEST.md); elsewhere that trial is ignored
@@ -46,6 +47,34 @@ const BLK_MARKER: &str = "svmm-linux-blk-dd";
 /// The scratch disk `vdb`: 1 MiB.
 const SCRATCH_BYTES: usize = 1 << 20;
 
+/// One blk boot's placement of its two disks: the root disk (`vda`, read-only) and the scratch
+/// disk (`vdb`, writable), each sandboxed or in-process, so that Linux mounts its root from both.
+struct BlkLayout {
+    /// Trial-name part: `vmlinux_blk_<name>_...`.
+    name: &'static str,
+    /// Extra `--device blk=` options of the root disk, after `,ro`.
+    root_options: &'static str,
+    /// Extra `--device blk=` options of the scratch disk.
+    scratch_options: &'static str,
+    /// How svmm's statistics lines name the two devices' modes, root first.
+    modes: [&'static str; 2],
+}
+
+const BLK_LAYOUTS: [BlkLayout; 2] = [
+    BlkLayout {
+        name: "sandboxed_root",
+        root_options: "",
+        scratch_options: ",sandbox=off",
+        modes: ["sandboxed", "in-process"],
+    },
+    BlkLayout {
+        name: "inprocess_root",
+        root_options: ",sandbox=off",
+        scratch_options: "",
+        modes: ["in-process", "sandboxed"],
+    },
+];
+
 fn main() {
     let skip = std::env::var("SVMM_SKIP_LINUX")
         .ok()
@@ -80,14 +109,34 @@ fn main() {
                 move || userspace(kernel),
             );
     }
-    let s = || skip.clone();
-    suite
-        .test_unless("vmlinux_blk_disks_sized", s(), blk_disks_sized)
-        .test_unless("vmlinux_blk_root_mounted_readonly", s(), blk_root_mounted)
-        .test_unless("vmlinux_blk_served_linux", s(), blk_served)
-        .test_unless("vmlinux_blk_vm_ends_by_itself", s(), blk_ends)
-        .test_unless("vmlinux_blk_userspace_dd", no_hw, blk_userspace_dd)
-        .run()
+    for (layout, BlkLayout { name, .. }) in BLK_LAYOUTS.iter().enumerate() {
+        let s = || skip.clone();
+        suite = suite
+            .test_unless(&format!("vmlinux_blk_{name}_disks_sized"), s(), move || {
+                blk_disks_sized(layout)
+            })
+            .test_unless(
+                &format!("vmlinux_blk_{name}_mounted_readonly"),
+                s(),
+                move || blk_root_mounted(layout),
+            )
+            .test_unless(
+                &format!("vmlinux_blk_{name}_served_linux"),
+                s(),
+                move || blk_served(layout),
+            )
+            .test_unless(
+                &format!("vmlinux_blk_{name}_vm_ends_by_itself"),
+                s(),
+                move || blk_ends(layout),
+            )
+            .test_unless(
+                &format!("vmlinux_blk_{name}_userspace_dd"),
+                no_hw.clone(),
+                move || blk_userspace_dd(layout),
+            );
+    }
+    suite.run()
 }
 
 /// The boot of `kernel`, started by the first trial that asks and shared with the others.
@@ -159,13 +208,7 @@ fn rng_served(kernel: &'static str) -> TrialResult {
         .lines()
         .find(|l| l.starts_with("svmm: rng#0 "))
         .ok_or_else(|| format!("no statistics line for rng#0\n{}", out.report()))?;
-    let field = |name: &str| -> Option<u64> {
-        let rest = stats.split(&format!(" {name}=")).nth(1)?;
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |name| stats_field(stats, name);
     match (field("requests"), field("bytes"), field("errors")) {
         (Some(r), Some(b), Some(0)) if r > 0 && b > 0 => Ok(()),
         _ => Err(format!(
@@ -217,12 +260,19 @@ struct BlkBoot {
     root_sectors: u64,
 }
 
-/// `vmlinux` without initramfs: `vda` the root file system image, `ro`, in a sandboxed worker;
-/// `vdb` a zeroed 1 MiB scratch image, writable, in-process. Started by the first trial that
-/// asks, shared with the others.
-fn blk_boot() -> Result<&'static BlkBoot, String> {
-    static BOOT: OnceLock<Result<BlkBoot, String>> = OnceLock::new();
-    BOOT.get_or_init(|| {
+/// `vmlinux` without initramfs: `vda` the root file system image, `ro`; `vdb` a zeroed 1 MiB
+/// scratch image, writable; each sandboxed or in-process as `BLK_LAYOUTS[layout]` says.
+/// Started by the first trial of the layout that asks, shared with the others.
+fn blk_boot(layout: usize) -> Result<&'static BlkBoot, String> {
+    static BOOTS: [OnceLock<Result<BlkBoot, String>>; BLK_LAYOUTS.len()] =
+        [OnceLock::new(), OnceLock::new()];
+    let BlkLayout {
+        name,
+        root_options,
+        scratch_options,
+        ..
+    } = &BLK_LAYOUTS[layout];
+    BOOTS[layout].get_or_init(|| {
         require_kvm();
         let root = paths::artefact("rootfs.ext4");
         let root_sectors = std::fs::metadata(&root).map_err(|e| e.to_string())?.len() / 512;
@@ -232,11 +282,11 @@ fn blk_boot() -> Result<&'static BlkBoot, String> {
             .cmdline(format!("{BLK_CMDLINE} svmm.blk_write={BLK_MARKER}"))
             .cpus(CPUS)
             .mem_mib(MEM_MIB)
-            .device(format!("blk={},ro", root.display()))
-            .device(format!("blk={},sandbox=off", scratch.display()))
+            .device(format!("blk={},ro{root_options}", root.display()))
+            .device(format!("blk={}{scratch_options}", scratch.display()))
             .timeout(BOOT_TIMEOUT);
         eprintln!(
-            "svmm-tests: linux: booting vmlinux from a virtio-blk root disk (up to {} s) ...",
+            "svmm-tests: linux: booting vmlinux from a virtio-blk root disk, {name} (up to {} s) ...",
             BOOT_TIMEOUT.as_secs()
         );
         let out = match vm.run() {
@@ -244,7 +294,7 @@ fn blk_boot() -> Result<&'static BlkBoot, String> {
             Err(e @ VmError::Timeout(_)) => e.output().cloned().ok_or(e.to_string())?,
             Err(e) => return Err(e.to_string()),
         };
-        out.log("linux: vmlinux blk root boot");
+        out.log(&format!("linux: vmlinux blk boot, {name}"));
         let mut scratch_head = std::fs::read(&scratch).map_err(|e| e.to_string())?;
         scratch_head.truncate(512);
         Ok(BlkBoot {
@@ -254,12 +304,12 @@ fn blk_boot() -> Result<&'static BlkBoot, String> {
         })
     })
     .as_ref()
-    .map_err(|e| format!("vmlinux blk boot failed: {e}"))
+    .map_err(|e| format!("vmlinux blk boot ({name}) failed: {e}"))
 }
 
 /// The kernel's virtio-blk driver sized both disks from the devices' config space.
-fn blk_disks_sized() -> TrialResult {
-    let boot = blk_boot()?;
+fn blk_disks_sized(layout: usize) -> TrialResult {
+    let boot = blk_boot(layout)?;
     let out = &boot.out;
     let vda = out.assert_contains(&format!(
         "[vda] {} 512-byte logical blocks",
@@ -273,9 +323,9 @@ fn blk_disks_sized() -> TrialResult {
     Ok(())
 }
 
-/// The kernel mounted its root file system, ext4, read-only, from the sandboxed `ro` device.
-fn blk_root_mounted() -> TrialResult {
-    let boot = blk_boot()?;
+/// The kernel mounted its root file system, ext4, read-only, from the `ro` device.
+fn blk_root_mounted(layout: usize) -> TrialResult {
+    let boot = blk_boot(layout)?;
     let line = boot
         .out
         .assert_contains("VFS: Mounted root (ext4 filesystem) readonly");
@@ -284,10 +334,11 @@ fn blk_root_mounted() -> TrialResult {
 }
 
 /// Both devices served the kernel without errors (svmm's per-device statistics at VM end):
-/// blk#0 sandboxed (the root file system), blk#1 in-process (the partition scan of vdb).
-fn blk_served() -> TrialResult {
-    let out = &blk_boot()?.out;
-    for (device, mode) in [("blk#0", "sandboxed"), ("blk#1", "in-process")] {
+/// blk#0 the root file system, blk#1 the partition scan of vdb, each in the layout's mode.
+fn blk_served(layout: usize) -> TrialResult {
+    let out = &blk_boot(layout)?.out;
+    let [root_mode, scratch_mode] = BLK_LAYOUTS[layout].modes;
+    for (device, mode) in [("blk#0", root_mode), ("blk#1", scratch_mode)] {
         let prefix = format!("svmm: {device} ({mode}): ");
         let stats = out
             .stderr
@@ -320,8 +371,8 @@ fn stats_field(line: &str, name: &str) -> Option<u64> {
 }
 
 /// Like [`ends`]: poweroff (0) with user space, `panic=1`'s reboot (69) without.
-fn blk_ends() -> TrialResult {
-    let out = &blk_boot()?.out;
+fn blk_ends(layout: usize) -> TrialResult {
+    let out = &blk_boot(layout)?.out;
     if out.timed_out || !matches!(out.status, Some(0 | 69)) || out.stderr.contains("panicked") {
         return Err(format!(
             "expected svmm to end with 0 (poweroff) or 69 (guest reboot after panic=1)\n{}",
@@ -334,8 +385,8 @@ fn blk_ends() -> TrialResult {
 
 /// With user space: init wrote the marker to `/dev/vdb` with dd, synced and powered off; the
 /// host finds it at the start of the scratch image, padded with zeroes.
-fn blk_userspace_dd() -> TrialResult {
-    let boot = blk_boot()?;
+fn blk_userspace_dd(layout: usize) -> TrialResult {
+    let boot = blk_boot(layout)?;
     let out = &boot.out;
     out.assert_contains("SVMM-INIT-OK");
     out.assert_contains(&format!("svmm-init: wrote {BLK_MARKER} to /dev/vdb"));

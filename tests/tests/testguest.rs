@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
+use tests::{disk, paths, require_kvm, Backend, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const READY: &str = "testguest: echo ready";
@@ -253,63 +253,10 @@ fn qemu_microvm_rng() -> TrialResult {
     Ok(())
 }
 
-/// The disk the blk trials give the guest: 4 MiB (8192 sectors), every byte `BLK_BACKGROUND`,
-/// so that the host sees both what the guest wrote and what it must not have touched.
-const BLK_IMAGE_BYTES: usize = 4 << 20;
-const BLK_BACKGROUND: u8 = 0xa5;
-const SECTOR: usize = 512;
-
-/// The test guest's blk data pattern (images/testguest/README.md): the 8-byte little-endian word
-/// at byte offset `8 k` of the disk is `(seed << 32) | (k mod 2^32)`. Writes it over `count`
-/// sectors from `sector` into `image`.
-fn put_blk_pattern(image: &mut [u8], seed: u32, sector: usize, count: usize) {
-    let range = sector * SECTOR..(sector + count) * SECTOR;
-    for (word, at) in image[range.clone()]
-        .chunks_exact_mut(8)
-        .zip(range.step_by(8))
-    {
-        let k = (at / 8) as u64 & 0xffff_ffff;
-        word.copy_from_slice(&((u64::from(seed) << 32) | k).to_le_bytes());
-    }
-}
-
-/// The regions every blk test writes (or reads) with the pattern, for a disk of `capacity`
-/// sectors with 512-byte blocks (the guest's regions A, B, C, D): `(first sector, sectors)`.
-fn blk_pattern_regions(capacity: usize) -> [(usize, usize); 4] {
-    [(0, 1), (7, 8), (capacity / 2, 64), (capacity - 8, 8)]
-}
-
-/// What the image holds after a `blk_write` run (`batch_requests == 0`), or after a `blk` run
-/// whose batch had `batch_requests` requests of 8 sectors: the pattern over regions A-D and the
-/// batch region (C/4), zeroes over the discard and write-zeroes regions (C/8, 16 sectors
-/// each), the background everywhere else.
-fn expected_blk_image(seed: u32, batch_requests: usize) -> Vec<u8> {
-    let mut image = vec![BLK_BACKGROUND; BLK_IMAGE_BYTES];
-    let capacity = BLK_IMAGE_BYTES / SECTOR;
-    for (sector, count) in blk_pattern_regions(capacity) {
-        put_blk_pattern(&mut image, seed, sector, count);
-    }
-    if batch_requests > 0 {
-        put_blk_pattern(&mut image, seed, capacity / 4, 8 * batch_requests);
-        let zeroed = capacity / 8 * SECTOR..(capacity / 8 + 32) * SECTOR;
-        image[zeroed].fill(0);
-    }
-    image
-}
-
 /// Compares the image file with `want`, naming the first sector that differs.
 fn assert_image(path: &Path, want: &[u8], what: &str) {
-    let got = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert_eq!(got.len(), want.len(), "{what}: the image changed size");
-    if let Some(sector) = (0..got.len() / SECTOR)
-        .find(|s| got[s * SECTOR..(s + 1) * SECTOR] != want[s * SECTOR..(s + 1) * SECTOR])
-    {
-        let at = sector * SECTOR;
-        panic!(
-            "{what}: sector {sector} of the image is not as expected\n  got  {:02x?}\n  want {:02x?}",
-            &got[at..at + 16],
-            &want[at..at + 16]
-        );
+    if let Err(e) = disk::compare_image(path, want, what) {
+        panic!("{e}");
     }
 }
 
@@ -359,7 +306,7 @@ fn qemu_microvm_blk() -> TrialResult {
     const SEED: u32 = 0x5eed_0001;
     const ID: &str = "svmm-blk-test";
     let dir = paths::TempDir::new("blk");
-    let image = dir.file("disk.img", &vec![BLK_BACKGROUND; BLK_IMAGE_BYTES]);
+    let image = dir.file("disk.img", &disk::fresh_image());
     let out = qemu_blk_guest(
         &format!("testguest.run=blk testguest.blk_pattern={SEED:#x}"),
         &image,
@@ -387,11 +334,11 @@ fn qemu_microvm_blk() -> TrialResult {
         );
     }
     assert_qemu_passed(&out, 1);
-    assert_image(&image, &expected_blk_image(SEED, 4), "after blk");
+    assert_image(&image, &disk::expected_image(SEED, 4), "after blk");
 
     // blk_write, then SIGKILL while the guest idles: the image holds the pattern.
     const SEED2: u32 = 0x5eed_0002;
-    let image = dir.file("write.img", &vec![BLK_BACKGROUND; BLK_IMAGE_BYTES]);
+    let image = dir.file("write.img", &disk::fresh_image());
     let mut vm = qemu_blk_guest(
         &format!(
             "testguest.run=blk_write testguest.blk_pattern={SEED2:#x} testguest.sleep_ms=60000"
@@ -416,7 +363,7 @@ fn qemu_microvm_blk() -> TrialResult {
     );
     assert_image(
         &image,
-        &expected_blk_image(SEED2, 0),
+        &disk::expected_image(SEED2, 0),
         "after blk_write and SIGKILL",
     );
     Ok(())
@@ -428,7 +375,7 @@ fn qemu_microvm_blk_ro() -> TrialResult {
     const SEED: u32 = 0x5eed_0003;
     const ID: &str = "svmm-blk-ro";
     let dir = paths::TempDir::new("blk-ro");
-    let contents = expected_blk_image(SEED, 0);
+    let contents = disk::expected_image(SEED, 0);
     let image = dir.file("ro.img", &contents);
     let out = qemu_blk_guest(
         &format!("testguest.run=blk_ro testguest.blk_pattern={SEED:#x}"),

@@ -50,15 +50,22 @@ fi
 export SVMM_BIN
 
 # Fuzz targets (every crate's fuzz/ directory) must keep building; their corpora are replayed by
-# ordinary tests in step 3. cargo-fuzz needs nightly, which these machines have.
-step "cargo +nightly fuzz build (every */fuzz)"
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+# ordinary tests in step 3. cargo-fuzz passes -Z flags, which need a nightly compiler: the
+# nightly toolchain when rustup has one, else the machine's one toolchain with RUSTC_BOOTSTRAP=1
+# (which lets a stable compiler accept them; rustup cannot fetch toolchains on every machine).
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    fuzz_cargo=(cargo +nightly)
+else
+    fuzz_cargo=(env RUSTC_BOOTSTRAP=1 cargo)
+fi
+step "${fuzz_cargo[*]} fuzz build (every */fuzz)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
     step "installing cargo-fuzz"
-    cargo +nightly install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked
 fi
 for fuzz in */fuzz/Cargo.toml; do
     crate=$(dirname "$(dirname "$fuzz")")
-    (cd "$crate" && cargo +nightly fuzz build)
+    (cd "$crate" && "${fuzz_cargo[@]}" fuzz build)
 done
 # The same feature here, so building the tests never rebuilds svmm without it.
 step "cargo test --workspace --release --features vmm/test-faults --no-fail-fast $*   (SVMM_BIN=$SVMM_BIN)"

@@ -6,6 +6,7 @@
 mod blk;
 mod echo;
 mod panic;
+mod ring3;
 mod rng;
 mod triplefault;
 
@@ -57,6 +58,11 @@ pub static TESTS: &[Test] = &[
         name: "panic",
         applies: panic::applies,
         run: panic::run,
+    },
+    Test {
+        name: "ring3",
+        applies: ring3::applies,
+        run: ring3::run,
     },
     Test {
         name: "rng",

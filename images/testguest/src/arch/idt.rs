@@ -183,11 +183,19 @@ pub fn init() {
     for (vector, &stub) in stubs.iter().enumerate() {
         set(vector, stub, if vector == DOUBLE_FAULT { 1 } else { 0 });
     }
-    set(usize::from(TIMER_VECTOR), irq_timer as usize as u64, 0);
-    set(usize::from(DEVICE_VECTOR), irq_device as usize as u64, 0);
+    set(
+        usize::from(TIMER_VECTOR),
+        irq_timer as *const () as usize as u64,
+        0,
+    );
+    set(
+        usize::from(DEVICE_VECTOR),
+        irq_device as *const () as usize as u64,
+        0,
+    );
     set(
         usize::from(SPURIOUS_VECTOR),
-        irq_spurious as usize as u64,
+        irq_spurious as *const () as usize as u64,
         0,
     );
 

@@ -127,16 +127,16 @@ pub fn run<F: FnMut() -> u64>(interrupts: bool, f: &mut F) -> Result<u64, Error>
             "call {enter}",
             enter = sym ring3_enter,
             in("rdi") f as *mut F as usize,
-            in("rsi") call::<F> as usize,
+            in("rsi") call::<F> as *const () as usize,
             in("rdx") stack_top,
             in("rcx") rflags,
             clobber_abi("C"),
         );
     }
     let [rax, vector, err, rip, cr2] = RING3_EXIT.each_ref().map(|w| w.get());
-    if vector == UD && rip == ring3_return_ud2 as usize as u64 {
+    if vector == UD && rip == ring3_return_ud2 as *const () as usize as u64 {
         Ok(rax)
-    } else if vector == UD && rip == ring3_panic_ud2 as usize as u64 {
+    } else if vector == UD && rip == ring3_panic_ud2 as *const () as usize as u64 {
         Err(Error::Panic)
     } else {
         Err(Error::Fault {

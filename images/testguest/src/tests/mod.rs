@@ -3,6 +3,7 @@
 //! `testguest.run=`), given the virtio-mmio devices on the command line; `run` returns the
 //! figures printed after `ok`, or the reason printed after `FAIL`.
 
+mod bench;
 mod blk;
 mod echo;
 mod panic;
@@ -34,6 +35,41 @@ pub struct Test {
 }
 
 pub static TESTS: &[Test] = &[
+    Test {
+        name: "bench_cpu",
+        applies: bench::applies,
+        run: bench::run_cpu,
+    },
+    Test {
+        name: "bench_getid",
+        applies: bench::applies,
+        run: bench::run_getid,
+    },
+    Test {
+        name: "bench_rand1",
+        applies: bench::applies,
+        run: bench::run_rand1,
+    },
+    Test {
+        name: "bench_rand16",
+        applies: bench::applies,
+        run: bench::run_rand16,
+    },
+    Test {
+        name: "bench_rng",
+        applies: bench::applies,
+        run: bench::run_rng,
+    },
+    Test {
+        name: "bench_seqread",
+        applies: bench::applies,
+        run: bench::run_seqread,
+    },
+    Test {
+        name: "bench_seqwrite",
+        applies: bench::applies,
+        run: bench::run_seqwrite,
+    },
     Test {
         name: "blk",
         applies: blk::applies,

@@ -56,10 +56,9 @@ pub fn run(ctx: &Ctx) -> Outcome {
         ));
     }
 
-    // SAFETY (of the closure's read): the address is not mapped; the read faults in ring 3
-    // and never completes.
-    let fault = user::run(false, &mut || unsafe {
-        core::ptr::read_volatile(UNMAPPED as *const u64)
+    let fault = user::run(false, &mut || {
+        // SAFETY: the address is not mapped; the read faults in ring 3 and never completes.
+        unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) }
     });
     match fault {
         Err(user::Error::Fault {

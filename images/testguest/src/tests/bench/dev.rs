@@ -29,6 +29,8 @@ const STALL_MS: u64 = 10_000;
 /// The blk benchmarks need a disk of at least 64 MiB.
 const MIN_SECTORS: u64 = (64 << 20) / SECTOR;
 const F_RO: u64 = 1 << 5;
+/// InterruptStatus bit 0: used buffer.
+const INT_VRING: u64 = 1;
 const RNG_BYTES: u32 = 4096;
 const RNG_DEPTH: usize = 8;
 const SEQ_KIB: u32 = 128;
@@ -102,8 +104,18 @@ fn measure(ctx: &Ctx, dev: &MmioDevice, mmio: Mmio, plan: &Plan) -> Result<Run, 
         apic::mask_device(dev.irq);
     }
     let irqs = apic::device_count();
+    let status = apic::device_status();
     virtio::reset(mmio, ctx.timer).map_err(|e| fig!("{} step=reset", e))?;
     left.map_err(|e| fig!("{}", e))?;
+    // Woken by interrupts whose InterruptStatus never had the used-buffer bit: the
+    // transport is wrong (the ring was read anyway, so the loop itself could not tell).
+    if irq && status & INT_VRING == 0 {
+        return Err(fig!(
+            "no_vring_interrupt irqs={} status={:#x}",
+            irqs,
+            status
+        ));
+    }
     match outcome {
         Some(Ok(figures)) => Ok(Run {
             figures,

@@ -264,7 +264,7 @@ pub fn run(plan: &Plan, ring: &mut FastRing, samples: &mut Samples) -> Result<Fi
         let mut resubmitted = false;
         while let Some((id, len)) = ring.pop_used() {
             let slot = id as usize / plan.descs();
-            if slot >= plan.depth || id as usize % plan.descs() != 0 {
+            if slot >= plan.depth || !(id as usize).is_multiple_of(plan.descs()) {
                 return Err(Failure::UsedId { id });
             }
             check(plan, slot, len)?;

@@ -5,8 +5,12 @@
 //! The page tables identity-map the first 4 GiB with 2 MiB pages. They are assembled as data
 //! (no loop runs to build them): on a PVM host every guest ring-0 instruction is emulated, so
 //! the stub does as little as it can. The top GiB (0xC000_0000..4 GiB: IOAPIC, LAPIC, MMIO
-//! windows) is mapped uncached. None of the pages is user-accessible yet; tests that later run
-//! in ring 3 set the U bit where they need it.
+//! windows) is mapped uncached. Every entry has the U (user) bit: the benchmark loops run in
+//! ring 3 (`crate::arch::user`) and touch code, stacks, rings, buffers and the virtio-mmio
+//! windows there. CR4.SMEP/SMAP stay off. The guest is a test instrument, not a security
+//! boundary: ring 3 is used for speed on PVM hosts (see README.md), not for isolation.
+//!
+//! The GDT also holds the user segments and the TSS slot that `crate::arch::gdt` fills in.
 //!
 //! The note's descriptor is 8 bytes (the entry address in the low 4, zero above), as in
 //! Linux's 64-bit `vmlinux`: QEMU reads a pointer-sized descriptor from ELF64 notes,
@@ -18,6 +22,12 @@ use core::arch::global_asm;
 pub const KERNEL_CS: u16 = 0x08;
 /// Selector of the data segment in the boot GDT.
 pub const KERNEL_DS: u16 = 0x10;
+/// Selector of the user (DPL 3) data segment, RPL 3.
+pub const USER_DS: u16 = 0x18 | 3;
+/// Selector of the user (DPL 3) 64-bit code segment, RPL 3.
+pub const USER_CS: u16 = 0x20 | 3;
+/// Selector of the 64-bit TSS (two GDT slots, filled in by `crate::arch::gdt`).
+pub const TSS_SEL: u16 = 0x28;
 
 global_asm!(
     r#"
@@ -76,13 +86,19 @@ pvh_start64:
     hlt
     jmp 1b
 
-    /* ---- GDT: null, 64-bit code (0x08), data (0x10); accessed bits preset ---- */
+    /* ---- GDT: null, 64-bit code (0x08), data (0x10), user data (0x18, DPL 3), user 64-bit
+       code (0x20, DPL 3), 64-bit TSS (0x28, 16 bytes, written at run time); accessed bits
+       preset ---- */
     .section .data.pvh_gdt, "aw"
     .balign 16
+    .globl pvh_gdt
 pvh_gdt:
     .quad 0
     .quad 0x00AF9B000000FFFF
     .quad 0x00CF93000000FFFF
+    .quad 0x00CFF3000000FFFF
+    .quad 0x00AFFB000000FFFF
+    .quad 0, 0
 pvh_gdt_end:
     .balign 8
 pvh_gdt_desc:
@@ -94,22 +110,22 @@ pvh_gdt_desc:
     .balign 4096
     .globl pvh_pml4
 pvh_pml4:
-    .quad pvh_pdpt + 0x3            /* present, writable */
+    .quad pvh_pdpt + 0x7            /* present, writable, user */
     .fill 511, 8, 0
 pvh_pdpt:
-    .quad pvh_pd + 0x0003
-    .quad pvh_pd + 0x1003
-    .quad pvh_pd + 0x2003
-    .quad pvh_pd + 0x3003
+    .quad pvh_pd + 0x0007
+    .quad pvh_pd + 0x1007
+    .quad pvh_pd + 0x2007
+    .quad pvh_pd + 0x3007
     .fill 508, 8, 0
     .globl pvh_pd
 pvh_pd:
     .set pvh_i, 0
     .rept 2048
     .if pvh_i < 1536
-    .quad (pvh_i << 21) | 0x83      /* present, writable, 2 MiB */
+    .quad (pvh_i << 21) | 0x87      /* present, writable, user, 2 MiB */
     .else
-    .quad (pvh_i << 21) | 0x9b      /* ... and PWT | PCD: top GiB is MMIO */
+    .quad (pvh_i << 21) | 0x9f      /* ... and PWT | PCD: top GiB is MMIO */
     .endif
     .set pvh_i, pvh_i + 1
     .endr

@@ -7,6 +7,9 @@ pub const MAX_DEVICES: usize = 16;
 const MAX_BAD: usize = 8;
 
 pub const DEFAULT_ECHO_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BENCH_MS: u64 = 1000;
+/// Longest `testguest.bench_ms=` (a minute per measured phase).
+const MAX_BENCH_MS: u64 = 60_000;
 /// Highest `testguest.exit=` status: svmm passes 0..=63 through and keeps 64 and above for
 /// its own failures.
 const MAX_EXIT_STATUS: u64 = 63;
@@ -20,6 +23,24 @@ pub struct MmioDevice {
     /// The optional platform-device id after the IRQ (Linux's `:ID`).
     #[allow(dead_code)] // parsed for completeness; no test needs it yet
     pub id: Option<u32>,
+}
+
+/// How the benchmark tests learn that a request completed (`testguest.irq=`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// `poll`: no interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT), ring 3 spins on the used ring.
+    Poll,
+    /// `irq`: the device's interrupt, through the IOAPIC and local APIC, wakes ring 3.
+    Irq,
+}
+
+impl Completion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Completion::Poll => "poll",
+            Completion::Irq => "irq",
+        }
+    }
 }
 
 /// Why a word was rejected.
@@ -48,6 +69,10 @@ pub struct Params<'a> {
     pub exit: Option<u32>,
     /// `testguest.blk_pattern=SEED` (32 bits): the seed of the blk tests' data pattern.
     pub blk_pattern: Option<u32>,
+    /// `testguest.irq=poll|irq`: completion mode of the benchmark tests (default irq).
+    pub irq: Completion,
+    /// `testguest.bench_ms=N`: length of each benchmark's measured phase (default 1000).
+    pub bench_ms: u64,
 }
 
 impl<'a> Params<'a> {
@@ -81,6 +106,8 @@ pub fn parse(cmdline: &str) -> Params<'_> {
         echo_timeout_ms: DEFAULT_ECHO_TIMEOUT_MS,
         exit: None,
         blk_pattern: None,
+        irq: Completion::Irq,
+        bench_ms: DEFAULT_BENCH_MS,
     };
     for word in cmdline.split(' ').filter(|w| !w.is_empty()) {
         if let Some(value) = word.strip_prefix("virtio_mmio.device=") {
@@ -122,6 +149,15 @@ fn apply_param<'a>(p: &mut Params<'a>, param: &'a str) -> bool {
         },
         "blk_pattern" => match parse_number(value).and_then(|n| u32::try_from(n).ok()) {
             Some(seed) => p.blk_pattern = Some(seed),
+            None => return false,
+        },
+        "irq" => match value {
+            "poll" => p.irq = Completion::Poll,
+            "irq" => p.irq = Completion::Irq,
+            _ => return false,
+        },
+        "bench_ms" => match parse_number(value).filter(|&n| (1..=MAX_BENCH_MS).contains(&n)) {
+            Some(ms) => p.bench_ms = ms,
             None => return false,
         },
         _ => return false,

@@ -7,6 +7,7 @@
 // No allocator: a test's figures or reason is a fixed-size `Line`, returned by value.
 #![allow(clippy::result_large_err)]
 
+mod arch;
 mod boot;
 mod cmdline;
 mod line;
@@ -26,6 +27,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 #[no_mangle]
 pub extern "C" fn rust_main(start_info_paddr: u32) -> ! {
     serial::init();
+    arch::init();
     say!("svmm test guest v1");
 
     let cmdline = match pvh::start_info(start_info_paddr).and_then(|info| pvh::cmdline(&info)) {
@@ -94,6 +96,10 @@ fn report_boot_error(err: pvh::Error) {
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
+    if arch::cpl() == 3 {
+        // Ring 3 cannot print: hand the message to ring 0, which reports it.
+        arch::user::panic_exit(info);
+    }
     static PANICKING: AtomicBool = AtomicBool::new(false);
     if PANICKING.load(Ordering::Relaxed) {
         // Panicked while reporting a panic: just stop.

@@ -48,12 +48,13 @@ fn run_one(test: &Test, label: &str, ctx: &Ctx) {
 }
 
 /// Runs the tests named by `testguest.run=` in the given order, or else every test that
-/// applies to the devices found. `NAME@N` runs test NAME on the N-th device (from 0) of its
+/// applies to the devices found (`none`: no test). `NAME@N` runs test NAME on the N-th device (from 0) of its
 /// kind, e.g. `rng@1` on the second virtio-rng device.
 pub fn run_tests(ctx: &Ctx, params: &Params) {
     match params.run {
         Some(list) => {
-            for word in list.split(',').filter(|n| !n.is_empty()) {
+            // `none` runs nothing (boot figures only).
+            for word in list.split(',').filter(|n| !n.is_empty() && *n != "none") {
                 let (name, instance) = match word.split_once('@') {
                     Some((name, n)) => (name, n.parse::<usize>().ok()),
                     None => (word, Some(0)),

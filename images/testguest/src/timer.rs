@@ -199,6 +199,10 @@ impl Timer {
         (cycles / self.tsc_khz) * 1000 + (cycles % self.tsc_khz) * 1000 / self.tsc_khz
     }
 
+    pub fn cycles_to_ns(&self, cycles: u64) -> u64 {
+        (cycles / self.tsc_khz) * 1_000_000 + (cycles % self.tsc_khz) * 1_000_000 / self.tsc_khz
+    }
+
     /// A TSC value `ms` milliseconds from now, for `expired`.
     pub fn deadline_ms(&self, ms: u64) -> u64 {
         rdtsc().saturating_add(ms.saturating_mul(self.tsc_khz))

@@ -3,9 +3,11 @@
 //! `testguest.run=`), given the virtio-mmio devices on the command line; `run` returns the
 //! figures printed after `ok`, or the reason printed after `FAIL`.
 
+mod bench;
 mod blk;
 mod echo;
 mod panic;
+mod ring3;
 mod rng;
 mod triplefault;
 
@@ -34,6 +36,41 @@ pub struct Test {
 
 pub static TESTS: &[Test] = &[
     Test {
+        name: "bench_cpu",
+        applies: bench::applies,
+        run: bench::run_cpu,
+    },
+    Test {
+        name: "bench_getid",
+        applies: bench::applies,
+        run: bench::run_getid,
+    },
+    Test {
+        name: "bench_rand1",
+        applies: bench::applies,
+        run: bench::run_rand1,
+    },
+    Test {
+        name: "bench_rand16",
+        applies: bench::applies,
+        run: bench::run_rand16,
+    },
+    Test {
+        name: "bench_rng",
+        applies: bench::applies,
+        run: bench::run_rng,
+    },
+    Test {
+        name: "bench_seqread",
+        applies: bench::applies,
+        run: bench::run_seqread,
+    },
+    Test {
+        name: "bench_seqwrite",
+        applies: bench::applies,
+        run: bench::run_seqwrite,
+    },
+    Test {
         name: "blk",
         applies: blk::applies,
         run: blk::run,
@@ -57,6 +94,11 @@ pub static TESTS: &[Test] = &[
         name: "panic",
         applies: panic::applies,
         run: panic::run,
+    },
+    Test {
+        name: "ring3",
+        applies: ring3::applies,
+        run: ring3::run,
     },
     Test {
         name: "rng",

@@ -63,6 +63,11 @@ impl Mmio {
         })
     }
 
+    /// The address of register `reg` (for ring-3 code that accesses it directly).
+    pub fn addr(&self, reg: usize) -> usize {
+        self.base + reg
+    }
+
     pub fn read(&self, reg: usize) -> u32 {
         // SAFETY: `new` checked that the register lies in the device's window below 4 GiB, which
         // the boot page tables identity-map; the window is the VMM's MMIO, not guest memory, so

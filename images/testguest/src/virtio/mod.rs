@@ -14,6 +14,7 @@
 //! several chains in flight at once, on one queue or several. `DEVICE_NEEDS_RESET` is
 //! reported as its own error wherever the status is read.
 
+pub mod fastq;
 pub mod mmio;
 pub mod queue;
 

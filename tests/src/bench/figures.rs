@@ -18,6 +18,22 @@ pub const BENCH_TESTS: [&str; 7] = [
     "bench_getid",
 ];
 
+/// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
+/// ring 3, ud2 returns, page faults are taken), then every bench test.
+pub const DEFAULT_TESTS: [&str; 8] = [
+    "ring3",
+    "bench_cpu",
+    "bench_rng",
+    "bench_seqread",
+    "bench_seqwrite",
+    "bench_rand1",
+    "bench_rand16",
+    "bench_getid",
+];
+
+/// The `ring3` result keys that must each be `1`.
+pub const RING3_CHECKS: [&str; 3] = ["ud2_return", "page_fault", "irq_in_ring3"];
+
 /// The devices of the four-device runs, by svmm's names, in slot order: 2 rng, 2 blk.
 pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
 
@@ -278,6 +294,7 @@ pub fn required_keys(test: &str) -> &'static [&'static str] {
         }
         "bench_rand1" | "bench_rand16" => &["mode", "depth", "requests", "us"],
         "bench_getid" => &["mode", "requests"],
+        "ring3" => &RING3_CHECKS,
         _ => &[],
     }
 }
@@ -401,6 +418,14 @@ pub fn guest_samples(
     for key in required_keys(test) {
         if !fields.contains_key(*key) {
             problems.push(format!("no {key}="));
+        }
+    }
+    if test == "ring3" {
+        for key in RING3_CHECKS {
+            match fields.get(key).map(String::as_str) {
+                Some("1") | None => {}
+                Some(v) => problems.push(format!("{key}={v}, must be 1")),
+            }
         }
     }
     if let Some(got) = fields.get("mode") {
@@ -528,6 +553,17 @@ mod tests {
         let f = fields("loop_ring0_ps=x loop_ring3_ps=350 driver_ring3_ns=40");
         let e = guest_samples("bench_cpu", &f, Mode::Poll).unwrap_err();
         assert!(e.contains("loop_ring0_ps=x is not an integer") && e.contains("no irq_ns="));
+    }
+
+    #[test]
+    fn ring3_must_pass_every_check() {
+        let f = fields("ud2_return=1 page_fault=1 irq_in_ring3=1 irqs=10");
+        assert_eq!(guest_samples("ring3", &f, Mode::Irq), Ok(Vec::new()));
+        let f = fields("ud2_return=1 page_fault=1 irq_in_ring3=0 irqs=0");
+        let e = guest_samples("ring3", &f, Mode::Irq).unwrap_err();
+        assert_eq!(e, "irq_in_ring3=0, must be 1");
+        let e = guest_samples("ring3", &fields("ud2_return=1"), Mode::Irq).unwrap_err();
+        assert!(e.contains("no page_fault="), "{e}");
     }
 
     #[test]

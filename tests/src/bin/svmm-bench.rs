@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tests::bench::figures::{self, BENCH_TESTS};
+use tests::bench::figures::{self, DEFAULT_TESTS};
 use tests::bench::runner::{self, Progress};
 use tests::bench::setup::{self, Machine, Plan};
 use tests::bench::{chart, report, stats, Config, Mode, RunKind};
@@ -21,10 +21,11 @@ medians, spreads, ratios and the issue's targets.
 
 options:
   --reps N          repetitions per configuration (default 5)
-  --bench-ms N      testguest.bench_ms: each measured phase of a bench test (default 500)
+  --bench-ms N      testguest.bench_ms: each measured phase of a bench test (default 1000)
   --mem MIB         guest RAM for both VMMs (default 128)
   --guest PATH      the test guest ELF (default: $SVMM_BENCH_GUEST, else images/out/testguest.elf)
-  --tests LIST      the bench tests, comma-separated (default: every bench test of the contract)
+  --tests LIST      the tests of the bench runs, comma-separated (default: ring3 and every
+                    bench test of the contract)
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
@@ -53,12 +54,12 @@ struct Options {
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         reps: 5,
-        bench_ms: 500,
+        bench_ms: 1000,
         mem_mib: 128,
         guest: std::env::var_os("SVMM_BENCH_GUEST")
             .map(PathBuf::from)
             .unwrap_or_else(|| paths::images_out().join("testguest.elf")),
-        tests: BENCH_TESTS.iter().map(|t| t.to_string()).collect(),
+        tests: DEFAULT_TESTS.iter().map(|t| t.to_string()).collect(),
         image_mib: 256,
         idle_ms: 1500,
         scratch: std::env::temp_dir(),

@@ -40,7 +40,7 @@ if [[ -z "$SVMM_BIN" || ! -x "$SVMM_BIN" ]]; then
     exit 1
 fi
 export SVMM_BIN
-export SVMM_BENCH_INVOCATION="tests/bench.sh${*:+ $*}"
+export SVMM_BENCH_INVOCATION="${SVMM_BENCH_GUEST:+SVMM_BENCH_GUEST=$SVMM_BENCH_GUEST }tests/bench.sh${*:+ $*}"
 
 step "svmm-bench $*   (SVMM_BIN=$SVMM_BIN)"
 cargo run --release -q -p tests --bin svmm-bench -- "$@"

@@ -283,7 +283,14 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "- CPU: {} ({} cores online)", m.cpu, m.cores);
     let _ = writeln!(out, "- host kernel: {}", m.kernel);
     let _ = writeln!(out, "- KVM: {}", m.kvm);
-    let _ = writeln!(out, "- QEMU: {}\n", m.qemu);
+    let _ = writeln!(out, "- QEMU: {}", m.qemu);
+    let _ = writeln!(out, "- test guest: {}", m.guest);
+    let _ = writeln!(
+        out,
+        "- load average (1, 5, 15 min) before the run: {}; after: {} (other work on the machine \
+         adds noise to every configuration alike, the alternation spreads it)\n",
+        m.load_before, m.load_after
+    );
     if m.kvm.starts_with("PVM") {
         let _ = writeln!(
             out,

@@ -288,11 +288,18 @@ pub struct Machine {
     pub revision: String,
     /// UTC date and time of the run.
     pub date: String,
+    /// `/proc/loadavg`'s 1-, 5- and 15-minute load averages when the run began (other work on
+    /// the machine makes the figures noisier).
+    pub load_before: String,
+    /// The same when it ended (set by the caller).
+    pub load_after: String,
+    /// The guest's file and the start of its SHA-256.
+    pub guest: String,
 }
 
 impl Machine {
     /// Reads what it can; unknown fields say so.
-    pub fn probe(qemu: &Path) -> Machine {
+    pub fn probe(qemu: &Path, guest: &Path) -> Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()
@@ -333,8 +340,25 @@ impl Machine {
                     .args(["describe", "--always", "--dirty"]),
             ),
             date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            load_before: load_average(),
+            load_after: String::new(),
+            guest: format!(
+                "{} (sha256 {})",
+                guest.display(),
+                first_line(Command::new("sha256sum").arg(guest))
+                    .split_whitespace()
+                    .next()
+                    .map_or("unknown".into(), |h| h.chars().take(16).collect::<String>())
+            ),
         }
     }
+}
+
+/// The first three fields of `/proc/loadavg`.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
     eprintln!("svmm-bench: svmm {}", svmm.display());
     eprintln!("svmm-bench: qemu {}", qemu.display());
     eprintln!("svmm-bench: guest {}", o.guest.display());
-    let machine = Machine::probe(&qemu);
+    let mut machine = Machine::probe(&qemu, &o.guest);
     std::fs::create_dir_all(&o.out)
         .map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
 
@@ -173,6 +173,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         );
     });
     let total = started.elapsed();
+    machine.load_after = setup::load_average();
 
     let figures = figures::catalogue(&plan.tests);
     let checks = stats::check_targets(&figures, &results.samples);

@@ -32,6 +32,17 @@ pub struct Report<'a> {
     pub chart: &'a str,
 }
 
+/// Whether the 1-minute load average before the run exceeded half the cores: other work
+/// then competes with the VMM threads and workers.
+fn busy(m: &Machine) -> bool {
+    let load = m
+        .load_before
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok());
+    load.is_some_and(|l| m.cores > 0 && l > m.cores as f64 / 2.0)
+}
+
 /// The sections in report order, each with its figures.
 fn sections(figures: &[Figure]) -> Vec<(Section, Vec<&Figure>)> {
     let mut out: Vec<(Section, Vec<&Figure>)> = Vec::new();
@@ -296,8 +307,17 @@ pub fn markdown(r: &Report) -> String {
             out,
             "KVM here is PVM, a software nested-virtualisation backend (`shared/GUEST.md`): guest \
              ring 0 is emulated (~500 ns per instruction), ring 3 runs natively, and every exit \
-             to the VMM costs ~10 µs. **Absolute numbers mean little here; the ratios between \
+             to the VMM costs tens of µs (`bench_cpu`'s MMIO read). **Absolute numbers mean little here; the ratios between \
              configurations measured in the same run are what count.**\n"
+        );
+    }
+    if busy(m) {
+        let _ = writeln!(
+            out,
+            "**The machine was busy during this run** (load average {} on {} cores before it): \
+             other processes competed with the VMMs for the CPUs, so spreads are wide and single \
+             ratios can swing either way. Re-run on a quiet machine before quoting a figure.\n",
+            m.load_before, m.cores
         );
     }
     let _ = writeln!(out, "## Summary\n");
@@ -529,6 +549,18 @@ mod tests {
             .unwrap()
             .insert(Config::InProcess, vec![2.0]);
         assert_eq!(ratio_cell(&samples, spawn, Config::InProcess), "2.000");
+    }
+
+    #[test]
+    fn a_busy_machine_is_said_so() {
+        let m = |load: &str| Machine {
+            cores: 2,
+            load_before: load.into(),
+            ..Machine::default()
+        };
+        assert!(busy(&m("3.11 2.86 2.00")));
+        assert!(!busy(&m("0.40 0.2 0.1")));
+        assert!(!busy(&m("unknown")));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Disk images for the virtio-blk trials: the test guest's data pattern, recomputed on the
-//! host, and what an image must hold after each of the guest's blk tests
-//! (images/testguest/README.md, "blk tests").
+//! host, what an image must hold after each of the guest's blk tests
+//! (images/testguest/README.md, "blk tests"), and waiting for svmm's lock on an image to go.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Bytes per sector.
 pub const SECTOR: usize = 512;
@@ -77,6 +79,31 @@ pub fn compare_image(path: &Path, want: &[u8], what: &str) -> Result<(), String>
                 &want[at..at + 16]
             ))
         }
+    }
+}
+
+/// Waits up to `within` until nobody holds a lock on `image` any more: the workers of a killed
+/// svmm die through their parent-death signal, and the kernel drops an io_uring's files (the
+/// image) only after the ring's own asynchronous teardown, so svmm's `flock` outlives svmm for a
+/// moment (the next svmm on the image would fail with "in use", exit 67).
+pub fn wait_unlocked(image: &Path, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let file = std::fs::File::open(image)
+            .map_err(|e| format!("cannot open {}: {e}", image.display()))?;
+        // SAFETY: flock only reads its two integer arguments; `file` keeps the fd open (and
+        // closing it drops the lock we may have taken).
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} is still locked {} s after svmm ended",
+                image.display(),
+                within.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
 //! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
 //! | [`suite`]   | a thin libtest-mimic wrapper: ignored trials always carry their reason   |
+//! | [`bench`]   | the benchmark harness (`svmm-bench`, `tests/bench.sh`): svmm sandboxed vs in-process vs QEMU |
 //!
 //! Typical use:
 //!
@@ -25,6 +26,7 @@
 //! assert_eq!(out.testguest_summary(), Some((1, 0)));
 //! ```
 
+pub mod bench;
 pub mod binary;
 pub mod disk;
 pub mod host;

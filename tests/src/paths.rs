@@ -52,10 +52,15 @@ pub struct TempDir {
 impl TempDir {
     /// Creates a fresh, empty directory whose name contains `label` and this process's id.
     pub fn new(label: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), label)
+    }
+
+    /// Like [`TempDir::new`], under `base` instead of the system temporary directory (e.g. on
+    /// a file system that supports `O_DIRECT`, for disk images).
+    pub fn new_in(base: &Path, label: &str) -> TempDir {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("svmm-tests-{label}-{}-{n}", std::process::id()));
+        let path = base.join(format!("svmm-tests-{label}-{}-{n}", std::process::id()));
         // A leftover from an earlier process with the same pid is stale: start clean.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path)

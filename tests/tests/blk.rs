@@ -325,27 +325,6 @@ fn worker_holds_image_and_ring() -> TrialResult {
     Ok(())
 }
 
-/// Waits until nobody holds a lock on `image` any more: the workers of a killed svmm die through
-/// their parent-death signal, and the kernel drops an io_uring's files (the image) only after
-/// the ring's own asynchronous teardown, so the lock outlives svmm for a moment.
-fn wait_unlocked(image: &Path) -> TrialResult {
-    use std::os::fd::AsRawFd;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let file = std::fs::File::open(image)?;
-        // SAFETY: flock only reads its two integer arguments; `file` keeps the fd open.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(
-                format!("{} is still locked 10 s after svmm ended", image.display()).into(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// While one svmm writes an image, a second (in-process or sandboxed, writable or `ro`) fails
 /// with the lock error naming the image (exit 67). Afterwards two `ro` devices share the image
 /// while a writer is still refused.
@@ -359,7 +338,7 @@ fn second_svmm_gets_lock_error() -> TrialResult {
         expect_locked(&image, options)?;
     }
     drop(first);
-    wait_unlocked(&image)?;
+    disk::wait_unlocked(&image, Duration::from_secs(10))?;
 
     let reader = guest(&idle("blk_ro"), blk_spec(&image, ",ro")).spawn()?;
     reader.wait_for_line(SLEEPING, TIMEOUT)?;

@@ -171,6 +171,7 @@ fn help_lists_every_option() -> TrialResult {
         "--on-worker-exit",
         "--seccomp",
         "--print-sandbox",
+        "--report-timings",
     ];
     let missing: Vec<&str> = options.into_iter().filter(|o| !text.contains(o)).collect();
     if !missing.is_empty() {

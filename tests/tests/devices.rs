@@ -8,6 +8,8 @@
 //! svmm confines its own threads too: while the guest runs, `/proc` shows every vCPU thread, the
 //! console-input thread, the main thread and the in-process device thread under seccomp.
 //!
+//! `--report-timings` prints one spawn-time line per device, sandboxed and in-process alike.
+//!
 //! Each trial is one short boot; they run one at a time (this host has few cores).
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ fn main() {
         .test("rng_no_sandbox_switch", rng_no_sandbox_switch)
         .test("rng_reinit_in_process", rng_reinit_in_process)
         .test("two_rng_devices_without_acpi", two_rng_devices_without_acpi)
+        .test("report_timings_per_device", report_timings_per_device)
         .test("unknown_kind_lists_supported_kinds", unknown_kind)
         .test("spawned_worker_mode", spawned_worker_mode)
         .test(
@@ -122,6 +125,54 @@ fn two_rng_devices_without_acpi() -> TrialResult {
     out.assert_line(RNG_OK);
     assert_passed(&out);
     assert_stats(&out, "svmm: rng#1 (in-process): no requests");
+    Ok(())
+}
+
+/// `--report-timings`: one `svmm: timing device=NAME spawn_us=N` line per device, in slot order,
+/// for sandboxed workers and in-process devices of both kinds, each with a plausible time: more
+/// than nothing, less than the 5 s svmm waits for a worker's Ready message.
+fn report_timings_per_device() -> TrialResult {
+    let dir = paths::TempDir::new("timings");
+    let image = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let image = image.to_str().expect("temporary paths are UTF-8");
+    let blk = format!("blk={image},ro");
+    let blk_in_process = format!("blk={image},ro,sandbox=off");
+    let out = guest("rng", &["rng", "rng,sandbox=off", &blk, &blk_in_process])
+        .arg("--report-timings")
+        .run()?;
+    out.log("svmm testguest rng, --report-timings, 4 devices");
+    out.assert_line(RNG_OK);
+    out.assert_status(0);
+    let timings: Vec<(&str, u64)> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("svmm: timing device="))
+        .filter_map(|rest| {
+            let (name, us) = rest.split_once(" spawn_us=")?;
+            Some((name, us.parse().ok()?))
+        })
+        .collect();
+    let names: Vec<&str> = timings.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        ["rng#0", "rng#1", "blk#2", "blk#3"],
+        "one timing line per device, in slot order\n{}",
+        out.report()
+    );
+    for (name, us) in timings {
+        assert!(
+            (1..5_000_000).contains(&us),
+            "{name}: spawn_us={us} is not a plausible spawn time\n{}",
+            out.report()
+        );
+    }
+    // Without the option, no timing lines.
+    let quiet = guest("rng", &["rng,sandbox=off"]).run()?;
+    assert!(
+        !quiet.stderr.contains("svmm: timing"),
+        "timing lines without --report-timings\n{}",
+        quiet.report()
+    );
     Ok(())
 }
 

@@ -109,6 +109,13 @@ pub struct Args {
     /// without that layer. By default svmm refuses to start them.
     #[arg(long)]
     pub allow_missing_landlock: bool,
+
+    /// Print on stderr, for each `--device`, one line `svmm: timing device=NAME spawn_us=N`: the
+    /// microseconds (monotonic clock) from the start of spawning its worker process (or of
+    /// building the in-process device) to the device being ready (its Ready message). For
+    /// benchmarks (`tests/bench.sh`).
+    #[arg(long)]
+    pub report_timings: bool,
 }
 
 /// `--seccomp`: what a filter does with a system call its profile does not allow.
@@ -215,6 +222,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// How sandboxed workers are confined.
     pub sandbox: SandboxOptions,
+    /// `--report-timings`: print each device's spawn time on stderr.
+    pub report_timings: bool,
 }
 
 impl Args {
@@ -250,6 +259,7 @@ impl Args {
                 worker_ids: self.worker_ids,
                 allow_missing_landlock: self.allow_missing_landlock,
             },
+            report_timings: self.report_timings,
         })
     }
 
@@ -357,6 +367,13 @@ mod tests {
         assert!(c.devices.iter().all(|d| d.kind() == DeviceKind::Rng));
         assert!(c.acpi);
         assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
+        assert!(!c.report_timings);
+        assert!(
+            args(&["--report-timings"])
+                .validate(1024)
+                .unwrap()
+                .report_timings
+        );
 
         let c = args(&[
             "--device",

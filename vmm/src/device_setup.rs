@@ -226,7 +226,14 @@ pub fn create(
                 Some(none.insert(Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?))
             }
         };
-        let (transport, worker) = create_one(vm, ram, spec, &name, (addr, irq), sandbox)?;
+        let (transport, worker, spawn_time) =
+            create_one(vm, ram, spec, &name, (addr, irq), sandbox)?;
+        if config.report_timings {
+            eprintln!(
+                "svmm: timing device={name} spawn_us={}",
+                spawn_time.as_micros()
+            );
+        }
         bus.insert(addr, size, transport.clone())
             .map_err(|source| DeviceSetupError::Bus {
                 name: name.clone(),
@@ -259,7 +266,9 @@ pub fn create(
     Ok(devices)
 }
 
-/// The eventfds, the worker and the transport of one device at `addr` with GSI `irq`.
+/// The eventfds, the worker and the transport of one device at `addr` with GSI `irq`, and the
+/// time from the start of spawning its worker (or building its in-process backend) to its Ready
+/// message (`--report-timings`).
 fn create_one(
     vm: &VmFd,
     ram: &GuestRam,
@@ -267,7 +276,7 @@ fn create_one(
     name: &str,
     (addr, irq): (u64, u32),
     sandbox: Option<&mut Sandbox>,
-) -> Result<(Transport, Worker), DeviceSetupError> {
+) -> Result<(Transport, Worker, Duration), DeviceSetupError> {
     let host = |what| {
         let name = name.to_string();
         move |source| DeviceSetupError::Host { name, what, source }
@@ -320,6 +329,7 @@ fn create_one(
             .map_err(host("duplicate an fd"))?,
         stop,
     };
+    let spawn_start = Instant::now();
     let worker = start_worker(spec, name, resources, fds, sandbox)?;
 
     let mut proxy = WorkerProxy::connect(
@@ -334,12 +344,13 @@ fn create_one(
         name: name.to_string(),
         source,
     })?;
+    let spawn_time = spawn_start.elapsed();
     if let Worker::Sandboxed(supervised) = &worker {
         let supervised = supervised.clone();
         proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
     }
     let transport = Arc::new(Mutex::new(MmioTransport::new(name, proxy)));
-    Ok((transport, worker))
+    Ok((transport, worker, spawn_time))
 }
 
 /// Starts the worker that serves the device: **the one place the broker plugs in**.

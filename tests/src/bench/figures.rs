@@ -1,0 +1,578 @@
+//! What the benchmark measures: the catalogue of figures (name, unit, which direction is better,
+//! which configurations have it) and the parsing of what each run prints — the test guest's
+//! `testguest: <test> ok key=value ...` lines (images/testguest/README.md and the guest ↔ harness
+//! contract) and svmm's `svmm: timing device=NAME spawn_us=N` lines (`--report-timings`).
+
+use std::collections::BTreeMap;
+
+use super::{Config, Mode};
+
+/// The contract's bench tests, in the order the guest runs them.
+pub const BENCH_TESTS: [&str; 7] = [
+    "bench_cpu",
+    "bench_rng",
+    "bench_seqread",
+    "bench_seqwrite",
+    "bench_rand1",
+    "bench_rand16",
+    "bench_getid",
+];
+
+/// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
+/// ring 3, ud2 returns, page faults are taken), then every bench test.
+pub const DEFAULT_TESTS: [&str; 8] = [
+    "ring3",
+    "bench_cpu",
+    "bench_rng",
+    "bench_seqread",
+    "bench_seqwrite",
+    "bench_rand1",
+    "bench_rand16",
+    "bench_getid",
+];
+
+/// The `ring3` result keys that must each be `1`.
+pub const RING3_CHECKS: [&str; 3] = ["ud2_return", "page_fault", "irq_in_ring3"];
+
+/// The devices of the four-device runs, by svmm's names, in slot order: 2 rng, 2 blk.
+pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
+
+/// Where a figure is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    /// Process start → guest banner / → exit.
+    Boot,
+    /// Worker spawn per device (`--report-timings`).
+    Spawn,
+    /// Device figures from the guest's bench tests, in one completion mode.
+    Device(Mode),
+    /// The guest's own costs (`bench_cpu`), in the same run as `Device(mode)`.
+    Guest(Mode),
+    /// Resident memory without guest RAM.
+    Memory,
+}
+
+impl Section {
+    /// The heading of the section in tables.
+    pub fn title(self) -> String {
+        match self {
+            Section::Boot => "Boot (testguest.run=none)".into(),
+            Section::Spawn => "Worker spawn, per device (svmm --report-timings)".into(),
+            Section::Device(m) => format!("Devices, {} mode", m.word()),
+            Section::Guest(m) => format!("Guest's own costs (bench_cpu), {} run", m.word()),
+            Section::Memory => "Memory: PSS without guest RAM, guest idle".into(),
+        }
+    }
+}
+
+/// Which direction of a figure is an improvement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    /// Throughput, IOPS.
+    Higher,
+    /// Times, latencies, memory.
+    Lower,
+}
+
+/// Which configurations a figure exists for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// All three.
+    All,
+    /// svmm only (spawn times: QEMU has no workers).
+    Svmm,
+    /// Sandboxed svmm only (a worker's memory).
+    Sandboxed,
+}
+
+/// One figure of the report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    /// Unique key, e.g. `boot4.exit`, `poll.bench_rand1.iops`, `spawn.blk#2`.
+    pub key: String,
+    /// Where it is shown.
+    pub section: Section,
+    /// What it is, for people.
+    pub label: String,
+    /// Its unit as shown.
+    pub unit: &'static str,
+    /// Which direction is better.
+    pub better: Better,
+    /// Which configurations have it.
+    pub scope: Scope,
+}
+
+impl Figure {
+    /// Whether `config` has this figure (else the table shows `n/a`).
+    pub fn applies(&self, config: Config) -> bool {
+        match self.scope {
+            Scope::All => true,
+            Scope::Svmm => config.is_svmm(),
+            Scope::Sandboxed => config == Config::Sandboxed,
+        }
+    }
+}
+
+/// A figure the guest prints: `key=` of `test`'s result line, scaled into `unit`.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestFigure {
+    /// The test (`testguest.run=` name and result-line name).
+    pub test: &'static str,
+    /// The key in the result line.
+    pub key: &'static str,
+    /// What it is.
+    pub label: &'static str,
+    /// The unit after scaling.
+    pub unit: &'static str,
+    /// Multiplier from the printed integer to `unit`.
+    pub scale: f64,
+    /// Which direction is better.
+    pub better: Better,
+    /// The guest's own cost (`bench_cpu`), not a device figure.
+    pub guest_cost: bool,
+    /// Whether the contract requires the key (a missing optional key is no failure).
+    pub required: bool,
+}
+
+const KIB_S_TO_MB_S: f64 = 1024.0 / 1e6;
+
+const fn device(
+    test: &'static str,
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    scale: f64,
+    better: Better,
+) -> GuestFigure {
+    GuestFigure {
+        test,
+        key,
+        label,
+        unit,
+        scale,
+        better,
+        guest_cost: false,
+        required: true,
+    }
+}
+
+const fn guest_cost(
+    key: &'static str,
+    label: &'static str,
+    scale: f64,
+    required: bool,
+) -> GuestFigure {
+    GuestFigure {
+        test: "bench_cpu",
+        key,
+        label,
+        unit: "ns",
+        scale,
+        better: Better::Lower,
+        guest_cost: true,
+        required,
+    }
+}
+
+/// Every figure the guest can print, in report order. `rng` (the functional test, 32 requests of
+/// 64 bytes) is there so that the harness can be tried on a guest without the bench tests
+/// (`--tests rng`); it is not part of the default set.
+pub const GUEST_FIGURES: &[GuestFigure] = &[
+    device(
+        "bench_rng",
+        "kib_s",
+        "rng throughput",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    device(
+        "bench_seqread",
+        "kib_s",
+        "blk sequential read, qd 8",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    device(
+        "bench_seqwrite",
+        "kib_s",
+        "blk sequential write, qd 8",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    device(
+        "bench_rand1",
+        "iops",
+        "blk 4 KiB random read, qd 1",
+        "IOPS",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_rand16",
+        "iops",
+        "blk 4 KiB random read, qd 16",
+        "IOPS",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_rand1",
+        "p50_ns",
+        "blk 4 KiB read latency p50, qd 1",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_rand1",
+        "p99_ns",
+        "blk 4 KiB read latency p99, qd 1",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_getid",
+        "p50_ns",
+        "null request (blk GET_ID) p50",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_getid",
+        "p99_ns",
+        "null request (blk GET_ID) p99",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_getid",
+        "mean_ns",
+        "null request (blk GET_ID) mean",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "rng",
+        "kib_s",
+        "rng functional test (32 × 64 B)",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    guest_cost("loop_ring0_ps", "pure loop iteration, ring 0", 1e-3, true),
+    guest_cost("loop_ring3_ps", "pure loop iteration, ring 3", 1e-3, true),
+    guest_cost(
+        "driver_ring3_ns",
+        "driver cost per request, ring 3 (no exits)",
+        1.0,
+        true,
+    ),
+    guest_cost("irq_ns", "cost per interrupt taken in ring 3", 1.0, true),
+    guest_cost(
+        "mmio_read_ns",
+        "one MMIO read from ring 3 (an exit)",
+        1.0,
+        false,
+    ),
+];
+
+/// The keys the contract requires of `test`'s result line, beyond its figures (`*` in the
+/// contract's table); the harness checks them so that a guest that drifts from the contract
+/// fails loudly instead of being misread.
+pub fn required_keys(test: &str) -> &'static [&'static str] {
+    match test {
+        "bench_rng" => &["mode", "req_bytes", "depth", "requests", "bytes", "us"],
+        "bench_seqread" | "bench_seqwrite" => {
+            &["mode", "req_kib", "depth", "requests", "bytes", "us"]
+        }
+        "bench_rand1" | "bench_rand16" => &["mode", "depth", "requests", "us"],
+        "bench_getid" => &["mode", "requests"],
+        "ring3" => &RING3_CHECKS,
+        _ => &[],
+    }
+}
+
+/// The key of the figure `g` in completion mode `mode`.
+pub fn guest_key(mode: Mode, g: &GuestFigure) -> String {
+    format!("{}.{}.{}", mode.word(), g.test, g.key)
+}
+
+/// Every figure of a run of `tests`, in report order.
+pub fn catalogue(tests: &[String]) -> Vec<Figure> {
+    let mut out = Vec::new();
+    for (devices, what) in [("boot0", "0 devices"), ("boot4", "4 devices")] {
+        for (end, label) in [("first_line", "first serial line"), ("exit", "exit")] {
+            out.push(Figure {
+                key: format!("{devices}.{end}"),
+                section: Section::Boot,
+                label: format!("{what}: start → {label}"),
+                unit: "ms",
+                better: Better::Lower,
+                scope: Scope::All,
+            });
+        }
+    }
+    for name in DEVICES {
+        out.push(Figure {
+            key: format!("spawn.{name}"),
+            section: Section::Spawn,
+            label: format!("{name}: spawn → ready"),
+            unit: "ms",
+            better: Better::Lower,
+            scope: Scope::Svmm,
+        });
+    }
+    for mode in Mode::ALL {
+        for guest_costs in [false, true] {
+            for g in GUEST_FIGURES.iter().filter(|g| g.guest_cost == guest_costs) {
+                if !tests.iter().any(|t| t == g.test) {
+                    continue;
+                }
+                out.push(Figure {
+                    key: guest_key(mode, g),
+                    section: match guest_costs {
+                        false => Section::Device(mode),
+                        true => Section::Guest(mode),
+                    },
+                    label: g.label.to_string(),
+                    unit: g.unit,
+                    better: g.better,
+                    scope: Scope::All,
+                });
+            }
+        }
+    }
+    out.push(memory_figure("mem.vmm", "VMM process", Scope::All));
+    for name in DEVICES {
+        out.push(memory_figure(
+            &format!("mem.worker.{name}"),
+            &format!("worker {name}"),
+            Scope::Sandboxed,
+        ));
+    }
+    out.push(memory_figure("mem.total", "VMM + workers", Scope::All));
+    out
+}
+
+fn memory_figure(key: &str, label: &str, scope: Scope) -> Figure {
+    Figure {
+        key: key.to_string(),
+        section: Section::Memory,
+        label: label.to_string(),
+        unit: "MiB",
+        better: Better::Lower,
+        scope,
+    }
+}
+
+/// A test's result as the guest printed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestLine {
+    /// `testguest: <test> ok k=v ...`: the fields and the whole line.
+    Ok(BTreeMap<String, String>, String),
+    /// `testguest: <test> FAIL <reason>`: the reason.
+    Fail(String),
+}
+
+/// The result line of `test` among the guest's console `lines`, if it printed one.
+pub fn find_result<'a>(lines: impl IntoIterator<Item = &'a str>, test: &str) -> Option<TestLine> {
+    let ok = format!("testguest: {test} ok");
+    let fail = format!("testguest: {test} FAIL");
+    for line in lines {
+        if let Some(rest) = line.strip_prefix(&ok) {
+            if rest.is_empty() || rest.starts_with(' ') {
+                return Some(TestLine::Ok(fields(rest), line.to_string()));
+            }
+        }
+        if let Some(rest) = line.strip_prefix(&fail) {
+            return Some(TestLine::Fail(rest.trim().to_string()));
+        }
+    }
+    None
+}
+
+/// The `key=value` words of a result line (other words are ignored).
+pub fn fields(text: &str) -> BTreeMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The samples (figure key, value in the figure's unit) in `test`'s result `fields` from a run
+/// in `mode`; an error names what breaks the contract (a required key missing or not an integer,
+/// `mode=` not the one asked for).
+pub fn guest_samples(
+    test: &str,
+    fields: &BTreeMap<String, String>,
+    mode: Mode,
+) -> Result<Vec<(String, f64)>, String> {
+    let mut problems = Vec::new();
+    for key in required_keys(test) {
+        if !fields.contains_key(*key) {
+            problems.push(format!("no {key}="));
+        }
+    }
+    if test == "ring3" {
+        for key in RING3_CHECKS {
+            match fields.get(key).map(String::as_str) {
+                Some("1") | None => {}
+                Some(v) => problems.push(format!("{key}={v}, must be 1")),
+            }
+        }
+    }
+    if let Some(got) = fields.get("mode") {
+        if got != mode.word() {
+            problems.push(format!("mode={got}, asked for {}", mode.word()));
+        }
+    }
+    let mut samples = Vec::new();
+    for g in GUEST_FIGURES.iter().filter(|g| g.test == test) {
+        match fields.get(g.key).map(|v| v.parse::<u64>()) {
+            Some(Ok(v)) => samples.push((guest_key(mode, g), v as f64 * g.scale)),
+            Some(Err(_)) => problems.push(format!("{}={} is not an integer", g.key, fields[g.key])),
+            None if g.required => problems.push(format!("no {}=", g.key)),
+            None => {}
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(samples),
+        false => Err(problems.join(", ")),
+    }
+}
+
+/// svmm's `svmm: timing device=NAME spawn_us=N` lines in `stderr`: (NAME, N).
+pub fn spawn_lines(stderr: &str) -> Vec<(String, u64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("svmm: timing device="))
+        .filter_map(|rest| {
+            let (name, us) = rest.split_once(" spawn_us=")?;
+            Some((name.to_string(), us.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_tests() -> Vec<String> {
+        BENCH_TESTS.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn catalogue_keys_are_unique_and_complete() {
+        let figures = catalogue(&all_tests());
+        let mut keys: Vec<&str> = figures.iter().map(|f| f.key.as_str()).collect();
+        keys.sort_unstable();
+        let n = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "duplicate figure keys");
+        for key in [
+            "boot0.first_line",
+            "boot4.exit",
+            "spawn.blk#3",
+            "poll.bench_rand1.iops",
+            "irq.bench_getid.p99_ns",
+            "irq.bench_cpu.irq_ns",
+            "mem.worker.rng#0",
+            "mem.total",
+        ] {
+            assert!(keys.contains(&key), "{key} missing");
+        }
+        // The functional rng test is only there when asked for.
+        assert!(!keys.contains(&"poll.rng.kib_s"));
+        assert!(catalogue(&["rng".into()])
+            .iter()
+            .any(|f| f.key == "poll.rng.kib_s"));
+    }
+
+    #[test]
+    fn scopes() {
+        let figures = catalogue(&all_tests());
+        let get = |k: &str| figures.iter().find(|f| f.key == k).unwrap();
+        assert!(!get("spawn.rng#0").applies(Config::Qemu));
+        assert!(get("spawn.rng#0").applies(Config::InProcess));
+        assert!(!get("mem.worker.blk#2").applies(Config::InProcess));
+        assert!(get("mem.vmm").applies(Config::Qemu));
+    }
+
+    #[test]
+    fn result_lines_are_found_and_split() {
+        let lines = [
+            "testguest: bench_rand1 ok mode=poll depth=1 requests=100 us=5000 iops=20000 p50_ns=45000 p99_ns=90000",
+            "testguest: bench_rand16 FAIL timeout interrupt=0",
+            "testguest: bench_rng1 ok x=1",
+        ];
+        let Some(TestLine::Ok(f, line)) = find_result(lines, "bench_rand1") else {
+            panic!("not found");
+        };
+        assert_eq!(f["iops"], "20000");
+        assert!(line.ends_with("p99_ns=90000"));
+        assert_eq!(
+            find_result(lines, "bench_rand16"),
+            Some(TestLine::Fail("timeout interrupt=0".into()))
+        );
+        // `bench_rng1` is not `bench_rng`.
+        assert_eq!(find_result(lines, "bench_rng"), None);
+    }
+
+    #[test]
+    fn samples_are_scaled_and_checked() {
+        let f =
+            fields("mode=poll depth=1 requests=100 us=5000 iops=20000 p50_ns=45000 p99_ns=90500");
+        let s = guest_samples("bench_rand1", &f, Mode::Poll).unwrap();
+        assert!(s.contains(&("poll.bench_rand1.iops".into(), 20000.0)));
+        assert!(s.contains(&("poll.bench_rand1.p99_ns".into(), 90.5)));
+        let e = guest_samples("bench_rand1", &f, Mode::Irq).unwrap_err();
+        assert!(e.contains("mode=poll, asked for irq"), "{e}");
+        let f = fields("mode=irq req_bytes=4096 depth=8 requests=10 bytes=40960 us=100");
+        let e = guest_samples("bench_rng", &f, Mode::Irq).unwrap_err();
+        assert_eq!(e, "no kib_s=");
+        let f =
+            fields("mode=irq req_bytes=4096 depth=8 requests=10 bytes=40960 us=100 kib_s=1000000");
+        let s = guest_samples("bench_rng", &f, Mode::Irq).unwrap();
+        assert_eq!(s, [("irq.bench_rng.kib_s".to_string(), 1024.0)]);
+        // bench_cpu: mmio_read_ns is optional, the others are not.
+        let f = fields("loop_ring0_ps=1300000 loop_ring3_ps=350 driver_ring3_ns=40 irq_ns=2000");
+        let s = guest_samples("bench_cpu", &f, Mode::Poll).unwrap();
+        assert_eq!(s.len(), 4);
+        let ring3 = s
+            .iter()
+            .find(|(k, _)| k == "poll.bench_cpu.loop_ring3_ps")
+            .unwrap();
+        assert!((ring3.1 - 0.35).abs() < 1e-12, "{ring3:?}");
+        let f = fields("loop_ring0_ps=x loop_ring3_ps=350 driver_ring3_ns=40");
+        let e = guest_samples("bench_cpu", &f, Mode::Poll).unwrap_err();
+        assert!(e.contains("loop_ring0_ps=x is not an integer") && e.contains("no irq_ns="));
+    }
+
+    #[test]
+    fn ring3_must_pass_every_check() {
+        let f = fields("ud2_return=1 page_fault=1 irq_in_ring3=1 irqs=10");
+        assert_eq!(guest_samples("ring3", &f, Mode::Irq), Ok(Vec::new()));
+        let f = fields("ud2_return=1 page_fault=1 irq_in_ring3=0 irqs=0");
+        let e = guest_samples("ring3", &f, Mode::Irq).unwrap_err();
+        assert_eq!(e, "irq_in_ring3=0, must be 1");
+        let e = guest_samples("ring3", &fields("ud2_return=1"), Mode::Irq).unwrap_err();
+        assert!(e.contains("no page_fault="), "{e}");
+    }
+
+    #[test]
+    fn spawn_lines_are_parsed() {
+        let stderr = "svmm: timing device=rng#0 spawn_us=4301\nsvmm: other\n\
+                      svmm: timing device=blk#2 spawn_us=2511\nsvmm: timing device=x spawn_us=?\n";
+        assert_eq!(
+            spawn_lines(stderr),
+            [("rng#0".to_string(), 4301), ("blk#2".to_string(), 2511)]
+        );
+    }
+}

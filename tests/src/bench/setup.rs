@@ -1,0 +1,473 @@
+//! What a benchmark run needs before it starts, and what each VM run is: the [`Plan`], the
+//! prerequisites (fail loudly when KVM, QEMU or the guest is missing), the disk images, the three
+//! configurations as [`TestVm`]s (the QEMU command the issue prescribes), and the machine.
+//!
+//! The same devices everywhere: 2 virtio-rng and 2 virtio-blk, in that order, each blk on its own
+//! raw image of [`Plan::image_mib`] MiB (allocated, not sparse) in one scratch directory, opened
+//! with `O_DIRECT` by both VMMs (svmm `direct=on`, QEMU `cache=none,aio=native`), so neither
+//! goes through the host's page cache.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::host::qemu_bin;
+use crate::paths::TempDir;
+use crate::vm::{Backend, TestVm};
+
+use super::{Config, Mode, RunKind};
+
+/// QEMU's options beyond what [`TestVm`]'s QEMU backend always passes (`-M MACHINE -accel kvm
+/// -cpu host,-arch-capabilities -nographic -no-reboot -device isa-debug-exit,...`): seccomp on,
+/// modern virtio-mmio, nothing but what is asked for, the console on stdio.
+pub const QEMU_OPTIONS: [&str; 8] = [
+    "-sandbox",
+    "on",
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-nodefaults",
+    "-no-user-config",
+    "-serial",
+    "stdio",
+];
+
+/// QEMU's machine: microvm without ACPI, so that it lists its virtio-mmio devices on the
+/// command line as `virtio_mmio.device=` (the test guest reads nothing else).
+pub const QEMU_MACHINE: &str = "microvm,acpi=off";
+
+/// Everything the runs share.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Repetitions of every run per configuration.
+    pub reps: usize,
+    /// `testguest.bench_ms=`: length of each measured phase.
+    pub bench_ms: u64,
+    /// Guest RAM, MiB, for both VMMs.
+    pub mem_mib: u64,
+    /// The test guest ELF.
+    pub guest: PathBuf,
+    /// The tests of the bench runs (`testguest.run=`), normally [`super::figures::BENCH_TESTS`].
+    pub tests: Vec<String>,
+    /// The blk images, one per blk device.
+    pub images: Vec<PathBuf>,
+    /// Size of each image, MiB.
+    pub image_mib: u64,
+    /// `testguest.sleep_ms=` of the interrupt-mode bench run, during which memory is sampled.
+    pub idle_ms: u64,
+}
+
+impl Plan {
+    /// The guest command line of a run of `kind` (the VMM appends its `virtio_mmio.device=`).
+    pub fn cmdline(&self, kind: RunKind) -> String {
+        match kind {
+            RunKind::Boot0 | RunKind::Boot4 => "testguest.run=none".to_string(),
+            RunKind::Bench(mode) => {
+                let mut c = format!("testguest.run={}", self.tests.join(","));
+                // The bench words only with bench tests: a guest without them (tried with
+                // `--tests rng`) would count them as bad parameters.
+                if self.tests.iter().any(|t| t.starts_with("bench_")) {
+                    c += &format!(
+                        " testguest.irq={} testguest.bench_ms={}",
+                        mode.word(),
+                        self.bench_ms
+                    );
+                }
+                if mode == Mode::Irq {
+                    c += &format!(" testguest.sleep_ms={}", self.idle_ms);
+                }
+                c
+            }
+        }
+    }
+
+    /// How long a run of `kind` may take before it is killed and counted as failed.
+    pub fn timeout(&self, kind: RunKind) -> Duration {
+        match kind {
+            RunKind::Boot0 | RunKind::Boot4 => Duration::from_secs(30),
+            RunKind::Bench(_) => Duration::from_millis(
+                30_000 + self.idle_ms + self.tests.len() as u64 * (5 * self.bench_ms + 5_000),
+            ),
+        }
+    }
+
+    /// The VM of one run: `config` running `kind`.
+    pub fn vm(&self, config: Config, kind: RunKind) -> TestVm {
+        let vm = match config {
+            Config::Sandboxed | Config::InProcess => self.svmm_vm(config, kind),
+            Config::Qemu => self.qemu_vm(kind),
+        };
+        vm.timeout(self.timeout(kind))
+    }
+
+    fn svmm_vm(&self, config: Config, kind: RunKind) -> TestVm {
+        let mut vm = TestVm::svmm(&self.guest)
+            .mem_mib(self.mem_mib)
+            .cmdline(self.cmdline(kind))
+            .args(self.svmm_args(kind));
+        for spec in self.svmm_devices(config, kind) {
+            vm = vm.device(spec);
+        }
+        vm
+    }
+
+    /// svmm's options besides kernel, memory, command line and devices.
+    pub fn svmm_args(&self, kind: RunKind) -> Vec<&'static str> {
+        // QEMU runs without ACPI too; the test guest reads only the command line.
+        let mut args = vec!["--acpi=off"];
+        if kind.has_devices() {
+            args.push("--report-timings");
+        }
+        args
+    }
+
+    /// svmm's `--device` specs of a run: the same devices, `sandbox=off` for in-process.
+    pub fn svmm_devices(&self, config: Config, kind: RunKind) -> Vec<String> {
+        if !kind.has_devices() {
+            return Vec::new();
+        }
+        let off = match config {
+            Config::InProcess => ",sandbox=off",
+            _ => "",
+        };
+        let mut specs = vec![format!("rng{off}"), format!("rng{off}")];
+        for image in &self.images {
+            specs.push(format!("blk={},direct=on{off}", image.display()));
+        }
+        specs
+    }
+
+    fn qemu_vm(&self, kind: RunKind) -> TestVm {
+        TestVm::new(Backend::Qemu {
+            machine: QEMU_MACHINE.into(),
+        })
+        .kernel(&self.guest)
+        .mem_mib(self.mem_mib)
+        .cmdline(self.cmdline(kind))
+        .args(QEMU_OPTIONS)
+        .args(self.qemu_devices(kind))
+    }
+
+    /// QEMU's device options of a run: the same devices as svmm's, in the same order.
+    pub fn qemu_devices(&self, kind: RunKind) -> Vec<String> {
+        if !kind.has_devices() {
+            return Vec::new();
+        }
+        let mut args: Vec<String> = ["-device", "virtio-rng-device"]
+            .repeat(2)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        for (n, image) in self.images.iter().enumerate() {
+            args.extend([
+                "-drive".to_string(),
+                format!(
+                    "id=d{n},file={},format=raw,if=none,cache=none,aio=native",
+                    image.display()
+                ),
+                "-device".to_string(),
+                format!("virtio-blk-device,drive=d{n}"),
+            ]);
+        }
+        args
+    }
+}
+
+/// The command line of `cmd` as one would type it (arguments quoted where the shell needs it),
+/// with paths inside the repository made relative to its root.
+pub fn shell_line(cmd: &Command) -> String {
+    let root = format!("{}/", crate::paths::repo_root().display());
+    let quote = |s: &str| {
+        let plain = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%#".contains(c));
+        match plain {
+            true => s.to_string(),
+            false => format!("'{}'", s.replace('\'', r"'\''")),
+        }
+    };
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| quote(&a.to_string_lossy().replace(&root, "")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks what the benchmark cannot run without; each error is one sentence saying what to do.
+pub fn check_prerequisites(guest: &Path) -> Result<PathBuf, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| {
+            format!("/dev/kvm is not usable ({e}): the benchmark boots real guests and needs KVM")
+        })?;
+    let qemu = qemu_bin().ok_or(
+        "qemu-system-x86_64 not found on PATH (apt-get install qemu-system-x86, or set QEMU_BIN)",
+    )?;
+    if !qemu.is_file() {
+        return Err(format!("QEMU_BIN={} is not a file", qemu.display()));
+    }
+    if !guest.is_file() {
+        return Err(format!(
+            "the test guest {} does not exist (images/build.sh testguest, or --guest PATH)",
+            guest.display()
+        ));
+    }
+    Ok(qemu)
+}
+
+/// The scratch directory for the images under `base`, refused on tmpfs (no `O_DIRECT` on older
+/// kernels, and RAM-backed: not a disk benchmark).
+pub fn scratch_dir(base: &Path) -> Result<TempDir, String> {
+    let fs_type = statfs_type(base)?;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    if fs_type == TMPFS_MAGIC {
+        return Err(format!(
+            "{} is on tmpfs: the disk images need a real file system (--scratch DIR)",
+            base.display()
+        ));
+    }
+    Ok(TempDir::new_in(base, "bench"))
+}
+
+fn statfs_type(path: &Path) -> Result<i64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct, and statfs only
+    // writes into it.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `buf` is a valid statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return Err(format!(
+            "cannot statfs {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libc targets.
+    Ok(buf.f_type as i64)
+}
+
+/// Creates `count` raw images of `mib` MiB in `dir`, every block written (so that reads hit the
+/// disk, not holes) and flushed.
+pub fn create_images(dir: &Path, count: usize, mib: u64) -> Result<Vec<PathBuf>, String> {
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut out = Vec::new();
+    for n in 0..count {
+        let path = dir.join(format!("disk{n}.img"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&path)?;
+            for _ in 0..mib {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        };
+        write().map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// The machine the run is on, for BENCHMARKS.md.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    /// `model name` from /proc/cpuinfo.
+    pub cpu: String,
+    /// Online CPUs.
+    pub cores: usize,
+    /// The host kernel release.
+    pub kernel: String,
+    /// What KVM is here: PVM or hardware.
+    pub kvm: String,
+    /// `qemu-system-x86_64 --version`, first line.
+    pub qemu: String,
+    /// `git describe --always --dirty` of the repository.
+    pub revision: String,
+    /// UTC date and time of the run.
+    pub date: String,
+    /// `/proc/loadavg`'s 1-, 5- and 15-minute load averages when the run began (other work on
+    /// the machine makes the figures noisier).
+    pub load_before: String,
+    /// The same when it ended (set by the caller).
+    pub load_after: String,
+    /// The guest's file and the start of its SHA-256.
+    pub guest: String,
+}
+
+impl Machine {
+    /// Reads what it can; unknown fields say so.
+    pub fn probe(qemu: &Path, guest: &Path) -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown".into(), |(_, v)| v.trim().to_string());
+        let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+            "PVM (kvm_pvm: software nested virtualisation, guest ring 0 emulated; see GUEST.md)"
+                .to_string()
+        } else if crate::host::has_hw_virt() {
+            "hardware (vmx/svm)".to_string()
+        } else {
+            "unknown (no vmx/svm, no kvm_pvm module)".to_string()
+        };
+        let first_line = |cmd: &mut Command| {
+            cmd.output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "unknown".into())
+        };
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or("unknown".into(), |s| s.trim().to_string()),
+            kvm,
+            qemu: first_line(Command::new(qemu).arg("--version")),
+            revision: first_line(
+                Command::new("git")
+                    .arg("-C")
+                    .arg(crate::paths::repo_root())
+                    .args(["describe", "--always", "--dirty"]),
+            ),
+            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            load_before: load_average(),
+            load_after: String::new(),
+            guest: format!(
+                "{} (sha256 {})",
+                guest.display(),
+                first_line(Command::new("sha256sum").arg(guest))
+                    .split_whitespace()
+                    .next()
+                    .map_or("unknown".into(), |h| h.chars().take(16).collect::<String>())
+            ),
+        }
+    }
+}
+
+/// The first three fields of `/proc/loadavg`.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            reps: 1,
+            bench_ms: 300,
+            mem_mib: 128,
+            guest: "/g/testguest.elf".into(),
+            tests: vec!["bench_rng".into(), "bench_rand1".into()],
+            images: vec!["/s/disk0.img".into(), "/s/disk1.img".into()],
+            image_mib: 256,
+            idle_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        let p = plan();
+        assert_eq!(p.cmdline(RunKind::Boot4), "testguest.run=none");
+        assert_eq!(
+            p.cmdline(RunKind::Bench(Mode::Poll)),
+            "testguest.run=bench_rng,bench_rand1 testguest.irq=poll testguest.bench_ms=300"
+        );
+        assert!(p
+            .cmdline(RunKind::Bench(Mode::Irq))
+            .ends_with("testguest.irq=irq testguest.bench_ms=300 testguest.sleep_ms=1500"));
+        let legacy = Plan {
+            tests: vec!["rng".into()],
+            ..plan()
+        };
+        assert_eq!(
+            legacy.cmdline(RunKind::Bench(Mode::Poll)),
+            "testguest.run=rng"
+        );
+    }
+
+    #[test]
+    fn qemu_gets_the_issues_options_and_the_same_devices() {
+        let options = QEMU_OPTIONS.join(" ");
+        assert_eq!(
+            options,
+            "-sandbox on -global virtio-mmio.force-legacy=false -nodefaults -no-user-config -serial stdio"
+        );
+        assert_eq!(QEMU_MACHINE, "microvm,acpi=off");
+        let devices = plan().qemu_devices(RunKind::Bench(Mode::Poll)).join(" ");
+        assert_eq!(
+            devices,
+            "-device virtio-rng-device -device virtio-rng-device \
+             -drive id=d0,file=/s/disk0.img,format=raw,if=none,cache=none,aio=native -device virtio-blk-device,drive=d0 \
+             -drive id=d1,file=/s/disk1.img,format=raw,if=none,cache=none,aio=native -device virtio-blk-device,drive=d1"
+        );
+        assert!(plan().qemu_devices(RunKind::Boot0).is_empty());
+    }
+
+    #[test]
+    fn svmm_configs_differ_only_in_sandbox() {
+        let p = plan();
+        let sb = p.svmm_devices(Config::Sandboxed, RunKind::Boot4);
+        assert_eq!(
+            sb,
+            [
+                "rng",
+                "rng",
+                "blk=/s/disk0.img,direct=on",
+                "blk=/s/disk1.img,direct=on"
+            ]
+        );
+        let off: Vec<String> = sb.iter().map(|d| format!("{d},sandbox=off")).collect();
+        assert_eq!(p.svmm_devices(Config::InProcess, RunKind::Boot4), off);
+        assert_eq!(
+            p.svmm_args(RunKind::Boot4),
+            ["--acpi=off", "--report-timings"]
+        );
+        assert!(p.svmm_devices(Config::Sandboxed, RunKind::Boot0).is_empty());
+        assert_eq!(p.svmm_args(RunKind::Boot0), ["--acpi=off"]);
+    }
+
+    #[test]
+    fn shell_lines_quote_what_needs_it() {
+        let mut cmd = Command::new("/usr/bin/qemu");
+        cmd.args(["-append", "testguest.run=none x=1", "-m", "128", "it's"]);
+        assert_eq!(
+            shell_line(&cmd),
+            r"/usr/bin/qemu -append 'testguest.run=none x=1' -m 128 'it'\''s'"
+        );
+    }
+
+    #[test]
+    fn images_are_written_in_full() {
+        let dir = TempDir::new("bench-images");
+        let images = create_images(dir.path(), 2, 1).unwrap();
+        assert_eq!(images.len(), 2);
+        for image in images {
+            let meta = fs::metadata(&image).unwrap();
+            assert_eq!(meta.len(), 1 << 20);
+            use std::os::unix::fs::MetadataExt;
+            assert!(meta.blocks() * 512 >= 1 << 20, "sparse image");
+        }
+    }
+
+    #[test]
+    fn tmpfs_is_refused_for_images() {
+        if statfs_type(Path::new("/dev/shm")) == Ok(0x0102_1994) {
+            let e = scratch_dir(Path::new("/dev/shm")).unwrap_err();
+            assert!(e.contains("tmpfs"), "{e}");
+        }
+    }
+}

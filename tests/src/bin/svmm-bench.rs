@@ -1,0 +1,231 @@
+//! `svmm-bench`: svmm sandboxed vs svmm in-process vs QEMU, in one run (issue 5). Prints a table
+//! on stdout, writes BENCHMARKS.md and benchmarks.svg, exits non-zero when anything failed.
+//! `tests/bench.sh` builds everything and runs it; the harness itself is `tests::bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tests::bench::figures::{self, DEFAULT_TESTS};
+use tests::bench::runner::{self, Progress};
+use tests::bench::setup::{self, Machine, Plan};
+use tests::bench::{chart, report, stats, Config, Mode, RunKind};
+use tests::{binary, paths};
+
+const USAGE: &str = "\
+usage: svmm-bench [OPTIONS]
+
+Runs the test guest under svmm (sandboxed devices), svmm (the same devices in-process) and QEMU
+microvm, alternating, and reports boot, worker spawn, device and memory figures with their
+medians, spreads, ratios and the issue's targets.
+
+options:
+  --reps N          repetitions per configuration (default 5)
+  --bench-ms N      testguest.bench_ms: each measured phase of a bench test (default 1000)
+  --mem MIB         guest RAM for both VMMs (default 128)
+  --guest PATH      the test guest ELF (default: $SVMM_BENCH_GUEST, else images/out/testguest.elf)
+  --tests LIST      the tests of the bench runs, comma-separated (default: ring3 and every
+                    bench test of the contract)
+  --image-mib N     size of each blk image (default 256)
+  --idle-ms N       how long the guest idles for the memory sample (default 1500)
+  --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
+  --out DIR         where BENCHMARKS.md and benchmarks.svg go (default: the repository root)
+
+environment: SVMM_BIN (the svmm binary; default: cargo builds it), QEMU_BIN (default:
+qemu-system-x86_64 on PATH), SVMM_BENCH_INVOCATION (the command to print as the one that ran).
+";
+
+/// Output file names in `--out`.
+const MARKDOWN: &str = "BENCHMARKS.md";
+const CHART: &str = "benchmarks.svg";
+
+struct Options {
+    reps: usize,
+    bench_ms: u64,
+    mem_mib: u64,
+    guest: PathBuf,
+    tests: Vec<String>,
+    image_mib: u64,
+    idle_ms: u64,
+    scratch: PathBuf,
+    out: PathBuf,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        reps: 5,
+        bench_ms: 1000,
+        mem_mib: 128,
+        guest: std::env::var_os("SVMM_BENCH_GUEST")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| paths::images_out().join("testguest.elf")),
+        tests: DEFAULT_TESTS.iter().map(|t| t.to_string()).collect(),
+        image_mib: 256,
+        idle_ms: 1500,
+        scratch: std::env::temp_dir(),
+        out: paths::repo_root(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |min: u64| -> Result<u64, String> {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| format!("{flag} {value}: expected an integer ≥ {min}"))
+        };
+        match flag.as_str() {
+            "--reps" => o.reps = number(1)? as usize,
+            "--bench-ms" => o.bench_ms = number(10)?,
+            "--mem" => o.mem_mib = number(16)?,
+            "--guest" => o.guest = PathBuf::from(value),
+            "--tests" => {
+                o.tests = value
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--image-mib" => o.image_mib = number(64)?,
+            "--idle-ms" => o.idle_ms = number(500)?,
+            "--scratch" => o.scratch = PathBuf::from(value),
+            "--out" => o.out = PathBuf::from(value),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if o.tests.is_empty() {
+        return Err("--tests names no test".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("svmm-bench: {e}\n\n{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    match run(options, &args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("svmm-bench: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The whole benchmark; `Ok(false)` when some run failed (the report says which).
+fn run(o: Options, args: &[String]) -> Result<bool, String> {
+    let qemu = setup::check_prerequisites(&o.guest)?;
+    let svmm = binary::svmm_bin();
+    eprintln!("svmm-bench: svmm {}", svmm.display());
+    eprintln!("svmm-bench: qemu {}", qemu.display());
+    eprintln!("svmm-bench: guest {}", o.guest.display());
+    let mut machine = Machine::probe(&qemu, &o.guest);
+    std::fs::create_dir_all(&o.out)
+        .map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
+
+    let started = Instant::now();
+    let scratch = setup::scratch_dir(&o.scratch)?;
+    let images = setup::create_images(scratch.path(), 2, o.image_mib)?;
+    eprintln!(
+        "svmm-bench: 2 images of {} MiB in {} ({:.1} s)",
+        o.image_mib,
+        scratch.path().display(),
+        started.elapsed().as_secs_f64()
+    );
+    let plan = Plan {
+        reps: o.reps,
+        bench_ms: o.bench_ms,
+        mem_mib: o.mem_mib,
+        guest: o.guest.clone(),
+        tests: o.tests.clone(),
+        images,
+        image_mib: o.image_mib,
+        idle_ms: o.idle_ms,
+    };
+    let total_runs = 3 + 3 * RunKind::ALL.len() * plan.reps;
+    let mut done = 0;
+    let results = runner::run_all(&plan, |p: &Progress| {
+        done += 1;
+        let outcome = match p.failure {
+            None => "ok".to_string(),
+            Some(first) => format!("FAILED: {first}"),
+        };
+        eprintln!(
+            "[{done:>3}/{total_runs}] {:<9} {:<16} {:<10} {:>6.1} s  {outcome}",
+            p.label,
+            p.kind.name(),
+            p.config.name(),
+            p.took.as_secs_f64()
+        );
+    });
+    let total = started.elapsed();
+    machine.load_after = setup::load_average();
+
+    let figures = figures::catalogue(&plan.tests);
+    let checks = stats::check_targets(&figures, &results.samples);
+    let invocation = std::env::var("SVMM_BENCH_INVOCATION").unwrap_or_else(|_| {
+        std::iter::once("svmm-bench".to_string())
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let commands: Vec<(Config, String)> = Config::ALL
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                setup::shell_line(&plan.vm(*c, RunKind::Bench(Mode::Irq)).command()),
+            )
+        })
+        .collect();
+    let r = report::Report {
+        plan: &plan,
+        figures: &figures,
+        results: &results,
+        checks: &checks,
+        machine: &machine,
+        invocation: &invocation,
+        commands: &commands,
+        total,
+        chart: CHART,
+    };
+    print!("{}", report::stdout_text(&r));
+    let md_path = o.out.join(MARKDOWN);
+    std::fs::write(&md_path, report::markdown(&r))
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    let chart_path = o.out.join(CHART);
+    chart::write_svg(&chart_path, &figures, &results.samples)?;
+    eprintln!(
+        "svmm-bench: wrote {} and {}",
+        md_path.display(),
+        chart_path.display()
+    );
+    if total > Duration::from_secs(600) {
+        eprintln!(
+            "svmm-bench: warning: the comparison took {:.0} s, over the 10-minute budget \
+             (fewer --reps or a shorter --bench-ms)",
+            total.as_secs_f64()
+        );
+    }
+    if !results.failures.is_empty() {
+        eprintln!(
+            "svmm-bench: {} run(s) FAILED (listed above and in {MARKDOWN})",
+            results.failures.len()
+        );
+    }
+    Ok(results.failures.is_empty())
+}

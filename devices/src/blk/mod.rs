@@ -36,6 +36,27 @@
 //! uses a synchronous engine (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics,
 //! depth 1.
 //!
+//! # Idle polling
+//!
+//! A queue that runs dry is not given up at once: for [`BlkOptions::poll_us`] µs (default
+//! [`DEFAULT_POLL_US`], at most [`MAX_POLL_US`], 0 turns it off) the device keeps reading the
+//! ring's avail index with notifications still suppressed (`VIRTQ_USED_F_NO_NOTIFY`, or a stale
+//! `avail_event` with `EVENT_IDX`), spinning on the CPU (`std::hint::spin_loop`, the clock read
+//! through the vDSO every few checks; the base seccomp profile allows `clock_gettime` should
+//! the vDSO fall back to the syscall). A chain published within the window is served without a
+//! notification: no QueueNotify exit in the guest, no eventfd, no wake-up of a sleeping worker
+//! (or thread) on another CPU. When the window ends, notifications are re-enabled and the ring
+//! re-checked exactly as without polling, so nothing published meanwhile is missed.
+//!
+//! The cost is up to `poll_us` of one host CPU after every burst of requests, even if none
+//! follows. The window is fixed, not adaptive (QEMU grows and shrinks its own between 0 and
+//! `poll-max-ns`, default 32 µs): a depth-1 guest that submits its next request within a few
+//! µs of the previous completion is caught by any window above that, and a fixed bound keeps the
+//! worst-case CPU cost obvious. 32 µs is QEMU's maximum too; on the PVM host where this was
+//! measured (BENCHMARKS.md, issue 5) a notification exit alone costs ~25 µs, so a shorter window
+//! saves less than it could and a much longer one mostly burns CPU: the measurements behind the
+//! default are in the commit that set it.
+//!
 //! # Durability
 //!
 //! `FLUSH` completes only after `fdatasync` of the image returned (io_uring: an `FSYNC` with
@@ -102,6 +123,10 @@ pub const IO_WORKERS: u32 = 4;
 /// unbound io-wq threads). The worker still cannot create any: `clone`, `clone3`, `fork` and
 /// `vfork` are not in its seccomp profile.
 pub const SANDBOX_NPROC: u64 = 1 + 2 * IO_WORKERS as u64;
+/// Longest idle-poll window ([`BlkOptions::poll_us`]), in µs.
+pub const MAX_POLL_US: u32 = 1000;
+/// Idle-poll window a device gets unless told otherwise, in µs (see "Idle polling" above).
+pub const DEFAULT_POLL_US: u32 = 32;
 /// Name of the device's seccomp profile in the `seccomp-profiles` crate.
 pub const SECCOMP_PROFILE: &str = "blk";
 
@@ -152,6 +177,9 @@ pub enum BlkError {
     /// `queues=` outside `1..=MAX_QUEUES`.
     #[error("queues={0} is outside 1..=16")]
     QueueCount(u16),
+    /// `poll_us` above [`MAX_POLL_US`].
+    #[error("poll={0} is outside 0..=1000 (µs)")]
+    PollWindow(u32),
     /// Setting `O_DIRECT` on an fd opened without it failed.
     #[error("cannot switch the image to O_DIRECT")]
     Direct(#[source] stdio::Error),

@@ -19,6 +19,7 @@ use super::config::{
 };
 use super::engine::{self, Engine, EngineKind, SyncEngine, UringEngine};
 use super::io::{Active, DirectIo, QueueState};
+use super::poll::PollWindow;
 use super::request::{ChainSource, DiskLimits};
 use super::{
     BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_POLL_US, MAX_QUEUES, MAX_QUEUE_SIZE, SECCOMP_PROFILE,
@@ -307,6 +308,7 @@ impl VirtioBackend for Blk {
                     ready: queue.ready(),
                     queue,
                     stats: QueueStats::default(),
+                    poll: PollWindow::new(Duration::ZERO),
                 }
             })
             .collect();

@@ -6,13 +6,13 @@
 //! ```text
 //!   ┌─▶ disable notifications
 //!   │   pop + parse + submit while < MAX_IN_FLIGHT requests and the engine has room
-//!   │   nothing in flight? ── poll the avail index for up to `poll` ── new chain? ──▶ loop
+//!   │   nothing in flight? ── poll the avail index for the window ── new chain? ──▶ loop
 //!   │                         window over ── enable notifications ── nothing new? ──▶ return
 //!   │   wait for ≥ 1 completion; per finished request: status byte, add_used, interrupt
 //!   └───────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The idle poll (`poll` > 0) only reads the ring's avail index (acquire) while notifications
+//! The idle poll (window > 0, see `poll` for how it adapts) only reads the ring's avail index (acquire) while notifications
 //! stay suppressed, so a driver that submits within the window needs no notification (no
 //! MMIO exit, no wake-up of a sleeping worker). When the window ends the loop re-enables
 //! notifications and re-checks the avail index exactly as without polling, so a chain made
@@ -25,13 +25,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipc::{DeviceStats, QueueStats};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::engine::{Completion, Engine, Fallocate, IoVecs, Op, MAX_OPS_PER_REQUEST};
+use super::poll::{self, PollWindow};
 use super::request::{self, ChainSource, DiskLimits, Range, Request, Segment};
 use super::{status, ID_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
 use crate::{DeviceError, Interrupt};
@@ -44,6 +45,8 @@ pub(crate) struct QueueState {
     /// Where its chains live, fixed at activation.
     pub source: ChainSource,
     pub stats: QueueStats,
+    /// Its idle-poll window (zero until [`Active::with_poll`]).
+    pub poll: PollWindow,
 }
 
 /// Direct-I/O alignment of the image.
@@ -89,14 +92,7 @@ pub(crate) struct Active {
     free: Vec<usize>,
     requests_in_flight: usize,
     completions: Vec<Completion>,
-    /// Idle-poll window (zero: off).
-    poll: Duration,
 }
-
-/// Avail-index reads between two clock reads while polling: keeps the clock (vDSO
-/// `clock_gettime`, a few tens of ns) off most iterations without overshooting the window by
-/// more than a fraction of a microsecond.
-const CHECKS_PER_CLOCK_READ: u32 = 16;
 
 impl Active {
     pub(crate) fn new(
@@ -120,13 +116,14 @@ impl Active {
             free: Vec::new(),
             requests_in_flight: 0,
             completions: Vec::new(),
-            poll: Duration::ZERO,
         }
     }
 
-    /// Sets the idle-poll window (zero, the default: no polling).
-    pub(crate) fn with_poll(mut self, poll: Duration) -> Self {
-        self.poll = poll;
+    /// Gives every queue an idle-poll window of at most `max` (zero, the default: no polling).
+    pub(crate) fn with_poll(mut self, max: Duration) -> Self {
+        for q in &mut self.queues {
+            q.poll = PollWindow::new(max);
+        }
         self
     }
 
@@ -147,9 +144,10 @@ impl Active {
         index: u16,
         engine: &mut dyn Engine,
     ) -> Result<(), DeviceError> {
-        if self.queue(index).is_none() {
+        let Some(q) = self.queue(index) else {
             return Ok(()); // not set up by the driver: nothing to serve
-        }
+        };
+        q.poll.wake();
         loop {
             self.with_queue(index, |q, mem| q.disable_notification(mem))?;
             self.fill(index, engine)?;
@@ -158,6 +156,9 @@ impl Active {
                     continue;
                 }
                 if !self.with_queue(index, |q, mem| q.enable_notification(mem))? {
+                    if let Some(q) = self.queue(index) {
+                        q.poll.sleep();
+                    }
                     return Ok(());
                 }
                 continue;
@@ -171,32 +172,25 @@ impl Active {
         }
     }
 
-    /// The idle poll: spins for up to `self.poll`, notifications still suppressed, until the
-    /// driver publishes an avail index past the last chain taken. `true`: there is new work;
-    /// `false`: the window ended (or is zero) with none.
+    /// The idle poll: spins for the queue's current window, notifications still suppressed,
+    /// until the driver publishes an avail index past the last chain taken. `true`: there is
+    /// new work; `false`: the window ended (or is zero) with none.
     fn poll_for_work(&mut self, index: u16) -> Result<bool, DeviceError> {
-        let window = self.poll;
+        let mem = Arc::clone(&self.mem);
+        let q = self.queue(index).ok_or(DeviceError::UnknownQueue(index))?;
+        let window = q.poll.current();
         if window.is_zero() {
             return Ok(false);
         }
-        let mem = Arc::clone(&self.mem);
-        let q = self.queue(index).ok_or(DeviceError::UnknownQueue(index))?;
-        let start = Instant::now();
-        loop {
-            for _ in 0..CHECKS_PER_CLOCK_READ {
-                let avail = q
-                    .queue
-                    .avail_idx(&*mem, Ordering::Acquire)
-                    .map_err(DeviceError::Queue)?;
-                if avail.0 != q.queue.next_avail() {
-                    return Ok(true);
-                }
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= window {
-                return Ok(false);
-            }
-        }
+        let queue = &q.queue;
+        let found = poll::spin(window, || {
+            queue
+                .avail_idx(&*mem, Ordering::Acquire)
+                .map(|avail| avail.0 != queue.next_avail())
+                .map_err(DeviceError::Queue)
+        })?;
+        q.poll.polled(found);
+        Ok(found)
     }
 
     fn queue(&mut self, index: u16) -> Option<&mut QueueState> {

@@ -9,6 +9,7 @@
 //!   validated there and turned into a typed [`Request`].
 //! - `io`: the queue loop: pop, parse, turn a request into engine operations, complete requests
 //!   in the order the engine finishes them.
+//! - `poll`: the idle-poll window of a queue and how it adapts.
 //! - `engine`: where operations run: io_uring, or synchronous `preadv2`/`pwritev2`. The only
 //!   module of this crate with `unsafe` code (building iovecs into guest memory and handing them
 //!   to the kernel).
@@ -48,14 +49,20 @@
 //! (or thread) on another CPU. When the window ends, notifications are re-enabled and the ring
 //! re-checked exactly as without polling, so nothing published meanwhile is missed.
 //!
-//! The cost is up to `poll_us` of one host CPU after every burst of requests, even if none
-//! follows. The window is fixed, not adaptive (QEMU grows and shrinks its own between 0 and
-//! `poll-max-ns`, default 32 µs): a depth-1 guest that submits its next request within a few
-//! µs of the previous completion is caught by any window above that, and a fixed bound keeps the
-//! worst-case CPU cost obvious. 32 µs is QEMU's maximum too; on the PVM host where this was
-//! measured (BENCHMARKS.md, issue 5) a notification exit alone costs ~25 µs, so a shorter window
-//! saves less than it could and a much longer one mostly burns CPU: the measurements behind the
-//! default are in the commit that set it.
+//! The cost is up to `poll_us` of one host CPU after every burst of requests, and on a host
+//! with no spare CPU the spinning device delays the very vCPU that would submit the next
+//! request. So the window adapts per queue (`poll`): back to the maximum when it found work,
+//! halved when it ran out, grown again when a notification came within the maximum after the
+//! device went to sleep. A steady depth-1 guest keeps the full window; an idle guest or a
+//! starved host soon gets none.
+//!
+//! Why 32 µs by default (QEMU's `poll-max-ns` default is 32 µs too): a depth-1 guest submits
+//! its next request a few µs after seeing the previous completion, so any window of a few µs
+//! catches a steady stream; the window must also outlast the guest's occasional longer gaps
+//! (timer interrupts, its own bookkeeping), and on the PVM host where this was measured a
+//! notification costs ~25 µs of exit plus a cross-CPU wake-up, so polling up to about that long
+//! never costs more than the notification it avoids. Longer windows removed hardly any more
+//! notifications there and only burn more CPU when the guest has really gone quiet.
 //!
 //! # Durability
 //!
@@ -82,6 +89,7 @@ mod device;
 mod engine;
 pub mod fuzzing;
 mod io;
+mod poll;
 pub mod request;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,8 @@
-//! The idle poll: a chain the driver makes available while the device polls is served in the
-//! same `process_queue` call, with notifications still suppressed (the driver would not have
-//! notified); `poll=0` and the end of a window leave notifications enabled, as before.
+//! Polling on both sides. The device's idle poll: a chain the driver makes available while
+//! the device polls is served in the same `process_queue` call, with notifications still
+//! suppressed (the driver would not have notified); `poll=0` and the end of a window leave
+//! notifications enabled, as before. The driver's: a driver that polls the used ring
+//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`) gets no interrupts.
 //!
 //! No timing is asserted: the polled case uses a window far longer than any scheduling delay of
 //! the driver thread, and checks what the driver saw, not how long anything took.
@@ -160,4 +162,34 @@ fn the_window_is_bounded() {
         Blk::new(image.open(true), opts(MAX_POLL_US + 1)),
         Err(BlkError::PollWindow(1001))
     ));
+}
+
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` is honoured without `EVENT_IDX` and ignored with it.
+#[test]
+fn a_driver_that_polls_the_used_ring_gets_no_interrupts() {
+    for (event_idx, no_interrupt, interrupts) in
+        [(false, true, 0), (false, false, 1), (true, true, 1)]
+    {
+        let features = DRIVER
+            | if event_idx {
+                VIRTIO_F_RING_EVENT_IDX
+            } else {
+                0
+            };
+        let mem = memory();
+        let image = TempImage::new(1 << 20, 0);
+        let (mut blk, mut vqs, irq) = activated(&mem, &image, opts(0), features, QUEUE_SIZE);
+        let vq = &mut vqs[0];
+        // avail.flags, the ring's first field.
+        mem.write_obj(u16::from(no_interrupt), vq.mock.avail_addr())
+            .unwrap();
+        let head = request(vq, &mem, 0, GET_ID, 0, &[(DATA, 20, F_WRITE)]);
+        blk.process_queue(0).unwrap();
+        assert_eq!(vq.used_len_of(head), Some(21));
+        assert_eq!(
+            irq.used.load(Ordering::SeqCst),
+            interrupts,
+            "event_idx={event_idx} no_interrupt={no_interrupt}"
+        );
+    }
 }

@@ -12,11 +12,11 @@
 //!   └───────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The idle poll (window > 0, see `poll` for how it adapts) only reads the ring's avail index (acquire) while notifications
-//! stay suppressed, so a driver that submits within the window needs no notification (no
-//! MMIO exit, no wake-up of a sleeping worker). When the window ends the loop re-enables
-//! notifications and re-checks the avail index exactly as without polling, so a chain made
-//! available at any moment is either seen or notified.
+//! The idle poll (window > 0; `poll` says how the window adapts) only reads the ring's avail
+//! index (acquire) while notifications stay suppressed, so a driver that submits within the
+//! window needs no notification (no MMIO exit, no wake-up of a sleeping worker). When the
+//! window ends the loop re-enables notifications and re-checks the avail index exactly as
+//! without polling, so a chain made available at any moment is either seen or notified.
 //!
 //! A request that fails validation is completed at once with `IOERR`/`UNSUPP` (or used length
 //! 0 when the chain has no status byte); a host I/O error completes its request with `IOERR`.
@@ -144,10 +144,9 @@ impl Active {
         index: u16,
         engine: &mut dyn Engine,
     ) -> Result<(), DeviceError> {
-        let Some(q) = self.queue(index) else {
+        if self.queue(index).is_none() {
             return Ok(()); // not set up by the driver: nothing to serve
-        };
-        q.poll.wake();
+        }
         loop {
             self.with_queue(index, |q, mem| q.disable_notification(mem))?;
             self.fill(index, engine)?;
@@ -156,9 +155,6 @@ impl Active {
                     continue;
                 }
                 if !self.with_queue(index, |q, mem| q.enable_notification(mem))? {
-                    if let Some(q) = self.queue(index) {
-                        q.poll.sleep();
-                    }
                     return Ok(());
                 }
                 continue;

@@ -39,7 +39,7 @@
 //!
 //! # Idle polling
 //!
-//! A queue that runs dry is not given up at once: for [`BlkOptions::poll_us`] µs (default
+//! A queue that runs dry is not given up at once: for up to [`BlkOptions::poll_us`] µs (default
 //! [`DEFAULT_POLL_US`], at most [`MAX_POLL_US`], 0 turns it off) the device keeps reading the
 //! ring's avail index with notifications still suppressed (`VIRTQ_USED_F_NO_NOTIFY`, or a stale
 //! `avail_event` with `EVENT_IDX`), spinning on the CPU (`std::hint::spin_loop`, the clock read
@@ -52,9 +52,9 @@
 //! The cost is up to `poll_us` of one host CPU after every burst of requests, and on a host
 //! with no spare CPU the spinning device delays the very vCPU that would submit the next
 //! request. So the window adapts per queue (`poll`): back to the maximum when it found work,
-//! halved when it ran out, grown again when a notification came within the maximum after the
-//! device went to sleep. A steady depth-1 guest keeps the full window; an idle guest or a
-//! starved host soon gets none.
+//! halved when it ran out, down to a floor of an eighth of the maximum. A steady depth-1 guest
+//! keeps the full window; an idle guest or a starved host soon costs only the floor per
+//! request.
 //!
 //! Why 32 µs by default (QEMU's `poll-max-ns` default is 32 µs too): a depth-1 guest submits
 //! its next request a few µs after seeing the previous completion, so any window of a few µs
@@ -63,6 +63,10 @@
 //! notification costs ~25 µs of exit plus a cross-CPU wake-up, so polling up to about that long
 //! never costs more than the notification it avoids. Longer windows removed hardly any more
 //! notifications there and only burn more CPU when the guest has really gone quiet.
+//!
+//! The other direction: a driver that polls the used ring and says so with
+//! `VIRTQ_AVAIL_F_NO_INTERRUPT` (without `EVENT_IDX`) gets no interrupts, as the spec asks; the
+//! device would otherwise spend an eventfd write into KVM on every completion.
 //!
 //! # Durability
 //!

@@ -1,6 +1,6 @@
 //! The idle-poll window of one queue: how long the queue loop keeps polling a queue that ran dry
 //! (notifications still suppressed) before it re-enables them and sleeps, and how that length
-//! adapts between 0 and the configured maximum (`poll=N`).
+//! adapts between a floor and the configured maximum (`poll=N`).
 //!
 //! Polling only pays while the driver can submit during the window. When the host has no spare
 //! CPU, the spinning device takes the CPU the vCPU needs to produce the next request: every
@@ -8,32 +8,32 @@
 //! the window adapts, in the spirit of QEMU's `poll-grow`/`poll-shrink`:
 //!
 //! ```text
-//!   window found work                   → back to the maximum
-//!   window ran out                      → halved (below MIN_WINDOW: 0, no polling)
-//!   woken after sleeping ≤ the maximum  → grown (0 → GROW_FROM, else doubled, up to the maximum):
-//!                                         a window would probably have caught that request
+//!   window found work  → back to the maximum
+//!   window ran out     → halved, but not below the floor (max / FLOOR_DIVISOR, at least 1 µs)
 //! ```
 //!
 //! A steady depth-1 guest keeps the full window; a guest that goes quiet, or a host where the
-//! device cannot poll usefully, costs a few windows and then none.
+//! device cannot poll usefully, costs one short floor window per request. The floor is never
+//! 0: a window that shrank to nothing could only grow back from notification timings, and on
+//! a host where one notification costs more than the maximum window (PVM: ~25 µs of exit plus
+//! a wake-up) it never would.
 
 use std::time::{Duration, Instant};
 
 /// Polls between two clock reads: keeps the clock (vDSO `clock_gettime`, a few tens of ns) off
 /// most iterations without overshooting the window by more than a fraction of a microsecond.
 const CHECKS_PER_CLOCK_READ: u32 = 16;
-/// A halved window shorter than this becomes 0: too short to catch anything.
-pub(crate) const MIN_WINDOW: Duration = Duration::from_micros(1);
-/// Where a zero window grows from (QEMU's initial `poll-grow` step is 4 µs too).
-pub(crate) const GROW_FROM: Duration = Duration::from_micros(4);
+/// The floor of a window that keeps running out: this fraction of the maximum.
+pub(crate) const FLOOR_DIVISOR: u32 = 8;
+/// The floor is at least this long (or the maximum, if that is shorter).
+const MIN_FLOOR: Duration = Duration::from_micros(1);
 
 /// One queue's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PollWindow {
     max: Duration,
+    floor: Duration,
     current: Duration,
-    /// When the queue loop last returned (notifications enabled, nothing to do).
-    idle_since: Option<Instant>,
 }
 
 impl PollWindow {
@@ -41,8 +41,8 @@ impl PollWindow {
     pub(crate) fn new(max: Duration) -> Self {
         PollWindow {
             max,
+            floor: (max / FLOOR_DIVISOR).max(MIN_FLOOR).min(max),
             current: max,
-            idle_since: None,
         }
     }
 
@@ -51,48 +51,12 @@ impl PollWindow {
         self.current
     }
 
-    /// The queue loop starts (the queue was notified). Reads the clock only if polling is on.
-    pub(crate) fn wake(&mut self) {
-        if !self.max.is_zero() {
-            self.woken(Instant::now());
-        }
-    }
-
-    /// The queue loop returns. Reads the clock only if polling is on.
-    pub(crate) fn sleep(&mut self) {
-        if !self.max.is_zero() {
-            self.sleeping(Instant::now());
-        }
-    }
-
-    /// [`wake`](Self::wake) at `now`.
-    pub(crate) fn woken(&mut self, now: Instant) {
-        let Some(since) = self.idle_since.take() else {
-            return;
-        };
-        if now.saturating_duration_since(since) <= self.max {
-            self.current = if self.current.is_zero() {
-                GROW_FROM
-            } else {
-                self.current.saturating_mul(2)
-            }
-            .min(self.max);
-        }
-    }
-
-    /// [`sleep`](Self::sleep) at `now`: the queue sleeps until the next notification.
-    pub(crate) fn sleeping(&mut self, now: Instant) {
-        self.idle_since = Some(now);
-    }
-
     /// A poll ended: `found` new work, or ran out.
     pub(crate) fn polled(&mut self, found: bool) {
         self.current = if found {
             self.max
         } else {
-            Some(self.current / 2)
-                .filter(|w| *w >= MIN_WINDOW)
-                .unwrap_or_default()
+            (self.current / 2).max(self.floor)
         };
     }
 }
@@ -127,52 +91,39 @@ mod tests {
     const MAX: Duration = Duration::from_micros(32);
 
     #[test]
-    fn a_window_that_runs_out_halves_down_to_zero() {
+    fn a_window_that_runs_out_halves_down_to_its_floor() {
         let mut w = PollWindow::new(MAX);
         assert_eq!(w.current(), MAX);
         let mut seen = Vec::new();
-        for _ in 0..7 {
+        for _ in 0..5 {
             w.polled(false);
             seen.push(w.current().as_micros());
         }
-        assert_eq!(seen, [16, 8, 4, 2, 1, 0, 0]);
+        assert_eq!(seen, [16, 8, 4, 4, 4], "floor: 32 / 8");
         w.polled(true);
         assert_eq!(w.current(), MAX, "work found: back to the maximum");
     }
 
     #[test]
-    fn a_short_sleep_grows_the_window_and_a_long_one_does_not() {
-        let t0 = Instant::now();
-        let mut w = PollWindow::new(MAX);
-        for _ in 0..6 {
-            w.polled(false);
-        }
-        assert_eq!(w.current(), Duration::ZERO);
-        // Woken long after going to sleep: a window would not have caught it.
-        w.sleeping(t0);
-        w.woken(t0 + MAX + Duration::from_micros(1));
-        assert_eq!(w.current(), Duration::ZERO);
-        // Near misses: 0 → 4 → 8 → 16 → 32 → 32.
-        let mut seen = Vec::new();
-        for _ in 0..5 {
-            w.sleeping(t0);
-            w.woken(t0 + MAX);
-            seen.push(w.current().as_micros());
-        }
-        assert_eq!(seen, [4, 8, 16, 32, 32]);
-        // Woken without having slept (the first notification): nothing to learn.
-        w.polled(false);
-        w.woken(t0);
-        assert_eq!(w.current().as_micros(), 16);
+    fn small_maxima_keep_a_floor_of_one_microsecond_or_the_maximum() {
+        let floor = |max_us: u64| {
+            let mut w = PollWindow::new(Duration::from_micros(max_us));
+            for _ in 0..20 {
+                w.polled(false);
+            }
+            w.current()
+        };
+        assert_eq!(floor(1000), Duration::from_micros(125));
+        assert_eq!(floor(4), Duration::from_micros(1));
+        assert_eq!(floor(1), Duration::from_micros(1));
     }
 
     #[test]
     fn a_zero_maximum_never_polls() {
-        let t0 = Instant::now();
         let mut w = PollWindow::new(Duration::ZERO);
-        w.sleeping(t0);
-        w.woken(t0);
         w.polled(true);
+        assert_eq!(w.current(), Duration::ZERO);
+        w.polled(false);
         assert_eq!(w.current(), Duration::ZERO);
         let mut calls = 0;
         assert_eq!(

@@ -297,7 +297,7 @@ fn worker_holds_image_and_ring() -> TrialResult {
     let fds = procfs::fds(worker)?;
     let status = procfs::status(worker)?;
     let mut problems = Vec::new();
-    let args = "__worker blk --blk-ro=0 --blk-id=worker-test --blk-queues=2 --blk-direct=0 ";
+    let args = "__worker blk --blk-ro=0 --blk-id=worker-test --blk-queues=2 --blk-direct=0 --blk-poll-us=32 ";
     if !cmdline.contains(args) {
         problems.push(format!("command line {cmdline:?} lacks {args:?}"));
     }
@@ -393,7 +393,7 @@ fn print_sandbox_blk() -> TrialResult {
     let ro = report(",ro,id=root")?;
     let needles = [
         (&rw, "== blk#0: sandboxed worker process".to_string()),
-        (&rw, "command line: svmm __worker blk --blk-ro=0 --blk-id=disk.img --blk-queues=2 --blk-direct=0 --seccomp=trap --sandbox-".to_string()),
+        (&rw, "command line: svmm __worker blk --blk-ro=0 --blk-id=disk.img --blk-queues=2 --blk-direct=0 --blk-poll-us=32 --seccomp=trap --sandbox-".to_string()),
         (&rw, format!("rlimits: NPROC 9, CORE 0, NOFILE 27, FSIZE {}", disk::IMAGE_BYTES)),
         (&rw, "    9  queue 1 notify eventfd".to_string()),
         (&rw, format!("   10  host resource of blk: {path} (read-write, flock LOCK_EX: no other svmm may open it)")),

@@ -53,12 +53,15 @@ pub struct Args {
 
     /// Add a virtio device, given as KIND[=PATH][,OPTION=VALUE...]. May be repeated; each device
     /// instance runs in its own sandboxed worker process. Supported kinds: `rng` (virtio-rng fed
-    /// from the host's /dev/urandom) and `blk=PATH[,ro][,id=STR][,direct=on][,queues=N]`
+    /// from the host's /dev/urandom) and `blk=PATH[,ro][,id=STR][,direct=on][,queues=N][,poll=N]`
     /// (virtio-blk on a raw image whose size is a multiple of 512: locked exclusively, or shared
     /// and read-only with `ro`; `id` is what the guest reads as the serial, 1-20 bytes, default
-    /// the file name; `direct=on` opens it O_DIRECT; `queues` 1-16, default 1). Every kind takes
-    /// `sandbox=on|off`: `off` runs the same device code on a thread of svmm instead. Devices get the virtio-mmio slots in the order
-    /// given: slot i at 0xd0000000 + i * 0x1000, interrupts 5, 6, 7, 10, 11, ...
+    /// the file name; `direct=on` opens it O_DIRECT; `queues` 1-16, default 1; `poll` is the
+    /// longest time in µs an idle queue keeps being polled before the device waits for a
+    /// notification again, 0-1000, 0 = off, default 32, shorter while polling finds nothing).
+    /// Every kind takes `sandbox=on|off`: `off` runs the same device code on a thread of svmm
+    /// instead. Devices get the virtio-mmio slots in the order given: slot i at
+    /// 0xd0000000 + i * 0x1000, interrupts 5, 6, 7, 10, 11, ...
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
 

@@ -8,7 +8,7 @@
 //! | kind  | path            | options                                                        |
 //! |-------|-----------------|----------------------------------------------------------------|
 //! | `rng` | none            | `sandbox=on\|off`                                              |
-//! | `blk` | the raw image   | `ro` (or `ro=on\|off`), `id=STR` (1–20 bytes; default: the image's file name, cut to 20 bytes), `direct=on\|off`, `queues=N` (1–16), `sandbox=on\|off` |
+//! | `blk` | the raw image   | `ro` (or `ro=on\|off`), `id=STR` (1–20 bytes; default: the image's file name, cut to 20 bytes), `direct=on\|off`, `queues=N` (1–16), `poll=N` (idle-poll window in µs, 0–1000, 0 = off; default [`blk::DEFAULT_POLL_US`]), `sandbox=on\|off` |
 //!
 //! Builds with the `test-faults` feature also take a hidden `fault=MODE` on every kind (see
 //! `worker::fault`), only for sandboxed devices.
@@ -43,7 +43,7 @@ impl DeviceKind {
     fn options(self) -> &'static [&'static str] {
         match self {
             DeviceKind::Rng => &["sandbox"],
-            DeviceKind::Blk => &["ro", "id", "direct", "queues", "sandbox"],
+            DeviceKind::Blk => &["ro", "id", "direct", "queues", "poll", "sandbox"],
         }
     }
 
@@ -82,7 +82,7 @@ impl DeviceParams {
     }
 }
 
-/// `blk=PATH[,ro][,id=STR][,direct=on][,queues=N]`, validated.
+/// `blk=PATH[,ro][,id=STR][,direct=on][,queues=N][,poll=N]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlkParams {
     /// The raw image, as given.
@@ -95,6 +95,8 @@ pub struct BlkParams {
     pub direct: bool,
     /// `queues=N`: request queues, 1 to [`blk::MAX_QUEUES`].
     pub queues: u16,
+    /// `poll=N`: idle-poll window in µs, 0 (off) to [`blk::MAX_POLL_US`].
+    pub poll_us: u32,
 }
 
 /// One validated `--device`.
@@ -195,6 +197,8 @@ pub enum DeviceSpecError {
 
 /// What `queues=` accepts.
 const QUEUES_EXPECTED: &str = "=N with N from 1 to 16";
+/// What `poll=` accepts.
+const POLL_EXPECTED: &str = "=N (µs) with N from 0 to 1000";
 /// What `id=` accepts.
 const ID_EXPECTED: &str = "=STR of 1 to 20 bytes";
 
@@ -276,12 +280,21 @@ fn blk_params(path: &Path, options: &Options<'_>) -> Result<BlkParams, DeviceSpe
             .ok_or_else(|| options.bad_value(option, QUEUES_EXPECTED))?,
         None => 1,
     };
+    let poll_us = match options.value("poll") {
+        Some((option, n)) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|p| n.bytes().all(|b| b.is_ascii_digit()) && *p <= blk::MAX_POLL_US)
+            .ok_or_else(|| options.bad_value(option, POLL_EXPECTED))?,
+        None => blk::DEFAULT_POLL_US,
+    };
     Ok(BlkParams {
         path: path.to_path_buf(),
         read_only: options.on_off("ro")?.unwrap_or(false),
         id,
         direct: options.on_off("direct")?.unwrap_or(false),
         queues,
+        poll_us,
     })
 }
 
@@ -460,19 +473,23 @@ mod tests {
             id: "disk.img".into(),
             direct: false,
             queues: 1,
+            poll_us: blk::DEFAULT_POLL_US,
         };
         assert_eq!(blk("blk=/images/disk.img"), want);
         assert!(parse("blk=/images/disk.img").unwrap().sandbox);
         assert_eq!(
-            blk("blk=disk.img,ro,id=root,direct=on,queues=4"),
+            blk("blk=disk.img,ro,id=root,direct=on,queues=4,poll=64"),
             BlkParams {
                 path: "disk.img".into(),
                 read_only: true,
                 id: "root".into(),
                 direct: true,
                 queues: 4,
+                poll_us: 64,
             }
         );
+        assert_eq!(blk("blk=d,poll=0").poll_us, 0);
+        assert_eq!(blk("blk=d,poll=1000").poll_us, 1000);
         assert!(blk("blk=d,ro=on").read_only);
         assert!(!blk("blk=d,ro=off").read_only);
         assert_eq!(blk("blk=d,queues=16").queues, 16);
@@ -527,10 +544,26 @@ mod tests {
                 format!("--device 'blk=d,{bad}': option '{bad}' needs =N with N from 1 to 16")
             );
         }
+        for bad in [
+            "poll=1001",
+            "poll=x",
+            "poll",
+            "poll=",
+            "poll=-1",
+            "poll=+2",
+            "poll=4294967296",
+        ] {
+            assert_eq!(
+                msg(&format!("blk=d,{bad}")),
+                format!(
+                    "--device 'blk=d,{bad}': option '{bad}' needs =N (µs) with N from 0 to 1000"
+                )
+            );
+        }
         assert_eq!(
             msg("blk=d,cache=none"),
             "--device 'blk=d,cache=none': unknown option 'cache' for blk \
-             (supported: ro, id, direct, queues, sandbox)"
+             (supported: ro, id, direct, queues, poll, sandbox)"
         );
         assert_eq!(
             msg("blk=d,ro=yes"),

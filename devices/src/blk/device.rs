@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipc::{DeviceStats, QueueStats};
 use rustix::fs::{AtFlags, FileType, OFlags, SeekFrom, StatxFlags};
@@ -18,8 +19,12 @@ use super::config::{
 };
 use super::engine::{self, Engine, EngineKind, SyncEngine, UringEngine};
 use super::io::{Active, DirectIo, QueueState};
+use super::poll::PollWindow;
 use super::request::{ChainSource, DiskLimits};
-use super::{BlkError, ID_BYTES, MAX_QUEUES, MAX_QUEUE_SIZE, SECCOMP_PROFILE, SECTOR_SIZE};
+use super::{
+    BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_POLL_US, MAX_QUEUES, MAX_QUEUE_SIZE, SECCOMP_PROFILE,
+    SECTOR_SIZE,
+};
 use crate::{
     DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
@@ -37,6 +42,10 @@ pub struct BlkOptions {
     pub direct: bool,
     /// Number of request queues, `1..=`[`MAX_QUEUES`].
     pub queues: u16,
+    /// Idle-poll window in µs, `0..=`[`MAX_POLL_US`] (0: off): how long a queue that ran dry
+    /// keeps being polled, notifications still suppressed, before the device re-enables them
+    /// and returns (see the module docs).
+    pub poll_us: u32,
 }
 
 impl Default for BlkOptions {
@@ -46,6 +55,7 @@ impl Default for BlkOptions {
             id: String::new(),
             direct: false,
             queues: 1,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 }
@@ -56,6 +66,8 @@ pub struct Blk {
     geometry: Geometry,
     id: [u8; ID_BYTES],
     direct: Option<DirectIo>,
+    /// Idle-poll window of every activation.
+    poll: Duration,
     engine: Box<dyn Engine>,
     state: State,
 }
@@ -83,6 +95,9 @@ impl Blk {
         }
         if options.queues == 0 || options.queues > MAX_QUEUES {
             return Err(BlkError::QueueCount(options.queues));
+        }
+        if options.poll_us > MAX_POLL_US {
+            return Err(BlkError::PollWindow(options.poll_us));
         }
         let inspect = |e: rustix::io::Errno| BlkError::Inspect(e.into());
         let stat = rustix::fs::fstat(image.as_fd()).map_err(inspect)?;
@@ -126,6 +141,7 @@ impl Blk {
             },
             id,
             direct,
+            poll: Duration::from_micros(u64::from(options.poll_us)),
             state: State::Inactive,
         })
     }
@@ -166,6 +182,13 @@ impl Blk {
     #[cfg(test)]
     pub(crate) fn set_engine(&mut self, engine: Box<dyn Engine>) {
         self.engine = engine;
+    }
+
+    /// Sets the idle-poll window beyond [`MAX_POLL_US`] (tests: a window no scheduler delay
+    /// outlasts). Takes effect at the next activation.
+    #[cfg(test)]
+    pub(crate) fn set_poll(&mut self, poll: Duration) {
+        self.poll = poll;
     }
 
     /// The image file (tests wrap its engine).
@@ -285,6 +308,7 @@ impl VirtioBackend for Blk {
                     ready: queue.ready(),
                     queue,
                     stats: QueueStats::default(),
+                    poll: PollWindow::new(Duration::ZERO),
                 }
             })
             .collect();
@@ -294,15 +318,18 @@ impl VirtioBackend for Blk {
             discard: driver_features & VIRTIO_BLK_F_DISCARD != 0,
             write_zeroes: driver_features & VIRTIO_BLK_F_WRITE_ZEROES != 0,
         };
-        self.state = State::Active(Box::new(Active::new(
-            Arc::new(mem),
-            queues,
-            interrupt,
-            disk,
-            driver_features & VIRTIO_BLK_F_FLUSH != 0,
-            self.direct,
-            self.id,
-        )));
+        self.state = State::Active(Box::new(
+            Active::new(
+                Arc::new(mem),
+                queues,
+                interrupt,
+                disk,
+                driver_features & VIRTIO_BLK_F_FLUSH != 0,
+                self.direct,
+                self.id,
+            )
+            .with_poll(self.poll),
+        ));
         Ok(())
     }
 

@@ -84,6 +84,7 @@ fn blk_options(params: &BlkParams) -> BlkOptions {
         id: params.id.clone(),
         direct: params.direct,
         queues: params.queues,
+        poll_us: params.poll_us,
     }
 }
 

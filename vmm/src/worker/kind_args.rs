@@ -3,7 +3,7 @@
 //! | kind  | arguments (each exactly once)                                         |
 //! |-------|-----------------------------------------------------------------------|
 //! | `rng` | none                                                                  |
-//! | `blk` | `--blk-ro=0\|1 --blk-id=STR --blk-queues=N --blk-direct=0\|1`         |
+//! | `blk` | `--blk-ro=0\|1 --blk-id=STR --blk-queues=N --blk-direct=0\|1 --blk-poll-us=N` |
 //!
 //! The VMM writes them ([`to_args`], from the validated `--device` spec); the worker parses
 //! them strictly ([`parse`]): every argument of its kind present once, nothing unknown, values
@@ -43,6 +43,7 @@ pub fn to_args(config: &BackendConfig) -> Vec<String> {
             format!("--blk-id={}", o.id),
             format!("--blk-queues={}", o.queues),
             format!("--blk-direct={}", u8::from(o.direct)),
+            format!("--blk-poll-us={}", o.poll_us),
         ],
     }
 }
@@ -74,7 +75,7 @@ pub fn parse(
 
 /// `--blk-*` as `(tail after the prefix, whole argument)`.
 fn blk_options(args: &[(&str, &OsString)]) -> Result<BlkOptions, KindArgsError> {
-    let (mut ro, mut id, mut queues, mut direct) = (None, None, None, None);
+    let (mut ro, mut id, mut queues, mut direct, mut poll) = (None, None, None, None, None);
     for (tail, arg) in args {
         let (name, value) = tail.split_once('=').ok_or_else(|| invalid(arg))?;
         let slot = match name {
@@ -90,6 +91,12 @@ fn blk_options(args: &[(&str, &OsString)]) -> Result<BlkOptions, KindArgsError> 
                 let n = n.filter(|n| (1..=blk::MAX_QUEUES).contains(n));
                 set(&mut queues, n, arg)?
             }
+            "poll-us" => {
+                let digits = value.bytes().all(|b| b.is_ascii_digit());
+                let n = value.parse::<u32>().ok().filter(|_| digits);
+                let n = n.filter(|n| *n <= blk::MAX_POLL_US);
+                set(&mut poll, n, arg)?
+            }
             _ => return Err(unknown(arg)),
         };
         slot.then_some(()).ok_or_else(|| invalid(arg))?;
@@ -99,6 +106,7 @@ fn blk_options(args: &[(&str, &OsString)]) -> Result<BlkOptions, KindArgsError> 
         id: id.ok_or(KindArgsError::Missing("blk-id"))?,
         queues: queues.ok_or(KindArgsError::Missing("blk-queues"))?,
         direct: direct.ok_or(KindArgsError::Missing("blk-direct"))?,
+        poll_us: poll.ok_or(KindArgsError::Missing("blk-poll-us"))?,
     })
 }
 
@@ -140,11 +148,12 @@ mod tests {
         parse(DeviceKind::Blk, &os(args)).map(|(config, _)| config)
     }
 
-    const GOOD: [&str; 4] = [
+    const GOOD: [&str; 5] = [
         "--blk-ro=1",
         "--blk-id=root disk=1",
         "--blk-queues=4",
         "--blk-direct=0",
+        "--blk-poll-us=64",
     ];
 
     #[test]
@@ -154,6 +163,7 @@ mod tests {
             id: "root disk=1".into(),
             direct: false,
             queues: 4,
+            poll_us: 64,
         });
         let mut args = os(&["--seccomp=trap"]);
         args.extend(to_args(&config).into_iter().map(OsString::from));
@@ -203,6 +213,27 @@ mod tests {
                 "{bad}"
             );
         }
+        for bad in [
+            "--blk-poll-us=1001",
+            "--blk-poll-us=",
+            "--blk-poll-us=-1",
+            "--blk-poll-us=+1",
+            "--blk-poll-us=4294967296",
+            "--blk-poll-us=x",
+        ] {
+            assert!(
+                matches!(with(4, bad), Err(KindArgsError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        for good in ["--blk-poll-us=0", "--blk-poll-us=1000"] {
+            assert!(with(4, good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            blk(&GOOD[..4]),
+            Err(KindArgsError::Missing("blk-poll-us")),
+            "the poll window is required too"
+        );
         assert!(matches!(
             with(3, "--blk-cache=none"),
             Err(KindArgsError::Unknown(_))

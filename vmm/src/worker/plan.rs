@@ -355,7 +355,7 @@ mod tests {
             .map(|a| a.into_string().unwrap())
             .collect();
         assert_eq!(
-            argv[..8],
+            argv[..9],
             [
                 "svmm",
                 WORKER_ARG,
@@ -364,6 +364,7 @@ mod tests {
                 "--blk-id=disk.img",
                 "--blk-queues=2",
                 "--blk-direct=0",
+                format!("--blk-poll-us={}", devices::blk::DEFAULT_POLL_US).as_str(),
                 "--seccomp=trap"
             ]
         );
@@ -382,7 +383,7 @@ mod tests {
             seccomp_profiles::program("blk", Mode::Trap).unwrap()
         );
         assert_eq!(plan.confine.rlimits, sandbox.rlimits);
-        assert_eq!(plan.argv[..8], argv[..8]);
+        assert_eq!(plan.argv[..9], argv[..9]);
         assert!(plan.created[0].starts_with("an io_uring instance"));
         let _ = std::fs::remove_dir_all(dir);
     }

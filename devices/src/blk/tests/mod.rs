@@ -5,11 +5,13 @@
 //! - `parse`: the copy-in parser on malformed chains.
 //! - `flush`: durability, with a recording engine.
 //! - `tocttou`: every metadata byte read once; racing rewrites under guard pages.
+//! - `poll`: the idle-poll window (requests served without a notification; none lost).
 
 mod device;
 mod flush;
 mod guard;
 mod parse;
+mod poll;
 mod tocttou;
 
 use std::fs::{File, OpenOptions};

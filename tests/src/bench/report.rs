@@ -10,6 +10,9 @@ use super::setup::{Machine, Plan};
 use super::stats::{self, fmt3, Check, Samples, Verdict};
 use super::{Config, Mode, RunKind};
 
+/// The hand-written analysis of the gaps (`findings.md`), part of every BENCHMARKS.md.
+const FINDINGS: &str = include_str!("findings.md");
+
 /// Everything the report shows.
 pub struct Report<'a> {
     /// The plan the runs followed.
@@ -340,6 +343,7 @@ pub fn markdown(r: &Report) -> String {
         "The chart shows every boot and device figure relative to svmm in-process (= 1, higher is \
          better: for times and latencies the inverse ratio), medians with min–max bars.\n"
     );
+    let _ = writeln!(out, "{FINDINGS}");
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(
         out,

@@ -41,6 +41,7 @@ use std::sync::Arc;
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
+mod activation;
 pub mod blk;
 pub mod irq_status;
 pub mod rng;

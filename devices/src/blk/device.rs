@@ -26,7 +26,7 @@ use super::{
     SECTOR_SIZE,
 };
 use crate::{
-    DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
 };
 
@@ -206,25 +206,12 @@ impl Blk {
         if !matches!(self.state, State::Inactive) {
             return Err(DeviceError::AlreadyActive);
         }
-        let unsupported = driver_features & !self.features();
-        if unsupported != 0 {
-            return Err(DeviceError::UnsupportedFeatures(unsupported));
-        }
-        if queues.len() != usize::from(self.geometry.num_queues) {
-            return Err(DeviceError::QueueCount {
-                expected: self.geometry.num_queues,
-                got: queues.len(),
-            });
-        }
-        // Queue 0 must be usable; a driver without MQ (or with fewer CPUs) leaves the others
-        // not ready, and they are never touched.
-        for (index, queue) in (0u16..).zip(queues) {
-            let usable = queue.size() <= MAX_QUEUE_SIZE && queue.is_valid(mem);
-            if (index == 0 || queue.ready()) && !usable {
-                return Err(DeviceError::InvalidQueue { index });
-            }
-        }
-        Ok(())
+        let offer = activation::Offer {
+            features: self.features(),
+            num_queues: self.geometry.num_queues,
+            max_queue_size: MAX_QUEUE_SIZE,
+        };
+        activation::check(&offer, driver_features, mem, queues)
     }
 }
 

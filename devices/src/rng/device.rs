@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::request::{self, EntropyRequest};
 use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES, SECCOMP_PROFILE};
 use crate::{
-    DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
 };
 
@@ -92,22 +92,12 @@ impl Rng {
         if !matches!(self.state, State::Inactive) {
             return Err(DeviceError::AlreadyActive);
         }
-        let unsupported = driver_features & !FEATURES;
-        if unsupported != 0 {
-            return Err(DeviceError::UnsupportedFeatures(unsupported));
-        }
-        if queues.len() != usize::from(NUM_QUEUES) {
-            return Err(DeviceError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        for (index, queue) in (0u16..).zip(queues) {
-            if queue.size() > MAX_QUEUE_SIZE || !queue.is_valid(mem) {
-                return Err(DeviceError::InvalidQueue { index });
-            }
-        }
-        Ok(())
+        let offer = activation::Offer {
+            features: FEATURES,
+            num_queues: NUM_QUEUES,
+            max_queue_size: MAX_QUEUE_SIZE,
+        };
+        activation::check(&offer, driver_features, mem, queues)
     }
 }
 

@@ -105,6 +105,15 @@ impl VmOutput {
         );
     }
 
+    /// Asserts that the VMM did not panic (no Rust panic message on its stderr).
+    pub fn assert_no_panic(&self) {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "the VMM panicked\n{}",
+            self.report()
+        );
+    }
+
     /// `(pass, fail)` from the test guest's last `testguest: done pass=N fail=M` line.
     pub fn testguest_summary(&self) -> Option<(u32, u32)> {
         let line = self.lines_with("testguest: done ").pop()?;
@@ -227,9 +236,28 @@ impl std::error::Error for VmError {
     }
 }
 
+/// The number after ` NAME=` in `line` (a guest result or an svmm statistics line), its
+/// leading digits only: `number_field("q0 requests=12, q1 ...", "requests") == Some(12)`.
+pub fn number_field(line: &str, name: &str) -> Option<u64> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_field_takes_the_leading_digits_after_the_key() {
+        let line = "svmm: blk#0 (sandboxed): q0 requests=12, q1 requests=3 errors=0";
+        assert_eq!(number_field(line, "requests"), Some(12));
+        assert_eq!(number_field(line, "errors"), Some(0));
+        assert_eq!(number_field(line, "bytes"), None);
+        assert_eq!(number_field("testguest: x ok irqs=", "irqs"), None);
+    }
 
     fn output(stdout: &str, backend: Backend, status: i32) -> VmOutput {
         VmOutput {

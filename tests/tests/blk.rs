@@ -86,14 +86,6 @@ fn blk_spec(image: &Path, options: &str) -> String {
     format!("blk={}{options}", image.display())
 }
 
-fn assert_clean(out: &VmOutput) {
-    assert!(
-        !out.stderr.contains("panicked"),
-        "svmm panicked\n{}",
-        out.report()
-    );
-}
-
 /// Whether this kernel lets processes use io_uring (so the device must not fall back).
 fn io_uring_allowed() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0")
@@ -138,7 +130,7 @@ fn guest_blk(mode: Mode) -> TrialResult {
         );
     }
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    assert_clean(&out);
+    out.assert_no_panic();
     assert_no_fallback(&out);
     out.assert_status(0);
     let stats = format!("svmm: blk#0 ({}): q0 requests=", mode.name());
@@ -211,7 +203,7 @@ fn read_only(mode: Mode) -> TrialResult {
         out.report()
     );
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    assert_clean(&out);
+    out.assert_no_panic();
     out.assert_status(0);
     compare_image(&image, &contents, "after blk_ro")?;
     Ok(())
@@ -269,7 +261,7 @@ fn direct_io() -> TrialResult {
     let blk = out.assert_line("testguest: blk ok ");
     eprintln!("    {blk}");
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    assert_clean(&out);
+    out.assert_no_panic();
     out.assert_status(0);
     if blk.contains(" blk_size=512 ") {
         compare_image(&image, &expected_image(SEED, 4), "after blk with direct=on")?;

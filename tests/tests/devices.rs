@@ -56,11 +56,7 @@ fn guest(tests: &str, devices: &[&str]) -> TestVm {
 fn assert_passed(out: &VmOutput) {
     out.assert_line("testguest: virtio-mmio 0 addr=0xd0000000 size=0x1000 irq=5 id=4");
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    assert!(
-        !out.stderr.contains("panicked"),
-        "svmm panicked\n{}",
-        out.report()
-    );
+    out.assert_no_panic();
     out.assert_status(0);
 }
 

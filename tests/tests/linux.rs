@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tests::output::VmError;
+use tests::output::{number_field, VmError};
 
 use tests::host::no_hw_virt_reason;
 use tests::suite::TrialResult;
@@ -208,7 +208,7 @@ fn rng_served(kernel: &'static str) -> TrialResult {
         .lines()
         .find(|l| l.starts_with("svmm: rng#0 "))
         .ok_or_else(|| format!("no statistics line for rng#0\n{}", out.report()))?;
-    let field = |name| stats_field(stats, name);
+    let field = |name| number_field(stats, name);
     match (field("requests"), field("bytes"), field("errors")) {
         (Some(r), Some(b), Some(0)) if r > 0 && b > 0 => Ok(()),
         _ => Err(format!(
@@ -228,7 +228,11 @@ fn runs_init(kernel: &'static str) -> TrialResult {
 /// The VM must end on its own: by poweroff (0) when user space runs, or through `panic=1`'s
 /// reboot (69) where init cannot run (GUEST.md). Never a hang, a crash or an svmm error.
 fn ends(kernel: &'static str) -> TrialResult {
-    let out = boot(kernel)?;
+    ended_by_itself(boot(kernel)?)
+}
+
+/// What [`ends`] checks, for any Linux boot's output.
+fn ended_by_itself(out: &VmOutput) -> TrialResult {
     if out.timed_out || !matches!(out.status, Some(0 | 69)) || out.stderr.contains("panicked") {
         return Err(format!(
             "expected svmm to end with 0 (poweroff) or 69 (guest reboot after panic=1)\n{}",
@@ -346,9 +350,9 @@ fn blk_served(layout: usize) -> TrialResult {
             .find(|l| l.starts_with(&prefix))
             .ok_or_else(|| format!("no statistics line for {device}\n{}", out.report()))?;
         match (
-            stats_field(stats, "requests"),
-            stats_field(stats, "bytes"),
-            stats_field(stats, "errors"),
+            number_field(stats, "requests"),
+            number_field(stats, "bytes"),
+            number_field(stats, "errors"),
         ) {
             (Some(r), Some(b), Some(0)) if r > 0 && b > 0 => {}
             _ => {
@@ -361,26 +365,9 @@ fn blk_served(layout: usize) -> TrialResult {
     Ok(())
 }
 
-/// The number after ` NAME=` in a statistics line.
-fn stats_field(line: &str, name: &str) -> Option<u64> {
-    let rest = line.split(&format!(" {name}=")).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Like [`ends`]: poweroff (0) with user space, `panic=1`'s reboot (69) without.
 fn blk_ends(layout: usize) -> TrialResult {
-    let out = &blk_boot(layout)?.out;
-    if out.timed_out || !matches!(out.status, Some(0 | 69)) || out.stderr.contains("panicked") {
-        return Err(format!(
-            "expected svmm to end with 0 (poweroff) or 69 (guest reboot after panic=1)\n{}",
-            out.report()
-        )
-        .into());
-    }
-    Ok(())
+    ended_by_itself(&blk_boot(layout)?.out)
 }
 
 /// With user space: init wrote the marker to `/dev/vdb` with dd, synced and powered off; the

@@ -11,22 +11,14 @@
 
 use std::time::Duration;
 
+use tests::bench::figures::BENCH_TESTS;
+use tests::output::number_field;
 use tests::suite::TrialResult;
 use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The blk benchmarks need at least 64 MiB of disk.
 const BENCH_IMAGE_BYTES: usize = 64 << 20;
-/// Every benchmark test, in the order they run.
-const BENCH_TESTS: [&str; 7] = [
-    "bench_cpu",
-    "bench_rng",
-    "bench_seqread",
-    "bench_seqwrite",
-    "bench_rand1",
-    "bench_rand16",
-    "bench_getid",
-];
 
 fn main() {
     let mut suite = Suite::new("ring3")
@@ -103,8 +95,8 @@ fn bench_tests(sandbox: bool, mode: &str) -> TrialResult {
             line.contains(&format!(" mode={mode} ")),
             "{test} ran in the wrong mode: {line}"
         );
-        let irqs = field(line, "irqs").ok_or_else(|| format!("no irqs= in {line}"))?;
-        let requests = field(line, "requests").unwrap_or(0);
+        let irqs = number_field(line, "irqs").ok_or_else(|| format!("no irqs= in {line}"))?;
+        let requests = number_field(line, "requests").unwrap_or(0);
         assert!(requests > 0, "{test} completed no request: {line}");
         match mode {
             "poll" => assert_eq!(irqs, 0, "{test} took interrupts in poll mode: {line}"),
@@ -115,15 +107,6 @@ fn bench_tests(sandbox: bool, mode: &str) -> TrialResult {
     Ok(())
 }
 
-/// The number after ` NAME=` in a result line.
-fn field(line: &str, name: &str) -> Option<u64> {
-    let rest = line.split(&format!(" {name}=")).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn assert_passed(out: &VmOutput, passed: u32) {
     assert_eq!(
         out.testguest_summary(),
@@ -132,9 +115,5 @@ fn assert_passed(out: &VmOutput, passed: u32) {
         out.report()
     );
     assert_eq!(out.guest_status(), Some(0), "\n{}", out.report());
-    assert!(
-        !out.stderr.contains("panicked"),
-        "svmm panicked\n{}",
-        out.report()
-    );
+    out.assert_no_panic();
 }

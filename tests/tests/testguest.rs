@@ -51,15 +51,7 @@ fn assert_echo_passed(out: &VmOutput) {
     out.assert_line("testguest: svmm test guest v1");
     out.assert_line("testguest: echo ok line=hello");
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    assert_no_panic(out);
-}
-
-fn assert_no_panic(out: &VmOutput) {
-    assert!(
-        !out.stderr.contains("panicked"),
-        "svmm panicked\n{}",
-        out.report()
-    );
+    out.assert_no_panic();
 }
 
 fn echo_roundtrip() -> TrialResult {
@@ -110,7 +102,7 @@ fn echo_timeout_fails() -> TrialResult {
     out.assert_line(READY);
     out.assert_line("testguest: echo FAIL timeout");
     assert_eq!(out.testguest_summary(), Some((0, 1)), "\n{}", out.report());
-    assert_no_panic(&out);
+    out.assert_no_panic();
     out.assert_status(1);
     Ok(())
 }
@@ -129,7 +121,7 @@ fn guest_panic() -> TrialResult {
     out.log("svmm testguest panic");
     out.assert_line("testguest: panic: ");
     assert_eq!(out.testguest_summary(), Some((0, 1)), "\n{}", out.report());
-    assert_no_panic(&out);
+    out.assert_no_panic();
     out.assert_status(3);
     Ok(())
 }
@@ -139,7 +131,7 @@ fn guest_panic() -> TrialResult {
 fn triple_fault() -> TrialResult {
     let out = guest("testguest.run=triplefault").run()?;
     out.log("svmm testguest triplefault");
-    assert_no_panic(&out);
+    out.assert_no_panic();
     out.assert_status(68);
     let lines: Vec<&str> = out
         .stderr

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tests::bench::figures::{self, DEFAULT_TESTS};
+use tests::bench::figures;
 use tests::bench::runner::{self, Progress};
 use tests::bench::setup::{self, Machine, Plan};
 use tests::bench::{chart, report, stats, Config, Mode, RunKind};
@@ -59,7 +59,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         guest: std::env::var_os("SVMM_BENCH_GUEST")
             .map(PathBuf::from)
             .unwrap_or_else(|| paths::images_out().join("testguest.elf")),
-        tests: DEFAULT_TESTS.iter().map(|t| t.to_string()).collect(),
+        tests: figures::default_tests(),
         image_mib: 256,
         idle_ms: 1500,
         scratch: std::env::temp_dir(),

@@ -38,7 +38,7 @@ use ipc::WorkerToVmm;
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
 /// `si_code` of a `SIGSYS` raised by a seccomp filter (`SYS_SECCOMP`).
-const SYS_SECCOMP: c_int = 1;
+pub const SYS_SECCOMP: c_int = 1;
 
 /// Bytes of an encoded `SeccompViolation`.
 const REPORT_LEN: usize = 16;
@@ -169,16 +169,20 @@ fn ensure_alt_stack() -> Result<(), SigsysError> {
 }
 
 /// The `_sigsys` member of the kernel's `siginfo_t` on x86_64 (libc does not expose it): the
-/// union starts at offset 16, after three `int`s and padding.
+/// union starts at offset 16, after three `int`s and padding. Shared with svmm's own SIGSYS
+/// handler (`vmm/src/self_confine.rs`).
 #[repr(C)]
-struct SigsysInfo {
-    signo: c_int,
-    errno: c_int,
-    code: c_int,
+pub struct SigsysInfo {
+    pub signo: c_int,
+    pub errno: c_int,
+    /// [`SYS_SECCOMP`] when a seccomp filter raised the signal.
+    pub code: c_int,
     _pad: c_int,
-    call_addr: *mut c_void,
-    syscall: c_int,
-    arch: c_uint,
+    pub call_addr: *mut c_void,
+    /// The denied system call's number.
+    pub syscall: c_int,
+    /// Its `AUDIT_ARCH_*`.
+    pub arch: c_uint,
 }
 
 /// The handler. See the module docs for why each step is async-signal-safe.

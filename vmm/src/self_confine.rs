@@ -39,10 +39,11 @@
 //! Before [`init`], [`enter`] does nothing: unit tests run VMM code on threads unfiltered.
 
 use std::cell::Cell;
-use std::ffi::{c_int, c_uint, c_void};
+use std::ffi::{c_int, c_void};
 use std::io;
 use std::sync::OnceLock;
 
+use seccomp_profiles::sigsys::{SigsysInfo, SYS_SECCOMP};
 use seccomp_profiles::Mode;
 
 use crate::cli::SeccompMode;
@@ -201,21 +202,6 @@ fn enter_with(role: ThreadRole, mode: Option<Mode>) -> Result<(), SelfConfineErr
     })
 }
 
-/// `si_code` of a `SIGSYS` raised by a seccomp filter (`SYS_SECCOMP`).
-const SYS_SECCOMP: c_int = 1;
-
-/// The `_sigsys` member of the kernel's x86_64 `siginfo_t` (libc does not expose it).
-#[repr(C)]
-struct SigsysInfo {
-    signo: c_int,
-    errno: c_int,
-    code: c_int,
-    _pad: c_int,
-    call_addr: *mut c_void,
-    syscall: c_int,
-    arch: c_uint,
-}
-
 fn install_sigsys_handler() -> Result<(), SelfConfineError> {
     // SAFETY: `sigaction` is plain data; all-zero is valid (no flags, empty mask).
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -318,14 +304,6 @@ impl Line {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn siginfo_layout_matches_the_kernel() {
-        assert_eq!(std::mem::offset_of!(SigsysInfo, call_addr), 16);
-        assert_eq!(std::mem::offset_of!(SigsysInfo, syscall), 24);
-        assert_eq!(std::mem::offset_of!(SigsysInfo, arch), 28);
-        assert!(std::mem::size_of::<SigsysInfo>() <= std::mem::size_of::<libc::siginfo_t>());
-    }
 
     #[test]
     fn report_line_formats_numbers_and_truncates() {

@@ -9,7 +9,10 @@
 //! - [`Interrupt`] is the only way a device raises an interrupt; the runner's owner implements
 //!   it (a shared status word plus an irqfd, or a test recorder).
 //! - [`runner`] is the single event loop that turns queue notifications (ioeventfds) into
-//!   [`VirtioBackend::process_queue`] calls, used unchanged by workers and in-process threads.
+//!   [`VirtioBackend::process_queue`] calls, and a backend's own fds ([`events`]) into
+//!   [`VirtioBackend::process_event`] calls, used unchanged by workers and in-process threads.
+//! - [`EventRegistry`] is how a backend adds event sources of its own (tap fds, timerfds,
+//!   sockets) to that loop without knowing it.
 //! - [`rng`] is virtio-rng.
 //! - [`blk`] is virtio-blk.
 //!
@@ -38,11 +41,13 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use events::{EventRegistry, EventSet, NoEvents};
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
 mod activation;
 pub mod blk;
+pub mod events;
 pub mod irq_status;
 pub mod rng;
 pub mod runner;
@@ -113,12 +118,39 @@ pub trait VirtioBackend: Send {
         queues: Vec<Queue>,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), DeviceError>;
+    /// Called by the loop right after every successful [`activate`](Self::activate): add the
+    /// backend's own fds (a tap, a timerfd, a socket) to `events`. Devices without fds of their
+    /// own keep the default, which adds none. An error fails the activation: the loop resets
+    /// the device and reports the error.
+    fn register_events(&mut self, events: &mut dyn EventRegistry) -> Result<(), DeviceError> {
+        let _ = events;
+        Ok(())
+    }
     /// Called by the runner when queue `index` was notified (its ioeventfd fired).
     ///
     /// Processes every available chain. Notifications before activation (or after the device
-    /// broke) are ignored and return `Ok`.
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError>;
-    /// Stops the device and gives back the queues as they are (`None` if not active).
+    /// broke) are ignored and return `Ok`. `events` lets the device change what it watches
+    /// (e.g. net watches its tap for `EPOLLOUT` when a write would block).
+    fn process_queue(
+        &mut self,
+        index: u16,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError>;
+    /// One of the backend's own fds is ready: `token` is the number the backend gave it when it
+    /// added it, `ready` what epoll reported. Like [`process_queue`](Self::process_queue), an
+    /// error means the device stops serving until reset (the loop then removes the backend's
+    /// fds itself).
+    fn process_event(
+        &mut self,
+        token: u32,
+        ready: EventSet,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
+        let _ = (token, ready, events);
+        Ok(())
+    }
+    /// Stops the device and gives back the queues as they are (`None` if not active). The loop
+    /// removes the fds the backend added to its [`EventRegistry`] itself.
     fn reset(&mut self) -> Option<Vec<Queue>>;
     /// What the sandbox must grant this device (profile name, fds kept, paths). The broker
     /// consumes this and never matches on device type.
@@ -183,6 +215,10 @@ pub enum DeviceError {
     /// The host resource behind the device failed (entropy source, image file, ...).
     #[error("host resource I/O failed")]
     HostIo(#[source] io::Error),
+    /// The event loop refused one of the backend's own fds (`EventRegistry` add, modify or
+    /// remove failed).
+    #[error("cannot watch the device's own fds")]
+    Events(#[source] io::Error),
 }
 
 impl From<&DeviceError> for ipc::DeviceErrorKind {
@@ -193,7 +229,7 @@ impl From<&DeviceError> for ipc::DeviceErrorKind {
             | DeviceError::UnsupportedFeatures(_)
             | DeviceError::QueueCount { .. }
             | DeviceError::InvalidQueue { .. } => Kind::BadActivation,
-            DeviceError::UnknownQueue(_) => Kind::Internal,
+            DeviceError::UnknownQueue(_) | DeviceError::Events(_) => Kind::Internal,
             DeviceError::BadHeadIndex { .. } => Kind::GuestFault,
             DeviceError::Queue(e) => match e {
                 virtio_queue::Error::AddressOverflow
@@ -232,6 +268,10 @@ mod tests {
             ),
             (DeviceError::InvalidQueue { index: 0 }, Kind::BadActivation),
             (DeviceError::UnknownQueue(3), Kind::Internal),
+            (
+                DeviceError::Events(io::Error::other("epoll")),
+                Kind::Internal,
+            ),
             (
                 DeviceError::BadHeadIndex { head: 9, size: 8 },
                 Kind::GuestFault,

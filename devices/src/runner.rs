@@ -1,10 +1,12 @@
-//! The one event loop that drives a [`VirtioBackend`]'s queues.
+//! The one event loop that drives a [`VirtioBackend`]: its queues and its own fds.
 //!
 //! A worker process and an in-process device thread run the same loop: wait (epoll) on the
 //! queue notification eventfds (the KVM ioeventfds), drain the one that fired, call
-//! [`VirtioBackend::process_queue`] for its queue. The loop returns to its caller when the stop
-//! eventfd is readable or when one of the caller's own fds (a control socket, a command
-//! eventfd) is readable, so the caller handles those and calls [`QueueRunner::run`] again:
+//! [`VirtioBackend::process_queue`] for its queue; and for an fd the backend added itself
+//! (see [`crate::events`]) call [`VirtioBackend::process_event`] with the backend's token. The
+//! loop returns to its caller when the stop eventfd is readable or when one of the caller's own
+//! fds (a control socket, a command eventfd) is readable, so the caller handles those and calls
+//! [`QueueRunner::run`] again:
 //!
 //! ```text
 //!   let mut runner = QueueRunner::new(&queue_events, &stop)?;
@@ -12,7 +14,11 @@
 //!   loop {
 //!       match runner.run(&mut backend)? {
 //!           Wake::Stop => break,
-//!           Wake::Fd(CONTROL) => { /* recv one message: Activate, Reset, GetStats, ... */ }
+//!           Wake::Fd(CONTROL) => {
+//!               // recv one message. Activate: backend.activate(..), then
+//!               // runner.activated(&mut backend); Reset: runner.reset_events(), then
+//!               // backend.reset(); WriteConfig, GetStats, ...
+//!           }
 //!           Wake::Fd(_) => unreachable,
 //!       }
 //!   }
@@ -24,18 +30,29 @@
 //!   and writes a watched command eventfd; `stop` ends the thread. [`run_queues`] is the whole
 //!   loop when there is nothing else to watch.
 //!
+//! **The backend's own fds** are its business while the device is active, and the loop's
+//! otherwise: [`QueueRunner::activated`] calls [`VirtioBackend::register_events`] after an
+//! activation (dropping whatever an earlier activation left), [`QueueRunner::reset_events`]
+//! removes every one of them (the caller does it on reset), and so does the loop itself when
+//! the backend fails (`process_queue` or `process_event` returned an error): a broken device's
+//! level-triggered fds must not keep waking the loop.
+//!
 //! Queue eventfds are drained before `process_queue` runs, so a notification that arrives while
 //! the device works is never lost. Notifications before activation reach the backend, which
 //! ignores them. The stop eventfd is never read: once written, every runner watching it (one
 //! stop fd may serve several device threads) returns [`Wake::Stop`] until its owner drains it.
-//! The caller's fds are level-triggered and never read here either.
+//! The caller's fds and the backend's are level-triggered and never read here either.
+//!
+//! Why this loop and not rust-vmm's `event-manager`: see ARCHITECTURE.md ("The device's event
+//! loop").
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::events::EventRegistry;
 use crate::{DeviceError, VirtioBackend};
 
 /// Epoll events fetched per wait.
@@ -48,7 +65,7 @@ pub enum Wake {
     Stop,
     /// The caller's fd registered with this token (see [`QueueRunner::watch`]) is readable or
     /// hung up.
-    Fd(u64),
+    Fd(u32),
 }
 
 /// Why the runner stopped with an error.
@@ -69,7 +86,8 @@ pub enum RunnerError {
         #[source]
         source: io::Error,
     },
-    /// The backend could not process a queue; the device needs a reset.
+    /// The backend could not process a queue or one of its own events; the device needs a
+    /// reset.
     #[error(transparent)]
     Device(#[from] DeviceError),
 }
@@ -85,39 +103,130 @@ impl From<&RunnerError> for ipc::DeviceErrorKind {
     }
 }
 
-/// What an epoll registration stands for; the epoll data is the index into `QueueRunner::slots`.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
+/// What an epoll registration stands for, encoded in its 64-bit data: the kind in the upper
+/// half, the queue position or token in the lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
     /// Entry `i` of `queue_events`.
-    Queue(usize),
+    Queue(u32),
     Stop,
     /// A caller's fd and its token.
-    Caller(u64),
+    Caller(u32),
+    /// One of the backend's own fds and the backend's token.
+    Backend(u32),
 }
 
-/// Waits on a device's queue eventfds, a stop eventfd and the caller's fds, and feeds
-/// notifications to a backend. See the module docs for the calling pattern.
+impl Key {
+    fn data(self) -> u64 {
+        let (kind, value) = match self {
+            Key::Queue(i) => (0u64, i),
+            Key::Stop => (1, 0),
+            Key::Caller(token) => (2, token),
+            Key::Backend(token) => (3, token),
+        };
+        kind << 32 | u64::from(value)
+    }
+
+    fn from_data(data: u64) -> Option<Key> {
+        // The lower half, as put there by `data`.
+        let value = data as u32;
+        match data >> 32 {
+            0 => Some(Key::Queue(value)),
+            1 => Some(Key::Stop),
+            2 => Some(Key::Caller(value)),
+            3 => Some(Key::Backend(value)),
+            _ => None,
+        }
+    }
+}
+
+/// The fds the backend added, with their tokens: the loop's [`EventRegistry`].
+#[derive(Debug)]
+struct Registrations<'e> {
+    epoll: &'e Epoll,
+    fds: &'e mut Vec<(RawFd, u32)>,
+}
+
+impl Registrations<'_> {
+    fn position(&self, fd: RawFd) -> Option<usize> {
+        self.fds.iter().position(|(f, _)| *f == fd)
+    }
+
+    fn not_added(fd: RawFd) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("fd {fd} was not added by the device"),
+        )
+    }
+
+    /// Removes every fd the backend added. An fd the backend closed meanwhile is already gone
+    /// from the epoll set, so failures are expected and ignored.
+    fn clear(&mut self) {
+        for (fd, _) in self.fds.drain(..) {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+
+    fn watches(&self, token: u32) -> bool {
+        self.fds.iter().any(|(_, t)| *t == token)
+    }
+}
+
+impl EventRegistry for Registrations<'_> {
+    fn add(&mut self, fd: RawFd, token: u32, interest: EventSet) -> io::Result<()> {
+        let event = EpollEvent::new(interest, Key::Backend(token).data());
+        self.epoll.ctl(ControlOperation::Add, fd, event)?;
+        // An fd closed without `remove` left the epoll set by itself; its number may be
+        // reused by the fd added now.
+        match self.position(fd) {
+            Some(i) => self.fds[i] = (fd, token),
+            None => self.fds.push((fd, token)),
+        }
+        Ok(())
+    }
+
+    fn modify(&mut self, fd: RawFd, token: u32, interest: EventSet) -> io::Result<()> {
+        let i = self.position(fd).ok_or_else(|| Self::not_added(fd))?;
+        let event = EpollEvent::new(interest, Key::Backend(token).data());
+        self.epoll.ctl(ControlOperation::Modify, fd, event)?;
+        self.fds[i].1 = token;
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: RawFd) -> io::Result<()> {
+        let i = self.position(fd).ok_or_else(|| Self::not_added(fd))?;
+        self.fds.swap_remove(i);
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+}
+
+/// Waits on a device's queue eventfds, a stop eventfd, the caller's fds and the backend's own
+/// fds, and feeds them to a backend. See the module docs for the calling pattern.
 #[derive(Debug)]
 pub struct QueueRunner<'a> {
     epoll: Epoll,
     queue_events: &'a [(u16, EventFd)],
-    slots: Vec<Slot>,
+    /// The fds the backend added since its last activation, with its tokens.
+    backend_fds: Vec<(RawFd, u32)>,
     events: Vec<EpollEvent>,
 }
 
 impl<'a> QueueRunner<'a> {
     /// A runner for `queue_events` (queue index, notification eventfd) and `stop`.
     pub fn new(queue_events: &'a [(u16, EventFd)], stop: &'a EventFd) -> Result<Self, RunnerError> {
-        let mut runner = QueueRunner {
+        let runner = QueueRunner {
             epoll: Epoll::new().map_err(RunnerError::Setup)?,
             queue_events,
-            slots: Vec::with_capacity(queue_events.len() + 2),
+            backend_fds: Vec::new(),
             events: vec![EpollEvent::default(); EVENT_BATCH],
         };
-        for (i, (_, event)) in queue_events.iter().enumerate() {
-            runner.add(event.as_raw_fd(), Slot::Queue(i))?;
+        for (i, (_, event)) in (0u32..).zip(queue_events) {
+            runner.add(event.as_raw_fd(), Key::Queue(i))?;
         }
-        runner.add(stop.as_raw_fd(), Slot::Stop)?;
+        runner.add(stop.as_raw_fd(), Key::Stop)?;
         Ok(runner)
     }
 
@@ -126,27 +235,56 @@ impl<'a> QueueRunner<'a> {
     ///
     /// `fd` is anything with an fd (a control socket, an `EventFd`, an `OwnedFd`) and must
     /// outlive the runner.
-    pub fn watch<F: AsRawFd + ?Sized>(&mut self, fd: &'a F, token: u64) -> Result<(), RunnerError> {
-        self.add(fd.as_raw_fd(), Slot::Caller(token))
+    pub fn watch<F: AsRawFd + ?Sized>(&mut self, fd: &'a F, token: u32) -> Result<(), RunnerError> {
+        self.add(fd.as_raw_fd(), Key::Caller(token))
     }
 
-    fn add(&mut self, fd: i32, slot: Slot) -> Result<(), RunnerError> {
-        let data = self.slots.len() as u64;
+    fn add(&self, fd: RawFd, key: Key) -> Result<(), RunnerError> {
         self.epoll
             .ctl(
                 ControlOperation::Add,
                 fd,
-                EpollEvent::new(EventSet::IN, data),
+                EpollEvent::new(EventSet::IN, key.data()),
             )
-            .map_err(RunnerError::Setup)?;
-        self.slots.push(slot);
-        Ok(())
+            .map_err(RunnerError::Setup)
     }
 
-    /// Processes queue notifications until the stop fd or a watched fd is readable.
+    fn registrations(&mut self) -> Registrations<'_> {
+        Registrations {
+            epoll: &self.epoll,
+            fds: &mut self.backend_fds,
+        }
+    }
+
+    /// Call right after `backend` was activated: drops the fds an earlier activation left, then
+    /// lets the backend add its own ([`VirtioBackend::register_events`]). On an error every fd
+    /// it added is removed again; the caller then resets the device and reports the error.
+    pub fn activated(&mut self, backend: &mut dyn VirtioBackend) -> Result<(), DeviceError> {
+        let mut registrations = self.registrations();
+        registrations.clear();
+        let result = backend.register_events(&mut registrations);
+        if result.is_err() {
+            registrations.clear();
+        }
+        result
+    }
+
+    /// Removes every fd the backend added (call it when the device is reset).
+    pub fn reset_events(&mut self) {
+        self.registrations().clear();
+    }
+
+    /// How many fds the backend has added and not removed.
+    pub fn backend_fd_count(&self) -> usize {
+        self.backend_fds.len()
+    }
+
+    /// Processes queue notifications and the backend's events until the stop fd or a watched
+    /// fd is readable.
     ///
-    /// Queue notifications that arrived in the same wake-up are processed first. Returns an
-    /// error as soon as the backend fails a queue; the caller reports it and resets the device.
+    /// Queue notifications and backend events that arrived in the same wake-up are processed
+    /// first. Returns an error as soon as the backend fails (its own fds are then removed); the
+    /// caller reports it and resets the device.
     pub fn run(&mut self, backend: &mut dyn VirtioBackend) -> Result<Wake, RunnerError> {
         loop {
             let n = match self.epoll.wait(-1, &mut self.events) {
@@ -156,23 +294,13 @@ impl<'a> QueueRunner<'a> {
             };
             let mut stop = false;
             let mut caller = None;
-            for event in &self.events[..n] {
-                let slot = usize::try_from(event.data())
-                    .ok()
-                    .and_then(|i| self.slots.get(i).copied());
-                match slot {
-                    Some(Slot::Queue(i)) => {
-                        let (index, fd) = &self.queue_events[i];
-                        drain(fd).map_err(|source| RunnerError::Notification {
-                            index: *index,
-                            source,
-                        })?;
-                        backend.process_queue(*index)?;
+            for i in 0..n {
+                let event = self.events[i];
+                if let Err(e) = self.dispatch(event, backend, &mut stop, &mut caller) {
+                    if matches!(e, RunnerError::Device(_)) {
+                        self.reset_events();
                     }
-                    Some(Slot::Stop) => stop = true,
-                    Some(Slot::Caller(token)) => caller = caller.or(Some(token)),
-                    // Only slot indices are ever registered.
-                    None => {}
+                    return Err(e);
                 }
             }
             if stop {
@@ -182,6 +310,45 @@ impl<'a> QueueRunner<'a> {
                 return Ok(Wake::Fd(token));
             }
         }
+    }
+
+    /// Acts on one epoll event: a queue's or the backend's is handled here, the stop fd's and
+    /// the caller's are noted for [`run`](Self::run) to return.
+    fn dispatch(
+        &mut self,
+        event: EpollEvent,
+        backend: &mut dyn VirtioBackend,
+        stop: &mut bool,
+        caller: &mut Option<u32>,
+    ) -> Result<(), RunnerError> {
+        match Key::from_data(event.data()) {
+            Some(Key::Queue(i)) => {
+                let queue_events = self.queue_events;
+                let Some((index, fd)) = usize::try_from(i).ok().and_then(|i| queue_events.get(i))
+                else {
+                    return Ok(());
+                };
+                drain(fd).map_err(|source| RunnerError::Notification {
+                    index: *index,
+                    source,
+                })?;
+                backend.process_queue(*index, &mut self.registrations())?;
+            }
+            Some(Key::Backend(token)) => {
+                let mut registrations = self.registrations();
+                // The backend may have removed this fd while handling an earlier event of the
+                // same wake-up: then it hears nothing more of it.
+                if registrations.watches(token) {
+                    let ready = EventSet::from_bits_truncate(event.events());
+                    backend.process_event(token, ready, &mut registrations)?;
+                }
+            }
+            Some(Key::Stop) => *stop = true,
+            Some(Key::Caller(token)) => *caller = caller.or(Some(token)),
+            // Only keys made by `Key::data` are ever registered.
+            None => {}
+        }
+        Ok(())
     }
 }
 
@@ -195,13 +362,15 @@ fn drain(fd: &EventFd) -> io::Result<()> {
     }
 }
 
-/// Runs `backend`'s queues until `stop` is readable: [`QueueRunner`] with no other fds.
+/// Runs `backend`'s queues until `stop` is readable: [`QueueRunner`] with no other fds. The
+/// backend is taken as already activated: its own fds are registered first.
 pub fn run_queues(
     backend: &mut dyn VirtioBackend,
     queue_events: &[(u16, EventFd)],
     stop: &EventFd,
 ) -> Result<(), RunnerError> {
     let mut runner = QueueRunner::new(queue_events, stop)?;
+    runner.activated(backend)?;
     loop {
         match runner.run(backend)? {
             Wake::Stop => return Ok(()),
@@ -212,182 +381,4 @@ pub fn run_queues(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::Queue;
-    use vm_memory::GuestMemoryMmap;
-    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-    use super::{run_queues, QueueRunner, RunnerError, Wake};
-    use crate::rng::tests::{memory, queue_of, used_idx, Counter, Recorder};
-    use crate::rng::Rng;
-    use crate::{DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_VERSION_1};
-
-    /// Records which queues it was asked to process; fails for `fail_on`.
-    struct Fake {
-        calls: Arc<Mutex<Vec<u16>>>,
-        fail_on: Option<u16>,
-    }
-
-    impl VirtioBackend for Fake {
-        fn device_type(&self) -> u32 {
-            0
-        }
-        fn num_queues(&self) -> u16 {
-            3
-        }
-        fn max_queue_size(&self) -> u16 {
-            8
-        }
-        fn features(&self) -> u64 {
-            VIRTIO_F_VERSION_1
-        }
-        fn config(&self) -> Vec<u8> {
-            Vec::new()
-        }
-        fn write_config(&mut self, _offset: u32, _data: &[u8]) {}
-        fn activate(
-            &mut self,
-            _driver_features: u64,
-            _mem: GuestMemoryMmap,
-            _queues: Vec<Queue>,
-            _interrupt: Arc<dyn Interrupt>,
-        ) -> Result<(), DeviceError> {
-            Ok(())
-        }
-        fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
-            self.calls.lock().unwrap().push(index);
-            if self.fail_on == Some(index) {
-                return Err(DeviceError::UnknownQueue(index));
-            }
-            Ok(())
-        }
-        fn reset(&mut self) -> Option<Vec<Queue>> {
-            None
-        }
-        fn sandbox_needs(&self) -> SandboxNeeds {
-            SandboxNeeds {
-                seccomp_profile: "none",
-                keep_fds: Vec::new(),
-                landlock_paths: Vec::new(),
-            }
-        }
-    }
-
-    fn fake(fail_on: Option<u16>) -> (Fake, Arc<Mutex<Vec<u16>>>) {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let backend = Fake {
-            calls: calls.clone(),
-            fail_on,
-        };
-        (backend, calls)
-    }
-
-    fn eventfd() -> EventFd {
-        EventFd::new(EFD_NONBLOCK).unwrap()
-    }
-
-    #[test]
-    fn stop_ends_the_loop_and_stays_set() {
-        let (mut backend, calls) = fake(None);
-        let events = vec![(0, eventfd())];
-        let stop = eventfd();
-        stop.write(1).unwrap();
-        run_queues(&mut backend, &events, &stop).unwrap();
-        // The stop fd is left for its owner: a second runner sharing it stops too.
-        run_queues(&mut backend, &events, &stop).unwrap();
-        assert_eq!(stop.read().unwrap(), 1);
-        assert!(calls.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn notifications_reach_their_queue_and_caller_fds_wake_the_caller() {
-        let (mut backend, calls) = fake(None);
-        let events = vec![(0, eventfd()), (2, eventfd())];
-        let stop = eventfd();
-        let control = eventfd();
-        let mut runner = QueueRunner::new(&events, &stop).unwrap();
-        runner.watch(&control, 7).unwrap();
-
-        events[1].1.write(1).unwrap();
-        events[1].1.write(1).unwrap(); // two notifications coalesce into one call
-        control.write(1).unwrap();
-        assert_eq!(runner.run(&mut backend).unwrap(), Wake::Fd(7));
-        assert_eq!(*calls.lock().unwrap(), vec![2]);
-        // The runner drained the queue eventfd but left the caller's fd alone.
-        assert!(events[1].1.read().is_err());
-        assert_eq!(control.read().unwrap(), 1);
-
-        events[0].1.write(1).unwrap();
-        stop.write(1).unwrap();
-        assert_eq!(runner.run(&mut backend).unwrap(), Wake::Stop);
-        assert_eq!(*calls.lock().unwrap(), vec![2, 0]);
-    }
-
-    #[test]
-    fn a_failing_queue_ends_the_run_with_its_error() {
-        let (mut backend, calls) = fake(Some(0));
-        let events = vec![(0, eventfd())];
-        let stop = eventfd();
-        events[0].1.write(1).unwrap();
-        let err = run_queues(&mut backend, &events, &stop).unwrap_err();
-        assert!(matches!(
-            err,
-            RunnerError::Device(DeviceError::UnknownQueue(0))
-        ));
-        assert_eq!(
-            ipc::DeviceErrorKind::from(&err),
-            ipc::DeviceErrorKind::Internal
-        );
-        assert_eq!(*calls.lock().unwrap(), vec![0]);
-    }
-
-    /// Waits until the used ring index reaches `want`, for at most 10 s.
-    fn wait_used(mem: &GuestMemoryMmap, want: u16) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while used_idx(mem) != want {
-            assert!(Instant::now() < deadline, "used index stuck below {want}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn rng_served_from_a_runner_thread() {
-        let mem = memory();
-        let vq = MockSplitQueue::new(&mem, 16);
-        let irq = Arc::new(Recorder::default());
-        let mut rng = Rng::with_reader(Counter(0));
-        rng.activate(
-            VIRTIO_F_VERSION_1,
-            mem.clone(),
-            vec![queue_of(&vq)],
-            irq.clone(),
-        )
-        .unwrap();
-        let events = vec![(0, eventfd())];
-        let stop = eventfd();
-
-        std::thread::scope(|s| {
-            let worker = s.spawn(|| run_queues(&mut rng, &events, &stop));
-            for i in 0..2u16 {
-                let d = Descriptor::new(0x1000 + 0x100 * u64::from(i), 64, 2, 0);
-                vq.desc_table().store(i, RawDescriptor::from(d)).unwrap();
-                vq.avail().ring().ref_at(usize::from(i)).unwrap().store(i);
-                vq.avail().idx().store(i + 1);
-                events[0].1.write(1).unwrap();
-                wait_used(&mem, i + 1);
-            }
-            stop.write(1).unwrap();
-            worker.join().unwrap().unwrap();
-        });
-
-        assert_eq!(irq.used.load(Ordering::SeqCst), 2);
-        let stats = rng.stats().queues[0];
-        assert_eq!((stats.requests, stats.bytes), (2, 128));
-    }
-}
+mod tests;

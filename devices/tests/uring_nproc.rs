@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use devices::blk::{Blk, BlkOptions, EngineKind};
-use devices::{Interrupt, VirtioBackend, VIRTIO_F_VERSION_1};
+use devices::{Interrupt, NoEvents, VirtioBackend, VIRTIO_F_VERSION_1};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -100,7 +100,7 @@ fn child(path: &std::path::Path) -> Option<String> {
     mem.write_slice(&seg, GuestAddress(0x5000)).unwrap();
     let h = hdr(9, 11, 0);
     push(&[(h, 16, 0), (0x5000, 16, 0), (status(9), 1, 2)]);
-    blk.process_queue(0).ok()?;
+    blk.process_queue(0, &mut NoEvents).ok()?;
     for n in 0..8u64 {
         let h = hdr(10 + n, 0, 8 * n);
         push(&[
@@ -109,7 +109,7 @@ fn child(path: &std::path::Path) -> Option<String> {
             (status(10 + n), 1, 2),
         ]);
     }
-    blk.process_queue(0).ok()?;
+    blk.process_queue(0, &mut NoEvents).ok()?;
 
     for n in 0..18u64 {
         let st: u8 = mem.read_obj(GuestAddress(status(n))).unwrap();

@@ -26,8 +26,8 @@ use super::{
     SECTOR_SIZE,
 };
 use crate::{
-    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
+    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
 };
 
 /// How the device presents the image.
@@ -320,7 +320,11 @@ impl VirtioBackend for Blk {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: u16,
+        _events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
         if index >= self.geometry.num_queues {
             return Err(DeviceError::UnknownQueue(index));
         }

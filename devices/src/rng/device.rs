@@ -17,8 +17,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::request::{self, EntropyRequest};
 use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES, SECCOMP_PROFILE};
 use crate::{
-    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
+    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
 };
 
 /// Features virtio-rng offers. Indirect descriptors are safe to offer: virtio-queue's chain
@@ -258,7 +258,11 @@ impl VirtioBackend for Rng {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: u16,
+        _events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
         if index >= NUM_QUEUES {
             return Err(DeviceError::UnknownQueue(index));
         }

@@ -11,8 +11,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Rng, MAX_QUEUE_SIZE, MAX_REQUEST_BYTES};
 use crate::{
-    DeviceError, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
-    VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
+    DeviceError, Interrupt, NoEvents, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
 };
 
 const F_NEXT: u16 = 1;
@@ -183,7 +183,7 @@ fn fills_one_descriptor() {
     push_chain(&vq, 0, &[desc(BUF, 100, F_WRITE, 0)]);
     let (mut rng, irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used_idx(&mem), 1);
     assert_eq!(used(&mem, 0), (0, 100));
@@ -219,7 +219,7 @@ fn fills_several_descriptors_in_chain_order() {
     );
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used(&mem, 0), (0, 60));
     assert_eq!(read_back(&mem, BUF + 0x200, 10), counting(0, 10));
@@ -241,7 +241,7 @@ fn read_only_descriptor_gets_nothing_and_next_chain_is_served() {
     push_chain(&vq, 3, &[desc(BUF + 0x200, 8, F_WRITE, 0)]);
     let (mut rng, irq) = active(&mem, &vq, Counter(1), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used_idx(&mem), 3);
     assert_eq!(used(&mem, 0), (0, 0));
@@ -266,7 +266,7 @@ fn buffer_outside_guest_memory_is_a_guest_fault() {
     push_chain(&vq, 3, &[desc(BUF, 4, F_WRITE, 0)]);
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used_idx(&mem), 4);
     for i in 0..3 {
@@ -309,7 +309,7 @@ fn chain_longer_than_the_queue_is_refused() {
     push_chain(&vq, 3, &[desc(BUF + 0x200, 4, F_WRITE | F_NEXT, QSIZE)]);
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used_idx(&mem), 3);
     assert_eq!(used(&mem, 0), (0, 0));
@@ -333,7 +333,7 @@ fn indirect_table_within_bounds_is_served() {
     let features = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC;
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), features);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used(&mem, 0), (0, 8));
     assert_eq!(read_back(&mem, BUF, 3), counting(0, 3));
@@ -348,7 +348,7 @@ fn large_chain_is_filled_up_to_the_bound() {
     push_chain(&vq, 0, &[desc(0x1_0000, big, F_WRITE, 0)]);
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(used(&mem, 0), (0, MAX_REQUEST_BYTES));
     let tail = 0x1_0000 + u64::from(MAX_REQUEST_BYTES);
@@ -362,7 +362,7 @@ fn head_index_outside_the_queue_breaks_the_device_until_reset() {
     make_available(&vq, QSIZE + 3);
     let (mut rng, irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
 
-    let err = rng.process_queue(0).unwrap_err();
+    let err = rng.process_queue(0, &mut NoEvents).unwrap_err();
     assert!(matches!(
         err,
         DeviceError::BadHeadIndex { head: 19, size: 16 }
@@ -374,7 +374,7 @@ fn head_index_outside_the_queue_breaks_the_device_until_reset() {
 
     // Broken: later notifications are ignored, even for good chains.
     push_chain(&vq, 0, &[desc(BUF, 4, F_WRITE, 0)]);
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(used_idx(&mem), 0);
     assert_eq!(irq.used.load(Ordering::SeqCst), 0);
     assert_eq!(rng.reset().map(|q| q.len()), Some(1));
@@ -387,7 +387,7 @@ fn bad_avail_index_is_a_device_error() {
     // The driver claims more new entries than the queue has.
     vq.avail().idx().store(QSIZE + 1);
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
-    let err = rng.process_queue(0).unwrap_err();
+    let err = rng.process_queue(0, &mut NoEvents).unwrap_err();
     assert!(matches!(err, DeviceError::Queue(_)), "{err:?}");
 }
 
@@ -397,12 +397,12 @@ fn interrupts_only_when_needed() {
     let mem = memory();
     let vq = MockSplitQueue::new(&mem, QSIZE);
     let (mut rng, irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(irq.used.load(Ordering::SeqCst), 0);
     for i in 0..3 {
         push_chain(&vq, i, &[desc(BUF + 0x10 * u64::from(i), 4, F_WRITE, 0)]);
     }
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(irq.used.load(Ordering::SeqCst), 3);
 
     // With EVENT_IDX and used_event = 1: only the completion that moves the used index past 1.
@@ -415,7 +415,7 @@ fn interrupts_only_when_needed() {
     for i in 0..3 {
         push_chain(&vq, i, &[desc(BUF + 0x10 * u64::from(i), 4, F_WRITE, 0)]);
     }
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(used_idx(&mem), 3);
     assert_eq!(irq.used.load(Ordering::SeqCst), 1);
 }
@@ -431,7 +431,7 @@ fn entropy_source_short_and_failing() {
         fail: false,
     };
     let (mut rng, _irq) = active(&mem, &vq, source, VIRTIO_F_VERSION_1);
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(used(&mem, 0), (0, 10));
     assert_eq!(read_back(&mem, BUF, 11), [vec![0xAA; 10], vec![0]].concat());
 
@@ -445,7 +445,7 @@ fn entropy_source_short_and_failing() {
         fail: true,
     };
     let (mut rng, irq) = active(&mem, &vq, source, VIRTIO_F_VERSION_1);
-    let err = rng.process_queue(0).unwrap_err();
+    let err = rng.process_queue(0, &mut NoEvents).unwrap_err();
     assert_eq!(
         ipc::DeviceErrorKind::from(&err),
         ipc::DeviceErrorKind::HostIo { errno: 13 }
@@ -464,7 +464,7 @@ fn reset_returns_the_queues() {
 
     let (mut rng, _irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
     push_chain(&vq, 0, &[desc(BUF, 4, F_WRITE, 0)]);
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     let queues = rng.reset().unwrap();
     assert_eq!(queues.len(), 1);
     assert_eq!(queues[0].next_used(), 1);
@@ -474,7 +474,7 @@ fn reset_returns_the_queues() {
 
     // Inactive again: notifications are ignored, and the same queues can be activated again.
     push_chain(&vq, 1, &[desc(BUF, 4, F_WRITE, 0)]);
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(used_idx(&mem), 1);
     rng.activate(
         VIRTIO_F_VERSION_1,
@@ -483,7 +483,7 @@ fn reset_returns_the_queues() {
         Arc::new(Recorder::default()),
     )
     .unwrap();
-    rng.process_queue(0).unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(used_idx(&mem), 2);
 }
 
@@ -547,7 +547,7 @@ fn activate_checks_its_arguments() {
         .unwrap_err();
     assert!(matches!(err, DeviceError::AlreadyActive));
     assert!(matches!(
-        rng.process_queue(1),
+        rng.process_queue(1, &mut NoEvents),
         Err(DeviceError::UnknownQueue(1))
     ));
 }

@@ -20,7 +20,10 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use devices::{DeviceError, GuestMemoryMmap, Interrupt, Queue, SandboxNeeds, VirtioBackend};
+use devices::{
+    DeviceError, EventRegistry, EventSet, GuestMemoryMmap, Interrupt, Queue, SandboxNeeds,
+    VirtioBackend,
+};
 use ipc::WorkerToVmm;
 
 /// The worker argument that selects a fault: `--fault=MODE`.
@@ -172,11 +175,29 @@ impl VirtioBackend for Faulty {
         self.active = true;
         Ok(())
     }
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn register_events(&mut self, events: &mut dyn EventRegistry) -> Result<(), DeviceError> {
+        self.inner.register_events(events)
+    }
+    fn process_queue(
+        &mut self,
+        index: u16,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
         if self.active {
             self.misbehave();
         }
-        self.inner.process_queue(index)
+        self.inner.process_queue(index, events)
+    }
+    fn process_event(
+        &mut self,
+        token: u32,
+        ready: EventSet,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
+        if self.active {
+            self.misbehave();
+        }
+        self.inner.process_event(token, ready, events)
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.active = false;

@@ -18,7 +18,7 @@ use super::{queues, WorkerError, WorkerExit, WorkerFds};
 use crate::memory::map_guest_ram;
 
 /// Runner token of the control socket.
-const CONTROL: u64 = 0;
+const CONTROL: u32 = 0;
 
 /// Serves `backend` for the VMM on the other end of `fds.control` until it shuts the device
 /// down, closes the channel, or `fds.stop` fires ([`prepare`], then [`serve`]), calling `confine` once set-up is done — guest RAM and the status page
@@ -153,7 +153,7 @@ fn serve_confined(
         match runner.run(&mut *backend) {
             Ok(Wake::Stop) => return Ok(WorkerExit::Stopped),
             Ok(Wake::Fd(_)) => {
-                if let Some(exit) = worker.serve_one(&mut *backend)? {
+                if let Some(exit) = worker.serve_one(&mut *backend, &mut runner)? {
                     return Ok(exit);
                 }
             }
@@ -222,6 +222,7 @@ impl Worker<'_> {
     fn serve_one(
         &mut self,
         backend: &mut dyn VirtioBackend,
+        runner: &mut QueueRunner<'_>,
     ) -> Result<Option<WorkerExit>, WorkerError> {
         let msg = match self.control.recv::<VmmToWorker>() {
             Ok((msg, fds)) if fds.is_empty() => msg,
@@ -245,7 +246,7 @@ impl Worker<'_> {
             VmmToWorker::Activate {
                 driver_features,
                 queues,
-            } => Some(self.activate(backend, driver_features, &queues)),
+            } => Some(self.activate(backend, runner, driver_features, &queues)),
             // The transport only forwards writes inside the config space; anything else is
             // ignored, as the backend would.
             VmmToWorker::WriteConfig { .. } if !valid => None,
@@ -259,7 +260,9 @@ impl Worker<'_> {
             }
             VmmToWorker::Reset => {
                 self.earlier = add_stats(&self.earlier, &backend.stats());
-                // The queues come back and are dropped: the next activation builds new ones.
+                // The backend's own fds leave the loop first, then the queues come back and are
+                // dropped: the next activation builds new ones.
+                runner.reset_events();
                 let _ = backend.reset();
                 Some(WorkerToVmm::ResetDone)
             }
@@ -275,10 +278,12 @@ impl Worker<'_> {
         }
     }
 
-    /// Builds the queues and starts the backend; the reply to send.
+    /// Builds the queues, starts the backend and lets it add its own fds to the loop; the reply
+    /// to send. A backend that cannot register its fds is reset again.
     fn activate(
         &self,
         backend: &mut dyn VirtioBackend,
+        runner: &mut QueueRunner<'_>,
         driver_features: u64,
         configs: &[ipc::QueueConfig],
     ) -> WorkerToVmm {
@@ -297,10 +302,21 @@ impl Worker<'_> {
             queues,
             self.interrupt.clone(),
         ) {
+            Ok(()) => {}
+            Err(e) => {
+                return WorkerToVmm::DeviceError {
+                    reason: (&e).into(),
+                }
+            }
+        }
+        match runner.activated(backend) {
             Ok(()) => WorkerToVmm::Activated,
-            Err(e) => WorkerToVmm::DeviceError {
-                reason: (&e).into(),
-            },
+            Err(e) => {
+                let _ = backend.reset();
+                WorkerToVmm::DeviceError {
+                    reason: (&e).into(),
+                }
+            }
         }
     }
 }

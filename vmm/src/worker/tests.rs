@@ -73,7 +73,11 @@ impl VirtioBackend for Doubler {
     ) -> Result<(), DeviceError> {
         Ok(())
     }
-    fn process_queue(&mut self, _index: u16) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        _index: u16,
+        _events: &mut dyn devices::EventRegistry,
+    ) -> Result<(), DeviceError> {
         Ok(())
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
@@ -412,4 +416,137 @@ fn a_queue_eventfd_count_mismatch_is_reported_before_ready() {
             got: 2
         })
     ));
+}
+
+/// A device with an eventfd of its own (`own`): on activation it adds it to the loop (or fails
+/// to, with `refuse`); each time it is readable the device drains it and raises a
+/// configuration-change interrupt.
+struct Pinger {
+    own: EventFd,
+    interrupt: Option<Arc<dyn Interrupt>>,
+    refuse: bool,
+}
+
+impl VirtioBackend for Pinger {
+    fn device_type(&self) -> u32 {
+        43
+    }
+    fn num_queues(&self) -> u16 {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        QSIZE
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn config(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) {}
+    fn activate(
+        &mut self,
+        _driver_features: u64,
+        _mem: GuestMemoryMmap,
+        _queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        if self.interrupt.is_some() {
+            return Err(DeviceError::AlreadyActive);
+        }
+        self.interrupt = Some(interrupt);
+        Ok(())
+    }
+    fn register_events(
+        &mut self,
+        events: &mut dyn devices::EventRegistry,
+    ) -> Result<(), DeviceError> {
+        if self.refuse {
+            self.refuse = false;
+            return Err(DeviceError::Events(io::Error::other("refused")));
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.own);
+        events
+            .add(fd, 5, devices::EventSet::IN)
+            .map_err(DeviceError::Events)
+    }
+    fn process_queue(
+        &mut self,
+        _index: u16,
+        _events: &mut dyn devices::EventRegistry,
+    ) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn process_event(
+        &mut self,
+        token: u32,
+        _ready: devices::EventSet,
+        _events: &mut dyn devices::EventRegistry,
+    ) -> Result<(), DeviceError> {
+        assert_eq!(token, 5);
+        let _ = self.own.read();
+        if let Some(interrupt) = &self.interrupt {
+            interrupt.signal_config_change();
+        }
+        Ok(())
+    }
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.interrupt = None;
+        None
+    }
+    fn sandbox_needs(&self) -> SandboxNeeds {
+        SandboxNeeds {
+            seccomp_profile: "none",
+            keep_fds: Vec::new(),
+            landlock_paths: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn a_backends_own_fds_are_served_while_it_is_active() {
+    let own = eventfd();
+    let h = start(
+        Box::new(Pinger {
+            own: own.try_clone().unwrap(),
+            interrupt: None,
+            refuse: true,
+        }),
+        1,
+    );
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    // The first activation fails in register_events: an error, and the device is inactive.
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::DeviceError {
+            reason: DeviceErrorKind::Internal
+        }
+    );
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::Activated
+    );
+    own.write(1).unwrap();
+    assert!(
+        wait_readable_eventfd(&h.irqfd),
+        "no interrupt from the device's own fd"
+    );
+    assert_eq!(h.status.pending(), devices::INT_CONFIG);
+    h.irqfd.read().unwrap();
+    h.status.ack(devices::INT_CONFIG);
+
+    // After a reset the loop no longer watches the fd: a write wakes nobody.
+    assert_eq!(h.request(&VmmToWorker::Reset), WorkerToVmm::ResetDone);
+    own.write(1).unwrap();
+    assert!(matches!(
+        h.request(&VmmToWorker::GetStats),
+        WorkerToVmm::Stats(_)
+    ));
+    assert_eq!(
+        h.irqfd.read().unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    assert_eq!(own.read().unwrap(), 1, "the fd was left unread");
+    h.send(&VmmToWorker::Shutdown);
+    assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
 }

@@ -146,7 +146,7 @@ fn write_and_read_back(prepare_ring: bool) {
         };
         request(vq, &mem, i as u64, OUT, sector, &data);
     }
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_idx(), 3);
     for i in 0..3 {
         assert_eq!(status_of(&mem, i), OK);
@@ -177,7 +177,7 @@ fn write_and_read_back(prepare_ring: bool) {
             &[(dst, len as u32, F_WRITE)],
         );
     }
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_idx(), 6);
     for (i, &(_, len)) in regions.iter().enumerate() {
         assert_eq!(status_of(&mem, 10 + i as u64), OK);
@@ -217,12 +217,12 @@ fn io_uring_keeps_many_requests_in_flight() {
         request(vq, &mem, i, OUT, i * 8, &[(src, 4096, 0)]);
     }
     request(vq, &mem, 40, FLUSH, 0, &[]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     for i in 0..40u64 {
         let dst = DATA + 0x10_0000 + 0x1000 * i;
         request(vq, &mem, 41 + i, IN, i * 8, &[(dst, 4096, F_WRITE)]);
     }
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_idx(), 81);
     for i in 0..40u64 {
         assert_eq!(status_of(&mem, 41 + i), OK);
@@ -244,7 +244,7 @@ fn flush_get_id_and_unsupported() {
         .unwrap();
     let id8 = request(vq, &mem, 2, GET_ID, 0, &[(DATA + 0x100, 8, F_WRITE)]);
     let lifetime = request(vq, &mem, 3, 10, 0, &[(DATA + 0x200, 16, F_WRITE)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!((status_of(&mem, 0), vq.used_len_of(flush)), (OK, Some(1)));
     assert_eq!((status_of(&mem, 1), vq.used_len_of(id20)), (OK, Some(21)));
@@ -278,7 +278,7 @@ fn requests_outside_the_disk_get_ioerr() {
         SECTORS - 1,
         &[(DATA + 0x1000, 512, F_WRITE)],
     ); // last sector: fine
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_idx(), 5);
     for n in 0..4 {
         assert_eq!(status_of(&mem, n), IOERR, "{n}");
@@ -314,7 +314,7 @@ fn writes_on_a_read_only_device_get_ioerr() {
     mem.write_slice(&[0; 16], GuestAddress(DATA + 0x2000))
         .unwrap();
     request(vq, &mem, 2, DISCARD, 0, &[(DATA + 0x2000, 16, 0)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(
         (status_of(&mem, 0), status_of(&mem, 1), status_of(&mem, 2)),
         (IOERR, OK, UNSUPP)
@@ -361,7 +361,7 @@ fn discard_and_write_zeroes(prepare_ring: bool, features: u64) {
     let len = segments(&mem, DATA + 0x600, &[(0, (1 << 22) + 1, 0)]);
     request(vq, &mem, 6, DISCARD, 0, &[(DATA + 0x600, len, 0)]);
     request(vq, &mem, 7, DISCARD, 0, &[]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_idx(), 8);
     let got: Vec<u8> = (0..8).map(|n| status_of(&mem, n)).collect();
     eprintln!(
@@ -411,7 +411,7 @@ fn several_queues_are_served_independently() {
         request(vq, &mem, 10 * q, OUT, 64 * q, &[(src, 2048, 0)]);
     }
     for q in [2, 0, 3, 1] {
-        blk.process_queue(q).unwrap();
+        blk.process_queue(q, &mut NoEvents).unwrap();
     }
     // Reads only after the writes completed: requests in flight together may finish in any
     // order (a read racing a write of the same sectors is the driver's business).
@@ -421,7 +421,7 @@ fn several_queues_are_served_independently() {
         request(vq, &mem, 10 * q + 1, IN, 64 * q, &[(dst, 2048, F_WRITE)]);
     }
     for q in [1, 3, 0, 2] {
-        blk.process_queue(q).unwrap();
+        blk.process_queue(q, &mut NoEvents).unwrap();
     }
     for (q, vq) in vqs.iter().enumerate() {
         let q = q as u64;
@@ -440,7 +440,7 @@ fn several_queues_are_served_independently() {
     assert_eq!(irq.used.load(Ordering::SeqCst), 8);
     assert_eq!(blk.stats().queues.len(), 4);
     assert!(matches!(
-        blk.process_queue(4),
+        blk.process_queue(4, &mut NoEvents),
         Err(DeviceError::UnknownQueue(4))
     ));
 }
@@ -460,7 +460,7 @@ fn queues_the_driver_left_unset_are_ignored() {
     let unset = Queue::new(256).unwrap();
     blk.activate(DRIVER, mem.clone(), vec![vq.queue(), unset], irq)
         .unwrap();
-    blk.process_queue(1).unwrap();
+    blk.process_queue(1, &mut NoEvents).unwrap();
     assert_eq!(blk.reset().map(|q| q.len()), Some(2));
 }
 
@@ -496,7 +496,7 @@ fn malformed_chains_are_answered_and_the_device_keeps_serving() {
     let e = vq.push(&[(0x8000, 48, F_INDIRECT)]);
     // And a good read at the end.
     let good = request(vq, &mem, 5, IN, 1, &[(DATA + 0x1000, 512, F_WRITE)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!(vq.used_len_of(a), Some(0));
     assert_eq!((vq.used_len_of(b), status_of(&mem, 0)), (Some(1), IOERR));
     assert_eq!((vq.used_len_of(c), status_of(&mem, 2)), (Some(1), IOERR));
@@ -530,7 +530,7 @@ fn indirect_chains_are_served() {
             .unwrap();
     }
     let head = vq.push(&[(table, 48, F_INDIRECT)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!((vq.used_len_of(head), status_of(&mem, 0)), (Some(1025), OK));
     assert_eq!(read_mem(&mem, DATA, 1024), vec![0x44; 1024]);
 }
@@ -568,7 +568,7 @@ fn direct_io_bounces_misaligned_buffers() {
     );
     // Requests in flight together are unordered (as in virtio): the writes complete before the
     // reads of the same blocks are made available.
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     request(
         vq,
         &mem,
@@ -585,7 +585,7 @@ fn direct_io_bounces_misaligned_buffers() {
         2 * bs / 512,
         &[(DATA + 0x28_0000, len as u32, F_WRITE)],
     );
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     let got: Vec<u8> = (0..4).map(|n| status_of(&mem, n)).collect();
     assert_eq!(got, [OK; 4]);
     assert_eq!(image.read(0, len), pattern(1, len));
@@ -595,7 +595,7 @@ fn direct_io_bounces_misaligned_buffers() {
     if bs > 512 {
         // A request that is not whole direct-I/O blocks cannot be done.
         request(vq, &mem, 4, IN, 1, &[(DATA, 512, F_WRITE)]);
-        blk.process_queue(0).unwrap();
+        blk.process_queue(0, &mut NoEvents).unwrap();
         assert_eq!(status_of(&mem, 4), IOERR);
     }
 }
@@ -606,12 +606,12 @@ fn head_index_outside_the_queue_breaks_the_device_until_reset() {
     let image = TempImage::new(IMAGE_LEN, 0);
     let (mut blk, vqs, irq) = activated(&mem, &image, opts(), DRIVER, 16);
     vqs[0].make_available(16 + 3);
-    let err = blk.process_queue(0).unwrap_err();
+    let err = blk.process_queue(0, &mut NoEvents).unwrap_err();
     assert!(matches!(
         err,
         DeviceError::BadHeadIndex { head: 19, size: 16 }
     ));
-    blk.process_queue(0).unwrap(); // broken: ignored
+    blk.process_queue(0, &mut NoEvents).unwrap(); // broken: ignored
     assert_eq!(irq.used.load(Ordering::SeqCst), 0);
     assert_eq!(blk.reset().map(|q| q.len()), Some(1));
     assert!(blk.reset().is_none());

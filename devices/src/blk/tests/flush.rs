@@ -231,7 +231,7 @@ fn flush_waits_for_fdatasync(uring: bool) {
     blk.activate(DRIVER, mem.clone(), vec![vq.queue()], irq)
         .unwrap();
 
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
 
     assert_eq!(vq.used_idx(), 7);
     assert_eq!((status_of(&mem, 2), vq.used_len_of(flush)), (OK, Some(1)));
@@ -294,7 +294,7 @@ fn durability_log(features: u64) -> Vec<Event> {
     seg[8..12].copy_from_slice(&2u32.to_le_bytes());
     mem.write_slice(&seg, GuestAddress(DATA + 0x1000)).unwrap();
     request(vq, &mem, 1, DISCARD, 0, &[(DATA + 0x1000, 16, 0)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!((status_of(&mem, 0), status_of(&mem, 1)), (OK, OK));
     assert_eq!(image.read(5 * 512, 512), vec![1; 512]);
     let log = log.lock().unwrap().clone();
@@ -356,7 +356,7 @@ fn host_io_errors_complete_with_ioerr_and_the_device_goes_on() {
     mem.write_slice(&[0xCC; 512], GuestAddress(DATA)).unwrap();
     request(vq, &mem, 0, IN, 0, &[(DATA, 512, F_WRITE)]);
     request(vq, &mem, 1, OUT, 0, &[(DATA + 0x1000, 512, 0)]);
-    blk.process_queue(0).unwrap();
+    blk.process_queue(0, &mut NoEvents).unwrap();
     assert_eq!((status_of(&mem, 0), status_of(&mem, 1)), (IOERR, OK));
     assert_eq!(vq.used(0).1, 1, "a failed read reports no data");
     assert_eq!(read_mem(&mem, DATA, 512), vec![0xCC; 512]);

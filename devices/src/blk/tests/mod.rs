@@ -28,7 +28,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::config::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_WRITE_ZEROES};
 use super::{Blk, BlkOptions};
 use crate::rng::tests::Recorder;
-use crate::{VirtioBackend, VIRTIO_F_VERSION_1};
+use crate::{NoEvents, VirtioBackend, VIRTIO_F_VERSION_1};
 
 pub(crate) const F_NEXT: u16 = 1;
 pub(crate) const F_WRITE: u16 = 2;

@@ -104,7 +104,7 @@ fn a_request_made_available_while_polling_needs_no_notification() {
                 std::sync::atomic::fence(Ordering::SeqCst);
                 driver_must_notify(mem, used, size, event_idx)
             });
-            blk.process_queue(0).unwrap();
+            blk.process_queue(0, &mut NoEvents).unwrap();
             driver.join().unwrap()
         });
 
@@ -135,7 +135,7 @@ fn without_new_work_the_device_returns_with_notifications_enabled() {
         let (mut blk, mut vqs, _irq) = activated(&mem, &image, opts(poll_us), DRIVER, QUEUE_SIZE);
         let vq = &mut vqs[0];
         request(vq, &mem, 0, GET_ID, 0, &[(DATA, 20, F_WRITE)]);
-        blk.process_queue(0).unwrap();
+        blk.process_queue(0, &mut NoEvents).unwrap();
         assert_eq!(vq.used_idx(), 1, "poll={poll_us}");
         assert_eq!(
             used_flags(&mem, vq),
@@ -148,7 +148,7 @@ fn without_new_work_the_device_returns_with_notifications_enabled() {
         vq.mock.avail().idx().store(2);
         assert!(driver_must_notify(&mem, vq.used_addr(), vq.size, false));
         assert_eq!(vq.used_idx(), 1);
-        blk.process_queue(0).unwrap(); // the notification
+        blk.process_queue(0, &mut NoEvents).unwrap(); // the notification
         assert_eq!(vq.used_len_of(second), Some(21), "poll={poll_us}");
         assert_eq!(status_of(&mem, 1), OK);
     }
@@ -184,7 +184,7 @@ fn a_driver_that_polls_the_used_ring_gets_no_interrupts() {
         mem.write_obj(u16::from(no_interrupt), vq.mock.avail_addr())
             .unwrap();
         let head = request(vq, &mem, 0, GET_ID, 0, &[(DATA, 20, F_WRITE)]);
-        blk.process_queue(0).unwrap();
+        blk.process_queue(0, &mut NoEvents).unwrap();
         assert_eq!(vq.used_len_of(head), Some(21));
         assert_eq!(
             irq.used.load(Ordering::SeqCst),

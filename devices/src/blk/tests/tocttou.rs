@@ -310,7 +310,7 @@ fn race(uring: bool) {
                 let head = vq.push(&[(hdr, 16, 0), (data_of(r), len, flags), (st, 1, F_WRITE)]);
                 heads.push((head, r));
             }
-            blk.process_queue(0).unwrap();
+            blk.process_queue(0, &mut NoEvents).unwrap();
             assert_eq!(vq.used_idx(), before.wrapping_add(RACE_REQUESTS as u16));
             for i in 0..RACE_REQUESTS as u16 {
                 let (id, len) = vq.used(before.wrapping_add(i));

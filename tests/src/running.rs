@@ -161,22 +161,43 @@ impl RunningVm {
     ///
     /// Fails with [`VmError::LineNotSeen`] at the timeout or when the output ends without it.
     pub fn wait_for_line(&self, prefix: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for(prefix, timeout, |line, _| line.starts_with(prefix))
+    }
+
+    /// Like [`wait_for_line`](Self::wait_for_line), for a whole line (its newline written) that
+    /// contains `needle` anywhere (a kernel log line after its timestamp).
+    pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for(needle, timeout, |line, complete| {
+            complete && line.contains(needle)
+        })
+    }
+
+    /// Waits up to `timeout` for a console line that `wanted(line, complete)` accepts
+    /// (`complete`: its newline was written); `what` names it in the error.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str, bool) -> bool,
+    ) -> Result<String, VmError> {
         let deadline = Instant::now() + timeout;
         let mut s = self.stdout.lock();
         loop {
             let text = String::from_utf8_lossy(&s.bytes);
-            if let Some(line) = text
-                .lines()
-                .find(|l| l.trim_end_matches('\r').starts_with(prefix))
-            {
-                return Ok(line.trim_end_matches('\r').to_string());
+            let found = text.split_inclusive('\n').find_map(|l| {
+                let complete = l.ends_with('\n');
+                let line = l.trim_end_matches('\n').trim_end_matches('\r');
+                wanted(line, complete).then_some(line)
+            });
+            if let Some(line) = found {
+                return Ok(line.to_string());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if s.eof || left.is_zero() {
                 let (eof, seen) = (s.eof, text.into_owned());
                 drop(s);
                 return Err(VmError::LineNotSeen {
-                    prefix: prefix.to_string(),
+                    prefix: what.to_string(),
                     waited: timeout,
                     ended: eof,
                     stdout: seen,

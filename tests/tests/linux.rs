@@ -5,6 +5,9 @@
 //! (`images/out/rootfs.ext4`), beside a writable one (`vdb`, a scratch image); once with the root
 //! disk in a sandboxed worker and the scratch disk in-process, once the other way round.
 //!
+//! One more boots `vmlinux` with `acpi=off`: the kernel must then find both CPUs in svmm's MP
+//! table (that boot ends once the second CPU is up).
+//!
 //! One boot per configuration, shared by its trials (a boot takes minutes on PVM hosts).
 //! User space runs only with hardware virtualisation (GUEST.md); elsewhere that trial is ignored
 //! with the reason. `SVMM_SKIP_LINUX=1` ignores every trial here, for quick local runs.
@@ -109,6 +112,17 @@ fn main() {
                 move || userspace(kernel),
             );
     }
+    suite = suite
+        .test_unless(
+            "vmlinux_acpi_off_mptable_found",
+            skip.clone(),
+            mptable_found,
+        )
+        .test_unless(
+            "vmlinux_acpi_off_second_cpu_up",
+            skip.clone(),
+            mptable_second_cpu_up,
+        );
     for (layout, BlkLayout { name, .. }) in BLK_LAYOUTS.iter().enumerate() {
         let s = || skip.clone();
         suite = suite
@@ -254,6 +268,59 @@ fn userspace(kernel: &'static str) -> TrialResult {
         out.report()
     );
     out.assert_status(0);
+    Ok(())
+}
+
+/// The `acpi=off` boot: `vmlinux` with the initramfs and two vCPUs, ended (killed) as soon as
+/// the kernel reports its CPUs up, or at the timeout. Shared by the MP-table trials.
+fn mptable_boot() -> Result<&'static VmOutput, String> {
+    static BOOT: OnceLock<Result<VmOutput, String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        require_kvm();
+        let vm = TestVm::svmm(paths::artefact("vmlinux"))
+            .initrd(paths::artefact("initramfs.cpio.gz"))
+            .cmdline(format!("{LINUX_CMDLINE} acpi=off"))
+            .cpus(CPUS)
+            .mem_mib(MEM_MIB)
+            .timeout(BOOT_TIMEOUT);
+        eprintln!(
+            "svmm-tests: linux: booting vmlinux with acpi=off until its CPUs are up (up to {} s) ...",
+            BOOT_TIMEOUT.as_secs()
+        );
+        let mut running = vm.spawn().map_err(|e| e.to_string())?;
+        // Whether or not the line comes, the log so far is what the trials check.
+        let _ = running.wait_for_text("smp: Brought up", BOOT_TIMEOUT);
+        running.kill();
+        let out = match running.wait() {
+            Ok(out) => out,
+            Err(e) => e.output().cloned().ok_or(e.to_string())?,
+        };
+        out.log("linux: vmlinux acpi=off boot");
+        Ok(out)
+    })
+    .as_ref()
+    .map_err(|e| format!("vmlinux acpi=off boot failed: {e}"))
+}
+
+/// Without ACPI the kernel found svmm's MP table where it looks first (the EBDA) and read it.
+fn mptable_found() -> TrialResult {
+    let out = mptable_boot()?;
+    let found = out.assert_contains("found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]");
+    out.assert_contains("Intel MultiProcessor Specification v1.4");
+    assert!(
+        !out.stdout.contains("MADT or MP tables are not detected"),
+        "the kernel found no MP table\n{}",
+        out.report()
+    );
+    eprintln!("    {found}");
+    Ok(())
+}
+
+/// ... and brought up the second CPU it lists.
+fn mptable_second_cpu_up() -> TrialResult {
+    let out = mptable_boot()?;
+    let line = out.assert_contains(&format!("smp: Brought up 1 node, {CPUS} CPUs"));
+    eprintln!("    {line}");
     Ok(())
 }
 

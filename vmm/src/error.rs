@@ -33,6 +33,9 @@ pub enum SvmmError {
     /// Writing the ACPI tables failed.
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
+    /// Writing the MP table failed.
+    #[error(transparent)]
+    MpTable(#[from] crate::mptable::MpTableError),
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] crate::device_setup::DeviceSetupError),
@@ -63,6 +66,7 @@ impl SvmmError {
             | Self::Memory(_)
             | Self::Cpu(_)
             | Self::Acpi(_)
+            | Self::MpTable(_)
             | Self::Device(_)
             | Self::PrintSandbox(_)
             | Self::SelfConfine(_)

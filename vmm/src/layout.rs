@@ -10,7 +10,7 @@
 //! 0x0000_9000  boot GDT, then page tables (PML4 at 0x9000, PDPTE 0xa000, PDE 0xb000..)
 //! 0x0002_0000  kernel command line (up to CMDLINE_MAX_SIZE)
 //! 0x0008_0000  stack top for the 64-bit boot path
-//! 0x0009_fc00  EBDA start: [0x9fc00, 0x100000) is reserved in e820
+//! 0x0009_fc00  EBDA start: [0x9fc00, 0x100000) is reserved in e820; the MP table starts here
 //! 0x000e_0000  ACPI tables (RSDP first, legacy-scan friendly), up to 0x100000
 //! 0x0010_0000  kernel load address (HIMEM_START)
 //! ...          RAM up to MMIO_GAP_START, the rest above 4 GiB
@@ -45,6 +45,8 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Start of the reserved EBDA / legacy BIOS area.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table (floating pointer first): the first KiB of the EBDA, where Linux looks first.
+pub const MPTABLE_START: u64 = EBDA_START;
 /// ACPI tables live here; the RSDP comes first so a legacy scan of 0xe0000..0x100000 finds it.
 pub const ACPI_START: u64 = 0xe0000;
 /// End (exclusive) of the ACPI table area.

@@ -18,6 +18,7 @@ mod layout;
 mod legacy;
 mod memory;
 mod mmio_bus;
+mod mptable;
 mod print_sandbox;
 mod sandboxed;
 mod self_confine;

@@ -20,7 +20,7 @@ use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8
 use crate::memory::{create_guest_ram, GuestRam};
 use crate::mmio_bus::MmioBus;
 use crate::self_confine::{self, ThreadRole};
-use crate::{cpu, kvm, terminal, vcpu};
+use crate::{cpu, kvm, mptable, terminal, vcpu};
 
 /// A built VM. It must stay alive (not dropped) while its vCPU threads run: they use its memory
 /// mappings. svmm ends the process with the VM still in scope.
@@ -60,6 +60,8 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     } else {
         None
     };
+    // Beside the ACPI tables, for kernels without ACPI (or booted with acpi=off).
+    mptable::write(&ram.memory, config.cpus)?;
     let cmdline = match devices.cmdline.as_str() {
         "" => config.cmdline.clone(),
         entries => format!("{} {entries}", config.cmdline),

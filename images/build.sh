@@ -58,9 +58,10 @@ install_if_changed() {
 KERNEL_PKGS=(linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev xz-utils lz4
              kmod cpio)
 ROOTFS_PKGS=(busybox-static e2fsprogs cpio gzip)
-# Not an image input: the test suite boots the test guest under QEMU microvm too (the benchmark's
-# peer), so `all` (what tests/run.sh runs) makes sure it is there.
-HARNESS_PKGS=(qemu-system-x86)
+# Not image inputs: the test suite boots the test guest under QEMU microvm too (the benchmark's
+# peer), and watches svmm's own system calls with strace in one trial (the order of its VM
+# teardown), so `all` (what tests/run.sh runs) makes sure both are there.
+HARNESS_PKGS=(qemu-system-x86 strace)
 
 ensure_packages() {
     command -v dpkg-query >/dev/null || die "this script expects a Debian host (dpkg/apt); needed: $*"

@@ -22,6 +22,14 @@ fn main() {
         .test("exit_status_passes_through", exit_status_passes_through)
         .test("echo_timeout_fails_with_status_1", echo_timeout_fails)
         .test("two_vcpus_boot", two_vcpus_boot)
+        .test(
+            "smp_guest_ends_while_aps_write_memory",
+            smp_guest_ends_while_aps_write,
+        )
+        .test(
+            "smp_vcpus_stop_before_guest_ram_is_unmapped",
+            smp_vcpus_stop_before_ram_unmapped,
+        )
         .test("guest_panic_is_a_failure_status", guest_panic)
         .test("triple_fault_reported_in_one_line", triple_fault)
         .test(
@@ -116,6 +124,113 @@ fn two_vcpus_boot() -> TrialResult {
 }
 
 /// A test guest that panics reports it, counts it as a failure and exits with status 3.
+/// How often the SMP teardown trial boots: the race it guards against (a vCPU still in
+/// `KVM_RUN` while guest RAM is unmapped) depends on timing.
+const SMP_RUNS: usize = 20;
+
+/// The guest starts its other vCPUs (from svmm's MP table) and leaves them rewriting memory in
+/// a loop while vCPU 0 ends the VM through the exit port. svmm must stop every vCPU before it
+/// unmaps guest RAM: every run ends with the guest's status, cleanly, with nothing on stderr
+/// but svmm's own lines about the guest's end.
+fn smp_guest_ends_while_aps_write() -> TrialResult {
+    require_kvm();
+    for run in 1..=SMP_RUNS {
+        let out = TestVm::svmm(paths::artefact("testguest.elf"))
+            .cmdline("testguest.run=smp")
+            .cpus(3)
+            .mem_mib(SMP_MEM_MIB)
+            .timeout(TIMEOUT)
+            .run()?;
+        if run == 1 {
+            out.log("svmm testguest smp (3 vCPUs)");
+        }
+        let line = out.assert_line("testguest: smp ok aps=2 writes=");
+        assert_eq!(
+            out.testguest_summary(),
+            Some((1, 0)),
+            "run {run}\n{}",
+            out.report()
+        );
+        out.assert_status(0);
+        out.assert_no_panic();
+        assert!(
+            out.stderr.trim().is_empty(),
+            "run {run}: svmm said something at the end of the VM ({line})\n{}",
+            out.report()
+        );
+    }
+    Ok(())
+}
+
+/// Guest RAM of the SMP trials, in MiB.
+const SMP_MEM_MIB: u64 = 128;
+
+/// The SMP guest of [`smp_guest_ends_while_aps_write`], once, under `strace -f`: every thread
+/// that ran `KVM_RUN` has exited before svmm unmaps guest RAM (the one `munmap` of exactly the
+/// RAM size). The order is what matters, and only a trace shows it: an unmapped RAM under a
+/// running vCPU is silent until the host reuses the addresses.
+fn smp_vcpus_stop_before_ram_unmapped() -> TrialResult {
+    require_kvm();
+    let dir = paths::TempDir::new("smp-strace");
+    let trace = dir.path().join("strace.txt");
+    let out = TestVm::svmm(paths::artefact("testguest.elf"))
+        .wrapper([
+            "strace".into(),
+            "-f".into(),
+            "-q".into(),
+            "-e".into(),
+            "trace=ioctl,munmap".into(),
+            "-o".into(),
+            trace.clone().into_os_string(),
+        ])
+        .cmdline("testguest.run=smp")
+        .cpus(3)
+        .mem_mib(SMP_MEM_MIB)
+        .timeout(TIMEOUT)
+        .run()
+        .map_err(|e| format!("{e} (is strace installed? images/build.sh all installs it)"))?;
+    out.log("svmm testguest smp (3 vCPUs) under strace");
+    out.assert_line("testguest: smp ok aps=2 writes=");
+    out.assert_status(0);
+    let trace = std::fs::read_to_string(&trace).map_err(|e| format!("no strace output: {e}"))?;
+    let lines: Vec<&str> = trace.lines().collect();
+    let tid = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut vcpus: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("KVM_RUN"))
+        .map(|l| tid(l))
+        .collect();
+    vcpus.sort();
+    vcpus.dedup();
+    if vcpus.len() != 3 {
+        return Err(format!("expected 3 threads in KVM_RUN, found {vcpus:?}").into());
+    }
+    let ram_bytes = (SMP_MEM_MIB << 20).to_string();
+    let unmap = lines
+        .iter()
+        .position(|l| l.contains("munmap(") && l.contains(&format!(", {ram_bytes}")))
+        .ok_or("svmm never unmapped guest RAM (no munmap of its size in the trace)")?;
+    for vcpu in &vcpus {
+        let exit = lines
+            .iter()
+            .position(|l| tid(l) == *vcpu && l.contains("+++ exited"))
+            .ok_or_else(|| format!("vCPU thread {vcpu} never exited"))?;
+        if exit > unmap {
+            return Err(format!(
+                "vCPU thread {vcpu} was still running when guest RAM was unmapped:\n  {}\n  {}",
+                lines[unmap], lines[exit]
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn guest_panic() -> TrialResult {
     let out = guest("testguest.run=panic").run()?;
     out.log("svmm testguest panic");

@@ -4,6 +4,13 @@
 //! windows); anything that ends the VM (power-off, reset, a crash,
 //! an exit KVM should never produce) becomes one [`VmEvent`] and the thread stops.
 //!
+//! **Stopping**: when the VM ends, the other vCPUs of an SMP guest are still in `KVM_RUN`, using
+//! guest RAM through KVM. [`Vcpus::stop`] raises a stop flag and kicks every thread with
+//! [`kick_signal`] (a real-time signal whose handler does nothing: its only effect is that
+//! `KVM_RUN` returns `EINTR`) until each has seen the flag and ended; only then may guest RAM be
+//! unmapped (`crate::vm::Vm`'s drop order). The kick repeats because a signal that lands just
+//! before a thread enters `KVM_RUN` is consumed without interrupting it.
+//!
 //! **Seccomp**: a vCPU thread installs the `vmm` profile on itself first thing, before its
 //! first `KVM_RUN` (`self_confine`). Nothing is left to set up by then: the main thread made
 //! every vCPU set-up ioctl (`KVM_SET_CPUID2`, `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_FPU`,
@@ -12,11 +19,14 @@
 //! the I/O its exits cause (serial output, irqfd writes, a device worker's control socket with
 //! a deadline, the channel to the main thread) — is what the profile allows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::control::{VmControl, VmEvent};
 use crate::error::one_line;
@@ -24,28 +34,98 @@ use crate::legacy::PioBus;
 use crate::mmio_bus::MmioBus;
 use crate::self_confine::{self, ThreadRole};
 
-/// Starts the thread that runs vCPU `id`.
-pub fn spawn(
-    id: u8,
-    vcpu: VcpuFd,
-    bus: Arc<PioBus>,
-    mmio: Arc<MmioBus>,
-    control: VmControl,
-) -> std::io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .spawn(move || {
-            let event = match self_confine::enter(ThreadRole::Vcpu(id)) {
-                Ok(()) => run(id, vcpu, &bus, &mmio),
-                Err(e) => VmEvent::Internal(format!("vCPU {id}: {}", one_line(&e))),
-            };
-            control.request(event);
-        })
+/// The signal that kicks a vCPU thread out of `KVM_RUN`: the first real-time signal, which the C
+/// library leaves to programs.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
 }
 
-/// Runs the vCPU until something ends the VM.
-fn run(id: u8, mut vcpu: VcpuFd, bus: &PioBus, mmio: &MmioBus) -> VmEvent {
+/// Installs the (empty) handler of [`kick_signal`]: once per process, before any vCPU thread
+/// starts and before the main thread confines itself (`rt_sigaction` is not in the `vmm`
+/// profile). Without a handler the signal would end the process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// How long [`Vcpus::stop`] kicks before it gives up on a thread.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between two rounds of kicks.
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The VM's vCPU threads and the flag that stops them.
+#[derive(Default)]
+pub struct Vcpus {
+    threads: Vec<(u8, JoinHandle<()>)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Vcpus {
+    /// Starts the thread that runs vCPU `id`.
+    pub fn spawn(
+        &mut self,
+        id: u8,
+        vcpu: VcpuFd,
+        bus: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
+        control: VmControl,
+    ) -> std::io::Result<()> {
+        let stop = self.stop.clone();
+        let thread = thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let event = match self_confine::enter(ThreadRole::Vcpu(id)) {
+                    Ok(()) => run(id, vcpu, &bus, &mmio, &stop),
+                    Err(e) => Some(VmEvent::Internal(format!("vCPU {id}: {}", one_line(&e)))),
+                };
+                if let Some(event) = event {
+                    control.request(event);
+                }
+            })?;
+        self.threads.push((id, thread));
+        Ok(())
+    }
+
+    /// Stops every vCPU thread and joins it: afterwards no thread runs guest code or touches
+    /// guest RAM. Returns the vCPUs that did not stop within [`STOP_TIMEOUT`] (stuck outside
+    /// `KVM_RUN`); their threads are left running, so the caller must keep guest RAM mapped.
+    pub fn stop(&mut self) -> Vec<u8> {
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.threads)
+                .into_iter()
+                .partition(|(_, thread)| thread.is_finished());
+            for (_, thread) in done {
+                // A vCPU thread that panicked has stopped too; the panic was reported already.
+                let _ = thread.join();
+            }
+            self.threads = running;
+            if self.threads.is_empty() || Instant::now() >= deadline {
+                return self.threads.iter().map(|(id, _)| *id).collect();
+            }
+            for (_, thread) in &self.threads {
+                // Fails only for a thread that already ended, which the next round joins.
+                let _ = thread.kill(kick_signal());
+            }
+            thread::sleep(KICK_INTERVAL);
+        }
+    }
+}
+
+/// Runs the vCPU until something ends the VM (its event) or `stop` is raised (`None`).
+fn run(
+    id: u8,
+    mut vcpu: VcpuFd,
+    bus: &PioBus,
+    mmio: &MmioBus,
+    stop: &AtomicBool,
+) -> Option<VmEvent> {
     loop {
+        if stop.load(Ordering::Acquire) {
+            return None;
+        }
         let outcome = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 bus.read(port, data);
@@ -85,7 +165,7 @@ fn run(id: u8, mut vcpu: VcpuFd, bus: &PioBus, mmio: &MmioBus) -> VmEvent {
             Err(e) => Some(VmEvent::Internal(format!("vCPU {id}: KVM_RUN failed: {e}"))),
         };
         if let Some(event) = outcome {
-            return locate(event, id, &vcpu);
+            return Some(locate(event, id, &vcpu));
         }
     }
 }

@@ -20,14 +20,40 @@ use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8
 use crate::memory::{create_guest_ram, GuestRam};
 use crate::mmio_bus::MmioBus;
 use crate::self_confine::{self, ThreadRole};
-use crate::{cpu, kvm, mptable, terminal, vcpu};
+use crate::vcpu::{self, Vcpus};
+use crate::{cpu, kvm, mptable, terminal};
 
-/// A built VM. It must stay alive (not dropped) while its vCPU threads run: they use its memory
-/// mappings. svmm ends the process with the VM still in scope.
+/// A built VM. It must stay alive (not dropped) while its vCPU threads run; dropping it stops
+/// them first.
+///
+/// **Teardown order** — the one place it is decided; fields drop in declaration order, after
+/// [`Drop::drop`] stopped the vCPUs:
+///
+/// 1. `vcpus`: every vCPU is kicked out of `KVM_RUN` and joined (`Drop::drop`), so no thread
+///    runs guest code any more — an SMP guest's other vCPUs are still running when vCPU 0
+///    powers off, and a vCPU that kept running after step 4 would write to whatever the host
+///    mapped next at guest RAM's addresses;
+/// 2. `devices`: every worker is killed and reaped (they map guest RAM themselves);
+/// 3. `vm`: the KVM VM (it goes once the vCPU fds, closed by their threads, are gone too);
+/// 4. `ram`: guest RAM is unmapped — unless a vCPU could not be stopped, in which case it stays
+///    mapped until the process exits.
 pub struct Vm {
-    _vm: VmFd,
-    _ram: GuestRam,
+    vcpus: Vcpus,
     devices: VirtioDevices,
+    _vm: VmFd,
+    ram: Option<GuestRam>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let stuck = self.vcpus.stop();
+        if !stuck.is_empty() {
+            eprintln!(
+                "svmm: vCPU(s) {stuck:?} did not stop; guest RAM stays mapped until svmm exits"
+            );
+            std::mem::forget(self.ram.take());
+        }
+    }
 }
 
 impl Vm {
@@ -35,39 +61,56 @@ impl Vm {
     pub fn report_device_stats(&self) {
         self.devices.report_stats();
     }
+
+    /// Guest RAM (present until the VM is dropped).
+    fn memory(&self) -> &GuestRam {
+        self.ram
+            .as_ref()
+            .expect("guest RAM lives as long as the VM")
+    }
 }
 
 /// Builds the VM described by `config`, starts it and returns the event that ended it, together
-/// with the VM itself, which the caller keeps until the process exits.
+/// with the VM itself, which the caller drops (stopping it in order) before the process exits.
 pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     // Before any thread starts: each confines itself (see self_confine for which and when).
     self_confine::init(config.seccomp)?;
+    vcpu::install_kick_handler()
+        .map_err(|e| SvmmError::Host("install the vCPU kick handler", e))?;
     let kvm = kvm::open_kvm()?;
     let ram = create_guest_ram(config.mem_bytes)?;
-    let vm = kvm::create_vm(&kvm, &ram)?;
+    let vm_fd = kvm::create_vm(&kvm, &ram)?;
+    // From here on the VM owns everything, so that a failure part-way tears it down in order.
+    let mut vm = Vm {
+        vcpus: Vcpus::default(),
+        devices: VirtioDevices::default(),
+        _vm: vm_fd,
+        ram: Some(ram),
+    };
     let (control, events) = VmControl::new();
     let mut mmio_bus = MmioBus::default();
-    let devices = device_setup::create(&vm, &ram, config, &mut mmio_bus, &control)?;
+    vm.devices = device_setup::create(&vm._vm, vm.memory(), config, &mut mmio_bus, &control)?;
+    let memory = &vm.memory().memory;
 
     let rsdp = if config.acpi {
         Some(acpi::create_acpi_tables(
-            &ram.memory,
+            memory,
             &AcpiConfig {
                 num_cpus: config.cpus,
-                virtio_mmio: &devices.acpi,
+                virtio_mmio: &vm.devices.acpi,
             },
         )?)
     } else {
         None
     };
     // Beside the ACPI tables, for kernels without ACPI (or booted with acpi=off).
-    mptable::write(&ram.memory, config.cpus)?;
-    let cmdline = match devices.cmdline.as_str() {
+    mptable::write(memory, config.cpus)?;
+    let cmdline = match vm.devices.cmdline.as_str() {
         "" => config.cmdline.clone(),
         entries => format!("{} {entries}", config.cmdline),
     };
     let entry = boot::load(
-        &ram.memory,
+        memory,
         &BootInputs {
             kernel: &config.kernel,
             initrd: config.initrd.as_deref(),
@@ -77,15 +120,16 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         },
     )?;
 
-    let (bus, serial) = legacy_devices(&vm, &control)?;
+    let (bus, serial) = legacy_devices(&vm._vm, &control)?;
 
     let base_cpuid = cpu::supported_cpuid(&kvm)?;
     let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
     for id in 0..config.cpus {
         let fd = vm
+            ._vm
             .create_vcpu(u64::from(id))
             .map_err(|e| kvm::VmSetupError::CreateVcpu(id, e))?;
-        let boot = (id == 0).then_some((&entry, &ram.memory));
+        let boot = (id == 0).then_some((&entry, memory));
         cpu::configure_vcpu(&fd, &base_cpuid, id, config.cpus, boot)?;
         vcpus.push(fd);
     }
@@ -96,7 +140,8 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let bus = Arc::new(bus);
     let mmio_bus = Arc::new(mmio_bus);
     for (id, fd) in (0u8..).zip(vcpus) {
-        vcpu::spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
+        vm.vcpus
+            .spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
     }
     // The VM is built: from here on the main thread only waits, reports and exits.
@@ -105,11 +150,6 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let event = events
         .recv()
         .unwrap_or_else(|_| VmEvent::Internal("VM event channel closed".into()));
-    let vm = Vm {
-        _vm: vm,
-        _ram: ram,
-        devices,
-    };
     Ok((vm, event))
 }
 /// COM1, the i8042, the ACPI sleep registers and the exit port on a fresh port bus.

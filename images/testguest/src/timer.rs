@@ -39,7 +39,7 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-fn cpu_relax() {
+pub fn cpu_relax() {
     // SAFETY: `pause` is a spin-loop hint with no architectural effect.
     unsafe { asm!("pause", options(nomem, nostack, preserves_flags)) };
 }

@@ -37,6 +37,14 @@ const LVT_ERROR: usize = 0x370;
 const TIMER_INITIAL: usize = 0x380;
 const TIMER_CURRENT: usize = 0x390;
 const TIMER_DIVIDE: usize = 0x3e0;
+const ICR_LOW: usize = 0x300;
+const ICR_HIGH: usize = 0x310;
+/// ICR delivery mode INIT, level assert.
+const ICR_INIT: u32 = 0x4500;
+/// ICR delivery mode STARTUP (the vector is the start page), level assert.
+const ICR_STARTUP: u32 = 0x4600;
+/// ICR delivery status: the IPI is still being sent.
+const ICR_PENDING: u32 = 1 << 12;
 const APIC_ENABLE: u32 = 0x100;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_PERIODIC: u32 = 1 << 17;
@@ -117,6 +125,24 @@ pub fn init() -> Result<u32, Error> {
     let id = lapic_read(ID) >> 24;
     APIC_ID.set(u64::from(id));
     Ok(id)
+}
+
+/// Sends `command` (ICR low word) to the local APIC with ID `apic_id`, and waits until the
+/// local APIC has sent it.
+fn send_ipi(apic_id: u32, command: u32) {
+    lapic_write(ICR_HIGH, apic_id << 24);
+    lapic_write(ICR_LOW, command);
+    while lapic_read(ICR_LOW) & ICR_PENDING != 0 {}
+}
+
+/// INIT to the CPU with local APIC ID `apic_id` (the first step of starting an AP).
+pub fn send_init(apic_id: u32) {
+    send_ipi(apic_id, ICR_INIT);
+}
+
+/// STARTUP to the CPU with local APIC ID `apic_id`: it starts in real mode at `page << 12`.
+pub fn send_startup(apic_id: u32, page: u8) {
+    send_ipi(apic_id, ICR_STARTUP | u32::from(page));
 }
 
 /// Starts the timer: `count` ticks (divide by 1), once or periodically, on [`TIMER_VECTOR`].

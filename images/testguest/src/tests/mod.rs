@@ -9,6 +9,7 @@ mod echo;
 mod panic;
 mod ring3;
 mod rng;
+mod smp;
 mod triplefault;
 
 use crate::cmdline::{MmioDevice, Params};
@@ -109,6 +110,11 @@ pub static TESTS: &[Test] = &[
         name: "rng_reinit",
         applies: rng::applies_reinit,
         run: rng::run_reinit,
+    },
+    Test {
+        name: "smp",
+        applies: smp::applies,
+        run: smp::run,
     },
     Test {
         name: "triplefault",

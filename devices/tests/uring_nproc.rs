@@ -3,8 +3,10 @@
 //! start io-wq threads there and cancels blocking operations (`ECANCELED`); the engine redoes
 //! them synchronously, so every request still completes correctly.
 //!
-//! `harness = false`: it forks, which must happen while the process is single-threaded. Needs
-//! root (to switch uid); elsewhere it says so and passes.
+//! `harness = false`: it forks, which must happen while the process is single-threaded, so its
+//! one trial runs on the main thread (libtest-mimic with one test thread). Needs root (to switch
+//! uid) and a kernel that gives out io_uring instances; without either the trial is reported
+//! as ignored, with the reason. Every set-up step that fails in the child fails the trial.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use devices::blk::{Blk, BlkOptions, EngineKind};
 use devices::{Interrupt, NoEvents, VirtioBackend, VIRTIO_F_VERSION_1};
+use libtest_mimic::{Arguments, Completion, Trial};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -26,12 +29,28 @@ impl Interrupt for NoIrq {
 const FLUSH_FEATURE: u64 = 1 << 9;
 const DISCARD_FEATURE: u64 = 1 << 13;
 
-/// Runs in the child: returns an error message, or `None` when everything checked out.
-fn child(path: &std::path::Path) -> Option<String> {
-    let image = OpenOptions::new().read(true).write(true).open(path).ok()?;
-    let mut blk = Blk::new(image, BlkOptions::default()).ok()?;
-    if blk.prepare_engine().ok()? != EngineKind::IoUring {
-        return Some("no io_uring".into());
+/// A status byte no request completion writes (OK 0, IOERR 1, UNSUPP 2): what every status
+/// byte holds until the device completes its request.
+const UNTOUCHED: u8 = 0xff;
+
+/// Guest address of request `n`'s status byte.
+fn status(n: u64) -> u64 {
+    0x6000 + n
+}
+
+/// Runs in the child: `Err` with what went wrong, or `Ok` when every request completed right.
+fn child(path: &std::path::Path) -> Result<(), String> {
+    let image = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open the image: {e}"))?;
+    let mut blk =
+        Blk::new(image, BlkOptions::default()).map_err(|e| format!("Blk::new failed: {e}"))?;
+    match blk.prepare_engine() {
+        Ok(EngineKind::IoUring) => {}
+        Ok(other) => return Err(format!("the engine is {other:?}, not io_uring")),
+        Err(e) => return Err(format!("prepare_engine failed: {e}")),
     }
     // SAFETY: plain system calls on this (single-threaded) child's own credentials and limits;
     // no memory is passed but the rlimit struct on the stack.
@@ -45,16 +64,24 @@ fn child(path: &std::path::Path) -> Option<String> {
             && libc::setrlimit(libc::RLIMIT_NPROC, &limit) == 0
     };
     if !ok {
-        return Some("could not drop privileges".into());
+        return Err(format!(
+            "could not drop privileges: {}",
+            std::io::Error::last_os_error()
+        ));
     }
 
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).ok()?;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)])
+        .map_err(|e| format!("cannot make guest memory: {e}"))?;
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), 64);
-    let mut queue: Queue = vq.create_queue().ok()?;
+    let mut queue: Queue = vq
+        .create_queue()
+        .map_err(|e| format!("cannot make the queue: {e}"))?;
     queue.set_used_ring_address(Some(0x2000), Some(0));
     let features = VIRTIO_F_VERSION_1 | FLUSH_FEATURE | DISCARD_FEATURE;
     blk.activate(features, mem.clone(), vec![queue], Arc::new(NoIrq))
-        .ok()?;
+        .map_err(|e| format!("activate failed: {e}"))?;
+    mem.write_slice(&[UNTOUCHED; 18], GuestAddress(status(0)))
+        .map_err(|e| format!("cannot preset the status bytes: {e}"))?;
 
     // 8 writes of 4 KiB, a flush, a discard of the last one, then 8 reads.
     let mut next = 0u16;
@@ -81,7 +108,6 @@ fn child(path: &std::path::Path) -> Option<String> {
         mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
         at
     };
-    let status = |n: u64| 0x6000 + n;
     for n in 0..8u64 {
         mem.write_slice(&[n as u8 + 1; 4096], GuestAddress(0x1_0000 + 0x1000 * n))
             .unwrap();
@@ -100,7 +126,8 @@ fn child(path: &std::path::Path) -> Option<String> {
     mem.write_slice(&seg, GuestAddress(0x5000)).unwrap();
     let h = hdr(9, 11, 0);
     push(&[(h, 16, 0), (0x5000, 16, 0), (status(9), 1, 2)]);
-    blk.process_queue(0, &mut NoEvents).ok()?;
+    blk.process_queue(0, &mut NoEvents)
+        .map_err(|e| format!("processing the writes failed: {e}"))?;
     for n in 0..8u64 {
         let h = hdr(10 + n, 0, 8 * n);
         push(&[
@@ -109,12 +136,15 @@ fn child(path: &std::path::Path) -> Option<String> {
             (status(10 + n), 1, 2),
         ]);
     }
-    blk.process_queue(0, &mut NoEvents).ok()?;
+    blk.process_queue(0, &mut NoEvents)
+        .map_err(|e| format!("processing the reads failed: {e}"))?;
 
     for n in 0..18u64 {
         let st: u8 = mem.read_obj(GuestAddress(status(n))).unwrap();
-        if st != 0 {
-            return Some(format!("request {n} completed with status {st}"));
+        match st {
+            0 => {}
+            UNTOUCHED => return Err(format!("request {n} was never completed")),
+            st => return Err(format!("request {n} completed with status {st}")),
         }
     }
     for n in 0..8u64 {
@@ -123,32 +153,55 @@ fn child(path: &std::path::Path) -> Option<String> {
             .unwrap();
         let want = if n == 7 { 0 } else { n as u8 + 1 };
         if got.iter().any(|&b| b != want) {
-            return Some(format!("read {n} returned the wrong bytes"));
+            return Err(format!("read {n} returned the wrong bytes"));
         }
     }
-    None
+    Ok(())
 }
 
 fn main() {
-    // SAFETY: geteuid reads the caller's credentials only.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("uring_nproc: skipped (needs root to switch to an unprivileged uid)");
-        println!("0 passed, 0 failed");
-        return;
-    }
+    let mut args = Arguments::from_args();
+    // The trial forks: it must run on the main thread, with no other thread alive.
+    args.test_threads = Some(1);
+    let trial = Trial::ignorable_test("io_uring_under_rlimit_nproc_0", || {
+        // SAFETY: geteuid reads the caller's credentials only.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(Completion::ignored_with(
+                "needs root to switch to an unprivileged uid",
+            ));
+        }
+        if let Err(e) = io_uring::IoUring::new(2) {
+            return Ok(Completion::ignored_with(format!(
+                "this kernel gives out no io_uring instance: {e}"
+            )));
+        }
+        run_child()
+            .map(|()| Completion::Completed)
+            .map_err(Into::into)
+    });
+    libtest_mimic::run(&args, vec![trial]).exit();
+}
+
+/// Forks, runs [`child`] there on a fresh image, and reports how the child ended.
+fn run_child() -> Result<(), String> {
     let path = std::env::temp_dir().join(format!("svmm-uring-nproc-{}.img", std::process::id()));
-    let file = std::fs::File::create(&path).unwrap();
-    file.write_all_at(&vec![0xEE; 1 << 20], 0).unwrap();
+    let file = std::fs::File::create(&path).map_err(|e| format!("cannot create the image: {e}"))?;
+    file.write_all_at(&vec![0xEE; 1 << 20], 0)
+        .map_err(|e| format!("cannot fill the image: {e}"))?;
     drop(file);
 
-    // SAFETY: the test binary runs without the libtest harness, so this process has a single
-    // thread and the child may run arbitrary code after fork.
+    // SAFETY: the trial runs on the main thread of a binary without the libtest harness and
+    // with one test thread, so this process has a single thread and the child may run
+    // arbitrary code after fork.
     let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
+    if pid < 0 {
+        let _ = std::fs::remove_file(&path);
+        return Err(format!("fork failed: {}", std::io::Error::last_os_error()));
+    }
     if pid == 0 {
         let code = match child(&path) {
-            None => 0,
-            Some(msg) => {
+            Ok(()) => 0,
+            Err(msg) => {
                 eprintln!("uring_nproc: {msg}");
                 1
             }
@@ -160,12 +213,17 @@ fn main() {
     // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
     let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
     let _ = std::fs::remove_file(&path);
-    assert_eq!(waited, pid);
-    let passed = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    println!(
-        "test io_uring_under_rlimit_nproc_0 ... {}",
-        if passed { "ok" } else { "FAILED" }
-    );
-    println!("{} passed, {} failed", u8::from(passed), u8::from(!passed));
-    assert!(passed, "child failed (status {status:#x})");
+    if waited != pid {
+        return Err(format!(
+            "waitpid failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the child failed (wait status {status:#x}; its reason is above)"
+        ))
+    }
 }

@@ -47,8 +47,11 @@ pub use vm_memory::GuestMemoryMmap;
 
 mod activation;
 pub mod blk;
+pub mod chain;
 pub mod events;
+pub mod fs;
 pub mod irq_status;
+mod notify;
 pub mod rng;
 pub mod runner;
 

@@ -96,7 +96,7 @@ mod io;
 mod poll;
 pub mod request;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io as stdio;
 

@@ -1,7 +1,7 @@
 //! Copy-in and validation of one virtio-blk request: the only code that reads guest metadata.
 //!
-//! [`parse`] walks a descriptor chain (following one indirect table) and reads every
-//! descriptor, the request header and the discard/write-zeroes segments **exactly once** into
+//! [`parse`] walks a descriptor chain (following one indirect table, `crate::chain::walk`) and
+//! reads every descriptor, the request header and the discard/write-zeroes segments **exactly once** into
 //! private values, through [`MetaMemory::read_meta`]. Every check runs on those copies:
 //!
 //! - chain: at most `queue size` descriptors, no index visited twice, `next` inside its table,
@@ -24,21 +24,17 @@
 //! device completes with `IOERR`/`UNSUPP` (if it found a status byte) and keeps serving.
 //! Payload is never read here: data buffers are only checked to lie inside guest memory.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+
+use crate::chain::{self, split_at, ChainError, Fetcher, StreamLimits};
+pub use crate::chain::{ChainSource, MetaMemory, Segment};
 
 use super::{
     req_type, status, MAX_DATA_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_QUEUE_SIZE,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE,
 };
 
-/// Descriptor flag: the chain continues at `next`.
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: device-writable buffer.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer is a table of descriptors.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
-/// Bytes of a descriptor.
-const DESC_LEN: u64 = 16;
+pub use crate::chain::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 /// Bytes of `virtio_blk_outhdr`.
 pub const HEADER_LEN: u64 = 16;
 /// Bytes of one `virtio_blk_discard_write_zeroes` segment.
@@ -49,44 +45,6 @@ const FLAG_UNMAP: u32 = 1;
 const MAX_READABLE: u64 = HEADER_LEN + MAX_DATA_BYTES as u64;
 /// Most device-writable bytes: the largest read plus the status byte.
 const MAX_WRITABLE: u64 = MAX_DATA_BYTES as u64 + 1;
-
-/// Guest memory as the copy-in path sees it: one way to copy metadata out, one way to check
-/// that a payload buffer lies inside memory without touching it.
-///
-/// Implemented for [`GuestMemoryMmap`]; tests wrap it to record (and then scribble over) every
-/// metadata read.
-pub trait MetaMemory {
-    /// Copies `buf.len()` bytes at `addr` into `buf` with volatile reads. `false` if any byte
-    /// is outside guest memory.
-    fn read_meta(&self, addr: GuestAddress, buf: &mut [u8]) -> bool;
-    /// Whether `[addr, addr + len)` lies entirely inside guest memory. Reads nothing.
-    fn contains(&self, addr: GuestAddress, len: u64) -> bool;
-}
-
-impl MetaMemory for GuestMemoryMmap {
-    fn read_meta(&self, addr: GuestAddress, buf: &mut [u8]) -> bool {
-        self.read_slice(buf, addr).is_ok()
-    }
-
-    fn contains(&self, addr: GuestAddress, len: u64) -> bool {
-        let Ok(count) = usize::try_from(len) else {
-            return false;
-        };
-        addr.0.checked_add(len).is_some()
-            && (len == 0 || GuestMemoryBackend::check_range(self, addr, count))
-    }
-}
-
-/// Where a queue's chains live, as activated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChainSource {
-    /// Guest address of the descriptor table.
-    pub desc_table: GuestAddress,
-    /// Queue size: the bound on chain length and descriptor indices.
-    pub queue_size: u16,
-    /// `VIRTIO_F_RING_INDIRECT_DESC` was negotiated.
-    pub indirect: bool,
-}
 
 /// What requests are checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,15 +57,6 @@ pub struct DiskLimits {
     pub discard: bool,
     /// `VIRTIO_BLK_F_WRITE_ZEROES` was negotiated.
     pub write_zeroes: bool,
-}
-
-/// A guest buffer, checked to lie inside guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    /// Guest-physical start.
-    pub addr: GuestAddress,
-    /// Length in bytes (never 0).
-    pub len: u32,
 }
 
 /// A sector range, checked to lie inside the disk.
@@ -301,10 +250,7 @@ pub fn parse<M: MetaMemory + ?Sized>(
     head: u16,
     disk: &DiskLimits,
 ) -> Result<Validated, Rejected> {
-    let mut fetch = Fetcher {
-        mem,
-        done: Vec::with_capacity(4),
-    };
+    let mut fetch = Fetcher::new(mem);
     let chain = walk(&mut fetch, source, head)?;
     let status = chain.status;
     let request = typed(&mut fetch, chain, disk).map_err(|error| Rejected {
@@ -314,104 +260,21 @@ pub fn parse<M: MetaMemory + ?Sized>(
     Ok(Validated { request, status })
 }
 
-/// Reads metadata once each, refusing any byte already read for this request.
-struct Fetcher<'m, M: ?Sized> {
-    mem: &'m M,
-    /// `[start, end)` of every read so far.
-    done: Vec<(u64, u64)>,
-}
-
-impl<M: MetaMemory + ?Sized> Fetcher<'_, M> {
-    fn read(&mut self, addr: GuestAddress, buf: &mut [u8]) -> Result<(), RequestError> {
-        let start = addr.0;
-        let end = start
-            .checked_add(buf.len() as u64)
-            .ok_or(RequestError::MetadataOutside(start))?;
-        if self.done.iter().any(|&(s, e)| start < e && s < end) {
-            return Err(RequestError::MetadataOverlap(start));
-        }
-        if !self.mem.read_meta(addr, buf) {
-            return Err(RequestError::MetadataOutside(start));
-        }
-        self.done.push((start, end));
-        Ok(())
-    }
-
-    /// Reads `buf.len()` bytes from the front of the byte stream `segs`.
-    fn read_stream(&mut self, segs: &[Segment], buf: &mut [u8]) -> Result<(), RequestError> {
-        let mut at = 0;
-        for seg in segs {
-            if at == buf.len() {
-                break;
-            }
-            let n = (seg.len as usize).min(buf.len() - at);
-            self.read(seg.addr, &mut buf[at..at + n])?;
-            at += n;
-        }
-        Ok(())
-    }
-}
-
-/// One descriptor, copied out of guest memory.
-#[derive(Debug, Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
-impl Desc {
-    fn from_le(b: [u8; 16]) -> Self {
-        let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = b;
-        Desc {
-            addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-            len: u32::from_le_bytes([l0, l1, l2, l3]),
-            flags: u16::from_le_bytes([f0, f1]),
-            next: u16::from_le_bytes([n0, n1]),
-        }
-    }
-
-    fn has(&self, flag: u16) -> bool {
-        self.flags & flag != 0
-    }
-}
-
-/// Which descriptor indices of one table were visited (tables have at most 256 entries).
-#[derive(Default)]
-struct Visited([u64; 4]);
-
-impl Visited {
-    /// Marks `index`; `false` if it was marked already.
-    fn insert(&mut self, index: u16) -> bool {
-        let (word, bit) = (usize::from(index / 64), index % 64);
-        let Some(w) = self.0.get_mut(word) else {
-            return false;
-        };
-        let fresh = *w & (1 << bit) == 0;
-        *w |= 1 << bit;
-        fresh
-    }
-}
-
-/// The chain as two byte streams.
+/// The chain as two byte streams, the status byte taken off the writable one.
 struct Chain {
     readable: Vec<Segment>,
     readable_len: u64,
     /// Device-writable buffers without the status byte.
     writable: Vec<Segment>,
     writable_len: u64,
-    /// A device-writable descriptor (even an empty one) was seen.
-    saw_writable: bool,
     status: GuestAddress,
 }
 
-/// Walks the chain, reading each descriptor once, and splits it into byte streams.
+/// Walks the chain (`chain::walk`) and takes the status byte off its end.
 ///
 /// A broken chain structure (loop, bad index, unreadable descriptor, bad indirect table) ends
 /// the walk with no status byte. A bad buffer (outside memory, wrong direction order, too much
-/// data) does not: the walk goes on to the end, so the request can still be answered `IOERR`
-/// through its status byte.
+/// data) does not: the request can still be answered `IOERR` through its status byte.
 fn walk<M: MetaMemory + ?Sized>(
     fetch: &mut Fetcher<'_, M>,
     source: &ChainSource,
@@ -421,107 +284,21 @@ fn walk<M: MetaMemory + ?Sized>(
         status: None,
         error,
     };
-    let mut deferred = None;
-    let chain = walk_chain(fetch, source, head, &mut deferred).map_err(no_status)?;
-    match deferred {
-        Some(error) => Err(Rejected {
-            status: Some(chain.status),
-            error,
-        }),
-        None => Ok(chain),
+    if source.queue_size > MAX_QUEUE_SIZE {
+        return Err(no_status(RequestError::QueueSize(source.queue_size)));
     }
-}
-
-/// [`walk`]'s loop: structural errors return, buffer errors go to `deferred` (the first one).
-fn walk_chain<M: MetaMemory + ?Sized>(
-    fetch: &mut Fetcher<'_, M>,
-    source: &ChainSource,
-    head: u16,
-    deferred: &mut Option<RequestError>,
-) -> Result<Chain, RequestError> {
-    let max = source.queue_size;
-    if max == 0 || max > MAX_QUEUE_SIZE {
-        return Err(RequestError::QueueSize(max));
-    }
-    let mut chain = Chain {
-        readable: Vec::new(),
-        readable_len: 0,
-        writable: Vec::new(),
-        writable_len: 0,
-        saw_writable: false,
-        status: GuestAddress(0),
+    let limits = StreamLimits {
+        readable: MAX_READABLE,
+        writable: MAX_WRITABLE,
     };
-    let mut table = source.desc_table;
-    let mut table_len = max;
-    let mut in_indirect = false;
-    let mut visited = Visited::default();
-    let mut count: u16 = 0;
-    let mut index = head;
-    let last = loop {
-        if index >= table_len {
-            return Err(RequestError::IndexOutOfRange {
-                index,
-                len: table_len,
-            });
-        }
-        if !visited.insert(index) {
-            return Err(RequestError::Loop(index));
-        }
-        if count == max {
-            return Err(RequestError::TooLong(max));
-        }
-        count += 1;
-        let at = table
-            .0
-            .checked_add(DESC_LEN * u64::from(index))
-            .ok_or(RequestError::MetadataOutside(table.0))?;
-        let mut raw = [0u8; 16];
-        fetch.read(GuestAddress(at), &mut raw)?;
-        let desc = Desc::from_le(raw);
-
-        if desc.has(VIRTQ_DESC_F_INDIRECT) {
-            if !source.indirect {
-                return Err(RequestError::IndirectNotNegotiated);
-            }
-            if in_indirect || desc.has(VIRTQ_DESC_F_NEXT) {
-                return Err(RequestError::BadIndirect);
-            }
-            let entries = u64::from(desc.len) / DESC_LEN;
-            if desc.len == 0
-                || u64::from(desc.len) % DESC_LEN != 0
-                || entries > u64::from(max)
-                || !fetch
-                    .mem
-                    .contains(GuestAddress(desc.addr), u64::from(desc.len))
-            {
-                return Err(RequestError::BadIndirectTable(desc.len));
-            }
-            table = GuestAddress(desc.addr);
-            // `entries <= max <= 256`.
-            table_len = u16::try_from(entries).unwrap_or(0);
-            in_indirect = true;
-            visited = Visited::default();
-            index = 0;
-            continue;
-        }
-
-        let added = add_buffer(&mut chain, &desc, fetch.mem);
-        let accepted = added.is_ok();
-        if let Err(e) = added {
-            deferred.get_or_insert(e);
-        }
-        if !desc.has(VIRTQ_DESC_F_NEXT) {
-            break (desc, accepted);
-        }
-        index = desc.next;
-    };
-
+    let walked = chain::walk(fetch, source, head, limits).map_err(|e| no_status(e.into()))?;
+    let mut chain = walked.chain;
     // The status byte: the last byte of the last descriptor, which must be device-writable.
     // Its buffer must have passed the checks (inside memory, counted in `writable_len`).
-    match last {
+    let status = match chain.last {
         (d, true) if d.has(VIRTQ_DESC_F_WRITE) && d.len > 0 => {
             // `contains` checked that `addr + len` does not overflow.
-            chain.status = GuestAddress(d.addr.saturating_add(u64::from(d.len) - 1));
+            let status = GuestAddress(d.addr.saturating_add(u64::from(d.len) - 1));
             chain.writable_len -= 1;
             if let Some(seg) = chain.writable.last_mut() {
                 seg.len -= 1;
@@ -529,75 +306,44 @@ fn walk_chain<M: MetaMemory + ?Sized>(
                     chain.writable.pop();
                 }
             }
-            Ok(chain)
+            status
         }
-        _ => Err(RequestError::NoStatus),
-    }
-}
-
-/// Adds one (non-indirect) descriptor's buffer to its stream, after the checks.
-fn add_buffer<M: MetaMemory + ?Sized>(
-    chain: &mut Chain,
-    desc: &Desc,
-    mem: &M,
-) -> Result<(), RequestError> {
-    let writable = desc.has(VIRTQ_DESC_F_WRITE);
-    if !writable && chain.saw_writable {
-        return Err(RequestError::ReadableAfterWritable);
-    }
-    chain.saw_writable |= writable;
-    if desc.len == 0 {
-        return Ok(());
-    }
-    if !mem.contains(GuestAddress(desc.addr), u64::from(desc.len)) {
-        return Err(RequestError::BufferOutside {
-            addr: desc.addr,
-            len: desc.len,
+        _ => return Err(no_status(RequestError::NoStatus)),
+    };
+    if let Some(error) = walked.deferred {
+        return Err(Rejected {
+            status: Some(status),
+            error: error.into(),
         });
     }
-    let seg = Segment {
-        addr: GuestAddress(desc.addr),
-        len: desc.len,
-    };
-    let (segs, total, bound) = if writable {
-        (&mut chain.writable, &mut chain.writable_len, MAX_WRITABLE)
-    } else {
-        (&mut chain.readable, &mut chain.readable_len, MAX_READABLE)
-    };
-    *total += u64::from(desc.len);
-    if *total > bound {
-        return Err(RequestError::TooMuchData);
-    }
-    segs.push(seg);
-    Ok(())
+    Ok(Chain {
+        readable: chain.readable,
+        readable_len: chain.readable_len,
+        writable: chain.writable,
+        writable_len: chain.writable_len,
+        status,
+    })
 }
 
-/// Splits the byte stream `segs` after `n` bytes (`n` must not exceed its length).
-fn split_at(segs: &[Segment], n: u64) -> (Vec<Segment>, Vec<Segment>) {
-    let (mut front, mut back) = (Vec::new(), Vec::new());
-    let mut left = n;
-    for seg in segs {
-        let len = u64::from(seg.len);
-        if left >= len {
-            front.push(*seg);
-            left -= len;
-        } else if left > 0 {
-            // `left < seg.len`, so both halves fit in u32 and are non-empty.
-            let cut = u32::try_from(left).unwrap_or(0);
-            front.push(Segment {
-                addr: seg.addr,
-                len: cut,
-            });
-            back.push(Segment {
-                addr: GuestAddress(seg.addr.0 + left),
-                len: seg.len - cut,
-            });
-            left = 0;
-        } else {
-            back.push(*seg);
+impl From<ChainError> for RequestError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::QueueSize(n) => RequestError::QueueSize(n),
+            ChainError::IndexOutOfRange { index, len } => {
+                RequestError::IndexOutOfRange { index, len }
+            }
+            ChainError::Loop(i) => RequestError::Loop(i),
+            ChainError::TooLong(n) => RequestError::TooLong(n),
+            ChainError::MetadataOutside(a) => RequestError::MetadataOutside(a),
+            ChainError::MetadataOverlap(a) => RequestError::MetadataOverlap(a),
+            ChainError::IndirectNotNegotiated => RequestError::IndirectNotNegotiated,
+            ChainError::BadIndirect => RequestError::BadIndirect,
+            ChainError::BadIndirectTable(n) => RequestError::BadIndirectTable(n),
+            ChainError::BufferOutside { addr, len } => RequestError::BufferOutside { addr, len },
+            ChainError::ReadableAfterWritable => RequestError::ReadableAfterWritable,
+            ChainError::TooMuchData => RequestError::TooMuchData,
         }
     }
-    (front, back)
 }
 
 /// Reads the header and turns the chain into a typed request.

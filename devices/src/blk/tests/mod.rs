@@ -9,7 +9,7 @@
 
 mod device;
 mod flush;
-mod guard;
+pub(crate) mod guard;
 mod parse;
 mod poll;
 mod tocttou;

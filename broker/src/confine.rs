@@ -35,8 +35,8 @@
 use crate::caps::{self, CapSets};
 use crate::config::ConfineConfig;
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use std::ffi::CStr;
 use std::fmt::Write as _;
@@ -520,11 +520,7 @@ fn landlock(cfg: &ConfineConfig) -> Result<(), ConfineError> {
         .map_err(err("handle newer access rights"))?;
     let mut created = ruleset.create().map_err(err("create the ruleset"))?;
     for rule in &cfg.landlock_beneath {
-        let access = if rule.writable {
-            AccessFs::from_all(NEWEST_LANDLOCK_ABI)
-        } else {
-            AccessFs::from_read(NEWEST_LANDLOCK_ABI)
-        };
+        let access = beneath_rights(rule.writable);
         // SAFETY: the fd is an inherited one that step 7 checked to be open; it stays open
         // until after restrict_self (nothing closes fds in between).
         let dir = unsafe { BorrowedFd::borrow_raw(rule.fd) };
@@ -542,6 +538,25 @@ fn landlock(cfg: &ConfineConfig) -> Result<(), ConfineError> {
         );
     }
     Ok(())
+}
+
+/// What a worker may do beneath a directory it was given: read files and list directories;
+/// if writable also write, truncate, create regular files, directories and symlinks, remove
+/// and rename (`Refer`). Never execute, never make device nodes, fifos or sockets, never
+/// device ioctls — whatever the directory holds.
+fn beneath_rights(writable: bool) -> BitFlags<AccessFs> {
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    if !writable {
+        return read;
+    }
+    read | AccessFs::WriteFile
+        | AccessFs::Truncate
+        | AccessFs::MakeReg
+        | AccessFs::MakeDir
+        | AccessFs::MakeSym
+        | AccessFs::RemoveFile
+        | AccessFs::RemoveDir
+        | AccessFs::Refer
 }
 
 /// What a worker confined with `cfg` can still do, one line per layer (for
@@ -598,9 +613,9 @@ pub fn describe(cfg: &ConfineConfig) -> String {
     let mut rules = String::new();
     for rule in &cfg.landlock_beneath {
         let kind = if rule.writable {
-            "read-write"
+            "read, write, create and remove files, directories and symlinks (no execute, device nodes, fifos or sockets)"
         } else {
-            "read-only"
+            "read files and list directories (no execute)"
         };
         let _ = write!(rules, "; {kind} beneath fd {}", rule.fd);
     }

@@ -62,6 +62,7 @@
 mod config;
 mod device;
 mod dir;
+pub mod fuzzing;
 mod host;
 mod inode;
 mod ops;

@@ -30,8 +30,8 @@ use super::{FsError, FsOptions, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, SECCOMP_PROF
 use crate::chain::ChainSource;
 use crate::notify::interrupts_suppressed;
 use crate::{
-    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_FS,
+    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_FS,
 };
 
 /// A virtio-fs device sharing one host directory.
@@ -268,7 +268,11 @@ impl VirtioBackend for Fs {
         Ok(())
     }
 
-    fn process_queue(&mut self, index: u16) -> Result<(), DeviceError> {
+    fn process_queue(
+        &mut self,
+        index: u16,
+        _events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
         if index >= self.num_queues() {
             return Err(DeviceError::UnknownQueue(index));
         }

@@ -30,7 +30,7 @@ use super::request::opcode;
 use super::{Fs, FsOptions};
 use crate::blk::tests::{Vq, F_WRITE};
 use crate::rng::tests::Recorder;
-use crate::{VirtioBackend, VIRTIO_F_VERSION_1};
+use crate::{NoEvents, VirtioBackend, VIRTIO_F_VERSION_1};
 
 /// Where requests are laid out in guest memory.
 pub(crate) const IN: u64 = 0x20_0000;
@@ -197,7 +197,7 @@ impl<'m> Client<'m> {
         let vq = &mut self.vqs[usize::from(queue)];
         let before = vq.used_idx();
         let head = vq.push(descs);
-        self.fs.process_queue(queue).unwrap();
+        self.fs.process_queue(queue, &mut NoEvents).unwrap();
         let vq = &self.vqs[usize::from(queue)];
         assert_eq!(vq.used_idx(), before.wrapping_add(1), "chain not used");
         let (id, len) = vq.used(before);

@@ -345,7 +345,7 @@ fn racing_rewrites_never_break_the_device_or_leave_the_share() {
                     (slot_out(r), SLOT_OUT, F_WRITE),
                 ]);
             }
-            c.fs.process_queue(1).unwrap();
+            c.fs.process_queue(1, &mut NoEvents).unwrap();
             let vq = &c.vqs[1];
             assert_eq!(vq.used_idx(), before.wrapping_add(SLOTS as u16));
             for i in 0..SLOTS as u16 {

@@ -6,6 +6,7 @@
 mod bench;
 mod blk;
 mod echo;
+mod fs;
 mod panic;
 mod ring3;
 mod rng;
@@ -90,6 +91,26 @@ pub static TESTS: &[Test] = &[
         name: "echo",
         applies: echo::applies,
         run: echo::run,
+    },
+    Test {
+        name: "fs",
+        applies: fs::applies,
+        run: fs::run,
+    },
+    Test {
+        name: "fs_escape",
+        applies: fs::by_name,
+        run: fs::run_escape,
+    },
+    Test {
+        name: "fs_ro",
+        applies: fs::by_name,
+        run: fs::run_ro,
+    },
+    Test {
+        name: "fs_write",
+        applies: fs::by_name,
+        run: fs::run_write,
     },
     Test {
         name: "panic",

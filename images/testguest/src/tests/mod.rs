@@ -43,6 +43,26 @@ pub static TESTS: &[Test] = &[
         run: bench::run_cpu,
     },
     Test {
+        name: "bench_fs_meta",
+        applies: bench::applies,
+        run: bench::run_fs_meta,
+    },
+    Test {
+        name: "bench_fs_rand4k",
+        applies: bench::applies,
+        run: bench::run_fs_rand4k,
+    },
+    Test {
+        name: "bench_fs_seqread",
+        applies: bench::applies,
+        run: bench::run_fs_seqread,
+    },
+    Test {
+        name: "bench_fs_seqwrite",
+        applies: bench::applies,
+        run: bench::run_fs_seqwrite,
+    },
+    Test {
         name: "bench_getid",
         applies: bench::applies,
         run: bench::run_getid,

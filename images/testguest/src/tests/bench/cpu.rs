@@ -76,6 +76,7 @@ fn driver_cycles() -> u64 {
         warmup: 0,
         measure: 0,
         stall: 0,
+        fs: Default::default(),
         min_requests: 0,
     };
     let mut next_avail = 0u16;

@@ -7,12 +7,18 @@
 //!   at the end of the disk (`bench_seqwrite` overwrites the image);
 //! - `bench_rand1` / `bench_rand16`: 4 KiB reads at random 4 KiB-aligned offsets (xorshift,
 //!   fixed seed), depth 1 / 16, with completion latency percentiles;
-//! - `bench_getid`: GET_ID (20 bytes) at depth 1, the null request.
+//! - `bench_getid`: GET_ID (20 bytes) at depth 1, the null request;
+//! - `bench_fs_meta`: LOOKUP of `bench.bin` in the share's root and GETATTR of it,
+//!   alternately, depth 1, with latencies;
+//! - `bench_fs_rand4k`: 4 KiB READs of `bench.bin` at random 4 KiB-aligned offsets, depth 16;
+//! - `bench_fs_seqread` / `bench_fs_seqwrite`: 128 KiB READs / WRITEs of `bench.bin`, depth 8,
+//!   from offset 0, wrapping at its end (`bench_fs_seqwrite` overwrites it).
 //!
 //! Every phase: a warm-up of `bench_ms / 10` (10..200 ms), then `testguest.bench_ms` (and at
 //! least `MIN_REQUESTS` requests), then what is in flight drains uncounted.
 
 use super::engine::{self, Figures, Kind, Offsets, Plan, SECTOR, T_GET_ID, T_IN, T_OUT};
+use super::fsreq::FsOp;
 use super::samples::Samples;
 use crate::arch::{apic, user};
 use crate::cmdline::{Completion, MmioDevice};
@@ -22,6 +28,10 @@ use crate::tests::{Ctx, Outcome};
 use crate::virtio::fastq::MAX_SIZE;
 use crate::virtio::mmio::Mmio;
 use crate::virtio::{self, Device, Probe, ID_BLOCK, ID_RNG};
+
+/// virtio device ID of a file system device.
+const ID_FS: u32 = 26;
+const FS_RAND_DEPTH: usize = 16;
 
 const MIN_REQUESTS: u64 = 16;
 /// Nothing completing for this long fails the test.
@@ -64,6 +74,7 @@ fn plan(ctx: &Ctx, kind: Kind, offsets: Offsets, depth: usize, req_bytes: u32) -
         measure: ms * khz,
         stall: STALL_MS * khz,
         min_requests: MIN_REQUESTS,
+        fs: Default::default(),
     }
 }
 
@@ -258,4 +269,88 @@ pub fn run_getid(ctx: &Ctx) -> Outcome {
         f.notifies,
         run.irqs
     ))
+}
+
+pub fn run_fs_meta(ctx: &Ctx) -> Outcome {
+    let (dev, mmio) = find(ctx, ID_FS)?;
+    // 512 "bytes" per request: the loop's counter of requests (LOOKUP on even, GETATTR on odd).
+    let plan = plan(ctx, Kind::Fs(FsOp::Meta), Offsets::Sequential, 1, 512);
+    let mut run = measure(ctx, &dev, mmio, &plan)?;
+    let (p50, p99, mean) = latencies(ctx, &mut run.samples);
+    let f = &run.figures;
+    Ok(fig!(
+        "mode={} depth=1 requests={} us={} ops_s={} p50_ns={} p99_ns={} mean_ns={} notifies={} irqs={}",
+        plan.mode.name(),
+        f.requests,
+        ctx.timer.cycles_to_us(f.cycles),
+        per_second(ctx, f.requests, f.cycles),
+        p50,
+        p99,
+        mean,
+        f.notifies,
+        run.irqs
+    ))
+}
+
+pub fn run_fs_rand4k(ctx: &Ctx) -> Outcome {
+    let (dev, mmio) = find(ctx, ID_FS)?;
+    let plan = plan(
+        ctx,
+        Kind::Fs(FsOp::Read),
+        Offsets::Random,
+        FS_RAND_DEPTH,
+        RAND_BYTES,
+    );
+    let mut run = measure(ctx, &dev, mmio, &plan)?;
+    let (p50, p99, mean) = latencies(ctx, &mut run.samples);
+    let f = &run.figures;
+    Ok(fig!(
+        "mode={} depth={} requests={} us={} iops={} p50_ns={} p99_ns={} mean_ns={} kib_s={} notifies={} irqs={}",
+        plan.mode.name(),
+        FS_RAND_DEPTH,
+        f.requests,
+        ctx.timer.cycles_to_us(f.cycles),
+        per_second(ctx, f.requests, f.cycles),
+        p50,
+        p99,
+        mean,
+        per_second(ctx, f.bytes, f.cycles) / 1024,
+        f.notifies,
+        run.irqs
+    ))
+}
+
+fn run_fs_seq(ctx: &Ctx, write: bool) -> Outcome {
+    let (dev, mmio) = find(ctx, ID_FS)?;
+    let op = if write { FsOp::Write } else { FsOp::Read };
+    let plan = plan(
+        ctx,
+        Kind::Fs(op),
+        Offsets::Sequential,
+        SEQ_DEPTH,
+        SEQ_KIB * 1024,
+    );
+    let run = measure(ctx, &dev, mmio, &plan)?;
+    let f = &run.figures;
+    Ok(fig!(
+        "mode={} req_kib={} depth={} requests={} bytes={} us={} kib_s={} iops={} notifies={} irqs={}",
+        plan.mode.name(),
+        SEQ_KIB,
+        plan.depth,
+        f.requests,
+        f.bytes,
+        ctx.timer.cycles_to_us(f.cycles),
+        per_second(ctx, f.bytes, f.cycles) / 1024,
+        per_second(ctx, f.requests, f.cycles),
+        f.notifies,
+        run.irqs
+    ))
+}
+
+pub fn run_fs_seqread(ctx: &Ctx) -> Outcome {
+    run_fs_seq(ctx, false)
+}
+
+pub fn run_fs_seqwrite(ctx: &Ctx) -> Outcome {
+    run_fs_seq(ctx, true)
 }

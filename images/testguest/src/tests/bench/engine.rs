@@ -9,6 +9,7 @@
 //! for none). Waiting: `poll` spins on `used.idx`; `irq` spins on the device interrupt
 //! counter the ring-0 handler bumps (ring 3 cannot `hlt`), and only then looks at the ring.
 
+use super::fsreq::{self, FsOp};
 use super::samples::{Samples, XorShift};
 use crate::arch::{apic, Page};
 use crate::cmdline::Completion;
@@ -25,8 +26,8 @@ pub const MAX_DEPTH: usize = 32;
 pub const BUF_BYTES: usize = 2 << 20;
 const HEADERS: usize = 0;
 pub const STATUS: usize = 1024;
-const DATA: usize = 4096;
-const PAGE: usize = 4096;
+pub const DATA: usize = 4096;
+pub const PAGE: usize = 4096;
 
 // blk request types.
 pub const T_IN: u32 = 0;
@@ -44,6 +45,8 @@ pub enum Kind {
     Rng,
     /// virtio-blk IN, OUT or GET_ID: header, data, status.
     Blk(u32),
+    /// virtio-fs READ, WRITE or LOOKUP/GETATTR (`fsreq`).
+    Fs(FsOp),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,13 +57,15 @@ pub enum Offsets {
     Random,
 }
 
+#[derive(Clone, Copy)]
 pub struct Plan {
     pub kind: Kind,
     pub offsets: Offsets,
     pub depth: usize,
     /// Data bytes per request.
     pub req_bytes: u32,
-    /// Sectors of the disk the requests fall in (blk IN/OUT).
+    /// Sectors of the disk the requests fall in (blk IN/OUT); for fs, of the file (set by
+    /// `fsreq::setup`).
     pub sectors: u64,
     pub mode: Completion,
     /// Phase lengths, and how long nothing may complete, in TSC cycles.
@@ -69,6 +74,8 @@ pub struct Plan {
     pub stall: u64,
     /// The measured phase goes on until at least this many requests completed.
     pub min_requests: u64,
+    /// The fs benchmarks' session (set by `fsreq::setup` when the loop starts).
+    pub fs: fsreq::Target,
 }
 
 /// What the measured phase did.
@@ -99,6 +106,11 @@ pub enum Failure {
         got: u32,
         want: u32,
     },
+    /// A FUSE reply with an error.
+    Errno {
+        errno: i32,
+        slot: usize,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -108,6 +120,7 @@ impl fmt::Display for Failure {
             Failure::UsedId { id } => write!(f, "used_id got={id}"),
             Failure::Status { got, slot } => write!(f, "status={got} slot={slot}"),
             Failure::Len { got, want } => write!(f, "short len={got} want={want}"),
+            Failure::Errno { errno, slot } => write!(f, "errno={errno} slot={slot}"),
         }
     }
 }
@@ -116,12 +129,16 @@ impl Plan {
     fn descs(&self) -> usize {
         match self.kind {
             Kind::Rng => 1,
-            Kind::Blk(_) => 3,
+            Kind::Blk(_) | Kind::Fs(_) => 3,
         }
     }
 
-    fn stride(&self) -> usize {
-        (self.req_bytes as usize).div_ceil(PAGE) * PAGE
+    /// Bytes of buffer space per slot.
+    pub fn stride(&self) -> usize {
+        match self.kind {
+            Kind::Fs(_) => fsreq::stride(self.req_bytes),
+            _ => (self.req_bytes as usize).div_ceil(PAGE) * PAGE,
+        }
     }
 
     /// Whether `depth` slots fit the ring, the slot tables and the buffer space.
@@ -144,6 +161,8 @@ pub fn prepare(plan: &Plan, ring: &mut FastRing, slot: usize, sector: u64) -> u1
     let buf = buffers();
     let data = (buf + DATA + slot * plan.stride()) as u64;
     match plan.kind {
+        // `sector` counts requests for META, is the file offset / 512 for I/O.
+        Kind::Fs(op) => fsreq::prepare(plan, op, &plan.fs, ring, slot, sector, sector * SECTOR),
         Kind::Rng => {
             let head = slot as u16;
             ring.set_desc(head, data, plan.req_bytes, DESC_F_WRITE, 0);
@@ -185,6 +204,7 @@ fn check(plan: &Plan, slot: usize, len: u32) -> Result<(), Failure> {
             want: plan.req_bytes,
         }),
         Kind::Rng => Ok(()),
+        Kind::Fs(op) => fsreq::check(plan, op, slot, len),
         Kind::Blk(_) => {
             // SAFETY: the slot's status byte inside BUF; the device has returned the request.
             let got = unsafe { read_volatile((buffers() + STATUS + slot) as *const u8) };
@@ -227,8 +247,16 @@ fn wait(ring: &FastRing, mode: Completion, deadline: u64) -> Result<(), Failure>
     }
 }
 
-/// The loop (ring 3). Latencies of the measured phase go to `samples`.
+/// The loop (ring 3). Latencies of the measured phase go to `samples`. An fs benchmark opens
+/// its session first (`fsreq::setup`).
 pub fn run(plan: &Plan, ring: &mut FastRing, samples: &mut Samples) -> Result<Figures, Failure> {
+    let mut plan = *plan;
+    let plan = &mut plan;
+    if let Kind::Fs(_) = plan.kind {
+        plan.fs = fsreq::setup(plan, ring)?;
+        plan.sectors = plan.fs.size / SECTOR;
+    }
+    let plan = &*plan;
     let mut submitted = [0u64; MAX_DEPTH];
     let mut random = XorShift::new(XorShift::SEED);
     let req_sectors = u64::from(plan.req_bytes) / SECTOR;

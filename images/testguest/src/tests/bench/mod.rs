@@ -1,18 +1,23 @@
 //! The benchmark tests (by name only, never in the default set): `bench_cpu` (`cpu.rs`), and
 //! `bench_rng`, `bench_seqread`, `bench_seqwrite`, `bench_rand1`, `bench_rand16`,
-//! `bench_getid` (`dev.rs`). Their request loops run in ring 3 (`engine.rs`, through
+//! `bench_getid`, and the virtio-fs ones `bench_fs_meta`, `bench_fs_rand4k`,
+//! `bench_fs_seqread`, `bench_fs_seqwrite` (`dev.rs`, requests in `fsreq.rs`). Their request loops run in ring 3 (`engine.rs`, through
 //! `crate::arch::user`); ring 0 sets the device up, routes its interrupt in `irq` mode,
 //! resets it afterwards and prints the figures. Latencies: `samples.rs`.
 
 mod cpu;
 mod dev;
 mod engine;
+mod fsreq;
 mod samples;
 
 use crate::cmdline::MmioDevice;
 
 pub use cpu::run as run_cpu;
-pub use dev::{run_getid, run_rand1, run_rand16, run_rng, run_seqread, run_seqwrite};
+pub use dev::{
+    run_fs_meta, run_fs_rand4k, run_fs_seqread, run_fs_seqwrite, run_getid, run_rand1, run_rand16,
+    run_rng, run_seqread, run_seqwrite,
+};
 
 pub fn applies(_devices: &[MmioDevice]) -> bool {
     false

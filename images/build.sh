@@ -5,7 +5,7 @@
 #
 #   kernel     out/vmlinux, out/bzImage   Debian linux-source-6.1 + tinyconfig + kernel/svmm.config
 #                                         + kernel/*.patch, built in $SVMM_CACHE (~7 min on 2 cores)
-#   rootfs     out/rootfs.ext4, out/initramfs.cpio.gz   busybox-static + rootfs/init
+#   rootfs     out/rootfs.ext4, out/initramfs.cpio.gz, out/rootfs.tree/   busybox-static + rootfs/init
 #   testguest  out/testguest.elf          cargo build of images/testguest (if it exists)
 #
 # Environment: SVMM_CACHE (default ~/.cache/svmm), SVMM_JOBS (default: nproc).
@@ -267,8 +267,9 @@ build_rootfs() {
         echo "$ROOTFS_SIZE_MIB $ROOTFS_UUID $ROOTFS_EPOCH"
     } | sha)
     if [ -f "$stampf" ] && [ "$(cat "$stampf")" = "$key" ] \
-        && [ -f "$OUT/rootfs.ext4" ] && [ -f "$OUT/initramfs.cpio.gz" ]; then
-        say rootfs "up to date (out/rootfs.ext4, out/initramfs.cpio.gz)"
+        && [ -f "$OUT/rootfs.ext4" ] && [ -f "$OUT/initramfs.cpio.gz" ] \
+        && [ -x "$OUT/rootfs.tree/init" ]; then
+        say rootfs "up to date (out/rootfs.ext4, out/initramfs.cpio.gz, out/rootfs.tree/)"
         return
     fi
     say rootfs "building out/rootfs.ext4 (${ROOTFS_SIZE_MIB} MiB) and out/initramfs.cpio.gz"
@@ -281,11 +282,14 @@ build_rootfs() {
         # Device nodes and root ownership without root.
         fakeroot -- "$SELF" __rootfs_pack "$st" "$OUT/rootfs.ext4.tmp" "$OUT/initramfs.cpio.gz.tmp"
     fi
-    rm -rf "$st"
+    # The same tree as a directory: the virtio-fs root (rootfstype=virtiofs). Device nodes are
+    # real only when built as root (under fakeroot they come out as empty files).
+    rm -rf "$OUT/rootfs.tree"
+    mv "$st" "$OUT/rootfs.tree"
     mv -f "$OUT/rootfs.ext4.tmp" "$OUT/rootfs.ext4"
     mv -f "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
     echo "$key" > "$stampf"
-    say rootfs "wrote out/rootfs.ext4 and out/initramfs.cpio.gz ($(du -h --apparent-size "$OUT/initramfs.cpio.gz" | cut -f1))"
+    say rootfs "wrote out/rootfs.ext4, out/initramfs.cpio.gz ($(du -h --apparent-size "$OUT/initramfs.cpio.gz" | cut -f1)) and out/rootfs.tree/"
 }
 
 file_is_static() {

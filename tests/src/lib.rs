@@ -10,6 +10,7 @@
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
 //! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
 //! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
+//! | [`share`]   | shared directories for the virtio-fs trials: layout, canary, tree, inotify |
 //! | [`suite`]   | a thin libtest-mimic wrapper: ignored trials always carry their reason   |
 //! | [`bench`]   | the benchmark harness (`svmm-bench`, `tests/bench.sh`): svmm sandboxed vs in-process vs QEMU |
 //!
@@ -34,6 +35,7 @@ pub mod output;
 pub mod paths;
 pub mod procfs;
 pub mod running;
+pub mod share;
 pub mod suite;
 pub mod vm;
 

@@ -15,6 +15,7 @@
 //!   sockets) to that loop without knowing it.
 //! - [`rng`] is virtio-rng.
 //! - [`blk`] is virtio-blk.
+//! - [`wl`] is virtio-wl (Wayland): it asks the VMM for host services through [`services`].
 //!
 //! Device life cycle, as the transport drives it:
 //!
@@ -54,6 +55,8 @@ pub mod irq_status;
 mod notify;
 pub mod rng;
 pub mod runner;
+pub mod services;
+pub mod wl;
 
 /// Feature bit mask: the device complies with virtio 1.0+ (bit 32). Every device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -22,6 +22,7 @@ pub mod channel;
 pub mod codec;
 pub mod fuzzing;
 pub mod messages;
+pub mod service;
 pub mod validate;
 
 pub use channel::{Channel, ChannelError, MAX_FDS};
@@ -29,4 +30,5 @@ pub use codec::{decode, encode, CodecError, MAX_MESSAGE_SIZE};
 pub use messages::{
     DeviceErrorKind, DeviceStats, QueueConfig, QueueStats, VmmToWorker, WorkerToVmm,
 };
+pub use service::{ServiceRefusal, ServiceReply, ServiceRequest};
 pub use validate::{DeviceLayout, Limits, ProtocolError, MAX_QUEUE_SIZE};

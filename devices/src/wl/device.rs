@@ -1,0 +1,311 @@
+//! The virtio-wl backend: activation, the queue entry points, reset, statistics.
+//!
+//! [`Wl`] owns the device's host services handle and, while active, an `Active` with the two
+//! queues, the vfd table, the region's free space and the inbox. Out-queue commands run in
+//! `exec`, the host side (fds becoming ready, delivery to the in queue) in `input`.
+//!
+//! Notifications come three ways: the out queue (commands), the in queue (the guest gave back
+//! buffers: deliver what waits, resume reading from parked vfds), and the device's own fds
+//! (contexts and pipe ends, registered with the loop under their vfd id as token).
+
+use std::sync::Arc;
+
+use ipc::{DeviceStats, QueueStats};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::events_shim::{EventRegistry, EventSet};
+use super::exec::Stalled;
+use super::inbox::Inbox;
+use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
+use super::vfd::{ShmSpace, VfdTable};
+use super::{
+    MAX_CONTEXTS, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, QUEUE_IN, QUEUE_OUT, SECCOMP_PROFILE,
+};
+use crate::services::HostServices;
+use crate::{
+    activation, DeviceError, Interrupt, SandboxNeeds, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_WL,
+};
+
+/// Features virtio-wl offers.
+pub(super) const FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_F_RING_INDIRECT_DESC
+    | VIRTIO_F_RING_EVENT_IDX
+    | F_TRANS_FLAGS
+    | F_USE_SHMEM;
+
+/// The device's shared-memory region 0, where the VMM maps its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRegion {
+    /// Guest-physical address of its start (for drivers without `USE_SHMEM`).
+    pub base: u64,
+    /// Length in bytes, page-aligned.
+    pub len: u64,
+}
+
+/// A virtio-wl device.
+pub struct Wl {
+    services: Box<dyn HostServices>,
+    region: ShmRegion,
+    state: State,
+}
+
+enum State {
+    Inactive,
+    Active(Box<Active>),
+    /// A queue could not be completed; notifications are ignored until reset.
+    Broken(Box<Active>),
+}
+
+/// Everything the device holds between activate and reset.
+pub(super) struct Active {
+    pub mem: GuestMemoryMmap,
+    pub in_queue: Queue,
+    pub out_queue: Queue,
+    pub interrupt: Arc<dyn Interrupt>,
+    /// The driver acknowledged `TRANS_FLAGS`.
+    pub trans_flags: bool,
+    /// The driver acknowledged `USE_SHMEM`.
+    pub use_shmem: bool,
+    pub region: ShmRegion,
+    pub vfds: VfdTable,
+    pub space: ShmSpace,
+    pub inbox: Inbox,
+    /// An out-queue command waiting for its target to take more bytes.
+    pub stalled: Option<Stalled>,
+    /// Counters: in queue (messages delivered, data bytes, refused fds and bad buffers), out
+    /// queue (commands, data bytes sent, refused commands and bad chains).
+    pub stats: [QueueStats; 2],
+    /// Receive buffer for the host side.
+    pub buf: Vec<u8>,
+}
+
+impl Wl {
+    /// A device whose buffers go into `region`, asking `services` for connections and
+    /// mappings.
+    pub fn new(region: ShmRegion, services: Box<dyn HostServices>) -> Self {
+        Wl {
+            services,
+            region,
+            state: State::Inactive,
+        }
+    }
+
+    /// virtio device ID.
+    pub fn device_type(&self) -> u32 {
+        VIRTIO_ID_WL
+    }
+
+    /// Number of queues.
+    pub fn num_queues(&self) -> u16 {
+        NUM_QUEUES
+    }
+
+    /// Largest queue size.
+    pub fn max_queue_size(&self) -> u16 {
+        MAX_QUEUE_SIZE
+    }
+
+    /// Features offered.
+    pub fn features(&self) -> u64 {
+        FEATURES
+    }
+
+    /// The config space: virtio-wl has none.
+    pub fn config(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Starts the device (see `VirtioBackend::activate`).
+    pub fn activate(
+        &mut self,
+        driver_features: u64,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        if !matches!(self.state, State::Inactive) {
+            return Err(DeviceError::AlreadyActive);
+        }
+        let offer = activation::Offer {
+            features: FEATURES,
+            num_queues: NUM_QUEUES,
+            max_queue_size: MAX_QUEUE_SIZE,
+        };
+        activation::check(&offer, driver_features, &mem, &queues)?;
+        let [mut in_queue, mut out_queue]: [Queue; 2] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<Queue>| DeviceError::QueueCount {
+                    expected: NUM_QUEUES,
+                    got: q.len(),
+                })?;
+        // Both queues carry traffic: the second must be usable too.
+        if !out_queue.ready() || !out_queue.is_valid(&mem) {
+            return Err(DeviceError::InvalidQueue { index: QUEUE_OUT });
+        }
+        let event_idx = driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
+        in_queue.set_event_idx(event_idx);
+        out_queue.set_event_idx(event_idx);
+        self.state = State::Active(Box::new(Active {
+            mem,
+            in_queue,
+            out_queue,
+            interrupt,
+            trans_flags: driver_features & F_TRANS_FLAGS != 0,
+            use_shmem: driver_features & F_USE_SHMEM != 0,
+            region: self.region,
+            vfds: VfdTable::new(MAX_VFDS, MAX_CONTEXTS),
+            space: ShmSpace::new(self.region.len),
+            inbox: Inbox::default(),
+            stalled: None,
+            stats: [QueueStats::default(); 2],
+            buf: vec![0; super::IN_DATA_MAX],
+        }));
+        Ok(())
+    }
+
+    /// Queue `index` was notified.
+    pub fn process_queue(
+        &mut self,
+        index: u16,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
+        if index >= NUM_QUEUES {
+            return Err(DeviceError::UnknownQueue(index));
+        }
+        let State::Active(active) = &mut self.state else {
+            return Ok(());
+        };
+        let result = if index == QUEUE_OUT {
+            active.process_out(self.services.as_mut(), events)
+        } else {
+            active.deliver(events)
+        };
+        self.break_on_error(result)
+    }
+
+    /// One of the device's fds (the vfd `token`) is ready.
+    pub fn process_event(
+        &mut self,
+        token: u32,
+        ready: EventSet,
+        events: &mut dyn EventRegistry,
+    ) -> Result<(), DeviceError> {
+        let State::Active(active) = &mut self.state else {
+            return Ok(());
+        };
+        let result = active.on_ready(token, ready, self.services.as_mut(), events);
+        self.break_on_error(result)
+    }
+
+    fn break_on_error(&mut self, result: Result<(), DeviceError>) -> Result<(), DeviceError> {
+        if result.is_err() {
+            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
+                self.state = State::Broken(active);
+            }
+        }
+        result
+    }
+
+    /// Stops the device: every vfd is closed (mappings removed, connections closed) and the
+    /// queues come back.
+    pub fn reset(&mut self) -> Option<Vec<Queue>> {
+        match std::mem::replace(&mut self.state, State::Inactive) {
+            State::Inactive => None,
+            State::Active(mut active) | State::Broken(mut active) => {
+                active.close_all(self.services.as_mut());
+                Some(vec![active.in_queue, active.out_queue])
+            }
+        }
+    }
+
+    /// What the sandbox must grant.
+    pub fn sandbox_needs(&self) -> SandboxNeeds {
+        SandboxNeeds {
+            seccomp_profile: SECCOMP_PROFILE,
+            keep_fds: Vec::new(),
+            landlock_paths: Vec::new(),
+        }
+    }
+
+    /// Counters since activation: in queue, out queue.
+    pub fn stats(&self) -> DeviceStats {
+        match &self.state {
+            State::Active(active) | State::Broken(active) => DeviceStats {
+                queues: active.stats.to_vec(),
+            },
+            State::Inactive => DeviceStats::default(),
+        }
+    }
+
+    /// Number of open vfds (for tests and limits checks).
+    pub fn vfd_count(&self) -> usize {
+        match &self.state {
+            State::Active(active) | State::Broken(active) => active.vfds.len(),
+            State::Inactive => 0,
+        }
+    }
+}
+
+impl Active {
+    /// The `pfn` of region offset `offset`.
+    pub fn pfn(&self, offset: u64) -> u64 {
+        if self.use_shmem {
+            offset >> PFN_SHIFT
+        } else {
+            (self.region.base + offset) >> PFN_SHIFT
+        }
+    }
+
+    /// The `pfn` of a vfd without memory: 0 for guest-physical numbers, the region's length in
+    /// pages with `USE_SHMEM` (where 0 is a valid offset), as crosvm answers.
+    pub fn no_pfn(&self) -> u64 {
+        if self.use_shmem {
+            self.region.len >> PFN_SHIFT
+        } else {
+            0
+        }
+    }
+
+    /// Flags of a context, for the guest.
+    pub fn context_flags(&self) -> u32 {
+        if self.trans_flags {
+            VFD_READ | VFD_WRITE
+        } else {
+            VFD_CONTROL
+        }
+    }
+
+    /// Flags of a pipe, for the guest.
+    pub fn pipe_flags(&self, guest_reads: bool) -> u32 {
+        match (self.trans_flags, guest_reads) {
+            (false, _) => 0,
+            (true, true) => VFD_READ,
+            (true, false) => VFD_WRITE,
+        }
+    }
+
+    /// Adds the used element and interrupts if the driver wants it.
+    pub fn complete(&mut self, queue: u16, head: u16, len: u32) -> Result<(), DeviceError> {
+        let q = if queue == QUEUE_IN {
+            &mut self.in_queue
+        } else {
+            &mut self.out_queue
+        };
+        q.add_used(&self.mem, head, len)
+            .map_err(DeviceError::Queue)?;
+        if q.needs_notification(&self.mem)
+            .map_err(DeviceError::Queue)?
+        {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+}
+
+/// Whether `ready` reports the peer gone or an error.
+pub(super) fn hung_up(ready: EventSet) -> bool {
+    ready.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
+}

@@ -2,7 +2,7 @@
 //!
 //! Owns: the JSON profiles in `profiles/` (seccompiler 0.5 format, deny by default, a `comment`
 //! on every rule) — `base.json` (what every device worker's event loop needs once confined),
-//! one file per device kind (`rng.json`, `blk.json`; the base rules are merged into each at build time) and
+//! one file per device kind (`rng.json`, `blk.json`, `wl.json`; the base rules are merged into each at build time) and
 //! `vmm.json` (the VMM's vCPU and event-loop threads; standalone) — their BPF programs for x86_64
 //! in two [`Mode`]s, embedded by `build.rs`; the x86_64 syscall table for naming a trapped call
 //! ([`syscall_name`]); thin wrappers that install a program ([`install`],

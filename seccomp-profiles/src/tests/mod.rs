@@ -96,7 +96,7 @@ fn is_device(profile: &str) -> bool {
 
 #[test]
 fn profiles_are_the_device_kinds_and_the_vmm() {
-    assert_eq!(profiles(), ["blk", "fs", "fs_ro", "rng", "vmm"]);
+    assert_eq!(profiles(), ["blk", "fs", "fs_ro", "rng", "vmm", "wl"]);
     assert!(program("base", Mode::Trap).is_none());
     assert!(program("no-such-device", Mode::Log).is_none());
     assert!(source("no-such-device").is_none());
@@ -407,5 +407,57 @@ fn blk_allows_image_io_only() {
             [0; 6]
         };
         assert_eq!(allow(name, args), RET_TRAP, "{name}");
+    }
+}
+
+/// wl makes memfds and pipes and classifies fds, and nothing that reaches outside the worker.
+#[test]
+fn wl_allows_its_fds_only() {
+    let allow = |name, args| verdict("wl", Mode::Trap, name, args);
+    const MFD_CLOEXEC_SEALING: u64 = 3;
+    const MFD_HUGETLB: u64 = 4;
+    const O_CLOEXEC: u64 = 0o2000000;
+    assert_eq!(
+        allow("memfd_create", [0, MFD_CLOEXEC_SEALING, 0, 0, 0, 0]),
+        RET_ALLOW
+    );
+    assert_eq!(
+        allow("memfd_create", [0, MFD_HUGETLB | 3, 0, 0, 0, 0]),
+        RET_TRAP
+    );
+    assert_eq!(allow("memfd_create", [0, 1, 0, 0, 0, 0]), RET_TRAP);
+    assert_eq!(allow("pipe2", [0, O_CLOEXEC, 0, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(
+        allow("pipe2", [0, O_CLOEXEC | 0o4000, 0, 0, 0, 0]),
+        RET_TRAP
+    );
+    assert_eq!(allow("ftruncate", [5, 4096, 0, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(allow("fstat", [5, 0, 0, 0, 0, 0]), RET_ALLOW);
+    // F_GETFD (base), F_GETFL, F_SETFL, F_ADD_SEALS, F_GET_SEALS; not F_DUPFD, F_SETOWN,
+    // F_SETLK or F_SETPIPE_SZ.
+    for (cmd, want) in [
+        (1, RET_ALLOW),
+        (3, RET_ALLOW),
+        (4, RET_ALLOW),
+        (1033, RET_ALLOW),
+        (1034, RET_ALLOW),
+        (0, RET_TRAP),
+        (8, RET_TRAP),
+        (6, RET_TRAP),
+        (1031, RET_TRAP),
+    ] {
+        assert_eq!(allow("fcntl", [5, cmd, 0, 0, 0, 0]), want, "fcntl {cmd}");
+    }
+    for name in [
+        "socket",
+        "connect",
+        "ioctl",
+        "openat",
+        "memfd_secret",
+        "dup",
+        "dup3",
+        "splice",
+    ] {
+        assert_eq!(allow(name, [0; 6]), RET_TRAP, "{name}");
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod apic;
 pub mod gdt;
+pub mod highmem;
 pub mod idt;
 pub mod user;
 

@@ -12,6 +12,7 @@ mod ring3;
 mod rng;
 mod smp;
 mod triplefault;
+mod wl;
 
 use crate::cmdline::{MmioDevice, Params};
 use crate::line::Line;
@@ -161,6 +162,21 @@ pub static TESTS: &[Test] = &[
         name: "triplefault",
         applies: triplefault::applies,
         run: triplefault::run,
+    },
+    Test {
+        name: "wl",
+        applies: wl::applies,
+        run: wl::run,
+    },
+    Test {
+        name: "wl_pipe",
+        applies: wl::by_name_only,
+        run: wl::run_pipe,
+    },
+    Test {
+        name: "wl_shm",
+        applies: wl::by_name_only,
+        run: wl::run_shm,
     },
 ];
 

@@ -33,6 +33,11 @@ pub const QUEUE_DRIVER_LOW: usize = 0x090;
 pub const QUEUE_DRIVER_HIGH: usize = 0x094;
 pub const QUEUE_DEVICE_LOW: usize = 0x0a0;
 pub const QUEUE_DEVICE_HIGH: usize = 0x0a4;
+pub const SHM_SEL: usize = 0x0ac;
+pub const SHM_LEN_LOW: usize = 0x0b0;
+pub const SHM_LEN_HIGH: usize = 0x0b4;
+pub const SHM_BASE_LOW: usize = 0x0b8;
+pub const SHM_BASE_HIGH: usize = 0x0bc;
 pub const CONFIG_GENERATION: usize = 0x0fc;
 
 /// Registers end here; the device-specific configuration space follows.
@@ -84,6 +89,18 @@ impl Mmio {
     pub fn write_addr(&self, low: usize, high: usize, addr: u64) {
         self.write(low, addr as u32);
         self.write(high, (addr >> 32) as u32);
+    }
+
+    /// Shared-memory region `id` (§4.2.2: SHMSel, then SHMLen and SHMBase, each as two
+    /// halves): `(base, len)`, or `None` when the device has no such region (length all ones).
+    pub fn shm_region(&self, id: u32) -> Option<(u64, u64)> {
+        self.write(SHM_SEL, id);
+        let len = u64::from(self.read(SHM_LEN_LOW)) | (u64::from(self.read(SHM_LEN_HIGH)) << 32);
+        if len == u64::MAX {
+            return None;
+        }
+        let base = u64::from(self.read(SHM_BASE_LOW)) | (u64::from(self.read(SHM_BASE_HIGH)) << 32);
+        Some((base, len))
     }
 
     /// The address of a `width`-byte field at `offset` in the configuration space, if it lies

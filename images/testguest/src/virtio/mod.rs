@@ -27,6 +27,8 @@ use queue::{Buf, Queue, MAX_QUEUES};
 /// Device IDs (virtio 1.2 §5). 0 marks an empty transport slot.
 pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
+/// virtio-wl (crosvm's Wayland device; not in the spec).
+pub const ID_WL: u32 = 63;
 
 // Device status bits (§2.1).
 const ACKNOWLEDGE: u32 = 1;
@@ -362,6 +364,37 @@ impl<'t> Device<'t> {
                 } else {
                     Error::Timeout { interrupt }
                 });
+            }
+        }
+    }
+
+    /// Waits up to `timeout_ms` for the next chain the device returns on queue `queue`, in
+    /// whatever order (for queues the device fills on its own, like virtio-wl's in queue):
+    /// `(head, used length)`. Polls the used ring only; acknowledges interrupts it sees.
+    pub fn wait_any(&mut self, queue: usize, timeout_ms: u64) -> Result<(u16, u32), Error> {
+        let deadline = self.timer.deadline_ms(timeout_ms);
+        loop {
+            let status = self.mmio.read(mmio::INTERRUPT_STATUS);
+            if status != 0 {
+                self.mmio.write(mmio::INTERRUPT_ACK, status);
+                if status & INT_CONFIG != 0 && self.needs_reset() {
+                    return Err(Error::NeedsReset);
+                }
+            }
+            let q = self.queues[queue].as_mut().expect("virtqueue not set up");
+            if let Some((id, len)) = q.pop_used() {
+                return u16::try_from(id)
+                    .map(|head| (head, len))
+                    .map_err(|_| Error::UsedId {
+                        expected: u16::MAX,
+                        got: id,
+                    });
+            }
+            if self.timer.expired(deadline) {
+                if self.needs_reset() {
+                    return Err(Error::NeedsReset);
+                }
+                return Err(Error::Timeout { interrupt: false });
             }
         }
     }

@@ -14,7 +14,6 @@ use ipc::{DeviceStats, QueueStats};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::events_shim::{EventRegistry, EventSet};
 use super::exec::Stalled;
 use super::inbox::Inbox;
 use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
@@ -24,9 +23,10 @@ use super::{
 };
 use crate::services::HostServices;
 use crate::{
-    activation, DeviceError, Interrupt, SandboxNeeds, VIRTIO_F_RING_EVENT_IDX,
+    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_WL,
 };
+use crate::{EventRegistry, EventSet};
 
 /// Features virtio-wl offers.
 pub(super) const FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -92,33 +92,56 @@ impl Wl {
         }
     }
 
+    fn break_on_error(&mut self, result: Result<(), DeviceError>) -> Result<(), DeviceError> {
+        if result.is_err() {
+            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
+                self.state = State::Broken(active);
+            }
+        }
+        result
+    }
+
+    /// Number of open vfds (for tests and limits checks).
+    pub fn vfd_count(&self) -> usize {
+        match &self.state {
+            State::Active(active) | State::Broken(active) => active.vfds.len(),
+            State::Inactive => 0,
+        }
+    }
+}
+
+impl VirtioBackend for Wl {
     /// virtio device ID.
-    pub fn device_type(&self) -> u32 {
+    fn device_type(&self) -> u32 {
         VIRTIO_ID_WL
     }
 
     /// Number of queues.
-    pub fn num_queues(&self) -> u16 {
+    fn num_queues(&self) -> u16 {
         NUM_QUEUES
     }
 
     /// Largest queue size.
-    pub fn max_queue_size(&self) -> u16 {
+    fn max_queue_size(&self) -> u16 {
         MAX_QUEUE_SIZE
     }
 
     /// Features offered.
-    pub fn features(&self) -> u64 {
+    fn features(&self) -> u64 {
         FEATURES
     }
 
     /// The config space: virtio-wl has none.
-    pub fn config(&self) -> Vec<u8> {
+    fn config(&self) -> Vec<u8> {
         Vec::new()
     }
 
+    fn write_config(&mut self, _offset: u32, _data: &[u8]) {
+        // No config space; the transport already refused out-of-range writes.
+    }
+
     /// Starts the device (see `VirtioBackend::activate`).
-    pub fn activate(
+    fn activate(
         &mut self,
         driver_features: u64,
         mem: GuestMemoryMmap,
@@ -167,7 +190,7 @@ impl Wl {
     }
 
     /// Queue `index` was notified.
-    pub fn process_queue(
+    fn process_queue(
         &mut self,
         index: u16,
         events: &mut dyn EventRegistry,
@@ -187,7 +210,7 @@ impl Wl {
     }
 
     /// One of the device's fds (the vfd `token`) is ready.
-    pub fn process_event(
+    fn process_event(
         &mut self,
         token: u32,
         ready: EventSet,
@@ -200,18 +223,9 @@ impl Wl {
         self.break_on_error(result)
     }
 
-    fn break_on_error(&mut self, result: Result<(), DeviceError>) -> Result<(), DeviceError> {
-        if result.is_err() {
-            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
-                self.state = State::Broken(active);
-            }
-        }
-        result
-    }
-
     /// Stops the device: every vfd is closed (mappings removed, connections closed) and the
     /// queues come back.
-    pub fn reset(&mut self) -> Option<Vec<Queue>> {
+    fn reset(&mut self) -> Option<Vec<Queue>> {
         match std::mem::replace(&mut self.state, State::Inactive) {
             State::Inactive => None,
             State::Active(mut active) | State::Broken(mut active) => {
@@ -222,7 +236,7 @@ impl Wl {
     }
 
     /// What the sandbox must grant.
-    pub fn sandbox_needs(&self) -> SandboxNeeds {
+    fn sandbox_needs(&self) -> SandboxNeeds {
         SandboxNeeds {
             seccomp_profile: SECCOMP_PROFILE,
             keep_fds: Vec::new(),
@@ -231,20 +245,12 @@ impl Wl {
     }
 
     /// Counters since activation: in queue, out queue.
-    pub fn stats(&self) -> DeviceStats {
+    fn stats(&self) -> DeviceStats {
         match &self.state {
             State::Active(active) | State::Broken(active) => DeviceStats {
                 queues: active.stats.to_vec(),
             },
             State::Inactive => DeviceStats::default(),
-        }
-    }
-
-    /// Number of open vfds (for tests and limits checks).
-    pub fn vfd_count(&self) -> usize {
-        match &self.state {
-            State::Active(active) | State::Broken(active) => active.vfds.len(),
-            State::Inactive => 0,
         }
     }
 }

@@ -14,7 +14,6 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use super::chain::{self, Segment};
 use super::command::{self, Command};
 use super::device::Active;
-use super::events_shim::EventRegistry;
 use super::protocol::{
     encode_status, encode_vfd_new, PAGE_SIZE, RESP_ERR, RESP_INVALID_CMD, RESP_INVALID_ID,
     RESP_INVALID_TYPE, RESP_OK, RESP_OUT_OF_MEMORY, RESP_VFD_NEW, VFD_READ,
@@ -24,6 +23,7 @@ use super::vfd::{Shm, Stream, TableError, Vfd, Watch};
 use super::{MAX_COMMAND_BYTES, QUEUE_OUT};
 use crate::services::{HostServices, ServiceError, ServiceRefusal};
 use crate::DeviceError;
+use crate::EventRegistry;
 
 /// A `VFD_SEND` in progress: its chain is popped but not answered yet.
 #[derive(Debug)]

@@ -18,7 +18,6 @@ use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::chain;
 use super::device::{hung_up, Active};
-use super::events_shim::{EventRegistry, EventSet};
 use super::inbox::InMsg;
 use super::protocol::{PAGE_SIZE, VFD_MAP, VFD_WRITE};
 use super::sys::{self, Received};
@@ -26,6 +25,7 @@ use super::vfd::{Shm, Stream, Vfd, Watch};
 use super::{IN_DATA_MAX, MAX_ALLOC_BYTES, MAX_SEND_VFDS, QUEUE_IN};
 use crate::services::HostServices;
 use crate::DeviceError;
+use crate::{EventRegistry, EventSet};
 
 impl Active {
     /// The fd of vfd `token` reported `ready`.

@@ -32,7 +32,6 @@
 mod chain;
 pub mod command;
 mod device;
-mod events_shim;
 mod exec;
 pub mod fuzzing;
 mod inbox;
@@ -44,7 +43,6 @@ mod tests;
 mod vfd;
 
 pub use device::{ShmRegion, Wl};
-pub use events_shim::{EventRegistry, EventSet};
 
 /// Number of queues: in (0) and out (1).
 pub const NUM_QUEUES: u16 = 2;

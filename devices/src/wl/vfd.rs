@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::command::{HOST_ID_MAX, HOST_ID_MIN};
-use super::events_shim::EventSet;
+use crate::EventSet;
 
 /// Shared memory mapped into the region.
 #[derive(Debug)]

@@ -25,11 +25,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
-use super::events_shim::{EventRegistry, EventSet};
 use super::protocol::*;
 use super::{ShmRegion, Wl};
 use crate::services::{HostServices, ServiceError, ServiceRefusal};
-use crate::{Interrupt, VIRTIO_F_VERSION_1};
+use crate::{EventRegistry, EventSet, Interrupt, VirtioBackend, VIRTIO_F_VERSION_1};
 
 const F_WRITE: u16 = 2;
 const F_NEXT: u16 = 1;

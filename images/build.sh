@@ -60,8 +60,10 @@ KERNEL_PKGS=(linux-source-6.1 build-essential bc flex bison libelf-dev libssl-de
 ROOTFS_PKGS=(busybox-static e2fsprogs cpio gzip)
 # Not image inputs: the test suite boots the test guest under QEMU microvm too (the benchmark's
 # peer), and watches svmm's own system calls with strace in one trial (the order of its VM
-# teardown), so `all` (what tests/run.sh runs) makes sure both are there.
-HARNESS_PKGS=(qemu-system-x86 strace)
+# teardown), and runs a real Wayland compositor for the wayland device (weston, headless, with
+# its screenshooter; wayland-utils' wayland-info lists its globals), so `all` (what
+# tests/run.sh runs) makes sure they are there.
+HARNESS_PKGS=(qemu-system-x86 strace weston wayland-utils)
 
 ensure_packages() {
     command -v dpkg-query >/dev/null || die "this script expects a Debian host (dpkg/apt); needed: $*"

@@ -12,6 +12,7 @@
 //! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
 //! | [`share`]   | shared directories for the virtio-fs trials: layout, canary, tree, inotify |
 //! | [`suite`]   | a thin libtest-mimic wrapper: ignored trials always carry their reason   |
+//! | [`weston`]  | a headless weston on a private socket: globals, screenshots, its connections |
 //! | [`bench`]   | the benchmark harness (`svmm-bench`, `tests/bench.sh`): svmm sandboxed vs in-process vs QEMU |
 //!
 //! Typical use:
@@ -38,6 +39,7 @@ pub mod running;
 pub mod share;
 pub mod suite;
 pub mod vm;
+pub mod weston;
 
 pub use host::{has_hw_virt, require_kvm};
 pub use output::{VmError, VmOutput};

@@ -5,7 +5,7 @@
 //!   `testguest: wl global NAME INTERFACE VERSION` (the harness compares them with
 //!   `wayland-info` against the same compositor) and requires `wl_compositor`, `wl_shm` and
 //!   `xdg_wm_base`.
-//! - `wl_shm`: an `xdg_toplevel` showing a shared-memory buffer the guest allocated with
+//! - `wl_shm`: a fullscreen `xdg_toplevel` showing a shared-memory buffer the guest allocated with
 //!   `VFD_NEW` (in the device's shared-memory region, mapped here) and filled with
 //!   [`pattern`]; attach, damage, frame callback, commit, and once the frame is done prints
 //!   `testguest: wl_shm ready width=W height=H seed=S` and waits for a console line (the
@@ -155,6 +155,8 @@ pub fn run_shm(ctx: &Ctx) -> Outcome {
     let toplevel = c.new_id();
     c.send(&mut Msg::new(xdg_surface, 1).uint(toplevel), &[])?;
     c.send(&mut Msg::new(toplevel, 2).string("svmm testguest"), &[])?;
+    // Fullscreen: the compositor configures the output's size and shows it at the origin.
+    c.send(&mut Msg::new(toplevel, 11).uint(0), &[])?;
     c.send(&mut Msg::new(surface, 6), &[])?;
     let (serial, w, h) = configure(&mut c, xdg_surface, toplevel)?;
     let (w, h) = if w == 0 || h == 0 {

@@ -1,57 +1,25 @@
-//! Copy-in of descriptor chains: the only code of virtio-wl that reads guest memory.
+//! Copy-in of virtio-wl's descriptor chains, on the crate's shared chain walk
+//! (`crate::chain::walk`: every descriptor read once, structure and bounds checked).
 //!
 //! An out-queue chain is a command (device-readable bytes) followed by room for the response
-//! (device-writable bytes). [`copy_out_chain`] walks the descriptors (virtio-queue's chain
-//! iterator copies each descriptor once, follows one indirect table and stops after `queue
-//! size` entries), checks that readable ones come first and every buffer lies inside guest
-//! memory, and copies the readable bytes **once** into a private buffer of at most
-//! [`super::MAX_COMMAND_BYTES`]. The command is parsed from that copy only.
+//! (device-writable bytes). [`copy_out_chain`] walks it and copies the readable stream **once**
+//! into a private buffer of at most [`super::MAX_COMMAND_BYTES`]; the command is parsed from
+//! that copy only. An in-queue chain is device-writable buffers only ([`writable_segments`]).
+//! Any structural or buffer error makes the chain unusable: the device completes it with 0
+//! bytes and counts an error.
 //!
-//! An in-queue chain is device-writable buffers only ([`writable_segments`]).
-//!
-//! Payload written back goes through [`write_segments`] with volatile copies; no reference
-//! into guest memory is ever made.
+//! Payload written back goes through [`write_segments`] with volatile copies; no reference into
+//! guest memory is ever made.
 
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
-/// A guest buffer, checked to lie inside guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segment {
-    /// Guest-physical start.
-    pub addr: GuestAddress,
-    /// Length (never 0).
-    pub len: u32,
-}
+use crate::chain::{walk, Fetcher, StreamLimits};
+pub use crate::chain::{ChainError, ChainSource, Segment};
 
-/// What is wrong with a chain; the device completes it with 0 bytes and counts an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// A device-readable descriptor after a device-writable one.
-    #[error("readable descriptor after a writable one")]
-    ReadableAfterWritable,
-    /// A readable descriptor in a chain that must be all writable (in queue).
-    #[error("readable descriptor in an in-queue chain")]
-    ReadableInQueue,
-    /// More command bytes than the device accepts.
-    #[error("command longer than {max} bytes")]
-    TooLong {
-        /// The limit.
-        max: usize,
-    },
-    /// A buffer is not entirely inside guest memory.
-    #[error("buffer at {addr:#x} ({len} bytes) outside guest memory")]
-    OutsideMemory {
-        /// Its start.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// Copying from guest memory failed (memory changed under the device: impossible with a
-    /// fixed layout, refused all the same).
-    #[error("reading guest memory failed")]
-    ReadFailed,
-}
+/// Largest response (a `ctrl_vfd_new` is 64 bytes; anything beyond is never written).
+const MAX_RESPONSE: u64 = 4096;
+/// Largest in-queue buffer the device writes into (the driver gives pages).
+const MAX_IN_BUFFER: u64 = 64 * 1024;
 
 /// An out-queue chain after copy-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,68 +30,49 @@ pub struct OutChain {
     pub response: Vec<Segment>,
 }
 
-/// Whether `[addr, addr + len)` lies in `mem`.
-fn inside(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
-    addr.0.checked_add(u64::from(len)).is_some()
-        && GuestMemoryBackend::check_range(mem, addr, len as usize)
-}
-
-/// Copies an out-queue chain in: readable bytes (at most `max_command`) into a private buffer,
-/// writable buffers as segments. Zero-length descriptors are skipped.
+/// Copies the out-queue chain at `head` in: its readable stream (at most `max_command` bytes)
+/// into a private buffer, its writable buffers as segments.
 pub fn copy_out_chain(
     mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
+    source: &ChainSource,
+    head: u16,
     max_command: usize,
 ) -> Result<OutChain, ChainError> {
-    let mut command = Vec::new();
-    let mut response = Vec::new();
-    for desc in chain {
-        let (addr, len) = (desc.addr(), desc.len());
-        if len == 0 {
-            continue;
-        }
-        if !inside(mem, addr, len) {
-            return Err(ChainError::OutsideMemory { addr: addr.0, len });
-        }
-        if desc.is_write_only() {
-            response.push(Segment { addr, len });
-            continue;
-        }
-        if !response.is_empty() {
-            return Err(ChainError::ReadableAfterWritable);
-        }
-        let start = command.len();
-        let end = start
-            .checked_add(len as usize)
-            .filter(|&end| end <= max_command)
-            .ok_or(ChainError::TooLong { max: max_command })?;
-        command.resize(end, 0);
-        mem.read_slice(&mut command[start..end], addr)
-            .map_err(|_| ChainError::ReadFailed)?;
+    let mut fetch = Fetcher::new(mem);
+    let limits = StreamLimits {
+        readable: max_command as u64,
+        writable: MAX_RESPONSE,
+    };
+    let walked = walk(&mut fetch, source, head, limits)?;
+    if let Some(error) = walked.deferred {
+        return Err(error);
     }
-    Ok(OutChain { command, response })
+    let chain = walked.chain;
+    // readable_len <= max_command, a usize.
+    let mut command = vec![0; chain.readable_len as usize];
+    fetch.read_stream(&chain.readable, &mut command)?;
+    Ok(OutChain {
+        command,
+        response: chain.writable,
+    })
 }
 
-/// The writable buffers of an in-queue chain.
+/// The writable buffers of the in-queue chain at `head` (a readable one is an error).
 pub fn writable_segments(
     mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
+    source: &ChainSource,
+    head: u16,
 ) -> Result<Vec<Segment>, ChainError> {
-    let mut segments = Vec::new();
-    for desc in chain {
-        let (addr, len) = (desc.addr(), desc.len());
-        if len == 0 {
-            continue;
-        }
-        if !desc.is_write_only() {
-            return Err(ChainError::ReadableInQueue);
-        }
-        if !inside(mem, addr, len) {
-            return Err(ChainError::OutsideMemory { addr: addr.0, len });
-        }
-        segments.push(Segment { addr, len });
+    let mut fetch = Fetcher::new(mem);
+    let limits = StreamLimits {
+        readable: 0,
+        writable: MAX_IN_BUFFER,
+    };
+    let walked = walk(&mut fetch, source, head, limits)?;
+    match walked.deferred {
+        Some(error) => Err(error),
+        None => Ok(walked.chain.writable),
     }
-    Ok(segments)
 }
 
 /// Total bytes of `segments`.
@@ -139,8 +88,8 @@ pub fn write_segments(mem: &GuestMemoryMmap, segments: &[Segment], bytes: &[u8])
             break;
         }
         let n = (seg.len as usize).min(bytes.len() - written);
-        // The segment was checked to lie in this fixed-layout memory; a failure would be a bug,
-        // and stopping with an honest count is the safe answer.
+        // The walk checked the segment lies in this fixed-layout memory; a failure would be a
+        // bug, and stopping with an honest count is the safe answer.
         if mem
             .write_slice(&bytes[written..written + n], seg.addr)
             .is_err()

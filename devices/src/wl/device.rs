@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use ipc::{DeviceStats, QueueStats};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use super::chain::ChainSource;
 use super::exec::Stalled;
 use super::inbox::Inbox;
 use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
@@ -63,6 +64,9 @@ pub(super) struct Active {
     pub mem: GuestMemoryMmap,
     pub in_queue: Queue,
     pub out_queue: Queue,
+    /// Where each queue's chains live (for the shared chain walk).
+    pub in_source: ChainSource,
+    pub out_source: ChainSource,
     pub interrupt: Arc<dyn Interrupt>,
     /// The driver acknowledged `TRANS_FLAGS`.
     pub trans_flags: bool,
@@ -169,12 +173,21 @@ impl VirtioBackend for Wl {
             return Err(DeviceError::InvalidQueue { index: QUEUE_OUT });
         }
         let event_idx = driver_features & VIRTIO_F_RING_EVENT_IDX != 0;
+        let indirect = driver_features & VIRTIO_F_RING_INDIRECT_DESC != 0;
+        let source = |q: &Queue| ChainSource {
+            desc_table: GuestAddress(q.desc_table()),
+            queue_size: q.size(),
+            indirect,
+        };
+        let (in_source, out_source) = (source(&in_queue), source(&out_queue));
         in_queue.set_event_idx(event_idx);
         out_queue.set_event_idx(event_idx);
         self.state = State::Active(Box::new(Active {
             mem,
             in_queue,
             out_queue,
+            in_source,
+            out_source,
             interrupt,
             trans_flags: driver_features & F_TRANS_FLAGS != 0,
             use_shmem: driver_features & F_USE_SHMEM != 0,
@@ -291,6 +304,24 @@ impl Active {
             (true, true) => VFD_READ,
             (true, false) => VFD_WRITE,
         }
+    }
+
+    /// The next available head of queue `queue`, checked to be one of its descriptors (only
+    /// the index is taken from virtio-queue; the chain is walked by `chain`).
+    pub fn pop(&mut self, queue: u16) -> Result<Option<u16>, DeviceError> {
+        let q = if queue == QUEUE_IN {
+            &mut self.in_queue
+        } else {
+            &mut self.out_queue
+        };
+        let Some(chain) = q.iter(&self.mem).map_err(DeviceError::Queue)?.next() else {
+            return Ok(None);
+        };
+        let (head, size) = (chain.head_index(), q.size());
+        if head >= size {
+            return Err(DeviceError::BadHeadIndex { head, size });
+        }
+        Ok(Some(head))
     }
 
     /// Adds the used element and interrupts if the driver wants it.

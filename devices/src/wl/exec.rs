@@ -9,7 +9,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 use super::chain::{self, Segment};
 use super::command::{self, Command};
@@ -72,18 +72,13 @@ impl Active {
                 .disable_notification(&self.mem)
                 .map_err(DeviceError::Queue)?;
             while self.stalled.is_none() {
-                let chain = match self.out_queue.iter(&self.mem) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => return Err(DeviceError::Queue(e)),
+                let Some(head) = self.pop(QUEUE_OUT)? else {
+                    break;
                 };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let size = self.out_queue.size();
-                if head >= size {
-                    return Err(DeviceError::BadHeadIndex { head, size });
-                }
                 self.stats[usize::from(QUEUE_OUT)].requests += 1;
-                let out = match chain::copy_out_chain(&self.mem, chain, MAX_COMMAND_BYTES) {
+                let copied =
+                    chain::copy_out_chain(&self.mem, &self.out_source, head, MAX_COMMAND_BYTES);
+                let out = match copied {
                     Ok(out) => out,
                     Err(_guest_fault) => {
                         self.stats[usize::from(QUEUE_OUT)].errors += 1;

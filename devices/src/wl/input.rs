@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 use super::chain;
 use super::device::{hung_up, Active};
@@ -256,17 +256,10 @@ impl Active {
                 .disable_notification(&self.mem)
                 .map_err(DeviceError::Queue)?;
             while !self.inbox.is_empty() {
-                let chain = match self.in_queue.iter(&self.mem) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => return Err(DeviceError::Queue(e)),
+                let Some(head) = self.pop(QUEUE_IN)? else {
+                    break;
                 };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let size = self.in_queue.size();
-                if head >= size {
-                    return Err(DeviceError::BadHeadIndex { head, size });
-                }
-                let written = match chain::writable_segments(&self.mem, chain) {
+                let written = match chain::writable_segments(&self.mem, &self.in_source, head) {
                     Ok(segments) => match self.inbox.pop_fitting(chain::capacity(&segments)) {
                         Some(bytes) => {
                             self.stats[usize::from(QUEUE_IN)].requests += 1;

@@ -46,6 +46,9 @@ pub struct BlkOptions {
     /// keeps being polled, notifications still suppressed, before the device re-enables them
     /// and returns (see the module docs).
     pub poll_us: u32,
+    /// Request merging (QEMU's `request-merging`, see `merge`): adjacent reads or writes of
+    /// one batch become one host I/O. On by default.
+    pub merge: bool,
 }
 
 impl Default for BlkOptions {
@@ -56,6 +59,7 @@ impl Default for BlkOptions {
             direct: false,
             queues: 1,
             poll_us: DEFAULT_POLL_US,
+            merge: true,
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Blk {
     direct: Option<DirectIo>,
     /// Idle-poll window of every activation.
     poll: Duration,
+    /// Request merging in every activation.
+    merge: bool,
     engine: Box<dyn Engine>,
     state: State,
 }
@@ -142,6 +148,7 @@ impl Blk {
             id,
             direct,
             poll: Duration::from_micros(u64::from(options.poll_us)),
+            merge: options.merge,
             state: State::Inactive,
         })
     }
@@ -182,6 +189,13 @@ impl Blk {
     #[cfg(test)]
     pub(crate) fn set_engine(&mut self, engine: Box<dyn Engine>) {
         self.engine = engine;
+    }
+
+    /// Takes the engine out, leaving a synchronous one (tests wrap the real engine).
+    #[cfg(test)]
+    pub(crate) fn take_engine_for_test(&mut self) -> Box<dyn Engine> {
+        let sync = Box::new(SyncEngine::new(Arc::clone(&self.image)));
+        std::mem::replace(&mut self.engine, sync)
     }
 
     /// Sets the idle-poll window beyond [`MAX_POLL_US`] (tests: a window no scheduler delay
@@ -315,7 +329,8 @@ impl VirtioBackend for Blk {
                 self.direct,
                 self.id,
             )
-            .with_poll(self.poll),
+            .with_poll(self.poll)
+            .with_merge(self.merge),
         ));
         Ok(())
     }

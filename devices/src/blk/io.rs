@@ -32,6 +32,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::engine::{Completion, Engine, Fallocate, IoVecs, Op, MAX_OPS_PER_REQUEST};
+use super::merge::{Direction, Run};
 use super::poll::{self, PollWindow};
 use super::request::{self, ChainSource, DiskLimits, Range, Request, Segment};
 use super::{status, ID_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
@@ -76,6 +77,9 @@ struct InFlight {
     discard: bool,
     /// A read through a bounce buffer: the guest buffers its bytes go to.
     copy_out: Vec<Segment>,
+    /// The other requests (slots) merged into this one's operation (see `merge`): they
+    /// complete with it.
+    members: Vec<usize>,
 }
 
 /// Everything the device holds between activate and reset.
@@ -93,6 +97,10 @@ pub(crate) struct Active {
     free: Vec<usize>,
     requests_in_flight: usize,
     completions: Vec<Completion>,
+    /// Request merging is on (`BlkOptions::merge`).
+    merge: bool,
+    /// The open run of staged requests (see `merge`), submitted when the batch ends.
+    run: Option<Run>,
 }
 
 impl Active {
@@ -117,7 +125,15 @@ impl Active {
             free: Vec::new(),
             requests_in_flight: 0,
             completions: Vec::new(),
+            merge: false,
+            run: None,
         }
+    }
+
+    /// Turns request merging on or off (off, the default: one host I/O per request).
+    pub(crate) fn with_merge(mut self, merge: bool) -> Self {
+        self.merge = merge;
+        self
     }
 
     /// Gives every queue an idle-poll window of at most `max` (zero, the default: no polling).
@@ -205,17 +221,18 @@ impl Active {
         f(&mut q.queue, &mem).map_err(DeviceError::Queue)
     }
 
-    /// Pops and starts chains while there is room.
+    /// Pops and starts chains while there is room, then submits the batch's open run.
     fn fill(&mut self, index: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
         while self.requests_in_flight < MAX_IN_FLIGHT
-            && engine.in_flight() + MAX_OPS_PER_REQUEST <= engine.capacity()
+            && engine.in_flight() + usize::from(self.run.is_some()) + MAX_OPS_PER_REQUEST
+                <= engine.capacity()
         {
             let Some(head) = self.pop(index)? else {
                 break;
             };
             self.start(index, head, engine)?;
         }
-        Ok(())
+        self.submit_run(engine)
     }
 
     /// The next available head index, checked to be a descriptor of the queue.
@@ -258,6 +275,7 @@ impl Active {
             sync_after: false,
             discard: false,
             copy_out: Vec::new(),
+            members: Vec::new(),
         };
         let status_addr = Some(valid.status);
         let ops = match valid.request {
@@ -271,6 +289,8 @@ impl Active {
                     req.bytes = iov.len() as u64;
                     if iov.bounce_bytes().is_some() {
                         req.copy_out = bufs;
+                    } else if self.merge {
+                        return self.stage(req, Direction::Read, offset, iov, engine);
                     }
                     vec![Op::Read { offset, iov }]
                 }
@@ -280,6 +300,10 @@ impl Active {
                 Some((offset, iov)) => {
                     req.bytes = iov.len() as u64;
                     let dsync = !self.flush;
+                    if self.merge && iov.bounce_bytes().is_none() {
+                        let direction = Direction::Write { dsync };
+                        return self.stage(req, direction, offset, iov, engine);
+                    }
                     vec![Op::Write { offset, iov, dsync }]
                 }
                 None => return self.complete(queue, head, status_addr, status::IOERR, 0, 0),
@@ -317,13 +341,10 @@ impl Active {
             return self.complete(queue, head, status_addr, status::OK, 0, 0);
         }
 
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
+        // Whatever was staged before this request reaches the engine first (a FLUSH's
+        // IO_DRAIN must find every earlier write submitted).
+        self.submit_run(engine)?;
+        let slot = self.take_slot();
         for op in ops {
             match engine.submit(slot as u64, op) {
                 Ok(()) => req.ops_left += 1,
@@ -336,6 +357,85 @@ impl Active {
             return self.finish_request(req, slot);
         }
         self.slots[slot] = Some(req);
+        Ok(())
+    }
+
+    /// A free request slot.
+    fn take_slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Stages a plain read or write for merging: it joins the open run if it continues it,
+    /// else the open run is submitted and it begins a new one.
+    fn stage(
+        &mut self,
+        mut req: InFlight,
+        direction: Direction,
+        offset: u64,
+        iov: IoVecs,
+        engine: &mut dyn Engine,
+    ) -> Result<(), DeviceError> {
+        let slot = self.take_slot();
+        req.ops_left = 1;
+        self.slots[slot] = Some(req);
+        self.requests_in_flight += 1;
+        match &mut self.run {
+            Some(run) if run.continues(direction, offset, &iov) => {
+                run.push(iov, slot);
+                Ok(())
+            }
+            _ => {
+                self.submit_run(engine)?;
+                self.run = Some(Run::new(direction, offset, iov, slot));
+                Ok(())
+            }
+        }
+    }
+
+    /// Submits the open run (if any) as one operation tagged with its first member's slot.
+    fn submit_run(&mut self, engine: &mut dyn Engine) -> Result<(), DeviceError> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        let leader = run.slots[0];
+        let Some(iov) = IoVecs::join(run.parts) else {
+            // Staged parts are never bounce buffers and share one memory: cannot happen.
+            return self.fail_members(&run.slots);
+        };
+        let op = match run.direction {
+            Direction::Read => Op::Read {
+                offset: run.offset,
+                iov,
+            },
+            Direction::Write { dsync } => Op::Write {
+                offset: run.offset,
+                iov,
+                dsync,
+            },
+        };
+        if engine.submit(leader as u64, op).is_err() {
+            return self.fail_members(&run.slots);
+        }
+        if let Some(req) = self.slots.get_mut(leader).and_then(Option::as_mut) {
+            req.members = run.slots[1..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Completes the staged requests in `slots` with `IOERR` (their operation failed).
+    fn fail_members(&mut self, slots: &[usize]) -> Result<(), DeviceError> {
+        for &slot in slots {
+            if let Some(mut req) = self.slots.get_mut(slot).and_then(Option::take) {
+                req.status = status::IOERR;
+                self.finish_request(req, slot)?;
+            }
+        }
         Ok(())
     }
 
@@ -438,10 +538,23 @@ impl Active {
                 Err(_) => req.status = status::IOERR,
             }
         }
-        match self.slots.get_mut(slot).and_then(Option::take) {
-            Some(req) => self.finish_request(req, slot),
-            None => Ok(()),
+        let Some(mut req) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return Ok(());
+        };
+        // A merged operation: its members share its outcome, and complete after it in the
+        // order the driver made them available.
+        let members = std::mem::take(&mut req.members);
+        let outcome = req.status;
+        self.finish_request(req, slot)?;
+        for member in members {
+            if let Some(mut m) = self.slots.get_mut(member).and_then(Option::take) {
+                if outcome != status::OK {
+                    m.status = outcome;
+                }
+                self.finish_request(m, member)?;
+            }
         }
+        Ok(())
     }
 
     /// Completes a request whose operations are all done and frees its slot.

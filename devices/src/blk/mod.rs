@@ -93,6 +93,7 @@ mod device;
 mod engine;
 pub mod fuzzing;
 mod io;
+mod merge;
 mod poll;
 pub mod request;
 #[cfg(test)]

@@ -85,6 +85,7 @@ fn blk_options(params: &BlkParams) -> BlkOptions {
         direct: params.direct,
         queues: params.queues,
         poll_us: params.poll_us,
+        merge: true,
     }
 }
 

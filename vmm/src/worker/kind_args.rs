@@ -107,6 +107,8 @@ fn blk_options(args: &[(&str, &OsString)]) -> Result<BlkOptions, KindArgsError> 
         queues: queues.ok_or(KindArgsError::Missing("blk-queues"))?,
         direct: direct.ok_or(KindArgsError::Missing("blk-direct"))?,
         poll_us: poll.ok_or(KindArgsError::Missing("blk-poll-us"))?,
+        // No command-line switch yet: merging is always on in a worker.
+        merge: true,
     })
 }
 
@@ -164,6 +166,7 @@ mod tests {
             direct: false,
             queues: 4,
             poll_us: 64,
+            merge: true,
         });
         let mut args = os(&["--seccomp=trap"]);
         args.extend(to_args(&config).into_iter().map(OsString::from));

@@ -122,6 +122,31 @@ impl IoVecs {
         }
     }
 
+    /// One list made of `parts` in order (request merging). Bounce buffers cannot be joined
+    /// (their bytes are copied by request); `None` if a part is one, if the parts name
+    /// different guest memories, or if `parts` is empty.
+    pub(crate) fn join(parts: Vec<IoVecs>) -> Option<IoVecs> {
+        let mut parts = parts.into_iter();
+        let mut joined = parts.next()?;
+        if joined.bounce.is_some() {
+            return None;
+        }
+        for part in parts {
+            let same_memory = match (&joined._mem, &part._mem) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if part.bounce.is_some() || !same_memory {
+                return None;
+            }
+            // Every part's pointers name the one guest memory `joined` keeps mapped, so they
+            // stay valid in `joined`.
+            joined.iov.extend_from_slice(&part.iov);
+            joined.len += part.len;
+        }
+        Some(joined)
+    }
+
     /// Total bytes the iovecs cover.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -146,8 +171,9 @@ impl IoVecs {
         self.iov.as_ptr()
     }
 
-    /// Number of iovecs (at most a few per descriptor, and chains are at most 256 long).
-    pub(super) fn count(&self) -> u32 {
+    /// Number of iovecs (at most a few per descriptor, and chains are at most 256 long; a
+    /// merged run at most `merge::MAX_MERGE_IOVECS`).
+    pub(crate) fn count(&self) -> u32 {
         u32::try_from(self.iov.len()).unwrap_or(u32::MAX)
     }
 

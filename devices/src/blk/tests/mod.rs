@@ -10,6 +10,7 @@
 mod device;
 mod flush;
 pub(crate) mod guard;
+mod merge;
 mod parse;
 mod poll;
 mod tocttou;

@@ -2,7 +2,8 @@
 //!
 //! [`Rng`] implements [`VirtioBackend`]. Its queue loop is the one in virtio-queue's `Queue`
 //! docs: disable notifications, pop every available chain, parse it (`request::parse`), execute
-//! it ([`Active::fill`]), `add_used`, interrupt if `needs_notification` says so, then re-enable
+//! it ([`Active::fill`]), `add_used`, interrupt if the driver wants it (`needs_notification`: its
+//! `used_event`; and `notify`: its `VIRTQ_AVAIL_F_NO_INTERRUPT` flag without `EVENT_IDX`), then re-enable
 //! notifications and go round again if the driver added chains meanwhile.
 
 use std::fs::File;
@@ -14,8 +15,10 @@ use ipc::{DeviceStats, QueueStats};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use super::drbg::Drbg;
 use super::request::{self, EntropyRequest};
 use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES, SECCOMP_PROFILE};
+use crate::notify::interrupts_suppressed;
 use crate::{
     activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
@@ -60,11 +63,19 @@ struct Filled {
 }
 
 impl Rng {
-    /// A device reading from `source`, normally `/dev/urandom` opened before confinement. The
-    /// file's fd is reported in [`SandboxNeeds::keep_fds`].
+    /// A device reading from `source`, normally `/dev/urandom` opened before confinement
+    /// (`source=urandom`: one `read` per request). The file's fd is reported in
+    /// [`SandboxNeeds::keep_fds`].
     pub fn new(source: File) -> Self {
         let fd = source.as_raw_fd();
         Self::build(Box::new(source), Some(fd))
+    }
+
+    /// A device fed by its own ChaCha20 generator ([`Drbg`], seeded from `getrandom` when it
+    /// was built: build it before confinement). No fd to keep; `getrandom` (its reseeds) is in
+    /// the base seccomp profile.
+    pub fn with_drbg(drbg: Drbg) -> Self {
+        Self::build(Box::new(drbg), None)
     }
 
     /// A device reading from any reader (tests, in-process use). No fd is reported to the
@@ -141,6 +152,7 @@ impl Active {
                     .queue
                     .needs_notification(mem)
                     .map_err(DeviceError::Queue)?
+                    && !interrupts_suppressed(&self.queue, mem)
                 {
                     self.interrupt.signal_used_queue();
                 }

@@ -1,20 +1,31 @@
 //! virtio-rng: an entropy device (virtio spec 1.2, section 5.4).
 //!
-//! One queue of device-writable buffers; the device fills each with bytes from a host entropy
-//! source and returns it. The source is an already-open file (the broker opens `/dev/urandom`
-//! before the worker is confined) or, in tests, any reader. The device has no config space.
+//! One queue of device-writable buffers; the device fills each with random bytes and returns
+//! it. The device has no config space. Where the bytes come from:
+//!
+//! - its own generator ([`Drbg`], [`Rng::with_drbg`]): ChaCha20 keyed from the kernel's
+//!   `getrandom` before confinement, key erased after every request, re-keyed from the kernel
+//!   every [`drbg::RESEED_BYTES`] or [`drbg::RESEED_INTERVAL`]; no system call per request.
+//!   `drbg` says why this is as strong as reading `/dev/urandom` for every request;
+//! - an already-open file ([`Rng::new`], `source=urandom`: the broker opens `/dev/urandom`
+//!   before the worker is confined; one `read` per request);
+//! - in tests, any reader.
 //!
 //! - `device`: the [`Rng`] backend and its queue loop.
+//! - `drbg`: the generator.
 //! - `request`: copy-in and validation of one chain into a typed request.
 //!
-//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the entropy fd, no paths.
+//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the entropy fd (file source only), no
+//! paths.
 
 mod device;
+pub mod drbg;
 mod request;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use device::Rng;
+pub use drbg::Drbg;
 
 /// Number of queues (`requestq` only).
 pub const NUM_QUEUES: u16 = 1;

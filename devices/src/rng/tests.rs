@@ -421,6 +421,58 @@ fn interrupts_only_when_needed() {
 }
 
 #[test]
+fn no_interrupt_flag_is_honoured_without_event_idx() {
+    // VIRTQ_AVAIL_F_NO_INTERRUPT set: chains are served, no interrupt.
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    mem.write_obj(1u16, vq.avail_addr()).unwrap();
+    let (mut rng, irq) = active(&mem, &vq, Counter(0), VIRTIO_F_VERSION_1);
+    for i in 0..3 {
+        push_chain(&vq, i, &[desc(BUF + 0x10 * u64::from(i), 4, F_WRITE, 0)]);
+    }
+    rng.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!(used_idx(&mem), 3);
+    assert_eq!(irq.used.load(Ordering::SeqCst), 0);
+    // Cleared again: interrupts resume.
+    mem.write_obj(0u16, vq.avail_addr()).unwrap();
+    push_chain(&vq, 3, &[desc(BUF + 0x40, 4, F_WRITE, 0)]);
+    rng.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!(irq.used.load(Ordering::SeqCst), 1);
+
+    // With EVENT_IDX the flag means nothing: used_event decides (0: interrupt at the first).
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    mem.write_obj(1u16, vq.avail_addr()).unwrap();
+    let features = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX;
+    let (mut rng, irq) = active(&mem, &vq, Counter(0), features);
+    push_chain(&vq, 0, &[desc(BUF, 4, F_WRITE, 0)]);
+    rng.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!(irq.used.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn drbg_fills_every_chain_in_full() {
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    push_chain(&vq, 0, &[desc(BUF, 256, F_WRITE, 0)]);
+    push_chain(&vq, 1, &[desc(BUF + 0x200, 256, F_WRITE, 0)]);
+    let mut rng = Rng::with_drbg(crate::rng::Drbg::new().unwrap());
+    assert!(rng.sandbox_needs().keep_fds.is_empty());
+    rng.activate(
+        VIRTIO_F_VERSION_1,
+        mem.clone(),
+        vec![queue_of(&vq)],
+        Arc::new(Recorder::default()),
+    )
+    .unwrap();
+    rng.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!((used(&mem, 0), used(&mem, 1)), ((0, 256), (1, 256)));
+    let (a, b) = (read_back(&mem, BUF, 256), read_back(&mem, BUF + 0x200, 256));
+    assert_ne!(a, b);
+    assert_ne!(a, vec![0; 256]);
+}
+
+#[test]
 fn entropy_source_short_and_failing() {
     // EOF after 10 bytes: the chain gets 10 bytes, the device keeps going.
     let mem = memory();

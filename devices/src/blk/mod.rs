@@ -9,6 +9,7 @@
 //!   validated there and turned into a typed [`Request`].
 //! - `io`: the queue loop: pop, parse, turn a request into engine operations, complete requests
 //!   in the order the engine finishes them.
+//! - `merge`: request merging, adjacent reads or writes of one batch as one host I/O.
 //! - `poll`: the idle-poll window of a queue and how it adapts.
 //! - `engine`: where operations run: io_uring, or synchronous `preadv2`/`pwritev2`. The only
 //!   module of this crate with `unsafe` code (building iovecs into guest memory and handing them
@@ -36,6 +37,16 @@
 //! Without io_uring (no [`Blk::prepare_engine`], or a kernel that refuses the ring) the device
 //! uses a synchronous engine (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics,
 //! depth 1.
+//!
+//! # Request merging
+//!
+//! With [`BlkOptions::merge`] (the default), plain reads and writes popped in one batch whose
+//! sectors continue each other go to the engine as one vectored operation (QEMU's
+//! `request-merging`): one host request, and for durable writes one cache flush, per run instead
+//! of per request. Nothing is reordered; a run ends at a gap, a change of direction, a request
+//! that is not a plain read or write (a `FLUSH` still starts after every earlier write), a
+//! bounce-buffered request, 2 MiB or 1024 iovecs. All members of a run complete together; if
+//! the host I/O fails, every member completes with `IOERR`. See `merge`.
 //!
 //! # Idle polling
 //!

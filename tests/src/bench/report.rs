@@ -5,13 +5,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::figures::{Figure, Section};
+use super::findings;
 use super::runner::Results;
 use super::setup::{Machine, Plan};
 use super::stats::{self, fmt3, Check, Samples, Verdict};
 use super::{Config, Mode, RunKind};
-
-/// The hand-written analysis of the gaps (`findings.md`), part of every BENCHMARKS.md.
-const FINDINGS: &str = include_str!("findings.md");
 
 /// Everything the report shows.
 pub struct Report<'a> {
@@ -343,7 +341,11 @@ pub fn markdown(r: &Report) -> String {
         "The chart shows every boot and device figure relative to svmm in-process (= 1, higher is \
          better: for times and latencies the inverse ratio), medians with min–max bars.\n"
     );
-    let _ = writeln!(out, "{FINDINGS}");
+    let _ = writeln!(
+        out,
+        "{}",
+        findings::render(findings::TEMPLATE, r.figures, samples)
+    );
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(
         out,

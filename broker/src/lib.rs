@@ -29,7 +29,10 @@ pub use confine::{
     REQUIRED_LANDLOCK_ABI,
 };
 pub use preexec::ChildStage;
-pub use resources::{open_host_file, Access, DeviceFds, HostFile, Lock, ResourceError};
+pub use resources::{
+    open_directory, open_host_file, Access, CustomOpener, DeviceFds, FileTypes, HelperProcess,
+    HelperSpec, HostFile, HostResource, Lock, OpenedResource, Origin, ResourceError, SocketKind,
+};
 pub use spawn::{
     self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, WorkerIds, WorkerSpec, MAX_WORKER_FDS,
     NS_WORKER_ID,

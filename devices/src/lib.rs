@@ -13,6 +13,9 @@
 //!   [`VirtioBackend::process_event`] calls, used unchanged by workers and in-process threads.
 //! - [`EventRegistry`] is how a backend adds event sources of its own (tap fds, timerfds,
 //!   sockets) to that loop without knowing it.
+//! - [`kind`] is what a device *kind* declares about itself — its command-line grammar and
+//!   config, host resources, sandbox needs and how its backend is built — as the [`Kind`]
+//!   trait each kind implements in its own folder (`<kind>/kind.rs`).
 //! - [`rng`] is virtio-rng.
 //! - [`blk`] is virtio-blk.
 //! - [`wl`] is virtio-wl (Wayland): it asks the VMM for host services through [`services`].
@@ -38,11 +41,10 @@
 #![deny(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use events::{EventRegistry, EventSet, NoEvents};
+pub use kind::{DeviceConfig, DeviceKind, Kind};
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 
@@ -52,6 +54,7 @@ pub mod chain;
 pub mod events;
 pub mod fs;
 pub mod irq_status;
+pub mod kind;
 mod notify;
 pub mod rng;
 pub mod runner;
@@ -158,26 +161,11 @@ pub trait VirtioBackend: Send {
     /// Stops the device and gives back the queues as they are (`None` if not active). The loop
     /// removes the fds the backend added to its [`EventRegistry`] itself.
     fn reset(&mut self) -> Option<Vec<Queue>>;
-    /// What the sandbox must grant this device (profile name, fds kept, paths). The broker
-    /// consumes this and never matches on device type.
-    fn sandbox_needs(&self) -> SandboxNeeds;
     /// Counters since activation, one entry per queue. Devices without counters keep the
     /// default (no entries).
     fn stats(&self) -> ipc::DeviceStats {
         ipc::DeviceStats::default()
     }
-}
-
-/// What a device's sandbox must leave it, declared next to the device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxNeeds {
-    /// Name of the seccomp profile in the `seccomp-profiles` crate (`"rng"`, ...).
-    pub seccomp_profile: &'static str,
-    /// Host-resource fds the worker must keep open (passed in addition to the control socket,
-    /// guest memory, ioeventfds, irqfd and status word).
-    pub keep_fds: Vec<RawFd>,
-    /// Paths Landlock must grant (empty for every device but fs).
-    pub landlock_paths: Vec<PathBuf>,
 }
 
 /// Why a device refused an activation or stopped serving its queues.

@@ -20,7 +20,13 @@
 
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use bincode::error::{DecodeError, EncodeError};
-use bincode::{Decode, Encode};
+pub use bincode::{Decode, Encode};
+
+/// The bincode crate, for the derive macros of types other crates encode through this module
+/// (`#[derive(ipc::Encode, ipc::Decode)] #[bincode(crate = "ipc::codec::bincode")]`): one bincode,
+/// one configuration, wherever a type is defined.
+#[doc(hidden)]
+pub use bincode;
 
 /// Largest encoded message, in bytes, in either direction.
 pub const MAX_MESSAGE_SIZE: usize = 4096;

@@ -26,7 +26,7 @@ pub mod service;
 pub mod validate;
 
 pub use channel::{Channel, ChannelError, MAX_FDS};
-pub use codec::{decode, encode, CodecError, MAX_MESSAGE_SIZE};
+pub use codec::{decode, encode, CodecError, Decode, Encode, MAX_MESSAGE_SIZE};
 pub use messages::{
     DeviceErrorKind, DeviceStats, QueueConfig, QueueStats, VmmToWorker, WorkerToVmm,
 };

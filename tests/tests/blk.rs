@@ -10,7 +10,8 @@
 //!   67); read-only devices share an image.
 //! - Bad images (missing, a directory, 1000 bytes): one line naming the image, exit 65.
 //! - The blk worker seen from `/proc`: the image and the io_uring instance in its fd table,
-//!   its `--blk-*` arguments, seccomp; `--print-sandbox` shows the same powers.
+//!   the very command line (config included) `--print-sandbox` shows, seccomp;
+//!   `--print-sandbox` shows the same powers.
 
 use std::path::Path;
 use std::time::Duration;
@@ -269,15 +270,40 @@ fn direct_io() -> TrialResult {
     Ok(())
 }
 
-/// The sandboxed blk worker from `/proc` while the guest idles: its arguments carry the blk
-/// parameters, it holds the image (after its two queue eventfds) and an io_uring instance, and
-/// runs under seccomp.
+/// The hex of `text`, as it appears inside a worker's `--config=` (strings travel as bytes).
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `--config=...` argument of the worker command line in `svmm --print-sandbox` for `spec`.
+fn planned_config(spec: &str) -> Result<String, String> {
+    let out = TestVm::new(Backend::Svmm)
+        .arg("--print-sandbox")
+        .device(spec)
+        .timeout(Duration::from_secs(30))
+        .run()
+        .map_err(|e| e.to_string())?;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("command line: "))
+        .ok_or_else(|| out.report())?;
+    line.split_whitespace()
+        .find(|w| w.starts_with("--config="))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no --config= in {line:?}"))
+}
+
+/// The sandboxed blk worker from `/proc` while the guest idles: its command line is the one
+/// `--print-sandbox` plans (its config carries the id), it holds the image (after its two queue
+/// eventfds) and an io_uring instance, and runs under seccomp.
 fn worker_holds_image_and_ring() -> TrialResult {
     let dir = paths::TempDir::new("blk-worker");
     let image = dir.file("disk.img", &disk::fresh_image());
+    let spec = blk_spec(&image, ",queues=2,id=worker-test");
     let mut vm = guest(
         "testguest.run=blk_write testguest.sleep_ms=30000",
-        blk_spec(&image, ",queues=2,id=worker-test"),
+        spec.clone(),
     )
     .spawn()?;
     vm.wait_for_line(SLEEPING, TIMEOUT)?;
@@ -289,9 +315,15 @@ fn worker_holds_image_and_ring() -> TrialResult {
     let fds = procfs::fds(worker)?;
     let status = procfs::status(worker)?;
     let mut problems = Vec::new();
-    let args = "__worker blk --blk-ro=0 --blk-id=worker-test --blk-queues=2 --blk-direct=0 --blk-poll-us=32 ";
-    if !cmdline.contains(args) {
-        problems.push(format!("command line {cmdline:?} lacks {args:?}"));
+    // The report plans without opening the image, so it works while the VM holds it.
+    let config = planned_config(&spec)?;
+    for part in ["__worker blk --seccomp=trap --sandbox-", config.as_str()] {
+        if !cmdline.contains(part) {
+            problems.push(format!("command line {cmdline:?} lacks {part:?}"));
+        }
+    }
+    if !config.contains(&hex("worker-test")) {
+        problems.push(format!("{config} does not carry the id"));
     }
     // 3 control, 4 RAM, 5 status page, 6 irqfd, 7 stop, 8-9 queues, 10 the image.
     let want = image.display().to_string();
@@ -385,13 +417,16 @@ fn print_sandbox_blk() -> TrialResult {
     let ro = report(",ro,id=root")?;
     let needles = [
         (&rw, "== blk#0: sandboxed worker process".to_string()),
-        (&rw, "command line: svmm __worker blk --blk-ro=0 --blk-id=disk.img --blk-queues=2 --blk-direct=0 --blk-poll-us=32 --seccomp=trap --sandbox-".to_string()),
+        (&rw, "command line: svmm __worker blk --seccomp=trap --sandbox-".to_string()),
+        (&rw, " --config=".to_string()),
+        (&rw, hex("disk.img")),
         (&rw, format!("rlimits: NPROC 9, CORE 0, NOFILE 27, FSIZE {}", disk::IMAGE_BYTES)),
         (&rw, "    9  queue 1 notify eventfd".to_string()),
         (&rw, format!("   10  host resource of blk: {path} (read-write, flock LOCK_EX: no other svmm may open it)")),
         (&rw, "  created by the worker itself: an io_uring instance".to_string()),
         (&rw, "seccomp: profile \"blk\" in mode trap".to_string()),
-        (&ro, "command line: svmm __worker blk --blk-ro=1 --blk-id=root --blk-queues=1 --blk-direct=0 ".to_string()),
+        (&ro, "command line: svmm __worker blk --seccomp=trap --sandbox-".to_string()),
+        (&ro, hex("root")),
         (&ro, "rlimits: NPROC 9, CORE 0, NOFILE 26, FSIZE 0".to_string()),
         (&ro, format!("    9  host resource of blk: {path} (read-only, flock LOCK_SH: other readers may share it, no writer)")),
     ];

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
 use crate::layout::VIRTIO_MMIO_SLOTS;
@@ -51,17 +51,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u16,
 
-    /// Add a virtio device, given as KIND[=PATH][,OPTION=VALUE...]. May be repeated; each device
-    /// instance runs in its own sandboxed worker process. Supported kinds: `rng` (virtio-rng fed
-    /// from the host's /dev/urandom) and `blk=PATH[,ro][,id=STR][,direct=on][,queues=N][,poll=N]`
-    /// (virtio-blk on a raw image whose size is a multiple of 512: locked exclusively, or shared
-    /// and read-only with `ro`; `id` is what the guest reads as the serial, 1-20 bytes, default
-    /// the file name; `direct=on` opens it O_DIRECT; `queues` 1-16, default 1; `poll` is the
-    /// longest time in µs an idle queue keeps being polled before the device waits for a
-    /// notification again, 0-1000, 0 = off, default 32, shorter while polling finds nothing).
-    /// Every kind takes `sandbox=on|off`: `off` runs the same device code on a thread of svmm
-    /// instead. Devices get the virtio-mmio slots in the order given: slot i at
-    /// 0xd0000000 + i * 0x1000, interrupts 5, 6, 7, 10, 11, ...
+    /// Add a virtio device, given as KIND[=VALUE][,OPTION[=VALUE]...] (the kinds and their
+    /// options: `--help`, written from the registry at run time by `command`).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
 
@@ -119,6 +110,27 @@ pub struct Args {
     /// benchmarks (`tests/bench.sh`).
     #[arg(long)]
     pub report_timings: bool,
+}
+
+/// svmm's command line, its `--device` help written from the registry of device kinds.
+pub fn command() -> clap::Command {
+    let kinds: Vec<String> = crate::kinds::KINDS
+        .iter()
+        .map(|kind| kind.usage())
+        .collect();
+    let short = format!(
+        "Add a virtio device, given as KIND[=VALUE][,OPTION[=VALUE]...]; may be repeated. \
+         Kinds: {}; every kind takes sandbox=on|off",
+        kinds.join("; ")
+    );
+    let long = crate::device_spec::help();
+    Args::command().mut_arg("devices", |arg| arg.help(short).long_help(long))
+}
+
+/// Parses svmm's own command line ([`command`]).
+pub fn parse() -> Result<Args, clap::Error> {
+    let mut matches = command().try_get_matches()?;
+    Args::from_arg_matches_mut(&mut matches)
 }
 
 /// `--seccomp`: what a filter does with a system call its profile does not allow.
@@ -344,13 +356,18 @@ mod tests {
 
     #[test]
     fn devices_are_checked() {
+        use devices::kind::SpecError;
         assert!(matches!(
             args(&["--device", "bogus"]).validate(1024),
-            Err(CliError::Device(DeviceSpecError::UnknownKind { .. }))
+            Err(CliError::Device(DeviceSpecError::Spec(
+                SpecError::UnknownKind { .. }
+            )))
         ));
         assert!(matches!(
             args(&["--device", ",x=1"]).validate(1024),
-            Err(CliError::Device(DeviceSpecError::Syntax(_)))
+            Err(CliError::Device(DeviceSpecError::Spec(SpecError::Syntax(
+                _
+            ))))
         ));
         let many: Vec<&str> = ["--device", "rng"].repeat(VIRTIO_MMIO_SLOTS + 1);
         assert!(matches!(
@@ -361,13 +378,12 @@ mod tests {
 
     #[test]
     fn device_options_and_switches() {
-        use crate::device_spec::DeviceKind;
         let c = args(&["--device", "rng", "--device", "rng,sandbox=off"])
             .validate(1024)
             .unwrap();
         let sandboxed: Vec<bool> = c.devices.iter().map(|d| d.sandbox).collect();
         assert_eq!(sandboxed, [true, false]);
-        assert!(c.devices.iter().all(|d| d.kind() == DeviceKind::Rng));
+        assert!(c.devices.iter().all(|d| d.kind() == "rng"));
         assert!(c.acpi);
         assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
         assert!(!c.report_timings);

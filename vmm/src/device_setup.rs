@@ -1,28 +1,30 @@
-//! Creating the VM's virtio devices: for each `--device`, in order, a virtio-mmio slot, its
-//! interrupt and queue-notification eventfds registered with KVM, the device's worker, the
-//! [`WorkerProxy`] that talks to it, the [`MmioTransport`] on the MMIO bus, and a monitor thread.
+//! Creating the VM's virtio devices, in three passes so that the workers start in parallel:
 //!
 //! ```text
-//!   slot i (addr, 4 KiB, GSI) ─ IrqStatus page ─ irqfd → KVM GSI ─ ioeventfd per queue ← KVM
-//!        │                                                              (QueueNotify, datamatch = i)
-//!        ├─ open_host_resources(spec)          (in the VMM, before any worker exists: the image
-//!        │                                     opened, locked and checked)
-//!        ├─ start_worker(...)                  sandbox=on: broker spawns `svmm __worker KIND`
-//!        │                                     (crate::sandboxed); off: a thread of svmm
-//!        ├─ WorkerProxy::connect (waits for Ready, 5 s); terminate hook = kill the worker
-//!        ├─ MmioTransport on the MMIO bus at addr
-//!        └─ monitor thread (crate::supervisor): socket readable → proxy.service(); pidfd
-//!           readable → reap, one line, DEVICE_NEEDS_RESET, --on-worker-exit
+//!   1. for each --device, in order (deterministic slots, GSIs, worker ids):
+//!        slot i (addr, 4 KiB, GSI) ─ host resources opened and checked (crate::host_resources)
+//!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ control channel,
+//!        irqfd → KVM GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
+//!   2. start every device: sandboxed → the broker spawns `svmm __worker KIND` from its plan
+//!      (crate::sandboxed); sandbox=off → the kind's backend on a thread of svmm
+//!   3. wait for every Ready together, each under its own deadline (5 s from its start)
+//!   then, in order: WorkerProxy (terminate hook = kill the worker), MmioTransport on the MMIO
+//!   bus at addr, monitor thread (crate::supervisor: socket readable → proxy.service(); pidfd
+//!   readable → reap, one line, DEVICE_NEEDS_RESET, --on-worker-exit)
 //! ```
 //!
+//! So a VM with N sandboxed devices waits for about one worker start, not N one after another.
 //! The VM owns one [`Sandbox`] (the broker's spawner thread), made with the first sandboxed
-//! device. When the devices are dropped (VM end, or a set-up failure) every worker process is
-//! killed and reaped; a `kill -9` of svmm kills them through their parent-death signal.
+//! device. Each device keeps its host resources (their locks, helper processes) for as long as
+//! it exists; its worker works on duplicates. When the devices are dropped (VM end, or a
+//! set-up failure) every worker process is killed and reaped; a `kill -9` of svmm kills them
+//! through their parent-death signal.
 //!
 //! The devices must exist before the ACPI tables and the command line are written: both
 //! describe them ([`VirtioDevices::acpi`], [`VirtioDevices::cmdline`]).
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -36,15 +38,17 @@ use crate::cli::VmConfig;
 use crate::control::VmControl;
 use crate::device_spec::DeviceSpec;
 use crate::error::one_line;
+use crate::fd_wait::wait_all_readable;
+use crate::host_resources::{HostResourceError, HostResources};
 use crate::layout::{virtio_mmio_cmdline_entry, virtio_mmio_slot};
 use crate::memory::GuestRam;
 use crate::mmio_bus::{MmioBus, MmioBusError};
+use crate::plan::{self, PlanError, WorkerPlan};
 use crate::sandboxed::{Sandbox, SandboxError};
 use crate::supervisor::{spawn_monitor, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::ProxyError;
-use crate::worker::backend::{self, BackendConfig, BackendError, HostResources};
 use crate::worker::{in_process, WorkerFds};
 
 /// The transport of one device, shared by the MMIO bus, its monitor and the VM's owner.
@@ -78,14 +82,34 @@ pub enum DeviceSetupError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    /// Opening the device's host resources failed, or the backend could not be built.
+    /// The device's host resources could not be opened, or cannot back it.
     #[error("{name}")]
-    Backend {
+    HostResources {
         /// The device.
         name: String,
         /// Why.
         #[source]
-        source: BackendError,
+        source: HostResourceError,
+    },
+    /// The device's worker cannot be planned.
+    #[error("{name}")]
+    Plan {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: PlanError,
+    },
+    /// The in-process backend could not be built from its resources.
+    #[error("{name}: the {kind} device")]
+    Build {
+        /// The device.
+        name: String,
+        /// Its kind.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: devices::kind::BuildError,
     },
     /// The broker could not create the device's control channel or eventfds.
     #[error("{name}")]
@@ -141,6 +165,8 @@ struct Device {
     name: String,
     transport: Transport,
     worker: Worker,
+    /// Its host resources, held as long as the device exists (locks, helper processes).
+    _resources: HostResources,
 }
 
 /// The VM's virtio devices.
@@ -206,6 +232,26 @@ impl VirtioDevices {
     }
 }
 
+/// One device between its set-up and its transport.
+struct Pending {
+    name: String,
+    spec: DeviceSpec,
+    /// Window address, size and GSI.
+    slot: (u64, u64, u32),
+    resources: HostResources,
+    /// The sandboxed worker's plan (`None` in-process).
+    plan: Option<WorkerPlan>,
+    status: IrqStatus,
+    vmm_end: ipc::Channel,
+    irqfd: EventFd,
+    queue_events: Vec<EventFd>,
+    /// The worker's fds until it is started.
+    worker_fds: Option<WorkerFds>,
+    worker: Option<Worker>,
+    /// When its start began (its `Ready` deadline and `--report-timings` count from here).
+    started: Instant,
+}
+
 /// Creates every device of `config`, in order, and puts its transport on `bus`.
 pub fn create(
     vm: &VmFd,
@@ -215,25 +261,76 @@ pub fn create(
     control: &VmControl,
 ) -> Result<VirtioDevices, DeviceSetupError> {
     let mut devices = VirtioDevices::default();
-    for (index, spec) in config.devices.iter().enumerate() {
-        let name = format!("{}#{index}", spec.kind());
-        let (addr, size, irq) =
-            virtio_mmio_slot(index).ok_or_else(|| DeviceSetupError::NoSlot(name.clone()))?;
-        let sandbox = match (spec.sandbox, &mut devices.sandbox) {
+    // 1. In order: slots, host resources, plans, eventfds bound to KVM.
+    let mut pending = Vec::with_capacity(config.devices.len());
+    let mut workers = 0u32;
+    for (index, spec) in (0u32..).zip(&config.devices) {
+        pending.push(set_up(vm, ram, config, spec, index, workers)?);
+        workers += u32::from(spec.sandbox);
+    }
+    // 2. Start them all.
+    for device in &mut pending {
+        let sandbox = match (device.spec.sandbox, &mut devices.sandbox) {
             (false, _) => None,
-            (true, Some(sandbox)) => Some(sandbox),
-            (true, none) => {
-                Some(none.insert(Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?))
-            }
+            (true, Some(sandbox)) => Some(&*sandbox),
+            (true, none) => Some(
+                &*none.insert(Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?),
+            ),
         };
-        let (transport, worker, spawn_time) =
-            create_one(vm, ram, spec, &name, (addr, irq), sandbox)?;
+        start(device, sandbox)?;
+    }
+    // 3. Every Ready, each under its own deadline.
+    let deadlines = Deadlines::default();
+    let waits: Vec<_> = pending
+        .iter()
+        .map(|d| (d.vmm_end.as_fd(), d.started + deadlines.ready))
+        .collect();
+    let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
+        name: pending.first().map_or_else(String::new, |d| d.name.clone()),
+        what: "wait for its worker",
+        source,
+    })?;
+    drop(waits);
+    // Then, in order: proxies, transports, monitors.
+    for (device, ready_at) in pending.into_iter().zip(ready_at) {
+        let Pending {
+            name,
+            slot: (addr, size, irq),
+            resources,
+            status,
+            vmm_end,
+            irqfd,
+            queue_events,
+            worker,
+            started,
+            ..
+        } = device;
+        let worker = worker.expect("started in pass 2");
+        let Some(ready_at) = ready_at else {
+            return Err(DeviceSetupError::Start {
+                name,
+                source: ProxyError::Timeout {
+                    request: "start",
+                    timeout: deadlines.ready,
+                },
+            });
+        };
+        let mut proxy =
+            WorkerProxy::connect(&name, vmm_end, status, irqfd, queue_events, deadlines).map_err(
+                |source| DeviceSetupError::Start {
+                    name: name.clone(),
+                    source,
+                },
+            )?;
         if config.report_timings {
-            eprintln!(
-                "svmm: timing device={name} spawn_us={}",
-                spawn_time.as_micros()
-            );
+            let spawn_us = ready_at.saturating_duration_since(started).as_micros();
+            eprintln!("svmm: timing device={name} spawn_us={spawn_us}");
         }
+        if let Worker::Sandboxed(supervised) = &worker {
+            let supervised = supervised.clone();
+            proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
+        }
+        let transport = Arc::new(Mutex::new(MmioTransport::new(&name, proxy)));
         bus.insert(addr, size, transport.clone())
             .map_err(|source| DeviceSetupError::Bus {
                 name: name.clone(),
@@ -261,48 +358,64 @@ pub fn create(
             name,
             transport,
             worker,
+            _resources: resources,
         });
     }
     Ok(devices)
 }
 
-/// The eventfds, the worker and the transport of one device at `addr` with GSI `irq`, and the
-/// time from the start of spawning its worker (or building its in-process backend) to its Ready
-/// message (`--report-timings`).
-fn create_one(
+/// Pass 1 for device `index` (the `worker`-th sandboxed one if sandboxed): its slot, its host
+/// resources (the user's files first: a missing, locked or unusable image is the likeliest
+/// failure), its plan, and its eventfds registered with KVM.
+fn set_up(
     vm: &VmFd,
     ram: &GuestRam,
+    config: &VmConfig,
     spec: &DeviceSpec,
-    name: &str,
-    (addr, irq): (u64, u32),
-    sandbox: Option<&mut Sandbox>,
-) -> Result<(Transport, Worker, Duration), DeviceSetupError> {
+    index: u32,
+    worker: u32,
+) -> Result<Pending, DeviceSetupError> {
+    let name = format!("{}#{index}", spec.kind());
     let host = |what| {
-        let name = name.to_string();
+        let name = name.clone();
         move |source| DeviceSetupError::Host { name, what, source }
     };
     let kvm = |what| {
-        let name = name.to_string();
+        let name = name.clone();
         move |source| DeviceSetupError::Kvm { name, what, source }
     };
-    let backend_error = |source| DeviceSetupError::Backend {
-        name: name.to_string(),
-        source,
+    let (addr, size, irq) = usize::try_from(index)
+        .ok()
+        .and_then(virtio_mmio_slot)
+        .ok_or_else(|| DeviceSetupError::NoSlot(name.clone()))?;
+    let resources =
+        HostResources::open(&spec.config).map_err(|source| DeviceSetupError::HostResources {
+            name: name.clone(),
+            source,
+        })?;
+    let plan = match spec.sandbox {
+        true => Some(
+            plan::plan(index, worker, spec, &config.sandbox, &|i| resources.size(i)).map_err(
+                |source| DeviceSetupError::Plan {
+                    name: name.clone(),
+                    source,
+                },
+            )?,
+        ),
+        false => None,
     };
-    // The user's files first: a missing, locked or unusable image is the likeliest failure.
-    let resources = backend::open_host_resources(spec).map_err(backend_error)?;
     let status = IrqStatus::create().map_err(host("create its interrupt status page"))?;
-    // The broker makes the channel and eventfds and opens the host files; svmm binds the
-    // eventfds to KVM and keeps its ends.
+    // The broker makes the channel and eventfds; svmm binds the eventfds to KVM and keeps its
+    // ends.
     let broker::DeviceFds {
         vmm: vmm_end,
         worker: worker_end,
         irqfd,
         stop,
         queue_events,
-    } = broker::DeviceFds::new(BackendConfig::of(spec).num_queues()).map_err(|source| {
+    } = broker::DeviceFds::new(spec.config.queues()).map_err(|source| {
         DeviceSetupError::Resources {
-            name: name.to_string(),
+            name: name.clone(),
             source,
         }
     })?;
@@ -312,9 +425,8 @@ fn create_one(
         vm.register_ioevent(fd, &notify, queue)
             .map_err(kvm("queue notification ioeventfd"))?;
     }
-
     let dup = host("duplicate an fd for its worker");
-    let fds = WorkerFds {
+    let worker_fds = WorkerFds {
         control: worker_end,
         guest_ram: ram.memfd.try_clone().map_err(dup)?,
         irq_status: status
@@ -329,75 +441,82 @@ fn create_one(
             .map_err(host("duplicate an fd"))?,
         stop,
     };
-    let spawn_start = Instant::now();
-    let worker = start_worker(spec, name, resources, fds, sandbox)?;
-
-    let mut proxy = WorkerProxy::connect(
+    Ok(Pending {
         name,
-        vmm_end,
+        spec: spec.clone(),
+        slot: (addr, size, irq),
+        resources,
+        plan,
         status,
+        vmm_end,
         irqfd,
         queue_events,
-        Deadlines::default(),
-    )
-    .map_err(|source| DeviceSetupError::Start {
-        name: name.to_string(),
-        source,
-    })?;
-    let spawn_time = spawn_start.elapsed();
-    if let Worker::Sandboxed(supervised) = &worker {
-        let supervised = supervised.clone();
-        proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
-    }
-    let transport = Arc::new(Mutex::new(MmioTransport::new(name, proxy)));
-    Ok((transport, worker, spawn_time))
+        worker_fds: Some(worker_fds),
+        worker: None,
+        started: Instant::now(),
+    })
 }
 
-/// Starts the worker that serves the device: **the one place the broker plugs in**.
+/// Pass 2: starts the worker that serves `device` — **the one place the broker plugs in**.
 ///
-/// `resources` are the device's host files (opened by `backend::open_host_resources` in the
-/// VMM, before any worker exists) and `fds` everything the worker needs from the VMM, already
-/// registered with KVM. Sandboxed, `sandbox` spawns `svmm __worker KIND` with them at
-/// `worker::fd_numbers` (see `crate::sandboxed`); the worker confines itself, builds the
-/// backend with `backend::build` and calls `worker::run_device_confined`. In-process, a thread builds
-/// the same backend and runs the same `run_device_confined`.
-fn start_worker(
-    spec: &DeviceSpec,
-    name: &str,
-    resources: HostResources,
-    fds: WorkerFds,
-    sandbox: Option<&mut Sandbox>,
-) -> Result<Worker, DeviceSetupError> {
-    if let Some(sandbox) = sandbox {
+/// Sandboxed, `sandbox` spawns `svmm __worker KIND` from the device's plan with its fds and
+/// duplicates of its host resources (see `crate::sandboxed`); the worker confines itself,
+/// builds the backend and serves. In-process, the kind builds the same backend from the same
+/// duplicates and a thread serves it with the same code.
+fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSetupError> {
+    let name = device.name.clone();
+    let fds = device.worker_fds.take().expect("started once");
+    let resources = device
+        .resources
+        .worker_fds()
+        .map_err(|source| DeviceSetupError::Host {
+            name: name.clone(),
+            what: "duplicate its host resources",
+            source,
+        })?;
+    device.started = Instant::now();
+    if let (Some(sandbox), Some(plan)) = (sandbox, &device.plan) {
         let worker =
             sandbox
-                .spawn(spec, fds, resources)
+                .spawn(plan, fds, resources)
                 .map_err(|source| DeviceSetupError::Spawn {
-                    name: name.to_string(),
+                    name: name.clone(),
                     source,
                 })?;
-        return Ok(Worker::Sandboxed(Supervised::new(worker)));
+        device.worker = Some(Worker::Sandboxed(Supervised::new(worker)));
+        return Ok(());
     }
-    let backend = backend::build(&BackendConfig::of(spec), resources).map_err(|source| {
-        DeviceSetupError::Backend {
-            name: name.to_string(),
+    let config = &device.spec.config;
+    let backend = config
+        .build(devices::kind::ResourceFds::new(resources))
+        .map_err(|source| DeviceSetupError::Build {
+            name: name.clone(),
+            kind: config.kind(),
             source,
-        }
-    })?;
-    let label = name.to_string();
-    let warn_label = label.clone();
+        })?;
+    let label = name.clone();
+    let warn_label = name.clone();
     let warn = move |warning: &str| eprintln!("svmm: {warn_label}: {warning}");
-    let handle = in_process::spawn(format!("dev-{name}"), backend, fds, warn, move |result| {
+    let on_exit = move |result: &Result<_, _>| {
         if let Err(e) = result {
             eprintln!("svmm: {label}: in-process device stopped: {}", one_line(e));
         }
-    })
+    };
+    let handle = in_process::spawn(
+        format!("dev-{name}"),
+        backend,
+        config.seccomp_profile(),
+        fds,
+        warn,
+        on_exit,
+    )
     .map_err(|source| DeviceSetupError::Host {
-        name: name.to_string(),
+        name,
         what: "start its device thread",
         source,
     })?;
-    Ok(Worker::InProcess(handle))
+    device.worker = Some(Worker::InProcess(handle));
+    Ok(())
 }
 
 /// Locks a transport; a poisoned lock (a panic elsewhere) still holds a usable register state.

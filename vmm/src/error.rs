@@ -58,7 +58,9 @@ impl SvmmError {
             Self::Boot(BootError::CmdlineTooLong(_)) => ExitCode::Usage,
             Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
             Self::Boot(_) => ExitCode::BadInput,
-            Self::Device(DeviceSetupError::Backend { source, .. }) if source.is_bad_input() => {
+            Self::Device(DeviceSetupError::HostResources { source, .. })
+                if source.is_bad_input() =>
+            {
                 ExitCode::BadInput
             }
             Self::Kvm(_) => ExitCode::KvmUnavailable,

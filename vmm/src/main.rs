@@ -13,17 +13,22 @@ mod device_spec;
 mod error;
 mod exit_code;
 mod fd_wait;
+mod host_resources;
+mod kinds;
 mod kvm;
 mod layout;
 mod legacy;
 mod memory;
 mod mmio_bus;
 mod mptable;
+mod plan;
 mod print_sandbox;
 mod sandboxed;
 mod self_confine;
 mod supervisor;
 mod terminal;
+#[cfg(test)]
+mod test_kind;
 mod vcpu;
 // The transport is complete but no device is created yet: vm.rs wires transports next.
 #[allow(dead_code)]
@@ -32,8 +37,6 @@ mod vm;
 mod worker;
 
 use std::io::Write;
-
-use clap::Parser;
 
 use crate::control::VmEvent;
 use crate::error::{one_line, SvmmError};
@@ -49,14 +52,11 @@ fn main() {
 fn run() -> u8 {
     // Hidden worker mode (`svmm __worker KIND`), started by the broker with its fds in place.
     let mut argv = std::env::args_os().skip(1);
-    if argv
-        .next()
-        .is_some_and(|a| a == worker::spawned::WORKER_ARG)
-    {
+    if argv.next().is_some_and(|a| a == worker::args::WORKER_ARG) {
         let rest: Vec<String> = argv.map(|a| a.to_string_lossy().into_owned()).collect();
-        return worker::spawned::main(&rest);
+        return worker::spawned::main(&rest, kinds::KINDS);
     }
-    let args = match cli::Args::try_parse() {
+    let args = match cli::parse() {
         Ok(args) => args,
         Err(e) => return report_clap_error(&e),
     };

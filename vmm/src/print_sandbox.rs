@@ -1,11 +1,12 @@
 //! `svmm --print-sandbox`: what each device's worker, and svmm itself, will be able to do.
 //!
-//! Nothing here describes a sandbox in words of its own. Each device's part is built from the
-//! structures the spawner uses ([`crate::worker::plan`]: the host resources opened the same
-//! way, the fd table, the `broker::ConfineConfig` and its `broker::describe`, the worker's
-//! argv), and each seccomp section from the merged JSON the filter was compiled from
-//! ([`profile`]); svmm's own threads come from [`crate::self_confine::THREAD_POLICY`]. The
-//! report goes to stdout; nothing is spawned and no VM is created.
+//! Nothing here describes a sandbox in words of its own. Each device's part is the plan the
+//! spawner uses ([`crate::plan`]: the fd table with each host resource as its kind declares
+//! it, the `broker::ConfineConfig` and its `broker::describe`, the worker's argv), and each
+//! seccomp section comes from the merged JSON the filter was compiled from ([`profile`]);
+//! svmm's own threads come from [`crate::self_confine::THREAD_POLICY`]. The report goes to
+//! stdout; nothing is spawned, no VM is created, and no host resource is opened, locked or
+//! created (a disk image is only measured, for its worker's `RLIMIT_FSIZE`).
 
 pub mod profile;
 #[cfg(test)]
@@ -17,9 +18,11 @@ use broker::{IdChoice, REQUIRED_LANDLOCK_ABI};
 
 use crate::cli::{Args, CliError, SeccompMode};
 use crate::device_spec::DeviceSpec;
+use crate::host_resources::declared_size;
 use crate::layout::virtio_mmio_slot;
+use crate::plan::{self, PlanError, WorkerPlan};
+use crate::sandboxed::SandboxOptions;
 use crate::self_confine::{THREAD_POLICY, VMM_PROFILE};
-use crate::worker::plan::{self, PlanError, WorkerPlan};
 use profile::ProfileError;
 
 /// Why the report could not be made.
@@ -42,23 +45,36 @@ pub enum PrintSandboxError {
     Profile(#[from] ProfileError),
 }
 
-/// The report for the command line `args` (its `--device`s, `--no-sandbox` and `--seccomp`).
+/// The report for the command line `args` (its `--device`s, `--no-sandbox`, `--seccomp`,
+/// `--worker-ids` and `--allow-missing-landlock`).
 pub fn report_for(args: &Args) -> Result<String, PrintSandboxError> {
-    report(&args.device_specs()?, args.seccomp, args.worker_ids)
+    let options = SandboxOptions {
+        seccomp: args.seccomp.into(),
+        worker_ids: args.worker_ids,
+        allow_missing_landlock: args.allow_missing_landlock,
+    };
+    report(&args.device_specs()?, args.seccomp, &options)
 }
 
-/// The report for `devices` with seccomp filters in `mode` and root workers' ids from `range`.
+/// The report for `devices`, their workers confined as `options` say (filters in `mode`).
 pub fn report(
     devices: &[DeviceSpec],
     mode: SeccompMode,
-    range: broker::IdRange,
+    options: &SandboxOptions,
 ) -> Result<String, PrintSandboxError> {
     let mut out = String::new();
     header(&mut out, devices.len(), mode);
+    let mut workers = 0u32;
     for (index, spec) in (0u32..).zip(devices) {
         let name = format!("{}#{index}", spec.kind());
-        let plan = plan::plan(index, spec, mode.into(), range)
+        let resources = spec.config.resources();
+        let size_of = |i: usize| match resources.get(i) {
+            Some(resource) => declared_size(resource),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let plan = plan::plan(index, workers, spec, options, &size_of)
             .map_err(|source| PrintSandboxError::Plan { name, source })?;
+        workers += u32::from(spec.sandbox);
         out.push('\n');
         device(&mut out, index, &plan, mode)?;
     }
@@ -112,7 +128,12 @@ fn device(
         return in_process(out, plan, &place, mode);
     }
     let _ = writeln!(out, "== {}: sandboxed worker process{place} ==", plan.name);
-    let _ = writeln!(out, "command line: {}", plan.argv.join(" "));
+    let argv: Vec<String> = plan
+        .argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let _ = writeln!(out, "command line: {}", argv.join(" "));
     let _ = writeln!(
         out,
         "  started by the broker's spawner thread: clone3 into new namespaces, then execveat of \
@@ -134,10 +155,13 @@ fn device(
     for fd in &plan.fds {
         let _ = writeln!(out, "  {:>3}  {}", fd.number, fd.what);
     }
-    for what in plan.created {
+    for what in &plan.on_request {
+        let _ = writeln!(out, "  on the worker's request: {what}");
+    }
+    for what in plan.before_filter {
         let _ = writeln!(out, "  created by the worker itself: {what}");
     }
-    let profile = plan.needs.seccomp_profile;
+    let profile = plan.seccomp_profile;
     let violation = match mode {
         SeccompMode::Trap => {
             "any other call is denied with SIGSYS: the worker names it to svmm on its control \
@@ -171,7 +195,10 @@ fn in_process(
     for fd in plan.fds.iter().filter(|fd| fd.number > 2) {
         let _ = writeln!(out, "  {}", fd.what);
     }
-    for what in plan.created {
+    for what in &plan.on_request {
+        let _ = writeln!(out, "  on the device's request: {what}");
+    }
+    for what in plan.before_filter {
         let _ = writeln!(out, "  created by the device thread itself: {what}");
     }
     let violation = match mode {
@@ -184,7 +211,7 @@ fn in_process(
              and logged to the kernel audit log"
         }
     };
-    seccomp(out, plan.needs.seccomp_profile, mode, violation)
+    seccomp(out, plan.seccomp_profile, mode, violation)
 }
 
 /// `IdChoice` as the host sees it.

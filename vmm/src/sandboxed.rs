@@ -4,19 +4,13 @@
 //! The VM owns one [`Sandbox`], created with its first sandboxed device: a long-lived
 //! [`broker::Spawner`] thread (workers' parent-death signal follows the thread that cloned them,
 //! so every spawn happens there), an `O_PATH` fd to svmm's own executable, and the id counter.
-//! For each device [`Sandbox::spawn`]:
-//!
-//! 1. chooses the worker's ids: as root, a host uid/gid of its own from `--worker-ids`
-//!    (`IdChoice::Root`); unprivileged, svmm's own ids seen as 1000 inside the worker's user
-//!    namespace (`IdChoice::Unprivileged`);
-//! 2. lists the fds in `worker::fd_numbers` order — control socket, guest RAM, status page,
-//!    irqfd, stop eventfd, one ioeventfd per queue — and then the host resources the VMM opened
-//!    (`worker::backend::open_host_resources`);
-//! 3. writes the worker's argv: `svmm __worker KIND`, the kind's parameters
-//!    (`worker::kind_args`), `--seccomp=MODE` and the sandbox — with the kind's resource limits
-//!    (`worker::backend::rlimits`) — as `--sandbox-*` arguments
-//!    (`broker::ConfineConfig::to_args`);
-//! 4. hands the spec to the spawner and returns the [`broker::Worker`] (pidfd, kill, reap).
+//! For each device [`Sandbox::spawn`] takes the device's [`WorkerPlan`] (`crate::plan`: its
+//! ids — as root, a host uid/gid of its own from `--worker-ids`; unprivileged, svmm's own ids
+//! seen as 1000 inside the worker's user namespace —, its argv with the sandbox as
+//! `--sandbox-*` arguments and the kind's config), lists the fds in `worker::fd_numbers` order
+//! — control socket, guest RAM, status page, irqfd, stop eventfd, one ioeventfd per queue — and
+//! then the duplicates of its host resources, hands it all to the spawner and returns the
+//! [`broker::Worker`] (pidfd, kill, reap).
 //!
 //! Before the first spawn, [`Sandbox::new`] checks that the kernel enforces Landlock and refuses,
 //! in one line, when it does not (unless `--allow-missing-landlock`).
@@ -33,9 +27,7 @@ use std::sync::Arc;
 use broker::{IdRange, SpawnError, Spawner, WorkerSpec};
 use seccomp_profiles::Mode;
 
-use crate::device_spec::DeviceSpec;
-use crate::worker::backend::{BackendConfig, HostResources};
-use crate::worker::plan;
+use crate::plan::WorkerPlan;
 use crate::worker::WorkerFds;
 
 /// How sandboxed workers are confined (from the command line).
@@ -70,9 +62,14 @@ pub enum SandboxError {
     /// The spawner thread could not be started.
     #[error("cannot start the worker spawner")]
     Spawner(#[source] SpawnError),
-    /// More sandboxed workers than `--worker-ids` has ids.
-    #[error("--worker-ids has no id left for worker number {0}")]
-    IdsExhausted(u32),
+    /// The fds do not match the plan (a set-up bug).
+    #[error("the worker was planned with {planned} fds but is given {given}")]
+    FdCount {
+        /// `--sandbox-fds` of the plan.
+        planned: u32,
+        /// Fds passed.
+        given: usize,
+    },
     /// The broker failed to start the worker.
     #[error("cannot spawn the worker")]
     Spawn(#[source] SpawnError),
@@ -82,9 +79,6 @@ pub enum SandboxError {
 pub struct Sandbox {
     spawner: Spawner,
     exe: Arc<OwnedFd>,
-    options: SandboxOptions,
-    /// Workers started so far (the next root worker's index in `--worker-ids`).
-    started: u32,
     /// Workers share svmm's stderr (for their one-line fatal errors); not when it is a regular
     /// file, which their `RLIMIT_FSIZE` of 0 would refuse to grow.
     share_stderr: bool,
@@ -108,44 +102,40 @@ impl Sandbox {
         Ok(Sandbox {
             spawner,
             exe: Arc::new(exe),
-            options,
-            started: 0,
             share_stderr: !stderr_is_file,
         })
     }
 
-    /// Starts the confined worker of `spec` with `fds` and the device's host `resources`.
+    /// Starts the confined worker `plan` describes with `fds` and `resources` (one slot per
+    /// declared host resource: the fd the worker gets, if the resource has one).
     pub fn spawn(
-        &mut self,
-        spec: &DeviceSpec,
+        &self,
+        plan: &WorkerPlan,
         fds: WorkerFds,
-        resources: HostResources,
+        resources: Vec<Option<OwnedFd>>,
     ) -> Result<broker::Worker, SandboxError> {
-        let ids = plan::worker_ids(self.started, self.options.worker_ids)
-            .map_err(|_| SandboxError::IdsExhausted(self.started))?;
-        let mut config =
-            plan::sandbox_config(&BackendConfig::of(spec), &resources, ids, Vec::new());
         let fds = fd_list(fds, resources);
-        debug_assert_eq!(u32::try_from(fds.len()).ok(), Some(config.fds));
-        config.allow_missing_landlock = self.options.allow_missing_landlock;
-        let worker = self
-            .spawner
+        if u32::try_from(fds.len()).ok() != Some(plan.confine.fds) {
+            return Err(SandboxError::FdCount {
+                planned: plan.confine.fds,
+                given: fds.len(),
+            });
+        }
+        self.spawner
             .spawn(WorkerSpec {
                 exe: self.exe.clone(),
-                args: plan::worker_argv(spec, self.options.seccomp, &config),
+                args: plan.argv.clone(),
                 fds,
-                ids,
+                ids: plan.ids,
                 namespaces: true,
                 inherit_stderr: self.share_stderr,
             })
-            .map_err(SandboxError::Spawn)?;
-        self.started += 1;
-        Ok(worker)
+            .map_err(SandboxError::Spawn)
     }
 }
 
 /// The worker's fds in `worker::fd_numbers` order, then its host resources.
-fn fd_list(fds: WorkerFds, resources: HostResources) -> Vec<OwnedFd> {
+fn fd_list(fds: WorkerFds, resources: Vec<Option<OwnedFd>>) -> Vec<OwnedFd> {
     let WorkerFds {
         control,
         guest_ram,
@@ -162,7 +152,7 @@ fn fd_list(fds: WorkerFds, resources: HostResources) -> Vec<OwnedFd> {
         eventfd(stop),
     ];
     list.extend(queue_events.into_iter().map(eventfd));
-    list.extend(resources.files.into_iter().map(OwnedFd::from));
+    list.extend(resources.into_iter().flatten());
     list
 }
 
@@ -172,26 +162,4 @@ fn eventfd(fd: vmm_sys_util::eventfd::EventFd) -> OwnedFd {
     // SAFETY: into_raw_fd hands over the EventFd's open fd without closing it, so the new
     // OwnedFd is its only owner.
     unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::device_spec;
-
-    #[test]
-    fn worker_args_carry_kind_mode_and_sandbox() {
-        let spec = device_spec::parse("rng").unwrap();
-        let config =
-            broker::ConfineConfig::new(broker::IdChoice::Unprivileged.worker_ids(), 7, Vec::new());
-        let args: Vec<String> = plan::worker_argv(&spec, Mode::Log, &config)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
-        assert_eq!(args[..4], ["svmm", "__worker", "rng", "--seccomp=log"]);
-        assert!(args.contains(&"--sandbox-fds=7".to_string()), "{args:?}");
-        let (back, rest) = broker::ConfineConfig::from_args(&args[4..], Vec::new()).unwrap();
-        assert_eq!(back, config);
-        assert!(rest.is_empty());
-    }
 }

@@ -19,19 +19,18 @@ use super::config::{
 };
 use super::engine::{self, Engine, EngineKind, SyncEngine, UringEngine};
 use super::io::{Active, DirectIo, QueueState};
+use super::kind::{ID, POLL, QUEUES};
 use super::poll::PollWindow;
 use super::request::{ChainSource, DiskLimits};
-use super::{
-    BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_POLL_US, MAX_QUEUES, MAX_QUEUE_SIZE, SECCOMP_PROFILE,
-    SECTOR_SIZE,
-};
+use super::{BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_QUEUE_SIZE, SECTOR_SIZE};
 use crate::{
-    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
-    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
+    activation, DeviceError, EventRegistry, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
 };
 
 /// How the device presents the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct BlkOptions {
     /// Refuse writes, discard and write-zeroes; offer `VIRTIO_BLK_F_RO`.
     pub read_only: bool,
@@ -40,15 +39,33 @@ pub struct BlkOptions {
     pub id: String,
     /// The image fd is (or is made) `O_DIRECT`; `blk_size` is the host's direct-I/O alignment.
     pub direct: bool,
-    /// Number of request queues, `1..=`[`MAX_QUEUES`].
+    /// Number of request queues, `1..=`[`MAX_QUEUES`](super::MAX_QUEUES).
     pub queues: u16,
-    /// Idle-poll window in µs, `0..=`[`MAX_POLL_US`] (0: off): how long a queue that ran dry
+    /// Idle-poll window in µs, `0..=`[`MAX_POLL_US`](super::MAX_POLL_US) (0: off): how long a queue that ran dry
     /// keeps being polled, notifications still suppressed, before the device re-enables them
     /// and returns (see the module docs).
     pub poll_us: u32,
     /// Request merging (QEMU's `request-merging`, see `merge`): adjacent reads or writes of
     /// one batch become one host I/O. On by default.
     pub merge: bool,
+}
+
+impl BlkOptions {
+    /// Checks the options against the ranges the command line accepts (the kind's option
+    /// declarations, `blk::kind`); an empty id is what an image path without a file name
+    /// gives, and is accepted.
+    pub fn check(&self) -> Result<(), BlkError> {
+        if !self.id.is_empty() && !ID.accepts_text(&self.id) {
+            return Err(BlkError::IdTooLong(self.id.clone()));
+        }
+        if !QUEUES.accepts_number(u64::from(self.queues)) {
+            return Err(BlkError::QueueCount(self.queues));
+        }
+        if !POLL.accepts_number(u64::from(self.poll_us)) {
+            return Err(BlkError::PollWindow(self.poll_us));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BlkOptions {
@@ -96,15 +113,7 @@ impl Blk {
     ///
     /// The device starts on the synchronous engine.
     pub fn new(image: File, options: BlkOptions) -> Result<Blk, BlkError> {
-        if options.id.len() > ID_BYTES {
-            return Err(BlkError::IdTooLong(options.id));
-        }
-        if options.queues == 0 || options.queues > MAX_QUEUES {
-            return Err(BlkError::QueueCount(options.queues));
-        }
-        if options.poll_us > MAX_POLL_US {
-            return Err(BlkError::PollWindow(options.poll_us));
-        }
+        options.check()?;
         let inspect = |e: rustix::io::Errno| BlkError::Inspect(e.into());
         let stat = rustix::fs::fstat(image.as_fd()).map_err(inspect)?;
         match FileType::from_raw_mode(stat.st_mode) {
@@ -168,6 +177,14 @@ impl Blk {
         let ring = UringEngine::new(Arc::clone(&self.image), entries)?;
         self.engine = Box::new(ring);
         Ok(EngineKind::IoUring)
+    }
+
+    /// The fds the device holds: the image, and the io_uring instance once
+    /// [`prepare_engine`](Self::prepare_engine) made it.
+    pub fn held_fds(&self) -> Vec<RawFd> {
+        std::iter::once(self.image.as_raw_fd())
+            .chain(self.engine.extra_fd())
+            .collect()
     }
 
     /// The engine the device runs on.
@@ -363,16 +380,6 @@ impl VirtioBackend for Blk {
         match std::mem::replace(&mut self.state, State::Inactive) {
             State::Inactive => None,
             State::Active(active) | State::Broken(active) => Some(active.into_queues()),
-        }
-    }
-
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: SECCOMP_PROFILE,
-            keep_fds: std::iter::once(self.image.as_raw_fd())
-                .chain(self.engine.extra_fd())
-                .collect(),
-            landlock_paths: Vec::new(),
         }
     }
 

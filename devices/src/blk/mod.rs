@@ -15,6 +15,9 @@
 //!   module of this crate with `unsafe` code (building iovecs into guest memory and handing them
 //!   to the kernel).
 //! - `device`: the [`Blk`] backend.
+//! - `kind`: [`BlkKind`], what svmm knows about the kind: `--device blk=PATH[,...]` (its option
+//!   declarations, whose ranges [`BlkOptions::check`] uses too), the image as its one host
+//!   resource, how svmm checks it, its sandbox needs, and the ring made before the filter.
 //!
 //! # I/O model
 //!
@@ -94,16 +97,19 @@
 //! offset or length is not a multiple of `blk_size` (which Linux never sends once it read
 //! `blk_size`) fails with `IOERR`.
 //!
-//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the image fd and (after
-//! [`Blk::prepare_engine`]) the ring's fd in `keep_fds` — the confinement's fd cleanup must spare
-//! both — `RLIMIT_NPROC` [`SANDBOX_NPROC`] for full depth, no file-size limit, no paths. The
-//! worker calls [`Blk::new`] and [`Blk::prepare_engine`] before it confines itself.
+//! Sandbox needs (declared in `kind`): seccomp profile [`SECCOMP_PROFILE`], the image as its
+//! one host resource, `RLIMIT_NPROC` [`SANDBOX_NPROC`] for full depth, `RLIMIT_FSIZE` the
+//! image's size when writable (0 when `ro`), no filesystem access. The worker calls
+//! [`Blk::new`] before it confines itself and [`Blk::prepare_engine`] in the last step before
+//! its seccomp filter, after the confinement closed every fd it did not inherit, so the ring's
+//! fd survives.
 
 mod config;
 mod device;
 mod engine;
 pub mod fuzzing;
 mod io;
+mod kind;
 mod merge;
 mod poll;
 pub mod request;
@@ -114,6 +120,7 @@ use std::io as stdio;
 
 pub use device::{Blk, BlkOptions};
 pub use engine::EngineKind;
+pub use kind::{default_id, BlkConfig, BlkKind};
 pub use request::{MetaMemory, Request};
 
 /// Largest queue size the device accepts.
@@ -196,13 +203,13 @@ pub enum BlkError {
     #[error("the image was opened read-only but the device is writable (add `ro`)")]
     OpenedReadOnly,
     /// `id=` longer than [`ID_BYTES`].
-    #[error("id {0:?} is longer than 20 bytes")]
+    #[error("id={0:?} needs {expected}", expected = kind::ID.expected())]
     IdTooLong(String),
     /// `queues=` outside `1..=MAX_QUEUES`.
-    #[error("queues={0} is outside 1..=16")]
+    #[error("queues={0} needs {expected}", expected = kind::QUEUES.expected())]
     QueueCount(u16),
     /// `poll_us` above [`MAX_POLL_US`].
-    #[error("poll={0} is outside 0..=1000 (µs)")]
+    #[error("poll={0} needs {expected}", expected = kind::POLL.expected())]
     PollWindow(u32),
     /// Setting `O_DIRECT` on an fd opened without it failed.
     #[error("cannot switch the image to O_DIRECT")]

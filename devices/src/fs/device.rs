@@ -26,12 +26,12 @@ use super::config::{self, FEATURES};
 use super::reply::{self, Answer};
 use super::request::{self, Op};
 use super::server::{check_proc, Server};
-use super::{FsError, FsOptions, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, SECCOMP_PROFILE, TAG_LEN};
+use super::{FsError, FsOptions, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, TAG_LEN};
 use crate::chain::ChainSource;
 use crate::notify::interrupts_suppressed;
 use crate::{
-    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
-    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_FS,
+    activation, DeviceError, EventRegistry, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_FS,
 };
 
 /// A virtio-fs device sharing one host directory.
@@ -295,16 +295,6 @@ impl VirtioBackend for Fs {
             State::Active(active) | State::Broken(active) => {
                 Some(active.queues.into_iter().map(|q| q.queue).collect())
             }
-        }
-    }
-
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: SECCOMP_PROFILE,
-            keep_fds: self.host_fds().to_vec(),
-            // The share is granted by its fd (Landlock beneath the inherited directory fd),
-            // not by a path.
-            landlock_paths: Vec::new(),
         }
     }
 

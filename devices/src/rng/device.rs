@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use ipc::{DeviceStats, QueueStats};
@@ -17,11 +16,11 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::drbg::Drbg;
 use super::request::{self, EntropyRequest};
-use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES, SECCOMP_PROFILE};
+use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES};
 use crate::notify::interrupts_suppressed;
 use crate::{
-    activation, DeviceError, EventRegistry, Interrupt, SandboxNeeds, VirtioBackend,
-    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
+    activation, DeviceError, EventRegistry, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
 };
 
 /// Features virtio-rng offers. Indirect descriptors are safe to offer: virtio-queue's chain
@@ -32,8 +31,6 @@ const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_
 pub struct Rng {
     /// Where random bytes come from.
     source: Box<dyn Read + Send>,
-    /// The source's fd when it is a file the sandbox must keep open.
-    source_fd: Option<RawFd>,
     /// Private staging buffer, [`MAX_REQUEST_BYTES`] long; guest memory is written from here.
     buf: Vec<u8>,
     state: State,
@@ -64,30 +61,26 @@ struct Filled {
 
 impl Rng {
     /// A device reading from `source`, normally `/dev/urandom` opened before confinement
-    /// (`source=urandom`: one `read` per request). The file's fd is reported in
-    /// [`SandboxNeeds::keep_fds`].
+    /// (`source=urandom`: one `read` per request).
     pub fn new(source: File) -> Self {
-        let fd = source.as_raw_fd();
-        Self::build(Box::new(source), Some(fd))
+        Self::build(Box::new(source))
     }
 
     /// A device fed by its own ChaCha20 generator ([`Drbg`], seeded from `getrandom` when it
     /// was built: build it before confinement). No fd to keep; `getrandom` (its reseeds) is in
     /// the base seccomp profile.
     pub fn with_drbg(drbg: Drbg) -> Self {
-        Self::build(Box::new(drbg), None)
+        Self::build(Box::new(drbg))
     }
 
-    /// A device reading from any reader (tests, in-process use). No fd is reported to the
-    /// sandbox, so this is only for sources that need none.
+    /// A device reading from any reader (tests).
     pub fn with_reader(source: impl Read + Send + 'static) -> Self {
-        Self::build(Box::new(source), None)
+        Self::build(Box::new(source))
     }
 
-    fn build(source: Box<dyn Read + Send>, source_fd: Option<RawFd>) -> Self {
+    fn build(source: Box<dyn Read + Send>) -> Self {
         Rng {
             source,
-            source_fd,
             buf: vec![0; MAX_REQUEST_BYTES as usize],
             state: State::Inactive,
         }
@@ -294,14 +287,6 @@ impl VirtioBackend for Rng {
         match std::mem::replace(&mut self.state, State::Inactive) {
             State::Inactive => None,
             State::Active(active) | State::Broken(active) => Some(vec![active.queue]),
-        }
-    }
-
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: SECCOMP_PROFILE,
-            keep_fds: self.source_fd.into_iter().collect(),
-            landlock_paths: Vec::new(),
         }
     }
 

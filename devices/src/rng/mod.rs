@@ -11,21 +11,26 @@
 //!   before the worker is confined; one `read` per request);
 //! - in tests, any reader.
 //!
+//! - `kind`: [`RngKind`], what svmm knows about the kind: `--device rng`, its one host
+//!   resource ([`ENTROPY_SOURCE`], read-only), its seccomp profile [`SECCOMP_PROFILE`], nothing
+//!   else beyond the default sandbox.
 //! - `device`: the [`Rng`] backend and its queue loop.
 //! - `drbg`: the generator.
 //! - `request`: copy-in and validation of one chain into a typed request.
-//!
-//! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`], the entropy fd (file source only), no
-//! paths.
 
 mod device;
 pub mod drbg;
+mod kind;
 mod request;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use device::Rng;
 pub use drbg::Drbg;
+pub use kind::{RngConfig, RngKind};
+
+/// Where the device's entropy comes from: svmm opens it read-only before any worker exists.
+pub const ENTROPY_SOURCE: &str = "/dev/urandom";
 
 /// Number of queues (`requestq` only).
 pub const NUM_QUEUES: u16 = 1;

@@ -13,7 +13,7 @@ use super::{run_queues, QueueRunner, RunnerError, Wake};
 use crate::events::{EventRegistry, EventSet, NoEvents};
 use crate::rng::tests::{memory, queue_of, used_idx, Counter, Recorder};
 use crate::rng::Rng;
-use crate::{DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_VERSION_1};
+use crate::{DeviceError, Interrupt, VirtioBackend, VIRTIO_F_VERSION_1};
 
 /// Records which queues it was asked to process; fails for `fail_on`.
 struct Fake {
@@ -60,13 +60,6 @@ impl VirtioBackend for Fake {
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
         None
-    }
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: "none",
-            keep_fds: Vec::new(),
-            landlock_paths: Vec::new(),
-        }
     }
 }
 
@@ -256,13 +249,6 @@ impl VirtioBackend for Watcher {
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
         None
-    }
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: "none",
-            keep_fds: Vec::new(),
-            landlock_paths: Vec::new(),
-        }
     }
 }
 

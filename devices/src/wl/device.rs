@@ -19,12 +19,10 @@ use super::exec::Stalled;
 use super::inbox::Inbox;
 use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
 use super::vfd::{ShmSpace, VfdTable};
-use super::{
-    MAX_CONTEXTS, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, QUEUE_IN, QUEUE_OUT, SECCOMP_PROFILE,
-};
+use super::{MAX_CONTEXTS, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, QUEUE_IN, QUEUE_OUT};
 use crate::services::HostServices;
 use crate::{
-    activation, DeviceError, Interrupt, SandboxNeeds, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
+    activation, DeviceError, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_WL,
 };
 use crate::{EventRegistry, EventSet};
@@ -245,15 +243,6 @@ impl VirtioBackend for Wl {
                 active.close_all(self.services.as_mut());
                 Some(vec![active.in_queue, active.out_queue])
             }
-        }
-    }
-
-    /// What the sandbox must grant.
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: SECCOMP_PROFILE,
-            keep_fds: Vec::new(),
-            landlock_paths: Vec::new(),
         }
     }
 

@@ -2,13 +2,22 @@
 
 use super::profile::{self, Rule};
 use super::*;
-use crate::device_spec::DeviceParams;
 
 fn rng(sandbox: bool) -> DeviceSpec {
     DeviceSpec {
         sandbox,
-        ..DeviceSpec::new(DeviceParams::Rng)
+        ..crate::device_spec::parse("rng").unwrap()
     }
+}
+
+/// The report for `devices`, filters in `mode`, default ids, Landlock required.
+fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSandboxError> {
+    let options = SandboxOptions {
+        seccomp: mode.into(),
+        worker_ids: broker::IdRange::DEFAULT,
+        allow_missing_landlock: false,
+    };
+    super::report(devices, mode, &options)
 }
 
 /// The system calls the report lists as allowed in the seccomp section after `heading`: the
@@ -40,7 +49,7 @@ fn json_syscalls(name: &str) -> Vec<String> {
 
 #[test]
 fn rng_report_lists_every_rule_of_base_and_rng() {
-    let text = report(&[rng(true)], SeccompMode::Trap, broker::IdRange::DEFAULT).unwrap();
+    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
     let listed = allowed_after(&text, "== rng#0: sandboxed worker process");
     // The merged source holds base's rules then rng's: each appears, in order, once per rule.
     assert_eq!(listed, json_syscalls("rng"));
@@ -77,7 +86,7 @@ fn rng_report_lists_every_rule_of_base_and_rng() {
 
 #[test]
 fn rng_report_lists_the_fds_and_every_layer() {
-    let text = report(&[rng(true)], SeccompMode::Trap, broker::IdRange::DEFAULT).unwrap();
+    let text = report(&[rng(true)], SeccompMode::Trap).unwrap();
     for needle in [
         "== rng#0: sandboxed worker process, virtio-mmio at 0xd0000000, GSI 5 ==",
         "command line: svmm __worker rng --seccomp=trap --sandbox-namespaces=1 ",
@@ -109,7 +118,7 @@ fn rng_report_lists_the_fds_and_every_layer() {
 
 #[test]
 fn vmm_section_lists_every_rule_with_its_filters() {
-    let text = report(&[], SeccompMode::Log, broker::IdRange::DEFAULT).unwrap();
+    let text = report(&[], SeccompMode::Log).unwrap();
     assert!(text.starts_with("svmm sandbox report: 0 device(s)\n"));
     let listed = allowed_after(&text, "== svmm itself");
     assert_eq!(listed, json_syscalls("vmm"));
@@ -136,12 +145,7 @@ fn vmm_section_lists_every_rule_with_its_filters() {
 
 #[test]
 fn in_process_device_shows_its_thread_and_profile() {
-    let text = report(
-        &[rng(true), rng(false)],
-        SeccompMode::Trap,
-        broker::IdRange::DEFAULT,
-    )
-    .unwrap();
+    let text = report(&[rng(true), rng(false)], SeccompMode::Trap).unwrap();
     assert!(text.contains("== rng#1: in-process (sandbox=off), thread dev-rng#1 of svmm, virtio-mmio at 0xd0001000, GSI 6 =="));
     let listed = allowed_after(&text, "== rng#1: in-process");
     assert_eq!(listed, json_syscalls("rng"));

@@ -4,7 +4,7 @@
 //! channel and its own copies of the fds — so the VMM side cannot tell the two apart, and the
 //! device code is the same. What is missing is the isolation: a compromised device owns svmm.
 //!
-//! First the thread runs the kind's own set-up (`backend::Built::prepare`: virtio-blk's
+//! First the thread runs the kind's own last set-up (`devices::kind::Built::prepare`, e.g. an
 //! io_uring ring, made on the thread that submits to it, so that its io-wq limits apply there);
 //! once its event loop is set up, the thread installs its device's worker seccomp profile on
 //! itself (see `crate::self_confine` for why that profile and not the VMM's).
@@ -12,7 +12,8 @@
 use std::io;
 use std::thread::{self, JoinHandle};
 
-use super::backend::Built;
+use devices::kind::Built;
+
 use super::{run_device_confined, WorkerError, WorkerExit, WorkerFds};
 use crate::self_confine::{self, ThreadRole};
 
@@ -22,11 +23,11 @@ use crate::self_confine::{self, ThreadRole};
 pub fn spawn(
     name: String,
     mut backend: Built,
+    profile: &'static str,
     fds: WorkerFds,
     warn: impl FnOnce(&str) + Send + 'static,
     on_exit: impl FnOnce(&Result<WorkerExit, WorkerError>) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
-    let profile = backend.sandbox_needs().seccomp_profile;
     thread::Builder::new().name(name).spawn(move || {
         if let Some(warning) = backend.prepare() {
             warn(&warning);

@@ -30,13 +30,11 @@
 //! worker answers `DeviceError { Internal }` and returns an error (the VMM then sees the device as
 //! broken). Nothing here panics on what arrives over the channel or sits in guest memory.
 
-pub mod backend;
+pub mod args;
 #[cfg(feature = "test-faults")]
 pub mod fault;
 pub mod in_process;
 mod interrupt;
-pub mod kind_args;
-pub mod plan;
 mod queues;
 mod serve;
 pub mod spawned;
@@ -60,9 +58,13 @@ pub use serve::{prepare, run_device_confined, serve};
 ///   6  irqfd (eventfd registered with KVM on the device's GSI)
 ///   7  stop eventfd (the broker may keep a copy to ask for a graceful stop)
 ///   8.. one ioeventfd per queue, in queue index order (num_queues of them)
-///   then the kind's host resources in `backend::HostResources` order (rng: /dev/urandom;
-///   blk: the image)
+///   then the kind's host resources that have an fd, in the order the kind declares them
+///   (`devices::Kind::resources`)
 /// ```
+///
+/// The VMM side lays the fds out ([`passed`](fd_numbers::passed),
+/// [`first_resource`](fd_numbers::first_resource)) and the worker adopts them with the same
+/// functions.
 pub mod fd_numbers {
     /// The control socket.
     pub const CONTROL: i32 = 3;
@@ -76,6 +78,21 @@ pub mod fd_numbers {
     pub const STOP: i32 = 7;
     /// The first queue eventfd; queue `i` is at `FIRST_QUEUE + i`.
     pub const FIRST_QUEUE: i32 = 8;
+
+    /// The fd of the first host resource of a device with `queues` queues.
+    pub fn first_resource(queues: u16) -> i32 {
+        FIRST_QUEUE + i32::from(queues)
+    }
+
+    /// How many fds a worker of a device with `queues` queues and `resource_fds` host
+    /// resources with an fd inherits at 3, 4, ...
+    pub fn passed(queues: u16, resource_fds: usize) -> u32 {
+        let fixed = (FIRST_QUEUE - CONTROL) as u32;
+        let resources = u32::try_from(resource_fds).unwrap_or(u32::MAX);
+        fixed
+            .saturating_add(u32::from(queues))
+            .saturating_add(resources)
+    }
 }
 
 /// Every fd a device worker needs from the VMM, owned. See [`fd_numbers`] for how a spawned

@@ -1,29 +1,30 @@
-//! `svmm __worker KIND [--KIND-*...] --seccomp=MODE --sandbox-...`: the hidden mode in which a
+//! `svmm __worker KIND --seccomp=MODE --sandbox-... --config=HEX`: the hidden mode in which a
 //! spawned worker process runs one device.
 //!
 //! The broker starts it with the fds at the fixed numbers of [`super::fd_numbers`], then the
-//! kind's host resources, the kind's parameters as `--KIND-*` arguments ([`super::kind_args`],
-//! parsed strictly) and its sandbox as `--sandbox-*` arguments
-//! (`broker::ConfineConfig::to_args`). In this order, before any byte from the VMM or the guest
-//! is read:
+//! kind's host resources that have an fd, and the arguments of [`super::args`]: the sandbox as
+//! `--sandbox-*` (`broker::ConfineConfig::to_args`) and the kind's config in its one encoding.
+//! The kind comes from the registry the caller passes. In this order, before any byte from
+//! the VMM or the guest is read:
 //!
-//! 1. adopt the fds (checking each is open) and build the backend from the host resources
-//!    (which stores and checks them: a disk image's type and size);
-//! 2. take the device's seccomp program (`backend.sandbox_needs().seccomp_profile`, in the
-//!    `--seccomp` mode) and rebuild the sandbox config from the arguments;
+//! 1. decode and validate the kind's config; adopt the fds (checking each is open) and build
+//!    the backend from its host resources (the kind's `build`: a disk image's type and size
+//!    are checked there);
+//! 2. take the kind's seccomp program (in the `--seccomp` mode) and rebuild the sandbox config
+//!    from the arguments;
 //! 3. `broker::confine_with`: empty root, ids, no capabilities, no_new_privs, death signal,
 //!    rlimits, only the listed fds, Landlock, then
 //! 4. right before the seccomp filter, what the filter forbids: the SIGSYS reporter on the
 //!    control socket (`seccomp_profiles::sigsys`: `sigaltstack`, `rt_sigaction`), the kind's
-//!    own set-up (`backend::Built::prepare`: virtio-blk's io_uring ring, `io_uring_setup` and
-//!    `io_uring_register`; here, after step 7, so that its fd survives; if the kernel refuses
-//!    io_uring the worker says so in one line and uses the synchronous engine) and the
-//!    mappings of guest RAM and the interrupt status page ([`prepare`]: `statx`, `fstat`,
-//!    `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of which reads a byte — and the filter last;
+//!    own last set-up (`Kind::prepare`: virtio-blk's io_uring ring, `io_uring_setup` and
+//!    `io_uring_register`; here, after the fd step, so that its fd survives; a kind that must
+//!    make do with less says so in one line) and the mappings of guest RAM and the interrupt
+//!    status page ([`prepare`]: `statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of
+//!    which reads a byte — and the filter last;
 //!
-//! then it [`serve`]s the device exactly as an in-process device's `run_device_confined` does. It exits 0 when the VMM shuts
-//! it down or goes away, 1 on any error (one line on stderr). A worker never runs unconfined:
-//! without its `--sandbox-*` arguments it refuses to start.
+//! then it [`serve`]s the device exactly as an in-process device's thread does. It exits 0
+//! when the VMM shuts it down or goes away, 1 on any error (one line on stderr). A worker never
+//! runs unconfined: without its `--sandbox-*` arguments it refuses to start.
 //!
 //! With the `test-faults` feature, `--fault=MODE` wraps the backend in
 //! [`super::fault::Faulty`].
@@ -34,22 +35,18 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use broker::ConfineConfig;
-use seccomp_profiles::Mode;
+use devices::kind::ResourceFds;
+use devices::{DeviceConfig, DeviceKind};
 
-use super::backend::{self, BackendConfig, HostResources};
-use super::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
-use super::{kind_args, prepare, serve, WorkerFds};
-use crate::device_spec::{DeviceKind, SUPPORTED_KINDS};
+use super::args::{WorkerArgs, SECCOMP_ARG, WORKER_ARG};
+use super::fd_numbers::{self, CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
+use super::{prepare, serve, WorkerFds};
 use crate::error::one_line;
 
-/// The first argument that selects worker mode.
-pub const WORKER_ARG: &str = "__worker";
-/// The worker argument that selects the seccomp filter's mode: `--seccomp=trap|log`.
-pub const SECCOMP_ARG: &str = "--seccomp=";
-
-/// Runs worker mode with `args` (after `__worker`); returns the process exit status.
-pub fn main(args: &[String]) -> u8 {
-    match run(args) {
+/// Runs worker mode with `args` (after `__worker`), for a kind of `kinds`; returns the process
+/// exit status.
+pub fn main(args: &[String], kinds: &[&dyn DeviceKind]) -> u8 {
+    match run(args, kinds) {
         Ok(()) => 0,
         Err(message) => {
             say(&message);
@@ -58,47 +55,52 @@ pub fn main(args: &[String]) -> u8 {
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let Some((kind, options)) = args.split_first() else {
+fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
+    let Some((name, options)) = args.split_first() else {
         return Err(format!(
-            "usage: svmm {WORKER_ARG} KIND {SECCOMP_ARG}trap|log --sandbox-..."
+            "usage: svmm {WORKER_ARG} KIND {SECCOMP_ARG}trap|log --sandbox-... --config=HEX"
         ));
     };
-    let kind = DeviceKind::from_name(kind).ok_or_else(|| {
+    let kind = kinds.iter().find(|k| k.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
         format!(
-            "unknown device kind {kind:?} (supported: {})",
-            SUPPORTED_KINDS.join(", ")
+            "unknown device kind {name:?} (supported: {})",
+            names.join(", ")
         )
     })?;
-    let (mut config, rest) = ConfineConfig::from_args(options, Vec::new())
+    let (mut sandbox, rest) = ConfineConfig::from_args(options, Vec::new())
         .map_err(|e| format!("{} (a worker only runs confined)", one_line(&e)))?;
-    let (device, rest) = kind_args::parse(kind, &rest).map_err(|e| one_line(&e))?;
-    let options = WorkerOptions::parse(&rest)?;
+    let options = WorkerArgs::parse(&rest)?;
+    let config = kind
+        .decode(&options.config)
+        .map_err(|e| format!("{name}: {}", one_line(&e)))?;
 
-    // 1. The fds and the backend (which stores and checks its host files).
-    let (fds, resources) = adopt_fds(&device)?;
-    let expected = fds_passed(&device);
-    if config.fds != expected {
+    // 1. The fds and the backend (which checks its host resources).
+    let (fds, resources) = adopt_fds(&config)?;
+    let expected = expected_fds(&config);
+    if sandbox.fds != expected {
         return Err(format!(
-            "--sandbox-fds={} but a {kind} worker inherits {expected} fds",
-            config.fds
+            "--sandbox-fds={} but a {name} worker inherits {expected} fds",
+            sandbox.fds
         ));
     }
-    let mut built = backend::build(&device, resources).map_err(|e| one_line(&e))?;
+    let mut built = config
+        .build(resources)
+        .map_err(|e| format!("the {name} device: {}", one_line(&e)))?;
 
     // 2. The device's own filter.
-    let profile = built.sandbox_needs().seccomp_profile;
-    config.seccomp = seccomp_profiles::program(profile, options.seccomp)
+    let profile = config.seccomp_profile();
+    sandbox.seccomp = seccomp_profiles::program(profile, options.seccomp)
         .ok_or_else(|| format!("no seccomp profile {profile:?} in this build"))?;
 
     // 3 + 4. Every sandbox layer; right before the filter, what it forbids: the SIGSYS
     // reporter, the device's own set-up and the mappings. Nothing here reads VMM or guest
     // data.
     let mut prepared = None;
-    broker::confine_with(&config, || {
+    broker::confine_with(&sandbox, || {
         seccomp_profiles::sigsys::install_reporter(CONTROL)?;
         if let Some(warning) = built.prepare() {
-            say(&format!("{kind}: {warning}"));
+            say(&format!("{name}: {warning}"));
         }
         prepared = Some(prepare(built.backend(), fds)?);
         Ok(())
@@ -124,63 +126,17 @@ pub fn say(message: &str) {
     let _ = writeln!(std::io::stderr(), "svmm worker: {message}");
 }
 
-/// The worker arguments besides the sandbox's.
-struct WorkerOptions {
-    /// `--seccomp=trap|log` (required).
-    seccomp: Mode,
-    /// `--fault=MODE` (test builds only).
-    #[cfg(feature = "test-faults")]
-    fault: Option<super::fault::Fault>,
+/// How many fds a worker of `config` inherits at 3, 4, ...
+fn expected_fds(config: &DeviceConfig) -> u32 {
+    let resource_fds = config.resources().iter().filter(|r| r.has_fd()).count();
+    fd_numbers::passed(config.queues(), resource_fds)
 }
 
-impl WorkerOptions {
-    fn parse(args: &[std::ffi::OsString]) -> Result<Self, String> {
-        let mut seccomp = None;
-        #[cfg(feature = "test-faults")]
-        let mut fault = None;
-        for arg in args {
-            let text = arg.to_str().unwrap_or_default();
-            if let Some(mode) = text.strip_prefix(SECCOMP_ARG) {
-                seccomp = Some(match mode {
-                    "trap" => Mode::Trap,
-                    "log" => Mode::Log,
-                    _ => return Err(format!("invalid worker argument {arg:?}")),
-                });
-                continue;
-            }
-            #[cfg(feature = "test-faults")]
-            if let Some(name) = text.strip_prefix(super::fault::ARG_PREFIX) {
-                fault = Some(
-                    super::fault::Fault::from_name(name)
-                        .ok_or_else(|| format!("invalid worker argument {arg:?}"))?,
-                );
-                continue;
-            }
-            return Err(format!("unknown worker argument {arg:?}"));
-        }
-        Ok(WorkerOptions {
-            seccomp: seccomp.ok_or_else(|| format!("missing worker argument {SECCOMP_ARG}"))?,
-            #[cfg(feature = "test-faults")]
-            fault,
-        })
-    }
-}
-
-/// How many fds the worker of a `device` inherits at 3, 4, ...: the fixed ones, one per queue,
-/// and the host resources.
-pub fn fds_passed(device: &BackendConfig) -> u32 {
-    let fixed = (FIRST_QUEUE - CONTROL) as u32;
-    let resources = u32::try_from(device.host_resource_count()).unwrap_or(u32::MAX);
-    fixed
-        .saturating_add(u32::from(device.num_queues()))
-        .saturating_add(resources)
-}
-
-/// Takes ownership of the inherited fds of the worker of a `device`.
-fn adopt_fds(device: &BackendConfig) -> Result<(WorkerFds, HostResources), String> {
-    let queues = i32::from(device.num_queues());
-    let resources = i32::try_from(device.host_resource_count()).unwrap_or(i32::MAX);
-    let last = FIRST_QUEUE.saturating_add(queues).saturating_add(resources);
+/// Takes ownership of the inherited fds of a worker of `config`: the fixed ones, the queues',
+/// then one per declared resource that has an fd (the others get an empty slot).
+fn adopt_fds(config: &DeviceConfig) -> Result<(WorkerFds, ResourceFds), String> {
+    let queues = config.queues();
+    let last = CONTROL + i32::try_from(expected_fds(config)).unwrap_or(i32::MAX);
     // Check every number first, so that nothing is adopted unless all are there.
     for fd in CONTROL..last {
         if !is_open(fd) {
@@ -189,20 +145,27 @@ fn adopt_fds(device: &BackendConfig) -> Result<(WorkerFds, HostResources), Strin
     }
     let control = ipc::Channel::try_from_fd(adopt(CONTROL))
         .map_err(|e| format!("fd {CONTROL}: {}", one_line(&e)))?;
+    let first = fd_numbers::first_resource(queues);
     let fds = WorkerFds {
         control,
         guest_ram: File::from(adopt(GUEST_RAM)),
         irq_status: adopt(IRQ_STATUS),
         irqfd: adopt_eventfd(IRQFD),
         stop: adopt_eventfd(STOP),
-        queue_events: (FIRST_QUEUE..FIRST_QUEUE + queues)
-            .map(adopt_eventfd)
-            .collect(),
+        queue_events: (FIRST_QUEUE..first).map(adopt_eventfd).collect(),
     };
-    let files = (FIRST_QUEUE + queues..last)
-        .map(|fd| File::from(adopt(fd)))
+    let mut next = first;
+    let resources = config
+        .resources()
+        .iter()
+        .map(|resource| {
+            resource.has_fd().then(|| {
+                next += 1;
+                adopt(next - 1)
+            })
+        })
         .collect();
-    Ok((fds, HostResources { files }))
+    Ok((fds, ResourceFds::new(resources)))
 }
 
 fn is_open(fd: RawFd) -> bool {

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use devices::irq_status::IrqStatus;
 use devices::rng::Rng;
-use devices::{
-    DeviceError, Interrupt, Queue, SandboxNeeds, VirtioBackend, INT_VRING, VIRTIO_F_VERSION_1,
-};
+use devices::{DeviceError, Interrupt, Queue, VirtioBackend, INT_VRING, VIRTIO_F_VERSION_1};
 use ipc::{Channel, DeviceErrorKind, QueueConfig, VmmToWorker, WorkerToVmm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -82,13 +80,6 @@ impl VirtioBackend for Doubler {
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
         None
-    }
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: "none",
-            keep_fds: Vec::new(),
-            landlock_paths: Vec::new(),
-        }
     }
 }
 
@@ -493,13 +484,6 @@ impl VirtioBackend for Pinger {
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.interrupt = None;
         None
-    }
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        SandboxNeeds {
-            seccomp_profile: "none",
-            keep_fds: Vec::new(),
-            landlock_paths: Vec::new(),
-        }
     }
 }
 

@@ -57,10 +57,7 @@ fn describes_itself() {
     assert_eq!(u16::from_le_bytes([c[34], c[35]]), 1);
     assert_eq!((u32_at(36), u32_at(40), u32_at(44)), (1 << 22, 16, 1));
     assert_eq!((u32_at(48), u32_at(52), c[56]), (1 << 22, 16, 1));
-    let needs = blk.sandbox_needs();
-    assert_eq!(needs.seccomp_profile, "blk");
-    assert_eq!(needs.keep_fds, vec![fd]);
-    assert!(needs.landlock_paths.is_empty());
+    assert_eq!(blk.held_fds(), vec![fd]);
     assert_eq!(blk.engine_kind(), EngineKind::Sync);
 
     let ro = Blk::new(
@@ -123,7 +120,7 @@ fn write_and_read_back(prepare_ring: bool) {
     let mut blk = Blk::new(image.open(true), opts()).unwrap();
     if prepare_ring {
         assert_eq!(blk.prepare_engine().unwrap(), EngineKind::IoUring);
-        assert_eq!(blk.sandbox_needs().keep_fds.len(), 2, "image and ring");
+        assert_eq!(blk.held_fds().len(), 2, "image and ring");
     }
     let (mut blk, mut vqs, irq) = activate(blk, &mem, DRIVER, 1, 64);
     let vq = &mut vqs[0];

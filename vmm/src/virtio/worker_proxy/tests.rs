@@ -301,19 +301,9 @@ fn a_device_error_needs_a_reset_but_is_not_final() {
     let _worker = fake.join().unwrap();
 }
 
-/// 0x11 forever.
-struct Ones;
-
-impl std::io::Read for Ones {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        buf.fill(0x11);
-        Ok(buf.len())
-    }
-}
-
 #[test]
 fn the_real_worker_loop_on_a_thread() {
-    use crate::worker::backend::Built;
+    use crate::host_resources::HostResources;
     use crate::worker::{in_process, WorkerExit, WorkerFds};
     let ram = crate::memory::create_guest_ram(1 << 20).unwrap();
     let status = IrqStatus::create().unwrap();
@@ -329,12 +319,17 @@ fn the_real_worker_loop_on_a_thread() {
         stop: eventfd(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let backend = Built::Ready(Box::new(devices::rng::Rng::with_reader(Ones)));
+    // The kind's own backend, built from its resources as an in-process device's is.
+    let config = crate::device_spec::parse("rng").unwrap().config;
+    let resources = HostResources::open(&config).unwrap().worker_fds().unwrap();
+    let backend = config
+        .build(devices::kind::ResourceFds::new(resources))
+        .unwrap();
     let warn = |warning: &str| panic!("rng has no set-up to warn about: {warning}");
-    let thread = in_process::spawn("rng-test".into(), backend, fds, warn, move |result| {
-        tx.send(result.as_ref().ok().copied()).unwrap();
-    })
-    .unwrap();
+    let profile = config.seccomp_profile();
+    let on_exit = move |result: &Result<_, _>| tx.send(result.as_ref().ok().copied()).unwrap();
+    let thread =
+        in_process::spawn("rng-test".into(), backend, profile, fds, warn, on_exit).unwrap();
     let mut proxy = WorkerProxy::connect(
         "rng#0",
         vmm,

@@ -1,0 +1,225 @@
+//! Helper processes a device needs on the host side of one of its sockets (net's `passt`):
+//! svmm makes a socketpair, starts the helper with one end at a fixed fd number, gives the
+//! other end to the device, and kills and reaps the helper when the device goes
+//! ([`HelperProcess`] does both on drop; the helper also dies with svmm through its
+//! parent-death signal).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::ResourceError;
+
+/// The socket type of a helper's socketpair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `SOCK_STREAM`.
+    Stream,
+    /// `SOCK_DGRAM`.
+    Datagram,
+    /// `SOCK_SEQPACKET`.
+    SeqPacket,
+}
+
+/// A helper process with one end of a socketpair (the other end is the device's resource).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSpec {
+    /// The program (an absolute path: svmm does not search `PATH` for it).
+    pub program: PathBuf,
+    /// Its arguments, after argv[0].
+    pub args: Vec<OsString>,
+    /// The fd number the helper finds its end of the socketpair at (≥ 3).
+    pub fd: RawFd,
+    /// The socketpair's type.
+    pub socket: SocketKind,
+}
+
+impl HelperSpec {
+    /// `socket to helper process /usr/bin/passt (its fd 3; started, killed and reaped by
+    /// svmm)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "socket to helper process {} (its fd {}; started, killed and reaped by svmm)",
+            self.program.display(),
+            self.fd
+        )
+    }
+
+    /// Starts the helper: its stdin and stdout are `/dev/null`, stderr is svmm's, its end of
+    /// the socketpair is at [`HelperSpec::fd`], it dies with the thread that started it.
+    /// Returns the device's end of the socketpair and the running helper.
+    pub fn start(&self) -> Result<(OwnedFd, HelperProcess), ResourceError> {
+        let failed = |source| ResourceError::Helper {
+            program: self.program.clone(),
+            source,
+        };
+        if self.fd < 3 {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the helper's socket fd must be 3 or above",
+            )));
+        }
+        let (ours, theirs) = socketpair(self.socket).map_err(failed)?;
+        let source = theirs.as_raw_fd();
+        let target = self.fd;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (prctl, dup2, fcntl) on fds open in the child.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if source == target {
+                    // dup2 onto itself keeps close-on-exec set: clear it instead.
+                    if libc::fcntl(target, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(source, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(failed)?;
+        drop(theirs);
+        Ok((
+            ours,
+            HelperProcess {
+                child,
+                program: self.program.clone(),
+            },
+        ))
+    }
+}
+
+/// A running helper process: killed and reaped when dropped.
+pub struct HelperProcess {
+    child: Child,
+    program: PathBuf,
+}
+
+impl HelperProcess {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it is still running (reaps it if it is not).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl fmt::Debug for HelperProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "HelperProcess({} pid {})",
+            self.program.display(),
+            self.child.id()
+        )
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        // Already gone is fine; either way it is reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn socketpair(kind: SocketKind) -> io::Result<(OwnedFd, OwnedFd)> {
+    let kind = match kind {
+        SocketKind::Stream => libc::SOCK_STREAM,
+        SocketKind::Datagram => libc::SOCK_DGRAM,
+        SocketKind::SeqPacket => libc::SOCK_SEQPACKET,
+    };
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two fds into a live two-element array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by socketpair and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_helper_talks_on_its_fd_and_is_reaped_on_drop() {
+        // The helper echoes one line back on fd 5.
+        let spec = HelperSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "read line <&5; echo \"got $line\" >&5".into()],
+            fd: 5,
+            socket: SocketKind::Stream,
+        };
+        assert!(spec.describe().contains("/bin/sh (its fd 5;"));
+        let (ours, mut helper) = spec.start().unwrap();
+        let pid = helper.pid();
+        let mut stream = UnixStream::from(ours);
+        stream.write_all(b"ping\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "got ping\n");
+        // It exited by itself: is_running reaps it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while helper.is_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "helper {pid} still runs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_running_helper_is_killed_on_drop() {
+        let spec = HelperSpec {
+            program: "/bin/sleep".into(),
+            args: vec!["600".into()],
+            fd: 3,
+            socket: SocketKind::SeqPacket,
+        };
+        let (_ours, mut helper) = spec.start().unwrap();
+        assert!(helper.is_running());
+        let pid = helper.pid();
+        drop(helper);
+        // Reaped: the pid is gone (no zombie left behind).
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let spec = HelperSpec {
+            program: "/nonexistent/passt".into(),
+            args: Vec::new(),
+            fd: 3,
+            socket: SocketKind::Stream,
+        };
+        let err = spec.start().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/passt"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The command line of a spawned worker, after `svmm __worker KIND`: one format, written by the
+//! VMM side (`plan::worker_argv`) and read here, strictly.
+//!
+//! ```text
+//!   svmm __worker KIND --seccomp=trap|log --sandbox-... --config=HEX [--fault=MODE]
+//! ```
+//!
+//! - `--seccomp=`: the filter's mode;
+//! - `--sandbox-*`: the sandbox (`broker::ConfineConfig::to_args`, read by `from_args`);
+//! - `--config=`: the kind's config, encoded once by `ipc::codec` for every kind
+//!   (`devices::DeviceConfig::encode`), as lower-case hex; the kind decodes and validates it;
+//! - `--fault=`: test builds only (`worker::fault`).
+//!
+//! Every argument is required once (except `--fault`); anything else is refused.
+
+use std::ffi::OsString;
+
+use seccomp_profiles::Mode;
+
+/// The first argument that selects worker mode.
+pub const WORKER_ARG: &str = "__worker";
+/// The worker argument that selects the seccomp filter's mode: `--seccomp=trap|log`.
+pub const SECCOMP_ARG: &str = "--seccomp=";
+/// The worker argument that carries the kind's config: `--config=HEX`.
+pub const CONFIG_ARG: &str = "--config=";
+
+/// `--seccomp=trap`.
+pub fn seccomp_arg(mode: Mode) -> String {
+    let mode = match mode {
+        Mode::Trap => "trap",
+        Mode::Log => "log",
+    };
+    format!("{SECCOMP_ARG}{mode}")
+}
+
+/// `--config=` with `config` in hex.
+pub fn config_arg(config: &[u8]) -> String {
+    let mut arg = String::with_capacity(CONFIG_ARG.len() + 2 * config.len());
+    arg.push_str(CONFIG_ARG);
+    for byte in config {
+        arg.push_str(&format!("{byte:02x}"));
+    }
+    arg
+}
+
+/// The bytes of lower-case hex `text`; `None` for anything else.
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// The worker's arguments besides its kind and sandbox.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WorkerArgs {
+    /// `--seccomp=trap|log`.
+    pub seccomp: Mode,
+    /// `--config=HEX`, decoded from hex (the kind decodes the rest).
+    pub config: Vec<u8>,
+    /// `--fault=MODE` (test builds only).
+    #[cfg(feature = "test-faults")]
+    pub fault: Option<super::fault::Fault>,
+}
+
+impl WorkerArgs {
+    /// Reads `args` (what is left after the `--sandbox-*` ones): each known argument once,
+    /// nothing else.
+    pub fn parse(args: &[OsString]) -> Result<WorkerArgs, String> {
+        let mut seccomp = None;
+        let mut config = None;
+        #[cfg(feature = "test-faults")]
+        let mut fault = None;
+        let invalid = |arg: &OsString| format!("invalid worker argument {arg:?}");
+        for arg in args {
+            let text = arg.to_str().unwrap_or_default();
+            if let Some(mode) = text.strip_prefix(SECCOMP_ARG) {
+                let mode = match mode {
+                    "trap" => Mode::Trap,
+                    "log" => Mode::Log,
+                    _ => return Err(invalid(arg)),
+                };
+                set(&mut seccomp, mode, arg)?;
+            } else if let Some(hex) = text.strip_prefix(CONFIG_ARG) {
+                set(&mut config, from_hex(hex).ok_or_else(|| invalid(arg))?, arg)?;
+            } else {
+                #[cfg(feature = "test-faults")]
+                if let Some(name) = text.strip_prefix(super::fault::ARG_PREFIX) {
+                    let mode = super::fault::Fault::from_name(name).ok_or_else(|| invalid(arg))?;
+                    set(&mut fault, mode, arg)?;
+                    continue;
+                }
+                return Err(format!("unknown worker argument {arg:?}"));
+            }
+        }
+        Ok(WorkerArgs {
+            seccomp: seccomp.ok_or_else(|| format!("missing worker argument {SECCOMP_ARG}"))?,
+            config: config.ok_or_else(|| format!("missing worker argument {CONFIG_ARG}"))?,
+            #[cfg(feature = "test-faults")]
+            fault,
+        })
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, value: T, arg: &OsString) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("worker argument {arg:?} given twice"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn config_round_trips_through_hex() {
+        for bytes in [vec![], vec![0u8, 1, 0x7f, 0x80, 0xff], (0..=255).collect()] {
+            let arg = config_arg(&bytes);
+            let args = WorkerArgs::parse(&os(&["--seccomp=log", &arg])).unwrap();
+            assert_eq!(args.config, bytes);
+            assert_eq!(args.seccomp, Mode::Log);
+        }
+        assert_eq!(config_arg(&[0xab, 1]), "--config=ab01");
+    }
+
+    #[test]
+    fn arguments_are_read_strictly() {
+        let err = |args: &[&str]| WorkerArgs::parse(&os(args)).unwrap_err();
+        assert!(err(&["--config="]).contains("missing worker argument --seccomp="));
+        assert!(err(&["--seccomp=trap"]).contains("missing worker argument --config="));
+        for bad in [
+            "--config=abc",
+            "--config=AB",
+            "--config=zz",
+            "--seccomp=kill",
+        ] {
+            assert!(
+                err(&["--seccomp=trap", "--config=", bad]).contains("worker argument"),
+                "{bad}"
+            );
+        }
+        assert!(err(&["--seccomp=trap", "--config=", "--seccomp=log"]).contains("twice"));
+        assert!(err(&["--seccomp=trap", "--config=", "--blk-ro=1"]).contains("unknown"));
+    }
+}

@@ -6,8 +6,8 @@
 //! | 1–63   | status the test guest wrote to the exit port ([`crate::layout::EXIT_PORT`]) |
 //! | 64     | bad command line                                                            |
 //! | 65     | bad input file: kernel or initrd missing, unreadable or not a kernel; a     |
-//! |        | disk image (`--device blk=PATH`) missing, unreadable, a directory or other  |
-//! |        | non-file, or of a size that is not a multiple of 512 bytes                  |
+//! |        | host resource a `--device` names (a disk image) missing, unreadable, of the |
+//! |        | wrong type, or refused by its kind (an image size that is not whole sectors)|
 //! | 66     | KVM unavailable: `/dev/kvm` missing or not permitted                         |
 //! | 67     | the VM could not be set up (KVM, host resource, a disk image another process |
 //! |        | holds locked, or a device worker that could not start, e.g. a kernel        |

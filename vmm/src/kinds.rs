@@ -9,14 +9,17 @@
 use devices::DeviceKind;
 
 /// Every kind, in the order `--help` and errors list them.
-pub static KINDS: &[&dyn DeviceKind] = &[&devices::rng::RngKind, &devices::blk::BlkKind];
+pub static KINDS: &[&dyn DeviceKind] = &[
+    &devices::rng::RngKind, // virtio-rng
+    &devices::blk::BlkKind, // virtio-blk
+];
 
 /// The kind called `name` on the command line.
 pub fn find(name: &str) -> Option<&'static dyn DeviceKind> {
     KINDS.iter().copied().find(|kind| kind.name() == name)
 }
 
-/// `rng, blk`: the kinds' names, for messages.
+/// The kinds' names, comma-separated, in registry order (for messages).
 pub fn names() -> String {
     let names: Vec<&str> = KINDS.iter().map(|kind| kind.name()).collect();
     names.join(", ")

@@ -319,14 +319,16 @@ mod tests {
 
     #[test]
     fn every_role_has_a_compiled_profile() {
-        for role in [
+        let devices = crate::kinds::KINDS
+            .iter()
+            .map(|kind| ThreadRole::Device(kind.seccomp_profile()));
+        let vmm = [
             ThreadRole::Main,
             ThreadRole::Vcpu(3),
             ThreadRole::ConsoleInput,
             ThreadRole::Monitor,
-            ThreadRole::Device(devices::rng::SECCOMP_PROFILE),
-            ThreadRole::Device(devices::blk::SECCOMP_PROFILE),
-        ] {
+        ];
+        for role in vmm.into_iter().chain(devices) {
             assert!(
                 seccomp_profiles::program(role.profile(), Mode::Trap).is_some(),
                 "{role:?}"

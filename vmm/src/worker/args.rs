@@ -154,6 +154,6 @@ mod tests {
             );
         }
         assert!(err(&["--seccomp=trap", "--config=", "--seccomp=log"]).contains("twice"));
-        assert!(err(&["--seccomp=trap", "--config=", "--blk-ro=1"]).contains("unknown"));
+        assert!(err(&["--seccomp=trap", "--config=", "--kind-option=1"]).contains("unknown"));
     }
 }

@@ -16,7 +16,7 @@
 //!    rlimits, only the listed fds, Landlock, then
 //! 4. right before the seccomp filter, what the filter forbids: the SIGSYS reporter on the
 //!    control socket (`seccomp_profiles::sigsys`: `sigaltstack`, `rt_sigaction`), the kind's
-//!    own last set-up (`Kind::prepare`: virtio-blk's io_uring ring, `io_uring_setup` and
+//!    own last set-up (`Kind::prepare`, e.g. an io_uring ring made with `io_uring_setup` and
 //!    `io_uring_register`; here, after the fd step, so that its fd survives; a kind that must
 //!    make do with less says so in one line) and the mappings of guest RAM and the interrupt
 //!    status page ([`prepare`]: `statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of

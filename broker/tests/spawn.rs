@@ -50,6 +50,7 @@ fn main() {
             unprivileged_worker_is_confined,
         ),
         ("without_namespaces_as_root", without_namespaces_as_root),
+        ("landlock_beneath_a_directory", landlock_beneath_a_directory),
     ];
     // SAFETY: geteuid cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "these tests run as root");
@@ -204,6 +205,74 @@ fn root_worker_is_confined() {
     check_outside(worker.pid(), uid);
     sock.write_all(b"q").unwrap();
     assert_eq!(worker.wait().unwrap(), ExitCause::Exited(0));
+}
+
+/// A worker with a Landlock rule beneath a directory (the fs device's share): read-only lets it
+/// read and nothing else; read-write also create files, directories and symlinks; neither lets
+/// it make a fifo or socket, execute a file there, or open anything outside.
+fn landlock_beneath_a_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    for (n, writable) in [(0u32, false), (1, true)] {
+        let base = std::env::temp_dir().join(format!("broker-landlock-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let share = base.join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(base.join("outside"), b"outside").unwrap();
+        std::fs::write(share.join("existing"), b"x").unwrap();
+        std::fs::copy("/bin/true", share.join("prog")).unwrap();
+        for (path, mode) in [
+            (&base, 0o777),
+            (&share, 0o777),
+            (&share.join("prog"), 0o755),
+            (&share.join("existing"), 0o644),
+            (&base.join("outside"), 0o644),
+        ] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&share)
+            .unwrap();
+        let spawner = Spawner::new().unwrap();
+        let ids = IdRange::DEFAULT.ids(20 + n).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut cfg = ConfineConfig::new(ids.worker_ids(), 2, Vec::new());
+        cfg.landlock_beneath = vec![broker::LandlockBeneath { fd: 4, writable }];
+        let mut args = vec![CString::new("broker-test-worker").unwrap()];
+        args.extend(cfg.to_args());
+        args.push(CString::new("beneath").unwrap());
+        let spec = WorkerSpec {
+            exe: helper_exe(),
+            args,
+            fds: vec![theirs.into(), dir.into()],
+            ids,
+            namespaces: true,
+            inherit_stderr: true,
+        };
+        let mut worker = spawner.spawn(spec).expect("spawn");
+        let mut sock = ours;
+        let report = read_report(&mut sock);
+        assert_eq!(worker.wait().unwrap(), ExitCause::Exited(0));
+        let eacces = libc::EACCES.to_string();
+        let want = |op: &str, allowed: bool| {
+            let got = &report[op];
+            let ok = if allowed { got == "0" } else { *got != "0" };
+            assert!(ok, "{op} (writable={writable}): errno {got}, {report:?}");
+        };
+        want("read", true);
+        for op in ["create", "mkdir", "symlink"] {
+            want(op, writable);
+        }
+        for op in ["mkfifo", "mksock", "exec", "outside"] {
+            want(op, false);
+            assert_eq!(
+                report[op], eacces,
+                "{op} (writable={writable}) refused by Landlock"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
 
 fn seccomp_violation_is_sigsys() {

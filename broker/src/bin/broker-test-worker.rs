@@ -6,6 +6,9 @@
 //! - `report`: confine, write `key=value` lines and `end` to fd 3, wait for a byte (or EOF) on
 //!   fd 3, exit 0;
 //! - `hold`: confine, write `confined` to fd 3, then sleep until killed;
+//! - `beneath`: confine (with a Landlock rule on the directory at fd 4), try to create, read,
+//!   make special files in, execute from and leave that directory, write `op=errno` lines and
+//!   `end` to fd 3, exit 0;
 //! - `violate`: confine, write `confined`, then make the syscall the test filter forbids
 //!   (`acct`), which must kill the process with SIGSYS.
 //!
@@ -49,6 +52,9 @@ fn main() {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        "beneath" => {
+            let _ = control.write_all(beneath().as_bytes());
+        }
         "violate" => {
             let _ = control.write_all(b"confined\n");
             // SAFETY: acct(NULL) would only switch accounting off; the filter kills us first.
@@ -79,6 +85,72 @@ fn errno_of(rc: libc::c_long) -> i32 {
     } else {
         0
     }
+}
+
+/// What the worker may do beneath the directory at fd 4 (`op=errno`, 0 for success), then `end`.
+fn beneath() -> String {
+    let mut out = String::new();
+    let mut put = |k: &str, rc: libc::c_long| {
+        let _ = writeln!(out, "{k}={}", errno_of(rc));
+    };
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (existing, created, dir, link, fifo, sock, prog, up) = (
+        c("existing"),
+        c("created"),
+        c("dir"),
+        c("link"),
+        c("fifo"),
+        c("sock"),
+        c("prog"),
+        c("../outside"),
+    );
+    // SAFETY: plain system calls on fd 4 (an inherited directory fd) with valid C strings; the
+    // fds they return are closed right away; execveat either fails or replaces the process
+    // (which the test then sees as a report ending early).
+    unsafe {
+        let fd = libc::openat(4, existing.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        put("read", i64::from(fd.min(0)));
+        libc::close(fd);
+        let fd = libc::openat(
+            4,
+            created.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o600,
+        );
+        put("create", i64::from(fd.min(0)));
+        libc::close(fd);
+        put("mkdir", i64::from(libc::mkdirat(4, dir.as_ptr(), 0o700)));
+        put(
+            "symlink",
+            i64::from(libc::symlinkat(existing.as_ptr(), 4, link.as_ptr())),
+        );
+        put(
+            "mkfifo",
+            i64::from(libc::mknodat(4, fifo.as_ptr(), libc::S_IFIFO | 0o600, 0)),
+        );
+        put(
+            "mksock",
+            i64::from(libc::mknodat(4, sock.as_ptr(), libc::S_IFSOCK | 0o600, 0)),
+        );
+        let fd = libc::openat(4, up.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        put("outside", i64::from(fd.min(0)));
+        libc::close(fd);
+        let argv = [prog.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        put(
+            "exec",
+            libc::syscall(
+                libc::SYS_execveat,
+                4,
+                prog.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                0,
+            ),
+        );
+    }
+    out.push_str("end\n");
+    out
 }
 
 /// Everything the test checks, as `key=value` lines, then `end`.

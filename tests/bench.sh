@@ -27,6 +27,16 @@ if [[ -z "${QEMU_BIN:-}" ]] && ! command -v qemu-system-x86_64 >/dev/null; then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86
 fi
 
+# QEMU's peer of the fs device: Debian 12 ships virtiofsd in qemu-system-common
+# (/usr/lib/qemu/virtiofsd), Debian 13 as the virtiofsd package (/usr/libexec/virtiofsd).
+if [[ -z "${VIRTIOFSD:-}" && ! -x /usr/lib/qemu/virtiofsd && ! -x /usr/libexec/virtiofsd ]] \
+    && apt-cache show virtiofsd >/dev/null 2>&1; then
+    step "installing virtiofsd (QEMU's virtio-fs daemon)"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtiofsd
+fi
+
 step "images/build.sh testguest"
 images/build.sh testguest
 

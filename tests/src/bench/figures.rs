@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::{Config, Mode};
 
-/// The contract's bench tests, in the order the guest runs them.
-pub const BENCH_TESTS: [&str; 7] = [
+/// The contract's bench tests, then the virtio-fs ones, in the order the guest runs them.
+pub const BENCH_TESTS: [&str; 11] = [
     "bench_cpu",
     "bench_rng",
     "bench_seqread",
@@ -16,7 +16,16 @@ pub const BENCH_TESTS: [&str; 7] = [
     "bench_rand1",
     "bench_rand16",
     "bench_getid",
+    "bench_fs_meta",
+    "bench_fs_rand4k",
+    "bench_fs_seqread",
+    "bench_fs_seqwrite",
 ];
+
+/// The bench tests that need the virtio-fs device (and, on QEMU, virtiofsd).
+pub fn is_fs_test(test: &str) -> bool {
+    test.starts_with("bench_fs_")
+}
 
 /// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
 /// ring 3, ud2 returns, page faults are taken), then every bench test.
@@ -32,6 +41,18 @@ pub const RING3_CHECKS: [&str; 3] = ["ud2_return", "page_fault", "irq_in_ring3"]
 
 /// The devices of the four-device runs, by svmm's names, in slot order: 2 rng, 2 blk.
 pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
+
+/// The virtio-fs device the bench runs add after [`DEVICES`] when they run fs tests.
+pub const FS_DEVICE: &str = "fs#4";
+
+/// The devices of a run of `tests`: [`DEVICES`], and [`FS_DEVICE`] in bench runs with fs tests.
+pub fn devices(tests: &[String], bench: bool) -> Vec<&'static str> {
+    let mut all = DEVICES.to_vec();
+    if bench && tests.iter().any(|t| is_fs_test(t)) {
+        all.push(FS_DEVICE);
+    }
+    all
+}
 
 /// Where a figure is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -255,6 +276,46 @@ pub const GUEST_FIGURES: &[GuestFigure] = &[
         Better::Lower,
     ),
     device(
+        "bench_fs_meta",
+        "ops_s",
+        "fs metadata (LOOKUP + GETATTR), qd 1",
+        "ops/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_fs_meta",
+        "p50_ns",
+        "fs metadata op latency p50, qd 1",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_fs_rand4k",
+        "iops",
+        "fs 4 KiB random read, qd 16",
+        "IOPS",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_fs_seqread",
+        "kib_s",
+        "fs sequential read (128 KiB), qd 8",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    device(
+        "bench_fs_seqwrite",
+        "kib_s",
+        "fs sequential write (128 KiB), qd 8",
+        "MB/s",
+        KIB_S_TO_MB_S,
+        Better::Higher,
+    ),
+    device(
         "rng",
         "kib_s",
         "rng functional test (32 × 64 B)",
@@ -290,6 +351,11 @@ pub fn required_keys(test: &str) -> &'static [&'static str] {
         }
         "bench_rand1" | "bench_rand16" => &["mode", "depth", "requests", "us"],
         "bench_getid" => &["mode", "requests"],
+        "bench_fs_meta" => &["mode", "depth", "requests", "us"],
+        "bench_fs_rand4k" => &["mode", "depth", "requests", "us"],
+        "bench_fs_seqread" | "bench_fs_seqwrite" => {
+            &["mode", "req_kib", "depth", "requests", "bytes", "us"]
+        }
         "ring3" => &RING3_CHECKS,
         _ => &[],
     }
@@ -315,7 +381,7 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
             });
         }
     }
-    for name in DEVICES {
+    for name in devices(tests, true) {
         out.push(Figure {
             key: format!("spawn.{name}"),
             section: Section::Spawn,
@@ -346,14 +412,18 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
         }
     }
     out.push(memory_figure("mem.vmm", "VMM process", Scope::All));
-    for name in DEVICES {
+    for name in devices(tests, true) {
         out.push(memory_figure(
             &format!("mem.worker.{name}"),
             &format!("worker {name}"),
             Scope::Sandboxed,
         ));
     }
-    out.push(memory_figure("mem.total", "VMM + workers", Scope::All));
+    out.push(memory_figure(
+        "mem.total",
+        "VMM + workers (QEMU: + virtiofsd)",
+        Scope::All,
+    ));
     out
 }
 

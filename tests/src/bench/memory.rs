@@ -7,7 +7,8 @@
 //! the guest made it:
 //! - svmm: its RAM is one memfd named `svmm-guest-ram` (`vmm/src/memory.rs`), which the VMM and
 //!   every worker map; `/proc` shows the mapping as `/memfd:svmm-guest-ram (deleted)`.
-//! - QEMU: its RAM block is an anonymous mapping exactly the size of `-m`.
+//! - QEMU: its RAM block is an anonymous mapping exactly the size of `-m`; with the fs device
+//!   (vhost-user) a memfd, `/memfd:memory-backend-memfd (deleted)`, which virtiofsd maps too.
 
 use std::fs;
 
@@ -22,6 +23,10 @@ pub enum RamRule {
 
 /// svmm's guest-RAM memfd name (`vmm/src/memory.rs`).
 pub const SVMM_RAM_MEMFD: &str = "svmm-guest-ram";
+
+/// The memfd QEMU's `memory-backend-memfd` makes (the guest RAM when a vhost-user device, the
+/// fs benchmark's, needs it shared; virtiofsd maps it too).
+pub const QEMU_SHARED_RAM_MEMFD: &str = "memory-backend-memfd";
 
 /// One mapping of `/proc/<pid>/smaps`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,6 +129,33 @@ pub fn process_usage(pid: u32, rule: RamRule) -> Result<Usage, String> {
         ));
     }
     Ok(u)
+}
+
+/// [`process_usage`] summed over `pid` and its descendants (QEMU's virtiofsd, whose sandbox
+/// serves the device from a child process): at least one of them must map guest RAM.
+pub fn tree_usage(pid: u32, rule: RamRule) -> Result<Usage, String> {
+    let mut total = Usage {
+        pss_kib: 0,
+        rss_kib: 0,
+        ram_mappings: 0,
+    };
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        let path = format!("/proc/{p}/smaps");
+        let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let u = usage(&parse_smaps(&text), rule);
+        total.pss_kib += u.pss_kib;
+        total.rss_kib += u.rss_kib;
+        total.ram_mappings += u.ram_mappings;
+        stack.extend(crate::procfs::children(p));
+    }
+    if total.ram_mappings == 0 {
+        return Err(format!(
+            "no process of {pid}'s tree maps guest RAM ({rule:?}): cannot tell guest RAM from \
+             its own memory"
+        ));
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

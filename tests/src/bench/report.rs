@@ -423,6 +423,10 @@ fn method(out: &mut String, r: &Report) {
         out,
         "| run | guest command line | devices | measures |\n|---|---|---|---|"
     );
+    let bench_devices = match p.fs {
+        Some(_) if p.fs_in(RunKind::Bench(Mode::Poll)).is_some() => "2 rng, 2 blk, 1 fs",
+        _ => "2 rng, 2 blk",
+    };
     for (kind, devices, measures) in [
         (
             RunKind::Boot0,
@@ -436,12 +440,12 @@ fn method(out: &mut String, r: &Report) {
         ),
         (
             RunKind::Bench(Mode::Poll),
-            "2 rng, 2 blk",
+            bench_devices,
             "bench tests, polling; spawn",
         ),
         (
             RunKind::Bench(Mode::Irq),
-            "2 rng, 2 blk",
+            bench_devices,
             "bench tests, interrupts; spawn; memory while idle",
         ),
     ] {
@@ -465,6 +469,20 @@ fn method(out: &mut String, r: &Report) {
          host's page cache. `bench_seqwrite` overwrites the first image in every configuration.",
         p.image_mib
     );
+    if let Some(fs) = &p.fs {
+        let _ = writeln!(
+            out,
+            "- **Shared directory** (bench runs with the `bench_fs_*` tests): one directory \
+             holding `bench.bin` ({} MiB, every block written), shared by svmm's fs device with \
+             its default `cache=auto`, and by QEMU's `vhost-user-fs-device` through `{}` \
+             (`cache=auto`; its guest RAM then is a shared `memory-backend-memfd`, which \
+             vhost-user needs). The fs requests go through the host's page cache in every \
+             configuration; `bench_fs_seqwrite` overwrites `bench.bin`. QEMU's memory total \
+             includes virtiofsd's.",
+            crate::share::BENCH_FILE_BYTES >> 20,
+            fs.virtiofsd.path.display()
+        );
+    }
     let _ = writeln!(
         out,
         "- **Boot**: `testguest.run=none` (the guest probes its devices, calibrates its timer \

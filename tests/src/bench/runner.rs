@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::output::VmOutput;
 use crate::{disk, procfs};
 
-use super::figures::{self, TestLine, DEVICES};
+use super::figures::{self, TestLine};
 use super::memory::{self, RamRule, Usage};
 use super::setup::Plan;
 use super::stats::Samples;
@@ -169,23 +169,39 @@ pub fn run_one(plan: &Plan, config: Config, kind: RunKind) -> Result<RunData, St
     })
 }
 
-/// Reads the memory of the VMM `pid` and of its workers.
+/// Reads the memory of the VMM `pid` and of its workers (QEMU's: virtiofsd, for its fs device).
 fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, String> {
+    let fs = plan.fs_in(RunKind::Bench(Mode::Irq)).is_some();
     let rule = match config {
+        Config::Qemu if fs => RamRule::Memfd(memory::QEMU_SHARED_RAM_MEMFD),
         Config::Qemu => RamRule::AnonymousOfKib(plan.mem_mib * 1024),
         _ => RamRule::Memfd(memory::SVMM_RAM_MEMFD),
     };
     let vmm = memory::process_usage(pid, rule).map_err(|e| format!("VMM memory: {e}"))?;
     let children = procfs::children(pid);
+    let devices = figures::devices(&plan.tests, true);
     let want = match config {
-        Config::Sandboxed => DEVICES.len(),
+        Config::Sandboxed => devices.len(),
+        Config::Qemu if fs => 1,
         _ => 0,
     };
     if children.len() != want {
         return Err(format!(
-            "the VMM has {} child processes ({children:?}), expected {want} workers",
+            "the VMM has {} child processes ({children:?}), expected {want}",
             children.len()
         ));
+    }
+    if config == Config::Qemu {
+        // virtiofsd, counted with QEMU's total as the fs device's worker.
+        let workers = children
+            .iter()
+            .map(|&pid| {
+                memory::tree_usage(pid, rule)
+                    .map(|u| (figures::FS_DEVICE.to_string(), u))
+                    .map_err(|e| format!("virtiofsd (pid {pid}): {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(MemorySample { vmm, workers });
     }
     // Workers of one kind are spawned in slot order; pids grow with it.
     let mut by_kind: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -195,7 +211,7 @@ fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, 
         by_kind.entry(kind).or_default().push(child);
     }
     let mut workers = Vec::new();
-    for name in DEVICES.iter().take(want) {
+    for name in devices.iter().take(want) {
         let kind = name.split('#').next().unwrap_or(name);
         let listed = format!("{by_kind:?}");
         let pid = by_kind
@@ -296,7 +312,8 @@ pub fn record(
     }
     if config.is_svmm() && kind.has_devices() {
         let spawns = figures::spawn_lines(&out.stderr);
-        for name in DEVICES {
+        let bench = matches!(kind, RunKind::Bench(_)) && plan.fs_in(kind).is_some();
+        for name in figures::devices(&plan.tests, bench) {
             match spawns.iter().find(|(n, _)| n == name) {
                 Some((_, us)) => results.add(&format!("spawn.{name}"), config, *us as f64 / 1e3),
                 None => fail(
@@ -413,6 +430,7 @@ mod tests {
             images: Vec::new(),
             image_mib: 1,
             idle_ms: 1000,
+            fs: None,
         }
     }
 

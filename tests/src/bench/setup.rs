@@ -56,6 +56,98 @@ pub struct Plan {
     pub image_mib: u64,
     /// `testguest.sleep_ms=` of the interrupt-mode bench run, during which memory is sampled.
     pub idle_ms: u64,
+    /// The directory the fs device shares in bench runs with fs tests (holding
+    /// [`crate::share::BENCH_FILE_BYTES`] of `bench.bin`), and QEMU's virtio-fs daemon.
+    pub fs: Option<FsSetup>,
+}
+
+/// The virtio-fs side of the bench runs.
+#[derive(Clone, Debug)]
+pub struct FsSetup {
+    /// The shared directory.
+    pub share: PathBuf,
+    /// QEMU's daemon (`vhost-user-fs-device`).
+    pub virtiofsd: Virtiofsd,
+    /// Where virtiofsd listens for QEMU.
+    pub socket: PathBuf,
+}
+
+/// A virtiofsd binary: QEMU 7.2's C one (`/usr/lib/qemu/virtiofsd`, in Debian 12's
+/// qemu-system-common) or the Rust one (Debian 13's `virtiofsd` package), whose options differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Virtiofsd {
+    /// The binary.
+    pub path: PathBuf,
+    /// It takes the Rust daemon's options (`--shared-dir`).
+    pub rust: bool,
+}
+
+impl Virtiofsd {
+    /// The first virtiofsd found (`$VIRTIOFSD`, then the Debian locations).
+    pub fn find() -> Option<Virtiofsd> {
+        let candidates = std::env::var_os("VIRTIOFSD")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].map(PathBuf::from));
+        for path in candidates {
+            if !path.is_file() {
+                continue;
+            }
+            let help = Command::new(&path).arg("--help").output().ok()?;
+            let text = String::from_utf8_lossy(&help.stdout).to_string()
+                + &String::from_utf8_lossy(&help.stderr);
+            return Some(Virtiofsd {
+                rust: text.contains("--shared-dir"),
+                path,
+            });
+        }
+        None
+    }
+
+    /// The daemon's command line for `dir` on `socket`, with the fs device's default cache
+    /// policy (`cache=auto`).
+    pub fn command(&self, socket: &Path, dir: &Path) -> Vec<String> {
+        let mut cmd = vec![
+            self.path.display().to_string(),
+            format!("--socket-path={}", socket.display()),
+        ];
+        if self.rust {
+            cmd.extend([
+                format!("--shared-dir={}", dir.display()),
+                "--cache=auto".into(),
+            ]);
+        } else {
+            cmd.extend([
+                "-o".into(),
+                format!("source={}", dir.display()),
+                "-o".into(),
+                "cache=auto".into(),
+            ]);
+        }
+        cmd
+    }
+}
+
+/// A shared directory for the fs bench tests under `dir`: `share/bench.bin`, allocated.
+pub fn create_share(dir: &Path) -> Result<PathBuf, String> {
+    let share = dir.join("share");
+    fs::create_dir_all(&share).map_err(|e| format!("cannot create {}: {e}", share.display()))?;
+    // Workers run under uids of their own: the share is everyone's.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&share, fs::Permissions::from_mode(0o777))
+        .map_err(|e| format!("chmod {}: {e}", share.display()))?;
+    let file = share.join("bench.bin");
+    let mut f = File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let block = vec![0x5au8; 1 << 20];
+    for _ in 0..crate::share::BENCH_FILE_BYTES >> 20 {
+        f.write_all(&block)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    f.sync_all()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod {}: {e}", file.display()))?;
+    Ok(share)
 }
 
 impl Plan {
@@ -122,6 +214,15 @@ impl Plan {
         args
     }
 
+    /// The fs setup if a run of `kind` has the fs device: bench runs with fs tests.
+    pub fn fs_in(&self, kind: RunKind) -> Option<&FsSetup> {
+        let fs_tests = self.tests.iter().any(|t| super::figures::is_fs_test(t));
+        match kind {
+            RunKind::Bench(_) if fs_tests => self.fs.as_ref(),
+            _ => None,
+        }
+    }
+
     /// svmm's `--device` specs of a run: the same devices, `sandbox=off` for in-process.
     pub fn svmm_devices(&self, config: Config, kind: RunKind) -> Vec<String> {
         if !kind.has_devices() {
@@ -135,18 +236,41 @@ impl Plan {
         for image in &self.images {
             specs.push(format!("blk={},direct=on{off}", image.display()));
         }
+        if let Some(fs) = self.fs_in(kind) {
+            specs.push(format!("fs={},tag=bench{off}", fs.share.display()));
+        }
         specs
     }
 
     fn qemu_vm(&self, kind: RunKind) -> TestVm {
-        TestVm::new(Backend::Qemu {
-            machine: QEMU_MACHINE.into(),
-        })
-        .kernel(&self.guest)
-        .mem_mib(self.mem_mib)
-        .cmdline(self.cmdline(kind))
-        .args(QEMU_OPTIONS)
-        .args(self.qemu_devices(kind))
+        let fs = self.fs_in(kind);
+        // vhost-user needs the guest RAM in shared memory.
+        let machine = match fs {
+            Some(_) => format!("{QEMU_MACHINE},memory-backend=mem"),
+            None => QEMU_MACHINE.to_string(),
+        };
+        let mut vm = TestVm::new(Backend::Qemu { machine })
+            .kernel(&self.guest)
+            .mem_mib(self.mem_mib)
+            .cmdline(self.cmdline(kind))
+            .args(QEMU_OPTIONS)
+            .args(self.qemu_devices(kind));
+        if let Some(fs) = fs {
+            // virtiofsd starts first (QEMU connects to its socket), and is QEMU's child once
+            // the shell execs QEMU; it ends when QEMU disconnects.
+            let daemon = fs.virtiofsd.command(&fs.socket, &fs.share).join(" ");
+            let socket = fs.socket.display().to_string();
+            vm = vm.wrapper([
+                "sh".to_string(),
+                "-c".to_string(),
+                format!(
+                    "rm -f {socket}; {daemon} & i=0; while [ ! -S {socket} ] && [ $i -lt 1000 ]; \
+                     do sleep 0.01; i=$((i+1)); done; exec \"$@\""
+                ),
+                "sh".to_string(),
+            ]);
+        }
+        vm
     }
 
     /// QEMU's device options of a run: the same devices as svmm's, in the same order.
@@ -168,6 +292,19 @@ impl Plan {
                 ),
                 "-device".to_string(),
                 format!("virtio-blk-device,drive=d{n}"),
+            ]);
+        }
+        if let Some(fs) = self.fs_in(kind) {
+            args.extend([
+                "-object".to_string(),
+                format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    self.mem_mib
+                ),
+                "-chardev".to_string(),
+                format!("socket,id=vfsd,path={}", fs.socket.display()),
+                "-device".to_string(),
+                "vhost-user-fs-device,chardev=vfsd,tag=bench".to_string(),
             ]);
         }
         args
@@ -375,6 +512,7 @@ mod tests {
             images: vec!["/s/disk0.img".into(), "/s/disk1.img".into()],
             image_mib: 256,
             idle_ms: 1500,
+            fs: None,
         }
     }
 
@@ -438,6 +576,56 @@ mod tests {
         );
         assert!(p.svmm_devices(Config::Sandboxed, RunKind::Boot0).is_empty());
         assert_eq!(p.svmm_args(RunKind::Boot0), ["--acpi=off"]);
+    }
+
+    #[test]
+    fn fs_runs_get_the_share_and_qemu_virtiofsd() {
+        let p = Plan {
+            tests: vec!["bench_fs_meta".into()],
+            fs: Some(FsSetup {
+                share: "/s/share".into(),
+                virtiofsd: Virtiofsd {
+                    path: "/usr/lib/qemu/virtiofsd".into(),
+                    rust: false,
+                },
+                socket: "/s/vfsd.sock".into(),
+            }),
+            ..plan()
+        };
+        let bench = RunKind::Bench(Mode::Poll);
+        assert_eq!(
+            p.svmm_devices(Config::InProcess, bench)
+                .last()
+                .map(String::as_str),
+            Some("fs=/s/share,tag=bench,sandbox=off")
+        );
+        // Boot runs keep their four devices.
+        assert_eq!(p.svmm_devices(Config::Sandboxed, RunKind::Boot4).len(), 4);
+        let qemu = p.qemu_devices(bench).join(" ");
+        assert!(qemu.ends_with(
+            "-object memory-backend-memfd,id=mem,size=128M,share=on \
+             -chardev socket,id=vfsd,path=/s/vfsd.sock \
+             -device vhost-user-fs-device,chardev=vfsd,tag=bench"
+        ));
+        let cmd = shell_line(&p.vm(Config::Qemu, bench).command());
+        assert!(cmd.contains("microvm,acpi=off,memory-backend=mem"), "{cmd}");
+        assert!(
+            cmd.contains("/usr/lib/qemu/virtiofsd --socket-path=/s/vfsd.sock -o source=/s/share -o cache=auto &"),
+            "{cmd}"
+        );
+        assert_eq!(
+            Virtiofsd {
+                path: "/v".into(),
+                rust: true
+            }
+            .command(Path::new("/s.sock"), Path::new("/d")),
+            [
+                "/v",
+                "--socket-path=/s.sock",
+                "--shared-dir=/d",
+                "--cache=auto"
+            ]
+        );
     }
 
     #[test]

@@ -146,6 +146,22 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         scratch.path().display(),
         started.elapsed().as_secs_f64()
     );
+    let fs = if o.tests.iter().any(|t| figures::is_fs_test(t)) {
+        let virtiofsd = setup::Virtiofsd::find().ok_or(
+            "no virtiofsd for QEMU's fs device (/usr/lib/qemu/virtiofsd from qemu-system-common, \
+             /usr/libexec/virtiofsd from the virtiofsd package, or VIRTIOFSD=PATH); leave the \
+             bench_fs_* tests out with --tests to run without it",
+        )?;
+        eprintln!("svmm-bench: virtiofsd {}", virtiofsd.path.display());
+        let share = setup::create_share(scratch.path())?;
+        Some(setup::FsSetup {
+            socket: scratch.path().join("virtiofsd.sock"),
+            share,
+            virtiofsd,
+        })
+    } else {
+        None
+    };
     let plan = Plan {
         reps: o.reps,
         bench_ms: o.bench_ms,
@@ -155,6 +171,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         images,
         image_mib: o.image_mib,
         idle_ms: o.idle_ms,
+        fs,
     };
     let total_runs = 3 + 3 * RunKind::ALL.len() * plan.reps;
     let mut done = 0;

@@ -5,6 +5,10 @@
 //! (`images/out/rootfs.ext4`), beside a writable one (`vdb`, a scratch image); once with the root
 //! disk in a sandboxed worker and the scratch disk in-process, once the other way round.
 //!
+//! One more boots `vmlinux` with its root file system on virtio-fs (`rootfstype=virtiofs
+//! root=rootfs`): a sandboxed fs worker shares a copy of `images/out/rootfs.tree/`, and the kernel
+//! mounts it and executes `/init` from it.
+//!
 //! One more boots `vmlinux` with `acpi=off`: the kernel must then find both CPUs in svmm's MP
 //! table (that boot ends once the second CPU is up).
 //!
@@ -150,6 +154,17 @@ fn main() {
                 move || blk_userspace_dd(layout),
             );
     }
+    let s = || skip.clone();
+    suite = suite
+        .test_unless("vmlinux_fs_root_mounted", s(), fs_root_mounted)
+        .test_unless("vmlinux_fs_runs_init", s(), fs_runs_init)
+        .test_unless("vmlinux_fs_served_linux", s(), fs_served)
+        .test_unless("vmlinux_fs_vm_ends_by_itself", s(), fs_ends)
+        .test_unless(
+            "vmlinux_fs_userspace_write",
+            no_hw.clone(),
+            fs_userspace_write,
+        );
     suite.run()
 }
 
@@ -453,6 +468,126 @@ fn blk_userspace_dd(layout: usize) -> TrialResult {
             &boot.scratch_head[..32.min(boot.scratch_head.len())]
         )
         .into());
+    }
+    Ok(())
+}
+
+/// The virtio-fs boot's command line: the root file system is the shared directory tagged
+/// [`FS_TAG`]; init is `/init` on it. With user space, init writes [`FS_MARKER`] to
+/// `/svmm-fs-write` on the share.
+const FS_CMDLINE: &str = "console=ttyS0 noxsave clearcpuid=cx16,popcnt,smap panic=1 \
+                          rootfstype=virtiofs root=rootfs init=/init";
+const FS_TAG: &str = "rootfs";
+const FS_MARKER: &str = "svmm-linux-fs-write";
+
+/// The virtio-fs boot: its output and the copy of the root tree it ran on.
+struct FsBoot {
+    out: VmOutput,
+    marker: Option<Vec<u8>>,
+}
+
+/// `vmlinux` without initramfs, its root file system a copy of `images/out/rootfs.tree/` shared
+/// read-write by a sandboxed fs worker. Started by the first trial that asks, shared.
+fn fs_boot() -> Result<&'static FsBoot, String> {
+    static BOOT: OnceLock<Result<FsBoot, String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        require_kvm();
+        let tree = paths::images_out().join("rootfs.tree");
+        if !tree.join("init").is_file() {
+            return Err(format!(
+                "{} is missing: build it with images/build.sh rootfs",
+                tree.display()
+            ));
+        }
+        let dir = paths::TempDir::new("linux-fs");
+        let root = dir.path().join("root");
+        let status = std::process::Command::new("cp")
+            .args(["-a"])
+            .arg(&tree)
+            .arg(&root)
+            .status()
+            .map_err(|e| format!("cp: {e}"))?;
+        if !status.success() {
+            return Err(format!("cp -a {} failed", tree.display()));
+        }
+        // The sandboxed worker has a uid of its own: let it write the root directory.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .map_err(|e| e.to_string())?;
+        let vm = TestVm::svmm(paths::artefact("vmlinux"))
+            .cmdline(format!("{FS_CMDLINE} svmm.fs_write={FS_MARKER}"))
+            .cpus(CPUS)
+            .mem_mib(MEM_MIB)
+            .device(format!("fs={},tag={FS_TAG}", root.display()))
+            .timeout(BOOT_TIMEOUT);
+        eprintln!(
+            "svmm-tests: linux: booting vmlinux from a virtio-fs root, sandboxed (up to {} s) ...",
+            BOOT_TIMEOUT.as_secs()
+        );
+        let out = match vm.run() {
+            Ok(out) => out,
+            Err(e @ VmError::Timeout(_)) => e.output().cloned().ok_or(e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        out.log("linux: vmlinux virtio-fs root boot");
+        let marker = std::fs::read(root.join("svmm-fs-write")).ok();
+        Ok(FsBoot { out, marker })
+    })
+    .as_ref()
+    .map_err(|e| format!("vmlinux virtio-fs boot failed: {e}"))
+}
+
+/// The kernel mounted its root file system from the fs device.
+fn fs_root_mounted() -> TrialResult {
+    let line = fs_boot()?
+        .out
+        .assert_contains("VFS: Mounted root (virtiofs filesystem)");
+    eprintln!("    {line}");
+    Ok(())
+}
+
+/// The kernel read and executed `/init` from the share.
+fn fs_runs_init() -> TrialResult {
+    let line = fs_boot()?.out.assert_contains("Run /init as init process");
+    eprintln!("    {line}");
+    Ok(())
+}
+
+/// The fs worker served the kernel (svmm's statistics at VM end): requests and bytes.
+fn fs_served() -> TrialResult {
+    let out = &fs_boot()?.out;
+    let stats = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: fs#0 (sandboxed): "))
+        .ok_or_else(|| format!("no statistics line for fs#0\n{}", out.report()))?;
+    eprintln!("    {stats}");
+    let total = |field: &str| -> u64 {
+        stats
+            .split(", ")
+            .filter_map(|q| number_field(q, field))
+            .sum()
+    };
+    if total("requests") == 0 || total("bytes") == 0 {
+        return Err(format!("fs#0 served Linux nothing: {stats}\n{}", out.report()).into());
+    }
+    Ok(())
+}
+
+/// Like [`ends`].
+fn fs_ends() -> TrialResult {
+    ended_by_itself(&fs_boot()?.out)
+}
+
+/// With user space: init wrote the marker to `/svmm-fs-write`, which the host finds in its
+/// copy of the tree.
+fn fs_userspace_write() -> TrialResult {
+    let boot = fs_boot()?;
+    boot.out.assert_contains("SVMM-INIT-OK");
+    boot.out
+        .assert_contains(&format!("svmm-init: wrote {FS_MARKER} to /svmm-fs-write"));
+    let want = format!("{FS_MARKER}\n").into_bytes();
+    if boot.marker.as_deref() != Some(&want[..]) {
+        return Err(format!("the host found {:?} in /svmm-fs-write", boot.marker).into());
     }
     Ok(())
 }

@@ -132,13 +132,14 @@ pub fn declared_size(resource: &HostResource) -> io::Result<u64> {
     }
 }
 
-/// `RLIMIT_FSIZE` for `limit`, given how to measure a resource.
+/// `RLIMIT_FSIZE` for `limit`, given how to measure a resource (`None`: left as svmm's).
 pub fn file_size_limit(
     limit: FileSize,
     size_of: impl Fn(usize) -> io::Result<u64>,
-) -> io::Result<u64> {
+) -> io::Result<Option<u64>> {
     match limit {
-        FileSize::Nothing => Ok(0),
-        FileSize::SizeOf(index) => size_of(index),
+        FileSize::Nothing => Ok(Some(0)),
+        FileSize::SizeOf(index) => size_of(index).map(Some),
+        FileSize::Unlimited => Ok(None),
     }
 }

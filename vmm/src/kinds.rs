@@ -12,6 +12,7 @@ use devices::DeviceKind;
 pub static KINDS: &[&dyn DeviceKind] = &[
     &devices::rng::RngKind, // virtio-rng
     &devices::blk::BlkKind, // virtio-blk
+    &devices::fs::FsKind,   // virtio-fs
 ];
 
 /// The kind called `name` on the command line.

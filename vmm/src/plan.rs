@@ -243,11 +243,13 @@ pub fn sandbox_config(
             devices::kind::FileSize::SizeOf(i) => resources
                 .get(i)
                 .map_or(format!("resource {i}"), HostResource::describe),
-            devices::kind::FileSize::Nothing => "nothing".into(),
+            devices::kind::FileSize::Nothing | devices::kind::FileSize::Unlimited => {
+                "nothing".into()
+            }
         };
         PlanError::Size { what, source }
     })?;
-    sandbox.rlimits.fsize = Some(fsize);
+    sandbox.rlimits.fsize = fsize;
     for rule in &needs.landlock {
         let not_a_directory = PlanError::LandlockResource {
             kind,

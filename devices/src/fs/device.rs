@@ -15,7 +15,7 @@
 //! be answered) and the device keeps serving. Only a broken ring (bad avail index, head index
 //! outside the queue, used ring not writable) stops it until reset.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use ipc::{DeviceStats, QueueStats};
@@ -87,16 +87,6 @@ impl Fs {
             request_queues: options.queues,
             state: State::Inactive,
         })
-    }
-
-    /// The shared directory's fd and the `/proc` fd (the fds the sandbox must keep).
-    pub fn host_fds(&self) -> [RawFd; 2] {
-        let root = self
-            .server
-            .inodes
-            .fd(super::inode::ROOT)
-            .map_or(-1, |fd| fd.as_raw_fd());
-        [root, self.server.proc.as_fd().as_raw_fd()]
     }
 
     /// Nodes the guest holds (root included) and open handles (tests, statistics).

@@ -11,7 +11,7 @@
 //! Everything returns `rustix::io::Errno`, which is what the guest gets.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat, Timestamps};
 use rustix::io::Errno;
@@ -120,10 +120,5 @@ impl Proc {
         name: &CStr,
     ) -> Result<(), Errno> {
         rustix::fs::linkat(&self.0, Self::path(fd), dir, name, AtFlags::SYMLINK_FOLLOW)
-    }
-
-    /// The fd (for `--print-sandbox`-like reports and `keep_fds`).
-    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
     }
 }

@@ -65,6 +65,7 @@ mod dir;
 pub mod fuzzing;
 mod host;
 mod inode;
+pub mod kind;
 mod ops;
 mod reply;
 pub mod request;
@@ -73,6 +74,7 @@ mod server;
 mod tests;
 
 pub use device::Fs;
+pub use kind::{FsConfig, FsKind};
 pub use request::{Op, Request};
 pub use rustix::io::Errno;
 
@@ -102,9 +104,12 @@ pub const MAX_OWNER_RECORDS: usize = 65536;
 pub const MAX_FDS: u64 = (MAX_INODES + MAX_HANDLES + 1) as u64;
 /// Name of the device's seccomp profile in the `seccomp-profiles` crate.
 pub const SECCOMP_PROFILE: &str = "fs";
+/// The profile of a read-only share.
+pub const SECCOMP_PROFILE_RO: &str = "fs_ro";
 
 /// How long the guest may cache entries, attributes and contents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub enum CachePolicy {
     /// Nothing: every lookup and getattr goes to the device, I/O is direct.
     None,
@@ -116,7 +121,8 @@ pub enum CachePolicy {
 }
 
 /// Who the guest sees as the owner of every node (`uid-map=UID:GID`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct IdMap {
     /// The uid every node presents.
     pub uid: u32,
@@ -125,7 +131,8 @@ pub struct IdMap {
 }
 
 /// How the device presents the shared directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct FsOptions {
     /// The mount tag the guest names the share by, 1 to [`TAG_LEN`] bytes.
     pub tag: String,

@@ -85,7 +85,7 @@ impl<K: Kind> AnyConfig for Typed<K> {
     }
 
     fn seccomp_profile(&self) -> &'static str {
-        K::SECCOMP_PROFILE
+        K::seccomp_profile(&self.config)
     }
 
     fn encode(&self) -> Result<Vec<u8>, ipc::CodecError> {

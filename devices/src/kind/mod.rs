@@ -60,6 +60,13 @@ pub trait Kind: Send + Sync + 'static {
     /// The device's seccomp profile in the `seccomp-profiles` crate.
     const SECCOMP_PROFILE: &'static str;
 
+    /// The profile a device with `config` runs under: [`Self::SECCOMP_PROFILE`] unless the
+    /// kind narrows it for some configurations (fs: `fs_ro` for a read-only share).
+    fn seccomp_profile(config: &Self::Config) -> &'static str {
+        let _ = config;
+        Self::SECCOMP_PROFILE
+    }
+
     /// The config of a spec whose value and option names were checked against [`Self::VALUE`]
     /// and [`Self::OPTIONS`]; reads each option with the typed getters of [`Spec`], which check
     /// its value.
@@ -154,6 +161,8 @@ pub enum FileSize {
     Nothing,
     /// The size of host resource number N (a writable disk image: writes stay inside it).
     SizeOf(usize),
+    /// No limit beyond svmm's own (a writable shared directory: files of any size).
+    Unlimited,
 }
 
 /// A Landlock rule beneath a directory resource.

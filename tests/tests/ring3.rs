@@ -66,11 +66,15 @@ fn ring3(vm: TestVm) -> TrialResult {
     Ok(())
 }
 
-/// All benchmark tests against one rng and one blk device (sandboxed or in-process), 50 ms each.
+/// All benchmark tests against one rng, one blk and one fs device (sandboxed or in-process),
+/// 50 ms each.
 fn bench_tests(sandbox: bool, mode: &str) -> TrialResult {
     let dir = paths::TempDir::new("ring3-bench");
     // Filled, not sparse: reads of holes would not touch the disk.
     let image = dir.file("bench.img", &vec![0x5a; BENCH_IMAGE_BYTES]);
+    // The fs benchmarks' file, in a share a worker with a uid of its own may write.
+    let share = tests::share::Share::empty("ring3-bench-fs");
+    share.write("bench.bin", &vec![0x5a; 1 << 20]);
     let option = if sandbox { "" } else { ",sandbox=off" };
     let out = svmm_guest()
         .cmdline(format!(
@@ -80,6 +84,7 @@ fn bench_tests(sandbox: bool, mode: &str) -> TrialResult {
         .mem_mib(128)
         .device(format!("rng{option}"))
         .device(format!("blk={},direct=on{option}", image.display()))
+        .device(share.spec("bench", option))
         .timeout(TIMEOUT)
         .run()?;
     out.log(&format!(

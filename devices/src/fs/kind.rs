@@ -88,6 +88,16 @@ pub struct FsConfig {
 /// The host's procfs, re-opened through as `self/fd/N` only.
 const PROC: &str = "/proc";
 
+/// How svmm opens [`PROC`]: one opener for every device, so that the resources of one config
+/// compare equal however often they are declared.
+fn open_proc() -> Arc<dyn Fn() -> io::Result<std::os::fd::OwnedFd> + Send + Sync> {
+    type Opener = Arc<dyn Fn() -> io::Result<std::os::fd::OwnedFd> + Send + Sync>;
+    static OPENER: std::sync::LazyLock<Opener> = std::sync::LazyLock::new(|| {
+        Arc::new(|| broker::open_directory(PROC.as_ref()).map_err(io::Error::other))
+    });
+    Arc::clone(&OPENER)
+}
+
 /// `UID:GID`, both decimal below `u32::MAX`.
 fn parse_id_map(text: &str) -> Option<IdMap> {
     let (uid, gid) = text.split_once(':')?;
@@ -196,9 +206,7 @@ impl Kind for FsKind {
                      re-open nodes of the share it holds; Landlock still limits every open to \
                      the share)"
                 ),
-                open: Arc::new(|| {
-                    broker::open_directory(PROC.as_ref()).map_err(std::io::Error::other)
-                }),
+                open: open_proc(),
             }),
         ]
     }
@@ -318,6 +326,7 @@ mod tests {
             }
         );
         assert!(r[1].describe().starts_with("/proc (directory, O_PATH; "));
+        assert_eq!(FsKind::resources(&c), r, "the same resources every time");
         assert_eq!(r[1].origin(), Origin::Kind);
         let proc = r[1].open().unwrap().fd.unwrap();
         assert!(super::super::host::Proc::new(proc).is_ok(), "a procfs");

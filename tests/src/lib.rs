@@ -6,6 +6,7 @@
 //! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
 //! | [`disk`]    | disk images for the blk trials: the test guest's pattern, expected images |
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
+//! | [`layering`] | a crate's module import graph and its cycles (`tests/tests/layering.rs`) |
 //! | [`procfs`]  | a live process seen from `/proc`: children, status, namespaces, fds      |
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
 //! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
@@ -32,6 +33,7 @@ pub mod bench;
 pub mod binary;
 pub mod disk;
 pub mod host;
+pub mod layering;
 pub mod output;
 pub mod paths;
 pub mod procfs;

@@ -125,7 +125,10 @@ pub fn read_crate(root: &Path) -> std::io::Result<Graph> {
 /// directory named after the file.
 fn child_dir(path: &ModPath, file: &Path) -> PathBuf {
     let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     if path.is_empty() || stem == "mod" {
         dir
     } else {
@@ -135,7 +138,8 @@ fn child_dir(path: &ModPath, file: &Path) -> PathBuf {
 
 /// `tests`, `test_kind`, ...: test code, which may use anything.
 fn is_test_code(path: &ModPath) -> bool {
-    path.iter().any(|seg| seg == "tests" || seg.starts_with("test_"))
+    path.iter()
+        .any(|seg| seg == "tests" || seg.starts_with("test_"))
 }
 
 /// `code` with the bodies of inline `mod tests { ... }` blanked: test code may use anything.
@@ -198,9 +202,7 @@ pub fn blank_comments_and_strings(text: &str) -> String {
             i + block_comment_len(rest)
         } else if rest.starts_with(b"r#\"") || rest.starts_with(b"r\"") {
             i + raw_string_len(rest)
-        } else if rest[0] == b'"' {
-            i + string_len(rest)
-        } else if rest[0] == b'\'' && is_char_literal(rest) {
+        } else if rest[0] == b'"' || rest[0] == b'\'' && is_char_literal(rest) {
             i + string_len(rest)
         } else {
             // Multi-byte characters are copied whole.
@@ -581,7 +583,8 @@ mod tests {
 
     #[test]
     fn comments_and_strings_are_blanked() {
-        let code = "use crate::a; // crate::b\nlet s = \"crate::c\"; /* crate::d */ let c = '\"';\n\
+        let code =
+            "use crate::a; // crate::b\nlet s = \"crate::c\"; /* crate::d */ let c = '\"';\n\
                     let r = r#\"crate::e\"#; fn f<'a>(x: &'a u8) { crate::g::h(x) }";
         let blank = blank_comments_and_strings(code);
         assert_eq!(blank.lines().count(), 3);
@@ -597,7 +600,10 @@ mod tests {
         let code = "use crate::a;\n#[cfg(test)]\nmod tests {\n    use crate::b;\n}\n";
         let blank = blank_inline_test_modules(code);
         assert_eq!(blank.lines().count(), code.lines().count());
-        let refs: Vec<String> = references(&p(""), &blank).into_iter().map(|r| r.1).collect();
+        let refs: Vec<String> = references(&p(""), &blank)
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
         assert_eq!(refs, ["crate::a"]);
     }
 
@@ -614,14 +620,20 @@ mod tests {
     #[test]
     fn paths_and_groups_resolve_from_the_module() {
         let here = p("worker::serve");
-        assert_eq!(expand(&here, "super::queues::build"), [p("worker::queues::build")]);
+        assert_eq!(
+            expand(&here, "super::queues::build"),
+            [p("worker::queues::build")]
+        );
         assert_eq!(expand(&here, "self::x"), [p("worker::serve::x")]);
         assert_eq!(
             expand(&here, "crate::{cli::Args, worker::{a, b}, self}"),
             [p("cli::Args"), p("worker"), p("")]
         );
         assert_eq!(expand(&p("a"), "super::super::x"), Vec::<ModPath>::new());
-        assert_eq!(path_len("crate::a::{b, c::{d}}::x;"), "crate::a::{b, c::{d}}".len());
+        assert_eq!(
+            path_len("crate::a::{b, c::{d}}::x;"),
+            "crate::a::{b, c::{d}}".len()
+        );
     }
 
     #[test]
@@ -659,7 +671,9 @@ mod tests {
             .map(|(a, b, _)| (a.as_str(), b.as_str()))
             .collect();
         assert_eq!(steps, [("a", "b"), ("b", "c"), ("c", "a")]);
-        assert!(cycles[0].to_string().contains("c -> a   (f.rs:3: crate::x)"));
+        assert!(cycles[0]
+            .to_string()
+            .contains("c -> a   (f.rs:3: crate::x)"));
         graph.edges.remove(&(p(""), "c".into(), "a".into()));
         assert!(graph.cycles().is_empty());
     }

@@ -71,10 +71,16 @@ fn main() {
                 .display()
                 .to_string()
                 .replace(['/', '.', '-'], "_");
-            suite = suite.test(&format!("no_import_cycle_in_{name}"), move || no_cycle(root));
+            suite = suite.test(&format!("no_import_cycle_in_{name}"), move || {
+                no_cycle(root)
+            });
             count += 1;
         }
     }
-    assert!(count >= 6, "found only {count} crate roots under {}", repo.display());
+    assert!(
+        count >= 6,
+        "found only {count} crate roots under {}",
+        repo.display()
+    );
     suite.run()
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::config::{OnWorkerExit, SandboxOptions, SeccompMode, VmConfig};
 use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
 use crate::layout::VIRTIO_MMIO_SLOTS;
-use crate::sandboxed::SandboxOptions;
 
 /// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -133,25 +133,6 @@ pub fn parse() -> Result<Args, clap::Error> {
     Args::from_arg_matches_mut(&mut matches)
 }
 
-/// `--seccomp`: what a filter does with a system call its profile does not allow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum SeccompMode {
-    /// Deny it with SIGSYS.
-    #[default]
-    Trap,
-    /// Allow it and log it to the kernel audit log.
-    Log,
-}
-
-impl From<SeccompMode> for seccomp_profiles::Mode {
-    fn from(mode: SeccompMode) -> Self {
-        match mode {
-            SeccompMode::Trap => seccomp_profiles::Mode::Trap,
-            SeccompMode::Log => seccomp_profiles::Mode::Log,
-        }
-    }
-}
-
 /// Parses `FIRST:COUNT` for `--worker-ids`.
 fn parse_id_range(text: &str) -> Result<broker::IdRange, String> {
     let bad = || format!("'{text}' is not FIRST:COUNT with FIRST > 0, COUNT > 0, below 2^32 - 1");
@@ -170,15 +151,6 @@ pub enum OnOff {
     On,
     /// Disabled.
     Off,
-}
-
-/// `--on-worker-exit`: what a dead or misbehaving device worker does to the VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OnWorkerExit {
-    /// Keep the VM running; the device shows DEVICE_NEEDS_RESET.
-    Keep,
-    /// End the VM with an error.
-    Stop,
 }
 
 /// A problem with the command line, found after clap accepted its syntax.
@@ -212,33 +184,6 @@ pub enum CliError {
         /// Slots available.
         max: usize,
     },
-}
-
-/// The validated configuration the VMM runs with.
-#[derive(Debug)]
-pub struct VmConfig {
-    /// Kernel image path.
-    pub kernel: PathBuf,
-    /// Optional initrd path.
-    pub initrd: Option<PathBuf>,
-    /// Command line as given.
-    pub cmdline: String,
-    /// Guest RAM in bytes.
-    pub mem_bytes: u64,
-    /// vCPU count.
-    pub cpus: u8,
-    /// The virtio devices, in slot order; `sandbox` already folds in `--no-sandbox`.
-    pub devices: Vec<DeviceSpec>,
-    /// Whether to write ACPI tables (`--acpi`).
-    pub acpi: bool,
-    /// What a dead or misbehaving worker does to the VM.
-    pub on_worker_exit: OnWorkerExit,
-    /// What seccomp filters do with a system call their profile does not allow.
-    pub seccomp: SeccompMode,
-    /// How sandboxed workers are confined.
-    pub sandbox: SandboxOptions,
-    /// `--report-timings`: print each device's spawn time on stderr.
-    pub report_timings: bool,
 }
 
 impl Args {

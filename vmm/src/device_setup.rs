@@ -34,25 +34,24 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::VirtioMmioDevice;
-use crate::cli::VmConfig;
-use crate::control::VmControl;
+use crate::config::VmConfig;
 use crate::device_spec::DeviceSpec;
-use crate::error::one_line;
 use crate::fd_wait::wait_all_readable;
 use crate::host_resources::{HostResourceError, HostResources};
 use crate::layout::{virtio_mmio_cmdline_entry, virtio_mmio_slot};
-use crate::memory::GuestRam;
 use crate::mmio_bus::{MmioBus, MmioBusError};
 use crate::plan::{self, PlanError, WorkerPlan};
 use crate::sandboxed::{Sandbox, SandboxError};
+use crate::self_confine::{self, ThreadRole};
 use crate::supervisor::{spawn_monitor, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::ProxyError;
-use crate::worker::{in_process, WorkerFds};
-
-/// The transport of one device, shared by the MMIO bus, its monitor and the VM's owner.
-pub type Transport = Arc<Mutex<MmioTransport<WorkerProxy>>>;
+use crate::virtio::Transport;
+use crate::vm_events::VmEvents;
+use worker::guest_ram::GuestRam;
+use worker::report::one_line;
+use worker::{in_process, WorkerFds};
 
 /// Setting up a device failed. Every variant names the device (`rng#0`).
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +154,10 @@ pub enum DeviceSetupError {
 /// A running device worker, wherever it runs.
 enum Worker {
     /// On a thread of svmm (`sandbox=off`).
-    InProcess(#[allow(dead_code)] JoinHandle<()>),
+    InProcess {
+        /// Kept for the thread's lifetime; the device ends it through its control channel.
+        _thread: JoinHandle<()>,
+    },
     /// A confined `svmm __worker` process, shared with the monitor and the terminate hook.
     Sandboxed(Arc<Supervised>),
 }
@@ -183,9 +185,13 @@ pub struct VirtioDevices {
 }
 
 impl Drop for VirtioDevices {
-    /// Every worker process is gone when the devices are: killed and reaped, quietly.
+    /// Every worker is gone when the devices are: each is asked to shut down (an in-process
+    /// device's thread then ends), and a worker process is killed and reaped, quietly.
     fn drop(&mut self) {
         for device in &self.devices {
+            if let Some(mut transport) = lock_within(&device.transport, Duration::from_secs(2)) {
+                transport.proxy_mut().shutdown();
+            }
             if let Worker::Sandboxed(worker) = &device.worker {
                 worker.end();
             }
@@ -202,7 +208,7 @@ impl VirtioDevices {
                 continue;
             };
             let mode = match device.worker {
-                Worker::InProcess(_) => "in-process",
+                Worker::InProcess { .. } => "in-process",
                 Worker::Sandboxed(_) => "sandboxed",
             };
             match transport.proxy_mut().stats() {
@@ -258,7 +264,7 @@ pub fn create(
     ram: &GuestRam,
     config: &VmConfig,
     bus: &mut MmioBus,
-    control: &VmControl,
+    control: &VmEvents,
 ) -> Result<VirtioDevices, DeviceSetupError> {
     let mut devices = VirtioDevices::default();
     // 1. In order: slots, host resources, plans, eventfds bound to KVM.
@@ -338,7 +344,7 @@ pub fn create(
             })?;
         let supervised = match &worker {
             Worker::Sandboxed(supervised) => Some(supervised.clone()),
-            Worker::InProcess(_) => None,
+            Worker::InProcess { .. } => None,
         };
         spawn_monitor(
             &name,
@@ -346,7 +352,12 @@ pub fn create(
             supervised,
             config.on_worker_exit,
             control,
-        )?;
+        )
+        .map_err(|e| DeviceSetupError::Host {
+            name: name.clone(),
+            what: e.what,
+            source: e.source,
+        })?;
         devices.acpi.push(VirtioMmioDevice { addr, size, irq });
         if !devices.cmdline.is_empty() {
             devices.cmdline.push(' ');
@@ -502,26 +513,16 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
             eprintln!("svmm: {label}: in-process device stopped: {}", one_line(e));
         }
     };
-    let handle = in_process::spawn(
-        format!("dev-{name}"),
-        backend,
-        config.seccomp_profile(),
-        fds,
-        warn,
-        on_exit,
-    )
-    .map_err(|source| DeviceSetupError::Host {
-        name,
-        what: "start its device thread",
-        source,
-    })?;
-    device.worker = Some(Worker::InProcess(handle));
+    let profile = config.seccomp_profile();
+    let confine = move || self_confine::enter(ThreadRole::Device(profile));
+    let handle = in_process::spawn(format!("dev-{name}"), backend, fds, warn, confine, on_exit)
+        .map_err(|source| DeviceSetupError::Host {
+            name,
+            what: "start its device thread",
+            source,
+        })?;
+    device.worker = Some(Worker::InProcess { _thread: handle });
     Ok(())
-}
-
-/// Locks a transport; a poisoned lock (a panic elsewhere) still holds a usable register state.
-pub fn lock(transport: &Transport) -> MutexGuard<'_, MmioTransport<WorkerProxy>> {
-    transport.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Tries to lock `transport` for up to `wait`.

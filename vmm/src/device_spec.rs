@@ -26,7 +26,7 @@ const SANDBOX: OptionSpec = OptionSpec {
 #[cfg(feature = "test-faults")]
 const FAULT: OptionSpec = OptionSpec {
     name: "fault",
-    value: OptionValue::Choice(crate::worker::fault::Fault::NAMES),
+    value: OptionValue::Choice(worker::fault::Fault::NAMES),
     help: "the worker misbehaves this way once the guest uses the device",
     hidden: true,
 };
@@ -47,7 +47,7 @@ pub struct DeviceSpec {
     pub sandbox: bool,
     /// The test-only misbehaviour of its worker (`fault=MODE`).
     #[cfg(feature = "test-faults")]
-    pub fault: Option<crate::worker::fault::Fault>,
+    pub fault: Option<worker::fault::Fault>,
 }
 
 impl DeviceSpec {
@@ -105,7 +105,7 @@ pub fn parse(text: &str) -> Result<DeviceSpec, DeviceSpecError> {
     device.sandbox = spec.switch(&SANDBOX)?.unwrap_or(true);
     #[cfg(feature = "test-faults")]
     {
-        use crate::worker::fault::Fault;
+        use worker::fault::Fault;
         device.fault = spec.choice(&FAULT)?.and_then(Fault::from_name);
     }
     Ok(device)
@@ -207,7 +207,7 @@ mod tests {
     #[cfg(feature = "test-faults")]
     #[test]
     fn hidden_fault_option() {
-        use crate::worker::fault::Fault;
+        use worker::fault::Fault;
         assert_eq!(
             parse("rng,fault=garbage").unwrap().fault,
             Some(Fault::Garbage)

@@ -6,8 +6,7 @@ use crate::cpu::CpuError;
 use crate::device_setup::DeviceSetupError;
 use crate::exit_code::ExitCode;
 use crate::kvm::{KvmUnavailable, VmSetupError};
-use crate::memory::MemoryError;
-use crate::print_sandbox::PrintSandboxError;
+use worker::guest_ram::MemoryError;
 
 /// Anything that stops svmm before or while running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +53,7 @@ impl SvmmError {
     /// The exit code this failure ends svmm with.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Cli(_) | Self::PrintSandbox(PrintSandboxError::Cli(_)) => ExitCode::Usage,
+            Self::Cli(_) => ExitCode::Usage,
             Self::Boot(BootError::CmdlineTooLong(_)) => ExitCode::Usage,
             Self::Boot(BootError::Memory(_) | BootError::Configure(_)) => ExitCode::SetupFailed,
             Self::Boot(_) => ExitCode::BadInput,
@@ -75,19 +74,4 @@ impl SvmmError {
             | Self::Host(..) => ExitCode::SetupFailed,
         }
     }
-}
-
-/// Formats an error and its sources as one line: `outer: inner: innermost`.
-pub fn one_line(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line.replace('\n', " ")
 }

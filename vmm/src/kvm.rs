@@ -7,7 +7,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::memory::GuestRam;
+use worker::guest_ram::GuestRam;
 
 /// KVM API version every kernel since 2.6.22 reports.
 const KVM_API_VERSION: i32 = 12;

@@ -21,8 +21,9 @@
 //! 0xfee0_0000  local APIC
 //! ```
 
-/// Start of guest RAM.
-pub const RAM_START: u64 = 0;
+/// Where guest RAM starts and the MMIO gap it goes around: shared with every device worker,
+/// which maps the same RAM (`worker::guest_ram`).
+pub use worker::guest_ram::{MMIO_GAP_START, RAM_START};
 /// The zero page (Linux boot protocol) or `hvm_start_info` (PVH).
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// The PVH memory map table (`hvm_memmap_table_entry` array).
@@ -54,10 +55,6 @@ pub const ACPI_END: u64 = 0x10_0000;
 /// Where kernels are loaded: 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 
-/// Start of the 32-bit MMIO gap; RAM that does not fit below it goes above 4 GiB.
-pub const MMIO_GAP_START: u64 = 0xc000_0000;
-/// End (exclusive) of the 32-bit MMIO gap.
-pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
@@ -100,7 +97,6 @@ pub const VIRTIO_MMIO_IRQS: [u32; 16] =
 pub const VIRTIO_MMIO_SLOTS: usize = VIRTIO_MMIO_IRQS.len();
 
 /// Window base, window size and GSI of virtio-mmio slot `i`; `None` past the last slot.
-#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
 pub fn virtio_mmio_slot(i: usize) -> Option<(u64, u64, u32)> {
     let irq = *VIRTIO_MMIO_IRQS.get(i)?;
     // Cannot truncate or overflow: `i` < VIRTIO_MMIO_SLOTS.
@@ -111,24 +107,12 @@ pub fn virtio_mmio_slot(i: usize) -> Option<(u64, u64, u32)> {
 /// The `virtio_mmio.device=SIZE@ADDR:IRQ` command-line word for a window, in the form Linux's
 /// `virtio_mmio` driver (with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) and the test guest parse:
 /// the size in KiB with a `K` suffix when it is a whole number of KiB, the address in hex.
-#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
 pub fn virtio_mmio_cmdline_entry(addr: u64, size: u64, irq: u32) -> String {
     if size % 1024 == 0 && size != 0 {
         format!("virtio_mmio.device={}K@{addr:#x}:{irq}", size / 1024)
     } else {
         format!("virtio_mmio.device={size:#x}@{addr:#x}:{irq}")
     }
-}
-
-/// The command-line words for slots `0..count` (at most [`VIRTIO_MMIO_SLOTS`]), separated by
-/// spaces, for kernels that learn their devices from the command line.
-#[allow(dead_code)] // Used once vm.rs creates the virtio devices.
-pub fn virtio_mmio_cmdline(count: usize) -> String {
-    (0..count)
-        .map_while(virtio_mmio_slot)
-        .map(|(addr, size, irq)| virtio_mmio_cmdline_entry(addr, size, irq))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -163,14 +147,10 @@ mod tests {
             virtio_mmio_cmdline_entry(0xd000_1000, 0x200, 6),
             "virtio_mmio.device=0x200@0xd0001000:6"
         );
-        assert_eq!(virtio_mmio_cmdline(0), "");
+        let (addr, size, irq) = virtio_mmio_slot(1).unwrap();
         assert_eq!(
-            virtio_mmio_cmdline(2),
-            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
-        );
-        assert_eq!(
-            virtio_mmio_cmdline(100).split(' ').count(),
-            VIRTIO_MMIO_SLOTS
+            virtio_mmio_cmdline_entry(addr, size, irq),
+            "virtio_mmio.device=4K@0xd0001000:6"
         );
     }
 }

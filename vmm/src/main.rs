@@ -6,7 +6,7 @@
 mod acpi;
 mod boot;
 mod cli;
-mod control;
+mod config;
 mod cpu;
 mod device_setup;
 mod device_spec;
@@ -18,7 +18,6 @@ mod kinds;
 mod kvm;
 mod layout;
 mod legacy;
-mod memory;
 mod mmio_bus;
 mod mptable;
 mod plan;
@@ -30,16 +29,16 @@ mod terminal;
 #[cfg(test)]
 mod test_kind;
 mod vcpu;
-// The transport is complete but no device is created yet: vm.rs wires transports next.
-#[allow(dead_code)]
 mod virtio;
 mod vm;
-mod worker;
+mod vm_events;
 
 use std::io::Write;
 
-use crate::control::VmEvent;
-use crate::error::{one_line, SvmmError};
+use crate::vm_events::VmEvent;
+use worker::report::one_line;
+
+use crate::error::SvmmError;
 use crate::exit_code::ExitCode;
 
 fn main() {
@@ -61,12 +60,12 @@ fn run() -> u8 {
         Err(e) => return report_clap_error(&e),
     };
     if args.print_sandbox {
-        return match print_sandbox::report_for(&args) {
+        return match print_sandbox_report(&args) {
             Ok(report) => {
                 print!("{report}");
                 0
             }
-            Err(e) => fail(&SvmmError::from(e)),
+            Err(e) => fail(&e),
         };
     }
     let config = match args.validate(cli::host_mem_mib()) {
@@ -82,6 +81,18 @@ fn run() -> u8 {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// `--print-sandbox`: the report for the command line's `--device`s, `--no-sandbox`,
+/// `--seccomp`, `--worker-ids` and `--allow-missing-landlock`.
+fn print_sandbox_report(args: &cli::Args) -> Result<String, SvmmError> {
+    let options = config::SandboxOptions {
+        seccomp: args.seccomp.into(),
+        worker_ids: args.worker_ids,
+        allow_missing_landlock: args.allow_missing_landlock,
+    };
+    let devices = args.device_specs()?;
+    Ok(print_sandbox::report(&devices, args.seccomp, &options)?)
 }
 
 /// Reports the event that ended the VM and returns the exit code for it.

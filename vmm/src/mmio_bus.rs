@@ -21,7 +21,6 @@ pub trait MmioDevice: Send {
 pub type SharedMmioDevice = Arc<Mutex<dyn MmioDevice>>;
 
 /// Why a window could not be added to the bus.
-#[allow(dead_code)] // Used once vm.rs adds the virtio-mmio transports.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MmioBusError {
     /// An empty window, or one that runs past the end of the address space.
@@ -62,7 +61,6 @@ pub struct MmioBus {
 impl MmioBus {
     /// Adds `device` at `[base, base + len)`. Fails, changing nothing, if the window is empty,
     /// wraps, or overlaps a window already on the bus.
-    #[allow(dead_code)] // Used once vm.rs adds the virtio-mmio transports.
     pub fn insert(
         &mut self,
         base: u64,

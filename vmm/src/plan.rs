@@ -24,11 +24,11 @@ use broker::{ConfineConfig, HostResource, IdChoice, IdRange, LandlockBeneath};
 use devices::kind::SandboxNeeds;
 use seccomp_profiles::Mode;
 
+use crate::config::SandboxOptions;
 use crate::device_spec::DeviceSpec;
 use crate::host_resources::file_size_limit;
-use crate::sandboxed::SandboxOptions;
-use crate::worker::args::{self, WORKER_ARG};
-use crate::worker::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
+use worker::args::{self, WORKER_ARG};
+use worker::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
 
 /// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
 /// otherwise it is `/dev/null` like fds 0 and 1.
@@ -211,7 +211,7 @@ pub fn inherited_fds(kind: &str, queues: u16, resources: &[HostResource]) -> Vec
             ),
         ));
     }
-    let first = crate::worker::fd_numbers::first_resource(queues);
+    let first = worker::fd_numbers::first_resource(queues);
     let with_fds = resources.iter().filter(|r| r.has_fd());
     for (number, resource) in (first..).zip(with_fds) {
         fds.push(fd(
@@ -234,7 +234,7 @@ pub fn sandbox_config(
     let kind = spec.kind();
     let queues = spec.config.queues();
     let resource_fds = resources.iter().filter(|r| r.has_fd()).count();
-    let fds = crate::worker::fd_numbers::passed(queues, resource_fds);
+    let fds = worker::fd_numbers::passed(queues, resource_fds);
     let mut sandbox = ConfineConfig::new(ids.worker_ids(), fds, Vec::new());
     sandbox.rlimits.nproc = needs.nproc;
     sandbox.rlimits.nofile = 3 + u64::from(fds) + needs.extra_fds;
@@ -266,7 +266,7 @@ pub fn sandbox_config(
             .iter()
             .filter(|r| r.has_fd())
             .count();
-        let first = crate::worker::fd_numbers::first_resource(queues);
+        let first = worker::fd_numbers::first_resource(queues);
         sandbox.landlock_beneath.push(LandlockBeneath {
             fd: first + position as RawFd,
             writable: rule.writable,
@@ -302,7 +302,7 @@ pub fn worker_argv(
     if let Some(fault) = spec.fault {
         argv.push(text(format!(
             "{}{}",
-            crate::worker::fault::ARG_PREFIX,
+            worker::fault::ARG_PREFIX,
             fault.name()
         )));
     }

@@ -16,21 +16,18 @@ use std::fmt::Write as _;
 
 use broker::{IdChoice, REQUIRED_LANDLOCK_ABI};
 
-use crate::cli::{Args, CliError, SeccompMode};
+use crate::config::SandboxOptions;
+use crate::config::SeccompMode;
 use crate::device_spec::DeviceSpec;
 use crate::host_resources::declared_size;
 use crate::layout::virtio_mmio_slot;
 use crate::plan::{self, PlanError, WorkerPlan};
-use crate::sandboxed::SandboxOptions;
 use crate::self_confine::{THREAD_POLICY, VMM_PROFILE};
 use profile::ProfileError;
 
 /// Why the report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PrintSandboxError {
-    /// A `--device` is wrong.
-    #[error(transparent)]
-    Cli(#[from] CliError),
     /// A device's worker could not be planned.
     #[error("{name}: {source}")]
     Plan {
@@ -43,17 +40,6 @@ pub enum PrintSandboxError {
     /// A seccomp profile could not be read back.
     #[error(transparent)]
     Profile(#[from] ProfileError),
-}
-
-/// The report for the command line `args` (its `--device`s, `--no-sandbox`, `--seccomp`,
-/// `--worker-ids` and `--allow-missing-landlock`).
-pub fn report_for(args: &Args) -> Result<String, PrintSandboxError> {
-    let options = SandboxOptions {
-        seccomp: args.seccomp.into(),
-        worker_ids: args.worker_ids,
-        allow_missing_landlock: args.allow_missing_landlock,
-    };
-    report(&args.device_specs()?, args.seccomp, &options)
 }
 
 /// The report for `devices`, their workers confined as `options` say (filters in `mode`).

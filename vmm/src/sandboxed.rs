@@ -24,22 +24,11 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use broker::{IdRange, SpawnError, Spawner, WorkerSpec};
-use seccomp_profiles::Mode;
+use broker::{SpawnError, Spawner, WorkerSpec};
 
+use crate::config::SandboxOptions;
 use crate::plan::WorkerPlan;
-use crate::worker::WorkerFds;
-
-/// How sandboxed workers are confined (from the command line).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SandboxOptions {
-    /// `--seccomp`: what the filter does with a forbidden call.
-    pub seccomp: Mode,
-    /// `--worker-ids`: host ids for workers of a root VMM.
-    pub worker_ids: IdRange,
-    /// `--allow-missing-landlock`.
-    pub allow_missing_landlock: bool,
-}
+use worker::WorkerFds;
 
 /// Why a worker could not be started. Each variant names one failure.
 #[derive(Debug, thiserror::Error)]

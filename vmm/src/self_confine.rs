@@ -46,7 +46,7 @@ use std::sync::OnceLock;
 use seccomp_profiles::sigsys::{SigsysInfo, SYS_SECCOMP};
 use seccomp_profiles::Mode;
 
-use crate::cli::SeccompMode;
+use crate::config::SeccompMode;
 use crate::exit_code::ExitCode;
 
 /// The profile of svmm's own threads.

@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use broker::ExitCause;
 
-use crate::cli::OnWorkerExit;
-use crate::control::{VmControl, VmEvent};
-use crate::device_setup::{lock, DeviceSetupError, Transport};
+use crate::config::OnWorkerExit;
+use crate::virtio::{lock, Transport};
+use crate::vm_events::{VmEvent, VmEvents};
 
 /// A sandboxed worker process, shared by its device, the proxy's terminate hook and the
 /// monitor.
@@ -83,7 +83,7 @@ impl Supervised {
             eprintln!(
                 "svmm: cannot kill worker (pid {}): {}",
                 self.pid,
-                crate::error::one_line(&e)
+                worker::report::one_line(&e)
             );
         }
     }
@@ -132,8 +132,19 @@ fn describe_death(
             format!("killed by svmm: {reason}")
         }
         (Ok(cause), _) => cause.to_string(),
-        (Err(e), _) => format!("ended, cause unknown ({})", crate::error::one_line(&e)),
+        (Err(e), _) => format!("ended, cause unknown ({})", worker::report::one_line(&e)),
     }
+}
+
+/// The monitor thread of a device could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what}")]
+pub struct MonitorError {
+    /// What failed.
+    pub what: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Starts the monitor thread of device `name`: its worker process is `supervised` (sandboxed)
@@ -144,13 +155,9 @@ pub fn spawn_monitor(
     transport: &Transport,
     supervised: Option<Arc<Supervised>>,
     policy: OnWorkerExit,
-    control: &VmControl,
-) -> Result<(), DeviceSetupError> {
-    let host = |what, source| DeviceSetupError::Host {
-        name: name.to_string(),
-        what,
-        source,
-    };
+    control: &VmEvents,
+) -> Result<(), MonitorError> {
+    let host = |what, source| MonitorError { what, source };
     // Its own copy of the socket, only for polling: the proxy keeps (and may shut down) its own.
     let socket: OwnedFd = lock(transport)
         .proxy()
@@ -186,7 +193,7 @@ struct Monitor {
     transport: Transport,
     supervised: Option<Arc<Supervised>>,
     policy: OnWorkerExit,
-    control: VmControl,
+    control: VmEvents,
 }
 
 impl Monitor {

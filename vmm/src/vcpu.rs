@@ -28,11 +28,11 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::control::{VmControl, VmEvent};
-use crate::error::one_line;
 use crate::legacy::PioBus;
 use crate::mmio_bus::MmioBus;
 use crate::self_confine::{self, ThreadRole};
+use crate::vm_events::{VmEvent, VmEvents};
+use worker::report::one_line;
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`: the first real-time signal, which the C
 /// library leaves to programs.
@@ -69,7 +69,7 @@ impl Vcpus {
         vcpu: VcpuFd,
         bus: Arc<PioBus>,
         mmio: Arc<MmioBus>,
-        control: VmControl,
+        control: VmEvents,
     ) -> std::io::Result<()> {
         let stop = self.stop.clone();
         let thread = thread::Builder::new()

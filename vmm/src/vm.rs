@@ -11,17 +11,17 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootInputs};
-use crate::cli::VmConfig;
-use crate::control::{VmControl, VmEvent};
+use crate::config::VmConfig;
 use crate::device_setup::{self, VirtioDevices};
 use crate::error::SvmmError;
 use crate::layout::{ACPI_SLEEP_CONTROL_PORT, EXIT_PORT, I8042_DATA_PORT, SERIAL_IRQ, SERIAL_PORT};
 use crate::legacy::{AcpiSleep, ConsoleInput, ConsoleSerial, ExitPort, PioBus, I8042};
-use crate::memory::{create_guest_ram, GuestRam};
 use crate::mmio_bus::MmioBus;
 use crate::self_confine::{self, ThreadRole};
 use crate::vcpu::{self, Vcpus};
+use crate::vm_events::{VmEvent, VmEvents};
 use crate::{cpu, kvm, mptable, terminal};
+use worker::guest_ram::{create_guest_ram, GuestRam};
 
 /// A built VM. It must stay alive (not dropped) while its vCPU threads run; dropping it stops
 /// them first.
@@ -87,7 +87,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         _vm: vm_fd,
         ram: Some(ram),
     };
-    let (control, events) = VmControl::new();
+    let (control, events) = VmEvents::new();
     let mut mmio_bus = MmioBus::default();
     vm.devices = device_setup::create(&vm._vm, vm.memory(), config, &mut mmio_bus, &control)?;
     let memory = &vm.memory().memory;
@@ -155,7 +155,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
 /// COM1, the i8042, the ACPI sleep registers and the exit port on a fresh port bus.
 fn legacy_devices(
     vm: &VmFd,
-    control: &VmControl,
+    control: &VmEvents,
 ) -> Result<(PioBus, Arc<Mutex<ConsoleSerial>>), SvmmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| SvmmError::Host("create the serial interrupt eventfd", e))?;

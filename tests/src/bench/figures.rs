@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use super::{Config, Mode};
 
-/// The contract's bench tests, then the virtio-fs ones, in the order the guest runs them.
+/// The bench tests of images/testguest/README.md ("Benchmarks"), the virtio-fs ones last, in
+/// the order the guest runs them.
 pub const BENCH_TESTS: [&str; 11] = [
     "bench_cpu",
     "bench_rng",
@@ -147,7 +148,8 @@ pub struct GuestFigure {
     pub better: Better,
     /// The guest's own cost (`bench_cpu`), not a device figure.
     pub guest_cost: bool,
-    /// Whether the contract requires the key (a missing optional key is no failure).
+    /// Whether images/testguest/README.md requires the key (a missing optional key is no
+    /// failure).
     pub required: bool,
 }
 
@@ -340,8 +342,8 @@ pub const GUEST_FIGURES: &[GuestFigure] = &[
     ),
 ];
 
-/// The keys the contract requires of `test`'s result line, beyond its figures (`*` in the
-/// contract's table); the harness checks them so that a guest that drifts from the contract
+/// The keys images/testguest/README.md ("Benchmarks") requires of `test`'s result line, beyond
+/// its figures (`*` in its table); the harness checks them so that a guest that drifts from it
 /// fails loudly instead of being misread.
 pub fn required_keys(test: &str) -> &'static [&'static str] {
     match test {
@@ -473,7 +475,7 @@ pub fn fields(text: &str) -> BTreeMap<String, String> {
 }
 
 /// The samples (figure key, value in the figure's unit) in `test`'s result `fields` from a run
-/// in `mode`; an error names what breaks the contract (a required key missing or not an integer,
+/// in `mode`; an error names what breaks images/testguest/README.md's format (a required key missing or not an integer,
 /// `mode=` not the one asked for).
 pub fn guest_samples(
     test: &str,

@@ -9,7 +9,7 @@
 //! | [`setup`]    | the three configurations as [`crate::TestVm`]s (the QEMU command), disk images, prerequisites, the machine |
 //! | [`runner`]   | one VM run (boot times, spawn lines, memory, guest figures) and the round robin |
 //! | [`memory`]   | `/proc/<pid>/smaps`: PSS without the guest-RAM mapping                      |
-//! | [`stats`]    | medians, spreads, ratios and the targets                            |
+//! | [`stats`]    | medians, spreads, ratios and the project's targets (`T_*`, `check_targets`)   |
 //! | [`report`]   | the stdout table and BENCHMARKS.md                                          |
 //! | [`chart`]    | the SVG chart next to BENCHMARKS.md                                         |
 //!

@@ -529,7 +529,7 @@ fn method(out: &mut String, r: &Report) {
     let _ = writeln!(
         out,
         "- **Statistics**: median and min–max over the repetitions per figure and \
-         configuration. Targets (issue 5): sandboxed/in-process ≥ 0.95 on every throughput \
+         configuration. Targets (`tests/src/bench/stats.rs`): sandboxed/in-process ≥ 0.95 on every throughput \
          figure and ≤ 1.05 on every latency figure, in both modes; svmm sandboxed faster than \
          QEMU on every boot figure and on blk IOPS; every worker's spawn median < 5 ms; every \
          worker's PSS median < 2 MiB. A target is MET when every figure it covers is.\n"

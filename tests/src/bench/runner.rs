@@ -269,7 +269,7 @@ pub fn record(
                         }
                         Err(problem) => fail(
                             results,
-                            format!("{test}: the result line breaks the contract: {problem}\n    {line}"),
+                            format!("{test}: the result line breaks images/testguest/README.md's format: {problem}\n    {line}"),
                         ),
                     }
                     lines.push(line);

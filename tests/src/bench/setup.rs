@@ -1,6 +1,6 @@
 //! What a benchmark run needs before it starts, and what each VM run is: the [`Plan`], the
 //! prerequisites (fail loudly when KVM, QEMU or the guest is missing), the disk images, the three
-//! configurations as [`TestVm`]s (the QEMU command the issue prescribes), and the machine.
+//! configurations as [`TestVm`]s (QEMU as DESIGN.md's benchmark section has it: `-M microvm`, `-sandbox on`), and the machine.
 //!
 //! The same devices everywhere: 2 virtio-rng and 2 virtio-blk, in that order, each blk on its own
 //! raw image of [`Plan::image_mib`] MiB (allocated, not sparse) in one scratch directory, opened

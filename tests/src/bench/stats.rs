@@ -88,7 +88,7 @@ impl Verdict {
 /// One checked target on one figure.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
-    /// Which of the targets.
+    /// Which of the project's targets.
     pub target: &'static str,
     /// The figure, for people (section and label).
     pub figure: String,
@@ -121,7 +121,7 @@ pub const TARGETS: [&str; 6] = [
     T_WORKER_MEM,
 ];
 
-/// Checks the targets on every figure they concern.
+/// Checks the project's targets on every figure they concern.
 pub fn check_targets(figures: &[Figure], samples: &Samples) -> Vec<Check> {
     let mut out = Vec::new();
     let name = |f: &Figure| format!("{}: {}", short_section(f.section), f.label);

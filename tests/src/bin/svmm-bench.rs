@@ -1,4 +1,4 @@
-//! `svmm-bench`: svmm sandboxed vs svmm in-process vs QEMU, in one run (issue 5). Prints a table
+//! `svmm-bench`: svmm sandboxed vs svmm in-process vs QEMU, in one run. Prints a table
 //! on stdout, writes BENCHMARKS.md and benchmarks.svg, exits non-zero when anything failed.
 //! `tests/bench.sh` builds everything and runs it; the harness itself is `tests::bench`.
 
@@ -17,7 +17,7 @@ usage: svmm-bench [OPTIONS]
 
 Runs the test guest under svmm (sandboxed devices), svmm (the same devices in-process) and QEMU
 microvm, alternating, and reports boot, worker spawn, device and memory figures with their
-medians, spreads, ratios and the issue's targets.
+medians, spreads, ratios and the project's targets.
 
 options:
   --reps N          repetitions per configuration (default 5)
@@ -25,7 +25,7 @@ options:
   --mem MIB         guest RAM for both VMMs (default 128)
   --guest PATH      the test guest ELF (default: $SVMM_BENCH_GUEST, else images/out/testguest.elf)
   --tests LIST      the tests of the bench runs, comma-separated (default: ring3 and every
-                    bench test of the contract)
+                    bench test of images/testguest/README.md)
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)

@@ -1,7 +1,7 @@
 //! The guest's physical memory map, as both boot protocols describe it (e820 types).
 
 use crate::layout::{EBDA_START, HIMEM_START, MMIO_GAP_START, RAM_START};
-use crate::memory::ram_ranges;
+use worker::guest_ram::ram_ranges;
 
 /// e820 type: usable RAM.
 pub const E820_RAM: u32 = 1;

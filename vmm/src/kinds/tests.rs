@@ -9,12 +9,12 @@ use devices::DeviceKind;
 use seccomp_profiles::Mode;
 
 use super::*;
-use crate::cli::SeccompMode;
+use crate::config::SandboxOptions;
+use crate::config::SeccompMode;
 use crate::device_spec::{self, DeviceSpec};
 use crate::host_resources::declared_size;
 use crate::plan;
-use crate::sandboxed::SandboxOptions;
-use crate::worker::args::WorkerArgs;
+use worker::args::WorkerArgs;
 
 /// A scratch directory for one kind's fixtures, removed when dropped.
 struct Scratch(PathBuf);

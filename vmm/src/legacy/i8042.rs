@@ -4,10 +4,10 @@
 use vm_superio::{I8042Device, Trigger};
 
 use super::PioDevice;
-use crate::control::{VmControl, VmEvent};
+use crate::vm_events::{VmEvent, VmEvents};
 
 /// Turns the i8042's CPU-reset line into a [`VmEvent::Reboot`].
-pub struct ResetTrigger(VmControl);
+pub struct ResetTrigger(VmEvents);
 
 impl Trigger for ResetTrigger {
     type E = std::convert::Infallible;
@@ -23,7 +23,7 @@ pub struct I8042(I8042Device<ResetTrigger>);
 
 impl I8042 {
     /// An i8042 whose reset reports to `control`.
-    pub fn new(control: VmControl) -> Self {
+    pub fn new(control: VmEvents) -> Self {
         Self(I8042Device::new(ResetTrigger(control)))
     }
 }
@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn reset_command_reboots() {
-        let (control, rx) = VmControl::new();
+        let (control, rx) = VmEvents::new();
         let mut dev = I8042::new(control);
         dev.write(4, &[0x20]);
         assert!(rx.try_recv().is_err());

@@ -2,8 +2,8 @@
 //! test-guest exit port (a status, like QEMU's `isa-debug-exit`).
 
 use super::PioDevice;
-use crate::control::{VmControl, VmEvent};
 use crate::layout::S5_SLEEP_TYPE;
+use crate::vm_events::{VmEvent, VmEvents};
 
 /// `SLP_EN` in the sleep control register.
 const SLP_EN: u8 = 1 << 5;
@@ -15,12 +15,12 @@ const SLP_TYP_MASK: u8 = 0x7;
 /// (the `_S5_` type our DSDT declares) powers the VM off; other sleep states are not supported
 /// and ignored, so the guest sees them fail and carries on.
 pub struct AcpiSleep {
-    control: VmControl,
+    control: VmEvents,
 }
 
 impl AcpiSleep {
     /// A sleep device that reports power-off to `control`.
-    pub fn new(control: VmControl) -> Self {
+    pub fn new(control: VmEvents) -> Self {
         Self { control }
     }
 }
@@ -43,12 +43,12 @@ impl PioDevice for AcpiSleep {
 
 /// The exit port: a write of up to four bytes (little endian) ends the VM with that status.
 pub struct ExitPort {
-    control: VmControl,
+    control: VmEvents,
 }
 
 impl ExitPort {
     /// An exit port that reports to `control`.
-    pub fn new(control: VmControl) -> Self {
+    pub fn new(control: VmEvents) -> Self {
         Self { control }
     }
 }
@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn s5_powers_off_and_other_states_do_not() {
-        let (control, rx) = VmControl::new();
+        let (control, rx) = VmEvents::new();
         let mut dev = AcpiSleep::new(control);
         dev.write(0, &[(3 << SLP_TYP_SHIFT) | SLP_EN]);
         dev.write(0, &[S5_SLEEP_TYPE << SLP_TYP_SHIFT]);
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn exit_port_reports_status() {
-        let (control, rx) = VmControl::new();
+        let (control, rx) = VmEvents::new();
         let mut dev = ExitPort::new(control);
         dev.write(0, &[5, 0, 0, 0]);
         dev.write(0, &[7]);

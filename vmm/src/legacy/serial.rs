@@ -11,9 +11,9 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::PioDevice;
-use crate::control::{VmControl, VmEvent};
-use crate::error::one_line;
 use crate::self_confine::{self, ThreadRole};
+use crate::vm_events::{VmEvent, VmEvents};
+use worker::report::one_line;
 
 /// Raises the serial interrupt by writing the irqfd KVM has bound to the UART's GSI.
 pub struct IrqTrigger(pub EventFd);
@@ -91,7 +91,7 @@ impl ConsoleInput {
     /// Starts the forwarding thread.
     pub fn spawn(
         serial: Arc<Mutex<ConsoleSerial>>,
-        control: VmControl,
+        control: VmEvents,
         escape: bool,
     ) -> io::Result<()> {
         thread::Builder::new()
@@ -101,7 +101,7 @@ impl ConsoleInput {
     }
 }
 
-fn forward(serial: Arc<Mutex<ConsoleSerial>>, control: VmControl, escape: bool) {
+fn forward(serial: Arc<Mutex<ConsoleSerial>>, control: VmEvents, escape: bool) {
     if let Err(e) = self_confine::enter(ThreadRole::ConsoleInput) {
         control.request(VmEvent::Internal(format!(
             "console input: {}",

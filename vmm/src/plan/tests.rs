@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use super::*;
 use crate::test_kind;
-use crate::worker::args::WorkerArgs;
+use worker::args::WorkerArgs;
 
 fn options(mode: Mode) -> SandboxOptions {
     SandboxOptions {
@@ -114,7 +114,7 @@ fn every_sort_of_resource_gets_its_place() {
         .filter(|r| r.has_fd())
         .count();
     assert_eq!(
-        crate::worker::fd_numbers::passed(spec.config.queues(), resource_fds),
+        worker::fd_numbers::passed(spec.config.queues(), resource_fds),
         plan.confine.fds
     );
     // A size that cannot be measured is an error naming the resource.

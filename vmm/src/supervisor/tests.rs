@@ -8,11 +8,11 @@ use super::*;
 use devices::irq_status::IrqStatus;
 use ipc::{Channel, DeviceErrorKind, WorkerToVmm};
 
-use crate::device_setup::{lock, Transport};
 use crate::mmio_bus::MmioDevice;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::status::DEVICE_NEEDS_RESET;
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
+use crate::virtio::{lock, Transport};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A transport whose proxy talks to a fake worker; returns the fake's end.
@@ -60,7 +60,7 @@ fn a_dead_worker_stops_the_vm_when_asked() {
     let (transport, worker) = transport();
     // The driver acknowledged the device, so DEVICE_NEEDS_RESET can show.
     lock(&transport).write(0x70, &1u32.to_le_bytes());
-    let (control, events) = VmControl::new();
+    let (control, events) = VmEvents::new();
     spawn_monitor("rng#0", &transport, None, OnWorkerExit::Stop, &control).unwrap();
     drop(worker);
     let event = events.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -75,7 +75,7 @@ fn a_dead_worker_stops_the_vm_when_asked() {
 fn a_device_error_shows_needs_reset_and_the_vm_keeps_running() {
     let (transport, worker) = transport();
     lock(&transport).write(0x70, &1u32.to_le_bytes());
-    let (control, events) = VmControl::new();
+    let (control, events) = VmEvents::new();
     spawn_monitor("rng#0", &transport, None, OnWorkerExit::Keep, &control).unwrap();
     let error = WorkerToVmm::DeviceError {
         reason: DeviceErrorKind::GuestFault,

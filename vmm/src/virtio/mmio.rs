@@ -57,8 +57,8 @@ use ipc::{DeviceLayout, QueueConfig, VmmToWorker};
 
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{DeviceProxy, ProxyError, INT_CONFIG, INT_VRING, VIRTIO_F_VERSION_1};
-use crate::error::one_line;
 use crate::mmio_bus::MmioDevice;
+use worker::report::one_line;
 
 #[cfg(test)]
 mod tests;

@@ -165,3 +165,14 @@ impl<P: DeviceProxy + ?Sized> DeviceProxy for Box<P> {
         (**self).signal_config_change()
     }
 }
+
+/// The transport of one device, shared by the MMIO bus, its monitor and the VM's owner.
+pub type Transport =
+    std::sync::Arc<std::sync::Mutex<mmio::MmioTransport<worker_proxy::WorkerProxy>>>;
+
+/// Locks a transport; a poisoned lock (a panic elsewhere) still holds a usable register state.
+pub fn lock(
+    transport: &Transport,
+) -> std::sync::MutexGuard<'_, mmio::MmioTransport<worker_proxy::WorkerProxy>> {
+    transport.lock().unwrap_or_else(|e| e.into_inner())
+}

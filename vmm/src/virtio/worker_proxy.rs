@@ -321,7 +321,7 @@ impl WorkerProxy {
 
     /// Breaks the device because of `err`, returning `err` for the caller.
     fn break_with(&mut self, err: ProxyError) -> ProxyError {
-        let reason = crate::error::one_line(&err);
+        let reason = worker::report::one_line(&err);
         let grace = match err {
             ProxyError::Channel(ChannelError::PeerGone) => EXIT_GRACE,
             _ => Duration::ZERO,

@@ -15,8 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::*;
 use crate::fd_wait::wait_readable;
 use crate::host_resources::HostResources;
-use crate::worker::fault::{Fault, Faulty};
-use crate::worker::{run_device_confined, WorkerFds};
+use worker::fault::{Fault, Faulty};
+use worker::{map_memory, serve, WorkerFds};
 
 #[test]
 fn every_mode_reaches_the_worker_of_every_kind() {
@@ -58,7 +58,7 @@ fn misbehaving(
         .build(ResourceFds::new(resources.worker_fds().unwrap()))
         .unwrap();
     let _ = built.prepare();
-    let ram = crate::memory::create_guest_ram(1 << 20).unwrap();
+    let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
     let queues: Vec<EventFd> = (0..spec.config.queues()).map(|_| eventfd()).collect();
@@ -73,7 +73,9 @@ fn misbehaving(
     };
     let worker = std::thread::spawn(move || {
         let _ram = ram;
-        let _ = run_device_confined(backend, fds, || Ok(()));
+        if let Ok(mapped) = map_memory(&*backend, fds) {
+            let _ = serve(backend, mapped, || Ok(()));
+        }
     });
     let recv = |vmm: &Channel| {
         assert!(wait_readable(vmm.as_fd(), Duration::from_secs(10)).unwrap());

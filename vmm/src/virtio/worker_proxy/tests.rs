@@ -304,8 +304,8 @@ fn a_device_error_needs_a_reset_but_is_not_final() {
 #[test]
 fn the_real_worker_loop_on_a_thread() {
     use crate::host_resources::HostResources;
-    use crate::worker::{in_process, WorkerExit, WorkerFds};
-    let ram = crate::memory::create_guest_ram(1 << 20).unwrap();
+    use worker::{in_process, WorkerExit, WorkerFds};
+    let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
     let irqfd = eventfd();
@@ -326,10 +326,11 @@ fn the_real_worker_loop_on_a_thread() {
         .build(devices::kind::ResourceFds::new(resources))
         .unwrap();
     let warn = |warning: &str| panic!("rng has no set-up to warn about: {warning}");
-    let profile = config.seccomp_profile();
     let on_exit = move |result: &Result<_, _>| tx.send(result.as_ref().ok().copied()).unwrap();
+    // The thread stays unfiltered here (the test process must).
+    let confine = || Ok::<(), std::io::Error>(());
     let thread =
-        in_process::spawn("rng-test".into(), backend, profile, fds, warn, on_exit).unwrap();
+        in_process::spawn("rng-test".into(), backend, fds, warn, confine, on_exit).unwrap();
     let mut proxy = WorkerProxy::connect(
         "rng#0",
         vmm,

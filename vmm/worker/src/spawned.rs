@@ -1,8 +1,8 @@
 //! `svmm __worker KIND --seccomp=MODE --sandbox-... --config=HEX`: the hidden mode in which a
 //! spawned worker process runs one device.
 //!
-//! The broker starts it with the fds at the fixed numbers of [`super::fd_numbers`], then the
-//! kind's host resources that have an fd, and the arguments of [`super::args`]: the sandbox as
+//! The broker starts it with the fds at the fixed numbers of [`crate::fd_numbers`], then the
+//! kind's host resources that have an fd, and the arguments of [`crate::args`]: the sandbox as
 //! `--sandbox-*` (`broker::ConfineConfig::to_args`) and the kind's config in its one encoding.
 //! The kind comes from the registry the caller passes. In this order, before any byte from
 //! the VMM or the guest is read:
@@ -19,7 +19,7 @@
 //!    own last set-up (`Kind::prepare`, e.g. an io_uring ring made with `io_uring_setup` and
 //!    `io_uring_register`; here, after the fd step, so that its fd survives; a kind that must
 //!    make do with less says so in one line) and the mappings of guest RAM and the interrupt
-//!    status page ([`prepare`]: `statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of
+//!    status page ([`map_memory`]: `statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of
 //!    which reads a byte — and the filter last;
 //!
 //! then it [`serve`]s the device exactly as an in-process device's thread does. It exits 0
@@ -27,7 +27,7 @@
 //! runs unconfined: without its `--sandbox-*` arguments it refuses to start.
 //!
 //! With the `test-faults` feature, `--fault=MODE` wraps the backend in
-//! [`super::fault::Faulty`].
+//! `fault::Faulty`.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -38,10 +38,10 @@ use broker::ConfineConfig;
 use devices::kind::ResourceFds;
 use devices::{DeviceConfig, DeviceKind};
 
-use super::args::{WorkerArgs, SECCOMP_ARG, WORKER_ARG};
-use super::fd_numbers::{self, CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
-use super::{prepare, serve, WorkerFds};
-use crate::error::one_line;
+use crate::args::{WorkerArgs, SECCOMP_ARG, WORKER_ARG};
+use crate::fd_numbers::{self, CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
+use crate::report::{one_line, say};
+use crate::{map_memory, serve, WorkerFds};
 
 /// Runs worker mode with `args` (after `__worker`), for a kind of `kinds`; returns the process
 /// exit status.
@@ -96,34 +96,28 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
     // 3 + 4. Every sandbox layer; right before the filter, what it forbids: the SIGSYS
     // reporter, the device's own set-up and the mappings. Nothing here reads VMM or guest
     // data.
-    let mut prepared = None;
+    let mut mapped = None;
     broker::confine_with(&sandbox, || {
         seccomp_profiles::sigsys::install_reporter(CONTROL)?;
         if let Some(warning) = built.prepare() {
             say(&format!("{name}: {warning}"));
         }
-        prepared = Some(prepare(built.backend(), fds)?);
+        mapped = Some(map_memory(built.backend(), fds)?);
         Ok(())
     })
     .map_err(|e| format!("sandbox {}", one_line(&e)))?;
-    let prepared = prepared.ok_or("sandbox set-up did not run")?;
+    let mapped = mapped.ok_or("sandbox set-up did not run")?;
     let backend = built.into_backend();
 
     #[cfg(feature = "test-faults")]
     let backend: Box<dyn devices::VirtioBackend> = match options.fault {
-        Some(fault) => Box::new(super::fault::Faulty::new(backend, fault, CONTROL)),
+        Some(fault) => Box::new(crate::fault::Faulty::new(backend, fault, CONTROL)),
         None => backend,
     };
-    serve(backend, prepared)
+    // Confined already: nothing to do before the first message.
+    serve(backend, mapped, || Ok(()))
         .map(|_| ())
         .map_err(|e| one_line(&e))
-}
-
-/// Prints `svmm worker: MESSAGE` on stderr if it can. Never panics: the worker's stderr may be
-/// /dev/null, gone, or a file its `RLIMIT_FSIZE` of 0 refuses to grow.
-pub fn say(message: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "svmm worker: {message}");
 }
 
 /// How many fds a worker of `config` inherits at 3, 4, ...

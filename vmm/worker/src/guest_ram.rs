@@ -1,6 +1,9 @@
-//! Guest RAM: one sealed memfd, mapped into a vm-memory `GuestMemoryMmap`.
+//! Guest RAM: one sealed memfd, mapped into a vm-memory `GuestMemoryMmap` — the VMM makes it
+//! ([`create_guest_ram`]) and every device worker maps the same pages ([`map_guest_ram`]), at the
+//! guest-physical places [`ram_ranges`] gives, so both sides agree on it here, once (the VMM's
+//! memory map, `vmm/src/layout.rs`, takes [`RAM_START`] and the MMIO gap from here).
 //!
-//! All of guest RAM is a single memfd so that device workers can later map the very same pages.
+//! All of guest RAM is a single memfd so that device workers can map the very same pages.
 //! The memfd is sealed against shrinking and growing (and further sealing) before anything is
 //! mapped, so no process holding it can truncate it and crash the VMM with `SIGBUS`.
 //!
@@ -21,7 +24,12 @@ use std::os::fd::FromRawFd;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::layout::{MMIO_GAP_END, MMIO_GAP_START, RAM_START};
+/// Start of guest RAM.
+pub const RAM_START: u64 = 0;
+/// Start of the 32-bit MMIO gap; RAM that does not fit below it goes above 4 GiB.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+/// End (exclusive) of the 32-bit MMIO gap.
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 
 /// Failure to create guest RAM.
 #[derive(Debug, thiserror::Error)]

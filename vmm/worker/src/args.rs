@@ -68,7 +68,7 @@ pub struct WorkerArgs {
     pub config: Vec<u8>,
     /// `--fault=MODE` (test builds only).
     #[cfg(feature = "test-faults")]
-    pub fault: Option<super::fault::Fault>,
+    pub fault: Option<crate::fault::Fault>,
 }
 
 impl WorkerArgs {
@@ -93,8 +93,8 @@ impl WorkerArgs {
                 set(&mut config, from_hex(hex).ok_or_else(|| invalid(arg))?, arg)?;
             } else {
                 #[cfg(feature = "test-faults")]
-                if let Some(name) = text.strip_prefix(super::fault::ARG_PREFIX) {
-                    let mode = super::fault::Fault::from_name(name).ok_or_else(|| invalid(arg))?;
+                if let Some(name) = text.strip_prefix(crate::fault::ARG_PREFIX) {
+                    let mode = crate::fault::Fault::from_name(name).ok_or_else(|| invalid(arg))?;
                     set(&mut fault, mode, arg)?;
                     continue;
                 }

@@ -1,5 +1,5 @@
-//! [`run_device_confined`]: set-up, `Ready`, then the loop that serves queue notifications and control
-//! messages (see the module docs of [`crate::worker`] for the conversation).
+//! [`map_memory`], then [`serve`]: `Ready`, then the loop that serves queue notifications and
+//! control messages (see the crate docs for the conversation).
 
 use std::sync::Arc;
 
@@ -15,28 +15,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::IrqfdInterrupt;
 use super::{queues, WorkerError, WorkerExit, WorkerFds};
-use crate::memory::map_guest_ram;
+use crate::guest_ram::map_guest_ram;
 
 /// Runner token of the control socket.
 const CONTROL: u32 = 0;
 
-/// Serves `backend` for the VMM on the other end of `fds.control` until it shuts the device
-/// down, closes the channel, or `fds.stop` fires ([`prepare`], then [`serve`]), calling `confine` once set-up is done — guest RAM and the status page
-/// mapped, `Ready` sent, the event loop built — and before the first control message or queue
-/// notification is read: where an in-process device thread installs its seccomp filter
-/// (`self_confine`). If `confine` fails the device does not serve.
-pub fn run_device_confined(
-    backend: Box<dyn VirtioBackend>,
-    fds: WorkerFds,
-    confine: impl FnOnce() -> Result<(), WorkerError>,
-) -> Result<WorkerExit, WorkerError> {
-    let prepared = prepare(&*backend, fds)?;
-    serve_confined(backend, prepared, confine)
-}
-
 /// A worker's fds turned into what [`serve`] works with: guest RAM and the interrupt status
 /// page mapped, the interrupt handle built. Reads nothing from the VMM or the guest.
-pub struct Prepared {
+pub struct Mapped {
     control: Channel,
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
@@ -48,7 +34,7 @@ pub struct Prepared {
 /// this before it confines itself, so its seccomp filter need not allow what mapping takes
 /// (`statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`). Failures are reported as
 /// `DeviceError { Internal }` (best effort) before the error is returned.
-pub fn prepare(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Prepared, WorkerError> {
+pub fn map_memory(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Mapped, WorkerError> {
     let WorkerFds {
         control,
         guest_ram,
@@ -74,7 +60,7 @@ pub fn prepare(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Prepared, 
         Ok((mem, interrupt))
     };
     match setup() {
-        Ok((mem, interrupt)) => Ok(Prepared {
+        Ok((mem, interrupt)) => Ok(Mapped {
             control,
             mem,
             interrupt,
@@ -88,30 +74,24 @@ pub fn prepare(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Prepared, 
     }
 }
 
-/// Serves `backend` with what [`prepare`] set up: sends `Ready` first, so the VMM can send
-/// nothing the worker would act on before it knows the device, then handles queue
-/// notifications and control messages.
+/// Serves `backend` with what [`map_memory`] set up until the VMM shuts the device down,
+/// closes the channel, or the stop eventfd fires: sends `Ready` first, so the VMM can send
+/// nothing the device would act on before it knows it, builds the event loop, calls `confine`
+/// — where an in-process device thread installs its seccomp filter; a spawned worker is
+/// confined already and passes a no-op — and only then reads the first control message or
+/// queue notification. If `confine` fails the device does not serve.
 pub fn serve(
-    backend: Box<dyn VirtioBackend>,
-    prepared: Prepared,
-) -> Result<WorkerExit, WorkerError> {
-    serve_confined(backend, prepared, || Ok(()))
-}
-
-/// [`serve`], calling `confine` after `Ready` is sent and the event loop is built, before the
-/// first control message or queue notification is read.
-fn serve_confined(
     mut backend: Box<dyn VirtioBackend>,
-    prepared: Prepared,
+    mapped: Mapped,
     confine: impl FnOnce() -> Result<(), WorkerError>,
 ) -> Result<WorkerExit, WorkerError> {
-    let Prepared {
+    let Mapped {
         control,
         mem,
         interrupt,
         queue_events,
         stop,
-    } = prepared;
+    } = mapped;
     // Cannot truncate: the runner takes queue indices as u16, and there are num_queues of them.
     let queue_events: Vec<(u16, _)> = (0u16..).zip(queue_events).collect();
 

@@ -1,19 +1,20 @@
-//! The device side of the control protocol: the loop that serves one virtio backend for the
-//! VMM, wherever it runs.
+//! svmm's device side: what runs in a worker process (`svmm __worker KIND`) and on an
+//! in-process device thread. This crate cannot import the VMM side (`vmm`), which depends on
+//! it: the worker knows its fds, its config and the control protocol, nothing else of svmm.
 //!
-//! [`run_device_confined`] is the whole life of a device worker once it holds its fds: it maps guest RAM
-//! and the interrupt status page, announces the device with `Ready`, then serves queue
-//! notifications (through `devices::runner::QueueRunner`) and control messages until the VMM
-//! says `Shutdown`, closes its end, or the stop eventfd fires. The very same function runs
+//! [`map_memory`] and [`serve`] are the whole life of a device once it holds its fds: guest RAM
+//! and the interrupt status page mapped, `Ready` announced, then queue notifications (through
+//! `devices::runner::QueueRunner`) and control messages served until the VMM says `Shutdown`,
+//! closes its end, or the stop eventfd fires. The very same code runs
 //!
 //! - **in-process** (`--device KIND,sandbox=off`): on a thread of svmm ([`in_process::spawn`]),
 //!   with the worker end of an `ipc::Channel::pair()`;
 //! - **sandboxed** (`--device KIND`, the default): in `svmm __worker KIND` ([`spawned`]),
-//!   spawned by the broker (`crate::sandboxed`) with the fds at fixed numbers ([`fd_numbers`]),
-//!   after `broker::confine` and the device's seccomp filter.
+//!   spawned by the broker with the fds at fixed numbers ([`fd_numbers`]) and the arguments of
+//!   [`args`], after `broker::confine` and the device's seccomp filter.
 //!
 //! ```text
-//!   VMM (WorkerProxy)                         run_device
+//!   VMM (WorkerProxy)                         serve
 //!    │                      ◀── Ready ──────── first, before any guest data is read
 //!    │ ── Activate ─────────▶ validate against own layout → build Queues (is_valid against
 //!    │                      ◀── Activated      guest RAM) → backend.activate(.., IrqfdInterrupt)
@@ -29,13 +30,19 @@
 //! A message from the VMM that does not decode, or carries fds, is a protocol violation: the
 //! worker answers `DeviceError { Internal }` and returns an error (the VMM then sees the device as
 //! broken). Nothing here panics on what arrives over the channel or sits in guest memory.
+//!
+//! Also here, because both sides need them and the VMM side may use this crate but not the
+//! other way round: guest RAM as a sealed memfd ([`guest_ram`]: made by the VMM, mapped the
+//! same way by both) and the one-line error format ([`report`]).
 
 pub mod args;
 #[cfg(feature = "test-faults")]
 pub mod fault;
+pub mod guest_ram;
 pub mod in_process;
 mod interrupt;
 mod queues;
+pub mod report;
 mod serve;
 pub mod spawned;
 #[cfg(test)]
@@ -47,13 +54,13 @@ use std::os::fd::OwnedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-pub use serve::{prepare, run_device_confined, serve};
+pub use serve::{map_memory, serve, Mapped};
 
 /// Fixed fd numbers of a spawned worker (`svmm __worker KIND`): what the broker passes where.
 ///
 /// ```text
 ///   3  control socket (SOCK_SEQPACKET, worker end)
-///   4  guest RAM memfd (sealed; its size is the RAM size, layout as memory::ram_ranges)
+///   4  guest RAM memfd (sealed; its size is the RAM size, layout as guest_ram::ram_ranges)
 ///   5  interrupt status page memfd (devices::irq_status)
 ///   6  irqfd (eventfd registered with KVM on the device's GSI)
 ///   7  stop eventfd (the broker may keep a copy to ask for a graceful stop)
@@ -101,7 +108,7 @@ pub struct WorkerFds {
     /// The worker's end of the control channel.
     pub control: ipc::Channel,
     /// The sealed guest RAM memfd. Its size is the guest RAM size; the worker maps it at the
-    /// places `memory::ram_ranges` gives, exactly as the VMM does.
+    /// places [`guest_ram::ram_ranges`] gives, exactly as the VMM does.
     pub guest_ram: File,
     /// The interrupt status page (`devices::irq_status::IrqStatus::create` on the VMM side).
     pub irq_status: OwnedFd,
@@ -114,7 +121,7 @@ pub struct WorkerFds {
     pub stop: EventFd,
 }
 
-/// Why [`run_device_confined`] returned normally.
+/// Why [`serve`] returned normally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
     /// The VMM sent `Shutdown`.
@@ -125,12 +132,12 @@ pub enum WorkerExit {
     Stopped,
 }
 
-/// Why [`run_device_confined`] failed.
+/// Why [`map_memory`] or [`serve`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Mapping guest RAM failed.
     #[error("cannot map guest RAM")]
-    GuestRam(#[source] crate::memory::MemoryError),
+    GuestRam(#[source] guest_ram::MemoryError),
     /// Reading the guest RAM memfd's size failed.
     #[error("cannot read the guest RAM size")]
     GuestRamSize(#[source] io::Error),
@@ -153,7 +160,7 @@ pub enum WorkerError {
     UnexpectedFds(usize),
     /// An in-process device thread could not install its seccomp filter.
     #[error("cannot confine the device thread")]
-    Confine(#[source] crate::self_confine::SelfConfineError),
+    Confine(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The queue runner failed (event loop, not the device).
     #[error("queue event loop failed")]
     Runner(#[source] devices::runner::RunnerError),

@@ -1,6 +1,6 @@
 //! How threads tell the main thread that the VM must end, and why.
 //!
-//! vCPU threads and device models hold a [`VmControl`]; the main thread waits on the other end
+//! vCPU threads and device models hold a [`VmEvents`]; the main thread waits on the other end
 //! for the first [`VmEvent`] and turns it into svmm's exit status.
 
 use std::sync::mpsc;
@@ -26,9 +26,9 @@ pub enum VmEvent {
 
 /// Sending side, cloned into every thread and device that can end the VM.
 #[derive(Clone, Debug)]
-pub struct VmControl(mpsc::Sender<VmEvent>);
+pub struct VmEvents(mpsc::Sender<VmEvent>);
 
-impl VmControl {
+impl VmEvents {
     /// A new control channel: the sender for the VM, the receiver for the main thread.
     pub fn new() -> (Self, mpsc::Receiver<VmEvent>) {
         let (tx, rx) = mpsc::channel();

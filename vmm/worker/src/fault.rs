@@ -98,7 +98,7 @@ impl Faulty {
     /// Commits the fault. Returns only where the fault lets the worker go on (`syscall` in
     /// `--seccomp=log` mode, a `flood` the VMM stopped reading).
     fn misbehave(&self) {
-        super::spawned::say(&format!("test fault '{}' now", self.fault.name()));
+        crate::report::say(&format!("test fault '{}' now", self.fault.name()));
         match self.fault {
             Fault::Syscall => {
                 // SAFETY: openat with a NUL-terminated literal path; the fd, if the filter lets

@@ -14,9 +14,29 @@ use ipc::{Channel, DeviceErrorKind, QueueConfig, VmmToWorker, WorkerToVmm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{run_device_confined, WorkerError, WorkerExit, WorkerFds};
-use crate::fd_wait::wait_readable;
-use crate::memory::{create_guest_ram, GuestRam};
+use crate::guest_ram::{create_guest_ram, GuestRam};
+use crate::{map_memory, serve, WorkerError, WorkerExit, WorkerFds};
+
+/// Whether `fd` becomes readable (or hung up) within `timeout`.
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for a call with count 1; `fd` is borrowed, so it stays open.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n => Ok(n > 0),
+    }
+}
+
+/// Maps and serves `backend`, as a spawned worker does after confinement.
+fn run(backend: Box<dyn VirtioBackend>, fds: WorkerFds) -> Result<WorkerExit, WorkerError> {
+    let mapped = map_memory(&*backend, fds)?;
+    serve(backend, mapped, || Ok(()))
+}
 
 const QSIZE: u16 = 16;
 const DESC: u64 = 0x1_0000;
@@ -114,7 +134,7 @@ fn start(backend: Box<dyn VirtioBackend>, queue_fds: usize) -> Harness {
         queue_events: queues.iter().map(|q| q.try_clone().unwrap()).collect(),
         stop: stop.try_clone().unwrap(),
     };
-    let worker = std::thread::spawn(move || run_device_confined(backend, fds, || Ok(())));
+    let worker = std::thread::spawn(move || run(backend, fds));
     Harness {
         vmm,
         ram,

@@ -1,0 +1,77 @@
+//! The VM description: what the command line asks for, as plain, validated data. The command
+//! line (`cli`) produces it; everything that builds and runs the VM reads it and never looks
+//! at the command line itself.
+
+use std::path::PathBuf;
+
+use broker::IdRange;
+use clap::ValueEnum;
+use seccomp_profiles::Mode;
+
+use crate::device_spec::DeviceSpec;
+
+/// The validated configuration the VMM runs with.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Kernel image path.
+    pub kernel: PathBuf,
+    /// Optional initrd path.
+    pub initrd: Option<PathBuf>,
+    /// Command line as given.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// vCPU count.
+    pub cpus: u8,
+    /// The virtio devices, in slot order; `sandbox` already folds in `--no-sandbox`.
+    pub devices: Vec<DeviceSpec>,
+    /// Whether to write ACPI tables (`--acpi`).
+    pub acpi: bool,
+    /// What a dead or misbehaving worker does to the VM.
+    pub on_worker_exit: OnWorkerExit,
+    /// What seccomp filters do with a system call their profile does not allow.
+    pub seccomp: SeccompMode,
+    /// How sandboxed workers are confined.
+    pub sandbox: SandboxOptions,
+    /// `--report-timings`: print each device's spawn time on stderr.
+    pub report_timings: bool,
+}
+
+/// How sandboxed workers are confined (from the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SandboxOptions {
+    /// `--seccomp`: what the filter does with a forbidden call.
+    pub seccomp: Mode,
+    /// `--worker-ids`: host ids for workers of a root VMM.
+    pub worker_ids: IdRange,
+    /// `--allow-missing-landlock`.
+    pub allow_missing_landlock: bool,
+}
+
+/// `--seccomp`: what a filter does with a system call its profile does not allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// Deny it with SIGSYS.
+    #[default]
+    Trap,
+    /// Allow it and log it to the kernel audit log.
+    Log,
+}
+
+impl From<SeccompMode> for seccomp_profiles::Mode {
+    fn from(mode: SeccompMode) -> Self {
+        match mode {
+            SeccompMode::Trap => seccomp_profiles::Mode::Trap,
+            SeccompMode::Log => seccomp_profiles::Mode::Log,
+        }
+    }
+}
+
+/// `--on-worker-exit`: what a dead or misbehaving device worker does to the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnWorkerExit {
+    /// Keep the VM running; the device shows DEVICE_NEEDS_RESET.
+    Keep,
+    /// End the VM with an error.
+    Stop,
+}

@@ -3,6 +3,7 @@
 //! | module      | owns                                                                    |
 //! |-------------|-------------------------------------------------------------------------|
 //! | [`paths`]   | the repository root, guest artefacts in `images/out/`, temporary dirs    |
+//! | [`backend`] | which VMM runs a test guest: svmm or QEMU                              |
 //! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
 //! | [`disk`]    | disk images for the blk trials: the test guest's pattern, expected images |
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
@@ -29,6 +30,7 @@
 //! assert_eq!(out.testguest_summary(), Some((1, 0)));
 //! ```
 
+pub mod backend;
 pub mod bench;
 pub mod binary;
 pub mod disk;

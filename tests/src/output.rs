@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::vm::Backend;
+use crate::backend::Backend;
 
 /// Console lines quoted in failure messages.
 pub const TAIL_LINES: usize = 40;

@@ -11,8 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::backend::Backend;
 use crate::output::{VmError, VmOutput};
-use crate::vm::{Backend, TestVm};
 
 /// How often a waiting caller checks whether the VMM has exited.
 const POLL: Duration = Duration::from_millis(5);
@@ -107,9 +107,13 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
-    /// Spawns `vm`'s command with all three standard streams piped.
-    pub(crate) fn start(vm: &TestVm) -> Result<RunningVm, VmError> {
-        let mut cmd = vm.command();
+    /// Spawns `cmd` (a test VM's command line for `backend`) with all three standard streams
+    /// piped; it is killed once `timeout` has passed.
+    pub(crate) fn start(
+        mut cmd: std::process::Command,
+        backend: Backend,
+        timeout: Duration,
+    ) -> Result<RunningVm, VmError> {
         let command = format!("{cmd:?}");
         let started = Instant::now();
         let mut child = cmd
@@ -128,10 +132,10 @@ impl RunningVm {
             child,
             stdout,
             stderr,
-            backend: vm.backend.clone(),
+            backend,
             command,
             started,
-            deadline: started + vm.timeout,
+            deadline: started + timeout,
             finished: false,
         })
     }

@@ -14,8 +14,7 @@ use ipc::{DeviceStats, QueueStats};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::chain::ChainSource;
-use super::exec::Stalled;
+use super::chain::{ChainSource, Segment};
 use super::inbox::Inbox;
 use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
 use super::vfd::{ShmSpace, VfdTable};
@@ -55,6 +54,22 @@ enum State {
     Active(Box<Active>),
     /// A queue could not be completed; notifications are ignored until reset.
     Broken(Box<Active>),
+}
+
+/// A `VFD_SEND` in progress: its chain is popped but not answered yet (`exec` makes and
+/// finishes it).
+#[derive(Debug)]
+pub struct Stalled {
+    /// Head of its chain.
+    pub head: u16,
+    /// Where its response goes.
+    pub response: Vec<Segment>,
+    /// The vfd it writes to.
+    pub target: u32,
+    /// Bytes still to send.
+    pub data: Vec<u8>,
+    /// vfds still to send (with the first byte); empty once they went.
+    pub vfds: Vec<u32>,
 }
 
 /// Everything the device holds between activate and reset.

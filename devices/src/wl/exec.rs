@@ -13,7 +13,7 @@ use virtio_queue::QueueT;
 
 use super::chain::{self, Segment};
 use super::command::{self, Command};
-use super::device::Active;
+use super::device::{Active, Stalled};
 use super::protocol::{
     encode_status, encode_vfd_new, PAGE_SIZE, RESP_ERR, RESP_INVALID_CMD, RESP_INVALID_ID,
     RESP_INVALID_TYPE, RESP_OK, RESP_OUT_OF_MEMORY, RESP_VFD_NEW, VFD_READ,
@@ -24,21 +24,6 @@ use super::{MAX_COMMAND_BYTES, QUEUE_OUT};
 use crate::services::{HostServices, ServiceError, ServiceRefusal};
 use crate::DeviceError;
 use crate::EventRegistry;
-
-/// A `VFD_SEND` in progress: its chain is popped but not answered yet.
-#[derive(Debug)]
-pub struct Stalled {
-    /// Head of its chain.
-    pub head: u16,
-    /// Where its response goes.
-    pub response: Vec<Segment>,
-    /// The vfd it writes to.
-    pub target: u32,
-    /// Bytes still to send.
-    pub data: Vec<u8>,
-    /// vfds still to send (with the first byte); empty once they went.
-    pub vfds: Vec<u32>,
-}
 
 /// What executing a command came to.
 enum Outcome {

@@ -34,6 +34,10 @@
 //!                                                 └──────────┘
 //! ```
 //!
+//! The state machine is written once (`lifecycle::Lifecycle`), together with the activation
+//! checks every device makes; a device supplies only what it holds while active and how it
+//! serves.
+//!
 //! Guest memory is only ever accessed through `vm-memory`'s volatile copies; no Rust reference
 //! into guest memory is ever created. The crate denies `unsafe` code; the one fenced exception
 //! is virtio-blk's I/O engine (`blk::engine`), which hands guest buffers to the kernel as
@@ -55,6 +59,7 @@ pub mod events;
 pub mod fs;
 pub mod irq_status;
 pub mod kind;
+mod lifecycle;
 mod notify;
 pub mod rng;
 pub mod runner;

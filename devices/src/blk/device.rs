@@ -23,6 +23,7 @@ use super::kind::{ID, POLL, QUEUES};
 use super::poll::PollWindow;
 use super::request::{ChainSource, DiskLimits};
 use super::{BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_QUEUE_SIZE, SECTOR_SIZE};
+use crate::lifecycle::Lifecycle;
 use crate::{
     activation, DeviceError, EventRegistry, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_ID_BLOCK,
@@ -92,14 +93,7 @@ pub struct Blk {
     /// Request merging in every activation.
     merge: bool,
     engine: Box<dyn Engine>,
-    state: State,
-}
-
-enum State {
-    Inactive,
-    Active(Box<Active>),
-    /// A queue could not be completed; notifications are ignored until reset.
-    Broken(Box<Active>),
+    state: Lifecycle<Box<Active>>,
 }
 
 impl Blk {
@@ -158,7 +152,7 @@ impl Blk {
             direct,
             poll: Duration::from_micros(u64::from(options.poll_us)),
             merge: options.merge,
-            state: State::Inactive,
+            state: Lifecycle::new(),
         })
     }
 
@@ -170,7 +164,7 @@ impl Blk {
     /// the error is returned for the caller to report; the device works either way. Refused
     /// while the device is active.
     pub fn prepare_engine(&mut self) -> Result<EngineKind, std::io::Error> {
-        if !matches!(self.state, State::Inactive) {
+        if !self.state.is_inactive() {
             return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
         }
         let entries = u32::from(MAX_QUEUE_SIZE);
@@ -234,15 +228,13 @@ impl Blk {
         mem: &GuestMemoryMmap,
         queues: &[Queue],
     ) -> Result<(), DeviceError> {
-        if !matches!(self.state, State::Inactive) {
-            return Err(DeviceError::AlreadyActive);
-        }
         let offer = activation::Offer {
             features: self.features(),
             num_queues: self.geometry.num_queues,
             max_queue_size: MAX_QUEUE_SIZE,
         };
-        activation::check(&offer, driver_features, mem, queues)
+        self.state
+            .check_activation(&offer, driver_features, mem, queues)
     }
 }
 
@@ -336,7 +328,7 @@ impl VirtioBackend for Blk {
             discard: driver_features & VIRTIO_BLK_F_DISCARD != 0,
             write_zeroes: driver_features & VIRTIO_BLK_F_WRITE_ZEROES != 0,
         };
-        self.state = State::Active(Box::new(
+        self.state.activate(Box::new(
             Active::new(
                 Arc::new(mem),
                 queues,
@@ -360,34 +352,25 @@ impl VirtioBackend for Blk {
         if index >= self.geometry.num_queues {
             return Err(DeviceError::UnknownQueue(index));
         }
-        let State::Active(active) = &mut self.state else {
-            return Ok(());
-        };
-        let result = active.process(index, self.engine.as_mut());
+        let engine = self.engine.as_mut();
+        let result = self.state.serve(|active| active.process(index, engine));
         if result.is_err() {
             // Nothing may stay in flight on a device that stops serving; an engine that
             // cannot even drain is reported by its own error on the next use.
             let _ = engine::drain(self.engine.as_mut());
-            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
-                self.state = State::Broken(active);
-            }
         }
         result
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
         let _ = engine::drain(self.engine.as_mut());
-        match std::mem::replace(&mut self.state, State::Inactive) {
-            State::Inactive => None,
-            State::Active(active) | State::Broken(active) => Some(active.into_queues()),
-        }
+        self.state.reset().map(|active| active.into_queues())
     }
 
     fn stats(&self) -> DeviceStats {
-        match &self.state {
-            State::Active(active) | State::Broken(active) => active.stats(),
-            State::Inactive => DeviceStats::default(),
-        }
+        self.state
+            .current()
+            .map_or_else(DeviceStats::default, |a| a.stats())
     }
 }
 

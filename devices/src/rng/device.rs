@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::drbg::Drbg;
 use super::request::{self, EntropyRequest};
 use super::{MAX_QUEUE_SIZE, MAX_REQUEST_BYTES, NUM_QUEUES};
+use crate::lifecycle::Lifecycle;
 use crate::notify::interrupts_suppressed;
 use crate::{
     activation, DeviceError, EventRegistry, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
@@ -33,14 +34,7 @@ pub struct Rng {
     source: Box<dyn Read + Send>,
     /// Private staging buffer, [`MAX_REQUEST_BYTES`] long; guest memory is written from here.
     buf: Vec<u8>,
-    state: State,
-}
-
-enum State {
-    Inactive,
-    Active(Active),
-    /// A queue could not be completed; notifications are ignored until reset.
-    Broken(Active),
+    state: Lifecycle<Active>,
 }
 
 /// Everything the device holds between activate and reset.
@@ -82,7 +76,7 @@ impl Rng {
         Rng {
             source,
             buf: vec![0; MAX_REQUEST_BYTES as usize],
-            state: State::Inactive,
+            state: Lifecycle::new(),
         }
     }
 
@@ -93,15 +87,13 @@ impl Rng {
         mem: &GuestMemoryMmap,
         queues: &[Queue],
     ) -> Result<(), DeviceError> {
-        if !matches!(self.state, State::Inactive) {
-            return Err(DeviceError::AlreadyActive);
-        }
         let offer = activation::Offer {
             features: FEATURES,
             num_queues: NUM_QUEUES,
             max_queue_size: MAX_QUEUE_SIZE,
         };
-        activation::check(&offer, driver_features, mem, queues)
+        self.state
+            .check_activation(&offer, driver_features, mem, queues)
     }
 }
 
@@ -254,7 +246,7 @@ impl VirtioBackend for Rng {
             });
         };
         queue.set_event_idx(driver_features & VIRTIO_F_RING_EVENT_IDX != 0);
-        self.state = State::Active(Active {
+        self.state.activate(Active {
             mem,
             queue,
             interrupt,
@@ -271,31 +263,19 @@ impl VirtioBackend for Rng {
         if index >= NUM_QUEUES {
             return Err(DeviceError::UnknownQueue(index));
         }
-        let State::Active(active) = &mut self.state else {
-            return Ok(());
-        };
-        let result = active.process(self.source.as_mut(), &mut self.buf);
-        if result.is_err() {
-            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
-                self.state = State::Broken(active);
-            }
-        }
-        result
+        let (source, buf) = (self.source.as_mut(), &mut self.buf);
+        self.state.serve(|active| active.process(source, buf))
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        match std::mem::replace(&mut self.state, State::Inactive) {
-            State::Inactive => None,
-            State::Active(active) | State::Broken(active) => Some(vec![active.queue]),
-        }
+        self.state.reset().map(|active| vec![active.queue])
     }
 
     fn stats(&self) -> DeviceStats {
-        match &self.state {
-            State::Active(active) | State::Broken(active) => DeviceStats {
+        self.state
+            .current()
+            .map_or_else(DeviceStats::default, |active| DeviceStats {
                 queues: vec![active.stats],
-            },
-            State::Inactive => DeviceStats::default(),
-        }
+            })
     }
 }

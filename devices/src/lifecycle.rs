@@ -103,7 +103,11 @@ mod tests {
         // Inactive: nothing is served.
         assert!(device.serve(|_| panic!("served while inactive")).is_ok());
         device.activate(1);
-        assert!(device.serve(|n| Ok(*n += 1)).is_ok());
+        let bump = |n: &mut u32| {
+            *n += 1;
+            Ok(())
+        };
+        assert!(device.serve(bump).is_ok());
         assert_eq!(device.current(), Some(&2));
         let err = device.serve(|_| Err(DeviceError::UnknownQueue(7)));
         assert!(matches!(err, Err(DeviceError::UnknownQueue(7))));

@@ -4,12 +4,15 @@
 //! |-------------|-------------------------------------------------------------------------|
 //! | [`paths`]   | the repository root, guest artefacts in `images/out/`, temporary dirs    |
 //! | [`backend`] | which VMM runs a test guest: svmm or QEMU                              |
+//! | [`confinement`] | a device worker of any kind checked from `/proc`; svmm as the unprivileged test user |
 //! | [`binary`]  | finding or building the `svmm` binary (once per test process)            |
 //! | [`disk`]    | disk images for the blk trials: the test guest's pattern, expected images |
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
+//! | [`mode`]    | sandboxed and in-process, for trials that run in both                    |
 //! | [`layering`] | a crate's module import graph and its cycles (`tests/tests/layering.rs`) |
 //! | [`procfs`]  | a live process seen from `/proc`: children, status, namespaces, fds      |
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
+//! | [`sandbox_report`] | reading `svmm --print-sandbox`: sections, command lines, allowed calls |
 //! | [`running`] | a started VM: its pid, its output as it arrives, stdin, kill, wait      |
 //! | [`output`]  | [`VmOutput`], what a finished VM left behind, and assertions on it       |
 //! | [`share`]   | shared directories for the virtio-fs trials: layout, canary, tree, inotify |
@@ -33,13 +36,16 @@
 pub mod backend;
 pub mod bench;
 pub mod binary;
+pub mod confinement;
 pub mod disk;
 pub mod host;
 pub mod layering;
+pub mod mode;
 pub mod output;
 pub mod paths;
 pub mod procfs;
 pub mod running;
+pub mod sandbox_report;
 pub mod share;
 pub mod suite;
 pub mod vm;

@@ -16,8 +16,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tests::confinement::{self, is_root, Identity, KindFds};
 use tests::disk::{self, compare_image, expected_image};
+use tests::mode::Mode;
 use tests::procfs;
+use tests::sandbox_report::{allowed_syscalls, argument, command_line, section};
 use tests::suite::TrialResult;
 use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
 
@@ -29,41 +32,16 @@ const BAD_INPUT: i32 = 65;
 /// svmm's exit status for a VM that could not be set up (an image in use included).
 const SETUP_FAILED: i32 = 67;
 
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    Sandboxed,
-    InProcess,
-}
-
-impl Mode {
-    /// What the mode adds to a `--device` spec.
-    fn option(self) -> &'static str {
-        match self {
-            Mode::Sandboxed => "",
-            Mode::InProcess => ",sandbox=off",
-        }
-    }
-
-    /// The mode as svmm's statistics line names it.
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Sandboxed => "sandboxed",
-            Mode::InProcess => "in-process",
-        }
-    }
-}
-
 fn main() {
     let mut suite = Suite::new("blk").sequential();
-    for mode in [Mode::Sandboxed, Mode::InProcess] {
-        let name = |test: &str| format!("{test}_{}", mode.name().replace('-', "_"));
+    for mode in Mode::BOTH {
         suite = suite
-            .test(&name("guest_blk"), move || guest_blk(mode))
-            .test(&name("write_flush_sigkill"), move || {
+            .test(&mode.trial("guest_blk"), move || guest_blk(mode))
+            .test(&mode.trial("write_flush_sigkill"), move || {
                 write_flush_sigkill(mode)
             })
-            .test(&name("read_only"), move || read_only(mode))
-            .test(&name("bad_images"), move || bad_images(mode));
+            .test(&mode.trial("read_only"), move || read_only(mode))
+            .test(&mode.trial("bad_images"), move || bad_images(mode));
     }
     suite
         .test("direct_io_sandboxed", direct_io)
@@ -283,20 +261,16 @@ fn planned_config(spec: &str) -> Result<String, String> {
         .timeout(Duration::from_secs(30))
         .run()
         .map_err(|e| e.to_string())?;
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("command line: "))
-        .ok_or_else(|| out.report())?;
-    line.split_whitespace()
-        .find(|w| w.starts_with("--config="))
+    let line = command_line(&out.stdout).ok_or_else(|| out.report())?;
+    argument(line, "--config=")
         .map(str::to_string)
         .ok_or_else(|| format!("no --config= in {line:?}"))
 }
 
 /// The sandboxed blk worker from `/proc` while the guest idles: its command line is the one
 /// `--print-sandbox` plans (its config carries the id), it holds the image (after its two queue
-/// eventfds) and an io_uring instance, and runs under seccomp.
+/// eventfds) and an io_uring instance, and it is confined like every worker
+/// (`tests::confinement`).
 fn worker_holds_image_and_ring() -> TrialResult {
     let dir = paths::TempDir::new("blk-worker");
     let image = dir.file("disk.img", &disk::fresh_image());
@@ -313,7 +287,6 @@ fn worker_holds_image_and_ring() -> TrialResult {
     };
     let cmdline = procfs::cmdline(worker)?;
     let fds = procfs::fds(worker)?;
-    let status = procfs::status(worker)?;
     let mut problems = Vec::new();
     // The report plans without opening the image, so it works while the VM holds it.
     let config = planned_config(&spec)?;
@@ -334,9 +307,17 @@ fn worker_holds_image_and_ring() -> TrialResult {
     if io_uring_allowed() && rings != 1 {
         problems.push(format!("{rings} io_uring instances, want 1"));
     }
-    if status.get("Seccomp").map(String::as_str) != Some("2") {
-        problems.push(format!("Seccomp: {:?}", status.get("Seccomp")));
-    }
+    // Confined like every worker, holding exactly its two queues, the image and its ring.
+    let identity = if is_root() {
+        Identity::Root
+    } else {
+        Identity::Unprivileged
+    };
+    let blk = KindFds {
+        queues: 2,
+        own: vec![(want.clone(), 1), ("anon_inode:[io_uring]".into(), rings)],
+    };
+    problems.extend(confinement::problems(worker, vm.pid(), identity, &blk)?);
     vm.kill();
     if !problems.is_empty() {
         return Err(format!(
@@ -436,16 +417,7 @@ fn print_sandbox_blk() -> TrialResult {
         }
     }
     // The worker's filter: what it needs for the ring, never what sets one up or opens files.
-    let section =
-        &rw[rw.find("== blk#0").unwrap_or(0)..rw.find("== svmm itself").unwrap_or(rw.len())];
-    let allowed: Vec<&str> = section
-        .lines()
-        .skip_while(|l| !l.starts_with("seccomp: "))
-        .skip(2)
-        .take_while(|l| l.starts_with("    "))
-        .filter(|l| !l.starts_with("     "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let allowed = allowed_syscalls(section(&rw, "== blk#0"));
     if !allowed.contains(&"io_uring_enter") {
         return Err(format!("io_uring_enter not allowed: {allowed:?}").into());
     }

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::paths::{self, TempDir};
+use tests::sandbox_report::{allowed_syscalls, section};
 use tests::suite::{Failed, TrialResult};
 use tests::{Backend, Suite, TestVm, VmOutput};
 
@@ -182,23 +183,6 @@ fn help_lists_every_option() -> TrialResult {
     Ok(())
 }
 
-/// The system calls a `--print-sandbox` seccomp section lists as allowed: the first word of each
-/// rule line (4 spaces of indent; the reasons below them are indented further), from the first
-/// `seccomp:` line after `heading` to the end of the list.
-fn allowed_syscalls<'a>(report: &'a str, heading: &str) -> Vec<&'a str> {
-    let Some(start) = report.find(heading) else {
-        return Vec::new();
-    };
-    report[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with("seccomp: "))
-        .skip(2)
-        .take_while(|l| l.starts_with("    "))
-        .filter(|l| !l.starts_with("     "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect()
-}
-
 /// `svmm --print-sandbox --device rng`: no kernel, exit 0, nothing on stderr, and a report with
 /// the worker's command line, fds, sandbox layers and seccomp rules, and svmm's own profile.
 fn print_sandbox_rng() -> TrialResult {
@@ -238,8 +222,8 @@ fn print_sandbox_rng() -> TrialResult {
             return Err(format!("report lacks {needle:?}\n{text}").into());
         }
     }
-    let worker = allowed_syscalls(text, "== rng#0: sandboxed worker process");
-    let vmm = allowed_syscalls(text, "== svmm itself");
+    let worker = allowed_syscalls(section(text, "== rng#0: sandboxed worker process"));
+    let vmm = allowed_syscalls(section(text, "== svmm itself"));
     for (who, calls) in [("rng worker", &worker), ("svmm", &vmm)] {
         for call in ["read", "write", "recvmsg", "futex", "exit_group"] {
             if !calls.contains(&call) {

@@ -1,6 +1,7 @@
-//! Sandboxed devices end to end: the test guest drives virtio-rng served by a worker process (and
-//! by the same code in-process), and the worker's confinement is read from `/proc` while the
-//! guest runs — never taken from what svmm or the worker say about themselves.
+//! The sandbox end to end, with virtio-rng as the device: the worker's confinement read from
+//! `/proc` while the guest runs (`tests::confinement`, as root and as an unprivileged user),
+//! workers killed from outside, svmm killed, and deliberately misbehaving workers. (rng itself,
+//! in both modes, is tests/tests/rng.rs.)
 //!
 //! The misbehaving-worker trials use the hidden `--device rng,fault=MODE` of svmm builds with
 //! the `test-faults` feature (tests/run.sh builds svmm so).
@@ -8,35 +9,25 @@
 //! The unprivileged trial runs svmm as the user `svmm-test` (in the `kvm` group), which
 //! `tests/run.sh` creates when it runs as root; run as a normal user, it runs as that user.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tests::procfs::{self, WORKER_NAMESPACES};
+use tests::confinement::{self, is_root, Identity, KindFds};
+use tests::procfs;
 use tests::suite::TrialResult;
 use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
 const SLEEPING: &str = "testguest: sleep ms=";
-/// The unprivileged account tests/run.sh creates (member of the `kvm` group).
-const TEST_USER: &str = "svmm-test";
 
 fn main() {
     let not_root = (!is_root()).then(|| "not running as root".to_string());
     Suite::new("sandbox")
-        .test("rng_sandboxed", || rng_passes(&["--device", "rng"]))
-        .test("rng_in_process_by_device_option", || {
-            rng_passes(&["--device", "rng,sandbox=off"])
-        })
-        .test("rng_in_process_by_no_sandbox", || {
-            rng_passes(&["--no-sandbox", "--device", "rng"])
-        })
-        .test("rng_reinit_sandboxed", rng_reinit_sandboxed)
         .test_unless("worker_confined_as_root", not_root, || {
-            confinement(Identity::Root)
+            worker_confined(Identity::Root)
         })
         .test("worker_confined_unprivileged", || {
-            confinement(Identity::Unprivileged)
+            worker_confined(Identity::Unprivileged)
         })
         .test("worker_sigkill_reported_vm_survives", worker_sigkill)
         .test("svmm_sigkill_leaves_no_worker", svmm_sigkill)
@@ -48,11 +39,6 @@ fn main() {
         .run()
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn guest(cmdline: &str) -> TestVm {
     require_kvm();
     TestVm::svmm(paths::artefact("testguest.elf"))
@@ -61,41 +47,13 @@ fn guest(cmdline: &str) -> TestVm {
         .timeout(TIMEOUT)
 }
 
-fn rng_passes(args: &[&str]) -> TrialResult {
-    let out = guest("testguest.run=rng")
-        .args(args.iter().copied())
-        .run()?;
-    out.log(&format!("svmm testguest rng ({})", args.join(" ")));
-    out.assert_line("testguest: rng ok ");
-    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
-    out.assert_no_panic();
-    out.assert_status(0);
-    Ok(())
-}
-
-fn rng_reinit_sandboxed() -> TrialResult {
-    let out = guest("testguest.run=rng_reinit")
-        .args(["--device", "rng"])
-        .run()?;
-    out.log("svmm testguest rng_reinit (sandboxed)");
-    out.assert_line("testguest: rng_reinit ok ");
-    out.assert_status(0);
-    Ok(())
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Identity {
-    Root,
-    Unprivileged,
-}
-
 /// Runs svmm with a sandboxed rng device and a guest that idles, and checks the worker from /proc.
-fn confinement(identity: Identity) -> TrialResult {
+fn worker_confined(identity: Identity) -> TrialResult {
     let mut vm = guest("testguest.run=rng testguest.sleep_ms=20000").args(["--device", "rng"]);
     // Kept until the end: the unprivileged user's copies of svmm and the guest.
     let copies = paths::TempDir::new("unprivileged");
     if identity == Identity::Unprivileged && is_root() {
-        vm = unprivileged(vm, &copies)?;
+        vm = confinement::unprivileged(vm, &copies)?;
     }
     let running = vm.spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
@@ -107,55 +65,12 @@ fn confinement(identity: Identity) -> TrialResult {
         );
     }
     let worker = workers[0];
-    let status = procfs::status(worker)?;
-    let svmm_status = procfs::status(svmm)?;
-    let field = |k: &str| status.get(k).cloned().unwrap_or_default();
-
-    let mut problems = Vec::new();
-    if field("Seccomp") != "2" {
-        problems.push(format!(
-            "Seccomp: {} (want 2, filter mode)",
-            field("Seccomp")
-        ));
-    }
-    if field("NoNewPrivs") != "1" {
-        problems.push(format!("NoNewPrivs: {}", field("NoNewPrivs")));
-    }
-    for cap in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
-        if !field(cap).trim_start_matches('0').is_empty() {
-            problems.push(format!("{cap}: {} (want all zero)", field(cap)));
-        }
-    }
-    let uid = procfs::real_id(&status, "Uid");
-    let gid = procfs::real_id(&status, "Gid");
-    let svmm_uid = procfs::real_id(&svmm_status, "Uid");
-    if uid == Some(0) || gid == Some(0) || uid.is_none() {
-        problems.push(format!("worker uid/gid {uid:?}/{gid:?} (want not 0)"));
-    }
-    if identity == Identity::Root && uid == svmm_uid {
-        problems.push(format!("worker uid {uid:?} is svmm's"));
-    }
-    if identity == Identity::Unprivileged {
-        match inside_uid(worker, uid) {
-            Some(0) | None => problems.push(format!(
-                "worker's uid inside its user namespace is {:?} (want a mapped id, not 0)",
-                inside_uid(worker, uid)
-            )),
-            Some(_) => {}
-        }
-    }
-    for ns in WORKER_NAMESPACES {
-        let (w, v) = (procfs::namespace(worker, ns)?, procfs::namespace(svmm, ns)?);
-        if w == v {
-            problems.push(format!("{ns} namespace shared with svmm ({w})"));
-        }
-    }
-    let root = procfs::root_entries(worker)?;
-    if !root.is_empty() {
-        problems.push(format!("root directory not empty: {root:?}"));
-    }
+    let rng = KindFds {
+        queues: 1,
+        own: vec![("/dev/urandom".into(), 1)],
+    };
+    let problems = confinement::problems(worker, svmm, identity, &rng)?;
     let fds = procfs::fds(worker)?;
-    problems.extend(unexpected_fds(&fds, &procfs::fds(svmm)?));
 
     let cmd = procfs::cmdline(worker).unwrap_or_default();
     drop(running);
@@ -169,121 +84,6 @@ fn confinement(identity: Identity) -> TrialResult {
         )
         .into())
     }
-}
-
-/// The worker's real uid as seen inside its own user namespace, from its `uid_map`.
-fn inside_uid(pid: u32, outside: Option<u32>) -> Option<u32> {
-    let outside = outside?;
-    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?;
-    map.lines().find_map(|line| {
-        let f: Vec<u32> = line
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let [inside, start, count] = f[..] else {
-            return None;
-        };
-        (outside >= start && outside - start < count).then(|| inside + (outside - start))
-    })
-}
-
-/// The fds an rng worker may hold: its control socket, guest RAM and the interrupt status page
-/// (memfds), the irqfd, the stop eventfd and one queue ioeventfd (eventfds; `worker::fd_numbers`
-/// in vmm), /dev/urandom, and the epoll instance of its own event loop (made once confined; it
-/// reaches nothing). Fds 0–2 may only be /dev/null or svmm's own stderr (so the worker can
-/// report a fatal error in one line).
-fn unexpected_fds(fds: &BTreeMap<u32, String>, svmm_fds: &BTreeMap<u32, String>) -> Vec<String> {
-    let mut want: BTreeMap<&str, usize> = [
-        ("socket", 1),
-        ("memfd", 2),
-        ("eventfd", 3),
-        ("eventpoll", 1),
-        ("/dev/urandom", 1),
-    ]
-    .into();
-    let mut problems = Vec::new();
-    for (fd, target) in fds {
-        if *fd <= 2 {
-            if target != "/dev/null" && Some(target) != svmm_fds.get(&2) {
-                problems.push(format!(
-                    "fd {fd} -> {target} (want /dev/null or svmm's stderr)"
-                ));
-            }
-            continue;
-        }
-        let kind = if target.starts_with("socket:") {
-            "socket"
-        } else if target.starts_with("/memfd:") {
-            "memfd"
-        } else if target == "anon_inode:[eventfd]" {
-            "eventfd"
-        } else if target == "anon_inode:[eventpoll]" {
-            "eventpoll"
-        } else {
-            target.as_str()
-        };
-        match want.get_mut(kind) {
-            Some(n) if *n > 0 => *n -= 1,
-            _ => problems.push(format!("unexpected fd {fd} -> {target}")),
-        }
-    }
-    for (kind, missing) in want {
-        if missing > 0 {
-            problems.push(format!("{missing} {kind} fd(s) missing"));
-        }
-    }
-    problems
-}
-
-/// Runs `vm` as the test user. The clone may sit where that user cannot read (e.g. under /root),
-/// so svmm and the guest run from world-readable copies in `dir`. `setpriv` (util-linux) switches
-/// user and the `sh -c` drops the harness's own svmm path and execs the copy: the pid the
-/// harness sees is still svmm's own.
-fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let copy = |from: &std::path::Path, name: &str| -> Result<std::path::PathBuf, String> {
-        let to = dir.path().join(name);
-        std::fs::copy(from, &to).map_err(|e| format!("copy {}: {e}", from.display()))?;
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("chmod {}: {e}", to.display()))?;
-        Ok(to)
-    };
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", dir.path().display()))?;
-    let svmm = copy(&tests::binary::svmm_bin(), "svmm")?;
-    let kernel = copy(&paths::artefact("testguest.elf"), "testguest.elf")?;
-    let mut wrapper = setpriv()?;
-    wrapper.extend([
-        "sh".to_string(),
-        "-c".to_string(),
-        format!("shift; exec {} \"$@\"", svmm.display()),
-        "sh".to_string(),
-    ]);
-    Ok(vm.kernel(kernel).wrapper(wrapper))
-}
-
-/// `setpriv` arguments that switch to the test user (and its groups, kvm among them).
-fn setpriv() -> Result<Vec<String>, String> {
-    let id = |flag: &str| -> Result<String, String> {
-        let out = std::process::Command::new("id")
-            .args([flag, TEST_USER])
-            .output()
-            .map_err(|e| format!("id: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "user {TEST_USER} does not exist: tests/run.sh creates it (useradd, group kvm)"
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    Ok(vec![
-        "setpriv".into(),
-        format!("--reuid={}", id("-u")?),
-        format!("--regid={}", id("-g")?),
-        "--init-groups".into(),
-        "--inh-caps=-all".into(),
-        "--".into(),
-    ])
 }
 
 /// A worker killed from outside is reported in one line (device, pid, cause), the VM keeps

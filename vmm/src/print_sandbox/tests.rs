@@ -20,17 +20,12 @@ fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSand
     super::report(devices, mode, &options)
 }
 
-/// The system calls the report lists as allowed in the seccomp section after `heading`: the
-/// first word of each list line (4 spaces of indent) up to the next section.
+/// The system calls the report lists as allowed in the section after `heading`.
 fn allowed_after(report: &str, heading: &str) -> Vec<String> {
-    let start = report.find(heading).expect(heading);
-    report[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with("seccomp: "))
-        .skip(2)
-        .take_while(|l| l.starts_with("    "))
-        .filter(|l| !l.starts_with("     "))
-        .filter_map(|l| l.split_whitespace().next())
+    let section = ::tests::sandbox_report::section(report, heading);
+    assert!(!section.is_empty(), "no {heading:?} in\n{report}");
+    ::tests::sandbox_report::allowed_syscalls(section)
+        .into_iter()
         .map(str::to_string)
         .collect()
 }

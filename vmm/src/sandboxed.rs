@@ -103,7 +103,7 @@ impl Sandbox {
         fds: WorkerFds,
         resources: Vec<Option<OwnedFd>>,
     ) -> Result<broker::Worker, SandboxError> {
-        let fds = fd_list(fds, resources);
+        let fds = worker::spawned::fds_to_pass(fds, resources);
         if u32::try_from(fds.len()).ok() != Some(plan.confine.fds) {
             return Err(SandboxError::FdCount {
                 planned: plan.confine.fds,
@@ -121,34 +121,4 @@ impl Sandbox {
             })
             .map_err(SandboxError::Spawn)
     }
-}
-
-/// The worker's fds in `worker::fd_numbers` order, then its host resources.
-fn fd_list(fds: WorkerFds, resources: Vec<Option<OwnedFd>>) -> Vec<OwnedFd> {
-    let WorkerFds {
-        control,
-        guest_ram,
-        irq_status,
-        irqfd,
-        queue_events,
-        stop,
-    } = fds;
-    let mut list: Vec<OwnedFd> = vec![
-        control.into(),
-        guest_ram.into(),
-        irq_status,
-        eventfd(irqfd),
-        eventfd(stop),
-    ];
-    list.extend(queue_events.into_iter().map(eventfd));
-    list.extend(resources.into_iter().flatten());
-    list
-}
-
-/// An `EventFd` as the fd it owns.
-fn eventfd(fd: vmm_sys_util::eventfd::EventFd) -> OwnedFd {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: into_raw_fd hands over the EventFd's open fd without closing it, so the new
-    // OwnedFd is its only owner.
-    unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) }
 }

@@ -126,6 +126,39 @@ fn expected_fds(config: &DeviceConfig) -> u32 {
     fd_numbers::passed(config.queues(), resource_fds)
 }
 
+/// What the broker passes a worker, in the order that puts each at its number of
+/// [`fd_numbers`] (3, 4, ...): the fixed fds, one eventfd per queue, then the fd of every host
+/// resource that has one — the other side of [`adopt_fds`].
+pub fn fds_to_pass(fds: WorkerFds, resources: Vec<Option<OwnedFd>>) -> Vec<OwnedFd> {
+    let WorkerFds {
+        control,
+        guest_ram,
+        irq_status,
+        irqfd,
+        queue_events,
+        stop,
+    } = fds;
+    // In fd_numbers order: CONTROL, GUEST_RAM, IRQ_STATUS, IRQFD, STOP, FIRST_QUEUE...
+    let mut list: Vec<OwnedFd> = vec![
+        control.into(),
+        guest_ram.into(),
+        irq_status,
+        eventfd_owned(irqfd),
+        eventfd_owned(stop),
+    ];
+    list.extend(queue_events.into_iter().map(eventfd_owned));
+    list.extend(resources.into_iter().flatten());
+    list
+}
+
+/// An `EventFd` as the fd it owns.
+fn eventfd_owned(fd: EventFd) -> OwnedFd {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: into_raw_fd hands over the EventFd's open fd without closing it, so the new
+    // OwnedFd is its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) }
+}
+
 /// Takes ownership of the inherited fds of a worker of `config`: the fixed ones, the queues',
 /// then one per declared resource that has an fd (the others get an empty slot).
 fn adopt_fds(config: &DeviceConfig) -> Result<(WorkerFds, ResourceFds), String> {

@@ -554,3 +554,38 @@ fn a_backends_own_fds_are_served_while_it_is_active() {
     h.send(&VmmToWorker::Shutdown);
     assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
 }
+
+#[test]
+fn fds_are_passed_in_fd_numbers_order() {
+    use std::os::fd::AsRawFd;
+    let ram = create_guest_ram(1 << 20).unwrap();
+    let status = IrqStatus::create().unwrap();
+    let (_vmm, theirs) = Channel::pair().unwrap();
+    let fds = WorkerFds {
+        control: theirs,
+        guest_ram: ram.memfd.try_clone().unwrap(),
+        irq_status: status.fd().try_clone_to_owned().unwrap(),
+        irqfd: eventfd(),
+        queue_events: vec![eventfd(), eventfd()],
+        stop: eventfd(),
+    };
+    let image = std::fs::File::open("/dev/null").unwrap();
+    let mut want = vec![
+        fds.control.as_raw_fd(),
+        fds.guest_ram.as_raw_fd(),
+        fds.irq_status.as_raw_fd(),
+        fds.irqfd.as_raw_fd(),
+        fds.stop.as_raw_fd(),
+    ];
+    want.extend(fds.queue_events.iter().map(|q| q.as_raw_fd()));
+    want.push(image.as_raw_fd());
+    // A resource without an fd (a socket path) takes no number.
+    let passed = crate::spawned::fds_to_pass(fds, vec![None, Some(image.into())]);
+    let got: Vec<i32> = passed.iter().map(|fd| fd.as_raw_fd()).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        u32::try_from(got.len()).unwrap(),
+        crate::fd_numbers::passed(2, 1)
+    );
+    assert_eq!(crate::fd_numbers::first_resource(2), 10);
+}

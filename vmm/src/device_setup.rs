@@ -185,15 +185,20 @@ pub struct VirtioDevices {
 }
 
 impl Drop for VirtioDevices {
-    /// Every worker is gone when the devices are: each is asked to shut down (an in-process
-    /// device's thread then ends), and a worker process is killed and reaped, quietly.
+    /// Every worker is gone when the devices are: a worker process is killed and reaped,
+    /// quietly (its death is expected, so not reported); an in-process device is asked to shut
+    /// down, which ends its thread.
     fn drop(&mut self) {
         for device in &self.devices {
-            if let Some(mut transport) = lock_within(&device.transport, Duration::from_secs(2)) {
-                transport.proxy_mut().shutdown();
-            }
-            if let Worker::Sandboxed(worker) = &device.worker {
-                worker.end();
+            match &device.worker {
+                Worker::Sandboxed(worker) => worker.end(),
+                Worker::InProcess { .. } => {
+                    if let Some(mut transport) =
+                        lock_within(&device.transport, Duration::from_secs(2))
+                    {
+                        transport.proxy_mut().shutdown();
+                    }
+                }
             }
         }
     }
@@ -203,6 +208,12 @@ impl VirtioDevices {
     /// Prints each device's statistics on stderr (at VM end). Skips a device whose transport
     /// stays busy (a vCPU waiting for its worker) for more than two reply deadlines.
     pub fn report_stats(&self) {
+        // A worker svmm killed just before the VM ended: its death line comes first.
+        for device in &self.devices {
+            if let Worker::Sandboxed(worker) = &device.worker {
+                worker.wait_reported(Duration::from_secs(1));
+            }
+        }
         for device in &self.devices {
             let Some(mut transport) = lock_within(&device.transport, Duration::from_secs(2)) else {
                 continue;

@@ -26,7 +26,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct Supervised {
     killed_for: Mutex<Option<String>>,
     /// The VM is ending: the worker's death is expected and not reported.
     ending: AtomicBool,
+    /// The monitor has printed the worker's death (or will never have to).
+    reported: (Mutex<bool>, Condvar),
 }
 
 impl Supervised {
@@ -55,7 +57,32 @@ impl Supervised {
             worker: Mutex::new(worker),
             killed_for: Mutex::new(None),
             ending: AtomicBool::new(false),
+            reported: (Mutex::new(false), Condvar::new()),
         })
+    }
+
+    /// Marks the worker's death as reported (by the monitor, once its line is out).
+    fn set_reported(&self) {
+        let (done, changed) = &self.reported;
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+
+    /// At VM end, before the statistics: if svmm killed the worker and its monitor has not yet
+    /// printed the death, waits up to `timeout` for that line, so a VM that ends right after a
+    /// worker was killed still says why (a loaded host may run the monitor late).
+    pub fn wait_reported(&self, timeout: Duration) {
+        let killed = self
+            .killed_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !killed {
+            return;
+        }
+        let (done, changed) = &self.reported;
+        let guard = done.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = changed.wait_timeout_while(guard, timeout, |reported| !*reported);
     }
 
     /// The worker's pid (in svmm's pid namespace).
@@ -261,6 +288,7 @@ impl Monitor {
         let syscall = transport.proxy().seccomp_violation();
         let exit = supervised.reap();
         if supervised.ending.load(Ordering::SeqCst) {
+            supervised.set_reported();
             return;
         }
         let cause = supervised.cause(exit, syscall);
@@ -280,6 +308,7 @@ impl Monitor {
                 self.control.request(VmEvent::DeviceFailed(what));
             }
         }
+        supervised.set_reported();
     }
 }
 

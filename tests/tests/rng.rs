@@ -72,6 +72,13 @@ fn rng(mode: Mode) -> TrialResult {
             mode.name()
         ),
     );
+    // A VM that ends normally says nothing else about its device (no teardown noise).
+    let about: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("svmm: rng#0"))
+        .collect();
+    assert_eq!(about.len(), 1, "\n{}", out.report());
     Ok(())
 }
 

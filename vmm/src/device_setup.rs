@@ -185,20 +185,12 @@ pub struct VirtioDevices {
 }
 
 impl Drop for VirtioDevices {
-    /// Every worker is gone when the devices are: a worker process is killed and reaped,
-    /// quietly (its death is expected, so not reported); an in-process device is asked to shut
-    /// down, which ends its thread.
+    /// Every worker process is gone when the devices are: killed and reaped, quietly (its
+    /// death is expected, so not reported). An in-process device's thread ends with svmm.
     fn drop(&mut self) {
         for device in &self.devices {
-            match &device.worker {
-                Worker::Sandboxed(worker) => worker.end(),
-                Worker::InProcess { .. } => {
-                    if let Some(mut transport) =
-                        lock_within(&device.transport, Duration::from_secs(2))
-                    {
-                        transport.proxy_mut().shutdown();
-                    }
-                }
+            if let Worker::Sandboxed(worker) = &device.worker {
+                worker.end();
             }
         }
     }

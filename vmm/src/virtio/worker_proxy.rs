@@ -288,14 +288,6 @@ impl WorkerProxy {
         }
     }
 
-    /// Asks a live worker to exit (at VM end). Best effort: a worker that does not read is
-    /// dealt with by its terminate hook.
-    pub fn shutdown(&mut self) {
-        if self.broken.is_none() {
-            let _ = self.channel.send(&VmmToWorker::Shutdown, &[]);
-        }
-    }
-
     /// Marks the device broken for good with `reason`; the worker gets `grace` to end by itself
     /// before the terminate hook kills it.
     fn break_device(&mut self, reason: &str, grace: Duration) {

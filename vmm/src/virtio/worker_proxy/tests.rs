@@ -346,8 +346,9 @@ fn the_real_worker_loop_on_a_thread() {
     assert_eq!(proxy.stats().unwrap().queues.len(), 1);
     proxy.reset().unwrap();
     proxy.activate(1 << 32, &[queue()]).unwrap();
-    proxy.shutdown();
-    thread.join().unwrap();
-    assert_eq!(rx.recv().unwrap(), Some(WorkerExit::Shutdown));
     assert!(!proxy.is_broken());
+    // The VMM's end goes: the device's thread ends.
+    drop(proxy);
+    thread.join().unwrap();
+    assert_eq!(rx.recv().unwrap(), Some(WorkerExit::PeerGone));
 }

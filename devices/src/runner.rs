@@ -217,8 +217,20 @@ pub struct QueueRunner<'a> {
 impl<'a> QueueRunner<'a> {
     /// A runner for `queue_events` (queue index, notification eventfd) and `stop`.
     pub fn new(queue_events: &'a [(u16, EventFd)], stop: &'a EventFd) -> Result<Self, RunnerError> {
+        let epoll = Epoll::new().map_err(RunnerError::Setup)?;
+        Self::with_epoll(epoll, queue_events, stop)
+    }
+
+    /// [`new`](Self::new) on an epoll instance made earlier, which must watch nothing yet: a
+    /// worker makes it before it installs its seccomp filter, so the filter need not allow
+    /// `epoll_create1` (adding and removing fds, `epoll_ctl`, stays allowed).
+    pub fn with_epoll(
+        epoll: Epoll,
+        queue_events: &'a [(u16, EventFd)],
+        stop: &'a EventFd,
+    ) -> Result<Self, RunnerError> {
         let runner = QueueRunner {
-            epoll: Epoll::new().map_err(RunnerError::Setup)?,
+            epoll,
             queue_events,
             backend_fds: Vec::new(),
             events: vec![EpollEvent::default(); EVENT_BATCH],

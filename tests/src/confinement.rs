@@ -119,7 +119,7 @@ fn inside_uid(pid: u32, outside: Option<u32>) -> Option<u32> {
 /// The fds that should not be there, or are missing: the control socket, guest RAM and the
 /// interrupt status page (memfds), the irqfd, the stop eventfd and the queue ioeventfds
 /// (eventfds; `worker::fd_numbers`), the epoll instance of the worker's own event loop (made
-/// once confined; it reaches nothing), and the kind's own. Fds 0–2 may only be /dev/null or
+/// before its filter; it reaches nothing), and the kind's own. Fds 0–2 may only be /dev/null or
 /// svmm's own stderr (so the worker can report a fatal error in one line).
 fn unexpected_fds(
     fds: &BTreeMap<u32, String>,

@@ -113,3 +113,50 @@ pub fn cmdline(pid: u32) -> io::Result<String> {
         .collect::<Vec<_>>()
         .join(" "))
 }
+
+/// One thread of a process: its id, its name (`comm`) and its `Seccomp:` mode (0 none, 1
+/// strict, 2 filter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    /// The thread id.
+    pub tid: u32,
+    /// `/proc/<pid>/task/<tid>/comm`.
+    pub name: String,
+    /// The `Seccomp:` field of the thread's status.
+    pub seccomp: String,
+}
+
+/// Every thread of `pid` with its seccomp mode, read from `/proc/<pid>/task/*/status`. A thread
+/// that ends while it is read is left out.
+pub fn thread_seccomp(pid: u32) -> io::Result<Vec<ThreadSeccomp>> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(proc_path(pid, "task"))? {
+        let path = task?.path();
+        let Some(tid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        let (Ok(status), Ok(comm)) = (
+            fs::read_to_string(path.join("status")),
+            fs::read_to_string(path.join("comm")),
+        ) else {
+            continue;
+        };
+        let seccomp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        out.push(ThreadSeccomp {
+            tid,
+            name: comm.trim().to_string(),
+            seccomp,
+        });
+    }
+    out.sort_by_key(|t| t.tid);
+    Ok(out)
+}

@@ -23,6 +23,10 @@ const SLEEPING: &str = "testguest: sleep ms=";
 fn main() {
     let not_root = (!is_root()).then(|| "not running as root".to_string());
     Suite::new("sandbox")
+        .test(
+            "svmm_threads_filtered_under_trap",
+            svmm_threads_filtered_under_trap,
+        )
         .test_unless("worker_confined_as_root", not_root, || {
             worker_confined(Identity::Root)
         })
@@ -45,6 +49,84 @@ fn guest(cmdline: &str) -> TestVm {
         .cmdline(cmdline)
         .mem_mib(128)
         .timeout(TIMEOUT)
+}
+
+/// Every thread of svmm runs under its seccomp filter in trap mode through a whole VM life: an
+/// SMP guest boots, sandboxed rng and blk workers and an in-process rng device serve it, the
+/// console-input thread forwards a line, a worker is killed from outside (its monitor reaps and
+/// reports it), and the VM ends with the APs still running (the main thread kicks and joins the
+/// vCPUs). A rule missing from `vmm.json` (or from a device profile) ends svmm with one
+/// "seccomp denied system call" line and status 70, which fails the trial. While the guest
+/// runs, every thread's `Seccomp:` field is read from `/proc`: only the broker's spawner
+/// thread may be unfiltered.
+fn svmm_threads_filtered_under_trap() -> TrialResult {
+    let dir = paths::TempDir::new("trap-all-threads");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, tests::disk::fresh_image())?;
+    let mut running = guest("testguest.run=rng,blk,rng@1,echo,smp testguest.echo_timeout_ms=30000")
+        .cpus(2)
+        .args([
+            "--seccomp=trap".to_string(),
+            "--device".into(),
+            "rng".into(),
+            "--device".into(),
+            format!("blk={},queues=2", image.display()),
+            "--device".into(),
+            "rng,sandbox=off".into(),
+        ])
+        .spawn()?;
+    running.wait_for_line("testguest: echo ready", TIMEOUT)?;
+    let svmm = running.pid();
+    let threads = procfs::thread_seccomp(svmm)?;
+    let unfiltered: Vec<_> = threads
+        .iter()
+        .filter(|t| t.seccomp != "2" && t.name != "svmm-spawner")
+        .collect();
+    let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
+    for want in [
+        "vcpu0",
+        "vcpu1",
+        "console-in",
+        "mon-rng#0",
+        "mon-blk#1",
+        "dev-rng#2",
+    ] {
+        if !names.contains(&want) {
+            return Err(format!("no thread {want} in svmm: {threads:?}").into());
+        }
+    }
+    if !unfiltered.is_empty() {
+        return Err(format!("svmm threads without a seccomp filter: {unfiltered:?}").into());
+    }
+    let workers = procfs::children(svmm);
+    let rng_worker = workers
+        .iter()
+        .copied()
+        .find(|w| procfs::cmdline(*w).is_ok_and(|c| c.contains("__worker rng")))
+        .ok_or_else(|| format!("no rng worker among {workers:?}"))?;
+    // SAFETY: kill has no memory-safety preconditions; the pid is svmm's live child.
+    unsafe { libc::kill(rng_worker as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !running.stderr_so_far().contains("svmm: rng#0 worker (pid")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.write_stdin(b"under-trap\n")?;
+    let out = running.wait()?;
+    out.log("svmm, every thread under --seccomp=trap: SMP, rng, blk, in-process rng, kill");
+    assert!(
+        !out.stderr.contains("seccomp denied"),
+        "a thread of svmm hit its filter\n{}",
+        out.report()
+    );
+    death_line(&out, "rng#0");
+    out.assert_line("testguest: echo ok line=under-trap");
+    out.assert_line("testguest: smp ok aps=1 ");
+    out.assert_no_panic();
+    assert_eq!(out.testguest_summary(), Some((5, 0)), "\n{}", out.report());
+    out.assert_status(0);
+    Ok(())
 }
 
 /// Runs svmm with a sandboxed rng device and a guest that idles, and checks the worker from /proc.

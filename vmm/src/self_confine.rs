@@ -387,6 +387,54 @@ mod tests {
         );
     }
 
+    /// The signal the main thread kicks vCPUs with passes the trap-mode `vmm` filter, and a
+    /// neighbouring one does not: the filter's number is what `vcpu::kick_signal` really sends.
+    /// A child (fork) installs the kick handler and the filter and sends the kick to itself
+    /// (`pthread_kill`, as `Vcpus::stop` does): it must survive and exit 0; SIGUSR1 must kill it
+    /// with SIGSYS (no SIGSYS handler in the child).
+    #[test]
+    fn the_kick_signal_passes_the_vmm_filter() {
+        let program = seccomp_profiles::program(VMM_PROFILE, Mode::Trap).unwrap();
+        let kick = crate::vcpu::kick_signal();
+        for (signal, survives) in [(kick, true), (libc::SIGUSR1, false)] {
+            // SAFETY: the child only makes raw system calls (sigaction via the kick handler's
+            // registration, prctl, seccomp, pthread_kill's getpid/gettid/tgkill, _exit) on
+            // memory prepared before the fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: see above; _exit never returns.
+                unsafe {
+                    // SIGUSR1 must not end the child by its default action.
+                    libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+                    if crate::vcpu::install_kick_handler().is_err() {
+                        libc::_exit(1);
+                    }
+                    if seccomp_profiles::install(&program).is_err() {
+                        libc::_exit(2);
+                    }
+                    libc::pthread_kill(libc::pthread_self(), signal);
+                    libc::_exit(0);
+                }
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child into a valid int.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            if survives {
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "kick signal {signal}: child status {status:#x}"
+                );
+            } else {
+                assert!(
+                    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+                    "signal {signal}: child status {status:#x}"
+                );
+            }
+        }
+        assert_eq!(kick, 34, "glibc's SIGRTMIN, the number vmm.json allows");
+    }
+
     /// Without `init` (as in every unit test), `enter` leaves the thread unfiltered.
     #[test]
     fn enter_before_init_does_nothing() {

@@ -11,6 +11,7 @@ use ipc::{
     WorkerToVmm,
 };
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::interrupt::IrqfdInterrupt;
@@ -21,18 +22,21 @@ use crate::guest_ram::map_guest_ram;
 const CONTROL: u32 = 0;
 
 /// A worker's fds turned into what [`serve`] works with: guest RAM and the interrupt status
-/// page mapped, the interrupt handle built. Reads nothing from the VMM or the guest.
+/// page mapped, the interrupt handle built, the event loop's epoll instance made. Reads nothing
+/// from the VMM or the guest.
 pub struct Mapped {
     control: Channel,
+    epoll: Epoll,
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
     queue_events: Vec<EventFd>,
     stop: EventFd,
 }
 
-/// Maps guest RAM and the interrupt status page of `fds` for `backend`. A spawned worker calls
-/// this before it confines itself, so its seccomp filter need not allow what mapping takes
-/// (`statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`). Failures are reported as
+/// Maps guest RAM and the interrupt status page of `fds` for `backend` and makes the event
+/// loop's epoll instance. A spawned worker calls this before it confines itself, so its seccomp
+/// filter need not allow what that takes (`statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`,
+/// `epoll_create1`). Failures are reported as
 /// `DeviceError { Internal }` (best effort) before the error is returned.
 pub fn map_memory(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Mapped, WorkerError> {
     let WorkerFds {
@@ -57,11 +61,13 @@ pub fn map_memory(backend: &dyn VirtioBackend, fds: WorkerFds) -> Result<Mapped,
             });
         }
         let interrupt: Arc<dyn Interrupt> = Arc::new(IrqfdInterrupt::new(status, irqfd));
-        Ok((mem, interrupt))
+        let epoll = Epoll::new().map_err(|e| WorkerError::Runner(RunnerError::Setup(e)))?;
+        Ok((mem, interrupt, epoll))
     };
     match setup() {
-        Ok((mem, interrupt)) => Ok(Mapped {
+        Ok((mem, interrupt, epoll)) => Ok(Mapped {
             control,
+            epoll,
             mem,
             interrupt,
             queue_events,
@@ -87,6 +93,7 @@ pub fn serve(
 ) -> Result<WorkerExit, WorkerError> {
     let Mapped {
         control,
+        epoll,
         mem,
         interrupt,
         queue_events,
@@ -121,7 +128,8 @@ pub fn serve(
         return Ok(exit);
     }
 
-    let mut runner = QueueRunner::new(&queue_events, &stop).map_err(WorkerError::Runner)?;
+    let mut runner =
+        QueueRunner::with_epoll(epoll, &queue_events, &stop).map_err(WorkerError::Runner)?;
     runner
         .watch(&control, CONTROL)
         .map_err(WorkerError::Runner)?;

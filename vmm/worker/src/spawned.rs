@@ -19,8 +19,9 @@
 //!    own last set-up (`Kind::prepare`, e.g. an io_uring ring made with `io_uring_setup` and
 //!    `io_uring_register`; here, after the fd step, so that its fd survives; a kind that must
 //!    make do with less says so in one line) and the mappings of guest RAM and the interrupt
-//!    status page ([`map_memory`]: `statx`, `fstat`, `fcntl(F_DUPFD_CLOEXEC)`, `mmap`) — none of
-//!    which reads a byte — and the filter last;
+//!    status page and the event loop's epoll instance ([`map_memory`]: `statx`, `fstat`,
+//!    `fcntl(F_DUPFD_CLOEXEC)`, `mmap`, `epoll_create1`) — none of which reads a byte — and the
+//!    filter last;
 //!
 //! then it [`serve`]s the device exactly as an in-process device's thread does. It exits 0
 //! when the VMM shuts it down or goes away, 1 on any error (one line on stderr). A worker never

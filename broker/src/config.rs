@@ -19,6 +19,9 @@ pub struct Rlimits {
     /// `RLIMIT_FSIZE`: largest file the worker may write (0: none; `None` = leave as is, for
     /// devices that write to an image file).
     pub fsize: Option<u64>,
+    /// `RLIMIT_AS`: most bytes of address space the worker may map — guest RAM, which it maps
+    /// whole, plus a margin for its own code, heap and buffers (`None` = leave as is).
+    pub address_space: Option<u64>,
 }
 
 /// A directory (an inherited fd, opened by the broker before confinement) beneath which
@@ -71,6 +74,7 @@ impl ConfineConfig {
                 nproc: 0,
                 nofile: 3 + u64::from(fds) + NOFILE_MARGIN,
                 fsize: Some(0),
+                address_space: None,
             },
             landlock_beneath: Vec::new(),
             allow_missing_landlock: false,
@@ -90,6 +94,7 @@ impl ConfineConfig {
             format!("--sandbox-nproc={}", self.rlimits.nproc),
             format!("--sandbox-nofile={}", self.rlimits.nofile),
             format!("--sandbox-fsize={}", opt(self.rlimits.fsize)),
+            format!("--sandbox-as={}", opt(self.rlimits.address_space)),
             format!(
                 "--sandbox-allow-missing-landlock={}",
                 u8::from(self.allow_missing_landlock)
@@ -152,6 +157,7 @@ struct Parsed {
     nproc: Option<u64>,
     nofile: Option<u64>,
     fsize: Option<Option<u64>>,
+    address_space: Option<Option<u64>>,
     allow_missing_landlock: Option<bool>,
     landlock_beneath: Vec<LandlockBeneath>,
 }
@@ -187,6 +193,8 @@ impl Parsed {
             "nofile" => self.nofile = Some(num(value)?),
             "fsize" if value == "none" => self.fsize = Some(None),
             "fsize" => self.fsize = Some(Some(num(value)?)),
+            "as" if value == "none" => self.address_space = Some(None),
+            "as" => self.address_space = Some(Some(num(value)?)),
             "allow-missing-landlock" => self.allow_missing_landlock = Some(flag(value)?),
             "landlock-ro" | "landlock-rw" => self.landlock_beneath.push(LandlockBeneath {
                 fd: fd(value)?,
@@ -212,6 +220,7 @@ impl Parsed {
                 nproc: self.nproc.ok_or(ArgsError::Missing("nproc"))?,
                 nofile: self.nofile.ok_or(ArgsError::Missing("nofile"))?,
                 fsize: self.fsize.ok_or(ArgsError::Missing("fsize"))?,
+                address_space: self.address_space.ok_or(ArgsError::Missing("as"))?,
             },
             landlock_beneath: self.landlock_beneath,
             allow_missing_landlock: self
@@ -230,6 +239,7 @@ mod tests {
     fn sample() -> ConfineConfig {
         let mut cfg = ConfineConfig::new(IdChoice::Unprivileged.worker_ids(), 3, Vec::new());
         cfg.rlimits.fsize = None;
+        cfg.rlimits.address_space = Some(160 << 20);
         cfg.landlock_beneath = vec![
             LandlockBeneath {
                 fd: 5,

@@ -11,7 +11,7 @@
 //! | 3 | capabilities | securebits locked, ambient cleared, bounding set dropped, all sets empty |
 //! | 4 | no_new_privs | `PR_SET_NO_NEW_PRIVS` |
 //! | 5 | death signal | `PR_SET_PDEATHSIG(SIGKILL)`, then the lifeline check |
-//! | 6 | rlimits | `NPROC`, `CORE` 0, small `NOFILE`, `FSIZE` |
+//! | 6 | rlimits | `NPROC`, `CORE` 0, small `NOFILE`, `FSIZE`, `AS`; `SIGXFSZ` ignored, so a write past `FSIZE` fails with `EFBIG` instead of killing the worker |
 //! | 7 | fds | `close_range(3 + n, ~0)`, then every fd below is checked to be open |
 //! | 8 | Landlock | no filesystem rights (except the configured directories), no TCP, scoped |
 //! | 9 | seccomp | the caller's last set-up ([`confine_with`]), then the device kind's filter |
@@ -461,6 +461,9 @@ fn set_rlimits(cfg: &ConfineConfig) -> Result<(), ConfineError> {
     if let Some(fsize) = limits.fsize {
         list.push((libc::RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE"));
     }
+    if let Some(bytes) = limits.address_space {
+        list.push((libc::RLIMIT_AS, bytes, "RLIMIT_AS"));
+    }
     for (resource, value, what) in list {
         let lim = libc::rlimit {
             rlim_cur: value,
@@ -469,6 +472,15 @@ fn set_rlimits(cfg: &ConfineConfig) -> Result<(), ConfineError> {
         // SAFETY: setrlimit reads one live rlimit struct.
         check(unsafe { libc::setrlimit(resource, &lim) })
             .map_err(|source| ConfineError::Rlimits { what, source })?;
+    }
+    // A write past RLIMIT_FSIZE (a hostile blk worker's RWF_APPEND through its ring) then fails
+    // with EFBIG instead of ending the worker with a signal nobody reports as a cause.
+    // SAFETY: signal() with SIG_IGN installs no handler code.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(ConfineError::Rlimits {
+            what: "ignore SIGXFSZ",
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -601,8 +613,11 @@ pub fn describe(cfg: &ConfineConfig) -> String {
         r.nproc.to_string()
     };
     let fsize = r.fsize.map_or("unchanged".to_string(), |v| v.to_string());
+    let address_space = r
+        .address_space
+        .map_or("unchanged".to_string(), |v| format!("{} MiB", v >> 20));
     line(format!(
-        "rlimits: NPROC {nproc}, CORE 0, NOFILE {}, FSIZE {fsize}",
+        "rlimits: NPROC {nproc}, CORE 0, NOFILE {}, FSIZE {fsize} (SIGXFSZ ignored: EFBIG), AS {address_space}",
         r.nofile
     ));
     let last = 2 + cfg.fds;

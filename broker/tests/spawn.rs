@@ -29,6 +29,9 @@ const HELPER: &str = env!("CARGO_BIN_EXE_broker-test-worker");
 const ROLE: &str = "BROKER_TEST_ROLE";
 const NOBODY: u32 = 65534;
 
+/// The test worker's `RLIMIT_AS`: far more than it maps, a bound all the same.
+const WORKER_AS: u64 = 1 << 30;
+
 fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("middle") => return middle(),
@@ -83,6 +86,7 @@ fn helper_spec(
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let mut cfg = ConfineConfig::new(ids.worker_ids(), 1, Vec::new());
     cfg.namespaces = namespaces;
+    cfg.rlimits.address_space = Some(WORKER_AS);
     let mut args = vec![CString::new("broker-test-worker").unwrap()];
     args.extend(cfg.to_args());
     args.push(CString::new(mode).unwrap());
@@ -147,6 +151,8 @@ fn check_inside(r: &HashMap<String, String>, uid: u32, cfg: &ConfineConfig) {
     let nofile = cfg.rlimits.nofile;
     assert_eq!(r["nofile"], format!("{nofile},{nofile}"));
     assert_eq!(r["fsize"], "0,0");
+    assert_eq!(r["as"], format!("{WORKER_AS},{WORKER_AS}"));
+    assert_eq!(r["sigxfsz_ignored"], "1");
     assert_eq!(r["fds"], "0,1,2,3", "only stdio and the listed fd");
     let erofs_or_eacces = [libc::EROFS.to_string(), libc::EACCES.to_string()];
     assert!(erofs_or_eacces.contains(&r["mkdir_errno"]), "{r:?}");

@@ -47,6 +47,14 @@ fn main() {
         .test("direct_io_sandboxed", direct_io)
         .test("worker_holds_image_and_ring", worker_holds_image_and_ring)
         .test("second_svmm_gets_lock_error", second_svmm_gets_lock_error)
+        .test(
+            "hostile_worker_keeps_to_the_image",
+            hostile_worker_keeps_to_the_image,
+        )
+        .test(
+            "worst_case_bounce_stays_bounded",
+            worst_case_bounce_stays_bounded,
+        )
         .test("print_sandbox_blk", print_sandbox_blk)
         .run()
 }
@@ -333,6 +341,119 @@ fn worker_holds_image_and_ring() -> TrialResult {
 /// While one svmm writes an image, a second (in-process or sandboxed, writable or `ro`) fails
 /// with the lock error naming the image (exit 67). Afterwards two `ro` devices share the image
 /// while a writer is still refused.
+/// A compromised blk worker (`fault=host`: the device's own disk probe, run at its first
+/// queue notification) tries to grow the image and to allocate host disk space through its
+/// io_uring ring (`FALLOCATE` with `ZERO_RANGE | KEEP_SIZE` or `INSERT_RANGE`, a write with
+/// `RWF_APPEND` or past the end) and then through its system calls (`fallocate` past the end,
+/// with and without `KEEP_SIZE`). The last one is outside its seccomp filter: it dies of
+/// `SIGSYS`, named by svmm. Afterwards the image has the same size, the same bytes and no more
+/// allocated blocks than before — every byte the worker can reach on the host disk belongs to
+/// that one file.
+fn hostile_worker_keeps_to_the_image() -> TrialResult {
+    use std::os::unix::fs::MetadataExt;
+    let dir = paths::TempDir::new("blk-disk-probe");
+    let before = disk::fresh_image();
+    let image = dir.file("disk.img", &before);
+    let blocks = std::fs::metadata(&image)?.blocks();
+    let out = guest("testguest.run=blk", blk_spec(&image, ",fault=host")).run()?;
+    out.log("svmm testguest blk, the worker probes the host disk");
+    for line in out.stderr.lines().filter(|l| l.contains("blk probe: ")) {
+        eprintln!("    {line}");
+    }
+    let death = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: blk#0 worker (pid "))
+        .unwrap_or_default();
+    assert!(
+        death.contains("killed by SIGSYS: seccomp violation, syscall fallocate"),
+        "the worker's last fallocate must be refused by its filter\n{}",
+        out.report()
+    );
+    disk::wait_unlocked(&image, Duration::from_secs(5))?;
+    let meta = std::fs::metadata(&image)?;
+    assert_eq!(
+        meta.len(),
+        before.len() as u64,
+        "the image changed size\n{}",
+        out.report()
+    );
+    assert!(
+        meta.blocks() <= blocks,
+        "the image holds {} blocks of 512 bytes, {} before\n{}",
+        meta.blocks(),
+        blocks,
+        out.report()
+    );
+    compare_image(&image, &before, "after the disk probe")?;
+    Ok(())
+}
+
+/// The worst case for a blk worker's memory (`blk_bounce`: a queue full of the largest
+/// requests, every buffer misaligned, so each must go through a bounce buffer on a
+/// `direct=on` image — 16 of them would hold 126 MiB at once) gets all its I/O done, and the
+/// worker's address space is bounded as documented: `/proc/PID/limits` shows `RLIMIT_AS` =
+/// guest RAM + 64 MiB + blk's 4 × 126 × 64 KiB of bounce buffers, and `VmPeak` stays under it.
+fn worst_case_bounce_stays_bounded() -> TrialResult {
+    const MIB: u64 = 1 << 20;
+    const GUEST_RAM: u64 = 128 * MIB;
+    const BOUND: u64 = GUEST_RAM + 64 * MIB + 4 * 126 * 64 * 1024;
+    let dir = paths::TempDir::new("blk-bounce");
+    let image = dir.file("disk.img", &vec![0u8; 16 << 20]);
+    let running = guest(
+        "testguest.run=blk_bounce testguest.sleep_ms=3000",
+        blk_spec(&image, ",direct=on"),
+    )
+    .spawn()?;
+    running.wait_for_line(SLEEPING, TIMEOUT)?;
+    let workers = procfs::children(running.pid());
+    let [worker] = workers[..] else {
+        let out = running.wait()?;
+        return Err(format!(
+            "the blk worker is gone (workers {workers:?})\n{}",
+            out.report()
+        )
+        .into());
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits"))?;
+    let address_space = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .ok_or("no address-space line in /proc/PID/limits")?
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok())
+        .collect::<Vec<_>>();
+    let peak_kib: u64 = procfs::status(worker)?
+        .get("VmPeak")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no VmPeak")?;
+    let out = running.wait()?;
+    out.log("svmm testguest blk_bounce (direct=on)");
+    let line = out.assert_line("testguest: blk_bounce ok ");
+    eprintln!("    {line}; worker VmPeak {} MiB", peak_kib >> 10);
+    assert!(
+        line.contains("requests_in_flight=16 "),
+        "the guest should fill its queue: {line}"
+    );
+    assert_eq!(
+        address_space,
+        [BOUND, BOUND],
+        "RLIMIT_AS of the worker (soft, hard)"
+    );
+    assert!(
+        peak_kib << 10 <= BOUND,
+        "VmPeak {peak_kib} KiB over the bound"
+    );
+    assert!(
+        !out.stderr.contains("svmm: blk#0 worker"),
+        "the worker died\n{}",
+        out.report()
+    );
+    out.assert_no_panic();
+    out.assert_status(0);
+    Ok(())
+}
+
 fn second_svmm_gets_lock_error() -> TrialResult {
     let dir = paths::TempDir::new("blk-lock");
     let image = dir.file("shared.img", &disk::fresh_image());

@@ -218,6 +218,7 @@ impl Args {
                 seccomp: self.seccomp.into(),
                 worker_ids: self.worker_ids,
                 allow_missing_landlock: self.allow_missing_landlock,
+                guest_ram: self.mem << 20,
             },
             report_timings: self.report_timings,
         })

@@ -46,6 +46,9 @@ pub struct SandboxOptions {
     pub worker_ids: IdRange,
     /// `--allow-missing-landlock`.
     pub allow_missing_landlock: bool,
+    /// Guest RAM in bytes (`--mem`): every worker maps it whole, and its `RLIMIT_AS` is this
+    /// plus a margin (`plan::WORKER_AS_MARGIN`) plus what its kind may hold.
+    pub guest_ram: u64,
 }
 
 /// `--seccomp`: what a filter does with a system call its profile does not allow.

@@ -90,6 +90,7 @@ fn print_sandbox_report(args: &cli::Args) -> Result<String, SvmmError> {
         seccomp: args.seccomp.into(),
         worker_ids: args.worker_ids,
         allow_missing_landlock: args.allow_missing_landlock,
+        guest_ram: args.mem << 20,
     };
     let devices = args.device_specs()?;
     Ok(print_sandbox::report(&devices, args.seccomp, &options)?)

@@ -30,6 +30,14 @@ use crate::host_resources::file_size_limit;
 use worker::args::{self, WORKER_ARG};
 use worker::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STOP};
 
+/// Address space a worker may map besides guest RAM (which it maps whole) and what its kind
+/// declares (`SandboxNeeds::memory`): its code and libraries, stack, heap, the interrupt status
+/// page, its control messages and rings. A release rng or blk worker maps about 5 MiB besides
+/// guest RAM (`VmSize` in `/proc`); 64 MiB leaves room for debug builds and allocator slack,
+/// and it is still a bound: a worker that tries to hold more fails its allocation (and dies of
+/// it) instead of taking host memory.
+pub const WORKER_AS_MARGIN: u64 = 64 << 20;
+
 /// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
 /// otherwise it is `/dev/null` like fds 0 and 1.
 pub const INHERIT_STDERR: bool = true;
@@ -134,6 +142,7 @@ pub fn plan(
     let ids = worker_ids(worker, options.worker_ids)?;
     let fds = inherited_fds(kind, config.queues(), &resources);
     let mut confine = sandbox_config(spec, &resources, &needs, ids, size_of)?;
+    confine.rlimits.address_space = Some(address_space(options.guest_ram, &needs));
     confine.allow_missing_landlock = options.allow_missing_landlock;
     let argv = worker_argv(spec, mode, &confine)?;
     let on_request = resources
@@ -220,6 +229,14 @@ pub fn inherited_fds(kind: &str, queues: u16, resources: &[HostResource]) -> Vec
         ));
     }
     fds
+}
+
+/// `RLIMIT_AS` of a worker in a VM with `guest_ram` bytes of RAM: guest RAM, the margin, and
+/// what the kind declares it may hold.
+pub fn address_space(guest_ram: u64, needs: &SandboxNeeds) -> u64 {
+    guest_ram
+        .saturating_add(WORKER_AS_MARGIN)
+        .saturating_add(needs.memory)
 }
 
 /// The worker's sandbox without its seccomp program: the broker's usual one

@@ -213,6 +213,7 @@ fn observe() -> String {
             ("core", libc::RLIMIT_CORE),
             ("nofile", libc::RLIMIT_NOFILE),
             ("fsize", libc::RLIMIT_FSIZE),
+            ("as", libc::RLIMIT_AS),
         ] {
             let mut lim = libc::rlimit {
                 rlim_cur: 0,
@@ -221,6 +222,12 @@ fn observe() -> String {
             libc::getrlimit(res, &mut lim);
             put(name, format!("{},{}", lim.rlim_cur, lim.rlim_max));
         }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGXFSZ, std::ptr::null(), &mut action);
+        put(
+            "sigxfsz_ignored",
+            u8::from(action.sa_sigaction == libc::SIG_IGN).to_string(),
+        );
         let open_fds: Vec<String> = (0..256)
             .filter(|&fd| libc::fcntl(fd, libc::F_GETFD) != -1)
             .map(|fd| fd.to_string())

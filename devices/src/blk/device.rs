@@ -94,6 +94,9 @@ pub struct Blk {
     merge: bool,
     engine: Box<dyn Engine>,
     state: Lifecycle<Box<Active>>,
+    /// Test builds: run the hostile worker's disk probe at the next queue notification.
+    #[cfg(feature = "test-faults")]
+    probe_armed: bool,
 }
 
 impl Blk {
@@ -153,6 +156,8 @@ impl Blk {
             poll: Duration::from_micros(u64::from(options.poll_us)),
             merge: options.merge,
             state: Lifecycle::new(),
+            #[cfg(feature = "test-faults")]
+            probe_armed: false,
         })
     }
 
@@ -179,6 +184,14 @@ impl Blk {
         std::iter::once(self.image.as_raw_fd())
             .chain(self.engine.extra_fd())
             .collect()
+    }
+
+    /// Test builds only: at the first queue notification of an active device, act as a
+    /// compromised worker against the host disk (`engine::probe`: the ring's operations, then
+    /// the system calls the filter must refuse) before serving anything.
+    #[cfg(feature = "test-faults")]
+    pub fn arm_disk_probe(&mut self) {
+        self.probe_armed = true;
     }
 
     /// The engine the device runs on.
@@ -351,6 +364,11 @@ impl VirtioBackend for Blk {
     ) -> Result<(), DeviceError> {
         if index >= self.geometry.num_queues {
             return Err(DeviceError::UnknownQueue(index));
+        }
+        #[cfg(feature = "test-faults")]
+        if !self.state.is_inactive() && std::mem::take(&mut self.probe_armed) {
+            let size = self.geometry.capacity * SECTOR_SIZE;
+            self.engine.probe(&self.image, size);
         }
         let engine = self.engine.as_mut();
         let result = self.state.serve(|active| active.process(index, engine));

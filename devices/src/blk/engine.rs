@@ -16,6 +16,9 @@ use std::io;
 
 #[allow(unsafe_code)]
 mod iovec;
+#[cfg(feature = "test-faults")]
+#[allow(unsafe_code)]
+mod probe;
 #[allow(unsafe_code)]
 mod sync;
 #[allow(unsafe_code)]
@@ -47,12 +50,19 @@ impl fmt::Display for EngineKind {
     }
 }
 
-/// How `fallocate` changes a range; both keep the file size.
+/// How `fallocate` changes a range of the image (always inside it: the parser checked).
+///
+/// These two modes are the only ones the `blk` seccomp profile allows, and `fallocate` runs
+/// only as a system call under that filter, never through the ring (see `uring`). Neither can
+/// take host disk space beyond the image: a hole punched past the end frees nothing of anyone
+/// else's, and `ZERO_RANGE` without `KEEP_SIZE` past the end would grow the file, which the
+/// worker's `RLIMIT_FSIZE` (= the image size) refuses with `EFBIG`. (`ZERO_RANGE |
+/// KEEP_SIZE` past the end would preallocate blocks no limit counts.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fallocate {
     /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`: deallocate; reads back zeroes.
     PunchHole,
-    /// `FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE`: zero, keep allocated.
+    /// `FALLOC_FL_ZERO_RANGE`: zero, keep allocated.
     ZeroRange,
 }
 
@@ -61,7 +71,7 @@ impl Fallocate {
         use rustix::fs::FallocateFlags as F;
         match self {
             Fallocate::PunchHole => F::PUNCH_HOLE | F::KEEP_SIZE,
-            Fallocate::ZeroRange => F::ZERO_RANGE | F::KEEP_SIZE,
+            Fallocate::ZeroRange => F::ZERO_RANGE,
         }
     }
 }
@@ -88,7 +98,7 @@ pub(crate) enum Op {
     },
     /// `fdatasync`; on io_uring also waits for everything submitted before it.
     Sync,
-    /// `fallocate(mode, offset, len)`.
+    /// `fallocate(mode, offset, len)`, always as a system call (also on io_uring).
     Fallocate {
         /// What to do with the range.
         mode: Fallocate,
@@ -137,6 +147,11 @@ pub(crate) trait Engine: Send {
     /// An fd the engine needs besides the image (the ring's), which the sandbox must keep.
     fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// The hostile worker's disk probe (`probe`), with this engine's ring if it has one.
+    #[cfg(feature = "test-faults")]
+    fn probe(&mut self, image: &std::fs::File, size: u64) {
+        probe::run(None, image, size);
     }
 }
 

@@ -35,7 +35,7 @@ use super::engine::{Completion, Engine, Fallocate, IoVecs, Op, MAX_OPS_PER_REQUE
 use super::merge::{Direction, Run};
 use super::poll::{self, PollWindow};
 use super::request::{self, ChainSource, DiskLimits, Range, Request, Segment};
-use super::{status, ID_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
+use super::{status, ID_BYTES, MAX_BOUNCE_BYTES, MAX_DATA_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
 use crate::notify::interrupts_suppressed;
 use crate::{DeviceError, Interrupt};
 
@@ -96,6 +96,8 @@ pub(crate) struct Active {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     requests_in_flight: usize,
+    /// Bytes of bounce buffers held by operations in flight (at most [`MAX_BOUNCE_BYTES`]).
+    bounce_in_flight: usize,
     completions: Vec<Completion>,
     /// Request merging is on (`BlkOptions::merge`).
     merge: bool,
@@ -124,6 +126,7 @@ impl Active {
             slots: Vec::new(),
             free: Vec::new(),
             requests_in_flight: 0,
+            bounce_in_flight: 0,
             completions: Vec::new(),
             merge: false,
             run: None,
@@ -221,11 +224,16 @@ impl Active {
         f(&mut q.queue, &mem).map_err(DeviceError::Queue)
     }
 
-    /// Pops and starts chains while there is room, then submits the batch's open run.
+    /// Pops and starts chains while there is room — in the engine, and with direct I/O for one
+    /// more maximal bounce buffer under [`MAX_BOUNCE_BYTES`] — then submits the batch's open
+    /// run.
     fn fill(&mut self, index: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
+        let bounce_room =
+            |bytes: usize| bytes.saturating_add(MAX_DATA_BYTES as usize) <= MAX_BOUNCE_BYTES;
         while self.requests_in_flight < MAX_IN_FLIGHT
             && engine.in_flight() + usize::from(self.run.is_some()) + MAX_OPS_PER_REQUEST
                 <= engine.capacity()
+            && (self.direct.is_none() || bounce_room(self.bounce_in_flight))
         {
             let Some(head) = self.pop(index)? else {
                 break;
@@ -346,8 +354,12 @@ impl Active {
         self.submit_run(engine)?;
         let slot = self.take_slot();
         for op in ops {
+            let bounce = bounce_len(&op);
             match engine.submit(slot as u64, op) {
-                Ok(()) => req.ops_left += 1,
+                Ok(()) => {
+                    req.ops_left += 1;
+                    self.bounce_in_flight += bounce;
+                }
                 Err(_) => req.status = status::IOERR,
             }
         }
@@ -492,6 +504,7 @@ impl Active {
             return Ok(()); // not a live request's (cannot happen)
         };
         req.ops_left = req.ops_left.saturating_sub(1);
+        self.bounce_in_flight = self.bounce_in_flight.saturating_sub(bounce_len(&c.op));
         let expected = c.op.transfer_len();
         match (&c.op, &c.result) {
             (Op::Read { iov, .. }, Ok(n)) if *n == expected => {
@@ -612,6 +625,14 @@ impl Active {
             self.interrupt.signal_used_queue();
         }
         Ok(())
+    }
+}
+
+/// Bytes of bounce buffer `op` holds (0 unless it is a read or write through one).
+fn bounce_len(op: &Op) -> usize {
+    match op {
+        Op::Read { iov, .. } | Op::Write { iov, .. } => iov.bounce_bytes().map_or(0, <[u8]>::len),
+        Op::Sync | Op::Fallocate { .. } => 0,
     }
 }
 

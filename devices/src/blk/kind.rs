@@ -8,8 +8,8 @@ use broker::{Access, FileTypes, HostFile, HostResource, Lock, OpenedResource, Or
 
 use super::engine::EngineKind;
 use super::{
-    Blk, BlkOptions, DEFAULT_POLL_US, ID_BYTES, MAX_POLL_US, MAX_QUEUES, MAX_QUEUE_SIZE,
-    SANDBOX_NPROC, SECCOMP_PROFILE,
+    Blk, BlkOptions, DEFAULT_POLL_US, ID_BYTES, MAX_BOUNCE_BYTES, MAX_POLL_US, MAX_QUEUES,
+    MAX_QUEUE_SIZE, SANDBOX_NPROC, SECCOMP_PROFILE,
 };
 use crate::kind::{
     BuildError, FileSize, InputError, Kind, OptionSpec, OptionValue, ResourceFds, SandboxNeeds,
@@ -100,8 +100,9 @@ pub fn default_id(path: &Path) -> String {
 /// What the worker sets up right before its filter ([`Blk::prepare_engine`]).
 const RING: &str = "an io_uring instance (set up in the last step before the seccomp filter; \
                     its fd is the next free number): the image as its only, fixed file, at most \
-                    4 + 4 io-wq threads, restricted to READV, WRITEV, FSYNC and FALLOCATE on \
-                    that file, no io_uring_register afterwards; if the kernel refuses io_uring \
+                    4 + 4 io-wq threads, restricted to READV, WRITEV and FSYNC on that file \
+                    (discard and write-zeroes are fallocate system calls, two modes only), no \
+                    io_uring_register afterwards; if the kernel refuses io_uring \
                     the worker says so in one line and serves one request at a time";
 
 impl Kind for BlkKind {
@@ -202,6 +203,7 @@ impl Kind for BlkKind {
                 FileSize::SizeOf(0)
             },
             before_filter: &[RING],
+            memory: MAX_BOUNCE_BYTES as u64,
             ..SandboxNeeds::default()
         }
     }
@@ -209,6 +211,12 @@ impl Kind for BlkKind {
     fn build(config: &BlkConfig, mut resources: ResourceFds) -> Result<Blk, BuildError> {
         let image = resources.take_file(0)?;
         Blk::new(image, config.options.clone()).map_err(|e| BuildError::Refused(Box::new(e)))
+    }
+
+    #[cfg(feature = "test-faults")]
+    fn arm_host_probe(blk: &mut Blk) -> bool {
+        blk.arm_disk_probe();
+        true
     }
 
     fn prepare(blk: &mut Blk) -> Option<String> {

@@ -23,15 +23,15 @@
 //!
 //! A confined worker cannot create threads (`RLIMIT_NPROC`, and `clone` is not in its seccomp
 //! profile), so queue depth does not come from threads: it comes from **io_uring**. The ring is
-//! created, given the image as its only (fixed) file, limited to `READV`/`WRITEV`/`FSYNC`/
-//! `FALLOCATE` by io_uring restrictions and enabled in [`Blk::prepare_engine`], which the worker
-//! calls *before* it confines itself; afterwards the worker only needs `io_uring_enter`.
+//! created, given the image as its only (fixed) file, limited to `READV`/`WRITEV`/`FSYNC` by
+//! io_uring restrictions and enabled in [`Blk::prepare_engine`], which the worker calls
+//! *before* it confines itself; afterwards the worker only needs `io_uring_enter`.
 //! Within one `process_queue` call the device keeps popping chains while fewer than
 //! [`MAX_IN_FLIGHT`] requests are in flight, waits for completions, and completes requests (used
 //! ring, status byte, interrupt) in the order the kernel finishes them, picking up new chains
 //! between waits; it returns once the queue is idle and nothing is in flight.
 //!
-//! io_uring runs blocking operations (`fdatasync`, `fallocate`, most buffered writes) on kernel
+//! io_uring runs blocking operations (`fdatasync`, most buffered writes) on kernel
 //! io-wq threads, which count against `RLIMIT_NPROC`: a sandbox that allows no process at all
 //! makes the kernel cancel them (`ECANCELED`); the engine then redoes that operation
 //! synchronously, so the device stays correct, only shallower. [`SANDBOX_NPROC`] is the
@@ -40,6 +40,19 @@
 //! Without io_uring (no [`Blk::prepare_engine`], or a kernel that refuses the ring) the device
 //! uses a synchronous engine (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics,
 //! depth 1.
+//!
+//! # What a compromised worker can do to the host disk
+//!
+//! Its one file is the image (opened by svmm, locked, `RLIMIT_FSIZE` = its size). Through the
+//! ring: read and write inside the image and `fdatasync` it; a write with `RWF_APPEND` or past
+//! the end fails with `EFBIG` (the limit; the worker ignores `SIGXFSZ`). The ring cannot
+//! `fallocate` at all: io_uring's restrictions pin opcodes but not their arguments, so discard
+//! and write-zeroes run as `fallocate` system calls, which the seccomp filter allows only as
+//! `PUNCH_HOLE | KEEP_SIZE` (frees the image's own blocks) and `ZERO_RANGE` without `KEEP_SIZE`
+//! (past the end it would grow the file: `EFBIG`). So the image never grows and never holds
+//! blocks past its end (`ZERO_RANGE | KEEP_SIZE`, `INSERT_RANGE`, plain preallocation are all
+//! out of reach); inside its size the guest may of course fill it. With the `test-faults`
+//! feature, `Blk::arm_disk_probe` makes the device try each of these (svmm's `fault=host`).
 //!
 //! # Request merging
 //!
@@ -93,7 +106,8 @@
 //!
 //! With `direct=on` the image is `O_DIRECT`; `blk_size` advertises the host's direct-I/O offset
 //! alignment (`statx` `STATX_DIOALIGN`, 512 where the kernel does not report it). Guest buffers
-//! that do not meet the memory alignment go through an aligned bounce buffer; a request whose
+//! that do not meet the memory alignment go through an aligned bounce buffer (at most
+//! [`MAX_BOUNCE_BYTES`] of them in flight); a request whose
 //! offset or length is not a multiple of `blk_size` (which Linux never sends once it read
 //! `blk_size`) fails with `IOERR`.
 //!
@@ -148,6 +162,13 @@ pub const MAX_WRITE_ZEROES_SEG: u32 = 16;
 pub const ID_BYTES: usize = 20;
 /// Most requests in flight per queue.
 pub const MAX_IN_FLIGHT: usize = MAX_QUEUE_SIZE as usize;
+/// Most bytes of direct-I/O bounce buffers in flight at once, over all queues. A guest whose
+/// buffers miss the memory alignment makes every request bounce; without a cap 240 requests
+/// of [`MAX_DATA_BYTES`] each would hold ~1.9 GiB of worker memory whatever the guest's RAM.
+/// With it the device starts no new request while a maximal one might overflow the cap, so
+/// at most 4 maximal bounced requests overlap (the queue waits meanwhile). The sandbox's
+/// `RLIMIT_AS` counts this amount on top of guest RAM ([`crate::kind::SandboxNeeds::memory`]).
+pub const MAX_BOUNCE_BYTES: usize = 4 * MAX_DATA_BYTES as usize;
 /// Kernel io-wq threads the ring may use for blocking operations, per kind (bound/unbound).
 pub const IO_WORKERS: u32 = 4;
 /// The `RLIMIT_NPROC` that gives the ring its [`IO_WORKERS`] (the worker itself, plus bound and

@@ -193,6 +193,8 @@ impl PartialEq for DeviceConfig {
 trait AnyBuilt: Send {
     fn backend(&self) -> &dyn VirtioBackend;
     fn prepare(&mut self) -> Option<String>;
+    #[cfg(feature = "test-faults")]
+    fn arm_host_probe(&mut self) -> bool;
     fn into_backend(self: Box<Self>) -> Box<dyn VirtioBackend>;
 }
 
@@ -208,6 +210,11 @@ impl<K: Kind> AnyBuilt for BuiltOf<K> {
 
     fn prepare(&mut self) -> Option<String> {
         K::prepare(&mut self.backend)
+    }
+
+    #[cfg(feature = "test-faults")]
+    fn arm_host_probe(&mut self) -> bool {
+        K::arm_host_probe(&mut self.backend)
     }
 
     fn into_backend(self: Box<Self>) -> Box<dyn VirtioBackend> {
@@ -228,6 +235,12 @@ impl Built {
     /// right before its seccomp filter.
     pub fn prepare(&mut self) -> Option<String> {
         self.0.prepare()
+    }
+
+    /// Test builds: [`Kind::arm_host_probe`]; false for a kind without a probe.
+    #[cfg(feature = "test-faults")]
+    pub fn arm_host_probe(&mut self) -> bool {
+        self.0.arm_host_probe()
     }
 
     /// The backend, ready to serve.

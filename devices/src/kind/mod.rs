@@ -112,6 +112,15 @@ pub trait Kind: Send + Sync + 'static {
         None
     }
 
+    /// Test builds: arms the kind's own hostile probe against its host resources (svmm's
+    /// `fault=host`; blk: [`crate::blk::Blk::arm_disk_probe`]), which the device runs at its
+    /// first queue notification. False for a kind that has none.
+    #[cfg(feature = "test-faults")]
+    fn arm_host_probe(backend: &mut Self::Backend) -> bool {
+        let _ = backend;
+        false
+    }
+
     /// A `--device` spec of this kind that works on any host the test suite runs on, with
     /// whatever it needs (an image, a directory) created under `scratch`. For the registry's
     /// tests, which prove every kind is listed, round-trips, is described and misbehaves on
@@ -191,6 +200,9 @@ pub struct SandboxNeeds {
     /// What the kind sets up in the last step before its seccomp filter ([`Kind::prepare`]),
     /// one sentence each, for `--print-sandbox`.
     pub before_filter: &'static [&'static str],
+    /// Bytes of memory the device may hold on top of guest RAM and a worker's usual margin
+    /// (blk: its direct-I/O bounce buffers in flight); `RLIMIT_AS` counts them.
+    pub memory: u64,
 }
 
 impl Default for SandboxNeeds {
@@ -201,6 +213,7 @@ impl Default for SandboxNeeds {
             extra_fds: broker::NOFILE_MARGIN,
             landlock: Vec::new(),
             before_filter: &[],
+            memory: 0,
         }
     }
 }

@@ -377,11 +377,14 @@ fn blk_allows_image_io_only() {
     assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_DSYNC]), RET_ALLOW);
     assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_NOWAIT]), RET_TRAP);
     assert_eq!(allow("fdatasync", [3, 0, 0, 0, 0, 0]), RET_ALLOW);
-    // PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE|KEEP_SIZE; not a plain (growing) allocate, not
-    // COLLAPSE_RANGE or INSERT_RANGE.
+    // PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (RLIMIT_FSIZE bounds it); not ZERO_RANGE|KEEP_SIZE
+    // (preallocation past the end), not a plain allocate, KEEP_SIZE, COLLAPSE_RANGE or
+    // INSERT_RANGE.
     for (mode, want) in [
         (3, RET_ALLOW),
-        (17, RET_ALLOW),
+        (16, RET_ALLOW),
+        (17, RET_TRAP),
+        (1, RET_TRAP),
         (0, RET_TRAP),
         (8, RET_TRAP),
         (32, RET_TRAP),

@@ -58,6 +58,7 @@ fn options() -> SandboxOptions {
         seccomp: Mode::Trap,
         worker_ids: broker::IdRange::DEFAULT,
         allow_missing_landlock: false,
+        guest_ram: 128 << 20,
     }
 }
 

@@ -11,6 +11,7 @@ fn options(mode: Mode) -> SandboxOptions {
         seccomp: mode,
         worker_ids: IdRange::DEFAULT,
         allow_missing_landlock: false,
+        guest_ram: 128 << 20,
     }
 }
 
@@ -45,6 +46,11 @@ fn rng_worker_fds_follow_the_fixed_numbers() {
     assert_eq!(plan.confine.lifeline, Some(CONTROL));
     assert_eq!(plan.confine.rlimits.fsize, Some(0));
     assert_eq!(plan.confine.rlimits.nofile, 3 + 7 + broker::NOFILE_MARGIN);
+    // RLIMIT_AS: guest RAM (128 MiB here) and the margin; rng holds nothing more.
+    assert_eq!(
+        plan.confine.rlimits.address_space,
+        Some((128 << 20) + crate::plan::WORKER_AS_MARGIN)
+    );
     assert_eq!(plan.seccomp_profile, "rng");
     assert!(plan.on_request.is_empty() && plan.before_filter.is_empty());
     assert_eq!(plan.name, "rng#0");

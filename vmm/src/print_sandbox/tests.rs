@@ -16,6 +16,7 @@ fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSand
         seccomp: mode.into(),
         worker_ids: broker::IdRange::DEFAULT,
         allow_missing_landlock: false,
+        guest_ram: 128 << 20,
     };
     super::report(devices, mode, &options)
 }
@@ -92,7 +93,7 @@ fn rng_report_lists_the_fds_and_every_layer() {
         "capabilities: none",
         "no_new_privs: set",
         "parent death: SIGKILL",
-        "rlimits: NPROC 0 (no processes, no threads), CORE 0, NOFILE 26, FSIZE 0",
+        "rlimits: NPROC 0 (no processes, no threads), CORE 0, NOFILE 26, FSIZE 0 (SIGXFSZ ignored: EFBIG), AS 192 MiB",
         "landlock: every filesystem right handled",
         "no filesystem access at all",
         "host view: uid ",

@@ -12,6 +12,7 @@
 //! | `silent`  | stops answering: blocks forever, never reads the control socket again   |
 //! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
 //! | `exit`    | exits with status 3                                                     |
+//! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
 //! The VMM must survive each of them: report it in one line, mark the device broken and kill
 //! the worker, and keep the VM and every other device running.
@@ -43,11 +44,15 @@ pub enum Fault {
     Flood,
     /// Exit with [`EXIT_STATUS`].
     Exit,
+    /// The kind's own probe against its host resources (`Kind::arm_host_probe`), run by the
+    /// device itself; the wrapper does nothing.
+    Host,
 }
 
 impl Fault {
     /// Every mode's name, in the order of the table above.
-    pub const NAMES: &'static [&'static str] = &["syscall", "garbage", "silent", "flood", "exit"];
+    pub const NAMES: &'static [&'static str] =
+        &["syscall", "garbage", "silent", "flood", "exit", "host"];
 
     /// The mode called `name`.
     pub fn from_name(name: &str) -> Option<Fault> {
@@ -57,6 +62,7 @@ impl Fault {
             "silent" => Some(Fault::Silent),
             "flood" => Some(Fault::Flood),
             "exit" => Some(Fault::Exit),
+            "host" => Some(Fault::Host),
             _ => None,
         }
     }
@@ -69,6 +75,7 @@ impl Fault {
             Fault::Silent => "silent",
             Fault::Flood => "flood",
             Fault::Exit => "exit",
+            Fault::Host => "host",
         }
     }
 }
@@ -123,6 +130,7 @@ impl Faulty {
                 while send_raw(self.control, &bytes) {}
             }
             Fault::Exit => std::process::exit(EXIT_STATUS),
+            Fault::Host => {}
         }
     }
 }

@@ -88,6 +88,10 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
     let mut built = config
         .build(resources)
         .map_err(|e| format!("the {name} device: {}", one_line(&e)))?;
+    #[cfg(feature = "test-faults")]
+    if options.fault == Some(super::fault::Fault::Host) && !built.arm_host_probe() {
+        return Err(format!("fault=host: the {name} kind has no host probe"));
+    }
 
     // 2. The device's own filter.
     let profile = config.seccomp_profile();
@@ -112,8 +116,9 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
 
     #[cfg(feature = "test-faults")]
     let backend: Box<dyn devices::VirtioBackend> = match options.fault {
+        // The device probes by itself (armed above).
+        None | Some(crate::fault::Fault::Host) => backend,
         Some(fault) => Box::new(crate::fault::Faulty::new(backend, fault, CONTROL)),
-        None => backend,
     };
     // Confined already: nothing to do before the first message.
     serve(backend, mapped, || Ok(()))

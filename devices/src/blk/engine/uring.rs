@@ -3,10 +3,22 @@
 //!
 //! The ring is built before the worker is confined ([`UringEngine::new`]): created disabled,
 //! given the image as fixed file 0, capped at [`IO_WORKERS`] io-wq threads, restricted to
-//! `READV`, `WRITEV`, `FSYNC` and `FALLOCATE` on fixed files (with `IO_DRAIN` the only other
-//! flag), then enabled. After that no `io_uring_register` call is allowed (not by the
-//! restrictions, not by the seccomp profile), so a compromised worker holding the ring can do
-//! exactly those four things to the image and nothing else, through `io_uring_enter`.
+//! `READV`, `WRITEV` and `FSYNC` on fixed files (with `IO_DRAIN` the only other flag), then
+//! enabled. After that no `io_uring_register` call is allowed (not by the restrictions, not by
+//! the seccomp profile), so a compromised worker holding the ring can do exactly those three
+//! things to the image and nothing else, through `io_uring_enter`.
+//!
+//! **`fallocate` is not among them.** io_uring's restrictions pin the opcode, not its
+//! arguments: a ring allowed `FALLOCATE` takes any mode at any offset — `ZERO_RANGE |
+//! KEEP_SIZE` far past the end preallocates host disk that `RLIMIT_FSIZE` never counts,
+//! `INSERT_RANGE` grows the image by shifting it. So discard and write-zeroes run as
+//! `fallocate` system calls ([`super::sync::execute`], on the worker's thread, once everything
+//! submitted before has finished, as for an `IO_DRAIN` entry),
+//! where the seccomp filter allows only the two modes the device uses (see
+//! [`super::Fallocate`]). What the ring still can do: read and write anywhere in the image
+//! (the guest's data anyway), with any `rw_flags` — `RWF_APPEND` or an offset past the end
+//! would grow the file, which `RLIMIT_FSIZE` (= the image size) refuses with `EFBIG` — and
+//! `fdatasync` it.
 //!
 //! An operation the kernel cancels (`ECANCELED`/`EAGAIN`: io-wq could not start a thread under
 //! the sandbox's `RLIMIT_NPROC`) is redone synchronously with [`super::sync::execute`].
@@ -35,6 +47,8 @@ pub(crate) struct UringEngine {
     slots: Vec<Option<(u64, Op)>>,
     free: Vec<usize>,
     in_flight: usize,
+    /// Operations done outside the ring (`fallocate`), handed back by the next `wait`.
+    done: Vec<Completion>,
     /// Operations the kernel cancelled and [`execute`] redid.
     pub(crate) redone: u64,
 }
@@ -52,7 +66,6 @@ impl UringEngine {
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_op(opcode::Fsync::CODE),
-            Restriction::sqe_op(opcode::Fallocate::CODE),
             Restriction::sqe_flags_allowed((Flags::FIXED_FILE | Flags::IO_DRAIN).bits()),
             Restriction::sqe_flags_required(Flags::FIXED_FILE.bits()),
         ];
@@ -65,6 +78,7 @@ impl UringEngine {
             slots: Vec::with_capacity(capacity),
             free: Vec::new(),
             in_flight: 0,
+            done: Vec::new(),
             redone: 0,
         })
     }
@@ -87,10 +101,9 @@ impl UringEngine {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .flags(Flags::IO_DRAIN),
-            Op::Fallocate { mode, offset, len } => opcode::Fallocate::new(IMAGE, *len)
-                .offset(*offset)
-                .mode(mode.flags().bits() as i32)
-                .build(),
+            // Never reaches the ring (`submit`); a NOP that the restrictions refuse keeps the
+            // match whole.
+            Op::Fallocate { .. } => opcode::Nop::new().build(),
         };
         entry.user_data(slot as u64)
     }
@@ -115,6 +128,22 @@ impl Engine for UringEngine {
     }
 
     fn submit(&mut self, token: u64, op: Op) -> Result<(), (Op, io::Error)> {
+        if matches!(op, Op::Fallocate { .. }) {
+            // Outside the ring, under the seccomp filter (see the module docs), and, like an
+            // `IO_DRAIN` entry, only once everything submitted before it has finished: a
+            // discard after a FLUSH must not overtake the writes the FLUSH waited for.
+            let mut done = std::mem::take(&mut self.done);
+            while self.in_flight > 0 {
+                if let Err(e) = self.reap(&mut done) {
+                    self.done = done;
+                    return Err((op, e));
+                }
+            }
+            self.done = done;
+            let result = execute(&self.image, &op);
+            self.done.push(Completion { token, op, result });
+            return Ok(());
+        }
         if self.in_flight >= self.capacity() {
             return Err((op, io::Error::from_raw_os_error(libc::EBUSY)));
         }
@@ -154,6 +183,36 @@ impl Engine for UringEngine {
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        if !self.done.is_empty() {
+            // Finished already: hand them back without waiting for the ring.
+            out.append(&mut self.done);
+            return Ok(());
+        }
+        self.reap(out)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight + self.done.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.ring.params().sq_entries() as usize
+    }
+
+    fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.ring.as_raw_fd())
+    }
+
+    #[cfg(feature = "test-faults")]
+    fn probe(&mut self, image: &File, size: u64) {
+        super::probe::run(Some(&mut self.ring), image, size);
+    }
+}
+
+impl UringEngine {
+    /// Waits for at least one operation in the ring to finish (returns at once if none is in
+    /// flight) and appends every finished one to `out`.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         if self.in_flight == 0 {
             return Ok(());
         }
@@ -183,20 +242,6 @@ impl Engine for UringEngine {
         Ok(())
     }
 
-    fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    fn capacity(&self) -> usize {
-        self.ring.params().sq_entries() as usize
-    }
-
-    fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.ring.as_raw_fd())
-    }
-}
-
-impl UringEngine {
     /// Takes back an op whose entry never reached the queue.
     fn unslot(&mut self, slot: usize, e: io::Error) -> (Op, io::Error) {
         self.free.push(slot);

@@ -1,12 +1,14 @@
 //! virtio-blk tests: a driver simulator over virtio-queue's `MockSplitQueue`, temp-file images,
 //! and the test-only pieces (recording engines, guard-page memory, a scribbling memory wrapper).
 //!
+//! - `bounce`: direct-I/O bounce buffers in flight stay under the cap.
 //! - `device`: requests end to end on the sync and io_uring engines.
 //! - `parse`: the copy-in parser on malformed chains.
 //! - `flush`: durability, with a recording engine.
 //! - `tocttou`: every metadata byte read once; racing rewrites under guard pages.
 //! - `poll`: the idle-poll window (requests served without a notification; none lost).
 
+mod bounce;
 mod device;
 mod flush;
 pub(crate) mod guard;

@@ -99,6 +99,11 @@ pub static TESTS: &[Test] = &[
         run: blk::run,
     },
     Test {
+        name: "blk_bounce",
+        applies: blk::applies_write,
+        run: blk::bounce::run,
+    },
+    Test {
         name: "blk_ro",
         applies: blk::applies_ro,
         run: blk::run_ro,

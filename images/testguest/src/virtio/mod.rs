@@ -302,6 +302,17 @@ impl<'t> Device<'t> {
         }
     }
 
+    /// [`submit`](Self::submit) through an indirect table at `table` (see
+    /// `Queue::submit_indirect`).
+    pub fn submit_indirect(&mut self, queue: usize, table: Buf, bufs: &[Buf]) -> Pending {
+        let q = self.queues[queue].as_mut().expect("virtqueue not set up");
+        Pending {
+            queue,
+            head: q.submit_indirect(table, bufs),
+            len: None,
+        }
+    }
+
     /// QueueNotify for queue `queue`.
     pub fn notify(&self, queue: usize) {
         self.mmio.write(mmio::QUEUE_NOTIFY, queue as u32);

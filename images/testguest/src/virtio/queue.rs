@@ -30,6 +30,7 @@ const FREE: u16 = u16::MAX;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
 
 #[repr(C)]
 struct Desc {
@@ -106,13 +107,17 @@ static RINGS: [Shared<Rings>; MAX_QUEUES] =
 
 static BUFFERS: Shared<[u8; BUF_SPACE]> = Shared(UnsafeCell::new([0; BUF_SPACE]));
 
-/// `len` bytes at `offset` in the buffer space: one descriptor of a chain.
+/// `len` bytes at `offset` in the buffer space (or, [`Buf::far`], at a guest-physical
+/// address): one descriptor of a chain.
 #[derive(Clone, Copy)]
 pub struct Buf {
     pub offset: usize,
     pub len: u32,
     /// Device-writable (`VIRTQ_DESC_F_WRITE`): the device fills it. Otherwise it reads it.
     pub writable: bool,
+    /// `offset` is a guest-physical address outside the buffer space (its bytes are never
+    /// read or written by this program: only the device uses them).
+    pub far: bool,
 }
 
 impl Buf {
@@ -122,6 +127,7 @@ impl Buf {
             offset,
             len,
             writable: false,
+            far: false,
         }
     }
 
@@ -131,21 +137,40 @@ impl Buf {
             offset,
             len,
             writable: true,
+            far: false,
         }
     }
 
+    /// `len` bytes of guest RAM at guest-physical `addr`, outside the buffer space, which the
+    /// caller leaves to the device (a test's bulk buffer).
+    pub const fn far(addr: usize, len: u32, writable: bool) -> Buf {
+        Buf {
+            offset: addr,
+            len,
+            writable,
+            far: true,
+        }
+    }
+
+    /// For a descriptor: inside the buffer space, or far.
     fn check(&self) {
         assert!(
-            self.offset.saturating_add(self.len as usize) <= BUF_SPACE,
+            self.far || self.offset.saturating_add(self.len as usize) <= BUF_SPACE,
             "virtio buffer outside the buffer space"
         );
+    }
+
+    /// For this program's own accesses: inside the buffer space.
+    fn check_local(&self) {
+        assert!(!self.far, "a far buffer is the device's alone");
+        self.check();
     }
 }
 
 /// Sets every byte of `buf` to `value` (before a request, so that unwritten bytes show). Whole
 /// aligned words take one 8-byte store: ring-0 code is slow where it is emulated (PVM hosts).
 pub fn fill(buf: Buf, value: u8) {
-    buf.check();
+    buf.check_local();
     let base = BUFFERS.0.get() as *mut u8;
     let word = u64::from_ne_bytes([value; 8]);
     let (mut at, end) = (buf.offset, buf.offset + buf.len as usize);
@@ -189,7 +214,7 @@ pub fn read_u64(offset: usize) -> u64 {
 
 /// Copies `bytes` into `buf` (at most `buf.len`); returns how many.
 pub fn write(buf: Buf, bytes: &[u8]) -> usize {
-    buf.check();
+    buf.check_local();
     let base = BUFFERS.0.get() as *mut u8;
     let n = bytes.len().min(buf.len as usize);
     for (i, &byte) in bytes.iter().take(n).enumerate() {
@@ -201,7 +226,7 @@ pub fn write(buf: Buf, bytes: &[u8]) -> usize {
 
 /// Copies `buf`'s bytes into `out` (at most `out.len()`); returns how many.
 pub fn read(buf: Buf, out: &mut [u8]) -> usize {
-    buf.check();
+    buf.check_local();
     let base = BUFFERS.0.get() as *const u8;
     let n = out.len().min(buf.len as usize);
     for (i, byte) in out.iter_mut().take(n).enumerate() {
@@ -277,6 +302,11 @@ impl Queue {
     /// descriptor. The caller notifies the device. Panics if the queue lacks free descriptors
     /// (the tests size their batches to fit).
     pub fn submit(&mut self, bufs: &[Buf]) -> u16 {
+        self.submit_with_flags(bufs, 0)
+    }
+
+    /// [`submit`](Self::submit), with `extra` flags on every descriptor.
+    fn submit_with_flags(&mut self, bufs: &[Buf], extra: u16) -> u16 {
         assert!(
             !bufs.is_empty() && bufs.len() <= self.free_descriptors(),
             "virtqueue full"
@@ -297,10 +327,15 @@ impl Queue {
             buf.check();
             let last = i + 1 == bufs.len();
             let desc = Desc {
-                addr: buffers + buf.offset as u64,
+                addr: if buf.far {
+                    buf.offset as u64
+                } else {
+                    buffers + buf.offset as u64
+                },
                 len: buf.len,
                 flags: if buf.writable { DESC_F_WRITE } else { 0 }
-                    | if last { 0 } else { DESC_F_NEXT },
+                    | if last { 0 } else { DESC_F_NEXT }
+                    | extra,
                 next: if last { 0 } else { chain[i + 1] },
             };
             self.owner[chain[i] as usize] = head;
@@ -319,6 +354,40 @@ impl Queue {
         // The index before the caller's QueueNotify store.
         fence(Ordering::Release);
         head
+    }
+
+    /// Puts `bufs` as one chain on the available ring through an indirect table written into
+    /// `table` (in the buffer space, 16 bytes per buffer): the chain takes one descriptor of
+    /// the ring, so a queue of size N holds N chains. Needs `VIRTIO_F_RING_INDIRECT_DESC`.
+    pub fn submit_indirect(&mut self, table: Buf, bufs: &[Buf]) -> u16 {
+        table.check_local();
+        assert!(
+            !bufs.is_empty() && bufs.len() * 16 <= table.len as usize,
+            "indirect table too small"
+        );
+        assert!(table.offset.is_multiple_of(16), "unaligned indirect table");
+        let buffers = BUFFERS.0.get() as u64;
+        let base = BUFFERS.0.get() as *mut u8;
+        for (i, buf) in bufs.iter().enumerate() {
+            buf.check();
+            let last = i + 1 == bufs.len();
+            let desc = Desc {
+                addr: if buf.far {
+                    buf.offset as u64
+                } else {
+                    buffers + buf.offset as u64
+                },
+                len: buf.len,
+                flags: if buf.writable { DESC_F_WRITE } else { 0 }
+                    | if last { 0 } else { DESC_F_NEXT },
+                next: if last { 0 } else { (i + 1) as u16 },
+            };
+            // SAFETY: inside the buffer space (checked: `table` holds every entry), 16-byte
+            // aligned (the space is page-aligned, the offset checked); not in flight.
+            unsafe { write_volatile(base.add(table.offset + 16 * i) as *mut Desc, desc) };
+        }
+        let entry = Buf::readable(table.offset, (16 * bufs.len()) as u32);
+        self.submit_with_flags(&[entry], DESC_F_INDIRECT)
     }
 
     /// The next used element `(id, len)`, if the device has returned one. If `id` is the head

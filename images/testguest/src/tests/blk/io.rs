@@ -30,6 +30,8 @@ const NO_STATUS: u8 = 0xff;
 // Feature bits.
 pub const F_RO: u64 = 1 << 5;
 pub const F_BLK_SIZE: u64 = 1 << 6;
+/// VIRTIO_F_RING_INDIRECT_DESC.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_FLUSH: u64 = 1 << 9;
 pub const F_MQ: u64 = 1 << 12;
 pub const F_DISCARD: u64 = 1 << 13;
@@ -120,6 +122,7 @@ impl Data {
                 offset: at,
                 len,
                 writable,
+                far: false,
             };
             data.n += 1;
             at += len as usize;
@@ -130,6 +133,14 @@ impl Data {
     /// One buffer of `len` bytes at `offset`.
     pub fn one(offset: usize, len: usize, writable: bool) -> Data {
         Data::split(offset, &[len as u32], writable)
+    }
+
+    /// One buffer of `len` bytes at guest-physical `addr`, outside the buffer space.
+    pub fn far(addr: usize, len: u32, writable: bool) -> Data {
+        let mut data = Data::NONE;
+        data.bufs[0] = Buf::far(addr, len, writable);
+        data.n = 1;
+        data
     }
 
     pub fn len(&self) -> u64 {
@@ -216,6 +227,38 @@ impl<'t> Blk<'t> {
         }
         self.requests += 1;
         self.dev.submit(queue, &chain[..data.n + 2])
+    }
+
+    /// [`submit`](Self::submit) as one indirect descriptor (the device must have offered
+    /// [`F_INDIRECT_DESC`]): its table goes in the data area at `DATA + 64 * slot`, so a queue
+    /// of size N holds N such requests.
+    pub fn submit_indirect(
+        &mut self,
+        queue: usize,
+        slot: usize,
+        typ: u32,
+        sector: u64,
+        data: &Data,
+    ) -> Pending {
+        assert!(slot < MAX_SLOTS);
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&typ.to_le_bytes());
+        header[8..16].copy_from_slice(&sector.to_le_bytes());
+        put(HEADER + 16 * slot, &header);
+        put(STATUS + slot, &[NO_STATUS]);
+        let mut chain = [Buf::readable(0, 0); MAX_DATA_BUFS + 2];
+        chain[0] = Buf::readable(HEADER + 16 * slot, 16);
+        chain[1..=data.n].copy_from_slice(&data.bufs[..data.n]);
+        chain[data.n + 1] = Buf::writable(STATUS + slot, 1);
+        if self.started_us.is_none() {
+            self.started_us = Some(self.timer.now_us());
+        }
+        if typ == T_IN || typ == T_OUT {
+            self.bytes += data.len();
+        }
+        self.requests += 1;
+        let table = Buf::readable(DATA + 64 * slot, 64);
+        self.dev.submit_indirect(queue, table, &chain[..data.n + 2])
     }
 
     /// Notifies every queue `batch` uses and waits for the whole batch.

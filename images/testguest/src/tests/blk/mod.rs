@@ -31,6 +31,7 @@
 //!
 //! All drive the first virtio-blk device, or the N-th (from 0) when run as `NAME@N`.
 
+pub mod bounce;
 mod io;
 
 use crate::cmdline::MmioDevice;
@@ -125,7 +126,8 @@ pub fn applies_ro(devices: &[MmioDevice]) -> bool {
     find(devices, 0).is_some_and(offers_ro)
 }
 
-/// Never in the default set: it is for the harness's kill-and-read-the-image check.
+/// Never in the default set: it is for the harness's kill-and-read-the-image check (and
+/// `blk_bounce` for its memory check).
 pub fn applies_write(_devices: &[MmioDevice]) -> bool {
     false
 }

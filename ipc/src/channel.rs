@@ -51,6 +51,11 @@ pub enum ChannelError {
         /// Length of the packet as sent.
         len: usize,
     },
+    /// The peer attached fds to a message received with [`Channel::recv_without_fds`]: there
+    /// was no room for them, so the kernel discarded them (`MSG_CTRUNC`) instead of installing
+    /// them in this process.
+    #[error("the peer attached fds to a message that takes none (discarded unopened)")]
+    FdsDiscarded,
     /// Ancillary data other than `SCM_RIGHTS` arrived.
     #[error("unexpected ancillary message")]
     UnexpectedControlMessage,
@@ -182,6 +187,19 @@ impl Channel {
         Ok((msg, fds))
     }
 
+    /// Receives one message that must come without descriptors, offering the kernel no room
+    /// for any: fds the peer attaches are discarded by the kernel (`MSG_CTRUNC`) and never
+    /// installed in this process, not even for a moment, and the message is refused with
+    /// [`ChannelError::FdsDiscarded`]. For a side that never expects fds from its peer (the
+    /// VMM, from its workers). Other errors as [`recv`](Self::recv).
+    pub fn recv_without_fds<T: Decode<()>>(&self) -> Result<T, ChannelError> {
+        let mut buf = [0u8; MAX_MESSAGE_SIZE];
+        let (len, fds) = self.recv_packet_into(&mut buf, &mut [])?;
+        // No control buffer: nothing can have been installed.
+        debug_assert!(fds.is_empty());
+        Ok(codec::decode(&buf[..len])?)
+    }
+
     /// [`recv`](Self::recv), then insists on exactly `expected` descriptors
     /// ([`ChannelError::WrongFdCount`] otherwise, with the received ones closed).
     pub fn recv_with_fd_count<T: Decode<()>>(
@@ -201,7 +219,18 @@ impl Channel {
     /// Reads one packet into `buf`; returns its length and the fds it carried.
     fn recv_packet(&self, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), ChannelError> {
         let mut space = [MaybeUninit::uninit(); CMSG_SPACE];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
+        self.recv_packet_into(buf, &mut space)
+    }
+
+    /// [`recv_packet`](Self::recv_packet) with `space` as the control buffer (empty: no fd
+    /// can arrive, a truncated control part is [`ChannelError::FdsDiscarded`]).
+    fn recv_packet_into(
+        &self,
+        buf: &mut [u8],
+        space: &mut [MaybeUninit<u8>],
+    ) -> Result<(usize, Vec<OwnedFd>), ChannelError> {
+        let no_room = space.is_empty();
+        let mut control = RecvAncillaryBuffer::new(space);
         // TRUNC makes `bytes` the packet's real length; CMSG_CLOEXEC marks new fds
         // close-on-exec atomically, so they cannot slip into a child spawned meanwhile.
         let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
@@ -230,7 +259,10 @@ impl Channel {
             });
         }
         if received.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(ChannelError::ControlTruncated);
+            return Err(match no_room {
+                true => ChannelError::FdsDiscarded,
+                false => ChannelError::ControlTruncated,
+            });
         }
         if fds.len() > MAX_FDS {
             // The control buffer has alignment slack, so a few extra fds fit without CTRUNC.

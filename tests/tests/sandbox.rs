@@ -39,6 +39,7 @@ fn main() {
         .test("malicious_worker_garbage", || malicious("garbage"))
         .test("malicious_worker_silent", || malicious("silent"))
         .test("malicious_worker_flood", || malicious("flood"))
+        .test("worker_fds_never_reach_svmm", worker_fds_never_reach_svmm)
         .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
 }
@@ -342,6 +343,49 @@ fn malicious(fault: &str) -> TrialResult {
     out.assert_no_panic();
     assert_eq!(out.testguest_summary(), Some((2, 2)), "\n{}", out.report());
     out.assert_status(1);
+    Ok(())
+}
+
+/// A worker that attaches fds to a message (`fault=fds`: a valid `ConfigChanged` carrying its
+/// control socket and its stop eventfd) is killed as misbehaving, and svmm never holds those
+/// fds: it receives worker messages without a control buffer, so the kernel discards them.
+/// Seen from outside with `strace -f -e trace=recvmsg`: no `recvmsg` of any process (svmm's
+/// threads; workers never receive fds at all) returns `SCM_RIGHTS`, and svmm's threads see
+/// `MSG_CTRUNC`.
+fn worker_fds_never_reach_svmm() -> TrialResult {
+    require_kvm();
+    let dir = paths::TempDir::new("fds-strace");
+    let trace = dir.path().join("strace.txt");
+    let out = guest("testguest.run=rng,rng@1")
+        .wrapper([
+            "strace".into(),
+            "-f".into(),
+            "-q".into(),
+            "-e".into(),
+            "trace=recvmsg".into(),
+            "-o".into(),
+            trace.clone().into_os_string(),
+        ])
+        .args(["--device", "rng,fault=fds", "--device", "rng"])
+        .run()
+        .map_err(|e| format!("{e} (is strace installed? images/build.sh all installs it)"))?;
+    out.log("svmm testguest rng under strace, rng#0 worker attaches fds");
+    check_fault_support(&out)?;
+    let line = death_line(&out, "rng#0");
+    assert!(
+        line.contains("killed by svmm: ") && line.contains("attached fds"),
+        "svmm should kill the worker for attaching fds: {line}\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: rng@1 ok ");
+    let trace = std::fs::read_to_string(&trace).map_err(|e| format!("no strace output: {e}"))?;
+    let received: Vec<&str> = trace.lines().filter(|l| l.contains("SCM_RIGHTS")).collect();
+    if !received.is_empty() {
+        return Err(format!("fds were received:\n  {}", received.join("\n  ")).into());
+    }
+    if !trace.lines().any(|l| l.contains("MSG_CTRUNC")) {
+        return Err("no recvmsg saw the worker's fds discarded (MSG_CTRUNC)".into());
+    }
     Ok(())
 }
 

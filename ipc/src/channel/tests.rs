@@ -298,3 +298,24 @@ fn errors_chain_their_sources() {
         "message is larger than the 4096-byte limit"
     );
 }
+
+/// `recv_without_fds` takes a plain message, and refuses one with fds without installing
+/// them: the kernel discards them (no control buffer), so every copy of the sent socket is
+/// closed once the sender drops its own.
+#[test]
+fn recv_without_fds_discards_attached_fds() {
+    let _guard = lock();
+    let (a, b) = Channel::pair().unwrap();
+    a.send(&write_config(), &[]).unwrap();
+    assert_eq!(b.recv_without_fds::<VmmToWorker>().unwrap(), write_config());
+    let (ours, peer) = UnixStream::pair().unwrap();
+    let before = open_fds();
+    a.send(&write_config(), &[ours.as_fd()]).unwrap();
+    let err = b.recv_without_fds::<VmmToWorker>().unwrap_err();
+    assert!(matches!(err, ChannelError::FdsDiscarded), "{err:?}");
+    assert_eq!(open_fds(), before);
+    assert_all_copies_closed(ours, peer);
+    // The channel goes on.
+    a.send(&write_config(), &[]).unwrap();
+    assert_eq!(b.recv_without_fds::<VmmToWorker>().unwrap(), write_config());
+}

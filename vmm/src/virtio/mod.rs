@@ -85,6 +85,10 @@ pub enum ProxyError {
         /// The request being answered.
         request: &'static str,
     },
+    /// The worker attached fds to a message (none of its messages takes any); the kernel
+    /// discarded them unopened.
+    #[error("the device worker attached fds to a message")]
+    FdsAttached,
     /// The device itself refused or failed the request.
     #[error("the device failed the request: {0:?}")]
     Device(ipc::DeviceErrorKind),

@@ -175,10 +175,10 @@ impl WorkerProxy {
                 timeout: deadlines.ready,
             });
         }
-        let (msg, fds) = channel.recv::<WorkerToVmm>()?;
-        if !fds.is_empty() {
-            return Err(bad());
-        }
+        let msg = match channel.recv_without_fds::<WorkerToVmm>() {
+            Err(ChannelError::FdsDiscarded) => return Err(ProxyError::FdsAttached),
+            other => other?,
+        };
         msg.validate(&Limits::VIRTIO_MMIO).map_err(|_| bad())?;
         let WorkerToVmm::Ready {
             device_type,
@@ -357,11 +357,12 @@ impl WorkerProxy {
     /// Receives one message if one is waiting (`Ok(None)` if not), validates and handles it.
     /// While `waiting` for the reply to a request, the reply is returned instead.
     fn receive(&mut self, waiting: Option<Request>) -> Result<Option<Received>, ProxyError> {
-        let msg = match self.channel.recv::<WorkerToVmm>() {
-            Ok((msg, fds)) if fds.is_empty() => msg,
-            Ok(_) => {
-                let request = waiting.map_or("nothing", Request::name);
-                return Err(self.break_with(ProxyError::BadReply { request }));
+        // No control buffer: an fd a worker attaches is discarded by the kernel, never
+        // installed in svmm.
+        let msg = match self.channel.recv_without_fds::<WorkerToVmm>() {
+            Ok(msg) => msg,
+            Err(ChannelError::FdsDiscarded) => {
+                return Err(self.break_with(ProxyError::FdsAttached));
             }
             Err(ChannelError::WouldBlock) => return Ok(None),
             Err(e) => return Err(self.break_with(ProxyError::Channel(e))),

@@ -12,6 +12,7 @@
 //! | `silent`  | stops answering: blocks forever, never reads the control socket again   |
 //! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
 //! | `exit`    | exits with status 3                                                     |
+//! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
 //! The VMM must survive each of them: report it in one line, mark the device broken and kill
@@ -44,6 +45,8 @@ pub enum Fault {
     Flood,
     /// Exit with [`EXIT_STATUS`].
     Exit,
+    /// A valid message with fds attached.
+    Fds,
     /// The kind's own probe against its host resources (`Kind::arm_host_probe`), run by the
     /// device itself; the wrapper does nothing.
     Host,
@@ -51,8 +54,9 @@ pub enum Fault {
 
 impl Fault {
     /// Every mode's name, in the order of the table above.
-    pub const NAMES: &'static [&'static str] =
-        &["syscall", "garbage", "silent", "flood", "exit", "host"];
+    pub const NAMES: &'static [&'static str] = &[
+        "syscall", "garbage", "silent", "flood", "exit", "fds", "host",
+    ];
 
     /// The mode called `name`.
     pub fn from_name(name: &str) -> Option<Fault> {
@@ -62,6 +66,7 @@ impl Fault {
             "silent" => Some(Fault::Silent),
             "flood" => Some(Fault::Flood),
             "exit" => Some(Fault::Exit),
+            "fds" => Some(Fault::Fds),
             "host" => Some(Fault::Host),
             _ => None,
         }
@@ -75,6 +80,7 @@ impl Fault {
             Fault::Silent => "silent",
             Fault::Flood => "flood",
             Fault::Exit => "exit",
+            Fault::Fds => "fds",
             Fault::Host => "host",
         }
     }
@@ -130,9 +136,50 @@ impl Faulty {
                 while send_raw(self.control, &bytes) {}
             }
             Fault::Exit => std::process::exit(EXIT_STATUS),
+            Fault::Fds => {
+                if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
+                    send_with_fds(
+                        self.control,
+                        &bytes,
+                        &[self.control, crate::fd_numbers::STOP],
+                    );
+                }
+            }
             Fault::Host => {}
         }
     }
+}
+
+/// Sends `bytes` as one packet on `fd` with `fds` attached (`SCM_RIGHTS`); false once the peer
+/// is gone.
+fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> bool {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let payload = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: `msghdr` is plain data; all-zero means no address and no control data.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = space;
+    // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, 8-byte aligned, so the first
+    // header and its data fit; CMSG_FIRSTHDR and CMSG_DATA point into it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&header);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+    }
+    // SAFETY: `header` points at one iovec over `bytes` and the control buffer above, both
+    // alive for the call; sendmsg only reads them.
+    let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_NOSIGNAL) };
+    sent >= 0
 }
 
 /// Sends `bytes` as one packet on `fd` (blocking, no SIGPIPE); false once the peer is gone.

@@ -111,6 +111,8 @@ pub struct Worker {
     pid: i32,
     pidfd: OwnedFd,
     exit: Option<ExitCause>,
+    /// [`Worker::abandon`]ed: not killed or waited for on drop.
+    abandoned: bool,
 }
 
 impl Worker {
@@ -120,6 +122,7 @@ impl Worker {
             pid,
             pidfd,
             exit: None,
+            abandoned: false,
         }
     }
 
@@ -171,6 +174,45 @@ impl Worker {
     /// Reaps the worker if it has exited; `None` while it still runs.
     pub fn try_wait(&mut self) -> Result<Option<ExitCause>, WorkerError> {
         self.wait_with(libc::WNOHANG)
+    }
+
+    /// Waits until `deadline` for the worker to exit and reaps it; `None` if it still runs
+    /// then (a process stuck in uninterruptible I/O does not die of `SIGKILL` until the I/O
+    /// ends).
+    pub fn wait_until(
+        &mut self,
+        deadline: std::time::Instant,
+    ) -> Result<Option<ExitCause>, WorkerError> {
+        loop {
+            if let Some(cause) = self.try_wait()? {
+                return Ok(Some(cause));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            let mut pfd = libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd over our own pidfd; poll only writes `revents`.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return Err(WorkerError::Wait {
+                    pid: self.pid,
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+    }
+
+    /// Gives up on reaping the worker (it would not die in time): dropping the handle then
+    /// neither kills nor waits for it. Its pidfd is closed; the process is left to whoever
+    /// inherits it when this process ends.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
     }
 
     /// Blocks until the worker exits, then reaps it.
@@ -241,7 +283,7 @@ impl Worker {
 impl Drop for Worker {
     /// Children are always reaped: kill the worker if it still runs, then wait for it.
     fn drop(&mut self) {
-        if self.exit.is_none() {
+        if self.exit.is_none() && !self.abandoned {
             let _ = self.kill();
             let _ = self.wait();
         }

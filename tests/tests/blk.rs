@@ -55,6 +55,7 @@ fn main() {
             "worst_case_bounce_stays_bounded",
             worst_case_bounce_stays_bounded,
         )
+        .test_unless("stuck_worker_does_not_hold_svmm", not_root(), stuck_worker)
         .test("print_sandbox_blk", print_sandbox_blk)
         .run()
 }
@@ -393,6 +394,129 @@ fn hostile_worker_keeps_to_the_image() -> TrialResult {
 /// requests, every buffer misaligned, so each must go through a bounce buffer on a
 /// `direct=on` image — 16 of them would hold 126 MiB at once) gets all its I/O done, and the
 /// worker's address space is bounded as documented: `/proc/PID/limits` shows `RLIMIT_AS` =
+/// Why a trial that mounts file systems cannot run here.
+fn not_root() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() } != 0)
+        .then(|| "needs root (mounts and freezes a file system)".into())
+}
+
+/// A file system mounted from a loop device for one trial; thawed and unmounted on drop.
+struct FrozenFs {
+    mnt: std::path::PathBuf,
+}
+
+/// Runs `cmd args`; its stderr is the error.
+fn run_tool(cmd: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+impl FrozenFs {
+    /// A fresh 64 MiB ext4 file system mounted at `dir/mnt`.
+    fn mount(dir: &paths::TempDir) -> Result<FrozenFs, String> {
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(64 << 20))
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
+        run_tool(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+        )?;
+        run_tool(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        )?;
+        Ok(FrozenFs { mnt })
+    }
+
+    /// Freezes (`fsfreeze -f`) or thaws (`-u`) it.
+    fn freeze(&self, freeze: bool) -> Result<(), String> {
+        let flag = if freeze { "-f" } else { "-u" };
+        run_tool("fsfreeze", &[flag.as_ref(), self.mnt.as_os_str()])
+    }
+}
+
+impl Drop for FrozenFs {
+    fn drop(&mut self) {
+        let _ = self.freeze(false);
+        for _ in 0..50 {
+            if run_tool("umount", &[self.mnt.as_os_str()]).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// svmm ends even when a worker cannot die: the blk image sits on a file system that the
+/// trial freezes (`fsfreeze`) before the guest writes, so the worker's write waits in
+/// uninterruptible sleep and `SIGKILL` takes effect only once the file system thaws. The guest
+/// gives up on its write after its own timeout and powers off; svmm kills the worker, reports
+/// in one line that it did not die within 3 s, and exits anyway — long before the trial thaws
+/// the file system. Then the worker dies.
+fn stuck_worker() -> TrialResult {
+    let dir = paths::TempDir::new("blk-frozen");
+    let fs = FrozenFs::mount(&dir)?;
+    let image = fs.mnt.join("disk.img");
+    std::fs::write(&image, disk::fresh_image())?;
+    let mut running = guest(
+        "testguest.run=echo,blk_write testguest.echo_timeout_ms=30000",
+        blk_spec(&image, ""),
+    )
+    .timeout(Duration::from_secs(40))
+    .spawn()?;
+    running.wait_for_line("testguest: echo ready", TIMEOUT)?;
+    let workers = procfs::children(running.pid());
+    fs.freeze(true)?;
+    running.write_stdin(b"go\n")?;
+    let out = running.wait()?;
+    let stuck: Vec<u32> = workers
+        .iter()
+        .copied()
+        .filter(|w| procfs::alive(*w))
+        .collect();
+    fs.freeze(false)?;
+    out.log("svmm testguest blk_write on a frozen file system");
+    assert!(
+        !out.timed_out,
+        "svmm did not end while its worker was stuck\n{}",
+        out.report()
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("svmm: blk#0 worker (pid ")
+                && l.contains("has not died 3 s after SIGKILL")),
+        "no line about the stuck worker\n{}",
+        out.report()
+    );
+    assert!(!stuck.is_empty(), "the worker was not stuck: {workers:?}");
+    out.assert_line("testguest: blk_write FAIL");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stuck.iter().any(|w| procfs::alive(*w)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = stuck.into_iter().filter(|w| procfs::alive(*w)).collect();
+    if !left.is_empty() {
+        return Err(format!("workers {left:?} still run after the thaw").into());
+    }
+    Ok(())
+}
+
 /// guest RAM + 64 MiB + blk's 4 × 126 × 64 KiB of bounce buffers, and `VmPeak` stays under it.
 fn worst_case_bounce_stays_bounded() -> TrialResult {
     const MIB: u64 = 1 << 20;

@@ -171,6 +171,9 @@ struct Device {
     _resources: HostResources,
 }
 
+/// How long the end of the VM waits for its killed workers to die before it gives up on them.
+const END_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The VM's virtio devices.
 #[derive(Default)]
 pub struct VirtioDevices {
@@ -188,9 +191,18 @@ impl Drop for VirtioDevices {
     /// Every worker process is gone when the devices are: killed and reaped, quietly (its
     /// death is expected, so not reported). An in-process device's thread ends with svmm.
     fn drop(&mut self) {
+        // Every worker is killed first, then all are reaped under one deadline, so a worker
+        // stuck in uninterruptible I/O delays svmm's end by END_TIMEOUT at most, whatever the
+        // number of devices.
         for device in &self.devices {
             if let Worker::Sandboxed(worker) = &device.worker {
-                worker.end();
+                worker.begin_end();
+            }
+        }
+        let deadline = Instant::now() + END_TIMEOUT;
+        for device in &self.devices {
+            if let Worker::Sandboxed(worker) = &device.worker {
+                worker.finish_end(&device.name, deadline, END_TIMEOUT);
             }
         }
     }

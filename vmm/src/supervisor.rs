@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker::ExitCause;
 
@@ -115,12 +115,35 @@ impl Supervised {
         }
     }
 
-    /// At VM end: kills and reaps the worker without reporting it.
-    pub fn end(&self) {
+    /// At VM end, first step: the worker's death is expected (not reported); kill it.
+    pub fn begin_end(&self) {
         self.ending.store(true, Ordering::SeqCst);
+        let _ = self.worker().kill();
+    }
+
+    /// At VM end, second step: reaps the killed worker, waiting until `deadline` at most. A
+    /// worker that has not died by then (stuck in uninterruptible I/O: `SIGKILL` takes effect
+    /// only when the I/O ends) is reported in one line and abandoned, so svmm still ends.
+    pub fn finish_end(&self, name: &str, deadline: Instant, waited: Duration) {
         let mut worker = self.worker();
-        let _ = worker.kill();
-        let _ = worker.wait();
+        match worker.wait_until(deadline) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!(
+                    "svmm: {name} worker (pid {}) has not died {} s after SIGKILL (stuck in \
+                     uninterruptible I/O?); svmm ends without it, the process is left to \
+                     init",
+                    self.pid,
+                    waited.as_secs()
+                );
+                worker.abandon();
+            }
+            Err(e) => eprintln!(
+                "svmm: {name} worker (pid {}): {}",
+                self.pid,
+                worker::report::one_line(&e)
+            ),
+        }
     }
 
     /// Reaps the ended worker: how it ended.

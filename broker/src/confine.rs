@@ -705,9 +705,29 @@ mod tests {
         assert!(hook.to_string().starts_with("step 9"));
     }
 
+    /// The version agrees with what the kernel says elsewhere: a kernel whose active LSMs
+    /// (`/sys/kernel/security/lsm`, or the boot command line's `lsm=`) include Landlock has ABI
+    /// 1 or later, one without it 0; and a ruleset of the reported ABI's rights can be made.
     #[test]
-    fn this_kernel_reports_a_landlock_abi() {
-        // GUEST.md: the host kernel has ABI 7; on a kernel without Landlock this is 0.
-        assert!(landlock_abi_version() >= 0);
+    fn this_kernel_reports_its_landlock_abi() {
+        let version = landlock_abi_version();
+        let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+        match lsms {
+            Some(list) if list.split(',').any(|l| l.trim() == "landlock") => {
+                assert!(
+                    version >= 1,
+                    "Landlock is active ({list}) but ABI {version}"
+                )
+            }
+            Some(list) => assert_eq!(version, 0, "Landlock is not in {list}"),
+            None => {}
+        }
+        if version >= REQUIRED_LANDLOCK_ABI as i32 {
+            let created = Ruleset::default()
+                .set_compatibility(CompatLevel::HardRequirement)
+                .handle_access(AccessFs::from_all(REQUIRED_LANDLOCK_ABI))
+                .and_then(|r| r.create());
+            assert!(created.is_ok(), "ABI {version} reported, ruleset refused");
+        }
     }
 }

@@ -39,6 +39,35 @@ pub struct KindFds {
     pub queues: usize,
     /// The kind's own: link target and count.
     pub own: Vec<(String, usize)>,
+    /// The resource limits the worker must have (soft = hard), as `/proc/PID/limits` shows
+    /// them.
+    pub limits: Limits,
+}
+
+/// A worker's resource limits, by the formulas in ARCHITECTURE.md (never read back from svmm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `Max processes` (`RLIMIT_NPROC`).
+    pub nproc: u64,
+    /// `Max open files`: 3 + the inherited fds + 16.
+    pub nofile: u64,
+    /// `Max file size` in bytes (0 unless the kind writes an image).
+    pub fsize: u64,
+    /// `Max address space`: guest RAM + 64 MiB + what the kind may hold.
+    pub address_space: u64,
+}
+
+impl Limits {
+    /// The limits of a worker with `fds` inherited fds (3, 4, ...) in a VM with `guest_ram`
+    /// bytes of RAM, of a kind that needs none beyond the default.
+    pub fn default_for(fds: u64, guest_ram: u64) -> Limits {
+        Limits {
+            nproc: 0,
+            nofile: 3 + fds + 16,
+            fsize: 0,
+            address_space: guest_ram + (64 << 20),
+        }
+    }
 }
 
 /// Everything that is wrong with the confinement of `worker` (a child of svmm `svmm`, which
@@ -59,6 +88,14 @@ pub fn problems(
             field("Seccomp")
         ));
     }
+    // Filter mode alone may be log mode: the filter the worker installed traps.
+    let cmdline = procfs::cmdline(worker)?;
+    if !cmdline.contains(" --seccomp=trap ") {
+        problems.push(format!(
+            "the worker's filter is not in trap mode: {cmdline}"
+        ));
+    }
+    problems.extend(limit_problems(worker, &kind.limits)?);
     if field("NoNewPrivs") != "1" {
         problems.push(format!("NoNewPrivs: {}", field("NoNewPrivs")));
     }
@@ -100,6 +137,31 @@ pub fn problems(
     Ok(problems)
 }
 
+/// Where `/proc/PID/limits` disagrees with `want` (soft and hard limit alike), and a core size
+/// that is not 0.
+fn limit_problems(pid: u32, want: &Limits) -> io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let mut problems = Vec::new();
+    for (name, value) in [
+        ("Max processes", want.nproc),
+        ("Max core file size", 0),
+        ("Max open files", want.nofile),
+        ("Max file size", want.fsize),
+        ("Max address space", want.address_space),
+    ] {
+        let got: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].split_whitespace().take(2).collect())
+            .unwrap_or_default();
+        let value = value.to_string();
+        if got != [value.as_str(), value.as_str()] {
+            problems.push(format!("{name}: {got:?} (want {value} soft and hard)"));
+        }
+    }
+    Ok(problems)
+}
+
 /// The worker's real uid as seen inside its own user namespace, from its `uid_map`.
 fn inside_uid(pid: u32, outside: Option<u32>) -> Option<u32> {
     let outside = outside?;
@@ -138,10 +200,17 @@ fn unexpected_fds(
     }
     let mut problems = Vec::new();
     for (fd, target) in fds {
-        if *fd <= 2 {
-            if target != "/dev/null" && Some(target) != svmm_fds.get(&2) {
+        if *fd <= 1 {
+            if target != "/dev/null" {
+                problems.push(format!("fd {fd} -> {target} (want /dev/null)"));
+            }
+            continue;
+        }
+        if *fd == 2 {
+            if Some(target) != svmm_fds.get(&2) && target != "/dev/null" {
                 problems.push(format!(
-                    "fd {fd} -> {target} (want /dev/null or svmm's stderr)"
+                    "fd 2 -> {target} (want svmm's stderr, {:?})",
+                    svmm_fds.get(&2)
                 ));
             }
             continue;
@@ -247,9 +316,13 @@ mod tests {
         let rng = KindFds {
             queues: 1,
             own: vec![("/dev/urandom".into(), 1)],
+            limits: Limits::default_for(7, 128 << 20),
         };
         assert!(unexpected_fds(&fds, &svmm, &rng).is_empty());
-        let two_queues = KindFds { queues: 2, ..rng };
+        let two_queues = KindFds {
+            queues: 2,
+            ..rng.clone()
+        };
         assert_eq!(
             unexpected_fds(&fds, &svmm, &two_queues),
             ["1 eventfd fd(s) missing"]
@@ -257,6 +330,7 @@ mod tests {
         let nothing_own = KindFds {
             queues: 1,
             own: Vec::new(),
+            limits: rng.limits,
         };
         assert_eq!(
             unexpected_fds(&fds, &svmm, &nothing_own),

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tests::confinement::{self, is_root, Identity, KindFds};
+use tests::confinement::{self, is_root, Identity, KindFds, Limits};
 use tests::disk::{self, compare_image, expected_image};
 use tests::mode::Mode;
 use tests::procfs;
@@ -322,9 +322,17 @@ fn worker_holds_image_and_ring() -> TrialResult {
     } else {
         Identity::Unprivileged
     };
+    // RLIMIT_NPROC 9 (io-wq), FSIZE the image, AS with room for the bounce buffers.
+    let inherited = 8;
     let blk = KindFds {
         queues: 2,
         own: vec![(want.clone(), 1), ("anon_inode:[io_uring]".into(), rings)],
+        limits: Limits {
+            nproc: 9,
+            fsize: disk::IMAGE_BYTES as u64,
+            address_space: (128 << 20) + (64 << 20) + 4 * 126 * 64 * 1024,
+            ..Limits::default_for(inherited, 128 << 20)
+        },
     };
     problems.extend(confinement::problems(worker, vm.pid(), identity, &blk)?);
     vm.kill();

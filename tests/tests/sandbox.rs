@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use tests::confinement::{self, is_root, Identity, KindFds};
+use tests::confinement::{self, is_root, Identity, KindFds, Limits};
 use tests::procfs;
 use tests::suite::TrialResult;
 use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
@@ -40,6 +40,10 @@ fn main() {
         .test("malicious_worker_silent", || malicious("silent"))
         .test("malicious_worker_flood", || malicious("flood"))
         .test("worker_fds_never_reach_svmm", worker_fds_never_reach_svmm)
+        .test(
+            "landlock_and_root_refuse_from_inside",
+            landlock_and_root_from_inside,
+        )
         .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
 }
@@ -132,7 +136,11 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
 
 /// Runs svmm with a sandboxed rng device and a guest that idles, and checks the worker from /proc.
 fn worker_confined(identity: Identity) -> TrialResult {
-    let mut vm = guest("testguest.run=rng testguest.sleep_ms=20000").args(["--device", "rng"]);
+    let mut vm = guest("testguest.run=rng testguest.sleep_ms=20000").args([
+        "--seccomp=trap",
+        "--device",
+        "rng",
+    ]);
     // Kept until the end: the unprivileged user's copies of svmm and the guest.
     let copies = paths::TempDir::new("unprivileged");
     if identity == Identity::Unprivileged && is_root() {
@@ -148,9 +156,11 @@ fn worker_confined(identity: Identity) -> TrialResult {
         );
     }
     let worker = workers[0];
+    // 3 control, 4 RAM, 5 status page, 6 irqfd, 7 stop, 8 queue, 9 /dev/urandom.
     let rng = KindFds {
         queues: 1,
         own: vec![("/dev/urandom".into(), 1)],
+        limits: Limits::default_for(7, 128 << 20),
     };
     let problems = confinement::problems(worker, svmm, identity, &rng)?;
     let fds = procfs::fds(worker)?;
@@ -386,6 +396,54 @@ fn worker_fds_never_reach_svmm() -> TrialResult {
     if !trace.lines().any(|l| l.contains("MSG_CTRUNC")) {
         return Err("no recvmsg saw the worker's fds discarded (MSG_CTRUNC)".into());
     }
+    Ok(())
+}
+
+/// Landlock and the empty read-only root, proven from inside a worker rather than from svmm's
+/// report: with `--seccomp=log` (so the calls get past the filter, which would otherwise trap
+/// them first) `fault=escape` opens `/` for reading — the empty tmpfs root allows that by its
+/// mode, only Landlock refuses it (`EACCES`) —, makes `/x` — the read-only root refuses it
+/// (`EROFS`) — and opens `/etc/passwd` — not there after `pivot_root` (`ENOENT`) or refused.
+/// The worker then serves the guest as usual.
+fn landlock_and_root_from_inside() -> TrialResult {
+    let out = guest("testguest.run=rng")
+        .args(["--seccomp=log", "--device", "rng,fault=escape"])
+        .run()?;
+    out.log("svmm testguest rng, --seccomp=log, the worker tries the file system");
+    check_fault_support(&out)?;
+    let errno = |what: &str| -> Option<i32> {
+        let prefix = format!("svmm worker: escape: {what}: errno ");
+        out.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+    };
+    let found = [
+        errno("open / (read-dir)"),
+        errno("mkdir /x"),
+        errno("open /etc/passwd"),
+    ];
+    let [Some(open_root), Some(mkdir), Some(passwd)] = found else {
+        return Err(format!("the worker did not report its attempts\n{}", out.report()).into());
+    };
+    assert_eq!(
+        open_root,
+        libc::EACCES,
+        "Landlock should refuse reading the root\n{}",
+        out.report()
+    );
+    assert_eq!(
+        mkdir,
+        libc::EROFS,
+        "the root should be read-only\n{}",
+        out.report()
+    );
+    assert!(
+        [libc::ENOENT, libc::EACCES].contains(&passwd),
+        "/etc/passwd should be out of reach (errno {passwd})\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: rng ok ");
+    out.assert_status(0);
     Ok(())
 }
 

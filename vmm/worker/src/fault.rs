@@ -12,6 +12,7 @@
 //! | `silent`  | stops answering: blocks forever, never reads the control socket again   |
 //! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
 //! | `exit`    | exits with status 3                                                     |
+//! | `escape`  | (with `--seccomp=log`, which lets the calls reach the other layers) opens `/`, makes `/x` and opens `/etc/passwd`, printing each `errno`: Landlock and the empty read-only root must refuse them; then serves on |
 //! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
@@ -47,6 +48,9 @@ pub enum Fault {
     Exit,
     /// A valid message with fds attached.
     Fds,
+    /// File system accesses the seccomp filter would trap (run with `--seccomp=log`) and
+    /// Landlock and the read-only root must refuse.
+    Escape,
     /// The kind's own probe against its host resources (`Kind::arm_host_probe`), run by the
     /// device itself; the wrapper does nothing.
     Host,
@@ -55,7 +59,7 @@ pub enum Fault {
 impl Fault {
     /// Every mode's name, in the order of the table above.
     pub const NAMES: &'static [&'static str] = &[
-        "syscall", "garbage", "silent", "flood", "exit", "fds", "host",
+        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "host",
     ];
 
     /// The mode called `name`.
@@ -67,6 +71,7 @@ impl Fault {
             "flood" => Some(Fault::Flood),
             "exit" => Some(Fault::Exit),
             "fds" => Some(Fault::Fds),
+            "escape" => Some(Fault::Escape),
             "host" => Some(Fault::Host),
             _ => None,
         }
@@ -81,6 +86,7 @@ impl Fault {
             Fault::Flood => "flood",
             Fault::Exit => "exit",
             Fault::Fds => "fds",
+            Fault::Escape => "escape",
             Fault::Host => "host",
         }
     }
@@ -136,6 +142,7 @@ impl Faulty {
                 while send_raw(self.control, &bytes) {}
             }
             Fault::Exit => std::process::exit(EXIT_STATUS),
+            Fault::Escape => escape(),
             Fault::Fds => {
                 if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
                     send_with_fds(
@@ -147,6 +154,41 @@ impl Faulty {
             }
             Fault::Host => {}
         }
+    }
+}
+
+/// Tries what only Landlock and the empty read-only root stand in the way of once the filter
+/// lets it through: prints `svmm worker: escape: WHAT: errno N` per attempt.
+fn escape() {
+    let errno = |rc: libc::c_int| match rc {
+        rc if rc >= 0 => 0,
+        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+    };
+    let attempts: [(&str, &std::ffi::CStr, bool); 3] = [
+        ("open / (read-dir)", c"/", false),
+        ("mkdir /x", c"/x", true),
+        ("open /etc/passwd", c"/etc/passwd", false),
+    ];
+    for (what, path, mkdir) in attempts {
+        let rc = if mkdir {
+            // SAFETY: mkdirat with a NUL-terminated literal path reads no other memory.
+            unsafe { libc::mkdirat(libc::AT_FDCWD, path.as_ptr(), 0o700) }
+        } else {
+            // SAFETY: openat with a NUL-terminated literal path; a returned fd is closed below.
+            let fd = unsafe {
+                libc::openat(
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` was just opened and is owned by nothing else.
+                unsafe { libc::close(fd) };
+            }
+            fd
+        };
+        crate::report::say(&format!("escape: {what}: errno {}", errno(rc)));
     }
 }
 

@@ -257,8 +257,8 @@ fn spawned_worker_mode() -> TrialResult {
     let mut cmd = std::process::Command::new(tests::binary::svmm_bin());
     cmd.args(["__worker", "rng", "--seccomp=trap"]);
     cmd.args(sandbox_args(count));
-    // rng's config is empty: its one encoding is no bytes.
-    cmd.arg("--config=");
+    // RngConfig { source: Urandom } (the /dev/urandom fd above): variant 1, a 4-byte integer.
+    cmd.arg("--config=01000000");
     // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
     // async-signal-safe, on fds that are open in the child (inherited `high`).
     unsafe {

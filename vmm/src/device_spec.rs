@@ -174,7 +174,7 @@ mod tests {
         );
         assert_eq!(
             msg("rng,speed=3"),
-            "--device 'rng,speed=3': unknown option 'speed' for rng (supported: sandbox)"
+            "--device 'rng,speed=3': unknown option 'speed' for rng (supported: source, sandbox)"
         );
         assert_eq!(
             msg("rng,sandbox"),
@@ -190,7 +190,7 @@ mod tests {
         );
         assert_eq!(
             msg("rng,"),
-            "--device 'rng,': unknown option '' for rng (supported: sandbox)"
+            "--device 'rng,': unknown option '' for rng (supported: source, sandbox)"
         );
     }
 
@@ -218,7 +218,7 @@ mod tests {
         ));
         assert_eq!(
             parse("rng,speed=1").unwrap_err().to_string(),
-            "--device 'rng,speed=1': unknown option 'speed' for rng (supported: sandbox)",
+            "--device 'rng,speed=1': unknown option 'speed' for rng (supported: source, sandbox)",
             "fault is never listed"
         );
         assert!(matches!(

@@ -35,10 +35,10 @@ fn a_config_answers_for_its_own_kind() {
 #[test]
 fn the_registry_view_of_a_kind() {
     let kinds: [&dyn DeviceKind; 2] = [&RngKind, &BlkKind];
-    assert_eq!(kinds[0].usage(), "rng");
+    assert_eq!(kinds[0].usage(), "rng[,source=drbg|urandom]");
     assert_eq!(
         kinds[1].usage(),
-        "blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N]"
+        "blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N][,merge=on|off]"
     );
     assert_eq!(kinds[1].device_type(), crate::VIRTIO_ID_BLOCK);
     assert_eq!(kinds[0].max_queue_size(), crate::rng::MAX_QUEUE_SIZE);

@@ -11,9 +11,10 @@
 //!   before the worker is confined; one `read` per request);
 //! - in tests, any reader.
 //!
-//! - `kind`: [`RngKind`], what svmm knows about the kind: `--device rng`, its one host
-//!   resource ([`ENTROPY_SOURCE`], read-only), its seccomp profile [`SECCOMP_PROFILE`], nothing
-//!   else beyond the default sandbox.
+//! - `kind`: [`RngKind`], what svmm knows about the kind: `--device rng[,source=drbg|urandom]`,
+//!   its host resource with `source=urandom` ([`ENTROPY_SOURCE`], read-only; none with its own
+//!   generator), its seccomp profile [`SECCOMP_PROFILE`], nothing else beyond the default
+//!   sandbox.
 //! - `device`: the [`Rng`] backend and its queue loop.
 //! - `drbg`: the generator.
 //! - `request`: copy-in and validation of one chain into a typed request.
@@ -29,7 +30,7 @@ pub use device::Rng;
 pub use drbg::Drbg;
 pub use kind::{RngConfig, RngKind};
 
-/// Where the device's entropy comes from: svmm opens it read-only before any worker exists.
+/// Where `source=urandom` reads: svmm opens it read-only before any worker exists.
 pub const ENTROPY_SOURCE: &str = "/dev/urandom";
 
 /// Number of queues (`requestq` only).

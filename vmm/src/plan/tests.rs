@@ -15,8 +15,9 @@ fn options(mode: Mode) -> SandboxOptions {
     }
 }
 
+/// rng reading `/dev/urandom`: a device with one host resource.
 fn rng() -> DeviceSpec {
-    crate::device_spec::parse("rng").unwrap()
+    crate::device_spec::parse("rng,source=urandom").unwrap()
 }
 
 fn no_size(_: usize) -> io::Result<u64> {
@@ -27,6 +28,17 @@ fn strings(argv: &[CString]) -> Vec<String> {
     argv.iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect()
+}
+
+#[test]
+fn rng_with_its_own_generator_has_no_host_resource() {
+    let spec = crate::device_spec::parse("rng").unwrap();
+    let plan = plan(0, 0, &spec, &options(Mode::Trap), &no_size).unwrap();
+    let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
+    assert_eq!(numbers, (0..=8).collect::<Vec<_>>());
+    assert!(!plan.fds.iter().any(|f| f.what.contains("host resource")));
+    assert_eq!(plan.confine.fds, 6);
+    assert_eq!(strings(&plan.argv).last().unwrap(), "--config=00000000");
 }
 
 #[test]
@@ -69,7 +81,8 @@ fn argv_round_trips_through_the_worker_parser() {
         "{argv:?}"
     );
     assert!(argv[4].starts_with("--sandbox-"), "{argv:?}");
-    assert_eq!(argv.last().unwrap(), "--config=");
+    // RngConfig { source: Urandom }: variant 1 as a fixed 4-byte integer.
+    assert_eq!(argv.last().unwrap(), "--config=01000000");
     // What the worker reads back: the sandbox, then the mode and the kind's config.
     let (back, rest) = ConfineConfig::from_args(&argv[3..], Vec::new()).unwrap();
     assert_eq!(back, plan.confine);

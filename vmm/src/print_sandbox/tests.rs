@@ -6,7 +6,7 @@ use super::*;
 fn rng(sandbox: bool) -> DeviceSpec {
     DeviceSpec {
         sandbox,
-        ..crate::device_spec::parse("rng").unwrap()
+        ..crate::device_spec::parse("rng,source=urandom").unwrap()
     }
 }
 

@@ -37,7 +37,7 @@ fn defaults_and_options() {
     };
     assert_eq!(config("blk=/images/disk.img"), want);
     assert_eq!(
-        config("blk=disk.img,ro,id=root,direct=on,queues=4,poll=64"),
+        config("blk=disk.img,ro,id=root,direct=on,queues=4,poll=64,merge=off"),
         BlkConfig {
             path: "disk.img".into(),
             options: BlkOptions {
@@ -46,11 +46,12 @@ fn defaults_and_options() {
                 direct: true,
                 queues: 4,
                 poll_us: 64,
-                merge: true,
+                merge: false,
             },
         }
     );
     assert_eq!(config("blk=d,poll=0").options.poll_us, 0);
+    assert!(config("blk=d,merge=on").options.merge);
     assert_eq!(config("blk=d,poll=1000").options.poll_us, 1000);
     assert!(config("blk=d,ro=on").options.read_only);
     assert!(!config("blk=d,ro=off").options.read_only);

@@ -44,6 +44,7 @@ fn main() {
             "landlock_and_root_refuse_from_inside",
             landlock_and_root_from_inside,
         )
+        .test("ready_must_match_the_kind", ready_must_match_the_kind)
         .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
 }
@@ -445,6 +446,30 @@ fn landlock_and_root_from_inside() -> TrialResult {
     );
     out.assert_line("testguest: rng ok ");
     out.assert_status(0);
+    Ok(())
+}
+
+/// svmm checks a worker's `Ready` against the kind it started, from the kind's declaration:
+/// an rng worker that announces a block device with a feature no kind offers
+/// (`fault=impostor`) does not become the guest's device; svmm refuses to start in one line
+/// (exit 67).
+fn ready_must_match_the_kind() -> TrialResult {
+    let out = guest("testguest.run=rng")
+        .args(["--device", "rng,fault=impostor"])
+        .run()?;
+    out.log("svmm testguest rng, the worker announces a block device");
+    check_fault_support(&out)?;
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: error: rng#0: device worker did not start"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("announced a device this kind is not: device type 2, a rng is 4"),
+        "{line}\n{}",
+        out.report()
+    );
+    out.assert_status(67);
     Ok(())
 }
 

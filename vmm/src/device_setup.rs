@@ -316,6 +316,7 @@ pub fn create(
     for (device, ready_at) in pending.into_iter().zip(ready_at) {
         let Pending {
             name,
+            spec,
             slot: (addr, size, irq),
             resources,
             status,
@@ -336,13 +337,21 @@ pub fn create(
                 },
             });
         };
-        let mut proxy =
-            WorkerProxy::connect(&name, vmm_end, status, irqfd, queue_events, deadlines).map_err(
-                |source| DeviceSetupError::Start {
-                    name: name.clone(),
-                    source,
-                },
-            )?;
+        // The worker's Ready must describe a device of the kind svmm started.
+        let shape = spec.config.shape();
+        let mut proxy = WorkerProxy::connect(
+            &name,
+            vmm_end,
+            status,
+            irqfd,
+            queue_events,
+            deadlines,
+            &shape,
+        )
+        .map_err(|source| DeviceSetupError::Start {
+            name: name.clone(),
+            source,
+        })?;
         if config.report_timings {
             let spawn_us = ready_at.saturating_duration_since(started).as_micros();
             eprintln!("svmm: timing device={name} spawn_us={spawn_us}");

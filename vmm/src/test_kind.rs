@@ -57,6 +57,7 @@ impl Kind for FakeKind {
     const DEVICE_TYPE: u32 = 0;
     const MAX_QUEUE_SIZE: u16 = 8;
     const SECCOMP_PROFILE: &'static str = "rng";
+    const FEATURES: u64 = 1 << 32;
 
     fn parse(spec: &Spec<'_>) -> Result<FakeConfig, SpecError> {
         Ok(FakeConfig {

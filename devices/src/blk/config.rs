@@ -43,8 +43,22 @@ pub struct Geometry {
     pub read_only: bool,
 }
 
+/// Every feature a blk device may offer, read-only or not.
+pub(crate) const ALL_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_F_RING_INDIRECT_DESC
+    | VIRTIO_F_RING_EVENT_IDX
+    | VIRTIO_BLK_F_SIZE_MAX
+    | VIRTIO_BLK_F_SEG_MAX
+    | VIRTIO_BLK_F_BLK_SIZE
+    | VIRTIO_BLK_F_FLUSH
+    | VIRTIO_BLK_F_MQ
+    | VIRTIO_BLK_F_RO
+    | VIRTIO_BLK_F_DISCARD
+    | VIRTIO_BLK_F_WRITE_ZEROES;
+
 impl Geometry {
-    /// Features offered. `GET_ID` has no feature bit: every device answers it.
+    /// Features offered (a subset of [`ALL_FEATURES`]). `GET_ID` has no feature bit: every
+    /// device answers it.
     /// Indirect descriptors are safe to offer: the copy-in walks an indirect table under the
     /// same bounds as the ring's chain.
     pub fn features(&self) -> u64 {

@@ -132,6 +132,7 @@ impl Kind for BlkKind {
     const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
     const SECCOMP_PROFILE: &'static str = SECCOMP_PROFILE;
+    const FEATURES: u64 = super::config::ALL_FEATURES;
 
     fn parse(spec: &Spec<'_>) -> Result<BlkConfig, SpecError> {
         let path = PathBuf::from(spec.value().unwrap_or_default());

@@ -130,6 +130,7 @@ impl Kind for FsKind {
     const DEVICE_TYPE: u32 = VIRTIO_ID_FS;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
     const SECCOMP_PROFILE: &'static str = super::SECCOMP_PROFILE;
+    const FEATURES: u64 = super::config::FEATURES;
 
     /// A read-only share runs under `fs_ro`, which has no call that changes a file system.
     fn seccomp_profile(config: &FsConfig) -> &'static str {

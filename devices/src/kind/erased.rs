@@ -60,12 +60,30 @@ impl<K: Kind> DeviceKind for K {
     }
 }
 
+/// What a device of a given config is, from its kind's declaration and the config alone —
+/// never from a worker: the VMM checks a worker's `Ready` against it (a worker that announces
+/// another device type, other queues or a feature outside its kind's set is refused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// [`Kind::NAME`].
+    pub kind: &'static str,
+    /// [`Kind::DEVICE_TYPE`].
+    pub device_type: u32,
+    /// [`Kind::queues`] of the config.
+    pub queues: u16,
+    /// [`Kind::MAX_QUEUE_SIZE`].
+    pub max_queue_size: u16,
+    /// [`Kind::FEATURES`]: every feature it may offer.
+    pub features: u64,
+}
+
 /// What [`DeviceConfig`] asks of the config inside it.
 trait AnyConfig: Send + Sync {
     fn kind(&self) -> &'static str;
     fn seccomp_profile(&self) -> &'static str;
     fn encode(&self) -> Result<Vec<u8>, ipc::CodecError>;
     fn queues(&self) -> u16;
+    fn shape(&self) -> Shape;
     fn resources(&self) -> Vec<HostResource>;
     fn check(&self, opened: &[OpenedResource]) -> Result<(), InputError>;
     fn sandbox(&self) -> SandboxNeeds;
@@ -94,6 +112,16 @@ impl<K: Kind> AnyConfig for Typed<K> {
 
     fn queues(&self) -> u16 {
         K::queues(&self.config)
+    }
+
+    fn shape(&self) -> Shape {
+        Shape {
+            kind: K::NAME,
+            device_type: K::DEVICE_TYPE,
+            queues: K::queues(&self.config),
+            max_queue_size: K::MAX_QUEUE_SIZE,
+            features: K::FEATURES,
+        }
     }
 
     fn resources(&self) -> Vec<HostResource> {
@@ -153,6 +181,11 @@ impl DeviceConfig {
     /// [`Kind::queues`].
     pub fn queues(&self) -> u16 {
         self.0.queues()
+    }
+
+    /// What a worker serving this device must announce in its `Ready` (see [`Shape`]).
+    pub fn shape(&self) -> Shape {
+        self.0.shape()
     }
 
     /// [`Kind::resources`].

@@ -31,7 +31,7 @@ use std::path::Path;
 use broker::{HostResource, OpenedResource};
 
 use crate::VirtioBackend;
-pub use erased::{Built, DeviceConfig};
+pub use erased::{Built, DeviceConfig, Shape};
 pub use options::{OptionSpec, OptionValue, Spec, SpecError, ValueSpec};
 
 /// A virtio device kind, implemented once in its own folder (see the module docs).
@@ -57,6 +57,9 @@ pub trait Kind: Send + Sync + 'static {
     const DEVICE_TYPE: u32;
     /// The largest queue size the device accepts.
     const MAX_QUEUE_SIZE: u16;
+    /// Every feature bit a device of this kind may offer, whatever its configuration: svmm
+    /// refuses a worker whose `Ready` offers any other (a worker that lies about its device).
+    const FEATURES: u64;
     /// The device's seccomp profile in the `seccomp-profiles` crate.
     const SECCOMP_PROFILE: &'static str;
 

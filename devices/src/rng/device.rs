@@ -26,7 +26,8 @@ use crate::{
 
 /// Features virtio-rng offers. Indirect descriptors are safe to offer: virtio-queue's chain
 /// iterator bounds indirect tables and refuses nested ones.
-const FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX;
+pub(crate) const FEATURES: u64 =
+    VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC | VIRTIO_F_RING_EVENT_IDX;
 
 /// A virtio-rng device.
 pub struct Rng {

@@ -60,6 +60,7 @@ impl Kind for RngKind {
     const DEVICE_TYPE: u32 = VIRTIO_ID_RNG;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
     const SECCOMP_PROFILE: &'static str = SECCOMP_PROFILE;
+    const FEATURES: u64 = super::device::FEATURES;
 
     fn parse(spec: &Spec<'_>) -> Result<RngConfig, SpecError> {
         let source = match spec.choice(&SOURCE)? {

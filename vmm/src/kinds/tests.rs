@@ -225,3 +225,29 @@ fn every_kind_has_its_seccomp_profile_with_a_reason_per_call() {
 
 #[cfg(feature = "test-faults")]
 mod faults;
+
+/// Every kind's backend, built from its test spec, announces what its kind declares
+/// (`DeviceConfig::shape`): svmm refuses any other `Ready`, so a kind whose declaration and
+/// backend disagree would never start.
+#[test]
+fn every_backend_fits_its_declared_shape() {
+    for (kind, spec, _scratch) in every_kind() {
+        let shape = spec.config.shape();
+        let resources = crate::host_resources::HostResources::open(&spec.config)
+            .unwrap()
+            .worker_fds()
+            .unwrap();
+        let built = spec
+            .config
+            .build(devices::kind::ResourceFds::new(resources))
+            .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+        let backend = built.backend();
+        let name = kind.name();
+        assert_eq!(shape.kind, name);
+        assert_eq!(backend.device_type(), shape.device_type, "{name}");
+        assert_eq!(backend.num_queues(), shape.queues, "{name}");
+        assert_eq!(backend.max_queue_size(), shape.max_queue_size, "{name}");
+        let extra = backend.features() & !shape.features;
+        assert_eq!(extra, 0, "{name} offers {extra:#x} beyond Kind::FEATURES");
+    }
+}

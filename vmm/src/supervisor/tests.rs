@@ -33,6 +33,13 @@ fn transport() -> (Transport, Channel) {
         EventFd::new(EFD_NONBLOCK).unwrap(),
         vec![EventFd::new(EFD_NONBLOCK).unwrap()],
         Deadlines::default(),
+        &devices::kind::Shape {
+            kind: "rng",
+            device_type: 4,
+            queues: 1,
+            max_queue_size: 16,
+            features: 1 << 32,
+        },
     )
     .unwrap();
     (

@@ -85,6 +85,9 @@ pub enum ProxyError {
         /// The request being answered.
         request: &'static str,
     },
+    /// The worker's `Ready` describes another device than the kind that was started.
+    #[error("the device worker announced a device this kind is not: {0}")]
+    WrongDevice(String),
     /// The worker attached fds to a message (none of its messages takes any); the kernel
     /// discarded them unopened.
     #[error("the device worker attached fds to a message")]

@@ -40,6 +40,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use devices::irq_status::IrqStatus;
+use devices::kind::Shape;
 use ipc::{
     Channel, ChannelError, DeviceErrorKind, DeviceStats, Limits, QueueConfig, VmmToWorker,
     WorkerToVmm,
@@ -158,7 +159,9 @@ impl WorkerProxy {
     /// `queue_events` are the VMM's copies of the device's queue eventfds; the worker must
     /// declare exactly that many queues. `status` and `irqfd` are the device's interrupt status
     /// page and irqfd (the VMM keeps them, so it can still signal a config change after the
-    /// worker died).
+    /// worker died). The `Ready` must describe a device of `shape` (from the kind's declaration
+    /// and the config, never from the worker): its device type, queue count and maximum queue
+    /// size, and no feature outside the kind's set.
     pub fn connect(
         name: impl Into<String>,
         channel: Channel,
@@ -166,6 +169,7 @@ impl WorkerProxy {
         irqfd: EventFd,
         queue_events: Vec<EventFd>,
         deadlines: Deadlines,
+        shape: &Shape,
     ) -> Result<WorkerProxy, ProxyError> {
         channel.set_nonblocking(true)?;
         let bad = || ProxyError::BadReply { request: "start" };
@@ -200,6 +204,14 @@ impl WorkerProxy {
         if usize::from(num_queues) != queue_events.len() {
             return Err(bad());
         }
+        check_shape(
+            shape,
+            device_type,
+            num_queues,
+            max_queue_size,
+            device_features,
+        )
+        .map_err(ProxyError::WrongDevice)?;
         let config_len = config.len();
         Ok(WorkerProxy {
             name: name.into(),
@@ -509,4 +521,35 @@ impl DeviceProxy for WorkerProxy {
         // Only fails with the counter near overflow, when an interrupt is pending anyway.
         let _ = self.irqfd.write(1);
     }
+}
+
+/// Whether a `Ready`'s device matches `shape`; what differs, in words, if not.
+fn check_shape(
+    shape: &Shape,
+    device_type: u32,
+    queues: u16,
+    max_queue_size: u16,
+    features: u64,
+) -> Result<(), String> {
+    let kind = shape.kind;
+    if device_type != shape.device_type {
+        return Err(format!(
+            "device type {device_type}, a {kind} is {}",
+            shape.device_type
+        ));
+    }
+    if queues != shape.queues {
+        return Err(format!("{queues} queues, this {kind} has {}", shape.queues));
+    }
+    if max_queue_size != shape.max_queue_size {
+        return Err(format!(
+            "queues of up to {max_queue_size} entries, a {kind} takes {}",
+            shape.max_queue_size
+        ));
+    }
+    let extra = features & !shape.features;
+    if extra != 0 {
+        return Err(format!("features {extra:#x}, which a {kind} never offers"));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@
 //! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
 //! | `exit`    | exits with status 3                                                     |
 //! | `escape`  | (with `--seccomp=log`, which lets the calls reach the other layers) opens `/`, makes `/x` and opens `/etc/passwd`, printing each `errno`: Landlock and the empty read-only root must refuse them; then serves on |
+//! | `impostor`| its `Ready` announces another device (virtio-blk, ID 2) with a feature no kind offers (bit 50), from the start |
 //! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
@@ -29,6 +30,9 @@ use ipc::WorkerToVmm;
 
 /// The worker argument that selects a fault: `--fault=MODE`.
 pub const ARG_PREFIX: &str = "--fault=";
+
+/// What `fault=impostor` announces: virtio-blk.
+const IMPOSTOR_DEVICE_TYPE: u32 = 2;
 
 /// The exit status of `fault=exit`.
 pub const EXIT_STATUS: i32 = 3;
@@ -48,6 +52,8 @@ pub enum Fault {
     Exit,
     /// A valid message with fds attached.
     Fds,
+    /// A `Ready` for another device than its kind.
+    Impostor,
     /// File system accesses the seccomp filter would trap (run with `--seccomp=log`) and
     /// Landlock and the read-only root must refuse.
     Escape,
@@ -59,7 +65,7 @@ pub enum Fault {
 impl Fault {
     /// Every mode's name, in the order of the table above.
     pub const NAMES: &'static [&'static str] = &[
-        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "host",
+        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "impostor", "host",
     ];
 
     /// The mode called `name`.
@@ -71,6 +77,7 @@ impl Fault {
             "flood" => Some(Fault::Flood),
             "exit" => Some(Fault::Exit),
             "fds" => Some(Fault::Fds),
+            "impostor" => Some(Fault::Impostor),
             "escape" => Some(Fault::Escape),
             "host" => Some(Fault::Host),
             _ => None,
@@ -86,6 +93,7 @@ impl Fault {
             Fault::Flood => "flood",
             Fault::Exit => "exit",
             Fault::Fds => "fds",
+            Fault::Impostor => "impostor",
             Fault::Escape => "escape",
             Fault::Host => "host",
         }
@@ -143,6 +151,8 @@ impl Faulty {
             }
             Fault::Exit => std::process::exit(EXIT_STATUS),
             Fault::Escape => escape(),
+            // It lied at Ready already; svmm never got this far.
+            Fault::Impostor => {}
             Fault::Fds => {
                 if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
                     send_with_fds(
@@ -242,7 +252,11 @@ fn send_raw(fd: RawFd, bytes: &[u8]) -> bool {
 
 impl VirtioBackend for Faulty {
     fn device_type(&self) -> u32 {
-        self.inner.device_type()
+        match self.fault {
+            // Announces a block device, whatever it is.
+            Fault::Impostor => IMPOSTOR_DEVICE_TYPE,
+            _ => self.inner.device_type(),
+        }
     }
     fn num_queues(&self) -> u16 {
         self.inner.num_queues()
@@ -251,7 +265,10 @@ impl VirtioBackend for Faulty {
         self.inner.max_queue_size()
     }
     fn features(&self) -> u64 {
-        self.inner.features()
+        match self.fault {
+            Fault::Impostor => self.inner.features() | 1 << 50,
+            _ => self.inner.features(),
+        }
     }
     fn config(&self) -> Vec<u8> {
         self.inner.config()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devices::irq_status::IrqStatus;
+use devices::kind::Shape;
 use ipc::{Channel, ChannelError, DeviceErrorKind, QueueConfig, VmmToWorker, WorkerToVmm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -15,6 +16,15 @@ use crate::virtio::{DeviceProxy, ProxyError, INT_CONFIG};
 const SHORT: Deadlines = Deadlines {
     ready: Duration::from_millis(200),
     reply: Duration::from_millis(200),
+};
+
+/// What [`ready`] announces, as a kind would declare it.
+const SHAPE: Shape = Shape {
+    kind: "test",
+    device_type: 4,
+    queues: 1,
+    max_queue_size: 256,
+    features: 1 << 32 | 1 << 28,
 };
 
 fn eventfd() -> EventFd {
@@ -42,6 +52,7 @@ fn connect(first: &WorkerToVmm) -> (Result<WorkerProxy, ProxyError>, Channel) {
         eventfd(),
         vec![eventfd()],
         SHORT,
+        &SHAPE,
     );
     (proxy, worker)
 }
@@ -79,6 +90,7 @@ fn a_silent_worker_fails_set_up_after_the_deadline() {
         eventfd(),
         vec![eventfd()],
         SHORT,
+        &SHAPE,
     )
     .err()
     .unwrap();
@@ -94,6 +106,47 @@ fn a_silent_worker_fails_set_up_after_the_deadline() {
         waited >= SHORT.ready && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+}
+
+/// A `Ready` for anything but the kind that was started is refused, whatever differs.
+#[test]
+fn a_ready_for_another_device_is_refused() {
+    let lie = |device_type, num_queues, max_queue_size, device_features| {
+        let (proxy, _worker) = connect(&WorkerToVmm::Ready {
+            device_type,
+            device_features,
+            num_queues,
+            max_queue_size,
+            config: vec![],
+        });
+        match proxy {
+            Err(ProxyError::WrongDevice(what)) => what,
+            other => panic!("want WrongDevice, got {:?}", other.map(|_| ())),
+        }
+    };
+    assert_eq!(lie(2, 1, 256, 1 << 32), "device type 2, a test is 4");
+    assert!(matches!(
+        connect(&WorkerToVmm::Ready {
+            device_type: 4,
+            device_features: 1 << 32,
+            num_queues: 2,
+            max_queue_size: 256,
+            config: vec![],
+        })
+        .0,
+        // Two queues against one queue eventfd: refused before the shape is looked at.
+        Err(ProxyError::BadReply { .. })
+    ));
+    assert_eq!(
+        lie(4, 1, 1024, 1 << 32),
+        "queues of up to 1024 entries, a test takes 256"
+    );
+    assert_eq!(
+        lie(4, 1, 256, 1 << 32 | 1 << 50),
+        "features 0x4000000000000, which a test never offers"
+    );
+    // A subset of the kind's features is fine (a configuration may offer fewer).
+    assert!(connect(&ready(vec![])).0.is_ok());
 }
 
 #[test]
@@ -154,6 +207,7 @@ fn garbage_breaks_the_device() {
         eventfd(),
         vec![eventfd()],
         SHORT,
+        &SHAPE,
     );
     assert!(matches!(result, Err(ProxyError::Channel(_))));
 }
@@ -338,6 +392,7 @@ fn the_real_worker_loop_on_a_thread() {
         irqfd,
         vec![queue_event],
         Deadlines::default(),
+        &config.shape(),
     )
     .unwrap();
     assert_eq!(proxy.info().device_type, devices::VIRTIO_ID_RNG);

@@ -102,30 +102,32 @@ pub fn sample_worker_messages() -> Vec<WorkerToVmm> {
             syscall: 59,
             arch: 0xc000_003e,
         },
+        WorkerToVmm::Resumed { pending: 3 },
     ]
 }
 
 /// One valid message of every `VmmToWorker` variant (valid for [`sample_layout`]).
 pub fn sample_vmm_messages() -> Vec<VmmToWorker> {
+    let queues = vec![
+        QueueConfig {
+            index: 0,
+            size: 256,
+            desc_table: 0x10_0000,
+            avail_ring: 0x10_1000,
+            used_ring: 0x10_2000,
+        },
+        QueueConfig {
+            index: 1,
+            size: 128,
+            desc_table: 0x11_0000,
+            avail_ring: 0x11_0800,
+            used_ring: 0x11_1000,
+        },
+    ];
     vec![
         VmmToWorker::Activate {
             driver_features: 1 << 32,
-            queues: vec![
-                QueueConfig {
-                    index: 0,
-                    size: 256,
-                    desc_table: 0x10_0000,
-                    avail_ring: 0x10_1000,
-                    used_ring: 0x10_2000,
-                },
-                QueueConfig {
-                    index: 1,
-                    size: 128,
-                    desc_table: 0x11_0000,
-                    avail_ring: 0x11_0800,
-                    used_ring: 0x11_1000,
-                },
-            ],
+            queues: queues.clone(),
         },
         VmmToWorker::WriteConfig {
             offset: 6,
@@ -134,6 +136,10 @@ pub fn sample_vmm_messages() -> Vec<VmmToWorker> {
         VmmToWorker::Reset,
         VmmToWorker::Shutdown,
         VmmToWorker::GetStats,
+        VmmToWorker::Resume {
+            driver_features: 1 << 32,
+            queues,
+        },
     ]
 }
 

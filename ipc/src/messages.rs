@@ -19,6 +19,11 @@
 //!    │ ◀── DeviceError / SeccompViolation ── at any time
 //! ```
 //!
+//! A worker started again for a device whose worker died (`--on-worker-exit=restart`) gets,
+//! after its `Ready`, the guest's config writes again and, if the device was running, `Resume`
+//! instead of `Activate`: the same features and queues, each resumed where the guest sees it
+//! (its used index), answered by `Resumed`.
+//!
 //! Every `WorkerToVmm` is untrusted: the VMM runs `WorkerToVmm::validate` on it before acting,
 //! and the worker runs `VmmToWorker::validate` on what it receives (both in [`crate::validate`]).
 //! Message order is the VMM's state machine's business.
@@ -48,6 +53,18 @@ pub enum VmmToWorker {
     Shutdown,
     /// Reply with [`WorkerToVmm::Stats`].
     GetStats,
+    /// The device's earlier worker died while the device was running: start it with these
+    /// features and queues (as [`VmmToWorker::Activate`] would), each queue resumed from what
+    /// the guest can see — its next chain to take and its next used entry are both the used
+    /// ring's index, so the chains the dead worker had taken but not completed are taken again
+    /// — then serve every queue once and interrupt. Only for kinds whose requests may be done
+    /// twice (`devices::Kind::restart`).
+    Resume {
+        /// Features the driver acknowledged; a subset of the device's offer.
+        driver_features: u64,
+        /// The queues the driver set up, as for `Activate`.
+        queues: Vec<QueueConfig>,
+    },
 }
 
 /// One virtqueue as the driver configured it through the transport registers.
@@ -104,6 +121,12 @@ pub enum WorkerToVmm {
         /// The `AUDIT_ARCH_*` value of the trapped call.
         arch: u32,
     },
+    /// Reply to [`VmmToWorker::Resume`]: the queues run again.
+    Resumed {
+        /// Chains the guest had made available and not yet got back when the queues were
+        /// resumed, over all queues: the requests the new worker takes (again).
+        pending: u32,
+    },
 }
 
 /// Per-device counters, one entry per queue.
@@ -150,8 +173,8 @@ mod tests {
     #[test]
     fn every_worker_message_round_trips() {
         let samples = sample_worker_messages();
-        // One sample per variant at least (7 variants).
-        assert!(samples.len() >= 7);
+        // One sample per variant at least (8 variants).
+        assert!(samples.len() >= 8);
         for msg in samples {
             let bytes = encode(&msg).unwrap();
             assert_eq!(decode::<super::WorkerToVmm>(&bytes).unwrap(), msg);
@@ -161,7 +184,7 @@ mod tests {
     #[test]
     fn every_vmm_message_round_trips() {
         let samples = sample_vmm_messages();
-        assert!(samples.len() >= 5);
+        assert!(samples.len() >= 6);
         for msg in samples {
             let bytes = encode(&msg).unwrap();
             assert_eq!(decode::<super::VmmToWorker>(&bytes).unwrap(), msg);

@@ -123,6 +123,14 @@ pub enum ProtocolError {
         /// Its guest-physical address.
         addr: u64,
     },
+    /// More pending chains than the queues can hold.
+    #[error("{pending} pending chains, at most {max} possible")]
+    TooManyPending {
+        /// Chains the worker reported.
+        pending: u32,
+        /// The bound: queues times the largest queue size.
+        max: u64,
+    },
     /// A config write that does not lie entirely inside the config space.
     #[error(
         "config write of {len} bytes at offset {offset} outside a {config_len}-byte config space"
@@ -179,6 +187,17 @@ impl WorkerToVmm {
             }
             WorkerToVmm::ConfigChanged { config } => check_config_len(config, limits),
             WorkerToVmm::Stats(stats) => check_queue_count(stats.queues.len(), limits.max_queues),
+            WorkerToVmm::Resumed { pending } => {
+                // At most one pending chain per descriptor of every queue.
+                let max = u64::from(limits.max_queues) * u64::from(MAX_QUEUE_SIZE);
+                if u64::from(*pending) > max {
+                    return Err(ProtocolError::TooManyPending {
+                        pending: *pending,
+                        max,
+                    });
+                }
+                Ok(())
+            }
             WorkerToVmm::Activated
             | WorkerToVmm::ResetDone
             | WorkerToVmm::DeviceError { .. }
@@ -250,6 +269,10 @@ impl VmmToWorker {
     pub fn validate(&self, layout: &DeviceLayout) -> Result<(), ProtocolError> {
         match self {
             VmmToWorker::Activate {
+                driver_features,
+                queues,
+            }
+            | VmmToWorker::Resume {
                 driver_features,
                 queues,
             } => {

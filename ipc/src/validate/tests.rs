@@ -232,3 +232,42 @@ fn errors_read_well() {
         "config write of 4 bytes at offset 5 outside a 8-byte config space"
     );
 }
+
+/// `Resume` is checked exactly as `Activate`: the same features and queues.
+#[test]
+fn resume_is_checked_like_activate() {
+    let resume = |driver_features, queues| VmmToWorker::Resume {
+        driver_features,
+        queues,
+    };
+    let l = layout();
+    assert_eq!(
+        resume(1 << 32, vec![queue(1, 256), queue(0, 1)]).validate(&l),
+        Ok(())
+    );
+    assert_eq!(
+        resume((1 << 32) | 0b0101, vec![]).validate(&l),
+        Err(ProtocolError::UnofferedFeatures { extra: 0b0101 })
+    );
+    assert_eq!(
+        resume(1 << 32, vec![queue(0, 8), queue(0, 8)]).validate(&l),
+        Err(ProtocolError::DuplicateQueue(0))
+    );
+    assert!(resume(1 << 32, vec![queue(2, 8)]).validate(&l).is_err());
+}
+
+/// A worker cannot claim more pending chains than its queues can hold.
+#[test]
+fn resumed_pending_is_bounded_by_the_queues() {
+    let limits = layout().limits();
+    let resumed = |pending| WorkerToVmm::Resumed { pending };
+    assert_eq!(resumed(0).validate(&limits), Ok(()));
+    assert_eq!(resumed(65536).validate(&limits), Ok(()));
+    assert_eq!(
+        resumed(65537).validate(&limits),
+        Err(ProtocolError::TooManyPending {
+            pending: 65537,
+            max: 65536
+        })
+    );
+}

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use broker::{Access, FileTypes, HostFile, HostResource, Lock, Origin};
 use devices::kind::{
-    BuildError, FileSize, Kind, LandlockRule, OptionSpec, OptionValue, ResourceFds, SandboxNeeds,
-    Spec, SpecError, ValueSpec,
+    BuildError, FileSize, Kind, LandlockRule, OptionSpec, OptionValue, ResourceFds, Restart,
+    SandboxNeeds, Spec, SpecError, ValueSpec,
 };
 use devices::rng::Rng;
 
@@ -110,6 +110,12 @@ impl Kind for FakeKind {
 
     fn build(_config: &FakeConfig, mut resources: ResourceFds) -> Result<Rng, BuildError> {
         Ok(Rng::new(resources.take_file(0)?))
+    }
+
+    fn restart(_config: &FakeConfig) -> Restart {
+        Restart::Reset {
+            lost: "nothing (a test kind)",
+        }
     }
 
     fn test_spec(scratch: &Path) -> io::Result<String> {

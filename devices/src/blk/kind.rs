@@ -12,8 +12,8 @@ use super::{
     MAX_QUEUE_SIZE, SANDBOX_NPROC, SECCOMP_PROFILE,
 };
 use crate::kind::{
-    BuildError, FileSize, InputError, Kind, OptionSpec, OptionValue, ResourceFds, SandboxNeeds,
-    Spec, SpecError, ValueSpec,
+    BuildError, FileSize, InputError, Kind, OptionSpec, OptionValue, ResourceFds, Restart,
+    SandboxNeeds, Spec, SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_BLOCK;
 
@@ -237,6 +237,19 @@ impl Kind for BlkKind {
                 EngineKind::Sync
             )
         })
+    }
+
+    /// A read or write names its sectors and carries its data (a write's bytes are still in the
+    /// guest's buffers, which the driver does not touch before the completion): doing it again
+    /// leaves the image as doing it once. A FLUSH is repeated, GET_ID answered again, a discard
+    /// or write-zeroes punched or zeroed again. The queue loop returns chains in the order it
+    /// took them (see `io`), so the used index is where the completed ones end.
+    fn restart(_config: &BlkConfig) -> Restart {
+        Restart::Resume {
+            repeated: "a read, write, flush, discard or write-zeroes in flight is done again on \
+                       the same sectors with the same bytes, which leaves the image as doing it \
+                       once",
+        }
     }
 
     fn test_spec(scratch: &Path) -> io::Result<String> {

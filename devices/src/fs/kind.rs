@@ -15,7 +15,7 @@ use super::{
 };
 use crate::kind::{
     BuildError, FileSize, InputError, Kind, LandlockRule, OptionSpec, OptionValue, ResourceFds,
-    SandboxNeeds, Spec, SpecError, ValueSpec,
+    Restart, SandboxNeeds, Spec, SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_FS;
 
@@ -252,6 +252,17 @@ impl Kind for FsKind {
         let dir = resources.take(0)?;
         let proc = resources.take(1)?;
         Fs::new(dir, proc, config.options.clone()).map_err(|e| BuildError::Refused(Box::new(e)))
+    }
+
+    /// Not replayable: a FUSE request names node ids and file handles of the server that died
+    /// (its node table and open files die with it), and the guest's FUSE session (INIT, the
+    /// lookups behind every cached dentry) would have to be redone by the driver. A new worker
+    /// starts with an empty table and the device needs a reset; Linux's virtio-fs driver does
+    /// not reset a device, so the mount's requests get no answer until the VM restarts.
+    fn restart(_config: &FsConfig) -> Restart {
+        Restart::Reset {
+            lost: "its FUSE session: the node table, open files and directory handles",
+        }
     }
 
     fn test_spec(scratch: &Path) -> io::Result<String> {

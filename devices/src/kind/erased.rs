@@ -11,8 +11,8 @@ use std::sync::Arc;
 use broker::{HostResource, OpenedResource};
 
 use super::{
-    BuildError, ConfigError, DeviceKind, InputError, Kind, OptionSpec, ResourceFds, SandboxNeeds,
-    Spec, SpecError, ValueSpec,
+    BuildError, ConfigError, DeviceKind, InputError, Kind, OptionSpec, ResourceFds, Restart,
+    SandboxNeeds, Spec, SpecError, ValueSpec,
 };
 use crate::VirtioBackend;
 
@@ -88,6 +88,7 @@ trait AnyConfig: Send + Sync {
     fn check(&self, opened: &[OpenedResource]) -> Result<(), InputError>;
     fn sandbox(&self) -> SandboxNeeds;
     fn build(&self, resources: ResourceFds) -> Result<Box<dyn AnyBuilt>, BuildError>;
+    fn restart(&self) -> Restart;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }
 
@@ -142,6 +143,10 @@ impl<K: Kind> AnyConfig for Typed<K> {
             backend,
             kind: PhantomData,
         }))
+    }
+
+    fn restart(&self) -> Restart {
+        K::restart(&self.config)
     }
 
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -201,6 +206,11 @@ impl DeviceConfig {
     /// [`Kind::sandbox`].
     pub fn sandbox(&self) -> SandboxNeeds {
         self.0.sandbox()
+    }
+
+    /// [`Kind::restart`].
+    pub fn restart(&self) -> Restart {
+        self.0.restart()
     }
 
     /// [`Kind::build`]: the backend, before its last set-up step.

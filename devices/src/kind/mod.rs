@@ -11,6 +11,7 @@
 //! | [`Kind::resources`], [`Kind::check`] | the host resources svmm opens before any worker exists (`broker::HostResource`), and the check of what was opened that must fail in svmm, in one line, rather than in a worker | device set-up, `--print-sandbox` |
 //! | [`Kind::SECCOMP_PROFILE`], [`Kind::sandbox`] | the seccomp profile, rlimits beyond the default, Landlock rules beneath a directory resource, the set-up before the filter ([`SandboxNeeds`]) | the worker's plan, `--print-sandbox` |
 //! | [`Kind::build`], [`Kind::prepare`] | the backend from config + resources (worker and in-process alike), and its last set-up step before the seccomp filter | worker entry, in-process thread |
+//! | [`Kind::restart`] | whether a restarted worker may take again the requests its dead predecessor had taken but not completed ([`Restart`]) | the supervisor (`--on-worker-exit=restart`) |
 //! | [`Kind::test_spec`] | a spec that works on any test host, for the registry's tests | tests |
 //!
 //! svmm keeps one static list of `&'static dyn DeviceKind` (its registry); [`DeviceKind`] is
@@ -124,6 +125,12 @@ pub trait Kind: Send + Sync + 'static {
         false
     }
 
+    /// What a worker started again after its predecessor died (`--on-worker-exit=restart`)
+    /// may do with the requests the dead one had taken but not completed: resume the queues
+    /// and take them again, or start fresh with the device needing a reset. Every kind
+    /// decides (no default): a request done twice must be harmless for [`Restart::Resume`].
+    fn restart(config: &Self::Config) -> Restart;
+
     /// A `--device` spec of this kind that works on any host the test suite runs on, with
     /// whatever it needs (an image, a directory) created under `scratch`. For the registry's
     /// tests, which prove every kind is listed, round-trips, is described and misbehaves on
@@ -163,6 +170,35 @@ impl fmt::Debug for dyn DeviceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceKind({})", self.name())
     }
+}
+
+/// What a restarted worker does with the requests its dead predecessor had taken but not
+/// completed ([`Kind::restart`]).
+///
+/// The VMM owns the transport state (features, queue sizes and addresses, the guest's config
+/// writes) and hands it to the new worker; what it cannot know is which chains the dead
+/// worker had taken from the available ring and not yet returned. The guest can see where
+/// the device's completions end — the used ring's index — so a resumed queue starts there:
+/// its next chain to take and its next used entry are both the used index, and every chain
+/// made available after it is taken (again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Doing a request twice is harmless, so the new worker resumes every queue at its used
+    /// index and the guest driver sees at most a delay. The kind must put chains into each
+    /// used ring in the order it took them from the available ring (later requests may finish
+    /// first, but are returned after the earlier ones): only then are the chains before the
+    /// used index exactly the completed ones.
+    Resume {
+        /// What a request taken again does twice, for people (docs, `--help`).
+        repeated: &'static str,
+    },
+    /// The requests depend on state that died with the worker: the new worker starts fresh
+    /// and the device shows `DEVICE_NEEDS_RESET` until the driver resets it (and then works
+    /// again with the new worker).
+    Reset {
+        /// What died with the worker, for the restart line and people.
+        lost: &'static str,
+    },
 }
 
 /// The file size a worker may write ([`SandboxNeeds::file_size`]).

@@ -9,7 +9,7 @@ use broker::{Access, FileTypes, HostFile, HostResource, Lock, Origin};
 
 use super::{Drbg, Rng, ENTROPY_SOURCE, MAX_QUEUE_SIZE, NUM_QUEUES, SECCOMP_PROFILE};
 use crate::kind::{
-    BuildError, Kind, OptionSpec, OptionValue, ResourceFds, Spec, SpecError, ValueSpec,
+    BuildError, Kind, OptionSpec, OptionValue, ResourceFds, Restart, Spec, SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_RNG;
 
@@ -102,6 +102,15 @@ impl Kind for RngKind {
                 .map(Rng::with_drbg)
                 .map_err(|e| BuildError::Refused(Box::new(e))),
             Source::Urandom => Ok(Rng::new(resources.take_file(0)?)),
+        }
+    }
+
+    /// Any bytes do: a request in flight is filled again with fresh entropy (the dead
+    /// worker's bytes, if it wrote some, are overwritten before the guest sees the request
+    /// completed). The queue loop completes chains in the order it takes them.
+    fn restart(_config: &RngConfig) -> Restart {
+        Restart::Resume {
+            repeated: "an entropy request in flight is filled again with fresh bytes",
         }
     }
 

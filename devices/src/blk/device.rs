@@ -20,6 +20,7 @@ use super::config::{
 use super::engine::{self, Engine, EngineKind, SyncEngine, UringEngine};
 use super::io::{Active, DirectIo, QueueState};
 use super::kind::{ID, POLL, QUEUES};
+use super::order::InOrder;
 use super::poll::PollWindow;
 use super::request::{ChainSource, DiskLimits};
 use super::{BlkError, DEFAULT_POLL_US, ID_BYTES, MAX_QUEUE_SIZE, SECTOR_SIZE};
@@ -332,6 +333,7 @@ impl VirtioBackend for Blk {
                     queue,
                     stats: QueueStats::default(),
                     poll: PollWindow::new(Duration::ZERO),
+                    order: InOrder::default(),
                 }
             })
             .collect();

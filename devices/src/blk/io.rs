@@ -1,5 +1,6 @@
 //! The virtio-blk queue loop: pop chains, parse them (`request::parse`), turn each validated
-//! request into engine operations, and complete requests in the order the engine finishes them.
+//! request into engine operations, and complete requests in the order the engine finishes them
+//! — returning each queue's chains to its used ring in the order they were taken (`order`).
 //!
 //! One `process_queue` call runs this loop until the queue is idle:
 //!
@@ -8,7 +9,8 @@
 //!   │   pop + parse + submit while < MAX_IN_FLIGHT requests and the engine has room
 //!   │   nothing in flight? ── poll the avail index for the window ── new chain? ──▶ loop
 //!   │                         window over ── enable notifications ── nothing new? ──▶ return
-//!   │   wait for ≥ 1 completion; per finished request: status byte, add_used, interrupt
+//!   │   wait for ≥ 1 completion; per finished request: status byte, then add_used of
+//!   │   every finished chain no earlier chain of its queue waits for, interrupt
 //!   └───────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -33,6 +35,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::engine::{Completion, Engine, Fallocate, IoVecs, Op, MAX_OPS_PER_REQUEST};
 use super::merge::{Direction, Run};
+use super::order::InOrder;
 use super::poll::{self, PollWindow};
 use super::request::{self, ChainSource, DiskLimits, Range, Request, Segment};
 use super::{status, ID_BYTES, MAX_BOUNCE_BYTES, MAX_DATA_BYTES, MAX_IN_FLIGHT, SECTOR_SIZE};
@@ -49,6 +52,8 @@ pub(crate) struct QueueState {
     pub stats: QueueStats,
     /// Its idle-poll window (zero until [`Active::with_poll`]).
     pub poll: PollWindow,
+    /// Its chains from taken to returned, in taking order.
+    pub order: InOrder,
 }
 
 /// Direct-I/O alignment of the image.
@@ -63,6 +68,8 @@ pub(crate) struct DirectIo {
 /// A request between its parse and its completion.
 struct InFlight {
     queue: u16,
+    /// Its number in its queue's taking order.
+    seq: u64,
     head: u16,
     status_addr: GuestAddress,
     status: u8,
@@ -235,18 +242,24 @@ impl Active {
                 <= engine.capacity()
             && (self.direct.is_none() || bounce_room(self.bounce_in_flight))
         {
-            let Some(head) = self.pop(index)? else {
+            let Some((seq, head)) = self.pop(index)? else {
                 break;
             };
-            self.start(index, head, engine)?;
+            self.start(index, seq, head, engine)?;
         }
         self.submit_run(engine)
     }
 
-    /// The next available head index, checked to be a descriptor of the queue.
-    fn pop(&mut self, index: u16) -> Result<Option<u16>, DeviceError> {
+    /// The next available head index, checked to be a descriptor of the queue, with its number
+    /// in the queue's taking order. None either when the queue is empty or when as many chains
+    /// as the queue has descriptors wait to be returned (only a driver that reuses descriptors
+    /// it has not got back gets there; an earlier chain must finish first).
+    fn pop(&mut self, index: u16) -> Result<Option<(u64, u16)>, DeviceError> {
         let mem = Arc::clone(&self.mem);
         let q = self.queue(index).ok_or(DeviceError::UnknownQueue(index))?;
+        if q.order.len() >= usize::from(q.queue.size()) {
+            return Ok(None);
+        }
         let chain = q.queue.iter(&*mem).map_err(DeviceError::Queue)?.next();
         let Some(chain) = chain else {
             return Ok(None);
@@ -257,11 +270,18 @@ impl Active {
         if head >= size {
             return Err(DeviceError::BadHeadIndex { head, size });
         }
-        Ok(Some(head))
+        Ok(Some((q.order.take(), head)))
     }
 
-    /// Parses the chain at `head` and submits its operations (or completes it at once).
-    fn start(&mut self, queue: u16, head: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
+    /// Parses the chain at `head`, taken as number `seq` of its queue, and submits its
+    /// operations (or completes it at once).
+    fn start(
+        &mut self,
+        queue: u16,
+        seq: u64,
+        head: u16,
+        engine: &mut dyn Engine,
+    ) -> Result<(), DeviceError> {
         let Some(source) = self.queue(queue).map(|q| q.source) else {
             return Err(DeviceError::UnknownQueue(queue));
         };
@@ -269,11 +289,12 @@ impl Active {
             Ok(valid) => valid,
             Err(rejected) => {
                 let byte = rejected.status_byte();
-                return self.complete(queue, head, rejected.status, byte, 0, 0);
+                return self.complete(queue, seq, head, rejected.status, byte, 0, 0);
             }
         };
         let mut req = InFlight {
             queue,
+            seq,
             head,
             status_addr: valid.status,
             status: status::OK,
@@ -289,7 +310,7 @@ impl Active {
         let ops = match valid.request {
             // A zero-length read or write: nothing to do.
             Request::Read { ref bufs, .. } | Request::Write { ref bufs, .. } if bufs.is_empty() => {
-                return self.complete(queue, head, status_addr, status::OK, 0, 0);
+                return self.complete(queue, seq, head, status_addr, status::OK, 0, 0);
             }
             Request::Read { sector, bufs } => match self.data_iov(sector, &bufs, false) {
                 Some((offset, iov)) => {
@@ -302,7 +323,7 @@ impl Active {
                     }
                     vec![Op::Read { offset, iov }]
                 }
-                None => return self.complete(queue, head, status_addr, status::IOERR, 0, 0),
+                None => return self.complete(queue, seq, head, status_addr, status::IOERR, 0, 0),
             },
             Request::Write { sector, bufs } => match self.data_iov(sector, &bufs, true) {
                 Some((offset, iov)) => {
@@ -314,12 +335,12 @@ impl Active {
                     }
                     vec![Op::Write { offset, iov, dsync }]
                 }
-                None => return self.complete(queue, head, status_addr, status::IOERR, 0, 0),
+                None => return self.complete(queue, seq, head, status_addr, status::IOERR, 0, 0),
             },
             Request::Flush => vec![Op::Sync],
             Request::GetId { bufs } => {
                 let (byte, n) = self.write_id(&bufs);
-                return self.complete(queue, head, status_addr, byte, n, 0);
+                return self.complete(queue, seq, head, status_addr, byte, n, 0);
             }
             Request::Discard { ranges } => {
                 req.discard = true;
@@ -336,7 +357,7 @@ impl Active {
                 fallocate_ops(&ranges, mode)
             }
             Request::Unsupported { .. } => {
-                return self.complete(queue, head, status_addr, status::UNSUPP, 0, 0);
+                return self.complete(queue, seq, head, status_addr, status::UNSUPP, 0, 0);
             }
         };
         let ops = if ops.is_empty() && req.sync_after {
@@ -346,7 +367,7 @@ impl Active {
             ops
         };
         if ops.is_empty() {
-            return self.complete(queue, head, status_addr, status::OK, 0, 0);
+            return self.complete(queue, seq, head, status_addr, status::OK, 0, 0);
         }
 
         // Whatever was staged before this request reaches the engine first (a FLUSH's
@@ -581,6 +602,7 @@ impl Active {
         };
         self.complete(
             req.queue,
+            req.seq,
             req.head,
             Some(req.status_addr),
             req.status,
@@ -589,11 +611,14 @@ impl Active {
         )
     }
 
-    /// Writes the status byte (if there is one), puts the chain in the used ring and interrupts
+    /// Writes the status byte (if there is one) of chain `seq` of `queue`, then puts every
+    /// finished chain no earlier one of the queue waits for into the used ring, and interrupts
     /// if the driver wants it. The used length counts the data bytes written plus the status.
+    #[allow(clippy::too_many_arguments)]
     fn complete(
         &mut self,
         queue: u16,
+        seq: u64,
         head: u16,
         status_addr: Option<GuestAddress>,
         status_byte: u8,
@@ -609,17 +634,23 @@ impl Active {
             _ => 0,
         };
         let q = self.queue(queue).ok_or(DeviceError::UnknownQueue(queue))?;
-        q.queue
-            .add_used(&*mem, head, used_len)
-            .map_err(DeviceError::Queue)?;
         q.stats.requests += 1;
         q.stats.bytes += bytes;
         if status_byte != status::OK || used_len == 0 {
             q.stats.errors += 1;
         }
-        if q.queue
-            .needs_notification(&*mem)
-            .map_err(DeviceError::Queue)?
+        q.order.finish(seq, head, used_len);
+        let mut returned = false;
+        while let Some((head, used_len)) = q.order.pop_ready() {
+            q.queue
+                .add_used(&*mem, head, used_len)
+                .map_err(DeviceError::Queue)?;
+            returned = true;
+        }
+        if returned
+            && q.queue
+                .needs_notification(&*mem)
+                .map_err(DeviceError::Queue)?
             && !interrupts_suppressed(&q.queue, &mem)
         {
             self.interrupt.signal_used_queue();

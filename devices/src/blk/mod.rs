@@ -10,6 +10,8 @@
 //! - `io`: the queue loop: pop, parse, turn a request into engine operations, complete requests
 //!   in the order the engine finishes them.
 //! - `merge`: request merging, adjacent reads or writes of one batch as one host I/O.
+//! - `order`: each queue's chains go back to the driver in the order they were taken, so a
+//!   restarted worker can resume at the used index.
 //! - `poll`: the idle-poll window of a queue and how it adapts.
 //! - `engine`: where operations run: io_uring, or synchronous `preadv2`/`pwritev2`. The only
 //!   module of this crate with `unsafe` code (building iovecs into guest memory and handing them
@@ -27,9 +29,12 @@
 //! io_uring restrictions and enabled in [`Blk::prepare_engine`], which the worker calls
 //! *before* it confines itself; afterwards the worker only needs `io_uring_enter`.
 //! Within one `process_queue` call the device keeps popping chains while fewer than
-//! [`MAX_IN_FLIGHT`] requests are in flight, waits for completions, and completes requests (used
-//! ring, status byte, interrupt) in the order the kernel finishes them, picking up new chains
-//! between waits; it returns once the queue is idle and nothing is in flight.
+//! [`MAX_IN_FLIGHT`] requests are in flight, waits for completions, and completes requests
+//! (status byte, statistics) in the order the kernel finishes them, picking up new chains
+//! between waits; it returns once the queue is idle and nothing is in flight. The used ring
+//! (and the interrupt) gets each queue's chains in the order they were taken (`order`): a
+//! request that finishes early waits for the earlier ones, so that a worker started after its
+//! predecessor died resumes every queue at its used index with nothing lost or returned twice.
 //!
 //! io_uring runs blocking operations (`fdatasync`, most buffered writes) on kernel
 //! io-wq threads, which count against `RLIMIT_NPROC`: a sandbox that allows no process at all
@@ -125,6 +130,7 @@ pub mod fuzzing;
 mod io;
 mod kind;
 mod merge;
+mod order;
 mod poll;
 pub mod request;
 #[cfg(test)]

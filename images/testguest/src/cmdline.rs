@@ -8,6 +8,10 @@ const MAX_BAD: usize = 8;
 
 pub const DEFAULT_ECHO_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BENCH_MS: u64 = 1000;
+/// `testguest.loop_ms=` without the parameter.
+const DEFAULT_LOOP_MS: u64 = 2000;
+/// Longest `testguest.loop_ms=` (ten minutes).
+const MAX_LOOP_MS: u64 = 600_000;
 /// Longest `testguest.bench_ms=` (a minute per measured phase).
 const MAX_BENCH_MS: u64 = 60_000;
 /// Highest `testguest.exit=` status: svmm passes 0..=63 through and keeps 64 and above for
@@ -73,6 +77,8 @@ pub struct Params<'a> {
     pub irq: Completion,
     /// `testguest.bench_ms=N`: length of each benchmark's measured phase (default 1000).
     pub bench_ms: u64,
+    /// `testguest.loop_ms=N`: how long `blk_loop` and `rng_loop` go on (default 2000).
+    pub loop_ms: u64,
 }
 
 impl<'a> Params<'a> {
@@ -108,6 +114,7 @@ pub fn parse(cmdline: &str) -> Params<'_> {
         blk_pattern: None,
         irq: Completion::Irq,
         bench_ms: DEFAULT_BENCH_MS,
+        loop_ms: DEFAULT_LOOP_MS,
     };
     for word in cmdline.split(' ').filter(|w| !w.is_empty()) {
         if let Some(value) = word.strip_prefix("virtio_mmio.device=") {
@@ -158,6 +165,10 @@ fn apply_param<'a>(p: &mut Params<'a>, param: &'a str) -> bool {
         },
         "bench_ms" => match parse_number(value).filter(|&n| (1..=MAX_BENCH_MS).contains(&n)) {
             Some(ms) => p.bench_ms = ms,
+            None => return false,
+        },
+        "loop_ms" => match parse_number(value).filter(|&n| (1..=MAX_LOOP_MS).contains(&n)) {
+            Some(ms) => p.loop_ms = ms,
             None => return false,
         },
         _ => return false,

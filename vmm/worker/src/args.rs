@@ -3,15 +3,17 @@
 //!
 //! ```text
 //!   svmm __worker KIND --seccomp=trap|log --sandbox-... --config=HEX [--fault=MODE]
+//!       [--fault-after=N]
 //! ```
 //!
 //! - `--seccomp=`: the filter's mode;
 //! - `--sandbox-*`: the sandbox (`broker::ConfineConfig::to_args`, read by `from_args`);
 //! - `--config=`: the kind's config, encoded once by `ipc::codec` for every kind
 //!   (`devices::DeviceConfig::encode`), as lower-case hex; the kind decodes and validates it;
-//! - `--fault=`: test builds only (`worker::fault`).
+//! - `--fault=`, `--fault-after=`: test builds only (`worker::fault`).
 //!
-//! Every argument is required once (except `--fault`); anything else is refused.
+//! Every argument is required once (except the `--fault` ones, at most once); anything else is
+//! refused.
 
 use std::ffi::OsString;
 
@@ -69,6 +71,9 @@ pub struct WorkerArgs {
     /// `--fault=MODE` (test builds only).
     #[cfg(feature = "test-faults")]
     pub fault: Option<crate::fault::Fault>,
+    /// `--fault-after=N` (test builds only).
+    #[cfg(feature = "test-faults")]
+    pub fault_after: Option<u32>,
 }
 
 impl WorkerArgs {
@@ -79,6 +84,8 @@ impl WorkerArgs {
         let mut config = None;
         #[cfg(feature = "test-faults")]
         let mut fault = None;
+        #[cfg(feature = "test-faults")]
+        let mut fault_after = None;
         let invalid = |arg: &OsString| format!("invalid worker argument {arg:?}");
         for arg in args {
             let text = arg.to_str().unwrap_or_default();
@@ -98,6 +105,16 @@ impl WorkerArgs {
                     set(&mut fault, mode, arg)?;
                     continue;
                 }
+                #[cfg(feature = "test-faults")]
+                if let Some(n) = text.strip_prefix(crate::fault::AFTER_ARG_PREFIX) {
+                    let n = n
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| invalid(arg))?;
+                    set(&mut fault_after, n, arg)?;
+                    continue;
+                }
                 return Err(format!("unknown worker argument {arg:?}"));
             }
         }
@@ -106,6 +123,8 @@ impl WorkerArgs {
             config: config.ok_or_else(|| format!("missing worker argument {CONFIG_ARG}"))?,
             #[cfg(feature = "test-faults")]
             fault,
+            #[cfg(feature = "test-faults")]
+            fault_after,
         })
     }
 }

@@ -17,19 +17,30 @@
 //! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
-//! The VMM must survive each of them: report it in one line, mark the device broken and kill
-//! the worker, and keep the VM and every other device running.
+//! The VMM must survive each of them: report it in one line, kill the worker, and keep the VM
+//! and every other device running (restarting the device's worker, or marking the device
+//! broken, as `--on-worker-exit` says).
+//!
+//! With `fault-after=N` as well (`--fault-after=N` for the worker) the fault comes in the middle
+//! of the device's work instead, and once: when the device raises its N-th used-buffer
+//! interrupt of an activation that started from fresh rings — while other requests may be in
+//! flight. A worker whose queues were resumed past their start (one restarted after its
+//! predecessor died) never commits it, so a restarted worker serves on.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use devices::{
     DeviceError, EventRegistry, EventSet, GuestMemoryMmap, Interrupt, Queue, VirtioBackend,
 };
 use ipc::WorkerToVmm;
+use virtio_queue::QueueT;
 
 /// The worker argument that selects a fault: `--fault=MODE`.
 pub const ARG_PREFIX: &str = "--fault=";
+/// The worker argument that delays it to the N-th used-buffer interrupt: `--fault-after=N`.
+pub const AFTER_ARG_PREFIX: &str = "--fault-after=";
 
 /// What `fault=impostor` announces: virtio-blk.
 const IMPOSTOR_DEVICE_TYPE: u32 = 2;
@@ -100,14 +111,18 @@ impl Fault {
     }
 }
 
-/// A backend that behaves like `inner` until its first queue notification after an activation,
-/// then commits `fault`.
+/// A backend that behaves like `inner` until its first queue notification after an activation
+/// (or, with [`Faulty::after`], its N-th used-buffer interrupt), then commits `fault`.
 pub struct Faulty {
     inner: Box<dyn VirtioBackend>,
     fault: Fault,
     /// The worker's control socket (misbehaviour is sent on it directly, bypassing the codec).
     control: RawFd,
-    active: bool,
+    /// Commit at this used-buffer interrupt of a fresh activation instead of at the first
+    /// notification.
+    after: Option<u32>,
+    /// Commit at the next notification (active, and no `after`).
+    armed: bool,
 }
 
 impl Faulty {
@@ -117,53 +132,80 @@ impl Faulty {
             inner,
             fault,
             control,
-            active: false,
+            after: None,
+            armed: false,
         }
     }
 
-    /// Commits the fault. Returns only where the fault lets the worker go on (`syscall` in
-    /// `--seccomp=log` mode, a `flood` the VMM stopped reading).
-    fn misbehave(&self) {
-        crate::report::say(&format!("test fault '{}' now", self.fault.name()));
-        match self.fault {
-            Fault::Syscall => {
-                // SAFETY: openat with a NUL-terminated literal path; the fd, if the filter lets
-                // the call through (log mode), is closed right away.
-                let fd = unsafe { libc::openat(libc::AT_FDCWD, c"/".as_ptr(), libc::O_RDONLY) };
-                if fd >= 0 {
-                    // SAFETY: `fd` was just opened above and is owned by nothing else.
-                    unsafe { libc::close(fd) };
-                }
+    /// Commits the fault at the `n`-th used-buffer interrupt of an activation from fresh rings
+    /// instead (see the module docs); `None` keeps the first notification.
+    pub fn after(mut self, n: Option<u32>) -> Self {
+        self.after = n;
+        self
+    }
+}
+
+/// Commits `fault` on the worker whose control socket is `control`. Returns only where the
+/// fault lets the worker go on (`syscall` in `--seccomp=log` mode, a `flood` the VMM stopped
+/// reading, `garbage`).
+fn misbehave(fault: Fault, control: RawFd) {
+    crate::report::say(&format!("test fault '{}' now", fault.name()));
+    match fault {
+        Fault::Syscall => {
+            // SAFETY: openat with a NUL-terminated literal path; the fd, if the filter lets
+            // the call through (log mode), is closed right away.
+            let fd = unsafe { libc::openat(libc::AT_FDCWD, c"/".as_ptr(), libc::O_RDONLY) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just opened above and is owned by nothing else.
+                unsafe { libc::close(fd) };
             }
-            Fault::Garbage => {
-                send_raw(self.control, &[0xff; 48]);
-            }
-            // Parked for good (a futex wait the filter allows; no timed sleep).
-            Fault::Silent => loop {
-                std::thread::park();
-            },
-            Fault::Flood => {
-                let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() })
-                else {
-                    return;
-                };
-                while send_raw(self.control, &bytes) {}
-            }
-            Fault::Exit => std::process::exit(EXIT_STATUS),
-            Fault::Escape => escape(),
-            // It lied at Ready already; svmm never got this far.
-            Fault::Impostor => {}
-            Fault::Fds => {
-                if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
-                    send_with_fds(
-                        self.control,
-                        &bytes,
-                        &[self.control, crate::fd_numbers::STOP],
-                    );
-                }
-            }
-            Fault::Host => {}
         }
+        Fault::Garbage => {
+            send_raw(control, &[0xff; 48]);
+        }
+        // Parked for good (a futex wait the filter allows; no timed sleep).
+        Fault::Silent => loop {
+            std::thread::park();
+        },
+        Fault::Flood => {
+            let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) else {
+                return;
+            };
+            while send_raw(control, &bytes) {}
+        }
+        Fault::Exit => std::process::exit(EXIT_STATUS),
+        Fault::Escape => escape(),
+        // It lied at Ready already; svmm never got this far.
+        Fault::Impostor => {}
+        Fault::Fds => {
+            if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
+                send_with_fds(control, &bytes, &[control, crate::fd_numbers::STOP]);
+            }
+        }
+        Fault::Host => {}
+    }
+}
+
+/// The interrupt of a [`Faulty`] backend with `after`: counts used-buffer interrupts and commits
+/// the fault at the chosen one, once.
+struct CountingInterrupt {
+    inner: Arc<dyn Interrupt>,
+    fault: Fault,
+    control: RawFd,
+    at: u32,
+    seen: AtomicU32,
+}
+
+impl Interrupt for CountingInterrupt {
+    fn signal_used_queue(&self) {
+        self.inner.signal_used_queue();
+        if self.seen.fetch_add(1, Ordering::Relaxed).wrapping_add(1) == self.at {
+            misbehave(self.fault, self.control);
+        }
+    }
+
+    fn signal_config_change(&self) {
+        self.inner.signal_config_change();
     }
 }
 
@@ -283,9 +325,23 @@ impl VirtioBackend for Faulty {
         queues: Vec<Queue>,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), DeviceError> {
+        // Queues that start past their beginning were resumed: a restarted worker serves on.
+        let fresh = queues
+            .iter()
+            .all(|q| q.next_avail() == 0 && q.next_used() == 0);
+        let interrupt: Arc<dyn Interrupt> = match self.after {
+            Some(at) if fresh => Arc::new(CountingInterrupt {
+                inner: interrupt,
+                fault: self.fault,
+                control: self.control,
+                at,
+                seen: AtomicU32::new(0),
+            }),
+            _ => interrupt,
+        };
         self.inner
             .activate(driver_features, mem, queues, interrupt)?;
-        self.active = true;
+        self.armed = self.after.is_none();
         Ok(())
     }
     fn register_events(&mut self, events: &mut dyn EventRegistry) -> Result<(), DeviceError> {
@@ -296,8 +352,8 @@ impl VirtioBackend for Faulty {
         index: u16,
         events: &mut dyn EventRegistry,
     ) -> Result<(), DeviceError> {
-        if self.active {
-            self.misbehave();
+        if self.armed {
+            misbehave(self.fault, self.control);
         }
         self.inner.process_queue(index, events)
     }
@@ -307,13 +363,13 @@ impl VirtioBackend for Faulty {
         ready: EventSet,
         events: &mut dyn EventRegistry,
     ) -> Result<(), DeviceError> {
-        if self.active {
-            self.misbehave();
+        if self.armed {
+            misbehave(self.fault, self.control);
         }
         self.inner.process_event(token, ready, events)
     }
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        self.active = false;
+        self.armed = false;
         self.inner.reset()
     }
     fn stats(&self) -> ipc::DeviceStats {

@@ -19,6 +19,8 @@
 //!    │ ── Activate ─────────▶ validate against own layout → build Queues (is_valid against
 //!    │                      ◀── Activated      guest RAM) → backend.activate(.., IrqfdInterrupt)
 //!    │                          | DeviceError{BadActivation | GuestMemory}
+//!    │ ── Resume ───────────▶ as Activate, each queue from its used index (queues::resume),
+//!    │                      ◀── Resumed{pending}  then every ready queue kicked, one interrupt
 //!    │ ── WriteConfig ──────▶ backend.write_config (no reply; ConfigChanged if config changed)
 //!    │ ── Reset ────────────▶ backend.reset()    ◀── ResetDone
 //!    │ ── GetStats ─────────▶                     ◀── Stats (summed over activations)

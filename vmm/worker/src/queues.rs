@@ -3,6 +3,16 @@
 //! The message was already checked against the device's layout (`VmmToWorker::validate`: index
 //! range, power-of-two sizes, ring alignment, no duplicates); this adds the check only guest
 //! memory can answer: every ring lies inside guest RAM (`Queue::is_valid`).
+//!
+//! For a `Resume` (a worker started again after its predecessor died) each queue starts where
+//! the guest sees the device's work end: its next chain to take and its next used entry are
+//! both the used ring's index (read once from guest memory). The kinds that resume return
+//! chains in the order they take them (`devices::Kind::restart`), so the chains before that
+//! index are exactly the completed ones and every chain after it is taken (again). The
+//! available index may not run more than the queue's size ahead of it: a ring in that state
+//! was not made by a driver, and the resume fails as a guest fault.
+
+use std::sync::atomic::Ordering;
 
 use devices::Queue;
 use ipc::{DeviceErrorKind, QueueConfig};
@@ -16,6 +26,8 @@ pub enum QueueSetupError {
     Refused(u16),
     /// A ring of the queue lies outside guest memory.
     OutsideMemory(u16),
+    /// Resuming: the available index is more than the queue's size ahead of the used index.
+    Pending(u16),
 }
 
 impl QueueSetupError {
@@ -24,6 +36,7 @@ impl QueueSetupError {
         match self {
             QueueSetupError::Refused(_) => DeviceErrorKind::BadActivation,
             QueueSetupError::OutsideMemory(_) => DeviceErrorKind::GuestMemory,
+            QueueSetupError::Pending(_) => DeviceErrorKind::GuestFault,
         }
     }
 }
@@ -49,6 +62,34 @@ pub fn build(
             Ok(queue)
         })
         .collect()
+}
+
+/// [`build`] for a `Resume`: each ready queue starts at its used index (see the module docs).
+/// Also returns the chains pending over all queues: made available, not yet used.
+pub fn resume(
+    num_queues: u16,
+    max_size: u16,
+    configs: &[QueueConfig],
+    mem: &GuestMemoryMmap,
+) -> Result<(Vec<Queue>, u32), QueueSetupError> {
+    let mut queues = build(num_queues, max_size, configs, mem)?;
+    let mut pending = 0u32;
+    for (index, queue) in (0u16..).zip(&mut queues) {
+        if !queue.ready() {
+            continue;
+        }
+        let outside = |_| QueueSetupError::OutsideMemory(index);
+        let used = queue.used_idx(mem, Ordering::Acquire).map_err(outside)?;
+        let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(outside)?;
+        let ahead = (avail - used).0;
+        if ahead > queue.size() {
+            return Err(QueueSetupError::Pending(index));
+        }
+        queue.set_next_avail(used.0);
+        queue.set_next_used(used.0);
+        pending += u32::from(ahead);
+    }
+    Ok((queues, pending))
 }
 
 fn configure(queue: &mut Queue, config: &QueueConfig) -> Result<(), virtio_queue::Error> {

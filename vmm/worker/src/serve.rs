@@ -119,6 +119,7 @@ pub fn serve(
     let mut worker = Worker {
         layout,
         control: &control,
+        queue_events: &queue_events,
         mem,
         interrupt,
         config,
@@ -187,6 +188,8 @@ fn add_stats(a: &DeviceStats, b: &DeviceStats) -> DeviceStats {
 /// What the loop keeps between messages.
 struct Worker<'a> {
     control: &'a Channel,
+    /// The queue notification eventfds (queue index, eventfd).
+    queue_events: &'a [(u16, EventFd)],
     layout: DeviceLayout,
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
@@ -235,6 +238,13 @@ impl Worker<'_> {
                 driver_features,
                 queues,
             } => Some(self.activate(backend, runner, driver_features, &queues)),
+            VmmToWorker::Resume { .. } if !valid => Some(WorkerToVmm::DeviceError {
+                reason: DeviceErrorKind::BadActivation,
+            }),
+            VmmToWorker::Resume {
+                driver_features,
+                queues,
+            } => Some(self.resume(backend, runner, driver_features, &queues)),
             // The transport only forwards writes inside the config space; anything else is
             // ignored, as the backend would.
             VmmToWorker::WriteConfig { .. } if !valid => None,
@@ -284,6 +294,53 @@ impl Worker<'_> {
             Ok(queues) => queues,
             Err(e) => return WorkerToVmm::DeviceError { reason: e.kind() },
         };
+        self.start(backend, runner, driver_features, queues)
+            .unwrap_or(WorkerToVmm::Activated)
+    }
+
+    /// [`activate`](Self::activate) for a worker started after its predecessor died: every
+    /// queue resumes at its used index (`queues::resume`), and then, because the dead worker
+    /// may have swallowed notifications (or left them suppressed) and published completions
+    /// it never signalled, every ready queue is kicked through its own eventfd — the loop
+    /// serves it next — and one used-buffer interrupt raised.
+    fn resume(
+        &self,
+        backend: &mut dyn VirtioBackend,
+        runner: &mut QueueRunner<'_>,
+        driver_features: u64,
+        configs: &[ipc::QueueConfig],
+    ) -> WorkerToVmm {
+        let (queues, pending) = match queues::resume(
+            self.layout.num_queues,
+            self.layout.max_queue_size,
+            configs,
+            &self.mem,
+        ) {
+            Ok(resumed) => resumed,
+            Err(e) => return WorkerToVmm::DeviceError { reason: e.kind() },
+        };
+        if let Some(refused) = self.start(backend, runner, driver_features, queues) {
+            return refused;
+        }
+        for (index, fd) in self.queue_events {
+            if configs.iter().any(|c| c.index == *index) {
+                // Only fails with the counter near overflow: a kick is pending then anyway.
+                let _ = fd.write(1);
+            }
+        }
+        self.interrupt.signal_used_queue();
+        WorkerToVmm::Resumed { pending }
+    }
+
+    /// Starts the backend on `queues` and lets it add its own fds to the loop; `Some(error
+    /// reply)` if that fails (a backend that cannot register its fds is reset again).
+    fn start(
+        &self,
+        backend: &mut dyn VirtioBackend,
+        runner: &mut QueueRunner<'_>,
+        driver_features: u64,
+        queues: Vec<devices::Queue>,
+    ) -> Option<WorkerToVmm> {
         match backend.activate(
             driver_features,
             self.mem.clone(),
@@ -292,18 +349,18 @@ impl Worker<'_> {
         ) {
             Ok(()) => {}
             Err(e) => {
-                return WorkerToVmm::DeviceError {
+                return Some(WorkerToVmm::DeviceError {
                     reason: (&e).into(),
-                }
+                })
             }
         }
         match runner.activated(backend) {
-            Ok(()) => WorkerToVmm::Activated,
+            Ok(()) => None,
             Err(e) => {
                 let _ = backend.reset();
-                WorkerToVmm::DeviceError {
+                Some(WorkerToVmm::DeviceError {
                     reason: (&e).into(),
-                }
+                })
             }
         }
     }

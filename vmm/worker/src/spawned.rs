@@ -118,7 +118,9 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
     let backend: Box<dyn devices::VirtioBackend> = match options.fault {
         // The device probes by itself (armed above).
         None | Some(crate::fault::Fault::Host) => backend,
-        Some(fault) => Box::new(crate::fault::Faulty::new(backend, fault, CONTROL)),
+        Some(fault) => {
+            Box::new(crate::fault::Faulty::new(backend, fault, CONTROL).after(options.fault_after))
+        }
     };
     // Confined already: nothing to do before the first message.
     serve(backend, mapped, || Ok(()))

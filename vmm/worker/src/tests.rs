@@ -589,3 +589,84 @@ fn fds_are_passed_in_fd_numbers_order() {
     );
     assert_eq!(crate::fd_numbers::first_resource(2), 10);
 }
+
+/// A worker told to `Resume` (as a restarted one is) takes every chain after the used index —
+/// the ones a dead worker had taken but not completed, and the ones it never saw — without a
+/// notification (the dead one may have swallowed it, or left notifications suppressed), says
+/// how many were pending, and raises an interrupt.
+#[test]
+fn a_resumed_worker_takes_the_pending_chains_again() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    let mem = &h.ram.memory;
+    assert_eq!(
+        h.request(&activate(vec![rng_queue()])),
+        WorkerToVmm::Activated
+    );
+    offer_buffer(mem, 0, 16);
+    h.queues[0].write(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while used_idx(mem) != 1 {
+        assert!(std::time::Instant::now() < deadline, "chain 0 not used");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The device stops (as a dead worker does): two more chains wait, no notification comes,
+    // and the used ring still says "do not notify".
+    assert_eq!(h.request(&VmmToWorker::Reset), WorkerToVmm::ResetDone);
+    offer_buffer(mem, 1, 16);
+    offer_buffer(mem, 2, 16);
+    mem.write_obj(1u16, GuestAddress(USED)).unwrap(); // VIRTQ_USED_F_NO_NOTIFY
+    h.status.ack(INT_VRING);
+    while h.irqfd.read().is_ok() {}
+
+    let resume = VmmToWorker::Resume {
+        driver_features: VIRTIO_F_VERSION_1,
+        queues: vec![rng_queue()],
+    };
+    assert_eq!(h.request(&resume), WorkerToVmm::Resumed { pending: 2 });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while used_idx(mem) != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending chains not used"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(wait_readable_eventfd(&h.irqfd));
+    assert_eq!(h.status.pending() & INT_VRING, INT_VRING);
+    // Each chain went into the used ring once, in order: entries 1 and 2, nothing after.
+    let entry = |i: u64| -> (u32, u32) {
+        let at = USED + 4 + 8 * i;
+        (
+            mem.read_obj(GuestAddress(at)).unwrap(),
+            mem.read_obj(GuestAddress(at + 4)).unwrap(),
+        )
+    };
+    assert_eq!((entry(1), entry(2)), ((0, 16), (0, 16)));
+    h.send(&VmmToWorker::Shutdown);
+    assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
+}
+
+/// A ring whose available index runs more than the queue's size ahead of its used index was
+/// not made by a driver: the resume is refused as a guest fault, and the worker serves on.
+#[test]
+fn a_resume_past_the_queue_size_is_a_guest_fault() {
+    let h = start(rng(), 1);
+    assert!(matches!(h.recv(), WorkerToVmm::Ready { .. }));
+    let mem = &h.ram.memory;
+    mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+    let resume = VmmToWorker::Resume {
+        driver_features: VIRTIO_F_VERSION_1,
+        queues: vec![rng_queue()],
+    };
+    assert_eq!(
+        h.request(&resume),
+        WorkerToVmm::DeviceError {
+            reason: DeviceErrorKind::GuestFault
+        }
+    );
+    mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
+    assert_eq!(h.request(&resume), WorkerToVmm::Resumed { pending: 0 });
+    h.send(&VmmToWorker::Shutdown);
+    assert_eq!(h.join().unwrap(), WorkerExit::Shutdown);
+}

@@ -104,6 +104,11 @@ pub static TESTS: &[Test] = &[
         run: blk::bounce::run,
     },
     Test {
+        name: "blk_loop",
+        applies: blk::applies_write,
+        run: blk::run_loop,
+    },
+    Test {
         name: "blk_ro",
         applies: blk::applies_ro,
         run: blk::run_ro,
@@ -152,6 +157,11 @@ pub static TESTS: &[Test] = &[
         name: "rng",
         applies: rng::applies,
         run: rng::run,
+    },
+    Test {
+        name: "rng_loop",
+        applies: rng::applies_reinit,
+        run: rng::run_loop,
     },
     Test {
         name: "rng_reinit",

@@ -8,6 +8,11 @@
 //!
 //! Both drive the first virtio-rng device, or the N-th (from 0) when run as `rng@N`.
 //!
+//! `rng_loop` (by name only): the `rng` requests and checks, over and over for
+//! `testguest.loop_ms=` ms (after a `running rng_loop` line), for a harness that kills the
+//! device's worker meanwhile: every request must come back, checked, within the driver's
+//! timeouts. It reports `requests=N bytes=B`.
+//!
 //! `rng_reinit` (by name only): one request, a reset (status 0), a second full initialisation
 //! and one more request. Where the device's back end has died the second initialisation must
 //! be refused cleanly (`needs_reset` or `features_ok_refused`), within the driver's timeouts.
@@ -104,6 +109,26 @@ pub fn run(ctx: &Ctx) -> Outcome {
         REQUESTS,
         us,
         kib_s
+    ))
+}
+
+pub fn run_loop(ctx: &Ctx) -> Outcome {
+    let mmio = device(ctx)?;
+    let mut dev = init(mmio, ctx, "init")?;
+    let mut previous = [0u8; REQUEST_BYTES];
+    crate::say!("running rng_loop ms={}", ctx.params.loop_ms);
+    let deadline = ctx.timer.deadline_ms(ctx.params.loop_ms);
+    let mut n = 0u32;
+    while n == 0 || !ctx.timer.expired(deadline) {
+        let bufs: &[Buf] = if n % 8 == CHAIN_REQUEST { &CHAIN } else { &SINGLE };
+        request(&mut dev, bufs, &mut previous, n)?;
+        n += 1;
+    }
+    dev.reset().map_err(|e| fig!("{} step=reset", e))?;
+    Ok(fig!(
+        "requests={} bytes={}",
+        n,
+        u64::from(n) * REQUEST_BYTES as u64
     ))
 }
 

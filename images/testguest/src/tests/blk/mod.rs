@@ -27,7 +27,13 @@
 //! reads A, B, C, D (and checks the pattern if `testguest.blk_pattern=` is given), a read at
 //! the end gets IOERR, a write gets IOERR and changes nothing, GET_ID. `blk_write` (by name
 //! only): writes the pattern to A, B, C, D and flushes, for a host that kills the VMM and reads
-//! the image (use `testguest.sleep_ms=` to keep the guest alive meanwhile).
+//! the image (use `testguest.sleep_ms=` to keep the guest alive meanwhile). `blk_loop` (by
+//! name only): for `testguest.loop_ms=` ms (after a `running blk_loop` line), rounds of a
+//! batch of writes — up to `LOOP_PER_QUEUE` per queue, on every queue at once, over the
+//! "queues" region, with seed + round as the pattern's seed — a FLUSH (if offered), and a batch
+//! of reads of them, checked: for a harness that kills the device's worker meanwhile. The
+//! region then holds the last round's pattern; it reports `rounds=R depth=N first=S
+//! sectors=K flush=F seed=X`.
 //!
 //! All drive the first virtio-blk device, or the N-th (from 0) when run as `NAME@N`.
 
@@ -49,6 +55,9 @@ const MIN_CAPACITY: u64 = 1024;
 /// Sectors per request in the multi-queue batch, and most requests per queue.
 const BATCH_SECTORS: u64 = 8;
 const BATCH_PER_QUEUE: usize = 2;
+/// Most requests per queue in one `blk_loop` batch, and in all.
+const LOOP_PER_QUEUE: usize = 4;
+const LOOP_MAX: usize = 8;
 /// Sectors discarded / zeroed.
 const ZERO_SECTORS: u64 = 16;
 
@@ -267,14 +276,28 @@ fn zero_range(blk: &mut Blk, seed: u32, typ: u32, sector: u64, what: &str) -> Re
 /// Writes, then reads back and checks, `BATCH_PER_QUEUE` requests per queue, all in flight
 /// at once on every queue. Returns the number of requests in each batch.
 fn batch(blk: &mut Blk, seed: u32) -> Result<usize, Line> {
+    let n = batch_size(blk, BATCH_PER_QUEUE, MAX_SLOTS);
+    write_read(blk, seed, n, false)?;
+    Ok(n)
+}
+
+/// Requests in a batch of up to `per_queue` on every queue, at most `max`: each request is a
+/// chain of three descriptors.
+fn batch_size(blk: &Blk, per_queue: usize, max: usize) -> usize {
     let queues = blk.dev.queues();
-    // Each request is a chain of three descriptors.
     let smallest = (0..queues)
         .map(|q| blk.dev.queue_size(q))
         .min()
         .unwrap_or(0);
-    let per_queue = BATCH_PER_QUEUE.min(usize::from(smallest) / 3).max(1);
-    let n = queues * per_queue;
+    let per_queue = per_queue.min(usize::from(smallest) / 3).max(1);
+    (queues * per_queue).min(max)
+}
+
+/// A batch of `n` writes of the pattern (`seed`) from the batch sector on, spread over every
+/// queue, all in flight at once, then (with `flush`, if offered) a FLUSH, then a batch of reads
+/// of them, checked.
+fn write_read(blk: &mut Blk, seed: u32, n: usize, flush_between: bool) -> Result<(), Line> {
+    let queues = blk.dev.queues();
     let first = batch_sector(blk.capacity);
     let bytes = BATCH_SECTORS as usize * SECTOR;
     assert!(n <= MAX_SLOTS && n * bytes <= DATA_LEN);
@@ -301,6 +324,9 @@ fn batch(blk: &mut Blk, seed: u32) -> Result<usize, Line> {
         }
         let what = if write { "batch_write" } else { "batch_read" };
         blk.wait(&mut pending[..n], what)?;
+        if write && flush_between {
+            flush(blk)?;
+        }
         for slot in 0..n {
             let sector = first + slot as u64 * BATCH_SECTORS;
             match status(slot) {
@@ -313,7 +339,34 @@ fn batch(blk: &mut Blk, seed: u32) -> Result<usize, Line> {
             }
         }
     }
-    Ok(n)
+    Ok(())
+}
+
+pub fn run_loop(ctx: &Ctx) -> Outcome {
+    let seed = ctx.params.blk_pattern.unwrap_or(DEFAULT_SEED);
+    let mut blk = open(ctx, F_RO | F_BLK_SIZE | F_FLUSH | F_MQ, false)?;
+    let n = batch_size(&blk, LOOP_PER_QUEUE, LOOP_MAX);
+    crate::say!("running blk_loop requests={} ms={}", n, ctx.params.loop_ms);
+    let deadline = ctx.timer.deadline_ms(ctx.params.loop_ms);
+    let mut rounds = 0u32;
+    while rounds == 0 || !ctx.timer.expired(deadline) {
+        write_read(&mut blk, seed.wrapping_add(rounds), n, true)
+            .map_err(|e| {
+                let reason = core::str::from_utf8(e.as_bytes()).unwrap_or("");
+                fig!("{} round={}", reason, rounds)
+            })?;
+        rounds += 1;
+    }
+    let extra = fig!(
+        "rounds={} depth={} first={} sectors={} flush={} seed={:#x}",
+        rounds,
+        n,
+        batch_sector(blk.capacity),
+        n as u64 * BATCH_SECTORS,
+        u8::from(blk.has(F_FLUSH)),
+        seed
+    );
+    finish(blk, extra)
 }
 
 pub fn run(ctx: &Ctx) -> Outcome {

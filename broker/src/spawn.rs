@@ -467,10 +467,8 @@ fn read_status(fd: OwnedFd) -> io::Result<Option<(ChildStage, i32)>> {
 }
 
 /// One spawn request for the spawner thread.
-struct Request {
-    spec: WorkerSpec,
-    reply: mpsc::SyncSender<Result<Worker, SpawnError>>,
-}
+/// A job for the spawner thread (it sends its own reply).
+type Job = Box<dyn FnOnce() + Send>;
 
 /// A long-lived thread that performs every spawn.
 ///
@@ -481,20 +479,19 @@ struct Request {
 /// still reaps them through their [`Worker`] handles).
 #[derive(Debug)]
 pub struct Spawner {
-    requests: Option<mpsc::Sender<Request>>,
+    requests: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Spawner {
     /// Starts the spawner thread (`svmm-spawner`).
     pub fn new() -> Result<Self, SpawnError> {
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("svmm-spawner".into())
             .spawn(move || {
-                for request in rx {
-                    // The requester may have given up; then the worker is dropped (reaped).
-                    let _ = request.reply.send(spawn(&request.spec));
+                for job in rx {
+                    job();
                 }
             })
             .map_err(SpawnError::SpawnerThread)?;
@@ -507,12 +504,27 @@ impl Spawner {
     /// Spawns a worker on the spawner thread and waits for the result. The spec's fds are
     /// closed in the VMM once the worker has its copies.
     pub fn spawn(&self, spec: WorkerSpec) -> Result<Worker, SpawnError> {
+        self.run(move || spawn(&spec))?
+    }
+
+    /// Runs `job` on the spawner thread and waits for its result: for a start that also makes
+    /// the worker's fds (a control channel, eventfds, duplicates) there, so that the thread
+    /// asking for it — a monitor thread under svmm's own seccomp filter, restarting a worker —
+    /// needs none of those system calls. The job's workers get their parent-death signal from
+    /// this thread like any other.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, SpawnError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let requests = self.requests.as_ref().ok_or(SpawnError::SpawnerGone)?;
         requests
-            .send(Request { spec, reply })
+            .send(Box::new(move || {
+                // The requester may have given up; then the result (a worker: reaped) is dropped.
+                let _ = reply.send(job());
+            }))
             .map_err(|_| SpawnError::SpawnerGone)?;
-        answer.recv().map_err(|_| SpawnError::SpawnerGone)?
+        answer.recv().map_err(|_| SpawnError::SpawnerGone)
     }
 }
 

@@ -71,11 +71,23 @@ pub struct Args {
     #[arg(long, value_name = "on|off", default_value = "on")]
     pub acpi: OnOff,
 
-    /// What svmm does when a device worker dies or misbehaves: `keep` the VM running with that
-    /// device marked as needing a reset (the guest sees DEVICE_NEEDS_RESET), or `stop` the VM
-    /// with exit status 71.
-    #[arg(long, value_name = "keep|stop", default_value = "keep")]
+    /// What svmm does when a device worker dies or misbehaves (killed, crashed, killed by its
+    /// seccomp filter, or killed by svmm for garbage, floods or silence): `restart` starts a new
+    /// worker for the device, in the same sandbox, and hands it the device's state (features,
+    /// queues, config writes) — for blk and rng the queues resume where the guest sees them and
+    /// the requests in flight are done again, so the guest sees only a delay; for fs the new
+    /// worker starts fresh and the device needs a reset (its FUSE session died). Past
+    /// `--max-restarts` in a minute the device is left needing a reset. `keep` the VM running
+    /// with that device marked as needing a reset (the guest sees DEVICE_NEEDS_RESET), or
+    /// `stop` the VM with exit status 71. Every worker death is one line on stderr.
+    #[arg(long, value_name = "restart|keep|stop", default_value = "restart")]
     pub on_worker_exit: OnWorkerExit,
+
+    /// With `--on-worker-exit=restart`: the most restarts of one device's worker within any
+    /// minute; the next death leaves the device needing a reset (DEVICE_NEEDS_RESET).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_RESTARTS,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_restarts: u32,
 
     /// What a seccomp filter does with a system call its profile does not allow, for the device
     /// workers and for svmm's own threads alike: `trap` denies it (a worker dies and svmm names
@@ -213,6 +225,7 @@ impl Args {
             devices,
             acpi: self.acpi == OnOff::On,
             on_worker_exit: self.on_worker_exit,
+            max_restarts: self.max_restarts,
             seccomp: self.seccomp,
             sandbox: SandboxOptions {
                 seccomp: self.seccomp.into(),
@@ -331,7 +344,8 @@ mod tests {
         assert_eq!(sandboxed, [true, false]);
         assert!(c.devices.iter().all(|d| d.kind() == "rng"));
         assert!(c.acpi);
-        assert_eq!(c.on_worker_exit, OnWorkerExit::Keep);
+        assert_eq!(c.on_worker_exit, OnWorkerExit::Restart);
+        assert_eq!(c.max_restarts, crate::config::DEFAULT_MAX_RESTARTS);
         assert!(!c.report_timings);
         assert!(
             args(&["--report-timings"])
@@ -353,6 +367,16 @@ mod tests {
         assert!(!c.devices[0].sandbox);
         assert!(!c.acpi);
         assert_eq!(c.on_worker_exit, OnWorkerExit::Stop);
+        let c = args(&["--on-worker-exit=keep", "--max-restarts=2"])
+            .validate(1024)
+            .unwrap();
+        assert_eq!((c.on_worker_exit, c.max_restarts), (OnWorkerExit::Keep, 2));
+        for bad in ["--max-restarts=0", "--on-worker-exit=retry"] {
+            assert!(
+                Args::try_parse_from(["svmm", "--kernel", "k", bad]).is_err(),
+                "{bad}"
+            );
+        }
 
         let v = ["svmm", "--kernel", "k", "--acpi", "maybe"];
         assert!(Args::try_parse_from(v).is_err());

@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// What a dead or misbehaving worker does to the VM.
     pub on_worker_exit: OnWorkerExit,
+    /// `--max-restarts`: most restarts of one device's worker within a minute.
+    pub max_restarts: u32,
     /// What seccomp filters do with a system call their profile does not allow.
     pub seccomp: SeccompMode,
     /// How sandboxed workers are confined.
@@ -73,8 +75,15 @@ impl From<SeccompMode> for seccomp_profiles::Mode {
 /// `--on-worker-exit`: what a dead or misbehaving device worker does to the VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnWorkerExit {
+    /// Start a new worker for the device with its state (`crate::supervisor`); past the
+    /// restart limit, or for a kind whose requests cannot be taken again, as `keep`/the kind
+    /// says.
+    Restart,
     /// Keep the VM running; the device shows DEVICE_NEEDS_RESET.
     Keep,
     /// End the VM with an error.
     Stop,
 }
+
+/// `--max-restarts`'s default: restarts of one device's worker within a minute.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;

@@ -5,18 +5,21 @@
 //!        slot i (addr, 4 KiB, GSI) ─ host resources opened and checked (crate::host_resources)
 //!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ control channel,
 //!        irqfd → KVM GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
-//!   2. start every device: sandboxed → the broker spawns `svmm __worker KIND` from its plan
-//!      (crate::sandboxed); sandbox=off → the kind's backend on a thread of svmm
+//!   2. start every device: sandboxed → Sandbox::start(N), the one entry point that starts
+//!      (and restarts) device N's worker `svmm __worker KIND` from its plan (crate::sandboxed);
+//!      sandbox=off → the kind's backend on a thread of svmm
 //!   3. wait for every Ready together, each under its own deadline (5 s from its start)
 //!   then, in order: WorkerProxy (terminate hook = kill the worker), MmioTransport on the MMIO
 //!   bus at addr, monitor thread (crate::supervisor: socket readable → proxy.service(); pidfd
-//!   readable → reap, one line, DEVICE_NEEDS_RESET, --on-worker-exit)
+//!   readable → reap, one line, and restart it through Sandbox::start(N) with the device's
+//!   state, or DEVICE_NEEDS_RESET, as --on-worker-exit says)
 //! ```
 //!
 //! So a VM with N sandboxed devices waits for about one worker start, not N one after another.
 //! The VM owns one [`Sandbox`] (the broker's spawner thread), made with the first sandboxed
-//! device. Each device keeps its host resources (their locks, helper processes) for as long as
-//! it exists; its worker works on duplicates. When the devices are dropped (VM end, or a
+//! device; it holds every sandboxed device's start (plan, the fds KVM knows, host resources)
+//! so that device N can be started again. Each device's host resources (their locks, helper
+//! processes) live as long as the VM; its workers work on duplicates. When the devices are dropped (VM end, or a
 //! set-up failure) every worker process is killed and reaped; a `kill -9` of svmm kills them
 //! through their parent-death signal.
 //!
@@ -24,7 +27,7 @@
 //! describe them ([`VirtioDevices::acpi`], [`VirtioDevices::cmdline`]).
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -40,10 +43,10 @@ use crate::fd_wait::wait_all_readable;
 use crate::host_resources::{HostResourceError, HostResources};
 use crate::layout::{virtio_mmio_cmdline_entry, virtio_mmio_slot};
 use crate::mmio_bus::{MmioBus, MmioBusError};
-use crate::plan::{self, PlanError, WorkerPlan};
-use crate::sandboxed::{Sandbox, SandboxError};
+use crate::plan::{self, PlanError};
+use crate::sandboxed::{DeviceStart, Sandbox, SandboxError, Watch};
 use crate::self_confine::{self, ThreadRole};
-use crate::supervisor::{spawn_monitor, Supervised};
+use crate::supervisor::{spawn_monitor, Restarter, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::ProxyError;
@@ -167,8 +170,9 @@ struct Device {
     name: String,
     transport: Transport,
     worker: Worker,
-    /// Its host resources, held as long as the device exists (locks, helper processes).
-    _resources: HostResources,
+    /// An in-process device's host resources, held as long as the device exists (locks,
+    /// helper processes); a sandboxed device's are held by the [`Sandbox`].
+    _resources: Option<HostResources>,
 }
 
 /// How long the end of the VM waits for its killed workers to die before it gives up on them.
@@ -182,9 +186,10 @@ pub struct VirtioDevices {
     /// `virtio_mmio.device=` words for the kernel command line, space-separated.
     pub cmdline: String,
     devices: Vec<Device>,
-    /// The broker's spawner, once a device is sandboxed. Dropped after `devices` (their workers
-    /// are killed and reaped first).
-    sandbox: Option<Sandbox>,
+    /// The broker's spawner and the sandboxed devices' starts, once a device is sandboxed.
+    /// Dropped after `devices` (their workers are killed and reaped first); monitors hold it
+    /// weakly, so no worker is restarted once the VM ends.
+    sandbox: Option<Arc<Sandbox>>,
 }
 
 impl Drop for VirtioDevices {
@@ -241,7 +246,14 @@ impl VirtioDevices {
                         true => "no requests".to_string(),
                         false => queues.join(", "),
                     };
-                    eprintln!("svmm: {} ({mode}): {queues}", device.name);
+                    // A restarted worker counts its own requests; the restarts are the VMM's.
+                    let restarts = match device.worker {
+                        Worker::Sandboxed(_) => {
+                            format!("; restarts={}", transport.proxy().restarts())
+                        }
+                        Worker::InProcess { .. } => String::new(),
+                    };
+                    eprintln!("svmm: {} ({mode}): {queues}{restarts}", device.name);
                 }
                 Err(e) => eprintln!(
                     "svmm: {} ({mode}): no statistics: {}",
@@ -256,21 +268,34 @@ impl VirtioDevices {
 /// One device between its set-up and its transport.
 struct Pending {
     name: String,
+    /// Its number in `--device` order.
+    index: usize,
     spec: DeviceSpec,
     /// Window address, size and GSI.
     slot: (u64, u64, u32),
-    resources: HostResources,
-    /// The sandboxed worker's plan (`None` in-process).
-    plan: Option<WorkerPlan>,
+    /// How it is started: by the sandbox, or on a thread.
+    how: How,
     status: IrqStatus,
-    vmm_end: ipc::Channel,
+    /// The VMM's end of the control channel, once there is one.
+    vmm_end: Option<ipc::Channel>,
     irqfd: EventFd,
     queue_events: Vec<EventFd>,
-    /// The worker's fds until it is started.
-    worker_fds: Option<WorkerFds>,
     worker: Option<Worker>,
+    /// A sandboxed worker's socket and pidfd for the monitor.
+    watch: Option<Watch>,
     /// When its start began (its `Ready` deadline and `--report-timings` count from here).
     started: Instant,
+}
+
+/// How a device is started.
+enum How {
+    /// Its start, until it is handed to the sandbox.
+    Sandboxed(Option<Box<DeviceStart>>),
+    /// On a thread of svmm: its host resources and the worker's fds until it starts.
+    InProcess {
+        resources: HostResources,
+        worker_fds: Option<WorkerFds>,
+    },
 }
 
 /// Creates every device of `config`, in order, and puts its transport on `bus`.
@@ -293,10 +318,10 @@ pub fn create(
     for device in &mut pending {
         let sandbox = match (device.spec.sandbox, &mut devices.sandbox) {
             (false, _) => None,
-            (true, Some(sandbox)) => Some(&*sandbox),
-            (true, none) => Some(
-                &*none.insert(Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?),
-            ),
+            (true, Some(sandbox)) => Some(&**sandbox),
+            (true, none) => Some(&**none.insert(Arc::new(
+                Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?,
+            ))),
         };
         start(device, sandbox)?;
     }
@@ -304,7 +329,7 @@ pub fn create(
     let deadlines = Deadlines::default();
     let waits: Vec<_> = pending
         .iter()
-        .map(|d| (d.vmm_end.as_fd(), d.started + deadlines.ready))
+        .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
         .collect();
     let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
         name: pending.first().map_or_else(String::new, |d| d.name.clone()),
@@ -316,18 +341,24 @@ pub fn create(
     for (device, ready_at) in pending.into_iter().zip(ready_at) {
         let Pending {
             name,
+            index,
             spec,
             slot: (addr, size, irq),
-            resources,
+            how,
             status,
             vmm_end,
             irqfd,
             queue_events,
             worker,
+            watch,
             started,
-            ..
         } = device;
         let worker = worker.expect("started in pass 2");
+        let vmm_end = vmm_end.expect("started in pass 2");
+        let resources = match how {
+            How::InProcess { resources, .. } => Some(resources),
+            How::Sandboxed(_) => None,
+        };
         let Some(ready_at) = ready_at else {
             return Err(DeviceSetupError::Start {
                 name,
@@ -370,11 +401,25 @@ pub fn create(
             Worker::Sandboxed(supervised) => Some(supervised.clone()),
             Worker::InProcess { .. } => None,
         };
+        let restarter = devices
+            .sandbox
+            .as_ref()
+            .filter(|_| spec.sandbox)
+            .map(|sandbox| {
+                Restarter::new(
+                    Arc::downgrade(sandbox),
+                    index,
+                    spec.config.restart(),
+                    config.max_restarts,
+                )
+            });
         spawn_monitor(
             &name,
             &transport,
             supervised,
             config.on_worker_exit,
+            restarter,
+            watch,
             control,
         )
         .map_err(|e| DeviceSetupError::Host {
@@ -441,7 +486,8 @@ fn set_up(
     };
     let status = IrqStatus::create().map_err(host("create its interrupt status page"))?;
     // The broker makes the channel and eventfds; svmm binds the eventfds to KVM and keeps its
-    // ends.
+    // ends. (A sandboxed device's workers each get a channel and stop eventfd of their own from
+    // `Sandbox::start`: these two are for an in-process device.)
     let broker::DeviceFds {
         vmm: vmm_end,
         worker: worker_end,
@@ -460,67 +506,106 @@ fn set_up(
         vm.register_ioevent(fd, &notify, queue)
             .map_err(kvm("queue notification ioeventfd"))?;
     }
-    let dup = host("duplicate an fd for its worker");
-    let worker_fds = WorkerFds {
-        control: worker_end,
-        guest_ram: ram.memfd.try_clone().map_err(dup)?,
-        irq_status: status
-            .fd()
-            .try_clone_to_owned()
-            .map_err(host("duplicate an fd"))?,
-        irqfd: irqfd.try_clone().map_err(host("duplicate an fd"))?,
-        queue_events: queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<io::Result<_>>()
-            .map_err(host("duplicate an fd"))?,
-        stop,
+    let dup = || host("duplicate an fd for its worker");
+    let guest_ram = ram.memfd.try_clone().map_err(dup())?;
+    let irq_status: OwnedFd = status.fd().try_clone_to_owned().map_err(dup())?;
+    let worker_irqfd = irqfd.try_clone().map_err(dup())?;
+    let worker_queue_events = queue_events
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(dup())?;
+    let (how, vmm_end) = match plan {
+        Some(plan) => {
+            let start = DeviceStart {
+                plan,
+                guest_ram,
+                irq_status,
+                irqfd: worker_irqfd,
+                queue_events: worker_queue_events,
+                resources,
+            };
+            (How::Sandboxed(Some(Box::new(start))), None)
+        }
+        None => {
+            let worker_fds = WorkerFds {
+                control: worker_end,
+                guest_ram,
+                irq_status,
+                irqfd: worker_irqfd,
+                queue_events: worker_queue_events,
+                stop,
+            };
+            let how = How::InProcess {
+                resources,
+                worker_fds: Some(worker_fds),
+            };
+            (how, Some(vmm_end))
+        }
     };
     Ok(Pending {
         name,
+        index: index as usize,
         spec: spec.clone(),
         slot: (addr, size, irq),
-        resources,
-        plan,
+        how,
         status,
         vmm_end,
         irqfd,
         queue_events,
-        worker_fds: Some(worker_fds),
         worker: None,
+        watch: None,
         started: Instant::now(),
     })
 }
 
 /// Pass 2: starts the worker that serves `device` — **the one place the broker plugs in**.
 ///
-/// Sandboxed, `sandbox` spawns `svmm __worker KIND` from the device's plan with its fds and
-/// duplicates of its host resources (see `crate::sandboxed`); the worker confines itself,
-/// builds the backend and serves. In-process, the kind builds the same backend from the same
-/// duplicates and a thread serves it with the same code.
+/// Sandboxed, the device's start goes to `sandbox` and [`Sandbox::start`] spawns `svmm
+/// __worker KIND` from its plan with fresh fds and duplicates of its host resources (the same
+/// call restarts it later; see `crate::sandboxed`); the worker confines itself, builds the
+/// backend and serves. In-process, the kind builds the same backend from the same duplicates
+/// and a thread serves it with the same code.
 fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSetupError> {
     let name = device.name.clone();
-    let fds = device.worker_fds.take().expect("started once");
-    let resources = device
-        .resources
+    device.started = Instant::now();
+    let (resources, fds) = match (&mut device.how, sandbox) {
+        (How::Sandboxed(start), Some(sandbox)) => {
+            sandbox.add(device.index, *start.take().expect("started once"));
+            let started =
+                sandbox
+                    .start(device.index)
+                    .map_err(|source| DeviceSetupError::Spawn {
+                        name: name.clone(),
+                        source,
+                    })?;
+            device.vmm_end = Some(started.control);
+            device.watch = Some(started.watch);
+            device.worker = Some(Worker::Sandboxed(Supervised::new(started.worker)));
+            return Ok(());
+        }
+        (
+            How::InProcess {
+                resources,
+                worker_fds,
+            },
+            _,
+        ) => (resources, worker_fds.take().expect("started once")),
+        // `create` gives every sandboxed device the VM's sandbox.
+        (How::Sandboxed(_), None) => {
+            return Err(DeviceSetupError::Spawn {
+                name,
+                source: SandboxError::NoDevice(device.index),
+            })
+        }
+    };
+    let resources = resources
         .worker_fds()
         .map_err(|source| DeviceSetupError::Host {
             name: name.clone(),
             what: "duplicate its host resources",
             source,
         })?;
-    device.started = Instant::now();
-    if let (Some(sandbox), Some(plan)) = (sandbox, &device.plan) {
-        let worker =
-            sandbox
-                .spawn(plan, fds, resources)
-                .map_err(|source| DeviceSetupError::Spawn {
-                    name: name.clone(),
-                    source,
-                })?;
-        device.worker = Some(Worker::Sandboxed(Supervised::new(worker)));
-        return Ok(());
-    }
     let config = &device.spec.config;
     let backend = config
         .build(devices::kind::ResourceFds::new(resources))

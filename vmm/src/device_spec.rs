@@ -31,9 +31,23 @@ const FAULT: OptionSpec = OptionSpec {
     hidden: true,
 };
 
+/// `fault-after=N`: the fault comes at the worker's N-th used-buffer interrupt, in the middle of
+/// its work, and a restarted worker does not commit it (test builds only, never listed).
+#[cfg(feature = "test-faults")]
+const FAULT_AFTER: OptionSpec = OptionSpec {
+    name: "fault-after",
+    value: OptionValue::Number {
+        min: 1,
+        max: 1_000_000,
+        unit: None,
+    },
+    help: "the fault comes at the worker's N-th used-buffer interrupt instead, once",
+    hidden: true,
+};
+
 /// The options every kind takes, after the kind's own.
 #[cfg(feature = "test-faults")]
-const EVERY_KIND: &[&OptionSpec] = &[&SANDBOX, &FAULT];
+const EVERY_KIND: &[&OptionSpec] = &[&SANDBOX, &FAULT, &FAULT_AFTER];
 #[cfg(not(feature = "test-faults"))]
 const EVERY_KIND: &[&OptionSpec] = &[&SANDBOX];
 
@@ -48,6 +62,9 @@ pub struct DeviceSpec {
     /// The test-only misbehaviour of its worker (`fault=MODE`).
     #[cfg(feature = "test-faults")]
     pub fault: Option<worker::fault::Fault>,
+    /// When the fault comes (`fault-after=N`): at the N-th used-buffer interrupt.
+    #[cfg(feature = "test-faults")]
+    pub fault_after: Option<u32>,
 }
 
 impl DeviceSpec {
@@ -58,6 +75,8 @@ impl DeviceSpec {
             sandbox: true,
             #[cfg(feature = "test-faults")]
             fault: None,
+            #[cfg(feature = "test-faults")]
+            fault_after: None,
         }
     }
 
@@ -77,6 +96,10 @@ pub enum DeviceSpecError {
     #[cfg(feature = "test-faults")]
     #[error("--device '{0}': fault= needs a sandboxed device (sandbox=on, no --no-sandbox)")]
     FaultNeedsSandbox(String),
+    /// `fault-after=` without `fault=`.
+    #[cfg(feature = "test-faults")]
+    #[error("--device '{0}': fault-after= needs fault=")]
+    FaultAfterWithoutFault(String),
 }
 
 /// Parses one `--device` value, as `--no-sandbox` (`no_sandbox`) leaves it.
@@ -107,6 +130,12 @@ pub fn parse(text: &str) -> Result<DeviceSpec, DeviceSpecError> {
     {
         use worker::fault::Fault;
         device.fault = spec.choice(&FAULT)?.and_then(Fault::from_name);
+        device.fault_after = spec
+            .number(&FAULT_AFTER)?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        if device.fault_after.is_some() && device.fault.is_none() {
+            return Err(DeviceSpecError::FaultAfterWithoutFault(text.to_string()));
+        }
     }
     Ok(device)
 }

@@ -293,7 +293,7 @@ pub fn sandbox_config(
 }
 
 /// The worker's argv, `svmm __worker KIND --seccomp=MODE --sandbox-... --config=HEX
-/// [--fault=MODE]`: the sandbox's `--sandbox-*` arguments and the kind's config in its one
+/// [--fault=MODE [--fault-after=N]]`: the sandbox's `--sandbox-*` arguments and the kind's config in its one
 /// encoding (`worker::args`; the seccomp program does not travel: the worker compiles its
 /// profile from the same binary, in `mode`).
 pub fn worker_argv(
@@ -322,6 +322,9 @@ pub fn worker_argv(
             worker::fault::ARG_PREFIX,
             fault.name()
         )));
+        if let Some(after) = spec.fault_after {
+            argv.push(text(format!("{}{after}", worker::fault::AFTER_ARG_PREFIX)));
+        }
     }
     Ok(argv)
 }

@@ -8,12 +8,17 @@
 //!                                         │    device → terminate hook → Supervised::kill_for
 //!                                         └─ pidfd readable (sandboxed: the worker ended)
 //!                                              read its last messages (SeccompViolation), reap it,
-//!                                              ONE line: device, pid, cause; device broken →
-//!                                              DEVICE_NEEDS_RESET + config interrupt;
-//!                                              --on-worker-exit=stop ends the VM
+//!                                              ONE line: device, pid, cause, and then
+//!                                              restart: a new worker with the device's state
+//!                                                (restart.rs), or past --max-restarts:
+//!                                              keep: device broken → DEVICE_NEEDS_RESET +
+//!                                                config interrupt, VM runs on
+//!                                              stop: the same, and the VM ends
 //! ```
 //!
-//! The line, for example:
+//! The lines, for example:
+//! `svmm: blk#0 worker (pid 1234) killed by SIGKILL; restart 1 (pid 1240; 1 of at most 5 in a
+//! minute): queues resumed, 3 pending requests taken again; serving again after 21.4 ms` and
 //! `svmm: rng#0 worker (pid 1234) killed by SIGSYS: seccomp violation, syscall openat; device
 //! needs reset, VM keeps running`. A worker svmm killed itself (it sent garbage, flooded, or
 //! missed a deadline) is reported as `killed by svmm: <why>`.
@@ -24,8 +29,10 @@
 //! Lock order: a transport, then its [`Supervised`] worker — the terminate hook runs with the
 //! transport locked.
 
+mod restart;
+
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,14 +40,17 @@ use std::time::{Duration, Instant};
 use broker::ExitCause;
 
 use crate::config::OnWorkerExit;
+use crate::sandboxed::Watch;
 use crate::virtio::{lock, Transport};
 use crate::vm_events::{VmEvent, VmEvents};
+use restart::NotRestarted;
+pub use restart::Restarter;
 
-/// A sandboxed worker process, shared by its device, the proxy's terminate hook and the
-/// monitor.
+/// A device's sandboxed worker process — the current one: a restart replaces it —, shared by
+/// its device, the proxy's terminate hook and the monitor.
 pub struct Supervised {
     worker: Mutex<broker::Worker>,
-    pid: i32,
+    pid: AtomicI32,
     /// Why svmm killed the worker, if it did while the worker still ran.
     killed_for: Mutex<Option<String>>,
     /// The VM is ending: the worker's death is expected and not reported.
@@ -53,7 +63,7 @@ impl Supervised {
     /// Takes charge of `worker`.
     pub fn new(worker: broker::Worker) -> Arc<Self> {
         Arc::new(Supervised {
-            pid: worker.pid(),
+            pid: AtomicI32::new(worker.pid()),
             worker: Mutex::new(worker),
             killed_for: Mutex::new(None),
             ending: AtomicBool::new(false),
@@ -87,7 +97,23 @@ impl Supervised {
 
     /// The worker's pid (in svmm's pid namespace).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    /// A new worker takes the reaped one's place. False (and `new` is killed and reaped) when
+    /// the VM is ending.
+    pub fn replace(&self, new: broker::Worker) -> bool {
+        let mut worker = self.worker();
+        if self.ending.load(Ordering::SeqCst) {
+            drop(worker);
+            drop(new); // Killed and reaped.
+            return false;
+        }
+        self.pid.store(new.pid(), Ordering::SeqCst);
+        *worker = new;
+        *self.killed_for.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.reported.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        true
     }
 
     fn worker(&self) -> MutexGuard<'_, broker::Worker> {
@@ -109,7 +135,7 @@ impl Supervised {
         if let Err(e) = worker.kill() {
             eprintln!(
                 "svmm: cannot kill worker (pid {}): {}",
-                self.pid,
+                worker.pid(),
                 worker::report::one_line(&e)
             );
         }
@@ -133,14 +159,14 @@ impl Supervised {
                     "svmm: {name} worker (pid {}) has not died {} s after SIGKILL (stuck in \
                      uninterruptible I/O?); svmm ends without it, the process is left to \
                      init",
-                    self.pid,
+                    worker.pid(),
                     waited.as_secs()
                 );
                 worker.abandon();
             }
             Err(e) => eprintln!(
                 "svmm: {name} worker (pid {}): {}",
-                self.pid,
+                worker.pid(),
                 worker::report::one_line(&e)
             ),
         }
@@ -198,41 +224,57 @@ pub struct MonitorError {
 }
 
 /// Starts the monitor thread of device `name`: its worker process is `supervised` (sandboxed)
-/// or none (in-process). It ends once the device is broken for good and, for a process, the
-/// process is reaped.
+/// or none (in-process), watched through `watch` (its start's duplicates of the control
+/// socket and pidfd; without it, duplicates are made here); with `restarter`, a dead worker is
+/// replaced (`--on-worker-exit=restart`). It ends once the device is broken for good and, for a
+/// process, the process is reaped.
 pub fn spawn_monitor(
     name: &str,
     transport: &Transport,
     supervised: Option<Arc<Supervised>>,
     policy: OnWorkerExit,
+    restarter: Option<Restarter>,
+    watch: Option<Watch>,
     control: &VmEvents,
 ) -> Result<(), MonitorError> {
     let host = |what, source| MonitorError { what, source };
-    // Its own copy of the socket, only for polling: the proxy keeps (and may shut down) its own.
-    let socket: OwnedFd = lock(transport)
-        .proxy()
-        .socket()
-        .try_clone_to_owned()
-        .map_err(|e| host("duplicate its control socket", e))?;
-    let pidfd = match &supervised {
-        Some(s) => Some(
-            s.worker()
-                .pidfd()
+    // Its own copies of the socket (only for polling: the proxy keeps, and may shut down, its
+    // own) and of the pidfd: for a sandboxed worker from its start (`Sandbox::start`).
+    let (socket, pidfd): (OwnedFd, Option<OwnedFd>) = match watch {
+        Some(Watch { socket, pidfd }) => (socket, Some(pidfd)),
+        None => {
+            let socket = lock(transport)
+                .proxy()
+                .socket()
                 .try_clone_to_owned()
-                .map_err(|e| host("duplicate its worker's pidfd", e))?,
-        ),
-        None => None,
+                .map_err(|e| host("duplicate its control socket", e))?;
+            let pidfd = match &supervised {
+                Some(s) => Some(
+                    s.worker()
+                        .pidfd()
+                        .try_clone_to_owned()
+                        .map_err(|e| host("duplicate its worker's pidfd", e))?,
+                ),
+                None => None,
+            };
+            (socket, pidfd)
+        }
     };
-    let monitor = Monitor {
+    let restarter = restarter.filter(|_| policy == OnWorkerExit::Restart && supervised.is_some());
+    if restarter.is_some() {
+        lock(transport).proxy_mut().set_restartable(true);
+    }
+    let mut monitor = Monitor {
         name: name.to_string(),
         transport: transport.clone(),
         supervised,
         policy,
+        restarter,
         control: control.clone(),
     };
     thread::Builder::new()
         .name(format!("mon-{name}"))
-        .spawn(move || monitor.run(&socket, pidfd.as_ref()))
+        .spawn(move || monitor.run(socket, pidfd))
         .map_err(|e| host("start its monitor thread", e))?;
     Ok(())
 }
@@ -243,11 +285,13 @@ struct Monitor {
     transport: Transport,
     supervised: Option<Arc<Supervised>>,
     policy: OnWorkerExit,
+    /// With `--on-worker-exit=restart`, for a sandboxed device.
+    restarter: Option<Restarter>,
     control: VmEvents,
 }
 
 impl Monitor {
-    fn run(&self, socket: &OwnedFd, pidfd: Option<&OwnedFd>) {
+    fn run(&mut self, mut socket: OwnedFd, mut pidfd: Option<OwnedFd>) {
         // Like every runtime thread of svmm: the `vmm` profile before it reads a worker's byte.
         if let Err(e) = crate::self_confine::enter(crate::self_confine::ThreadRole::Monitor) {
             eprintln!("svmm: {}: {e}; the device is stopped", self.name);
@@ -260,7 +304,7 @@ impl Monitor {
         let mut watch_socket = true;
         loop {
             let socket_fd = watch_socket.then(|| socket.as_fd());
-            let (socket_ready, ended) = match poll_two(socket_fd, pidfd.map(AsFd::as_fd)) {
+            let (socket_ready, ended) = match poll_two(socket_fd, pidfd.as_ref().map(AsFd::as_fd)) {
                 Ok(ready) => ready,
                 Err(e) => {
                     eprintln!("svmm: {}: cannot watch the device worker: {e}", self.name);
@@ -268,8 +312,16 @@ impl Monitor {
                 }
             };
             if ended {
-                self.worker_ended();
-                return;
+                match self.worker_ended() {
+                    Some(restarted) => {
+                        // The new worker: its socket and pidfd from now on.
+                        socket = restarted.watch.socket;
+                        pidfd = Some(restarted.watch.pidfd);
+                        watch_socket = true;
+                        continue;
+                    }
+                    None => return,
+                }
             }
             if socket_ready && self.service() {
                 // Broken for good. A process was killed by the terminate hook: wait for its
@@ -300,11 +352,11 @@ impl Monitor {
         true
     }
 
-    /// The worker process ended: reap, report, break the device, apply the policy.
-    fn worker_ended(&self) {
-        let Some(supervised) = &self.supervised else {
-            return;
-        };
+    /// The worker process ended: reap, report, and restart it or break the device, as the
+    /// policy says. Returns what to watch when a new worker took its place.
+    fn worker_ended(&mut self) -> Option<restart::Restarted> {
+        let supervised = self.supervised.clone()?;
+        let noticed = Instant::now();
         let mut transport = lock(&self.transport);
         // What it sent just before it died: its SIGSYS handler's SeccompViolation report.
         transport.proxy_mut().service();
@@ -312,19 +364,38 @@ impl Monitor {
         let exit = supervised.reap();
         if supervised.ending.load(Ordering::SeqCst) {
             supervised.set_reported();
-            return;
+            return None;
         }
         let cause = supervised.cause(exit, syscall);
+        let pid = supervised.pid();
+        let what = format!("{} worker (pid {pid}) {cause}", self.name);
+        let gave_up = match self.restarter.as_mut() {
+            Some(restarter) => match restarter.restart(&mut transport, &supervised, noticed) {
+                Ok(restarted) => {
+                    drop(transport);
+                    eprintln!("svmm: {what}; {}", restarted.line);
+                    supervised.set_reported();
+                    return Some(restarted);
+                }
+                Err(NotRestarted::Ending) => {
+                    drop(transport);
+                    eprintln!("svmm: {what}; not restarted: the VM is ending");
+                    supervised.set_reported();
+                    return None;
+                }
+                Err(NotRestarted::GaveUp(why)) => Some(why),
+            },
+            None => None,
+        };
         transport.proxy_mut().worker_died(&cause);
         if transport.proxy_mut().take_needs_reset() {
             transport.mark_needs_reset();
         }
         drop(transport);
-        let pid = supervised.pid();
-        let what = format!("{} worker (pid {pid}) {cause}", self.name);
+        let why = gave_up.map_or_else(String::new, |why| format!("; {why}"));
         match self.policy {
-            OnWorkerExit::Keep => {
-                eprintln!("svmm: {what}; device needs reset, VM keeps running");
+            OnWorkerExit::Restart | OnWorkerExit::Keep => {
+                eprintln!("svmm: {what}{why}; device needs reset, VM keeps running");
             }
             OnWorkerExit::Stop => {
                 eprintln!("svmm: {what}; device needs reset");
@@ -332,6 +403,7 @@ impl Monitor {
             }
         }
         supervised.set_reported();
+        None
     }
 }
 

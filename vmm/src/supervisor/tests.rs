@@ -68,7 +68,16 @@ fn a_dead_worker_stops_the_vm_when_asked() {
     // The driver acknowledged the device, so DEVICE_NEEDS_RESET can show.
     lock(&transport).write(0x70, &1u32.to_le_bytes());
     let (control, events) = VmEvents::new();
-    spawn_monitor("rng#0", &transport, None, OnWorkerExit::Stop, &control).unwrap();
+    spawn_monitor(
+        "rng#0",
+        &transport,
+        None,
+        OnWorkerExit::Stop,
+        None,
+        None,
+        &control,
+    )
+    .unwrap();
     drop(worker);
     let event = events.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(
@@ -83,7 +92,16 @@ fn a_device_error_shows_needs_reset_and_the_vm_keeps_running() {
     let (transport, worker) = transport();
     lock(&transport).write(0x70, &1u32.to_le_bytes());
     let (control, events) = VmEvents::new();
-    spawn_monitor("rng#0", &transport, None, OnWorkerExit::Keep, &control).unwrap();
+    spawn_monitor(
+        "rng#0",
+        &transport,
+        None,
+        OnWorkerExit::Keep,
+        None,
+        None,
+        &control,
+    )
+    .unwrap();
     let error = WorkerToVmm::DeviceError {
         reason: DeviceErrorKind::GuestFault,
     };

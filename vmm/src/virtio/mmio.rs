@@ -254,6 +254,38 @@ impl<P: DeviceProxy> MmioTransport<P> {
         }
     }
 
+    /// What a worker started in place of a dead one needs to carry on (`crate::supervisor`):
+    /// the driver's features and the ready queues, if the driver set DRIVER_OK and the device
+    /// is running — no reset pending, no failed activation. `None` otherwise: a device the
+    /// driver has not started yet gets its `Activate` in the usual way.
+    pub fn running_state(&self) -> Option<(u64, Vec<QueueConfig>)> {
+        let running = self.status & DRIVER_OK != 0
+            && self.status & FAILED == 0
+            && !self.needs_reset
+            && !self.proxy.is_broken();
+        running.then(|| (self.driver_features, self.ready_queues()))
+    }
+
+    /// Whether the driver has begun initialising the device (`Status` is not 0).
+    pub fn initialising(&self) -> bool {
+        self.status != 0
+    }
+
+    /// The queues the driver made ready, in index order.
+    fn ready_queues(&self) -> Vec<QueueConfig> {
+        (0u16..)
+            .zip(&self.queues)
+            .filter(|(_, q)| q.ready)
+            .map(|(index, q)| QueueConfig {
+                index,
+                size: q.size,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            })
+            .collect()
+    }
+
     /// Features offered to the driver: the device's, minus what this transport cannot do.
     fn offered_features(&self) -> u64 {
         self.proxy.info().device_features & !UNSUPPORTED_FEATURES
@@ -577,17 +609,7 @@ impl<P: DeviceProxy> MmioTransport<P> {
         if self.proxy.is_broken() {
             return Err(Refusal::Broken);
         }
-        let queues: Vec<QueueConfig> = (0u16..)
-            .zip(&self.queues)
-            .filter(|(_, q)| q.ready)
-            .map(|(index, q)| QueueConfig {
-                index,
-                size: q.size,
-                desc_table: q.desc_table,
-                avail_ring: q.avail_ring,
-                used_ring: q.used_ring,
-            })
-            .collect();
+        let queues = self.ready_queues();
         let info = self.proxy.info();
         let layout = DeviceLayout {
             device_features: self.offered_features(),

@@ -32,6 +32,16 @@
 //! A `DeviceError` the worker sends while active (a guest fault in a queue) is not final: the
 //! device shows `DEVICE_NEEDS_RESET` until the driver resets it, then works again.
 //!
+//! **Restarts** (`--on-worker-exit=restart`, see `crate::supervisor`). A proxy made
+//! [restartable](WorkerProxy::set_restartable) keeps a broken device from showing
+//! `DEVICE_NEEDS_RESET` while its supervisor starts a new worker: the device then only waits.
+//! [`WorkerProxy::replace_worker`] takes the new worker's channel, checks that its `Ready`
+//! declares the same device, and sends it the guest's config writes since the last reset (the
+//! VMM keeps them; the dead worker is never asked for anything), and
+//! [`WorkerProxy::resume`] restarts a running device's queues with the features and queues the
+//! transport holds. If the supervisor gives up ([`WorkerProxy::worker_died`]) the device is
+//! broken for good as above.
+//!
 //! Unsolicited messages (`ConfigChanged`, `DeviceError`, `SeccompViolation`) are handled by
 //! [`WorkerProxy::service`], which the device's owner calls when the socket is readable (see
 //! `device_setup`), and before every request.
@@ -45,6 +55,10 @@ use ipc::{
     Channel, ChannelError, DeviceErrorKind, DeviceStats, Limits, QueueConfig, VmmToWorker,
     WorkerToVmm,
 };
+
+/// Most config writes kept for a new worker (one per offset and width is all a config space
+/// of [`Limits::VIRTIO_MMIO`] can take; a driver writing more keeps only its latest).
+const MAX_CONFIG_WRITES: usize = 4 * Limits::VIRTIO_MMIO.max_config_len;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceInfo, DeviceProxy, ProxyError, INT_CONFIG};
@@ -112,12 +126,20 @@ pub struct WorkerProxy {
     supervised: bool,
     /// The syscall number of the worker's `SeccompViolation` report, if it sent one.
     violation: Option<i64>,
+    /// The supervisor restarts dead workers: a broken device only waits for the next one.
+    restartable: bool,
+    /// The guest's config writes since the last reset, for a new worker: (offset, bytes), the
+    /// latest per offset and width, in the order written.
+    config_writes: Vec<(u32, Vec<u8>)>,
+    /// Workers that replaced a dead one.
+    restarts: u32,
 }
 
 /// The requests that wait for a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
     Activate,
+    Resume,
     Reset,
     Stats,
 }
@@ -127,6 +149,7 @@ impl Request {
     fn name(self) -> &'static str {
         match self {
             Request::Activate => "activate",
+            Request::Resume => "resume",
             Request::Reset => "reset",
             Request::Stats => "statistics",
         }
@@ -139,6 +162,9 @@ impl Request {
             (
                 Request::Activate,
                 WorkerToVmm::Activated | WorkerToVmm::DeviceError { .. }
+            ) | (
+                Request::Resume,
+                WorkerToVmm::Resumed { .. } | WorkerToVmm::DeviceError { .. }
             ) | (Request::Reset, WorkerToVmm::ResetDone)
                 | (Request::Stats, WorkerToVmm::Stats(_))
         )
@@ -172,62 +198,26 @@ impl WorkerProxy {
         shape: &Shape,
     ) -> Result<WorkerProxy, ProxyError> {
         channel.set_nonblocking(true)?;
-        let bad = || ProxyError::BadReply { request: "start" };
-        if !wait_readable(channel.as_fd(), deadlines.ready).map_err(io_error)? {
-            return Err(ProxyError::Timeout {
-                request: "start",
-                timeout: deadlines.ready,
-            });
-        }
-        let msg = match channel.recv_without_fds::<WorkerToVmm>() {
-            Err(ChannelError::FdsDiscarded) => return Err(ProxyError::FdsAttached),
-            other => other?,
-        };
-        msg.validate(&Limits::VIRTIO_MMIO).map_err(|_| bad())?;
-        let WorkerToVmm::Ready {
-            device_type,
-            device_features,
-            num_queues,
-            max_queue_size,
-            config,
-        } = msg
-        else {
-            return Err(match msg {
-                WorkerToVmm::DeviceError { reason } => ProxyError::Device(reason),
-                // Its filter forbids something set-up needs: name it (a profile to fix).
-                WorkerToVmm::SeccompViolation { syscall, arch } => {
-                    ProxyError::SeccompViolation(syscall_label(syscall, arch))
-                }
-                _ => bad(),
-            });
-        };
-        if usize::from(num_queues) != queue_events.len() {
-            return Err(bad());
+        let info = await_ready(&channel, deadlines.ready)?;
+        if usize::from(info.num_queues) != queue_events.len() {
+            return Err(ProxyError::BadReply { request: "start" });
         }
         check_shape(
             shape,
-            device_type,
-            num_queues,
-            max_queue_size,
-            device_features,
+            info.device_type,
+            info.num_queues,
+            info.max_queue_size,
+            info.device_features,
         )
         .map_err(ProxyError::WrongDevice)?;
-        let config_len = config.len();
         Ok(WorkerProxy {
             name: name.into(),
             channel,
-            info: DeviceInfo {
-                device_type,
-                device_features,
-                num_queues,
-                max_queue_size,
-                config,
-                config_generation: 0,
-            },
             limits: Limits {
-                max_config_len: config_len,
-                max_queues: num_queues,
+                max_config_len: info.config.len(),
+                max_queues: info.num_queues,
             },
+            info,
             status,
             irqfd,
             queue_events,
@@ -240,7 +230,89 @@ impl WorkerProxy {
             terminate: None,
             supervised: false,
             violation: None,
+            restartable: false,
+            config_writes: Vec::new(),
+            restarts: 0,
         })
+    }
+
+    /// Whether a dead worker is replaced (see the module docs): while it is, a broken device
+    /// does not show `DEVICE_NEEDS_RESET`.
+    pub fn set_restartable(&mut self, restartable: bool) {
+        self.restartable = restartable;
+    }
+
+    /// How many workers replaced a dead one.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// A new worker replaces the dead one: waits (at most the `Ready` deadline) for its
+    /// `Ready`, which must declare the same device (type, features, queues, config length),
+    /// takes its channel, and sends it the guest's config writes since the last reset. The
+    /// device is then live but not active (see [`Self::resume`]); its config is the new
+    /// worker's (a changed one raises a configuration-change interrupt). On an error the
+    /// device stays broken and the new worker is the caller's to end.
+    pub fn replace_worker(&mut self, channel: Channel) -> Result<(), ProxyError> {
+        let info = await_ready(&channel, self.deadlines.ready)?;
+        let old = &self.info;
+        // The layout the first worker declared (a dead worker may have sent shorter configs).
+        let same = (
+            info.device_type,
+            info.device_features,
+            info.num_queues,
+            info.max_queue_size,
+            info.config.len(),
+        ) == (
+            old.device_type,
+            old.device_features,
+            old.num_queues,
+            old.max_queue_size,
+            self.limits.max_config_len,
+        );
+        if !same {
+            return Err(ProxyError::BadReply { request: "start" });
+        }
+        self.channel = channel;
+        self.broken = None;
+        self.failed = None;
+        self.needs_reset = false;
+        self.active = false;
+        self.violation = None;
+        self.window = (Instant::now(), 0);
+        self.restarts = self.restarts.saturating_add(1);
+        let changed = info.config != self.info.config;
+        self.info.config = info.config;
+        for (offset, data) in self.config_writes.clone() {
+            self.send(&VmmToWorker::WriteConfig { offset, data })?;
+        }
+        if changed {
+            self.info.config_generation = self.info.config_generation.wrapping_add(1);
+            self.signal_config_change();
+        }
+        Ok(())
+    }
+
+    /// Starts a replaced worker's queues where the guest sees them (`VmmToWorker::Resume`)
+    /// with the features and queues the transport holds: the chains the guest had made
+    /// available and not got back (the new worker takes them again).
+    pub fn resume(
+        &mut self,
+        driver_features: u64,
+        queues: &[QueueConfig],
+    ) -> Result<u32, ProxyError> {
+        let msg = VmmToWorker::Resume {
+            driver_features,
+            queues: queues.to_vec(),
+        };
+        match self.request(&msg, Request::Resume)? {
+            WorkerToVmm::Resumed { pending } => {
+                self.active = true;
+                Ok(pending)
+            }
+            WorkerToVmm::DeviceError { reason } => Err(ProxyError::Device(reason)),
+            _ => Err(self.break_with(ProxyError::BadReply { request: "resume" })),
+        }
     }
 
     /// Runs `terminate` once if the device breaks (the supervisor's kill of the worker
@@ -256,8 +328,14 @@ impl WorkerProxy {
         self.violation
     }
 
-    /// The worker process ended (seen by its supervisor): the device is broken for good.
+    /// The worker process ended (seen by its supervisor) and is not replaced: the device is
+    /// broken for good.
     pub fn worker_died(&mut self, reason: &str) {
+        self.restartable = false;
+        if self.broken.is_some() {
+            // Broken while restartable: the reset it needs was held back until now.
+            self.needs_reset = true;
+        }
         self.break_device(reason, Duration::ZERO);
     }
 
@@ -313,7 +391,8 @@ impl WorkerProxy {
             );
         }
         self.broken = Some(reason.to_string());
-        self.needs_reset = true;
+        // A restartable device waits for its next worker instead.
+        self.needs_reset = !self.restartable;
         self.active = false;
         // SAFETY: shutdown(2) on the proxy's own open socket changes no memory; it makes the
         // worker's reads return end-of-file and wakes anyone polling the socket.
@@ -428,6 +507,7 @@ impl WorkerProxy {
             }
             WorkerToVmm::Ready { .. }
             | WorkerToVmm::Activated
+            | WorkerToVmm::Resumed { .. }
             | WorkerToVmm::ResetDone
             | WorkerToVmm::Stats(_) => {
                 self.break_device("sent an out-of-order message", Duration::ZERO);
@@ -435,6 +515,45 @@ impl WorkerProxy {
             }
         }
         Ok(())
+    }
+}
+
+/// Waits up to `deadline` for a new worker's `Ready` on `channel` (non-blocking) and returns the
+/// device it declares.
+fn await_ready(channel: &Channel, deadline: Duration) -> Result<DeviceInfo, ProxyError> {
+    let bad = || ProxyError::BadReply { request: "start" };
+    if !wait_readable(channel.as_fd(), deadline).map_err(io_error)? {
+        return Err(ProxyError::Timeout {
+            request: "start",
+            timeout: deadline,
+        });
+    }
+    let msg = match channel.recv_without_fds::<WorkerToVmm>() {
+        Err(ChannelError::FdsDiscarded) => return Err(ProxyError::FdsAttached),
+        other => other?,
+    };
+    msg.validate(&Limits::VIRTIO_MMIO).map_err(|_| bad())?;
+    match msg {
+        WorkerToVmm::Ready {
+            device_type,
+            device_features,
+            num_queues,
+            max_queue_size,
+            config,
+        } => Ok(DeviceInfo {
+            device_type,
+            device_features,
+            num_queues,
+            max_queue_size,
+            config,
+            config_generation: 0,
+        }),
+        WorkerToVmm::DeviceError { reason } => Err(ProxyError::Device(reason)),
+        // Its filter forbids something set-up needs: name it (a profile to fix).
+        WorkerToVmm::SeccompViolation { syscall, arch } => {
+            Err(ProxyError::SeccompViolation(syscall_label(syscall, arch)))
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -474,6 +593,12 @@ impl DeviceProxy for WorkerProxy {
     }
 
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ProxyError> {
+        self.config_writes
+            .retain(|(o, d)| (*o, d.len()) != (offset, data.len()));
+        if self.config_writes.len() >= MAX_CONFIG_WRITES {
+            self.config_writes.remove(0);
+        }
+        self.config_writes.push((offset, data.to_vec()));
         self.send(&VmmToWorker::WriteConfig {
             offset,
             data: data.to_vec(),
@@ -488,6 +613,7 @@ impl DeviceProxy for WorkerProxy {
             }
         }
         self.failed = None;
+        self.config_writes.clear();
         self.status.clear();
         Ok(())
     }
@@ -501,7 +627,7 @@ impl DeviceProxy for WorkerProxy {
     }
 
     fn is_broken(&self) -> bool {
-        self.broken.is_some() || self.failed.is_some()
+        (self.broken.is_some() && !self.restartable) || self.failed.is_some()
     }
 
     fn notify(&mut self, queue: u16) -> Result<(), ProxyError> {

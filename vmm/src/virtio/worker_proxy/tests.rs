@@ -407,3 +407,79 @@ fn the_real_worker_loop_on_a_thread() {
     thread.join().unwrap();
     assert_eq!(rx.recv().unwrap(), Some(WorkerExit::PeerGone));
 }
+
+/// A restartable proxy whose worker sends garbage: the device breaks (the worker is to be
+/// killed) but does not show DEVICE_NEEDS_RESET while a new worker is awaited; a new worker
+/// that declares the same device takes over, gets the guest's config writes again and resumes
+/// the queues; one that declares another device is refused. Given up, the device needs reset.
+#[test]
+fn a_restartable_device_waits_for_its_new_worker() {
+    let (proxy, worker) = connect(&ready(vec![0; 8]));
+    let mut proxy = proxy.unwrap();
+    proxy.set_restartable(true);
+    proxy.write_config(2, &[7, 7]).unwrap();
+    proxy.write_config(4, &[1]).unwrap();
+    proxy.write_config(2, &[9, 9]).unwrap(); // replaces the first write
+    worker.send(&0xdead_beefu32, &[]).unwrap();
+    proxy.service();
+    assert!(proxy.broken_reason().is_some());
+    assert!(!proxy.is_broken(), "a restartable device only waits");
+    assert!(!proxy.take_needs_reset());
+
+    // A new worker of another device is refused.
+    let (vmm, other) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
+    let mut wrong = ready(vec![0; 8]);
+    if let WorkerToVmm::Ready { device_type, .. } = &mut wrong {
+        *device_type = 2;
+    }
+    other.send(&wrong, &[]).unwrap();
+    assert!(matches!(
+        proxy.replace_worker(vmm),
+        Err(ProxyError::BadReply { request: "start" })
+    ));
+
+    // The same device takes over.
+    let (vmm, new) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
+    new.send(&ready(vec![0; 8]), &[]).unwrap();
+    proxy.replace_worker(vmm).unwrap();
+    assert_eq!(proxy.restarts(), 1);
+    assert!(proxy.broken_reason().is_none());
+    let writes: Vec<VmmToWorker> = (0..2).map(|_| new.recv().unwrap().0).collect();
+    assert_eq!(
+        writes,
+        [
+            VmmToWorker::WriteConfig {
+                offset: 4,
+                data: vec![1]
+            },
+            VmmToWorker::WriteConfig {
+                offset: 2,
+                data: vec![9, 9]
+            },
+        ]
+    );
+    let resume = std::thread::spawn(move || {
+        let (msg, _) = new.recv::<VmmToWorker>().unwrap();
+        assert_eq!(
+            msg,
+            VmmToWorker::Resume {
+                driver_features: 1 << 32,
+                queues: vec![queue()]
+            }
+        );
+        new.send(&WorkerToVmm::Resumed { pending: 3 }, &[]).unwrap();
+        new
+    });
+    assert_eq!(proxy.resume(1 << 32, &[queue()]).unwrap(), 3);
+    let new = resume.join().unwrap();
+
+    // Given up on (the supervisor's restart limit): broken for good, needing reset.
+    drop(new);
+    proxy.service();
+    assert!(proxy.broken_reason().is_some());
+    proxy.worker_died("exited with status 3");
+    assert!(proxy.is_broken());
+    assert!(proxy.take_needs_reset());
+}

@@ -170,6 +170,7 @@ fn help_lists_every_option() -> TrialResult {
         "--no-sandbox",
         "--acpi",
         "--on-worker-exit",
+        "--max-restarts",
         "--seccomp",
         "--print-sandbox",
         "--report-timings",

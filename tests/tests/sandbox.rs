@@ -1,7 +1,8 @@
 //! The sandbox end to end, with virtio-rng as the device: the worker's confinement read from
 //! `/proc` while the guest runs (`tests::confinement`, as root and as an unprivileged user),
-//! workers killed from outside, svmm killed, and deliberately misbehaving workers. (rng itself,
-//! in both modes, is tests/tests/rng.rs.)
+//! workers killed from outside, svmm killed, and deliberately misbehaving workers, with
+//! `--on-worker-exit=keep` (a dead worker's device stays broken; the default, `restart`, is
+//! tests/tests/restart.rs). (rng itself, in both modes, is tests/tests/rng.rs.)
 //!
 //! The misbehaving-worker trials use the hidden `--device rng,fault=MODE` of svmm builds with
 //! the `test-faults` feature (tests/run.sh builds svmm so).
@@ -181,11 +182,12 @@ fn worker_confined(identity: Identity) -> TrialResult {
     }
 }
 
-/// A worker killed from outside is reported in one line (device, pid, cause), the VM keeps
-/// running, and the guest then finds the device needing reset instead of hanging.
+/// With `--on-worker-exit=keep`, a worker killed from outside is reported in one line
+/// (device, pid, cause), the VM keeps running, and the guest then finds the device needing
+/// reset instead of hanging.
 fn worker_sigkill() -> TrialResult {
     let running = guest("testguest.run=rng,echo,rng_reinit testguest.echo_timeout_ms=30000")
-        .args(["--device", "rng"])
+        .args(["--device", "rng", "--on-worker-exit=keep"])
         .spawn()?;
     let mut running = running;
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
@@ -297,10 +299,10 @@ fn assert_reinit_refused(out: &VmOutput, test: &str) {
 }
 
 /// A worker that makes a forbidden system call dies of SIGSYS; svmm names the call, the VM
-/// survives, and the guest finds the device needing reset.
+/// survives, and (`--on-worker-exit=keep`) the guest finds the device needing reset.
 fn seccomp_violation() -> TrialResult {
     let out = guest("testguest.run=rng,rng_reinit")
-        .args(["--device", "rng,fault=syscall"])
+        .args(["--device", "rng,fault=syscall", "--on-worker-exit=keep"])
         .run()?;
     out.log("svmm testguest rng, worker makes a forbidden syscall");
     check_fault_support(&out)?;
@@ -320,11 +322,17 @@ fn seccomp_violation() -> TrialResult {
 }
 
 /// A hostile worker (`fault`: garbage on its socket, silence, a flood of messages) gets its
-/// device marked broken and is killed; svmm neither panics nor stops, and the other device
-/// keeps serving the guest.
+/// device marked broken (`--on-worker-exit=keep`) and is killed; svmm neither panics nor
+/// stops, and the other device keeps serving the guest.
 fn malicious(fault: &str) -> TrialResult {
     let out = guest("testguest.run=rng,rng_reinit,rng@1,rng_reinit@1")
-        .args(["--device", &format!("rng,fault={fault}"), "--device", "rng"])
+        .args([
+            "--device",
+            &format!("rng,fault={fault}"),
+            "--device",
+            "rng",
+            "--on-worker-exit=keep",
+        ])
         .run()?;
     out.log(&format!(
         "svmm testguest rng, two devices, rng#0 worker: {fault}"

@@ -53,7 +53,7 @@ use crate::virtio::ProxyError;
 use crate::virtio::Transport;
 use crate::vm_events::VmEvents;
 use worker::guest_ram::GuestRam;
-use worker::report::one_line;
+use worker::report::{line as say, one_line};
 use worker::{in_process, WorkerFds};
 
 /// Setting up a device failed. Every variant names the device (`rng#0`).
@@ -253,13 +253,16 @@ impl VirtioDevices {
                         }
                         Worker::InProcess { .. } => String::new(),
                     };
-                    eprintln!("svmm: {} ({mode}): {queues}{restarts}", device.name);
+                    say(&format!(
+                        "svmm: {} ({mode}): {queues}{restarts}",
+                        device.name
+                    ));
                 }
-                Err(e) => eprintln!(
+                Err(e) => say(&format!(
                     "svmm: {} ({mode}): no statistics: {}",
                     device.name,
                     one_line(&e)
-                ),
+                )),
             }
         }
     }

@@ -45,6 +45,7 @@ use crate::virtio::{lock, Transport};
 use crate::vm_events::{VmEvent, VmEvents};
 use restart::NotRestarted;
 pub use restart::Restarter;
+use worker::report::line as say;
 
 /// A device's sandboxed worker process — the current one: a restart replaces it —, shared by
 /// its device, the proxy's terminate hook and the monitor.
@@ -207,6 +208,9 @@ fn describe_death(
         (Ok(ExitCause::Killed { signal, .. }), Some(reason)) if signal == libc::SIGKILL => {
             format!("killed by svmm: {reason}")
         }
+        // svmm shut the worker's socket down and killed it; it saw its peer go first and
+        // exited cleanly (status 0 is a worker's answer to a VMM that went away): ended by svmm.
+        (Ok(ExitCause::Exited(0)), Some(reason)) => format!("killed by svmm: {reason}"),
         (Ok(cause), _) => cause.to_string(),
         (Err(e), _) => format!("ended, cause unknown ({})", worker::report::one_line(&e)),
     }
@@ -373,13 +377,13 @@ impl Monitor {
             Some(restarter) => match restarter.restart(&mut transport, &supervised, noticed) {
                 Ok(restarted) => {
                     drop(transport);
-                    eprintln!("svmm: {what}; {}", restarted.line);
+                    say(&format!("svmm: {what}; {}", restarted.line));
                     supervised.set_reported();
                     return Some(restarted);
                 }
                 Err(NotRestarted::Ending) => {
                     drop(transport);
-                    eprintln!("svmm: {what}; not restarted: the VM is ending");
+                    say(&format!("svmm: {what}; not restarted: the VM is ending"));
                     supervised.set_reported();
                     return None;
                 }
@@ -395,10 +399,12 @@ impl Monitor {
         let why = gave_up.map_or_else(String::new, |why| format!("; {why}"));
         match self.policy {
             OnWorkerExit::Restart | OnWorkerExit::Keep => {
-                eprintln!("svmm: {what}{why}; device needs reset, VM keeps running");
+                say(&format!(
+                    "svmm: {what}{why}; device needs reset, VM keeps running"
+                ));
             }
             OnWorkerExit::Stop => {
-                eprintln!("svmm: {what}; device needs reset");
+                say(&format!("svmm: {what}; device needs reset"));
                 self.control.request(VmEvent::DeviceFailed(what));
             }
         }

@@ -69,7 +69,9 @@ pub enum NotRestarted {
 pub struct Restarted {
     /// The new worker's socket and pidfd.
     pub watch: Watch,
-    /// What happened, after "svmm: NAME worker (pid P) CAUSE; ".
+    /// What happened, after "svmm: NAME worker (pid P) CAUSE; ". Its time ("serving again
+    /// after X ms") runs from svmm seeing the death (the pidfd readable) to the new worker
+    /// serving the resumed queues.
     pub line: String,
 }
 
@@ -140,12 +142,15 @@ impl Restarter {
             .proxy_mut()
             .set_terminate(move |reason, grace| hook.kill_for(reason, grace));
         let running = transport.running_state();
+        let ms = || noticed.elapsed().as_secs_f64() * 1000.0;
         let tail = match (self.policy, running) {
             (Restart::Resume { .. }, Some((features, queues))) => {
                 match transport.proxy_mut().resume(features, &queues) {
                     Ok(pending) => format!(
-                        "queues resumed, {pending} pending request{} taken again",
-                        if pending == 1 { "" } else { "s" }
+                        "queues resumed, {pending} pending request{} taken again; serving \
+                         again after {:.1} ms",
+                        if pending == 1 { "" } else { "s" },
+                        ms()
                     ),
                     Err(e) => {
                         transport.mark_needs_reset();
@@ -158,14 +163,19 @@ impl Restarter {
             }
             (Restart::Reset { lost }, _) if transport.initialising() => {
                 transport.mark_needs_reset();
-                format!("device needs reset: {lost} died with the worker")
+                format!(
+                    "device needs reset: its requests cannot be taken again ({lost} died with \
+                     the worker)"
+                )
             }
-            _ => "the driver has not started the device: nothing to resume".to_string(),
+            _ => format!(
+                "nothing to resume (the driver had not started the device); ready after {:.1} ms",
+                ms()
+            ),
         };
-        let ms = noticed.elapsed().as_secs_f64() * 1000.0;
         Ok(Restarted {
             watch: started.watch,
-            line: format!("{head}: {tail}; serving again {ms:.1} ms after its death"),
+            line: format!("{head}: {tail}"),
         })
     }
 }

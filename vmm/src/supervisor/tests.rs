@@ -159,4 +159,9 @@ fn deaths_are_described_with_their_cause() {
         describe_death(Ok(ExitCause::Exited(3)), None, Some("peer closed")),
         "exited with status 3"
     );
+    // It saw svmm shut its socket down and left cleanly before the kill: svmm ended it.
+    assert_eq!(
+        describe_death(Ok(ExitCause::Exited(0)), None, Some("sent garbage")),
+        "killed by svmm: sent garbage"
+    );
 }

@@ -1,5 +1,6 @@
 //! How the device side reports: an error and its sources as one line ([`one_line`]), and a
-//! worker's own message on stderr ([`say`]). svmm's own reports use [`one_line`] too.
+//! worker's own message on stderr ([`say`]). svmm's own reports use [`one_line`] too, and
+//! [`line`] for the lines people and tests read while workers may write to the same stderr.
 
 /// Formats an error and its sources as one line: `outer: inner: innermost`.
 pub fn one_line(error: &dyn std::error::Error) -> String {
@@ -19,8 +20,19 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
 /// Prints `svmm worker: MESSAGE` on stderr if it can. Never panics: the worker's stderr may be
 /// /dev/null, gone, or a file its `RLIMIT_FSIZE` of 0 refuses to grow.
 pub fn say(message: &str) {
+    line(&format!("svmm worker: {message}"));
+}
+
+/// Prints `text` and a newline on stderr in one `write` (as far as the kernel takes it), so
+/// that the lines of svmm and of its workers, which share a stderr, never mix within a line
+/// (`eprintln!` writes its pieces one by one). Errors are ignored, as `eprintln!` would panic
+/// on them.
+pub fn line(text: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "svmm worker: {message}");
+    let mut bytes = Vec::with_capacity(text.len() + 1);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&bytes);
 }
 
 #[cfg(test)]

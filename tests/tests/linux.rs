@@ -3,7 +3,11 @@
 //! machine: the ACPI tables, the CPUs in the MADT, and reaching `/init`. Two more boots have no
 //! initramfs: `vmlinux` mounts its root file system from a read-only virtio-blk device
 //! (`images/out/rootfs.ext4`), beside a writable one (`vdb`, a scratch image); once with the root
-//! disk in a sandboxed worker and the scratch disk in-process, once the other way round.
+//! disk in a sandboxed worker and the scratch disk in-process, once the other way round. In the
+//! first, the harness SIGKILLs the root disk's worker once the kernel has found both disks (the
+//! root disk's driver running, its root not yet mounted): svmm restarts the worker
+//! (`--on-worker-exit=restart`, the default) with the queues resumed, and the kernel must still
+//! mount its root and read it without an I/O error.
 //!
 //! One more boots `vmlinux` with its root file system on virtio-fs (`rootfstype=virtiofs
 //! root=rootfs`): a sandboxed fs worker shares a copy of `images/out/rootfs.tree/`, and the kernel
@@ -65,6 +69,8 @@ struct BlkLayout {
     scratch_options: &'static str,
     /// How svmm's statistics lines name the two devices' modes, root first.
     modes: [&'static str; 2],
+    /// SIGKILL the root disk's worker once the kernel found the disk (a sandboxed root only).
+    kill_root_worker: bool,
 }
 
 const BLK_LAYOUTS: [BlkLayout; 2] = [
@@ -73,12 +79,14 @@ const BLK_LAYOUTS: [BlkLayout; 2] = [
         root_options: "",
         scratch_options: ",sandbox=off",
         modes: ["sandboxed", "in-process"],
+        kill_root_worker: true,
     },
     BlkLayout {
         name: "inprocess_root",
         root_options: ",sandbox=off",
         scratch_options: "",
         modes: ["in-process", "sandboxed"],
+        kill_root_worker: false,
     },
 ];
 
@@ -129,6 +137,13 @@ fn main() {
         );
     for (layout, BlkLayout { name, .. }) in BLK_LAYOUTS.iter().enumerate() {
         let s = || skip.clone();
+        if BLK_LAYOUTS[layout].kill_root_worker {
+            suite = suite.test_unless(
+                &format!("vmlinux_blk_{name}_root_worker_restarted"),
+                s(),
+                move || blk_root_worker_restarted(layout),
+            );
+        }
         suite = suite
             .test_unless(&format!("vmlinux_blk_{name}_disks_sized"), s(), move || {
                 blk_disks_sized(layout)
@@ -142,6 +157,11 @@ fn main() {
                 &format!("vmlinux_blk_{name}_served_linux"),
                 s(),
                 move || blk_served(layout),
+            )
+            .test_unless(
+                &format!("vmlinux_blk_{name}_no_io_errors"),
+                s(),
+                move || blk_no_io_errors(layout),
             )
             .test_unless(
                 &format!("vmlinux_blk_{name}_vm_ends_by_itself"),
@@ -344,6 +364,8 @@ struct BlkBoot {
     out: VmOutput,
     scratch_head: Vec<u8>,
     root_sectors: u64,
+    /// The pid of the root disk's worker the harness killed, if it did.
+    killed: Option<u32>,
 }
 
 /// `vmlinux` without initramfs: `vda` the root file system image, `ro`; `vdb` a zeroed 1 MiB
@@ -356,6 +378,7 @@ fn blk_boot(layout: usize) -> Result<&'static BlkBoot, String> {
         name,
         root_options,
         scratch_options,
+        kill_root_worker,
         ..
     } = &BLK_LAYOUTS[layout];
     BOOTS[layout].get_or_init(|| {
@@ -375,7 +398,25 @@ fn blk_boot(layout: usize) -> Result<&'static BlkBoot, String> {
             "svmm-tests: linux: booting vmlinux from a virtio-blk root disk, {name} (up to {} s) ...",
             BOOT_TIMEOUT.as_secs()
         );
-        let out = match vm.run() {
+        let running = vm.spawn().map_err(|e| e.to_string())?;
+        let mut killed = None;
+        if *kill_root_worker {
+            // The kernel has found both disks: the root disk's driver is running (it sets
+            // DRIVER_OK right after printing its own size line), and its root is yet to be
+            // mounted.
+            running
+                .wait_for_text("virtio_blk virtio1: [vdb]", BOOT_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            let workers = tests::procfs::children(running.pid());
+            let [worker] = workers[..] else {
+                return Err(format!("expected the root disk's worker alone, found {workers:?}"));
+            };
+            // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive
+            // a moment ago and reaped by no one but svmm.
+            unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+            killed = Some(worker);
+        }
+        let out = match running.wait() {
             Ok(out) => out,
             Err(e @ VmError::Timeout(_)) => e.output().cloned().ok_or(e.to_string())?,
             Err(e) => return Err(e.to_string()),
@@ -387,6 +428,7 @@ fn blk_boot(layout: usize) -> Result<&'static BlkBoot, String> {
             out,
             scratch_head,
             root_sectors,
+            killed,
         })
     })
     .as_ref()
@@ -406,6 +448,57 @@ fn blk_disks_sized(layout: usize) -> TrialResult {
         SCRATCH_BYTES / 512
     ));
     eprintln!("    {vda}\n    {vdb}");
+    Ok(())
+}
+
+/// The root disk's worker, SIGKILLed once the kernel had found both disks, was restarted with
+/// the device's queues resumed (one line from svmm), and the kernel went on to mount its root
+/// from it (the mount line comes after the line the kill waited for).
+fn blk_root_worker_restarted(layout: usize) -> TrialResult {
+    let boot = blk_boot(layout)?;
+    let out = &boot.out;
+    let worker = boot.killed.ok_or("the harness killed no worker")?;
+    let want = format!("svmm: blk#0 worker (pid {worker}) killed by SIGKILL; restart 1 (pid ");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("svmm: blk#0 worker (pid "))
+        .collect();
+    let [line] = lines[..] else {
+        return Err(format!(
+            "want one line about the root disk's worker\n{}",
+            out.report()
+        )
+        .into());
+    };
+    if !line.starts_with(&want) || !line.contains(": queues resumed, ") {
+        return Err(format!("the root disk's queues were not resumed: {line}").into());
+    }
+    let found = out.assert_contains("virtio_blk virtio1: [vdb]");
+    let mounted = out.assert_contains("VFS: Mounted root (ext4 filesystem) readonly");
+    let position = |needle: &str| out.stdout.find(needle);
+    if position("VFS: Mounted root") < position("virtio_blk virtio1: [vdb]") {
+        return Err("the root was mounted before the worker was killed".into());
+    }
+    eprintln!("    {found}\n    {line}\n    {mounted}");
+    Ok(())
+}
+
+/// The kernel logged no I/O error on either disk and no ext4 error: a restarted worker's
+/// device looks to Linux like one that was only slow.
+fn blk_no_io_errors(layout: usize) -> TrialResult {
+    let out = &blk_boot(layout)?.out;
+    let errors: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.contains("I/O error")
+                || l.contains("EXT4-fs error")
+                || l.contains("blk_update_request")
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(format!("the kernel saw I/O errors: {errors:?}\n{}", out.report()).into());
+    }
     Ok(())
 }
 

@@ -17,6 +17,10 @@
 //! - `server`, `ops`, `dir`: the FUSE operations on those fds; `reply` builds each reply in
 //!   private memory and writes it into the chain once.
 //! - `device`: the [`Fs`] backend and its queue loop.
+//! - `kind`: [`FsKind`], what svmm knows about the kind, including that a worker restarted
+//!   after its predecessor died cannot take the requests in flight again (`Kind::restart`):
+//!   they name node ids and file handles of the server that died, so the device needs a reset
+//!   (a driver that resets it is served by the new worker; Linux's does not reset it).
 //!
 //! # Why no path can leave the share
 //!

@@ -14,7 +14,9 @@
 //! - `kind`: [`RngKind`], what svmm knows about the kind: `--device rng[,source=drbg|urandom]`,
 //!   its host resource with `source=urandom` ([`ENTROPY_SOURCE`], read-only; none with its own
 //!   generator), its seccomp profile [`SECCOMP_PROFILE`], nothing else beyond the default
-//!   sandbox.
+//!   sandbox; and that a worker restarted after its predecessor died resumes the queue
+//!   (`Kind::restart`): any bytes do, so a request in flight is simply filled again. The queue
+//!   loop is sequential, so chains go back in the order they were taken.
 //! - `device`: the [`Rng`] backend and its queue loop.
 //! - `drbg`: the generator.
 //! - `request`: copy-in and validation of one chain into a typed request.

@@ -381,6 +381,14 @@ impl Monitor {
                     supervised.set_reported();
                     return Some(restarted);
                 }
+                // The VM began to end while the new worker was being started (and was
+                // killed with it): not a failure of the device.
+                Err(NotRestarted::GaveUp(_)) if supervised.ending.load(Ordering::SeqCst) => {
+                    drop(transport);
+                    say(&format!("svmm: {what}; not restarted: the VM is ending"));
+                    supervised.set_reported();
+                    return None;
+                }
                 Err(NotRestarted::Ending) => {
                     drop(transport);
                     say(&format!("svmm: {what}; not restarted: the VM is ending"));

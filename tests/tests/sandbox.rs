@@ -386,7 +386,13 @@ fn worker_fds_never_reach_svmm() -> TrialResult {
             "-o".into(),
             trace.clone().into_os_string(),
         ])
-        .args(["--device", "rng,fault=fds", "--device", "rng"])
+        .args([
+            "--device",
+            "rng,fault=fds",
+            "--device",
+            "rng",
+            "--on-worker-exit=keep",
+        ])
         .run()
         .map_err(|e| format!("{e} (is strace installed? images/build.sh all installs it)"))?;
     out.log("svmm testguest rng under strace, rng#0 worker attaches fds");

@@ -334,6 +334,7 @@ impl VirtioBackend for Blk {
                     stats: QueueStats::default(),
                     poll: PollWindow::new(Duration::ZERO),
                     order: InOrder::default(),
+                    used_unsignalled: false,
                 }
             })
             .collect();

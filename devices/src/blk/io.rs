@@ -10,9 +10,16 @@
 //!   │   nothing in flight? ── poll the avail index for the window ── new chain? ──▶ loop
 //!   │                         window over ── enable notifications ── nothing new? ──▶ return
 //!   │   wait for ≥ 1 completion; per finished request: status byte, then add_used of
-//!   │   every finished chain no earlier chain of its queue waits for, interrupt
+//!   │   every finished chain no earlier chain of its queue waits for
+//!   │   one interrupt for all the chains used since the last one, if the driver wants it
 //!   └───────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! The interrupt is raised once per batch (after the requests completed at once while
+//! popping, and after each batch of engine completions), always before the loop blocks or
+//! polls, so the driver never waits for one the device holds back. One per request would cost
+//! a driver that takes interrupts one injection each (KVM defers an irqfd aimed at an IOAPIC
+//! pin to a kernel worker) and often more guest interrupts, for the same used ring.
 //!
 //! The idle poll (window > 0; `poll` says how the window adapts) only reads the ring's avail
 //! index (acquire) while notifications stay suppressed, so a driver that submits within the
@@ -54,6 +61,9 @@ pub(crate) struct QueueState {
     pub poll: PollWindow,
     /// Its chains from taken to returned, in taking order.
     pub order: InOrder,
+    /// Chains were put in its used ring since the driver was last considered for an interrupt
+    /// ([`Active::signal_used`]).
+    pub used_unsignalled: bool,
 }
 
 /// Direct-I/O alignment of the image.
@@ -174,9 +184,20 @@ impl Active {
         if self.queue(index).is_none() {
             return Ok(()); // not set up by the driver: nothing to serve
         }
+        let served = self.serve(index, engine);
+        // Whatever ended the loop, the driver hears of every chain already used.
+        let signalled = self.signal_used();
+        served.and(signalled)
+    }
+
+    /// The loop of [`process`](Self::process). The driver is interrupted once per batch of
+    /// completions, before the loop blocks or polls again, not once per request: a batch of
+    /// eight merged reads costs the guest one interrupt (and KVM one injection), not eight.
+    fn serve(&mut self, index: u16, engine: &mut dyn Engine) -> Result<(), DeviceError> {
         loop {
             self.with_queue(index, |q, mem| q.disable_notification(mem))?;
             self.fill(index, engine)?;
+            self.signal_used()?;
             if self.requests_in_flight == 0 {
                 if self.poll_for_work(index)? {
                     continue;
@@ -192,7 +213,29 @@ impl Active {
                 self.finish_op(engine, completion)?;
             }
             self.completions = done;
+            self.signal_used()?;
         }
+    }
+
+    /// Interrupts the driver once if a queue that used chains since the last call needs it
+    /// (`EVENT_IDX`'s `used_event`, or without it the avail ring's flags, decide per queue).
+    fn signal_used(&mut self) -> Result<(), DeviceError> {
+        let mem = Arc::clone(&self.mem);
+        let mut interrupt = false;
+        for q in self.queues.iter_mut().filter(|q| q.used_unsignalled) {
+            q.used_unsignalled = false;
+            if q.queue
+                .needs_notification(&*mem)
+                .map_err(DeviceError::Queue)?
+                && !interrupts_suppressed(&q.queue, &mem)
+            {
+                interrupt = true;
+            }
+        }
+        if interrupt {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
     }
 
     /// The idle poll: spins for the queue's current window, notifications still suppressed,
@@ -612,8 +655,9 @@ impl Active {
     }
 
     /// Writes the status byte (if there is one) of chain `seq` of `queue`, then puts every
-    /// finished chain no earlier one of the queue waits for into the used ring, and interrupts
-    /// if the driver wants it. The used length counts the data bytes written plus the status.
+    /// finished chain no earlier one of the queue waits for into the used ring (the interrupt,
+    /// if the driver wants one, follows at the batch's end: [`Self::signal_used`]). The used
+    /// length counts the data bytes written plus the status.
     #[allow(clippy::too_many_arguments)]
     fn complete(
         &mut self,
@@ -640,20 +684,11 @@ impl Active {
             q.stats.errors += 1;
         }
         q.order.finish(seq, head, used_len);
-        let mut returned = false;
         while let Some((head, used_len)) = q.order.pop_ready() {
             q.queue
                 .add_used(&*mem, head, used_len)
                 .map_err(DeviceError::Queue)?;
-            returned = true;
-        }
-        if returned
-            && q.queue
-                .needs_notification(&*mem)
-                .map_err(DeviceError::Queue)?
-            && !interrupts_suppressed(&q.queue, &mem)
-        {
-            self.interrupt.signal_used_queue();
+            q.used_unsignalled = true;
         }
         Ok(())
     }

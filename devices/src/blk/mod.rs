@@ -69,6 +69,13 @@
 //! bounce-buffered request, 2 MiB or 1024 iovecs. All members of a run complete together; if
 //! the host I/O fails, every member completes with `IOERR`. See `merge`.
 //!
+//! # Interrupts
+//!
+//! The driver is interrupted once per batch of used chains (the requests completed together
+//! after one wait for the engine, or at once while popping), if it wants interrupts at all,
+//! before the loop blocks or polls again: a merged run of eight reads costs one KVM injection,
+//! not eight. See `io`.
+//!
 //! # Idle polling
 //!
 //! A queue that runs dry is not given up at once: for up to [`BlkOptions::poll_us`] µs (default

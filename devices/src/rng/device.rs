@@ -44,6 +44,8 @@ struct Active {
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     stats: QueueStats,
+    /// Chains were used since the driver was last considered for an interrupt.
+    used_unsignalled: bool,
 }
 
 /// The outcome of executing one request.
@@ -101,60 +103,85 @@ impl Rng {
 impl Active {
     /// The queue loop. Returns an error only when the queue itself cannot be used any more
     /// (a broken ring or a head index outside the queue) or the entropy source failed.
+    /// The driver gets one interrupt per batch of chains served (if it wants one), not one per
+    /// chain.
     fn process(&mut self, source: &mut dyn Read, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let mem = &self.mem;
         loop {
             self.queue
-                .disable_notification(mem)
+                .disable_notification(&self.mem)
                 .map_err(DeviceError::Queue)?;
-            loop {
-                let chain = match self.queue.iter(mem) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => return Err(DeviceError::Queue(e)),
-                };
-                let Some(chain) = chain else { break };
-
-                let head = chain.head_index();
-                let size = self.queue.size();
-                if head >= size {
-                    return Err(DeviceError::BadHeadIndex { head, size });
-                }
-                let filled = match request::parse(mem, chain, size) {
-                    Ok(req) => Self::fill(mem, &req, source, buf),
-                    Err(_guest_fault) => {
-                        self.stats.errors += 1;
-                        Filled {
-                            written: 0,
-                            host_error: None,
-                        }
-                    }
-                };
-                self.queue
-                    .add_used(mem, head, filled.written)
-                    .map_err(DeviceError::Queue)?;
-                self.stats.requests += 1;
-                self.stats.bytes += u64::from(filled.written);
-                if self
-                    .queue
-                    .needs_notification(mem)
-                    .map_err(DeviceError::Queue)?
-                    && !interrupts_suppressed(&self.queue, mem)
-                {
-                    self.interrupt.signal_used_queue();
-                }
-                if let Some(e) = filled.host_error {
-                    self.stats.errors += 1;
-                    return Err(DeviceError::HostIo(e));
-                }
-            }
+            let served = self.serve_available(source, buf);
+            // Even after a failure, the driver hears of the chains already used.
+            let signalled = self.signal_used();
+            served.and(signalled)?;
             if !self
                 .queue
-                .enable_notification(mem)
+                .enable_notification(&self.mem)
                 .map_err(DeviceError::Queue)?
             {
                 return Ok(());
             }
         }
+    }
+
+    /// Serves every chain available now.
+    fn serve_available(
+        &mut self,
+        source: &mut dyn Read,
+        buf: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        let mem = &self.mem;
+        loop {
+            let chain = match self.queue.iter(mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => return Err(DeviceError::Queue(e)),
+            };
+            let Some(chain) = chain else {
+                return Ok(());
+            };
+
+            let head = chain.head_index();
+            let size = self.queue.size();
+            if head >= size {
+                return Err(DeviceError::BadHeadIndex { head, size });
+            }
+            let filled = match request::parse(mem, chain, size) {
+                Ok(req) => Self::fill(mem, &req, source, buf),
+                Err(_guest_fault) => {
+                    self.stats.errors += 1;
+                    Filled {
+                        written: 0,
+                        host_error: None,
+                    }
+                }
+            };
+            self.queue
+                .add_used(mem, head, filled.written)
+                .map_err(DeviceError::Queue)?;
+            self.used_unsignalled = true;
+            self.stats.requests += 1;
+            self.stats.bytes += u64::from(filled.written);
+            if let Some(e) = filled.host_error {
+                self.stats.errors += 1;
+                return Err(DeviceError::HostIo(e));
+            }
+        }
+    }
+
+    /// Interrupts the driver if chains were used since the last call and it wants to hear.
+    fn signal_used(&mut self) -> Result<(), DeviceError> {
+        if !std::mem::take(&mut self.used_unsignalled) {
+            return Ok(());
+        }
+        if self
+            .queue
+            .needs_notification(&self.mem)
+            .map_err(DeviceError::Queue)?
+            && !interrupts_suppressed(&self.queue, &self.mem)
+        {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
     }
 
     /// Executes a validated request: reads up to `req.len` bytes of entropy into the private
@@ -252,6 +279,7 @@ impl VirtioBackend for Rng {
             queue,
             interrupt,
             stats: QueueStats::default(),
+            used_unsignalled: false,
         });
         Ok(())
     }

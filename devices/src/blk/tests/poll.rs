@@ -2,7 +2,7 @@
 //! the device polls is served in the same `process_queue` call, with notifications still
 //! suppressed (the driver would not have notified); `poll=0` and the end of a window leave
 //! notifications enabled, as before. The driver's: a driver that polls the used ring
-//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`) gets no interrupts.
+//! (`VIRTQ_AVAIL_F_NO_INTERRUPT`) gets no interrupts, and one that takes them gets one per batch.
 //!
 //! No timing is asserted: the polled case uses a window far longer than any scheduling delay of
 //! the driver thread, and checks what the driver saw, not how long anything took.
@@ -192,4 +192,42 @@ fn a_driver_that_polls_the_used_ring_gets_no_interrupts() {
             "event_idx={event_idx} no_interrupt={no_interrupt}"
         );
     }
+}
+
+/// The requests of one batch are used together and cost the driver one interrupt: GET_IDs
+/// (completed while popping) and adjacent reads (merged into one host read, completed together),
+/// each batch served in one `process_queue` call. Before, each used chain was its own interrupt.
+#[test]
+fn a_batch_costs_the_driver_one_interrupt() {
+    use crate::blk::req_type::IN;
+    let mem = memory();
+    let image = TempImage::new(1 << 20, 0x33);
+    let options = BlkOptions {
+        merge: true,
+        ..opts(0)
+    };
+    // io_uring: the synchronous engine serves one request per batch.
+    let mut blk = Blk::new(image.open(true), options).unwrap();
+    blk.prepare_engine().unwrap();
+    let (mut blk, mut vqs, irq) = activate(blk, &mem, DRIVER, 1, QUEUE_SIZE);
+    let vq = &mut vqs[0];
+    for n in 0..5 {
+        request(vq, &mem, n, GET_ID, 0, &[(DATA + 0x1000 * n, 20, F_WRITE)]);
+    }
+    blk.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!(vq.used_idx(), 5);
+    assert_eq!(irq.used.load(Ordering::SeqCst), 1, "five GET_IDs");
+
+    for n in 0..5 {
+        request(vq, &mem, n, IN, n, &[(DATA + 0x1000 * n, 512, F_WRITE)]);
+    }
+    blk.process_queue(0, &mut NoEvents).unwrap();
+    assert_eq!(vq.used_idx(), 10);
+    assert!((0..5).all(|n| status_of(&mem, n) == OK));
+    assert_eq!(
+        read_mem(&mem, DATA + 0x4000, 512),
+        image.read(4 * 512, 512),
+        "the last read's data"
+    );
+    assert_eq!(irq.used.load(Ordering::SeqCst), 2, "five merged reads");
 }

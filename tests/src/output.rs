@@ -246,9 +246,85 @@ pub fn number_field(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// One queue's counters on an svmm statistics line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Chains completed.
+    pub requests: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Chains completed with an error.
+    pub errors: u64,
+}
+
+/// The statistics line svmm printed on `stderr` for `device` (`blk#0`) at VM end.
+pub fn stats_line<'a>(stderr: &'a str, device: &str) -> Option<&'a str> {
+    let prefix = format!("svmm: {device} (");
+    stderr.lines().find(|l| l.starts_with(&prefix))
+}
+
+/// Every queue of an svmm statistics line, in queue order: `svmm: blk#0 (sandboxed): q0
+/// requests=12 bytes=4096 errors=0, q1 requests=3 bytes=1024 errors=0; restarts=0`. `None`
+/// unless each queue, numbered 0, 1, ... in order, has all three counters — so a check over the
+/// result cannot miss a queue the way [`number_field`] (the first match only) would.
+pub fn queue_counters(line: &str) -> Option<Vec<QueueCounters>> {
+    let (_, queues) = line.split_once("): ")?;
+    let queues = queues.split("; ").next()?;
+    let mut out = Vec::new();
+    for (index, part) in queues.split(", ").enumerate() {
+        let rest = part.strip_prefix(&format!("q{index} "))?;
+        let field = |name: &str| number_field(&format!(" {rest}"), name);
+        out.push(QueueCounters {
+            requests: field("requests")?,
+            bytes: field("bytes")?,
+            errors: field("errors")?,
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_queue_of_a_statistics_line_is_read() {
+        let line = "svmm: blk#0 (sandboxed): q0 requests=12 bytes=4096 errors=0, q1 requests=3 \
+                    bytes=1024 errors=2; restarts=1";
+        let queues = queue_counters(line).unwrap();
+        assert_eq!(queues.len(), 2);
+        assert_eq!(
+            queues[1],
+            QueueCounters {
+                requests: 3,
+                bytes: 1024,
+                errors: 2
+            }
+        );
+        // An error on the second queue is seen; number_field sees the first queue only.
+        assert_eq!(number_field(line, "errors"), Some(0));
+        assert!(queues.iter().any(|q| q.errors > 0));
+        assert_eq!(
+            queue_counters("svmm: rng#0 (in-process): no requests"),
+            None
+        );
+        assert_eq!(
+            queue_counters(
+                "svmm: x#0 (sandboxed): q0 requests=1 bytes=1, q1 requests=1 bytes=1 errors=0"
+            ),
+            None,
+            "a queue without its errors field"
+        );
+        assert_eq!(
+            queue_counters("svmm: x#0 (sandboxed): q1 requests=1 bytes=1 errors=0"),
+            None,
+            "queues out of order"
+        );
+        let stderr = "svmm: rng#0 worker (pid 1) killed by SIGKILL\nsvmm: rng#0 (sandboxed): q0 \
+                      requests=1 bytes=64 errors=0; restarts=1\n";
+        assert!(stats_line(stderr, "rng#0").unwrap().ends_with("restarts=1"));
+        assert_eq!(stats_line(stderr, "rng#1"), None);
+    }
 
     #[test]
     fn number_field_takes_the_leading_digits_after_the_key() {

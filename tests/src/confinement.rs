@@ -1,8 +1,18 @@
 //! Whether a device worker is confined as DESIGN.md says, read from `/proc` — never taken from
-//! what svmm or the worker say about themselves — for a worker of any kind: filter mode
-//! seccomp, no_new_privs, no capabilities, ids that are not root (and not svmm's, as root), its
-//! own namespaces, an empty root directory, and exactly the fds its kind inherits. Also how to
-//! run svmm as the unprivileged test user.
+//! what svmm or the worker say about themselves — for a worker of any kind: one seccomp filter
+//! in filter mode and trap mode on its command line (filter mode alone is also log mode),
+//! no_new_privs, no capabilities, every id (real, effective, saved, file system) the
+//! same and not root (and not svmm's, as root), no supplementary groups (as root; an
+//! unprivileged user namespace cannot drop them), its own namespaces, an empty root directory,
+//! its rlimits (`/proc/PID/limits`, soft and hard) and exactly its fds (0 and 1 `/dev/null`, 2
+//! svmm's stderr or `/dev/null`).
+//!
+//! What a worker of a given spec should hold and be limited to is svmm's plan for it, read from
+//! `svmm --print-sandbox` ([`Planned`]); the checks here hold the running worker to it and to
+//! bounds of their own (no core dumps, a small fd table, few processes, a finite address
+//! space), so a plan that drifts from the process, or a plan that grants too much, fails; the
+//! suites also hold rng's and blk's plans to ARCHITECTURE.md's formulas. Also how to run svmm as the
+//! unprivileged test user.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,6 +23,12 @@ use crate::{paths, TestVm};
 
 /// The unprivileged account tests/run.sh creates (member of the `kvm` group).
 pub const TEST_USER: &str = "svmm-test";
+
+/// The most processes any worker may start (blk's io-wq threads: 1 + 2 × 4).
+const MAX_NPROC: u64 = 16;
+/// The fds every worker may open beyond those it inherits (ARCHITECTURE.md: NOFILE = 3 +
+/// inherited + 16 + what the kind declares).
+const NOFILE_MARGIN: u64 = 16;
 
 /// Who runs svmm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,54 +45,106 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The fds a worker holds beyond those of every worker (control socket, guest RAM and status
-/// page memfds, irqfd and stop eventfd, its epoll instance): one eventfd per queue, and its
-/// kind's own, each by what `/proc/PID/fd` links to (`/dev/urandom`, an image's path,
-/// `anon_inode:[io_uring]`) and how many.
-#[derive(Clone, Debug)]
-pub struct KindFds {
-    /// Queue ioeventfds.
-    pub queues: usize,
-    /// The kind's own: link target and count.
-    pub own: Vec<(String, usize)>,
-    /// The resource limits the worker must have (soft = hard), as `/proc/PID/limits` shows
-    /// them.
-    pub limits: Limits,
+/// svmm's plan for one device's worker, from its `--print-sandbox` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Planned {
+    /// The ids inside the worker's user namespace (`ids: uid U, gid G ...`).
+    pub ids: (u32, u32),
+    /// Whether it drops its supplementary groups (`supplementary groups: none`).
+    pub no_groups: bool,
+    /// The inherited fds: number → what svmm says it is.
+    pub fds: BTreeMap<u32, String>,
+    /// What the worker creates itself before its filter (one fd each, or none where the kernel
+    /// refuses it), as described.
+    pub created: Vec<String>,
+    /// `rlimits:` NAME → limit (`None`: unchanged from svmm's).
+    pub rlimits: BTreeMap<String, Option<u64>>,
 }
 
-/// A worker's resource limits, by the formulas in ARCHITECTURE.md (never read back from svmm).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// `Max processes` (`RLIMIT_NPROC`).
-    pub nproc: u64,
-    /// `Max open files`: 3 + the inherited fds + 16.
-    pub nofile: u64,
-    /// `Max file size` in bytes (0 unless the kind writes an image).
-    pub fsize: u64,
-    /// `Max address space`: guest RAM + 64 MiB + what the kind may hold.
-    pub address_space: u64,
-}
-
-impl Limits {
-    /// The limits of a worker with `fds` inherited fds (3, 4, ...) in a VM with `guest_ram`
-    /// bytes of RAM, of a kind that needs none beyond the default.
-    pub fn default_for(fds: u64, guest_ram: u64) -> Limits {
-        Limits {
-            nproc: 0,
-            nofile: 3 + fds + 16,
-            fsize: 0,
-            address_space: guest_ram + (64 << 20),
+impl Planned {
+    /// Reads a device's section of `svmm --print-sandbox` (see `crate::sandbox_report`).
+    pub fn parse(section: &str) -> Result<Planned, String> {
+        let mut planned = Planned::default();
+        let mut in_fds = false;
+        for line in section.lines() {
+            if let Some(rest) = line.strip_prefix("ids: uid ") {
+                let mut words = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|w| !w.is_empty());
+                let uid = words.next().and_then(|w| w.parse().ok());
+                let gid = words.next().and_then(|w| w.parse().ok());
+                planned.ids = uid
+                    .zip(gid)
+                    .ok_or_else(|| format!("bad ids line {line:?}"))?;
+            } else if let Some(rest) = line.strip_prefix("supplementary groups: ") {
+                planned.no_groups = rest == "none";
+            } else if let Some(rest) = line.strip_prefix("rlimits: ") {
+                planned.rlimits = parse_rlimits(rest).ok_or_else(|| format!("bad {line:?}"))?;
+            } else if line.starts_with("inherited fds") {
+                in_fds = true;
+            } else if let Some(what) = line
+                .trim_start()
+                .strip_prefix("created by the worker itself: ")
+            {
+                planned.created.push(what.to_string());
+            } else if in_fds {
+                let trimmed = line.trim_start();
+                let number = trimmed
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok());
+                match number {
+                    Some(n) if line.starts_with("  ") => {
+                        let what = trimmed.split_once(char::is_whitespace).map_or("", |x| x.1);
+                        planned.fds.insert(n, what.trim().to_string());
+                    }
+                    _ => in_fds = false,
+                }
+            }
         }
+        if planned.fds.is_empty() || planned.rlimits.is_empty() {
+            return Err(format!("no fds or rlimits in the plan:\n{section}"));
+        }
+        Ok(planned)
     }
 }
 
+/// The limits of a plan's `rlimits:` line (`NPROC 0 (no processes, no threads), CORE 0, NOFILE
+/// 26, FSIZE 0 (SIGXFSZ ignored: EFBIG), AS 192 MiB`): each of [`RLIMITS`] → its value in bytes
+/// or items, `None` for `unchanged`. `None` when one is missing or unreadable.
+fn parse_rlimits(line: &str) -> Option<BTreeMap<String, Option<u64>>> {
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out = BTreeMap::new();
+    for name in RLIMITS {
+        let at = words.iter().position(|w| *w == name)?;
+        let value = match *words.get(at + 1)? {
+            "unchanged" => None,
+            number => {
+                let unit = match words.get(at + 2) {
+                    Some(&"MiB") => 1 << 20,
+                    _ => 1,
+                };
+                Some(number.parse::<u64>().ok()? * unit)
+            }
+        };
+        out.insert(name.to_string(), value);
+    }
+    Some(out)
+}
+
+/// The rlimits a plan states, by their names in it.
+pub const RLIMITS: [&str; 5] = ["NPROC", "CORE", "NOFILE", "FSIZE", "AS"];
+
 /// Everything that is wrong with the confinement of `worker` (a child of svmm `svmm`, which
-/// runs as `identity`), holding the fds `kind` says; empty when it is confined.
+/// runs as `identity`), against `planned`; empty when it is confined.
 pub fn problems(
     worker: u32,
     svmm: u32,
     identity: Identity,
-    kind: &KindFds,
+    planned: &Planned,
 ) -> io::Result<Vec<String>> {
     let status = procfs::status(worker)?;
     let svmm_status = procfs::status(svmm)?;
@@ -88,6 +156,12 @@ pub fn problems(
             field("Seccomp")
         ));
     }
+    if field("Seccomp_filters") != "1" {
+        problems.push(format!(
+            "Seccomp_filters: {} (want 1: the device's own)",
+            field("Seccomp_filters")
+        ));
+    }
     // Filter mode alone may be log mode: the filter the worker installed traps.
     let cmdline = procfs::cmdline(worker)?;
     if !cmdline.contains(" --seccomp=trap ") {
@@ -95,7 +169,6 @@ pub fn problems(
             "the worker's filter is not in trap mode: {cmdline}"
         ));
     }
-    problems.extend(limit_problems(worker, &kind.limits)?);
     if field("NoNewPrivs") != "1" {
         problems.push(format!("NoNewPrivs: {}", field("NoNewPrivs")));
     }
@@ -104,24 +177,13 @@ pub fn problems(
             problems.push(format!("{cap}: {} (want all zero)", field(cap)));
         }
     }
-    let uid = procfs::real_id(&status, "Uid");
-    let gid = procfs::real_id(&status, "Gid");
-    let svmm_uid = procfs::real_id(&svmm_status, "Uid");
-    if uid == Some(0) || gid == Some(0) || uid.is_none() {
-        problems.push(format!("worker uid/gid {uid:?}/{gid:?} (want not 0)"));
-    }
-    if identity == Identity::Root && uid == svmm_uid {
-        problems.push(format!("worker uid {uid:?} is svmm's"));
-    }
-    if identity == Identity::Unprivileged {
-        match inside_uid(worker, uid) {
-            Some(0) | None => problems.push(format!(
-                "worker's uid inside its user namespace is {:?} (want a mapped id, not 0)",
-                inside_uid(worker, uid)
-            )),
-            Some(_) => {}
-        }
-    }
+    problems.extend(id_problems(
+        worker,
+        &status,
+        &svmm_status,
+        identity,
+        planned,
+    ));
     for ns in WORKER_NAMESPACES {
         let (w, v) = (procfs::namespace(worker, ns)?, procfs::namespace(svmm, ns)?);
         if w == v {
@@ -132,41 +194,93 @@ pub fn problems(
     if !root.is_empty() {
         problems.push(format!("root directory not empty: {root:?}"));
     }
+    problems.extend(limit_problems(worker, svmm, planned)?);
     let fds = procfs::fds(worker)?;
-    problems.extend(unexpected_fds(&fds, &procfs::fds(svmm)?, kind));
+    problems.extend(fd_problems(&fds, &procfs::fds(svmm)?, planned));
     Ok(problems)
 }
 
-/// Where `/proc/PID/limits` disagrees with `want` (soft and hard limit alike), and a core size
-/// that is not 0.
-fn limit_problems(pid: u32, want: &Limits) -> io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+/// The four ids of a `Uid:` or `Gid:` line: real, effective, saved, file system.
+fn four_ids(status: &BTreeMap<String, String>, key: &str) -> Vec<u32> {
+    status
+        .get(key)
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every uid and gid (real, effective, saved, fs) one and the same, not root, as planned (as
+/// root: exactly the planned host ids, not svmm's; unprivileged: svmm's own outside, the
+/// planned ones inside); the supplementary groups dropped where the plan says so, else svmm's.
+fn id_problems(
+    worker: u32,
+    status: &BTreeMap<String, String>,
+    svmm: &BTreeMap<String, String>,
+    identity: Identity,
+    planned: &Planned,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    for (name, value) in [
-        ("Max processes", want.nproc),
-        ("Max core file size", 0),
-        ("Max open files", want.nofile),
-        ("Max file size", want.fsize),
-        ("Max address space", want.address_space),
+    let (uids, gids) = (four_ids(status, "Uid"), four_ids(status, "Gid"));
+    for (name, ids, want_inside, map) in [
+        ("uid", &uids, planned.ids.0, "uid_map"),
+        ("gid", &gids, planned.ids.1, "gid_map"),
     ] {
-        let got: Vec<&str> = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l[name.len()..].split_whitespace().take(2).collect())
-            .unwrap_or_default();
-        let value = value.to_string();
-        if got != [value.as_str(), value.as_str()] {
-            problems.push(format!("{name}: {got:?} (want {value} soft and hard)"));
+        let [id, ..] = ids[..] else {
+            problems.push(format!("no {name}s in /proc/{worker}/status"));
+            continue;
+        };
+        if ids.len() != 4 || ids.iter().any(|&x| x != id) {
+            problems.push(format!(
+                "{name}s real/effective/saved/fs {ids:?} (want all the same)"
+            ));
+        }
+        if id == 0 {
+            problems.push(format!("worker {name} 0"));
+        }
+        let svmm_id = four_ids(svmm, if name == "uid" { "Uid" } else { "Gid" })
+            .first()
+            .copied();
+        match identity {
+            Identity::Root => {
+                if Some(id) == svmm_id {
+                    problems.push(format!("worker {name} {id} is svmm's"));
+                }
+                if id != want_inside {
+                    problems.push(format!("worker {name} {id} (planned {want_inside})"));
+                }
+            }
+            Identity::Unprivileged => {
+                if Some(id) != svmm_id {
+                    problems.push(format!("worker {name} {id} is not svmm's {svmm_id:?}"));
+                }
+                let inside = inside_id(worker, map, id);
+                if inside != Some(want_inside) {
+                    problems.push(format!(
+                        "worker {name} inside its user namespace {inside:?} (planned {want_inside})"
+                    ));
+                }
+            }
         }
     }
-    Ok(problems)
+    let groups = status.get("Groups").map(String::as_str).unwrap_or("");
+    let want = if planned.no_groups {
+        ""
+    } else {
+        svmm.get("Groups").map(String::as_str).unwrap_or("")
+    };
+    if groups != want {
+        problems.push(format!("Groups: {groups:?} (want {want:?})"));
+    }
+    problems
 }
 
-/// The worker's real uid as seen inside its own user namespace, from its `uid_map`.
-fn inside_uid(pid: u32, outside: Option<u32>) -> Option<u32> {
-    let outside = outside?;
-    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).ok()?;
-    map.lines().find_map(|line| {
+/// The id a process's `map` (`uid_map`/`gid_map`) maps `outside` to inside its namespace.
+fn inside_id(pid: u32, map: &str, outside: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{map}")).ok()?;
+    text.lines().find_map(|line| {
         let f: Vec<u32> = line
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
@@ -178,28 +292,118 @@ fn inside_uid(pid: u32, outside: Option<u32>) -> Option<u32> {
     })
 }
 
-/// The fds that should not be there, or are missing: the control socket, guest RAM and the
-/// interrupt status page (memfds), the irqfd, the stop eventfd and the queue ioeventfds
-/// (eventfds; `worker::fd_numbers`), the epoll instance of the worker's own event loop (made
-/// before its filter; it reaches nothing), and the kind's own. Fds 0–2 may only be /dev/null or
-/// svmm's own stderr (so the worker can report a fatal error in one line).
-fn unexpected_fds(
+/// A soft and a hard limit, `None` for unlimited.
+type Limit = (Option<u64>, Option<u64>);
+
+/// `/proc/PID/limits` as NAME → its limit.
+fn limits(pid: u32) -> io::Result<BTreeMap<String, Limit>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let value = |w: &str| w.parse::<u64>().ok();
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // "Max open files            26                   26                   files"
+            let name = line.get(..26)?.trim().to_string();
+            let mut rest = line.get(26..)?.split_whitespace();
+            Some((
+                name,
+                (rest.next().and_then(value), rest.next().and_then(value)),
+            ))
+        })
+        .collect())
+}
+
+/// The worker's rlimits, soft and hard, are the planned ones (an unchanged one is svmm's; the
+/// address space in the plan's whole MiB), and within bounds of their own, whatever the plan
+/// says: no core dumps, no more than [`MAX_NPROC`] processes, room for the inherited fds and
+/// [`NOFILE_MARGIN`] more but a small table, a finite address space.
+fn limit_problems(worker: u32, svmm: u32, planned: &Planned) -> io::Result<Vec<String>> {
+    let (got, svmm) = (limits(worker)?, limits(svmm)?);
+    let mut problems = Vec::new();
+    for (planned_name, proc_name) in [
+        ("NPROC", "Max processes"),
+        ("CORE", "Max core file size"),
+        ("NOFILE", "Max open files"),
+        ("FSIZE", "Max file size"),
+        ("AS", "Max address space"),
+    ] {
+        let Some(plan) = planned.rlimits.get(planned_name) else {
+            problems.push(format!("the plan has no {planned_name} limit"));
+            continue;
+        };
+        let mib = |v: Option<u64>| v.map(|v| v >> 20);
+        let mut want = match plan {
+            Some(n) => (Some(*n), Some(*n)),
+            None => svmm.get(proc_name).copied().unwrap_or_default(),
+        };
+        let mut have = got.get(proc_name).copied().unwrap_or_default();
+        if planned_name == "AS" {
+            (want, have) = ((mib(want.0), mib(want.1)), (mib(have.0), mib(have.1)));
+        }
+        if have != want {
+            problems.push(format!("{proc_name}: {have:?} (planned {want:?})"));
+        }
+    }
+    let within = |name: &str, min: u64, max: u64| {
+        got.get(name).is_some_and(|(soft, hard)| {
+            [soft, hard]
+                .iter()
+                .all(|v| v.is_some_and(|v| (min..=max).contains(&v)))
+        })
+    };
+    let inherited = planned.fds.len() as u64;
+    for (name, min, max) in [
+        ("Max core file size", 0, 0),
+        ("Max processes", 0, MAX_NPROC),
+        // The fs device keeps one fd per node the guest looked up: its table is the largest.
+        ("Max open files", inherited + NOFILE_MARGIN, 16 * 1024),
+        ("Max address space", 64 << 20, u64::MAX - 1),
+    ] {
+        if !within(name, min, max) {
+            problems.push(format!("{name}: {:?} (want {min} to {max})", got.get(name)));
+        }
+    }
+    Ok(problems)
+}
+
+/// What `/proc/PID/fd/N` links to for an inherited fd svmm describes as `what`; `None` where
+/// the description names nothing the link can be checked against.
+fn expected_target(what: &str) -> Option<String> {
+    let sort = if what.starts_with("control socket") {
+        "socket:"
+    } else if what.starts_with("guest RAM memfd") || what.starts_with("interrupt status page") {
+        "/memfd:"
+    } else if what.contains("eventfd") {
+        "anon_inode:[eventfd]"
+    } else if let Some(rest) = what.split_once(": ").map(|x| x.1) {
+        // "host resource of blk: /path/disk.img (read-write, ...)": the path.
+        return rest
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+            .map(str::to_string);
+    } else {
+        return None;
+    };
+    Some(sort.to_string())
+}
+
+/// The fds that should not be there, are missing, or are not what svmm planned: every
+/// inherited fd at its planned number (fds 0–2 only /dev/null or svmm's own stderr), then the
+/// worker's own: its event loop's epoll instance and one fd per thing it creates itself before
+/// its filter (an io_uring instance: none where the kernel refuses io_uring), nothing else.
+fn fd_problems(
     fds: &BTreeMap<u32, String>,
     svmm_fds: &BTreeMap<u32, String>,
-    kind: &KindFds,
+    planned: &Planned,
 ) -> Vec<String> {
-    let mut want: BTreeMap<String, usize> = [
-        ("socket".to_string(), 1),
-        ("memfd".to_string(), 2),
-        ("eventfd".to_string(), 2 + kind.queues),
-        ("eventpoll".to_string(), 1),
-    ]
-    .into();
-    for (target, count) in &kind.own {
-        *want.entry(target.clone()).or_default() += count;
-    }
     let mut problems = Vec::new();
-    for (fd, target) in fds {
+    for (fd, what) in &planned.fds {
+        let Some(target) = fds.get(fd) else {
+            problems.push(format!("fd {fd} ({what}) missing"));
+            continue;
+        };
         if *fd <= 1 {
             if target != "/dev/null" {
                 problems.push(format!("fd {fd} -> {target} (want /dev/null)"));
@@ -215,26 +419,55 @@ fn unexpected_fds(
             }
             continue;
         }
-        let sort = if target.starts_with("socket:") {
-            "socket"
-        } else if target.starts_with("/memfd:") {
-            "memfd"
-        } else if target == "anon_inode:[eventfd]" {
-            "eventfd"
-        } else if target == "anon_inode:[eventpoll]" {
-            "eventpoll"
-        } else {
-            target.as_str()
-        };
-        match want.get_mut(sort) {
-            Some(n) if *n > 0 => *n -= 1,
-            _ => problems.push(format!("unexpected fd {fd} -> {target}")),
+        match expected_target(what) {
+            Some(want) if want.starts_with('/') && !want.starts_with("/memfd:") => {
+                let canonical = std::fs::canonicalize(&want)
+                    .map_or(want.clone(), |p| p.to_string_lossy().into_owned());
+                if target != &want && target != &canonical {
+                    problems.push(format!("fd {fd} -> {target} (planned {what})"));
+                }
+            }
+            Some(want) if !target.starts_with(&want) => {
+                problems.push(format!("fd {fd} -> {target} (planned {what})"));
+            }
+            _ => {}
         }
     }
-    for (sort, missing) in want {
-        if missing > 0 {
-            problems.push(format!("{missing} {sort} fd(s) missing"));
+    let io_uring_refused = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    let mut own: Vec<&String> = fds
+        .iter()
+        .filter(|(fd, _)| !planned.fds.contains_key(fd))
+        .map(|(_, target)| target)
+        .collect();
+    let mut take = |wanted: &dyn Fn(&str) -> bool, what: &str, optional: bool| match own
+        .iter()
+        .position(|t| wanted(t))
+    {
+        Some(i) => {
+            own.remove(i);
         }
+        None if optional => {}
+        None => problems.push(format!("no fd of the worker's own {what}")),
+    };
+    take(
+        &|t| t == "anon_inode:[eventpoll]",
+        "event loop (epoll)",
+        false,
+    );
+    for created in &planned.created {
+        if created.contains("io_uring") {
+            take(
+                &|t| t == "anon_inode:[io_uring]",
+                "io_uring instance",
+                io_uring_refused,
+            );
+        } else {
+            take(&|_| true, created, false);
+        }
+    }
+    for target in own {
+        problems.push(format!("unplanned fd -> {target}"));
     }
     problems
 }
@@ -294,9 +527,56 @@ fn setpriv() -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
+    const SECTION: &str = "\
+command line: svmm __worker blk --seccomp=trap --config=00
+ids: uid 1500000001, gid 1500000002 inside the worker's user namespace
+supplementary groups: none
+rlimits: NPROC 9, CORE 0, NOFILE 26, FSIZE unchanged (SIGXFSZ ignored: EFBIG), AS 194 MiB
+inherited fds (every other fd is closed before exec):
+    0  stdin: /dev/null
+    1  stdout: /dev/null
+    2  stderr: svmm's stderr (the worker's one-line error reports)
+    3  control socket (SOCK_SEQPACKET, the worker's end; svmm holds the other)
+    4  guest RAM memfd (sealed: F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+    5  interrupt status page (memfd, one page shared with svmm: InterruptStatus bits)
+    6  irqfd (eventfd bound by KVM to the device's GSI: writing it interrupts the guest)
+    7  stop eventfd (readable = stop serving; svmm never writes it to a spawned worker)
+    8  queue 0 notify eventfd (KVM ioeventfd on QueueNotify, datamatch 0)
+    9  host resource of blk: /tmp/disk.img (read-write, flock LOCK_EX: no other svmm may open it)
+  created by the worker itself: an io_uring instance (set up in the last step)
+seccomp: profile \"blk\" in mode trap: ...
+";
+
     #[test]
-    fn fds_are_counted_by_sort_and_kind() {
-        let fds: BTreeMap<u32, String> = [
+    fn the_plan_is_read_from_the_report() {
+        let planned = Planned::parse(SECTION).unwrap();
+        assert_eq!(planned.ids, (1_500_000_001, 1_500_000_002));
+        assert!(planned.no_groups);
+        assert_eq!(planned.fds.len(), 10);
+        assert!(planned.fds[&9].starts_with("host resource of blk: /tmp/disk.img"));
+        assert_eq!(planned.created.len(), 1);
+        assert_eq!(planned.rlimits["NPROC"], Some(9));
+        assert_eq!(planned.rlimits["FSIZE"], None);
+        assert_eq!(planned.rlimits["AS"], Some(194 << 20));
+        let rng = parse_rlimits(
+            "NPROC 0 (no processes, no threads), CORE 0, NOFILE 26, FSIZE 0 (SIGXFSZ ignored: \
+             EFBIG), AS 192 MiB",
+        )
+        .unwrap();
+        assert_eq!(rng["NPROC"], Some(0));
+        assert_eq!(rng["NOFILE"], Some(26));
+        assert_eq!(
+            parse_rlimits("NPROC 0, CORE 0, NOFILE 26, FSIZE 0"),
+            None,
+            "no AS"
+        );
+        assert!(Planned::parse("nothing here").is_err());
+    }
+
+    #[test]
+    fn fds_are_held_to_the_plan() {
+        let planned = Planned::parse(SECTION).unwrap();
+        let mut fds: BTreeMap<u32, String> = [
             (0, "/dev/null"),
             (1, "/dev/null"),
             (2, "/dev/pts/3"),
@@ -306,35 +586,32 @@ mod tests {
             (6, "anon_inode:[eventfd]"),
             (7, "anon_inode:[eventfd]"),
             (8, "anon_inode:[eventfd]"),
-            (9, "/dev/urandom"),
+            (9, "/tmp/disk.img"),
             (10, "anon_inode:[eventpoll]"),
+            (11, "anon_inode:[io_uring]"),
         ]
         .into_iter()
         .map(|(n, t)| (n, t.to_string()))
         .collect();
         let svmm: BTreeMap<u32, String> = [(2, "/dev/pts/3".to_string())].into();
-        let rng = KindFds {
-            queues: 1,
-            own: vec![("/dev/urandom".into(), 1)],
-            limits: Limits::default_for(7, 128 << 20),
-        };
-        assert!(unexpected_fds(&fds, &svmm, &rng).is_empty());
-        let two_queues = KindFds {
-            queues: 2,
-            ..rng.clone()
-        };
-        assert_eq!(
-            unexpected_fds(&fds, &svmm, &two_queues),
-            ["1 eventfd fd(s) missing"]
+        assert_eq!(fd_problems(&fds, &svmm, &planned), Vec::<String>::new());
+        fds.insert(12, "/etc/passwd".into());
+        fds.insert(9, "/tmp/other.img".into());
+        fds.remove(&8);
+        let problems = fd_problems(&fds, &svmm, &planned);
+        assert!(
+            problems.iter().any(|p| p.starts_with("fd 8 ")),
+            "{problems:?}"
         );
-        let nothing_own = KindFds {
-            queues: 1,
-            own: Vec::new(),
-            limits: rng.limits,
-        };
-        assert_eq!(
-            unexpected_fds(&fds, &svmm, &nothing_own),
-            ["unexpected fd 9 -> /dev/urandom"]
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("fd 9 -> /tmp/other.img")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("/etc/passwd")),
+            "{problems:?}"
         );
     }
 }

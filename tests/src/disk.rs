@@ -32,26 +32,37 @@ pub fn put_pattern(image: &mut [u8], seed: u32, sector: usize, count: usize) {
     }
 }
 
-/// The regions every blk test writes (or reads) with the pattern on a disk of `capacity`
-/// sectors with 512-byte blocks (the guest's regions A, B, C, D): `(first sector, sectors)`.
-pub fn pattern_regions(capacity: usize) -> [(usize, usize); 4] {
-    [(0, 1), (7, 8), (capacity / 2, 64), (capacity - 8, 8)]
+/// What a fresh image holds after a `blk_write` run (`batch_requests == 0`), or after a `blk`
+/// run whose batch had `batch_requests` requests of 8 sectors, on a device with 512-byte
+/// blocks: see [`expected_image_blocks`].
+pub fn expected_image(seed: u32, batch_requests: usize) -> Vec<u8> {
+    expected_image_blocks(seed, batch_requests, 1)
 }
 
-/// What a fresh image holds after a `blk_write` run (`batch_requests == 0`), or after a `blk`
-/// run whose batch had `batch_requests` requests of 8 sectors: the pattern over regions A-D and
-/// the batch region (C/4), zeroes over the discard and write-zeroes regions (C/8, 16 sectors
-/// each), the background everywhere else.
-pub fn expected_image(seed: u32, batch_requests: usize) -> Vec<u8> {
+/// [`expected_image`] on a device whose logical block is `block` sectors (`blk_size / 512`,
+/// e.g. 8 with `direct=on` on a disk with 4 KiB direct-I/O alignment), where the guest places
+/// its regions by blocks (images/testguest/src/tests/blk/mod.rs): A = block 0, B = 8 sectors
+/// from `up(7, block)`, C = 64 sectors from `down(C/2, 8)`, D = the 8 sectors before
+/// `down(C, block)`; the batch region (C/4) with the pattern, 32 zeroed sectors from
+/// `up(C/8, 16)` (discard, then write-zeroes); the background everywhere else.
+pub fn expected_image_blocks(seed: u32, batch_requests: usize, block: usize) -> Vec<u8> {
     let mut image = fresh_image();
     let capacity = IMAGE_BYTES / SECTOR;
-    for (sector, count) in pattern_regions(capacity) {
+    let up = |x: usize, to: usize| x.div_ceil(to) * to;
+    let down = |x: usize, to: usize| x / to * to;
+    let regions = [
+        (0, block),
+        (up(7, block), 8),
+        (down(capacity / 2, 8), 64),
+        (down(capacity, block) - 8, 8),
+    ];
+    for (sector, count) in regions {
         put_pattern(&mut image, seed, sector, count);
     }
     if batch_requests > 0 {
-        put_pattern(&mut image, seed, capacity / 4, 8 * batch_requests);
-        let zeroed = capacity / 8 * SECTOR..(capacity / 8 + 32) * SECTOR;
-        image[zeroed].fill(0);
+        put_pattern(&mut image, seed, down(capacity / 4, 8), 8 * batch_requests);
+        let zeroed = up(capacity / 8, 16);
+        image[zeroed * SECTOR..(zeroed + 32) * SECTOR].fill(0);
     }
     image
 }
@@ -129,5 +140,16 @@ mod tests {
         assert_eq!(written[SECTOR..7 * SECTOR], fresh[SECTOR..7 * SECTOR]);
         let full = expected_image(7, 4);
         assert!(full[1024 * SECTOR..1056 * SECTOR].iter().all(|&b| b == 0));
+        // 4 KiB blocks: region A is a whole block, B starts at the next one.
+        let blocks = expected_image_blocks(7, 4, 8);
+        assert_ne!(
+            blocks[7 * SECTOR..8 * SECTOR],
+            fresh[7 * SECTOR..8 * SECTOR]
+        );
+        assert_eq!(
+            blocks[8 * SECTOR..15 * SECTOR],
+            full[8 * SECTOR..15 * SECTOR]
+        );
+        assert_eq!(blocks[..SECTOR], full[..SECTOR]);
     }
 }

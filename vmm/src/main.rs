@@ -51,9 +51,18 @@ fn main() {
 fn run() -> u8 {
     // Hidden worker mode (`svmm __worker KIND`), started by the broker with its fds in place.
     let mut argv = std::env::args_os().skip(1);
-    if argv.next().is_some_and(|a| a == worker::args::WORKER_ARG) {
+    let first = argv.next();
+    if first
+        .as_ref()
+        .is_some_and(|a| a == worker::args::WORKER_ARG)
+    {
         let rest: Vec<String> = argv.map(|a| a.to_string_lossy().into_owned()).collect();
         return worker::spawned::main(&rest, kinds::KINDS);
+    }
+    // Test builds: `svmm __test-specs DIR` (see `kinds::print_test_specs`).
+    #[cfg(feature = "test-faults")]
+    if first.as_ref().is_some_and(|a| a == kinds::TEST_SPECS_ARG) {
+        return kinds::print_test_specs(argv.next().map(std::path::PathBuf::from));
     }
     let args = match cli::parse() {
         Ok(args) => args,

@@ -4,8 +4,8 @@
 //! would, to check its protocol. Each kind has its own suite (rng.rs, blk.rs, ...); the sandbox
 //! has sandbox.rs.
 //!
-//! svmm confines its own threads too: while the guest runs, `/proc` shows every vCPU thread, the
-//! console-input thread, the main thread and the in-process device thread under seccomp.
+//! svmm confines its own threads too: while the guest runs, `/proc` shows every one of its
+//! threads under the filter its `--print-sandbox` table of threads says.
 //!
 //! `--report-timings` prints one spawn-time line per device, sandboxed and in-process alike.
 //!
@@ -142,6 +142,20 @@ fn unknown_kind() -> TrialResult {
     Ok(())
 }
 
+/// `PF_USER_WORKER` (include/linux/sched.h): a thread the kernel made in a process for its
+/// own work (KVM's `kvm-nx-lpage-recovery`, vhost's workers), which never runs the process's
+/// code, so no filter of the process's applies to it.
+const PF_USER_WORKER: u64 = 0x4000;
+
+/// Whether thread `tid` of `pid` is a kernel worker ([`PF_USER_WORKER`] in its `stat` flags).
+fn kernel_worker(pid: u32, tid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    // After the name in parentheses: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_USER_WORKER != 0)
+}
+
 /// The threads of `pid`: (tid, name, `/proc/<pid>/task/<tid>/status` fields).
 fn threads(pid: u32) -> Vec<(u32, String, BTreeMap<String, String>)> {
     let mut out = Vec::new();
@@ -164,47 +178,146 @@ fn threads(pid: u32) -> Vec<(u32, String, BTreeMap<String, String>)> {
     out
 }
 
-/// While the guest sleeps after its rng test, every vCPU thread, the console-input thread, the
-/// main thread and the in-process device thread show `Seccomp: 2` (filter mode) and
-/// `NoNewPrivs: 1`; the guest's rng test passed through the confined device thread, and svmm
-/// still ends with the guest's status 0 and no seccomp report.
+/// While the guest sleeps after its rng test, **every** thread of svmm — main, vCPUs, console
+/// input, the broker's spawner, each device's monitor (a sandboxed and an in-process device)
+/// and the in-process device's thread — runs under the filter svmm's own `--print-sandbox`
+/// table of its threads says: no filter where it says "none", one filter in filter mode
+/// (`Seccomp: 2`, `Seccomp_filters: 1`, `NoNewPrivs: 1`) otherwise; a thread the table does not
+/// list fails, unless the kernel made it for its own work (`PF_USER_WORKER`: KVM's
+/// `kvm-nx-lpage-recovery`), which runs none of svmm's code. The guest's rng test passed through the confined device thread, and svmm still
+/// ends with the guest's status 0 and no seccomp report.
 fn vmm_threads_run_under_seccomp() -> TrialResult {
     const SLEEPING: &str = "testguest: sleep ms=3000";
-    let vm = guest("rng", &["rng,sandbox=off"])
-        .cmdline("testguest.run=rng testguest.sleep_ms=3000")
+    let devices = ["rng", "rng,sandbox=off"];
+    let report = TestVm::new(tests::Backend::Svmm)
+        .arg("--print-sandbox")
+        .device(devices[0])
+        .device(devices[1])
+        .timeout(TIMEOUT)
+        .run()?;
+    let table = thread_table(&report.stdout)?;
+    let vm = guest("rng@1", &devices)
+        .cmdline("testguest.run=rng@1 testguest.sleep_ms=3000")
         .cpus(2)
         .spawn()?;
     vm.wait_for_line(SLEEPING, TIMEOUT)?;
     let pid = vm.pid();
     let threads = threads(pid);
-    let mut confined = Vec::new();
-    for (tid, name, fields) in &threads {
-        let is_main = *tid == pid;
-        if !(is_main || ["vcpu0", "vcpu1", "console-in", "dev-rng#0"].contains(&name.as_str())) {
+    let names = ["rng#0", "rng#1"];
+    let mut seen = Vec::new();
+    let mut problems = Vec::new();
+    for (tid, comm, fields) in &threads {
+        let role = table
+            .iter()
+            .find(|(role, _)| thread_matches(role, *tid == pid, comm, &names));
+        let Some((role, filter)) = role else {
+            if kernel_worker(pid, *tid) {
+                eprintln!("    thread {tid} ({comm}): the kernel's own worker, runs no svmm code");
+                continue;
+            }
+            problems.push(format!(
+                "thread {tid} ({comm}) is not in svmm's table of threads"
+            ));
             continue;
-        }
-        let seccomp = fields.get("Seccomp").map(String::as_str);
-        let nnp = fields.get("NoNewPrivs").map(String::as_str);
-        assert_eq!(
-            (seccomp, nnp),
-            (Some("2"), Some("1")),
-            "thread {tid} ({name}) of svmm is not confined"
+        };
+        let want = if filter == "none" {
+            (Some("0"), None)
+        } else {
+            (Some("2"), Some("1"))
+        };
+        let got = (
+            fields.get("Seccomp").map(String::as_str),
+            fields.get("Seccomp_filters").map(String::as_str),
         );
-        confined.push(if is_main { "main" } else { name.as_str() });
+        let got = (got.0, got.1.filter(|_| want.1.is_some()));
+        let nnp = fields.get("NoNewPrivs").map(String::as_str);
+        if got != want || (filter != "none" && nnp != Some("1")) {
+            problems.push(format!(
+                "thread {tid} ({comm}, {role}: {filter}): Seccomp {:?}, Seccomp_filters {:?}, \
+                 NoNewPrivs {nnp:?}",
+                fields.get("Seccomp"),
+                fields.get("Seccomp_filters")
+            ));
+        }
+        seen.push(if *tid == pid {
+            "main".to_string()
+        } else {
+            comm.clone()
+        });
     }
-    confined.sort_unstable();
-    assert_eq!(
-        confined,
-        ["console-in", "dev-rng#0", "main", "vcpu0", "vcpu1"],
-        "threads of svmm: {:?}",
-        threads.iter().map(|t| &t.1).collect::<Vec<_>>()
-    );
+    seen.sort_unstable();
+    for want in [
+        "main",
+        "vcpu0",
+        "vcpu1",
+        "console-in",
+        "svmm-spawner",
+        "mon-rng#0",
+        "mon-rng#1",
+        "dev-rng#1",
+    ] {
+        if !seen.iter().any(|s| s == want) {
+            problems.push(format!("no thread {want} among {seen:?}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "svmm's threads against its table:\n  {}",
+            problems.join("\n  ")
+        )
+        .into());
+    }
+    eprintln!("    threads: {seen:?}");
     let out = vm.wait()?;
     out.log("svmm testguest rng, sleeping, threads inspected");
-    out.assert_line(RNG_OK);
+    out.assert_line("testguest: rng@1 ok bytes=2048 requests=32 ");
     assert!(!out.stderr.contains("seccomp"), "\n{}", out.report());
-    assert_passed(&out);
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    out.assert_no_panic();
+    out.assert_status(0);
     Ok(())
+}
+
+/// The table of svmm's own threads in a `--print-sandbox` report: (thread, filter), e.g.
+/// `("vcpuN", "the vmm profile")`, `("main", "none while it builds the VM, then the vmm
+/// profile")`.
+fn thread_table(report: &str) -> Result<Vec<(String, String)>, String> {
+    let section = tests::sandbox_report::section(report, "== svmm itself");
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .take_while(|l| !l.starts_with("seccomp: "))
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| {
+            let row = l.trim();
+            // The thread, then two or more spaces, then its filter.
+            let at = row.find("  ")?;
+            Some((row[..at].to_string(), row[at..].trim().to_string()))
+        })
+        .collect();
+    if rows.len() < 5 {
+        return Err(format!("no table of threads in the report:\n{section}"));
+    }
+    Ok(rows)
+}
+
+/// Whether a thread (`main`: the process's first thread; `comm` its name) is the table's
+/// `role`: `main`, `broker spawner` (`svmm-spawner`), `vcpuN`, `console-in`, `mon-DEVICE`,
+/// `dev-DEVICE (sandbox=off)`, with DEVICE one of `devices`.
+fn thread_matches(role: &str, main: bool, comm: &str, devices: &[&str]) -> bool {
+    let role = role.trim_end_matches(" (sandbox=off)");
+    match role {
+        "main" => main,
+        "broker spawner" => !main && comm == "svmm-spawner",
+        _ if main => false,
+        _ if role.ends_with('N') => comm
+            .strip_prefix(&role[..role.len() - 1])
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        _ if role.ends_with("DEVICE") => {
+            let prefix = &role[..role.len() - "DEVICE".len()];
+            devices.iter().any(|d| comm == format!("{prefix}{d}"))
+        }
+        _ => comm == role,
+    }
 }
 
 /// `svmm __worker rng` started the way the broker starts it — fds at the fixed numbers of

@@ -231,16 +231,15 @@ impl Worker<'_> {
         };
         let valid = msg.validate(&self.layout).is_ok();
         let reply = match msg {
-            VmmToWorker::Activate { .. } if !valid => Some(WorkerToVmm::DeviceError {
-                reason: DeviceErrorKind::BadActivation,
-            }),
+            VmmToWorker::Activate { .. } | VmmToWorker::Resume { .. } if !valid => {
+                Some(WorkerToVmm::DeviceError {
+                    reason: DeviceErrorKind::BadActivation,
+                })
+            }
             VmmToWorker::Activate {
                 driver_features,
                 queues,
             } => Some(self.activate(backend, runner, driver_features, &queues)),
-            VmmToWorker::Resume { .. } if !valid => Some(WorkerToVmm::DeviceError {
-                reason: DeviceErrorKind::BadActivation,
-            }),
             VmmToWorker::Resume {
                 driver_features,
                 queues,

@@ -7,9 +7,14 @@
 //! built, like its other host resources, and never knows whether it runs in a worker or a
 //! thread: both talk to the VMM over the same service channel (`ipc::service`).
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 pub use ipc::ServiceRefusal;
+use ipc::{Channel, ServiceReply, ServiceRequest};
+
+/// How long the device waits for the VMM's answer before it gives the channel up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a service request failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,9 @@ pub trait HostServices: Send {
     ) -> Result<(), ServiceError>;
     /// Removes the mapping that starts at `offset`.
     fn unmap_shm(&mut self, offset: u64) -> Result<(), ServiceError>;
+    /// Tells the VMM the device closed one of the connections [`connect`](Self::connect) made,
+    /// so that it no longer counts against the VM's limit.
+    fn disconnected(&mut self) -> Result<(), ServiceError>;
 }
 
 /// A device without host services: every request is refused with
@@ -62,5 +70,235 @@ impl HostServices for NoServices {
 
     fn unmap_shm(&mut self, _offset: u64) -> Result<(), ServiceError> {
         Err(ServiceRefusal::NotDeclared.into())
+    }
+
+    fn disconnected(&mut self) -> Result<(), ServiceError> {
+        Err(ServiceRefusal::NotDeclared.into())
+    }
+}
+
+/// [`HostServices`] over the service channel to the VMM (`ipc::service`): one request, one
+/// reply, in order. The device's side, in a worker and in an in-process device alike. After a
+/// failure of the channel itself (the VMM gone, an answer that does not fit the question, no
+/// answer within 5 s) every later request fails at once.
+#[derive(Debug)]
+pub struct ChannelServices {
+    channel: Channel,
+    broken: bool,
+}
+
+impl ChannelServices {
+    /// Services over `channel` (the device's end of its service channel).
+    pub fn new(channel: Channel) -> Self {
+        ChannelServices {
+            channel,
+            broken: false,
+        }
+    }
+
+    /// Sends `request` with `fds` and waits for the reply and its fds.
+    fn call(
+        &mut self,
+        request: ServiceRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(ServiceReply, Vec<OwnedFd>), ServiceError> {
+        if self.broken {
+            return Err(ServiceError::Channel("broken earlier".into()));
+        }
+        let result = self.exchange(request, fds);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn exchange(
+        &self,
+        request: ServiceRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(ServiceReply, Vec<OwnedFd>), ServiceError> {
+        let fail = |e: &dyn std::fmt::Display| ServiceError::Channel(e.to_string());
+        self.channel.send(&request, fds).map_err(|e| fail(&e))?;
+        let mut poll = [rustix::event::PollFd::new(
+            &self.channel,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: REPLY_TIMEOUT.as_secs() as i64,
+            tv_nsec: 0,
+        };
+        loop {
+            match rustix::event::poll(&mut poll, Some(&timeout)) {
+                Ok(0) => return Err(ServiceError::Channel("no reply within 5 s".into())),
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        let (reply, fds) = self.channel.recv::<ServiceReply>().map_err(|e| fail(&e))?;
+        if fds.len() != reply.fd_count() {
+            return Err(ServiceError::Channel(format!(
+                "{reply:?} came with {} fds",
+                fds.len()
+            )));
+        }
+        Ok((reply, fds))
+    }
+}
+
+/// The answer `want` (with its fds), a refusal, or a broken channel.
+fn expect(
+    got: (ServiceReply, Vec<OwnedFd>),
+    want: ServiceReply,
+) -> Result<Vec<OwnedFd>, ServiceError> {
+    match got {
+        (ServiceReply::Refused(refusal), _) => Err(ServiceError::Refused(refusal)),
+        (reply, fds) if reply == want => Ok(fds),
+        (reply, _) => Err(ServiceError::Channel(format!(
+            "asked for {want:?}, got {reply:?}"
+        ))),
+    }
+}
+
+impl HostServices for ChannelServices {
+    fn connect(&mut self) -> Result<OwnedFd, ServiceError> {
+        let got = self.call(ServiceRequest::Connect, &[])?;
+        let result = expect(got, ServiceReply::Connected);
+        if matches!(result, Err(ServiceError::Channel(_))) {
+            self.broken = true;
+        }
+        result?
+            .pop()
+            .ok_or_else(|| ServiceError::Channel("Connected without an fd".into()))
+    }
+
+    fn map_shm(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), ServiceError> {
+        let request = ServiceRequest::MapShm {
+            offset,
+            len,
+            writable,
+        };
+        let got = self.call(request, &[fd])?;
+        let result = expect(got, ServiceReply::Mapped).map(drop);
+        if matches!(result, Err(ServiceError::Channel(_))) {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn unmap_shm(&mut self, offset: u64) -> Result<(), ServiceError> {
+        let got = self.call(ServiceRequest::UnmapShm { offset }, &[])?;
+        let result = expect(got, ServiceReply::Unmapped).map(drop);
+        if matches!(result, Err(ServiceError::Channel(_))) {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn disconnected(&mut self) -> Result<(), ServiceError> {
+        let got = self.call(ServiceRequest::Disconnected, &[])?;
+        let result = expect(got, ServiceReply::Released).map(drop);
+        if matches!(result, Err(ServiceError::Channel(_))) {
+            self.broken = true;
+        }
+        result
+    }
+}
+
+impl AsFd for ChannelServices {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// Plays the VMM: answers each request with `answer(request)`.
+    fn vmm(
+        channel: Channel,
+        mut answer: impl FnMut(ServiceRequest, Vec<OwnedFd>) -> Option<(ServiceReply, Vec<OwnedFd>)>
+            + Send
+            + 'static,
+    ) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while let Ok((request, fds)) = channel.recv::<ServiceRequest>() {
+                served += 1;
+                let Some((reply, out)) = answer(request, fds) else {
+                    continue;
+                };
+                let borrowed: Vec<BorrowedFd<'_>> = out.iter().map(|f| f.as_fd()).collect();
+                channel.send(&reply, &borrowed).unwrap();
+            }
+            served
+        })
+    }
+
+    #[test]
+    fn requests_and_replies_travel_with_their_fds() {
+        let (device, vmm_end) = Channel::pair().unwrap();
+        let server = vmm(vmm_end, |request, fds| match request {
+            ServiceRequest::Connect => {
+                let (a, _b) = UnixStream::pair().unwrap();
+                Some((ServiceReply::Connected, vec![a.into()]))
+            }
+            ServiceRequest::MapShm { offset: 0, .. } if fds.len() == 1 => {
+                Some((ServiceReply::Mapped, vec![]))
+            }
+            ServiceRequest::MapShm { .. } => {
+                Some((ServiceReply::Refused(ServiceRefusal::BadRange), vec![]))
+            }
+            ServiceRequest::UnmapShm { .. } => Some((ServiceReply::Unmapped, vec![])),
+            ServiceRequest::Disconnected => Some((ServiceReply::Released, vec![])),
+        });
+        let mut services = ChannelServices::new(device);
+        let socket = services.connect().unwrap();
+        assert!(rustix::net::sockopt::socket_type(&socket).is_ok());
+        let (memfd, _) = UnixStream::pair().unwrap();
+        services.map_shm(memfd.as_fd(), 0, 4096, true).unwrap();
+        assert!(matches!(
+            services.map_shm(memfd.as_fd(), 4096, 4096, true),
+            Err(ServiceError::Refused(ServiceRefusal::BadRange))
+        ));
+        services.unmap_shm(0).unwrap();
+        services.disconnected().unwrap();
+        drop(services);
+        assert_eq!(server.join().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_wrong_answer_breaks_the_channel_for_good() {
+        let (device, vmm_end) = Channel::pair().unwrap();
+        let server = vmm(vmm_end, |_, _| Some((ServiceReply::Unmapped, vec![])));
+        let mut services = ChannelServices::new(device);
+        assert!(matches!(services.connect(), Err(ServiceError::Channel(_))));
+        assert!(matches!(
+            services.unmap_shm(0),
+            Err(ServiceError::Channel(_))
+        ));
+        drop(services);
+        assert_eq!(server.join().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_vmm_that_goes_away_is_a_channel_error() {
+        let (device, vmm_end) = Channel::pair().unwrap();
+        drop(vmm_end);
+        let mut services = ChannelServices::new(device);
+        assert!(matches!(services.connect(), Err(ServiceError::Channel(_))));
+        assert!(matches!(
+            NoServices.connect(),
+            Err(ServiceError::Refused(ServiceRefusal::NotDeclared))
+        ));
     }
 }

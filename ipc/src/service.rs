@@ -14,6 +14,8 @@
 //!    │                                                     region (a KVM memory slot)
 //!    │ ─ UnmapShm { offset } ─────────────────────────▶
 //!    │ ◀─────────────────────────────────── Unmapped ───
+//!    │ ─ Disconnected ────────────────────────────────▶  the device closed a connection: the
+//!    │ ◀─────────────────────────────────── Released ───   VM's count of open ones goes down
 //!    │ ◀─────────────────────────── Refused(reason) ────   instead of any of the above
 //! ```
 //!
@@ -48,6 +50,10 @@ pub enum ServiceRequest {
         /// Where the mapping starts.
         offset: u64,
     },
+    /// The device closed one of the connections it got. Reply: `Released`. (Unverifiable; a
+    /// worker that never says so only reaches the limit sooner, one that says so falsely still
+    /// holds no more connections than its `RLIMIT_NOFILE` allows.)
+    Disconnected,
 }
 
 /// The VMM's reply to one [`ServiceRequest`].
@@ -59,6 +65,8 @@ pub enum ServiceReply {
     Mapped,
     /// The mapping is gone.
     Unmapped,
+    /// The connection no longer counts against the VM's limit.
+    Released,
     /// The request was refused; nothing changed.
     Refused(ServiceRefusal),
 }
@@ -105,7 +113,7 @@ impl ServiceRequest {
     /// no region). The VMM runs this on every request before acting on it.
     pub fn validate(&self, region_len: u64) -> Result<(), ServiceRefusal> {
         match *self {
-            ServiceRequest::Connect => Ok(()),
+            ServiceRequest::Connect | ServiceRequest::Disconnected => Ok(()),
             ServiceRequest::MapShm { offset, len, .. } => {
                 let aligned = offset % SHM_PAGE == 0 && len % SHM_PAGE == 0 && len != 0;
                 let inside = offset.checked_add(len).is_some_and(|end| end <= region_len);
@@ -129,7 +137,9 @@ impl ServiceRequest {
     pub fn fd_count(&self) -> usize {
         match self {
             ServiceRequest::MapShm { .. } => 1,
-            ServiceRequest::Connect | ServiceRequest::UnmapShm { .. } => 0,
+            ServiceRequest::Connect
+            | ServiceRequest::UnmapShm { .. }
+            | ServiceRequest::Disconnected => 0,
         }
     }
 }
@@ -191,6 +201,7 @@ mod tests {
                 writable: false,
             },
             ServiceRequest::UnmapShm { offset: 0 },
+            ServiceRequest::Disconnected,
         ];
         for r in requests {
             assert_eq!(decode::<ServiceRequest>(&encode(&r).unwrap()).unwrap(), r);
@@ -199,6 +210,7 @@ mod tests {
             ServiceReply::Connected,
             ServiceReply::Mapped,
             ServiceReply::Unmapped,
+            ServiceReply::Released,
             ServiceReply::Refused(ServiceRefusal::ConnectFailed { errno: 111 }),
             ServiceReply::Refused(ServiceRefusal::MapFailed { errno: 12 }),
         ];

@@ -86,6 +86,7 @@ trait AnyConfig: Send + Sync {
     fn shape(&self) -> Shape;
     fn resources(&self) -> Vec<HostResource>;
     fn check(&self, opened: &[OpenedResource]) -> Result<(), InputError>;
+    fn shm_region(&self) -> Option<u64>;
     fn sandbox(&self) -> SandboxNeeds;
     fn build(&self, resources: ResourceFds) -> Result<Box<dyn AnyBuilt>, BuildError>;
     fn restart(&self) -> Restart;
@@ -131,6 +132,10 @@ impl<K: Kind> AnyConfig for Typed<K> {
 
     fn check(&self, opened: &[OpenedResource]) -> Result<(), InputError> {
         K::check(&self.config, opened)
+    }
+
+    fn shm_region(&self) -> Option<u64> {
+        K::shm_region(&self.config)
     }
 
     fn sandbox(&self) -> SandboxNeeds {
@@ -201,6 +206,21 @@ impl DeviceConfig {
     /// [`Kind::check`].
     pub fn check(&self, opened: &[OpenedResource]) -> Result<(), InputError> {
         self.0.check(opened)
+    }
+
+    /// [`Kind::shm_region`].
+    pub fn shm_region(&self) -> Option<u64> {
+        self.0.shm_region()
+    }
+
+    /// Whether the device has host services, and so a service channel: a socket svmm
+    /// connects to on its request, or a shared-memory region.
+    pub fn has_services(&self) -> bool {
+        self.shm_region().is_some()
+            || self
+                .resources()
+                .iter()
+                .any(|r| matches!(r, HostResource::SocketPath { .. }))
     }
 
     /// [`Kind::sandbox`].

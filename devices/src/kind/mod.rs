@@ -9,6 +9,7 @@
 //! | [`Kind::Config`], [`Kind::parse`], [`Kind::validate`] | the kind's typed, validated configuration; it travels to a spawned worker encoded once by `ipc::codec` ([`DeviceConfig::encode`], [`DeviceKind::decode`]) | CLI, worker entry |
 //! | [`Kind::queues`], [`Kind::MAX_QUEUE_SIZE`], [`Kind::DEVICE_TYPE`] | the virtio device, known before any backend exists | device set-up |
 //! | [`Kind::resources`], [`Kind::check`] | the host resources svmm opens before any worker exists (`broker::HostResource`), and the check of what was opened that must fail in svmm, in one line, rather than in a worker | device set-up, `--print-sandbox` |
+//! | [`Kind::shm_region`] | the size of the device's virtio-mmio shared-memory region, if it has one: svmm reserves a guest-physical window for it and maps into it on the device's request | device set-up, the transport |
 //! | [`Kind::SECCOMP_PROFILE`], [`Kind::sandbox`] | the seccomp profile, rlimits beyond the default, Landlock rules beneath a directory resource, the set-up before the filter ([`SandboxNeeds`]) | the worker's plan, `--print-sandbox` |
 //! | [`Kind::build`], [`Kind::prepare`] | the backend from config + resources (worker and in-process alike), and its last set-up step before the seccomp filter | worker entry, in-process thread |
 //! | [`Kind::restart`] | whether a restarted worker may take again the requests its dead predecessor had taken but not completed ([`Restart`]) | the supervisor (`--on-worker-exit=restart`) |
@@ -95,6 +96,16 @@ pub trait Kind: Send + Sync + 'static {
     fn check(config: &Self::Config, opened: &[OpenedResource]) -> Result<(), InputError> {
         let _ = (config, opened);
         Ok(())
+    }
+
+    /// The length of the device's shared-memory region 0 (virtio-mmio `SHMSel`/`SHMLen`/
+    /// `SHMBase`), if it has one: a page-aligned number of bytes. svmm reserves a window of
+    /// guest-physical addresses for it and maps memfds into it when the device asks over its
+    /// service channel (`ipc::service`); the backend learns where the window is from
+    /// [`ResourceFds::shm_region`].
+    fn shm_region(config: &Self::Config) -> Option<u64> {
+        let _ = config;
+        None
     }
 
     /// What the sandbox must leave the device beyond the default.
@@ -211,6 +222,8 @@ pub enum FileSize {
     SizeOf(usize),
     /// No limit beyond svmm's own (a writable shared directory: files of any size).
     Unlimited,
+    /// At most this many bytes (files the device makes itself: virtio-wl's memfds).
+    Bytes(u64),
 }
 
 /// A Landlock rule beneath a directory resource.
@@ -257,17 +270,54 @@ impl Default for SandboxNeeds {
     }
 }
 
+/// Where a device's shared-memory region lies in guest-physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmWindow {
+    /// Guest-physical address of its first byte.
+    pub base: u64,
+    /// Its length ([`Kind::shm_region`]).
+    pub len: u64,
+}
+
 /// The fds of a device's host resources, one slot per declared resource (empty for one
-/// without an fd), for [`Kind::build`].
+/// without an fd), for [`Kind::build`]; and, for a device with host services (a
+/// [`HostResource::SocketPath`] or a [`Kind::shm_region`]), its end of the service channel
+/// and where its region is.
 #[derive(Debug, Default)]
 pub struct ResourceFds {
     fds: Vec<Option<OwnedFd>>,
+    services: Option<OwnedFd>,
+    shm_region: Option<ShmWindow>,
 }
 
 impl ResourceFds {
     /// The fds in declaration order.
     pub fn new(fds: Vec<Option<OwnedFd>>) -> Self {
-        ResourceFds { fds }
+        ResourceFds {
+            fds,
+            services: None,
+            shm_region: None,
+        }
+    }
+
+    /// With the device's end of its service channel and its shared-memory window.
+    pub fn with_services(mut self, channel: OwnedFd, shm_region: Option<ShmWindow>) -> Self {
+        self.services = Some(channel);
+        self.shm_region = shm_region;
+        self
+    }
+
+    /// The device's host services over its service channel (`ipc::service`).
+    pub fn take_services(&mut self) -> Result<crate::services::ChannelServices, BuildError> {
+        let fd = self.services.take().ok_or(BuildError::NoServiceChannel)?;
+        let channel =
+            ipc::Channel::try_from_fd(fd).map_err(|e| BuildError::Refused(Box::new(e)))?;
+        Ok(crate::services::ChannelServices::new(channel))
+    }
+
+    /// Where the device's shared-memory region lies, if it has one.
+    pub fn shm_region(&self) -> Option<ShmWindow> {
+        self.shm_region
     }
 
     /// How many resources there are.
@@ -311,6 +361,12 @@ pub enum BuildError {
     /// A resource's fd was not passed (a set-up bug).
     #[error("host resource {0} was not passed")]
     MissingResource(usize),
+    /// The device has host services but no service channel was passed (a set-up bug).
+    #[error("the service channel was not passed")]
+    NoServiceChannel,
+    /// The device has a shared-memory region but its window was not passed (a set-up bug).
+    #[error("the shared-memory window was not passed")]
+    NoShmWindow,
     /// The backend refused its resources.
     #[error("the device cannot use its host resources")]
     Refused(#[source] Box<dyn Error + Send + Sync>),

@@ -19,6 +19,7 @@ use super::inbox::Inbox;
 use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_READ, VFD_WRITE};
 use super::vfd::{ShmSpace, VfdTable};
 use super::{MAX_CONTEXTS, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, QUEUE_IN, QUEUE_OUT};
+use crate::kind::ShmWindow;
 use crate::services::HostServices;
 use crate::{
     activation, DeviceError, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
@@ -33,19 +34,10 @@ pub(super) const FEATURES: u64 = VIRTIO_F_VERSION_1
     | F_TRANS_FLAGS
     | F_USE_SHMEM;
 
-/// The device's shared-memory region 0, where the VMM maps its buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShmRegion {
-    /// Guest-physical address of its start (for drivers without `USE_SHMEM`).
-    pub base: u64,
-    /// Length in bytes, page-aligned.
-    pub len: u64,
-}
-
 /// A virtio-wl device.
 pub struct Wl {
     services: Box<dyn HostServices>,
-    region: ShmRegion,
+    region: ShmWindow,
     state: State,
 }
 
@@ -85,7 +77,7 @@ pub(super) struct Active {
     pub trans_flags: bool,
     /// The driver acknowledged `USE_SHMEM`.
     pub use_shmem: bool,
-    pub region: ShmRegion,
+    pub region: ShmWindow,
     pub vfds: VfdTable,
     pub space: ShmSpace,
     pub inbox: Inbox,
@@ -101,7 +93,7 @@ pub(super) struct Active {
 impl Wl {
     /// A device whose buffers go into `region`, asking `services` for connections and
     /// mappings.
-    pub fn new(region: ShmRegion, services: Box<dyn HostServices>) -> Self {
+    pub fn new(region: ShmWindow, services: Box<dyn HostServices>) -> Self {
         Wl {
             services,
             region,

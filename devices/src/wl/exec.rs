@@ -219,6 +219,11 @@ impl Active {
                     // The fd is closed right after, which also ends the registration.
                     let _ = events.remove(stream.fd.as_raw_fd());
                 }
+                if stream.context {
+                    drop(stream);
+                    // Best effort: the VMM's count of open connections goes down.
+                    let _ = services.disconnected();
+                }
             }
         }
         for orphan in self.inbox.forget(id) {
@@ -232,8 +237,13 @@ impl Active {
         self.stalled = None;
         self.inbox.clear();
         for (_, vfd) in self.vfds.drain() {
-            if let Vfd::Shm(shm) = vfd {
-                self.release_shm(shm.offset, services);
+            match vfd {
+                Vfd::Shm(shm) => self.release_shm(shm.offset, services),
+                Vfd::Stream(stream) if stream.context => {
+                    drop(stream);
+                    let _ = services.disconnected();
+                }
+                Vfd::Stream(_) => {}
             }
         }
     }

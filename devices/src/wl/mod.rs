@@ -24,6 +24,7 @@
 //! - `inbox`: messages waiting for in-queue buffers.
 //! - `sys`: the host calls (memfds, pipes, `SCM_RIGHTS`).
 //! - `device`: the [`Wl`] backend; `exec` runs out-queue commands, `input` the host side.
+//! - `kind`: `--device wayland[=SOCKET][,shm=MIB]` ([`WlKind`]).
 //!
 //! Sandbox needs: seccomp profile [`SECCOMP_PROFILE`]; host services: a connection to the
 //! compositor socket per context and mappings into the shared-memory region, asked of the VMM
@@ -36,13 +37,15 @@ mod exec;
 pub mod fuzzing;
 mod inbox;
 mod input;
+pub mod kind;
 pub mod protocol;
 mod sys;
 #[cfg(test)]
 mod tests;
 mod vfd;
 
-pub use device::{ShmRegion, Wl};
+pub use device::Wl;
+pub use kind::{WlConfig, WlKind};
 
 /// Number of queues: in (0) and out (1).
 pub const NUM_QUEUES: u16 = 2;

@@ -343,6 +343,7 @@ fn closing_a_context_drops_its_pending_messages_and_their_vfds() {
     assert_eq!(rig.wl.vfd_count(), 2);
     assert_eq!(code(&rig.command(&cmd(CMD_VFD_CLOSE, &[1]))), RESP_OK);
     assert_eq!(rig.wl.vfd_count(), 0);
+    assert_eq!(rig.services.0.lock().unwrap().disconnected, 1);
     assert!(rig.services.0.lock().unwrap().maps.is_empty());
     rig.give_in_buffers(4);
     assert!(rig.take_in().is_empty());

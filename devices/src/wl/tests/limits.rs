@@ -59,6 +59,7 @@ fn reset_closes_connections_and_unmaps() {
     let queues = rig.wl.reset().unwrap();
     assert_eq!(queues.len(), 2);
     assert!(rig.services.0.lock().unwrap().maps.is_empty());
+    assert_eq!(rig.services.0.lock().unwrap().disconnected, 1);
     assert_eq!(rig.wl.vfd_count(), 0);
     // The compositor sees its connection close (its other copy is in the services log).
     rig.services.0.lock().unwrap().peers.clear();

@@ -26,7 +26,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
 use super::protocol::*;
-use super::{ShmRegion, Wl};
+use super::Wl;
+use crate::kind::ShmWindow;
 use crate::services::{HostServices, ServiceError, ServiceRefusal};
 use crate::{EventRegistry, EventSet, Interrupt, VirtioBackend, VIRTIO_F_VERSION_1};
 
@@ -46,7 +47,7 @@ const IN_BUFS: u64 = 0x1_0000;
 /// Out-queue commands and responses.
 const OUT_BUFS: u64 = 0x10_0000;
 /// The shared-memory region the tests give the device.
-pub const REGION: ShmRegion = ShmRegion {
+pub const REGION: ShmWindow = ShmWindow {
     base: 0x1_0000_0000,
     len: 64 * 4096,
 };
@@ -75,6 +76,8 @@ pub struct ServiceLog {
     pub refuse_connect: Option<ServiceRefusal>,
     /// Refuse mappings with this.
     pub refuse_map: Option<ServiceRefusal>,
+    /// Connections the device said it closed.
+    pub disconnected: usize,
 }
 
 /// A [`HostServices`] that hands out socketpairs and checks mappings as the VMM does.
@@ -125,6 +128,11 @@ impl HostServices for FakeServices {
             Some(_) => Ok(()),
             None => Err(ServiceRefusal::NotMapped.into()),
         }
+    }
+
+    fn disconnected(&mut self) -> Result<(), ServiceError> {
+        self.0.lock().unwrap().disconnected += 1;
+        Ok(())
     }
 }
 

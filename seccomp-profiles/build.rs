@@ -26,7 +26,7 @@ const BASE: &str = "base";
 
 /// Profiles that do not get the base rules merged in: the VMM's threads are not workers, and
 /// widening the worker base must never widen the VMM by accident.
-const STANDALONE: &[&str] = &["vmm"];
+const STANDALONE: &[&str] = &["vmm", "vmm_service"];
 
 /// The modes, as `(suffix of the generated constant, seccompiler mismatch action)`.
 const MODES: [(&str, &str); 2] = [("TRAP", "trap"), ("LOG", "log")];

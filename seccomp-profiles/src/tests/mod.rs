@@ -36,7 +36,7 @@ const DEVICE_FORBIDDEN: &[&str] = &[
 const DEVICE_EXCEPTIONS: &[(&str, &str)] = &[("fs", "openat2"), ("fs_ro", "openat2")];
 
 /// Profiles that are not device profiles.
-const NOT_DEVICES: &[&str] = &["base", "vmm"];
+const NOT_DEVICES: &[&str] = &["base", "vmm", "vmm_service"];
 
 /// Every `profiles/*.json`, parsed, by file stem.
 fn json_files() -> BTreeMap<String, Value> {
@@ -96,7 +96,10 @@ fn is_device(profile: &str) -> bool {
 
 #[test]
 fn profiles_are_the_device_kinds_and_the_vmm() {
-    assert_eq!(profiles(), ["blk", "fs", "fs_ro", "rng", "vmm", "wl"]);
+    assert_eq!(
+        profiles(),
+        ["blk", "fs", "fs_ro", "rng", "vmm", "vmm_service", "wl"]
+    );
     assert!(program("base", Mode::Trap).is_none());
     assert!(program("no-such-device", Mode::Log).is_none());
     assert!(source("no-such-device").is_none());
@@ -197,6 +200,10 @@ fn listed_syscalls_are_allowed_in_both_modes() {
     for &profile in profiles() {
         for mode in [Mode::Trap, Mode::Log] {
             for name in ["read", "write", "futex", "exit_group", "rt_sigreturn"] {
+                // The host-services thread reads nothing but its channel (recvmsg).
+                if profile == "vmm_service" && name == "read" {
+                    continue;
+                }
                 // futex: FUTEX_WAKE_PRIVATE, the one operation every std lock makes.
                 let args = [0, 129, 0, 0, 0, 0];
                 assert_eq!(
@@ -591,5 +598,38 @@ fn profiles_stay_small() {
                 "{profile} {name}"
             );
         }
+    }
+}
+
+/// The host-services thread connects unix stream sockets and adds memory slots, nothing else.
+#[test]
+fn vmm_service_connects_and_maps_only() {
+    let allow = |name, args| verdict("vmm_service", Mode::Trap, name, args);
+    const STREAM_NONBLOCK_CLOEXEC: u64 = 0x80801;
+    assert_eq!(
+        allow("socket", [1, STREAM_NONBLOCK_CLOEXEC, 0, 0, 0, 0]),
+        RET_ALLOW
+    );
+    assert_eq!(
+        allow("socket", [2, STREAM_NONBLOCK_CLOEXEC, 0, 0, 0, 0]),
+        RET_TRAP
+    );
+    assert_eq!(allow("socket", [1, 2, 0, 0, 0, 0]), RET_TRAP);
+    assert_eq!(allow("connect", [5, 0, 110, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(allow("ioctl", [4, 0x4020ae46, 0, 0, 0, 0]), RET_ALLOW);
+    // Not KVM_RUN, KVM_CREATE_VCPU, KVM_IRQFD or anything else.
+    for request in [0xae80u64, 0xae41, 0x4020ae76, 0x5401] {
+        assert_eq!(
+            allow("ioctl", [4, request, 0, 0, 0, 0]),
+            RET_TRAP,
+            "{request:#x}"
+        );
+    }
+    assert_eq!(allow("mmap", [0, 4096, 3, 1, 5, 0]), RET_ALLOW);
+    assert_eq!(allow("mmap", [0, 4096, 7, 1, 5, 0]), RET_TRAP);
+    for name in [
+        "openat", "execve", "clone3", "bind", "listen", "accept4", "read",
+    ] {
+        assert_eq!(allow(name, [0; 6]), RET_TRAP, "{name}");
     }
 }

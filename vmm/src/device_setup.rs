@@ -32,7 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use broker::HostResource;
 use devices::irq_status::IrqStatus;
+use devices::kind::ShmWindow;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,6 +48,8 @@ use crate::mmio_bus::{MmioBus, MmioBusError};
 use crate::plan::{self, PlanError};
 use crate::sandboxed::{DeviceStart, Sandbox, SandboxError, Watch};
 use crate::self_confine::{self, ThreadRole};
+use crate::services::shm::{ShmMapper, Slots};
+use crate::services::{self, Connections, DeviceServices, ServiceLink, MAX_CONNECTIONS_PER_VM};
 use crate::supervisor::{spawn_monitor, Restarter, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
@@ -173,6 +177,8 @@ struct Device {
     /// An in-process device's host resources, held as long as the device exists (locks,
     /// helper processes); a sandboxed device's are held by the [`Sandbox`].
     _resources: Option<HostResources>,
+    /// Its host-services thread, if any: it ends when the VM's [`ServiceLink`] to it goes.
+    _services: Option<JoinHandle<()>>,
 }
 
 /// How long the end of the VM waits for its killed workers to die before it gives up on them.
@@ -283,6 +289,13 @@ struct Pending {
     vmm_end: Option<ipc::Channel>,
     irqfd: EventFd,
     queue_events: Vec<EventFd>,
+    /// Its host services (a socket to connect, a shared-memory region), if its kind declares
+    /// any: svmm's side until its thread starts, and the link each worker's channel comes
+    /// through (a sandboxed device's goes to the [`Sandbox`] with its start).
+    services: Option<(DeviceServices, ServiceLink)>,
+    /// Its shared-memory window, if it has one.
+    window: Option<ShmWindow>,
+    services_thread: Option<JoinHandle<()>>,
     worker: Option<Worker>,
     /// A sandboxed worker's socket and pidfd for the monitor.
     watch: Option<Watch>,
@@ -303,7 +316,7 @@ enum How {
 
 /// Creates every device of `config`, in order, and puts its transport on `bus`.
 pub fn create(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     ram: &GuestRam,
     config: &VmConfig,
     bus: &mut MmioBus,
@@ -313,8 +326,19 @@ pub fn create(
     // 1. In order: slots, host resources, plans, eventfds bound to KVM.
     let mut pending = Vec::with_capacity(config.devices.len());
     let mut workers = 0u32;
-    for (index, spec) in (0u32..).zip(&config.devices) {
-        pending.push(set_up(vm, ram, config, spec, index, workers)?);
+    let windows = services::windows(&config.devices, config.mem_bytes);
+    let vm_services = VmServices::new(vm);
+    for ((index, spec), window) in (0u32..).zip(&config.devices).zip(windows) {
+        let mut device = set_up(vm, ram, config, spec, index, workers, window)?;
+        device.services =
+            services_of(&vm_services, &device.name, spec, window).map_err(|source| {
+                DeviceSetupError::Host {
+                    name: device.name.clone(),
+                    what: "create its service channel",
+                    source,
+                }
+            })?;
+        pending.push(device);
         workers += u32::from(spec.sandbox);
     }
     // 2. Start them all.
@@ -355,6 +379,9 @@ pub fn create(
             worker,
             watch,
             started,
+            window,
+            services_thread,
+            ..
         } = device;
         let worker = worker.expect("started in pass 2");
         let vmm_end = vmm_end.expect("started in pass 2");
@@ -394,7 +421,10 @@ pub fn create(
             let supervised = supervised.clone();
             proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
         }
-        let transport = Arc::new(Mutex::new(MmioTransport::new(&name, proxy)));
+        let regions = window.map(|w| vec![(w.base, w.len)]).unwrap_or_default();
+        let transport = Arc::new(Mutex::new(
+            MmioTransport::new(&name, proxy).with_shm_regions(regions),
+        ));
         bus.insert(addr, size, transport.clone())
             .map_err(|source| DeviceSetupError::Bus {
                 name: name.clone(),
@@ -442,6 +472,7 @@ pub fn create(
             transport,
             worker,
             _resources: resources,
+            _services: services_thread,
         });
     }
     Ok(devices)
@@ -457,6 +488,7 @@ fn set_up(
     spec: &DeviceSpec,
     index: u32,
     worker: u32,
+    window: Option<ShmWindow>,
 ) -> Result<Pending, DeviceSetupError> {
     let name = format!("{}#{index}", spec.kind());
     let host = |what| {
@@ -478,12 +510,18 @@ fn set_up(
         })?;
     let plan = match spec.sandbox {
         true => Some(
-            plan::plan(index, worker, spec, &config.sandbox, &|i| resources.size(i)).map_err(
-                |source| DeviceSetupError::Plan {
-                    name: name.clone(),
-                    source,
-                },
-            )?,
+            plan::plan(
+                index,
+                worker,
+                spec,
+                &config.sandbox,
+                &|i| resources.size(i),
+                window,
+            )
+            .map_err(|source| DeviceSetupError::Plan {
+                name: name.clone(),
+                source,
+            })?,
         ),
         false => None,
     };
@@ -527,6 +565,7 @@ fn set_up(
                 irqfd: worker_irqfd,
                 queue_events: worker_queue_events,
                 resources,
+                services: None,
             };
             (How::Sandboxed(Some(Box::new(start))), None)
         }
@@ -556,10 +595,51 @@ fn set_up(
         vmm_end,
         irqfd,
         queue_events,
+        services: None,
+        window,
+        services_thread: None,
         worker: None,
         watch: None,
         started: Instant::now(),
     })
+}
+
+/// What svmm's side of every device's host services shares: the VM (for memory slots), its
+/// free slots and its count of open connections.
+struct VmServices {
+    vm: Arc<VmFd>,
+    slots: Arc<Slots>,
+    connections: Arc<Connections>,
+}
+
+impl VmServices {
+    fn new(vm: &Arc<VmFd>) -> VmServices {
+        let limit = u32::try_from(vm.check_extension_int(kvm_ioctls::Cap::NrMemslots)).unwrap_or(0);
+        VmServices {
+            vm: vm.clone(),
+            slots: Slots::new(limit),
+            connections: Connections::new(MAX_CONNECTIONS_PER_VM),
+        }
+    }
+}
+
+/// The host services of device `name`, if its kind declares any: svmm's side (not started) and
+/// the link its workers' service channels come through.
+fn services_of(
+    shared: &VmServices,
+    name: &str,
+    spec: &DeviceSpec,
+    window: Option<ShmWindow>,
+) -> io::Result<Option<(DeviceServices, ServiceLink)>> {
+    if !spec.config.has_services() {
+        return Ok(None);
+    }
+    let socket = spec.config.resources().into_iter().find_map(|r| match r {
+        HostResource::SocketPath { path } => Some(path),
+        _ => None,
+    });
+    let shm = window.map(|w| ShmMapper::new(shared.vm.clone(), w, shared.slots.clone()));
+    DeviceServices::new(name.to_string(), socket, shm, shared.connections.clone()).map(Some)
 }
 
 /// Pass 2: starts the worker that serves `device` — **the one place the broker plugs in**.
@@ -572,9 +652,22 @@ fn set_up(
 fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSetupError> {
     let name = device.name.clone();
     device.started = Instant::now();
+    // Its host services answer before the device can ask.
+    let mut link = None;
+    if let Some((services, services_link)) = device.services.take() {
+        let thread = services.spawn().map_err(|source| DeviceSetupError::Host {
+            name: name.clone(),
+            what: "start its host-services thread",
+            source,
+        })?;
+        device.services_thread = Some(thread);
+        link = Some(services_link);
+    }
     let (resources, fds) = match (&mut device.how, sandbox) {
         (How::Sandboxed(start), Some(sandbox)) => {
-            sandbox.add(device.index, *start.take().expect("started once"));
+            let mut start = start.take().expect("started once");
+            start.services = link;
+            sandbox.add(device.index, *start);
             let started =
                 sandbox
                     .start(device.index)
@@ -609,9 +702,21 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
             what: "duplicate its host resources",
             source,
         })?;
+    let service_end = link
+        .map(|link| link.fresh())
+        .transpose()
+        .map_err(|source| DeviceSetupError::Host {
+            name: name.clone(),
+            what: "make its service channel",
+            source,
+        })?;
     let config = &device.spec.config;
+    let mut resource_fds = devices::kind::ResourceFds::new(resources);
+    if let Some(end) = service_end {
+        resource_fds = resource_fds.with_services(end, device.window);
+    }
     let backend = config
-        .build(devices::kind::ResourceFds::new(resources))
+        .build(resource_fds)
         .map_err(|source| DeviceSetupError::Build {
             name: name.clone(),
             kind: config.kind(),

@@ -141,5 +141,6 @@ pub fn file_size_limit(
         FileSize::Nothing => Ok(Some(0)),
         FileSize::SizeOf(index) => size_of(index).map(Some),
         FileSize::Unlimited => Ok(None),
+        FileSize::Bytes(bytes) => Ok(Some(bytes)),
     }
 }

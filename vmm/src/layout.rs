@@ -19,11 +19,14 @@
 //!              VIRTIO_MMIO_SLOTS of them (see `virtio_mmio_slot`)
 //! 0xfec0_0000  IOAPIC
 //! 0xfee0_0000  local APIC
+//! 4 GiB        RAM beyond the gap, if any
+//! ...          devices' shared-memory windows (virtio-mmio SHM regions), from the first 1 GiB
+//!              boundary above all RAM, each 2 MiB-aligned (see `shm_windows_start`)
 //! ```
 
 /// Where guest RAM starts and the MMIO gap it goes around: shared with every device worker,
 /// which maps the same RAM (`worker::guest_ram`).
-pub use worker::guest_ram::{MMIO_GAP_START, RAM_START};
+pub use worker::guest_ram::{MMIO_GAP_END, MMIO_GAP_START, RAM_START};
 /// The zero page (Linux boot protocol) or `hvm_start_info` (PVH).
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// The PVH memory map table (`hvm_memmap_table_entry` array).
@@ -59,6 +62,19 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
 pub const APIC_START: u64 = 0xfee0_0000;
+
+/// Alignment of a device's shared-memory window (a large page, so guests can map it with
+/// 2 MiB pages).
+pub const SHM_WINDOW_ALIGN: u64 = 2 << 20;
+/// Where the shared-memory windows start: not below 4 GiB, at a 1 GiB boundary above all of
+/// `ram_size` bytes of RAM (which fills the space below the MMIO gap first, then goes above
+/// 4 GiB).
+pub fn shm_windows_start(ram_size: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    let low = MMIO_GAP_START - RAM_START;
+    let end = MMIO_GAP_END + ram_size.saturating_sub(low);
+    end.div_ceil(GIB) * GIB
+}
 
 /// Number of IOAPIC pins KVM's in-kernel IOAPIC provides.
 pub const IOAPIC_PINS: u32 = 24;
@@ -139,6 +155,16 @@ mod tests {
             assert!(irq < IOAPIC_PINS);
             assert!(![0, 1, 2, 3, 4, 8, 9, 12].contains(&irq) && irq != SERIAL_IRQ);
         }
+    }
+
+    #[test]
+    fn shm_windows_lie_above_all_ram() {
+        assert_eq!(shm_windows_start(512 << 20), 1 << 32);
+        assert_eq!(shm_windows_start(MMIO_GAP_START), 1 << 32);
+        // 1 GiB above the gap ends at 5 GiB.
+        assert_eq!(shm_windows_start(MMIO_GAP_START + (1 << 30)), 5 << 30);
+        assert_eq!(shm_windows_start(MMIO_GAP_START + 1), 5 << 30);
+        assert_eq!(shm_windows_start(16 << 30) % (1 << 30), 0);
     }
 
     #[test]

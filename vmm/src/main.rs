@@ -24,6 +24,7 @@ mod plan;
 mod print_sandbox;
 mod sandboxed;
 mod self_confine;
+mod services;
 mod supervisor;
 mod terminal;
 #[cfg(test)]
@@ -102,7 +103,12 @@ fn print_sandbox_report(args: &cli::Args) -> Result<String, SvmmError> {
         guest_ram: args.mem << 20,
     };
     let devices = args.device_specs()?;
-    Ok(print_sandbox::report(&devices, args.seccomp, &options)?)
+    Ok(print_sandbox::report(
+        &devices,
+        args.seccomp,
+        &options,
+        args.mem << 20,
+    )?)
 }
 
 /// Reports the event that ended the VM and returns the exit code for it.

@@ -21,7 +21,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use broker::{ConfineConfig, HostResource, IdChoice, IdRange, LandlockBeneath};
-use devices::kind::SandboxNeeds;
+use devices::kind::{SandboxNeeds, ShmWindow};
 use seccomp_profiles::Mode;
 
 use crate::config::SandboxOptions;
@@ -122,13 +122,15 @@ pub enum PlanError {
 
 /// Plans the worker of device `index` (in `--device` order), the `worker`-th sandboxed one,
 /// confined as `options` say: its fds, ids, sandbox and argv. `size_of(i)` measures resource
-/// `i` where the sandbox's limits depend on it. Nothing is opened or spawned.
+/// `i` where the sandbox's limits depend on it; `window` is where the device's shared-memory
+/// region lies, if it has one (`crate::services::windows`). Nothing is opened or spawned.
 pub fn plan(
     index: u32,
     worker: u32,
     spec: &DeviceSpec,
     options: &SandboxOptions,
     size_of: &dyn Fn(usize) -> io::Result<u64>,
+    window: Option<ShmWindow>,
 ) -> Result<WorkerPlan, PlanError> {
     let mode = options.seccomp;
     let kind = spec.kind();
@@ -140,11 +142,14 @@ pub fn plan(
     let resources = config.resources();
     let needs = config.sandbox();
     let ids = worker_ids(worker, options.worker_ids)?;
-    let fds = inherited_fds(kind, config.queues(), &resources);
+    let services = config
+        .has_services()
+        .then(|| services_fd_text(&format!("{kind}#{index}"), &resources, window));
+    let fds = inherited_fds(kind, config.queues(), &resources, services.as_deref());
     let mut confine = sandbox_config(spec, &resources, &needs, ids, size_of)?;
     confine.rlimits.address_space = Some(address_space(options.guest_ram, &needs));
     confine.allow_missing_landlock = options.allow_missing_landlock;
-    let argv = worker_argv(spec, mode, &confine)?;
+    let argv = worker_argv(spec, mode, &confine, window)?;
     let on_request = resources
         .iter()
         .filter(|r| !r.has_fd())
@@ -175,10 +180,45 @@ pub fn worker_ids(worker: u32, range: IdRange) -> Result<IdChoice, PlanError> {
     }
 }
 
+/// What a device's service channel is for, for its line in the fd table.
+fn services_fd_text(name: &str, resources: &[HostResource], window: Option<ShmWindow>) -> String {
+    let mut grants: Vec<String> = resources
+        .iter()
+        .filter_map(|r| match r {
+            HostResource::SocketPath { path } => Some(format!(
+                "new connections to {} (at most {} open in the VM)",
+                path.display(),
+                crate::services::MAX_CONNECTIONS_PER_VM
+            )),
+            _ => None,
+        })
+        .collect();
+    if let Some(w) = window {
+        grants.push(format!(
+            "sealed memfds mapped into its shared-memory region {:#x}..{:#x} (at most {} \
+             mappings)",
+            w.base,
+            w.base + w.len,
+            crate::services::shm::MAX_MAPPINGS
+        ));
+    }
+    format!(
+        "service channel (SOCK_SEQPACKET, the worker's end; svmm's svc-{name} thread answers, \
+         checking every request): {}",
+        grants.join("; ")
+    )
+}
+
 /// The fds a worker of `kind` with `queues` queues and `resources` holds, 0 upwards: stdio,
-/// the fixed numbers of `worker::fd_numbers`, one eventfd per queue, then each resource with an
-/// fd, in order, as declared.
-pub fn inherited_fds(kind: &str, queues: u16, resources: &[HostResource]) -> Vec<InheritedFd> {
+/// the fixed numbers of `worker::fd_numbers`, one eventfd per queue, each resource with an
+/// fd, in order, as declared, then the service channel, if the device has one (`services`:
+/// what it is for).
+pub fn inherited_fds(
+    kind: &str,
+    queues: u16,
+    resources: &[HostResource],
+    services: Option<&str>,
+) -> Vec<InheritedFd> {
     let fd = |number: RawFd, what: &str| InheritedFd {
         number,
         what: what.to_string(),
@@ -228,6 +268,10 @@ pub fn inherited_fds(kind: &str, queues: u16, resources: &[HostResource]) -> Vec
             &format!("host resource of {kind}: {}", resource.describe()),
         ));
     }
+    if let Some(services) = services {
+        let number = fds.last().map_or(first, |f| (f.number + 1).max(first));
+        fds.push(fd(number, services));
+    }
     fds
 }
 
@@ -250,7 +294,8 @@ pub fn sandbox_config(
 ) -> Result<ConfineConfig, PlanError> {
     let kind = spec.kind();
     let queues = spec.config.queues();
-    let resource_fds = resources.iter().filter(|r| r.has_fd()).count();
+    let resource_fds =
+        resources.iter().filter(|r| r.has_fd()).count() + usize::from(spec.config.has_services());
     let fds = worker::fd_numbers::passed(queues, resource_fds);
     let mut sandbox = ConfineConfig::new(ids.worker_ids(), fds, Vec::new());
     sandbox.rlimits.nproc = needs.nproc;
@@ -260,9 +305,9 @@ pub fn sandbox_config(
             devices::kind::FileSize::SizeOf(i) => resources
                 .get(i)
                 .map_or(format!("resource {i}"), HostResource::describe),
-            devices::kind::FileSize::Nothing | devices::kind::FileSize::Unlimited => {
-                "nothing".into()
-            }
+            devices::kind::FileSize::Nothing
+            | devices::kind::FileSize::Unlimited
+            | devices::kind::FileSize::Bytes(_) => "nothing".into(),
         };
         PlanError::Size { what, source }
     })?;
@@ -293,13 +338,15 @@ pub fn sandbox_config(
 }
 
 /// The worker's argv, `svmm __worker KIND --seccomp=MODE --sandbox-... --config=HEX
-/// [--fault=MODE [--fault-after=N]]`: the sandbox's `--sandbox-*` arguments and the kind's config in its one
-/// encoding (`worker::args`; the seccomp program does not travel: the worker compiles its
-/// profile from the same binary, in `mode`).
+/// [--shm-window=BASE:LEN] [--fault=MODE [--fault-after=N]]`: the sandbox's `--sandbox-*`
+/// arguments, the kind's config in its one encoding and where its shared-memory region lies
+/// (`worker::args`; the seccomp program does not travel: the worker compiles its profile from
+/// the same binary, in `mode`).
 pub fn worker_argv(
     spec: &DeviceSpec,
     mode: Mode,
     confine: &ConfineConfig,
+    window: Option<ShmWindow>,
 ) -> Result<Vec<CString>, PlanError> {
     let kind = spec.kind();
     let config = spec
@@ -315,6 +362,9 @@ pub fn worker_argv(
     ];
     argv.extend(confine.to_args());
     argv.push(text(args::config_arg(&config)));
+    if let Some(window) = window {
+        argv.push(text(args::shm_window_arg(window)));
+    }
     #[cfg(feature = "test-faults")]
     if let Some(fault) = spec.fault {
         argv.push(text(format!(

@@ -42,23 +42,26 @@ pub enum PrintSandboxError {
     Profile(#[from] ProfileError),
 }
 
-/// The report for `devices`, their workers confined as `options` say (filters in `mode`).
+/// The report for `devices`, their workers confined as `options` say (filters in `mode`), in a
+/// VM of `ram_size` bytes (where the devices' shared-memory windows lie depends on it).
 pub fn report(
     devices: &[DeviceSpec],
     mode: SeccompMode,
     options: &SandboxOptions,
+    ram_size: u64,
 ) -> Result<String, PrintSandboxError> {
     let mut out = String::new();
     header(&mut out, devices.len(), mode);
     let mut workers = 0u32;
-    for (index, spec) in (0u32..).zip(devices) {
+    let windows = crate::services::windows(devices, ram_size);
+    for ((index, spec), window) in (0u32..).zip(devices).zip(windows) {
         let name = format!("{}#{index}", spec.kind());
         let resources = spec.config.resources();
         let size_of = |i: usize| match resources.get(i) {
             Some(resource) => declared_size(resource),
             None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
         };
-        let plan = plan::plan(index, workers, spec, options, &size_of)
+        let plan = plan::plan(index, workers, spec, options, &size_of, window)
             .map_err(|source| PrintSandboxError::Plan { name, source })?;
         workers += u32::from(spec.sandbox);
         out.push('\n');

@@ -10,7 +10,9 @@
 //! namespace —, its argv with the sandbox as `--sandbox-*` arguments and the kind's config),
 //! the fds every worker of the device gets again — guest RAM, the interrupt status page, the
 //! irqfd and the queue ioeventfds, all bound to KVM once and kept — and the device's host
-//! resources (held here, with their locks and helper processes, for as long as the VM lives).
+//! resources (held here, with their locks and helper processes, for as long as the VM lives)
+//! and, for a kind with host services, the link a fresh service channel per worker comes
+//! through (`crate::services`).
 //!
 //! [`Sandbox::start`] runs entirely on the spawner thread: a fresh control channel (the VMM's
 //! end non-blocking) and stop eventfd, duplicates of the device's fds and host resources in
@@ -39,6 +41,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::SandboxOptions;
 use crate::host_resources::HostResources;
 use crate::plan::WorkerPlan;
+use crate::services::ServiceLink;
 use worker::WorkerFds;
 
 /// Why a worker could not be started. Each variant names one failure.
@@ -105,6 +108,9 @@ pub struct DeviceStart {
     pub queue_events: Vec<EventFd>,
     /// Its host resources, held here; each worker gets duplicates.
     pub resources: HostResources,
+    /// For a kind with host services: where each worker's fresh service channel comes from
+    /// (`crate::services`); the channel is the worker's last fd.
+    pub services: Option<ServiceLink>,
 }
 
 /// A worker [`Sandbox::start`] started.
@@ -217,10 +223,13 @@ fn start_on_spawner(
             .map_err(io("duplicate the device's fds"))?,
         stop: EventFd::new(EFD_NONBLOCK).map_err(io("create the stop eventfd"))?,
     };
-    let resources = device
+    let mut resources = device
         .resources
         .worker_fds()
         .map_err(io("duplicate the host resources"))?;
+    if let Some(link) = &device.services {
+        resources.push(Some(link.fresh().map_err(io("make the service channel"))?));
+    }
     let fds = worker::spawned::fds_to_pass(fds, resources);
     let plan = &device.plan;
     if u32::try_from(fds.len()).ok() != Some(plan.confine.fds) {

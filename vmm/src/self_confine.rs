@@ -12,6 +12,7 @@
 //! | `vcpuN` | `vmm` | by itself at thread start, before its first `KVM_RUN` |
 //! | `console-in` | `vmm` | by itself at thread start |
 //! | `mon-DEV` | `vmm` | by itself at thread start ([`ThreadRole::Monitor`]) |
+//! | `svc-DEV` (devices with host services) | `vmm_service` | by itself at thread start ([`ThreadRole::Service`]) |
 //! | `dev-DEV` (`sandbox=off`) | the device's worker profile (`rng`: base + rng) | by itself once set up, before it serves a request |
 //!
 //! - **vCPU threads**: every set-up ioctl (`KVM_CREATE_VCPU`, `KVM_SET_CPUID2`, `KVM_SET_SREGS`,
@@ -51,6 +52,8 @@ use crate::exit_code::ExitCode;
 
 /// The profile of svmm's own threads.
 pub const VMM_PROFILE: &str = "vmm";
+/// The profile of the threads that perform devices' host services (`crate::services`).
+pub const SERVICE_PROFILE: &str = "vmm_service";
 
 /// What a thread of svmm is, for choosing its filter and naming it in a violation report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub enum ThreadRole {
     ConsoleInput,
     /// A device's monitor thread (worker messages, worker death), started by `supervisor`.
     Monitor,
+    /// A device's host-services thread (`crate::services`): connections, shared memory.
+    Service,
     /// An in-process device's thread, with the device's seccomp profile.
     Device(&'static str),
 }
@@ -74,6 +79,7 @@ impl ThreadRole {
             ThreadRole::Device(profile) => profile,
             ThreadRole::Main | ThreadRole::Vcpu(_) | ThreadRole::ConsoleInput => VMM_PROFILE,
             ThreadRole::Monitor => VMM_PROFILE,
+            ThreadRole::Service => SERVICE_PROFILE,
         }
     }
 
@@ -84,6 +90,7 @@ impl ThreadRole {
             ThreadRole::Vcpu(_) => "vcpu",
             ThreadRole::ConsoleInput => "console-in",
             ThreadRole::Monitor => "device monitor",
+            ThreadRole::Service => "device host services",
             ThreadRole::Device(_) => "in-process device",
         }
     }
@@ -129,6 +136,12 @@ pub const THREAD_POLICY: &[ThreadPolicy] = &[
         thread: "mon-DEVICE",
         filter: "the vmm profile",
         when: "by itself at thread start",
+    },
+    ThreadPolicy {
+        thread: "svc-DEVICE (devices with host services)",
+        filter: "the vmm_service profile",
+        when: "by itself at thread start: it connects the device's declared socket and maps \
+               memfds into the device's shared-memory region (KVM memory slots), nothing else",
     },
     ThreadPolicy {
         thread: "dev-DEVICE (sandbox=off)",

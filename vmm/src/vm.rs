@@ -40,7 +40,8 @@ use worker::guest_ram::{create_guest_ram, GuestRam};
 pub struct Vm {
     vcpus: Vcpus,
     devices: VirtioDevices,
-    _vm: VmFd,
+    /// Shared with the devices' host-services threads (memory slots of shared-memory regions).
+    _vm: Arc<VmFd>,
     ram: Option<GuestRam>,
 }
 
@@ -84,7 +85,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let mut vm = Vm {
         vcpus: Vcpus::default(),
         devices: VirtioDevices::default(),
-        _vm: vm_fd,
+        _vm: Arc::new(vm_fd),
         ram: Some(ram),
     };
     let (control, events) = VmEvents::new();

@@ -65,7 +65,7 @@ fn options() -> SandboxOptions {
 fn plan_of(spec: &DeviceSpec) -> plan::WorkerPlan {
     let resources = spec.config.resources();
     let size_of = |i: usize| declared_size(&resources[i]);
-    plan::plan(0, 0, spec, &options(), &size_of).unwrap()
+    plan::plan(0, 0, spec, &options(), &size_of, None).unwrap()
 }
 
 #[test]
@@ -146,6 +146,7 @@ fn print_sandbox_describes_every_kind() {
                 std::slice::from_ref(&spec),
                 SeccompMode::Trap,
                 &options,
+                256 << 20,
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
             let heading = match sandboxed {

@@ -43,7 +43,7 @@ fn rng_with_its_own_generator_has_no_host_resource() {
 
 #[test]
 fn rng_worker_fds_follow_the_fixed_numbers() {
-    let plan = plan(0, 0, &rng(), &options(Mode::Trap), &no_size).unwrap();
+    let plan = plan(0, 0, &rng(), &options(Mode::Trap), &no_size, None).unwrap();
     let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
     assert_eq!(numbers, (0..=9).collect::<Vec<_>>());
     assert!(plan.fds[3].what.starts_with("control socket"));
@@ -73,7 +73,7 @@ fn argv_round_trips_through_the_worker_parser() {
     let spec = rng();
     let mut opts = options(Mode::Log);
     opts.allow_missing_landlock = true;
-    let plan = plan(3, 1, &spec, &opts, &no_size).unwrap();
+    let plan = plan(3, 1, &spec, &opts, &no_size, None).unwrap();
     let argv = strings(&plan.argv);
     assert_eq!(
         argv[..4],
@@ -101,22 +101,32 @@ fn every_sort_of_resource_gets_its_place() {
         0 => Ok(8192),
         _ => no_size(i),
     };
-    let plan = plan(0, 0, &spec, &options(Mode::Trap), &sizes).unwrap();
+    let plan = plan(0, 0, &spec, &options(Mode::Trap), &sizes, None).unwrap();
     // Two queues at 8 and 9, then the file at 10 and the directory at 11: the socket path has
-    // no fd and is made on request.
+    // no fd and is made on request, through the service channel at 12.
     let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
-    assert_eq!(numbers, (0..=11).collect::<Vec<_>>());
+    assert_eq!(numbers, (0..=12).collect::<Vec<_>>());
     assert!(plan.fds[10]
         .what
         .starts_with("host resource of fake: /i/f.img (read-write"));
     assert!(plan.fds[11]
         .what
         .starts_with("host resource of fake: /srv/share (directory"));
+    assert!(
+        plan.fds[12]
+            .what
+            .starts_with("service channel (SOCK_SEQPACKET")
+            && plan.fds[12]
+                .what
+                .contains("new connections to /run/fake.sock"),
+        "{}",
+        plan.fds[12].what
+    );
     assert_eq!(
         plan.on_request,
         ["connections to /run/fake.sock, made by svmm when the worker asks"]
     );
-    assert_eq!(plan.confine.fds, 9);
+    assert_eq!(plan.confine.fds, 10);
     assert_eq!(plan.confine.rlimits.fsize, Some(8192));
     assert_eq!(
         plan.confine.landlock_beneath,
@@ -125,7 +135,7 @@ fn every_sort_of_resource_gets_its_place() {
             writable: true
         }]
     );
-    // The worker counts the same fds.
+    // The worker counts the same fds: the resources' and the service channel.
     let resource_fds = spec
         .config
         .resources()
@@ -133,11 +143,11 @@ fn every_sort_of_resource_gets_its_place() {
         .filter(|r| r.has_fd())
         .count();
     assert_eq!(
-        worker::fd_numbers::passed(spec.config.queues(), resource_fds),
+        worker::fd_numbers::passed(spec.config.queues(), resource_fds + 1),
         plan.confine.fds
     );
     // A size that cannot be measured is an error naming the resource.
-    let err = super::plan(0, 0, &spec, &options(Mode::Trap), &no_size).unwrap_err();
+    let err = super::plan(0, 0, &spec, &options(Mode::Trap), &no_size, None).unwrap_err();
     assert!(
         err.to_string().starts_with("cannot measure /i/f.img"),
         "{err}"
@@ -155,7 +165,7 @@ fn ids_depend_on_who_runs_svmm() {
             ids,
             "each worker has its own ids"
         );
-        let plan = plan(5, 2, &rng(), &options(Mode::Trap), &no_size).unwrap();
+        let plan = plan(5, 2, &rng(), &options(Mode::Trap), &no_size, None).unwrap();
         assert_eq!(
             plan.ids, ids,
             "ids follow the worker number, not the device index"

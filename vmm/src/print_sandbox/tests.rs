@@ -18,7 +18,7 @@ fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSand
         allow_missing_landlock: false,
         guest_ram: 128 << 20,
     };
-    super::report(devices, mode, &options)
+    super::report(devices, mode, &options, 256 << 20)
 }
 
 /// The system calls the report lists as allowed in the section after `heading`.

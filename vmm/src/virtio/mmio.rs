@@ -202,6 +202,11 @@ pub struct MmioTransport<P> {
     queues: Vec<QueueState>,
     /// Bit `Oddity as u32` is set once that kind was reported.
     reported: u32,
+    /// The device's shared-memory regions, `(base, len)` by region id (virtio 1.2 §4.2.2:
+    /// `SHMSel`, `SHMLen`, `SHMBase`); fixed when the device is set up.
+    shm_regions: Vec<(u64, u64)>,
+    /// `SHMSel`.
+    shm_sel: u32,
 }
 
 impl<P: DeviceProxy> MmioTransport<P> {
@@ -219,9 +224,26 @@ impl<P: DeviceProxy> MmioTransport<P> {
             queue_sel: 0,
             queues: Vec::new(),
             reported: 0,
+            shm_regions: Vec::new(),
+            shm_sel: 0,
         };
         transport.clear();
         transport
+    }
+
+    /// With shared-memory regions `(base, len)`, region id = position.
+    pub fn with_shm_regions(mut self, regions: Vec<(u64, u64)>) -> Self {
+        self.shm_regions = regions;
+        self
+    }
+
+    /// The selected shared-memory region's `(base, len)`, or all ones for a region the device
+    /// does not have (the spec's "length of -1").
+    fn selected_shm(&self) -> (u64, u64) {
+        usize::try_from(self.shm_sel)
+            .ok()
+            .and_then(|i| self.shm_regions.get(i).copied())
+            .unwrap_or((u64::MAX, u64::MAX))
     }
 
     /// The device's proxy.
@@ -303,6 +325,7 @@ impl<P: DeviceProxy> MmioTransport<P> {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.queues = vec![queue; usize::from(count)];
+        self.shm_sel = 0;
     }
 
     /// Reports `kind` of odd guest behaviour on stderr, the first time only.
@@ -333,10 +356,10 @@ impl<P: DeviceProxy> MmioTransport<P> {
             reg::INTERRUPT_STATUS => self.proxy.interrupt_status() & (INT_VRING | INT_CONFIG),
             reg::STATUS => self.device_status(),
             reg::CONFIG_GENERATION => info.config_generation,
-            // No shared memory regions: every SHMSel names a missing one, whose length is -1.
-            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
-                u32::MAX
-            }
+            reg::SHM_LEN_LOW => self.selected_shm().1 as u32,
+            reg::SHM_LEN_HIGH => (self.selected_shm().1 >> 32) as u32,
+            reg::SHM_BASE_LOW => self.selected_shm().0 as u32,
+            reg::SHM_BASE_HIGH => (self.selected_shm().0 >> 32) as u32,
             // Write-only registers read as 0.
             reg::DEVICE_FEATURES_SEL
             | reg::DRIVER_FEATURES
@@ -374,8 +397,7 @@ impl<P: DeviceProxy> MmioTransport<P> {
             reg::QUEUE_DRIVER_HIGH => self.write_ring_address(Ring::Driver, true, value),
             reg::QUEUE_DEVICE_LOW => self.write_ring_address(Ring::Device, false, value),
             reg::QUEUE_DEVICE_HIGH => self.write_ring_address(Ring::Device, true, value),
-            // No shared memory regions: any selector is as good as another.
-            reg::SHM_SEL => {}
+            reg::SHM_SEL => self.shm_sel = value,
             reg::MAGIC_VALUE
             | reg::VERSION
             | reg::DEVICE_ID

@@ -2,14 +2,16 @@
 //! VMM side (`plan::worker_argv`) and read here, strictly.
 //!
 //! ```text
-//!   svmm __worker KIND --seccomp=trap|log --sandbox-... --config=HEX [--fault=MODE]
-//!       [--fault-after=N]
+//!   svmm __worker KIND --seccomp=trap|log --sandbox-... --config=HEX [--shm-window=BASE:LEN]
+//!                      [--fault=MODE [--fault-after=N]]
 //! ```
 //!
 //! - `--seccomp=`: the filter's mode;
 //! - `--sandbox-*`: the sandbox (`broker::ConfineConfig::to_args`, read by `from_args`);
 //! - `--config=`: the kind's config, encoded once by `ipc::codec` for every kind
 //!   (`devices::DeviceConfig::encode`), as lower-case hex; the kind decodes and validates it;
+//! - `--shm-window=`: where the device's shared-memory region lies (hex guest-physical base and
+//!   length), for a kind that declares one (`devices::Kind::shm_region`);
 //! - `--fault=`, `--fault-after=`: test builds only (`worker::fault`).
 //!
 //! Every argument is required once (except the `--fault` ones, at most once); anything else is
@@ -17,6 +19,7 @@
 
 use std::ffi::OsString;
 
+use devices::kind::ShmWindow;
 use seccomp_profiles::Mode;
 
 /// The first argument that selects worker mode.
@@ -25,6 +28,27 @@ pub const WORKER_ARG: &str = "__worker";
 pub const SECCOMP_ARG: &str = "--seccomp=";
 /// The worker argument that carries the kind's config: `--config=HEX`.
 pub const CONFIG_ARG: &str = "--config=";
+
+/// The worker argument that says where the shared-memory region is: `--shm-window=BASE:LEN`.
+pub const SHM_WINDOW_ARG: &str = "--shm-window=";
+
+/// `--shm-window=` with `window` as two hex numbers.
+pub fn shm_window_arg(window: ShmWindow) -> String {
+    format!("{SHM_WINDOW_ARG}{:x}:{:x}", window.base, window.len)
+}
+
+/// The window of `--shm-window=BASE:LEN`: hex, a non-empty page-aligned range.
+fn parse_window(text: &str) -> Option<ShmWindow> {
+    let (base, len) = text.split_once(':')?;
+    let hex = |t: &str| {
+        (!t.is_empty())
+            .then(|| u64::from_str_radix(t, 16).ok())
+            .flatten()
+    };
+    let (base, len) = (hex(base)?, hex(len)?);
+    let aligned = base % 4096 == 0 && len % 4096 == 0 && len != 0;
+    (aligned && base.checked_add(len).is_some()).then_some(ShmWindow { base, len })
+}
 
 /// `--seccomp=trap`.
 pub fn seccomp_arg(mode: Mode) -> String {
@@ -68,6 +92,8 @@ pub struct WorkerArgs {
     pub seccomp: Mode,
     /// `--config=HEX`, decoded from hex (the kind decodes the rest).
     pub config: Vec<u8>,
+    /// `--shm-window=BASE:LEN`.
+    pub shm_window: Option<ShmWindow>,
     /// `--fault=MODE` (test builds only).
     #[cfg(feature = "test-faults")]
     pub fault: Option<crate::fault::Fault>,
@@ -82,6 +108,7 @@ impl WorkerArgs {
     pub fn parse(args: &[OsString]) -> Result<WorkerArgs, String> {
         let mut seccomp = None;
         let mut config = None;
+        let mut shm_window = None;
         #[cfg(feature = "test-faults")]
         let mut fault = None;
         #[cfg(feature = "test-faults")]
@@ -98,6 +125,12 @@ impl WorkerArgs {
                 set(&mut seccomp, mode, arg)?;
             } else if let Some(hex) = text.strip_prefix(CONFIG_ARG) {
                 set(&mut config, from_hex(hex).ok_or_else(|| invalid(arg))?, arg)?;
+            } else if let Some(window) = text.strip_prefix(SHM_WINDOW_ARG) {
+                set(
+                    &mut shm_window,
+                    parse_window(window).ok_or_else(|| invalid(arg))?,
+                    arg,
+                )?;
             } else {
                 #[cfg(feature = "test-faults")]
                 if let Some(name) = text.strip_prefix(crate::fault::ARG_PREFIX) {
@@ -121,6 +154,7 @@ impl WorkerArgs {
         Ok(WorkerArgs {
             seccomp: seccomp.ok_or_else(|| format!("missing worker argument {SECCOMP_ARG}"))?,
             config: config.ok_or_else(|| format!("missing worker argument {CONFIG_ARG}"))?,
+            shm_window,
             #[cfg(feature = "test-faults")]
             fault,
             #[cfg(feature = "test-faults")]
@@ -174,5 +208,28 @@ mod tests {
         }
         assert!(err(&["--seccomp=trap", "--config=", "--seccomp=log"]).contains("twice"));
         assert!(err(&["--seccomp=trap", "--config=", "--kind-option=1"]).contains("unknown"));
+    }
+
+    #[test]
+    fn shm_windows_round_trip_and_are_checked() {
+        let window = ShmWindow {
+            base: 1 << 32,
+            len: 256 << 20,
+        };
+        let arg = shm_window_arg(window);
+        assert_eq!(arg, "--shm-window=100000000:10000000");
+        let args = WorkerArgs::parse(&os(&["--seccomp=trap", "--config=", &arg])).unwrap();
+        assert_eq!(args.shm_window, Some(window));
+        for bad in [
+            "1000:0",
+            "1001:1000",
+            ":1000",
+            "1000",
+            "g:1000",
+            "fffffffffffff000:2000",
+        ] {
+            let arg = format!("--shm-window={bad}");
+            assert!(WorkerArgs::parse(&os(&["--seccomp=trap", "--config=", &arg])).is_err());
+        }
     }
 }

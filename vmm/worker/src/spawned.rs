@@ -77,7 +77,18 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
         .map_err(|e| format!("{name}: {}", one_line(&e)))?;
 
     // 1. The fds and the backend (which checks its host resources).
-    let (fds, resources) = adopt_fds(&config)?;
+    let window = options.shm_window;
+    if config.shm_region() != window.map(|w| w.len) {
+        return Err(format!(
+            "{name}: --shm-window does not match the device's shared-memory region"
+        ));
+    }
+    let (fds, mut resources) = adopt_fds(&config)?;
+    if config.has_services() {
+        let first = fd_numbers::first_resource(config.queues());
+        let channel = first + resource_fd_count(&config) as RawFd;
+        resources = resources.with_services(adopt(channel), window);
+    }
     let expected = expected_fds(&config);
     if sandbox.fds != expected {
         return Err(format!(
@@ -128,15 +139,22 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
         .map_err(|e| one_line(&e))
 }
 
-/// How many fds a worker of `config` inherits at 3, 4, ...
+/// How many host resources of `config` come with an fd.
+fn resource_fd_count(config: &DeviceConfig) -> usize {
+    config.resources().iter().filter(|r| r.has_fd()).count()
+}
+
+/// How many fds a worker of `config` inherits at 3, 4, ...: the fixed ones, the queues', the
+/// resources' and the service channel, if the device has one.
 fn expected_fds(config: &DeviceConfig) -> u32 {
-    let resource_fds = config.resources().iter().filter(|r| r.has_fd()).count();
-    fd_numbers::passed(config.queues(), resource_fds)
+    let passed = resource_fd_count(config) + usize::from(config.has_services());
+    fd_numbers::passed(config.queues(), passed)
 }
 
 /// What the broker passes a worker, in the order that puts each at its number of
 /// [`fd_numbers`] (3, 4, ...): the fixed fds, one eventfd per queue, then the fd of every host
-/// resource that has one — the other side of [`adopt_fds`].
+/// resource that has one (for a device with host services, its service channel is the last
+/// slot) — the other side of [`adopt_fds`].
 pub fn fds_to_pass(fds: WorkerFds, resources: Vec<Option<OwnedFd>>) -> Vec<OwnedFd> {
     let WorkerFds {
         control,

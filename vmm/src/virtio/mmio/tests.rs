@@ -216,6 +216,34 @@ fn identification_registers() {
 }
 
 #[test]
+fn shared_memory_regions_by_selector() {
+    let mut t = MmioTransport::new("test#0", Fake::new())
+        .with_shm_regions(vec![(0x1_4000_0000, 0x1000_0000)]);
+    // Region 0 is selected after a reset.
+    assert_eq!(rd(&mut t, reg::SHM_LEN_LOW), 0x1000_0000);
+    assert_eq!(rd(&mut t, reg::SHM_LEN_HIGH), 0);
+    assert_eq!(rd(&mut t, reg::SHM_BASE_LOW), 0x4000_0000);
+    assert_eq!(rd(&mut t, reg::SHM_BASE_HIGH), 1);
+    for missing in [1, u32::MAX] {
+        wr(&mut t, reg::SHM_SEL, missing);
+        for r in [
+            reg::SHM_LEN_LOW,
+            reg::SHM_LEN_HIGH,
+            reg::SHM_BASE_LOW,
+            reg::SHM_BASE_HIGH,
+        ] {
+            assert_eq!(rd(&mut t, r), u32::MAX);
+        }
+    }
+    wr(&mut t, reg::SHM_SEL, 0);
+    assert_eq!(rd(&mut t, reg::SHM_BASE_HIGH), 1);
+    // SHMSel is write-only; the region registers read-only.
+    assert_eq!(rd(&mut t, reg::SHM_SEL), 0);
+    wr(&mut t, reg::SHM_LEN_LOW, 5);
+    assert_eq!(rd(&mut t, reg::SHM_LEN_LOW), 0x1000_0000);
+}
+
+#[test]
 fn transport_features_the_transport_lacks_are_not_offered() {
     let mut fake = Fake::new();
     fake.info.device_features = OFFERED | (1 << 38) | (1 << 40);

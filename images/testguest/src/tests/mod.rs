@@ -64,6 +64,16 @@ pub static TESTS: &[Test] = &[
         run: bench::run_fs_seqwrite,
     },
     Test {
+        name: "bench_wl_fps",
+        applies: bench::applies,
+        run: wl::run_bench_fps,
+    },
+    Test {
+        name: "bench_wl_sync",
+        applies: bench::applies,
+        run: wl::run_bench_sync,
+    },
+    Test {
         name: "bench_getid",
         applies: bench::applies,
         run: bench::run_getid,
@@ -182,6 +192,11 @@ pub static TESTS: &[Test] = &[
         name: "wl",
         applies: wl::applies,
         run: wl::run,
+    },
+    Test {
+        name: "wl_flood",
+        applies: wl::by_name_only,
+        run: wl::run_flood,
     },
     Test {
         name: "wl_pipe",

@@ -410,6 +410,17 @@ impl<'t> Device<'t> {
         }
     }
 
+    /// The next used element of queue `queue`, if any: the used ring only, no register access
+    /// (for ring-3 loops that must not exit to the VMM while they poll).
+    pub fn poll_used(&mut self, queue: usize) -> Option<(u32, u32)> {
+        self.queues[queue].as_mut()?.pop_used()
+    }
+
+    /// The timer the device's waits use.
+    pub fn timer(&self) -> &'t Timer {
+        self.timer
+    }
+
     fn needs_reset(&self) -> bool {
         self.mmio.read(mmio::STATUS) & DEVICE_NEEDS_RESET != 0
     }

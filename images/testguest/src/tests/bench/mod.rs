@@ -9,7 +9,7 @@ mod cpu;
 mod dev;
 mod engine;
 mod fsreq;
-mod samples;
+pub mod samples;
 
 use crate::cmdline::MmioDevice;
 

@@ -70,6 +70,9 @@ pub struct WlDev<'t> {
     pub shm: (u64, u64),
     /// In buffer index of each head in flight on the in queue.
     in_of_head: [usize; 16],
+    /// Poll the rings only, never `InterruptStatus` (ring-3 benchmark loops: every register
+    /// access is an exit to the VMM).
+    pub lean: bool,
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -94,6 +97,7 @@ impl<'t> WlDev<'t> {
             dev,
             shm,
             in_of_head: [usize::MAX; 16],
+            lean: false,
         };
         for i in 0..IN_BUFS {
             wl.post_in(i);
@@ -112,13 +116,23 @@ impl<'t> WlDev<'t> {
 
     /// Runs one command; its response.
     pub fn command(&mut self, cmd: &[u8]) -> Result<Resp, Line> {
-        let out = Buf::readable(CMD_OFF, cmd.len() as u32);
-        queue::write(out, cmd);
+        queue::write(Buf::readable(CMD_OFF, cmd.len() as u32), cmd);
+        self.run(cmd.len() as u32)
+    }
+
+    /// Runs the `len`-byte command already in the command buffer; its response.
+    fn run(&mut self, len: u32) -> Result<Resp, Line> {
+        let out = Buf::readable(CMD_OFF, len);
         let resp = Buf::writable(RESP_OFF, RESP_LEN);
-        let len = self
-            .dev
-            .request_on(1, &[out, resp], TIMEOUT_MS)
-            .map_err(|e| fig!("{} step=command", e))?;
+        let len = if self.lean {
+            self.dev.submit(1, &[out, resp]);
+            self.dev.notify(1);
+            self.spin(1)?.1
+        } else {
+            self.dev
+                .request_on(1, &[out, resp], TIMEOUT_MS)
+                .map_err(|e| fig!("{} step=command", e))?
+        };
         let mut bytes = [0u8; RESP_LEN as usize];
         queue::read(resp, &mut bytes[..len as usize]);
         if len < 8 {
@@ -139,6 +153,22 @@ impl<'t> WlDev<'t> {
         })
     }
 
+    /// `VFD_SEND` of `data` with `vfds` to `id`, encoded straight into the command buffer.
+    pub fn send(&mut self, id: u32, vfds: &[u32], data: &[u8]) -> Result<Resp, Line> {
+        let mut head = [0u8; 16 + 4 * 28];
+        let mut words = [0u32; 30];
+        words[0] = id;
+        words[1] = vfds.len() as u32;
+        words[2..2 + vfds.len()].copy_from_slice(vfds);
+        let n = encode(&mut head, CMD_VFD_SEND, &words[..2 + vfds.len()]);
+        if n + data.len() > CMD_MAX {
+            return Err(fig!("send_too_long len={}", data.len()));
+        }
+        queue::write(Buf::readable(CMD_OFF, n as u32), &head[..n]);
+        queue::write(Buf::readable(CMD_OFF + n, data.len() as u32), data);
+        self.run((n + data.len()) as u32)
+    }
+
     /// A command that must answer `RESP_OK`.
     pub fn command_ok(&mut self, cmd: &[u8], what: &str) -> Result<(), Line> {
         let resp = self.command(cmd)?;
@@ -157,31 +187,56 @@ impl<'t> WlDev<'t> {
         Ok(resp)
     }
 
+    /// Polls queue `queue`'s used ring (only) for the next element, up to [`TIMEOUT_MS`].
+    fn spin(&mut self, queue: usize) -> Result<(u16, u32), Line> {
+        let timer = self.dev.timer();
+        let deadline = timer.deadline_ms(TIMEOUT_MS);
+        loop {
+            if let Some((id, len)) = self.dev.poll_used(queue) {
+                let head = u16::try_from(id).map_err(|_| fig!("used_id got={}", id))?;
+                return Ok((head, len));
+            }
+            if timer.expired(deadline) {
+                return Err(fig!("timeout queue={} lean=1", queue));
+            }
+        }
+    }
+
     /// Waits for the next in-queue message.
     pub fn recv(&mut self, timeout_ms: u64) -> Result<InMsg, Line> {
-        let (head, len) = self
-            .dev
-            .wait_any(0, timeout_ms)
-            .map_err(|e| fig!("{} step=recv", e))?;
+        let (head, len) = if self.lean {
+            self.spin(0)?
+        } else {
+            self.dev
+                .wait_any(0, timeout_ms)
+                .map_err(|e| fig!("{} step=recv", e))?
+        };
         let i = *self
             .in_of_head
             .get(head as usize)
             .filter(|&&i| i < IN_BUFS)
             .ok_or_else(|| fig!("in_head head={}", head))?;
-        let mut bytes = [0u8; IN_LEN as usize];
-        let len = (len as usize).min(bytes.len());
-        queue::read(
-            Buf::writable(i * IN_LEN as usize, IN_LEN),
-            &mut bytes[..len],
-        );
+        let result = self.decode(i * IN_LEN as usize, (len as usize).min(IN_LEN as usize));
+        // The buffer goes back to the device whatever it held.
         self.post_in(i);
         self.dev.notify(0);
+        result
+    }
+
+    /// The message of `len` bytes in the in buffer at offset `buf`.
+    fn decode(&self, buf: usize, len: usize) -> Result<InMsg, Line> {
+        let mut header = [0u8; 16 + 4 * 28];
+        let got = queue::read(
+            Buf::writable(buf, IN_LEN),
+            &mut header[..len.min(16 + 4 * 28)],
+        );
+        let bytes = &header[..got];
         if len < 12 {
             return Err(fig!("short_in len={}", len));
         }
         let mut msg = InMsg {
-            kind: le32(&bytes, 0),
-            id: le32(&bytes, 8),
+            kind: le32(bytes, 0),
+            id: le32(bytes, 8),
             flags: 0,
             pfn: 0,
             size: 0,
@@ -192,22 +247,23 @@ impl<'t> WlDev<'t> {
         };
         match msg.kind {
             CMD_VFD_NEW if len >= 28 => {
-                msg.flags = le32(&bytes, 12);
-                msg.pfn = u64::from(le32(&bytes, 16)) | (u64::from(le32(&bytes, 20)) << 32);
-                msg.size = le32(&bytes, 24);
+                msg.flags = le32(bytes, 12);
+                msg.pfn = u64::from(le32(bytes, 16)) | (u64::from(le32(bytes, 20)) << 32);
+                msg.size = le32(bytes, 24);
             }
             CMD_VFD_RECV if len >= 16 => {
-                let n = le32(&bytes, 12) as usize;
+                let n = le32(bytes, 12) as usize;
                 if n > 28 || 16 + 4 * n > len {
                     return Err(fig!("bad_recv vfds={}", n));
                 }
                 for k in 0..n {
-                    msg.vfds[k] = le32(&bytes, 16 + 4 * k);
+                    msg.vfds[k] = le32(bytes, 16 + 4 * k);
                 }
                 msg.nvfds = n;
                 let start = 16 + 4 * n;
                 msg.len = len - start;
-                msg.data[..msg.len].copy_from_slice(&bytes[start..len]);
+                let data = Buf::writable(buf + start, msg.len as u32);
+                queue::read(data, &mut msg.data[..msg.len]);
             }
             CMD_VFD_HUP => {}
             other => return Err(fig!("bad_in kind={:#x} len={}", other, len)),
@@ -243,15 +299,4 @@ pub fn close(id: u32) -> [u8; 12] {
     let mut out = [0u8; 12];
     encode(&mut out, CMD_VFD_CLOSE, &[id]);
     out
-}
-
-/// A `VFD_SEND` of `data` with `vfds` to `id`, into `out`; its length.
-pub fn send(out: &mut [u8; CMD_MAX], id: u32, vfds: &[u32], data: &[u8]) -> usize {
-    let mut words = [0u32; 30];
-    words[0] = id;
-    words[1] = vfds.len() as u32;
-    words[2..2 + vfds.len()].copy_from_slice(vfds);
-    let head = encode(out, CMD_VFD_SEND, &words[..2 + vfds.len()]);
-    out[head..head + data.len()].copy_from_slice(data);
-    head + data.len()
 }

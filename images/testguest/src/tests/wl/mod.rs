@@ -10,21 +10,28 @@
 //!   [`pattern`]; attach, damage, frame callback, commit, and once the frame is done prints
 //!   `testguest: wl_shm ready width=W height=H seed=S` and waits for a console line (the
 //!   harness takes a screenshot meanwhile) before it tears down.
+//! - `wl_flood` (by name): contexts until refused, then shared-memory vfds (64 KiB) until
+//!   refused, then as many again, all refused; prints `testguest: wl_flood begin` first and
+//!   `testguest: wl_flood full ...` when done, and waits for a console line at each (the harness
+//!   measures svmm's memory), then closes everything.
 //! - `wl_pipe`: compositor → guest through a pipe the guest made (`VFD_NEW_PIPE` read end):
 //!   weston writes its scene graph into it (`weston_debug_v1.subscribe`, weston runs with
 //!   `--debug`), the guest reads to the hang-up; guest → host through a second virtio-wl
 //!   device whose socket is the harness's: the guest sends it the read end of a pipe it
 //!   writes, the harness reads to EOF and sends the bytes back on the connection.
 
+mod bench;
 mod client;
 mod dev;
+mod window;
 mod wire;
 
+pub use bench::{run_fps as run_bench_fps, run_sync as run_bench_sync};
 use client::Client;
 use dev::{VFD_READ, VFD_WRITE};
+use window::Window;
 use wire::Msg;
 
-use crate::arch::highmem;
 use crate::cmdline::MmioDevice;
 use crate::fig;
 use crate::say;
@@ -34,8 +41,8 @@ use crate::virtio::{self, ID_WL};
 
 /// The context's vfd id in every test.
 const CTX: u32 = 1;
-/// Default window size if the compositor leaves it to the client.
-const DEFAULT_SIZE: (u32, u32) = (320, 240);
+/// The vfd id of the window's buffer memory.
+const POOL_VFD: u32 = 2;
 /// Seed of the `wl_shm` pattern.
 const SEED: u32 = 0x00a5_3c96;
 /// How long `wl_shm` waits for the harness's line.
@@ -76,7 +83,7 @@ pub fn run(ctx: &Ctx) -> Outcome {
     };
     let globals = c.nglobals;
     c.dev.command_ok(&dev::close(CTX), "close_ctx")?;
-    c.dev.close()?;
+    c.close()?;
     Ok(fig!(
         "globals={} wl_compositor={} wl_shm={} xdg_wm_base={}",
         globals,
@@ -86,39 +93,16 @@ pub fn run(ctx: &Ctx) -> Outcome {
     ))
 }
 
-/// Waits for `xdg_surface.configure`, noting the toplevel's size on the way: `(serial, w, h)`.
-fn configure(
-    c: &mut Client,
-    xdg_surface: u32,
-    toplevel: u32,
-) -> Result<(u32, u32, u32), crate::line::Line> {
-    let (mut w, mut h) = (0, 0);
-    loop {
-        let event = c.next_event()?;
-        match (event.object, event.opcode) {
-            (o, 0) if o == toplevel => {
-                let mut a = event.args();
-                w = a.int().max(0) as u32;
-                h = a.int().max(0) as u32;
-            }
-            (o, 0) if o == xdg_surface => return Ok((event.args().uint(), w, h)),
-            // wl_surface.enter/leave, toplevel bounds and the like.
-            _ => {}
-        }
-    }
-}
-
 /// Fills `w × h` pixels at `addr` (stride `w * 4`) with [`pattern`], two pixels per store.
+/// The X byte is 0xff: weston (10, pixman) shows an XRGB8888 pixel whose X byte is 0 as
+/// black, so clients set it.
 fn fill(addr: u64, w: u32, h: u32, seed: u32) {
     let base = addr as *mut u64;
+    let pixel = |x, y| u64::from(0xff00_0000 | pattern(x, y, seed));
     for y in 0..h {
         for x in (0..w).step_by(2) {
-            let lo = u64::from(pattern(x, y, seed));
-            let hi = if x + 1 < w {
-                u64::from(pattern(x + 1, y, seed))
-            } else {
-                0
-            };
+            let lo = pixel(x, y);
+            let hi = if x + 1 < w { pixel(x + 1, y) } else { 0 };
             let at = (y * w + x) as usize / 2;
             // SAFETY: inside the buffer the device mapped at `addr` (w * h * 4 bytes, w even,
             // so `at` < w * h / 2), identity mapped by `highmem::map`; only this program and
@@ -143,78 +127,14 @@ fn wait_line(ctx: &Ctx, timeout_ms: u64) -> Result<(), crate::line::Line> {
 
 pub fn run_shm(ctx: &Ctx) -> Outcome {
     let mut c = Client::connect(ctx, ctx.instance, CTX)?;
-    let registry = c.registry()?;
-    let compositor = c.bind(registry, "wl_compositor", 4)?;
-    let shm = c.bind(registry, "wl_shm", 1)?;
-    let wm = c.bind(registry, "xdg_wm_base", 1)?;
-    c.wm_base = wm;
-    let surface = c.new_id();
-    c.send(&mut Msg::new(compositor, 0).uint(surface), &[])?;
-    let xdg_surface = c.new_id();
-    c.send(&mut Msg::new(wm, 2).uint(xdg_surface).uint(surface), &[])?;
-    let toplevel = c.new_id();
-    c.send(&mut Msg::new(xdg_surface, 1).uint(toplevel), &[])?;
-    c.send(&mut Msg::new(toplevel, 2).string("svmm testguest"), &[])?;
-    // Fullscreen: the compositor configures the output's size and shows it at the origin.
-    c.send(&mut Msg::new(toplevel, 11).uint(0), &[])?;
-    c.send(&mut Msg::new(surface, 6), &[])?;
-    let (serial, w, h) = configure(&mut c, xdg_surface, toplevel)?;
-    let (w, h) = if w == 0 || h == 0 {
-        DEFAULT_SIZE
-    } else {
-        (w, h)
-    };
-    if w % 2 != 0 || w > 4096 || h > 4096 {
-        return Err(fig!("odd_size width={} height={}", w, h));
-    }
-
-    // The buffer: VFD_NEW in the device's region, mapped here, filled.
-    let size = w * h * 4;
-    const POOL: u32 = 2;
-    let new = c
-        .dev
-        .command_new(&dev::vfd_new(dev::CMD_VFD_NEW, POOL, 0, size), "vfd_new")?;
-    let (base, len) = c.dev.shm;
-    let offset = new.pfn << 12;
-    if offset + u64::from(new.size) > len || new.size < size {
-        return Err(fig!(
-            "vfd_outside pfn={:#x} size={} region={:#x}",
-            new.pfn,
-            new.size,
-            len
-        ));
-    }
-    let map_start = base & !0x1f_ffff;
-    let map_end = (base + len).next_multiple_of(0x20_0000);
-    highmem::map(map_start, map_end - map_start).map_err(|e| fig!("map {:?}", e))?;
-    fill(base + offset, w, h, SEED);
-
-    let pool = c.new_id();
-    c.send(&mut Msg::new(shm, 0).uint(pool).int(size as i32), &[POOL])?;
-    let buffer = c.new_id();
-    let format_xrgb8888 = 1;
-    let mut create = Msg::new(pool, 0)
-        .uint(buffer)
-        .int(0)
-        .int(w as i32)
-        .int(h as i32)
-        .int(w as i32 * 4)
-        .uint(format_xrgb8888);
-    c.send(&mut create, &[])?;
-    c.send(&mut Msg::new(xdg_surface, 4).uint(serial), &[])?;
-    c.send(&mut Msg::new(surface, 1).uint(buffer).int(0).int(0), &[])?;
-    c.send(
-        &mut Msg::new(surface, 2)
-            .int(0)
-            .int(0)
-            .int(w as i32)
-            .int(h as i32),
-        &[],
-    )?;
+    let win = Window::open(&mut c, "svmm testguest")?;
+    let buf = win.buffer(&mut c, POOL_VFD)?;
+    fill(buf.addr, win.width, win.height, SEED);
     let frame = c.new_id();
-    c.send(&mut Msg::new(surface, 3).uint(frame), &[])?;
     let start = ctx.timer.now_us();
-    c.send(&mut Msg::new(surface, 6), &[])?;
+    let mut commit = [0u8; 256];
+    let n = win.present(&mut commit, buf.buffer, frame);
+    c.send_raw(CTX, &commit[..n], &[])?;
     loop {
         let event = c.next_event()?;
         if event.object == frame && event.opcode == 0 {
@@ -222,21 +142,24 @@ pub fn run_shm(ctx: &Ctx) -> Outcome {
         }
     }
     let frame_us = ctx.timer.now_us() - start;
-    say!("wl_shm ready width={} height={} seed={:#x}", w, h, SEED);
+    say!(
+        "wl_shm ready width={} height={} seed={:#x}",
+        win.width,
+        win.height,
+        SEED
+    );
     wait_line(ctx, SCREENSHOT_WAIT_MS)?;
     // Destroy the buffer and the pool, then drop the connection (the compositor cleans up).
-    c.send(&mut Msg::new(buffer, 0), &[])?;
-    c.send(&mut Msg::new(pool, 1), &[])?;
-    c.roundtrip(None)?;
-    c.dev.command_ok(&dev::close(POOL), "close_pool")?;
+    let pfn = buf.pfn;
+    buf.destroy(&mut c)?;
     c.dev.command_ok(&dev::close(CTX), "close_ctx")?;
-    c.dev.close()?;
+    c.close()?;
     Ok(fig!(
         "width={} height={} seed={:#x} pfn={:#x} frame_us={}",
-        w,
-        h,
+        win.width,
+        win.height,
         SEED,
-        new.pfn,
+        pfn,
         frame_us
     ))
 }
@@ -269,7 +192,7 @@ pub fn run_pipe(ctx: &Ctx) -> Outcome {
     c.dev
         .command_ok(&dev::close(READ_PIPE), "close_pipe_read")?;
     c.dev.command_ok(&dev::close(CTX), "close_ctx")?;
-    c.dev.close()?;
+    c.close()?;
 
     // Guest → host: the harness's peer gets the read end of a pipe the guest writes.
     let mut p = Client::connect(ctx, 1, CTX)?;
@@ -299,10 +222,47 @@ pub fn run_pipe(ctx: &Ctx) -> Outcome {
         return Err(fig!("echo_mismatch len={}", p.side.len));
     }
     p.dev.command_ok(&dev::close(CTX), "close_ctx")?;
-    p.dev.close()?;
+    p.close()?;
     Ok(fig!(
         "from_compositor={} to_host={}",
         from_compositor,
         sent.len()
+    ))
+}
+
+/// Contexts and vfds `wl_flood` asks for at most before it calls a missing limit a failure.
+const FLOOD_MAX: u32 = 4096;
+
+pub fn run_flood(ctx: &Ctx) -> Outcome {
+    let mut dev = dev::WlDev::open(ctx, ctx.instance)?;
+    say!("wl_flood begin");
+    wait_line(ctx, SCREENSHOT_WAIT_MS)?;
+    let mut flood = |kind: u32, first: u32, size: u32| -> Result<(u32, u32), crate::line::Line> {
+        for n in 0..FLOOD_MAX {
+            let resp = dev.command(&dev::vfd_new(kind, first + n, 0, size))?;
+            if resp.code != dev::RESP_VFD_NEW {
+                return Ok((n, resp.code));
+            }
+        }
+        Err(fig!("no_limit kind={:#x} after={}", kind, FLOOD_MAX))
+    };
+    let (contexts, ctx_refused) = flood(dev::CMD_VFD_NEW_CTX, 1, 0)?;
+    let (vfds, refused) = flood(dev::CMD_VFD_NEW, 10_000, 64 << 10)?;
+    // Asking on does not get more.
+    for n in 0..vfds {
+        let resp = dev.command(&dev::vfd_new(dev::CMD_VFD_NEW, 20_000 + n, 0, 64 << 10))?;
+        if resp.code == dev::RESP_VFD_NEW {
+            return Err(fig!("granted_after_limit n={}", n));
+        }
+    }
+    say!("wl_flood full contexts={} vfds={}", contexts, vfds);
+    wait_line(ctx, SCREENSHOT_WAIT_MS)?;
+    dev.close()?;
+    Ok(fig!(
+        "contexts={} ctx_refused={:#x} vfds={} refused={:#x}",
+        contexts,
+        ctx_refused,
+        vfds,
+        refused
     ))
 }

@@ -6,6 +6,10 @@
 //! then the bytes padded to 4; an array is its length, then the bytes padded to 4. fds travel
 //! beside the bytes (here: as vfd ids of the `VFD_SEND`), never in them.
 
+use core::cell::UnsafeCell;
+
+use crate::arch::{Page, Word};
+
 /// Largest request the tests build.
 const MSG_MAX: usize = 256;
 /// Bytes the stream keeps while a message is incomplete.
@@ -110,10 +114,23 @@ impl<'a> Args<'a> {
     }
 }
 
+/// The stream's bytes: static (not on the 64 KiB boot stack), not zeroed at boot; one
+/// [`Stream`] at a time uses them.
+#[link_section = ".noinit.wl"]
+static STREAM_BUF: Page<[u8; STREAM_MAX]> = Page(UnsafeCell::new([0; STREAM_MAX]));
+/// Set while a [`Stream`] owns [`STREAM_BUF`].
+static STREAM_TAKEN: Word = Word::new(0);
+
 /// The bytes a context delivered, cut into events.
 pub struct Stream {
-    buf: [u8; STREAM_MAX],
+    buf: &'static mut [u8; STREAM_MAX],
     len: usize,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        STREAM_TAKEN.set(0);
+    }
 }
 
 /// The stream got a message it cannot hold.
@@ -121,9 +138,14 @@ pub struct Stream {
 pub struct Overflow;
 
 impl Stream {
-    pub const fn new() -> Stream {
+    /// The stream over the static buffer. Panics if another one holds it.
+    pub fn new() -> Stream {
+        assert!(STREAM_TAKEN.get() == 0, "one wl stream at a time");
+        STREAM_TAKEN.set(1);
         Stream {
-            buf: [0; STREAM_MAX],
+            // SAFETY: STREAM_TAKEN guarantees this is the only reference until the Stream is
+            // dropped; one vCPU, and the buffer is never shared with a device.
+            buf: unsafe { &mut *STREAM_BUF.0.get() },
             len: 0,
         }
     }

@@ -1,15 +1,39 @@
 //! virtio-wl against a real compositor (Debian's weston, headless, see `tests::weston`): the
 //! screenshot path checked with a host client first, then the test guest's Wayland clients
-//! through svmm's wayland device, sandboxed and in-process.
+//! through svmm's wayland device, sandboxed and in-process — the registry against
+//! `wayland-info`, a window checked pixel for pixel, pipes both ways, a killed worker, a guest
+//! that floods the device — and the bad inputs svmm refuses in one line.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use tests::binary::svmm_bin;
+use tests::output::number_field;
+use tests::paths::{self, TempDir};
 use tests::suite::TrialResult;
-use tests::weston::{self, Weston, BACKGROUND};
-use tests::Suite;
+use tests::weston::{self, Global, Weston, BACKGROUND};
+use tests::{procfs, Suite, TestVm};
 
 /// The output the trials use: big enough for weston-simple-shm's 250 × 250 window.
 const OUTPUT: (u32, u32) = (400, 300);
+/// How long a guest may take for anything.
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Exit status of bad input, and of a bad command line (`vmm/src/exit_code.rs`).
+const BAD_INPUT: i32 = 65;
+const USAGE: i32 = 64;
+
+/// The test guest with a wayland device on `socket` running `tests`.
+fn guest(socket: &Path, sandboxed: bool, tests: &str) -> TestVm {
+    let off = if sandboxed { "" } else { ",sandbox=off" };
+    TestVm::svmm(paths::artefact("testguest.elf"))
+        .device(format!("wayland={}{off}", socket.display()))
+        .cmdline(format!("testguest.run={tests}"))
+        .timeout(TIMEOUT)
+}
 
 /// weston-simple-shm on the host: the screenshot shows its window exactly where the scene
 /// graph says, and only there. The baseline for the guest's pixel check.
@@ -26,11 +50,11 @@ fn host_client_baseline() -> TrialResult {
         .spawn()
         .map_err(|e| format!("weston-simple-shm: {e}"))?;
     let result = (|| -> TrialResult {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         let rect = loop {
             match weston.window_rect("simple-shm") {
                 Ok(rect) => break rect,
-                Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
@@ -63,14 +87,384 @@ fn host_client_baseline() -> TrialResult {
     result
 }
 
+/// The guest's registry, as its `wl global` lines list it, is `wayland-info`'s, and has what a
+/// window needs.
+fn globals(sandboxed: bool) -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    let out = guest(&weston.socket(), sandboxed, "wl").run()?;
+    out.assert_status(0);
+    out.assert_line("testguest: wl ok globals=");
+    let mut seen: Vec<Global> = out
+        .lines_with("testguest: wl global ")
+        .iter()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("testguest: wl global ")?.split(' ');
+            Some(Global {
+                name: words.next()?.parse().ok()?,
+                interface: words.next()?.to_string(),
+                version: words.next()?.parse().ok()?,
+            })
+        })
+        .collect();
+    let mut want = weston.globals()?;
+    seen.sort();
+    want.sort();
+    if seen != want {
+        return Err(format!("the guest saw {seen:?}\nwayland-info saw {want:?}").into());
+    }
+    for needed in ["wl_compositor", "wl_shm", "xdg_wm_base"] {
+        assert!(seen.iter().any(|g| g.interface == needed), "no {needed}");
+    }
+    eprintln!(
+        "wayland: {} globals, as wayland-info lists them",
+        seen.len()
+    );
+    Ok(())
+}
+
+/// The guest's fullscreen window is on the output pixel for pixel.
+fn pixels(sandboxed: bool) -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    let mut vm = guest(&weston.socket(), sandboxed, "wl_shm").spawn()?;
+    let ready = vm.wait_for_text("testguest: wl_shm ready", TIMEOUT)?;
+    let shot = weston.screenshot();
+    vm.write_stdin(b"\n")?;
+    let out = vm.wait()?;
+    out.assert_status(0);
+    out.assert_line("testguest: wl_shm ok");
+    let field = |name| number_field(&ready, name).ok_or(format!("no {name} in {ready:?}"));
+    let (w, h) = (field("width")? as u32, field("height")? as u32);
+    let seed = ready
+        .split("seed=0x")
+        .nth(1)
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .ok_or(format!("no seed in {ready:?}"))?;
+    if (w, h) != weston.size() {
+        return Err(format!("the window is {w}x{h}, the output {:?}", weston.size()).into());
+    }
+    let checked = weston::check_pattern(&shot?, w, h, seed)?;
+    eprintln!("wayland: {checked} pixels of the guest's buffer on screen, all as drawn");
+    Ok(())
+}
+
+/// A unix socket the guest's second wayland device connects to: reads the pipe end it is
+/// sent to EOF and echoes the bytes back on the connection. Ignores svmm's start-up check
+/// (a connection that sends nothing). Returns the bytes it read.
+fn pipe_peer(path: &Path) -> std::io::Result<JoinHandle<Result<Vec<u8>, String>>> {
+    let listener = UnixListener::bind(path)?;
+    Ok(std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let conn = conn.map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            let (n, fds) = recv_fds(&conn)?;
+            let Some(pipe) = fds.into_iter().next() else {
+                if n == 0 {
+                    continue; // svmm checking that something listens
+                }
+                return Err(format!("{n} bytes without a pipe"));
+            };
+            let mut data = Vec::new();
+            std::fs::File::from(pipe)
+                .read_to_end(&mut data)
+                .map_err(|e| e.to_string())?;
+            (&conn).write_all(&data).map_err(|e| e.to_string())?;
+            return Ok(data);
+        }
+        Err("no connection".into())
+    }))
+}
+
+/// One message and its fds from `conn`.
+fn recv_fds(conn: &UnixStream) -> Result<(usize, Vec<std::os::fd::OwnedFd>), String> {
+    use std::mem::MaybeUninit;
+    let mut buf = [0u8; 256];
+    let mut space = [MaybeUninit::uninit(); 64];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        conn,
+        &mut [rustix::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(arrived) = message {
+            fds.extend(arrived);
+        }
+    }
+    Ok((got.bytes, fds))
+}
+
+/// Compositor → guest through a pipe the guest made (weston writes its scene graph into it),
+/// guest → host through a pipe whose read end the guest sends to a second device's peer.
+fn pipes(sandboxed: bool) -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    let dir = TempDir::new("wl-pipe");
+    let peer_path = dir.path().join("peer.sock");
+    let peer = pipe_peer(&peer_path)?;
+    let off = if sandboxed { "" } else { ",sandbox=off" };
+    let out = guest(&weston.socket(), sandboxed, "wl_pipe")
+        .device(format!("wayland={}{off}", peer_path.display()))
+        .run()?;
+    out.assert_status(0);
+    let line = out.assert_line("testguest: wl_pipe ok").to_string();
+    let got = peer.join().map_err(|_| "peer panicked")??;
+    let want: Vec<u8> = (0..3000).map(|i| b'a' + (i % 26) as u8).collect();
+    if got != want {
+        return Err(format!("the peer read {} bytes, not the guest's 3000", got.len()).into());
+    }
+    let from_compositor = number_field(&line, "from_compositor").unwrap_or(0);
+    assert!(from_compositor > 0, "{line}");
+    eprintln!("wayland: {from_compositor} bytes from weston, 3000 to the host, through pipes");
+    Ok(())
+}
+
+/// Unix-socket fds weston holds, polled until it is `want` (or 5 s have passed).
+fn weston_sockets_become(weston: &Weston, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = weston.sockets();
+        if now == want || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A killed wayland worker: one line from svmm, the VM runs on (the guest finds the device
+/// broken), and weston sees the guest's connection close.
+fn killed_worker() -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    let idle = weston.sockets();
+    let mut vm = guest(&weston.socket(), true, "wl_shm,echo")
+        .cmdline("testguest.run=wl_shm,echo testguest.echo_timeout_ms=60000")
+        .spawn()?;
+    vm.wait_for_line("testguest: wl_shm ready", TIMEOUT)?;
+    // The guest's connection (and, for a moment, svmm's start-up check of the socket).
+    let connected = weston.sockets();
+    if connected <= idle {
+        return Err(format!("weston holds {connected} sockets, {idle} before the guest").into());
+    }
+    let workers = procfs::children(vm.pid());
+    let [worker] = workers[..] else {
+        return Err(format!("expected one worker, found {workers:?}").into());
+    };
+    // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a
+    // moment ago and reaped by nobody but svmm.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let after = weston_sockets_become(&weston, idle);
+    vm.write_stdin(b"\nafter-kill\n")?;
+    let out = vm.wait()?;
+    out.log("svmm testguest wl_shm + worker killed");
+    let report = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(&worker.to_string()))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        report.contains("wayland#0")
+            && report.contains("SIGKILL")
+            && report.contains("VM keeps running"),
+        "no one-line report of the killed worker\n{}",
+        out.report()
+    );
+    let fail = out.assert_line("testguest: wl_shm FAIL").to_string();
+    out.assert_line("testguest: echo ok line=after-kill");
+    eprintln!("wayland: {report}\nwayland: then the guest: {fail}");
+    if after != idle {
+        return Err(
+            format!("weston still holds {after} sockets ({idle} idle) after the kill").into(),
+        );
+    }
+    eprintln!("wayland: killed worker reported, VM ran on, weston back to {idle} sockets");
+    Ok(())
+}
+
+/// Resident memory of `pid` and its children, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(procfs::children(pid))
+        .filter_map(|p| procfs::status(p).ok())
+        .filter_map(|s| {
+            s.get("VmRSS")
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// A guest that floods the device gets refusals at the limits, and svmm's memory stays put.
+fn flood(sandboxed: bool) -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    let mut vm = guest(&weston.socket(), sandboxed, "wl_flood").spawn()?;
+    vm.wait_for_line("testguest: wl_flood begin", TIMEOUT)?;
+    let before = rss_kib(vm.pid());
+    vm.write_stdin(b"\n")?;
+    let full = vm.wait_for_text("testguest: wl_flood full", TIMEOUT)?;
+    let during = rss_kib(vm.pid());
+    vm.write_stdin(b"\n")?;
+    let out = vm.wait()?;
+    out.assert_status(0);
+    let line = out.assert_line("testguest: wl_flood ok").to_string();
+    let field = |name| number_field(&line, name).unwrap_or(u64::MAX);
+    // The device's limits: 16 contexts, then 256 vfds in all.
+    assert_eq!(field("contexts"), 16, "{line}");
+    assert_eq!(field("vfds"), 256 - 16, "{line}");
+    assert!(
+        line.contains("ctx_refused=0x1101") && line.contains(" refused=0x1101"),
+        "{line}"
+    );
+    let grown = during.saturating_sub(before);
+    eprintln!("wayland: {full:?}; svmm (+ worker) RSS {before} KiB → {during} KiB");
+    if grown > 16 << 10 {
+        return Err(format!("svmm's memory grew by {grown} KiB during the flood").into());
+    }
+    Ok(())
+}
+
+/// svmm with `args`, its environment without Wayland variables plus `env`: exit status and
+/// stderr.
+fn svmm(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(svmm_bin())
+        .args(args)
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .envs(env.iter().copied())
+        .output()
+        .expect("svmm runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One line on stderr, starting `svmm:`, containing `needle`, with exit status `code`.
+fn one_line(result: (Option<i32>, String), code: i32, needle: &str) -> TrialResult {
+    let (status, stderr) = result;
+    let lines: Vec<&str> = stderr.lines().collect();
+    if status != Some(code)
+        || lines.len() != 1
+        || !lines[0].starts_with("svmm:")
+        || !lines[0].contains(needle)
+    {
+        return Err(format!(
+            "want exit {code} and one line with {needle:?}; got {status:?}:\n{stderr}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn bad_inputs() -> TrialResult {
+    let kernel = paths::artefact("testguest.elf");
+    let kernel = kernel.to_str().unwrap();
+    let dir = TempDir::new("wl-bad");
+    let run =
+        |device: &str, env: &[(&str, &str)]| svmm(&["--kernel", kernel, "--device", device], env);
+    one_line(run("wayland", &[]), BAD_INPUT, "no compositor socket")?;
+    let missing = dir.path().join("nothing");
+    one_line(
+        run(&format!("wayland={}", missing.display()), &[]),
+        BAD_INPUT,
+        "no such socket",
+    )?;
+    let file = dir.file("file", b"");
+    one_line(
+        run(&format!("wayland={}", file.display()), &[]),
+        BAD_INPUT,
+        "not a socket",
+    )?;
+    let dead = dir.path().join("dead.sock");
+    drop(UnixListener::bind(&dead)?);
+    one_line(
+        run(&format!("wayland={}", dead.display()), &[]),
+        BAD_INPUT,
+        "no compositor is listening",
+    )?;
+    // The environment's socket when none is given: XDG_RUNTIME_DIR/WAYLAND_DISPLAY.
+    let runtime = dir.path().to_str().unwrap();
+    one_line(
+        run(
+            "wayland",
+            &[
+                ("XDG_RUNTIME_DIR", runtime),
+                ("WAYLAND_DISPLAY", "dead.sock"),
+            ],
+        ),
+        BAD_INPUT,
+        "dead.sock",
+    )?;
+    let live = dir.path().join("live.sock");
+    let _listener = UnixListener::bind(&live)?;
+    for bad in ["shm=0", "shm=4097", "shm=x", "bogus=1"] {
+        one_line(
+            run(&format!("wayland={},{bad}", live.display()), &[]),
+            USAGE,
+            "wayland",
+        )?;
+    }
+    Ok(())
+}
+
+/// `--print-sandbox` shows the wayland worker: its service channel, its shared-memory window,
+/// the wl profile's calls and the service thread's.
+fn print_sandbox() -> TrialResult {
+    let dir = TempDir::new("wl-print");
+    let socket = dir.path().join("w.sock");
+    let _listener = UnixListener::bind(&socket)?;
+    let spec = format!("wayland={},shm=64", socket.display());
+    let out = Command::new(svmm_bin())
+        .args(["--print-sandbox", "--device", &spec])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "== wayland#0: sandboxed worker process",
+        "service channel (SOCK_SEQPACKET",
+        &format!("new connections to {}", socket.display()),
+        "shared-memory region 0x100000000..0x104000000",
+        "--shm-window=100000000:4000000",
+        "memfd_create",
+        "pipe2",
+        "svc-DEVICE",
+        "vmm_service",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in\n{text}");
+    }
+    Ok(())
+}
+
 fn main() {
     let missing = weston::missing_programs();
-    Suite::new("wayland")
-        .sequential()
-        .test_unless(
-            "host_client_baseline",
-            missing.clone(),
-            host_client_baseline,
-        )
+    let mut suite = Suite::new("wayland").sequential().test_unless(
+        "host_client_baseline",
+        missing.clone(),
+        host_client_baseline,
+    );
+    for (mode, sandboxed) in [("sandboxed", true), ("in_process", false)] {
+        suite = suite
+            .test_unless(&format!("globals_{mode}"), missing.clone(), move || {
+                globals(sandboxed)
+            })
+            .test_unless(&format!("pixels_{mode}"), missing.clone(), move || {
+                pixels(sandboxed)
+            })
+            .test_unless(&format!("pipes_{mode}"), missing.clone(), move || {
+                pipes(sandboxed)
+            })
+            .test_unless(&format!("flood_{mode}"), missing.clone(), move || {
+                flood(sandboxed)
+            });
+    }
+    suite
+        .test_unless("killed_worker", missing, killed_worker)
+        .test("bad_inputs", bad_inputs)
+        .test("print_sandbox", print_sandbox)
         .run();
 }

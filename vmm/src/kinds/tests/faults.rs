@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use devices::irq_status::IrqStatus;
-use devices::kind::ResourceFds;
+use devices::kind::{ResourceFds, ShmWindow};
 use ipc::{Channel, ChannelError, QueueConfig, VmmToWorker, WorkerToVmm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -53,10 +53,20 @@ fn misbehaving(
     resources: &HostResources,
     fault: Fault,
 ) -> (Channel, std::thread::JoinHandle<()>) {
-    let mut built = spec
-        .config
-        .build(ResourceFds::new(resources.worker_fds().unwrap()))
-        .unwrap();
+    let mut fds = ResourceFds::new(resources.worker_fds().unwrap());
+    // A kind with host services gets a service channel nobody answers (the faults come before
+    // any request) and a window where svmm would put it.
+    let mut services_end = None;
+    if spec.config.has_services() {
+        let (ours, theirs) = Channel::pair().unwrap();
+        let window = spec
+            .config
+            .shm_region()
+            .map(|len| ShmWindow { base: 1 << 32, len });
+        fds = fds.with_services(theirs.into(), window);
+        services_end = Some(ours);
+    }
+    let mut built = spec.config.build(fds).unwrap();
     let _ = built.prepare();
     let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();
     let status = IrqStatus::create().unwrap();
@@ -73,6 +83,7 @@ fn misbehaving(
     };
     let worker = std::thread::spawn(move || {
         let _ram = ram;
+        let _services = services_end;
         if let Ok(mapped) = map_memory(&*backend, fds) {
             let _ = serve(backend, mapped, || Ok(()));
         }
@@ -87,13 +98,19 @@ fn misbehaving(
     };
     let activate = VmmToWorker::Activate {
         driver_features: devices::VIRTIO_F_VERSION_1,
-        queues: vec![QueueConfig {
-            index: 0,
-            size,
-            desc_table: 0x1_0000,
-            avail_ring: 0x1_1000,
-            used_ring: 0x1_2000,
-        }],
+        // Every queue (virtio-wl needs both of its own), each in its own pages.
+        queues: (0..spec.config.queues())
+            .map(|index| {
+                let at = 0x1_0000 + 0x3000 * u64::from(index);
+                QueueConfig {
+                    index,
+                    size,
+                    desc_table: at,
+                    avail_ring: at + 0x1000,
+                    used_ring: at + 0x2000,
+                }
+            })
+            .collect(),
     };
     vmm.send(&activate, &[]).unwrap();
     assert_eq!(

@@ -35,14 +35,35 @@ fn phases(ctx: &Ctx) -> (u64, u64) {
     ((ms / 10).clamp(10, 200) * khz, ms * khz)
 }
 
-/// Runs `body` in ring 3 (interrupts off), then sorts the samples there too.
-fn in_ring3(
+/// Times `step` in ring 3 (interrupts off): a warm-up, then the measured phase, one sample per
+/// step; sorts the samples there too. Returns the measured steps and the cycles they took.
+fn measure_in_ring3(
+    ctx: &Ctx,
     samples: &mut Samples,
-    mut body: impl FnMut(&mut Samples) -> Result<u64, Line>,
-) -> Result<u64, Line> {
+    mut step: impl FnMut() -> Result<(), Line>,
+) -> Result<(u64, u64), Line> {
+    let (warmup, measure) = phases(ctx);
     let mut outcome = None;
     let left = user::run(false, &mut || {
-        let result = body(samples);
+        let start = rdtsc();
+        let mut first = None;
+        let mut steps = 0u64;
+        let result = loop {
+            let t0 = rdtsc();
+            if let Err(e) = step() {
+                break Err(e);
+            }
+            let t1 = rdtsc();
+            if t1 - start < warmup {
+                continue;
+            }
+            let from = *first.get_or_insert(t0);
+            samples.push(t1 - t0);
+            steps += 1;
+            if t1 - from >= measure && steps >= MIN_ITERATIONS {
+                break Ok((steps, t1 - from));
+            }
+        };
         samples.sort();
         let failed = result.is_err();
         outcome = Some(result);
@@ -77,27 +98,10 @@ pub fn run_sync(ctx: &Ctx) -> Outcome {
     c.registry()?;
     c.dev.lean = true;
     let callback = c.new_id();
-    let (warmup, measure) = phases(ctx);
     let mut samples = Samples::new();
-    let count = in_ring3(&mut samples, |samples| {
-        let start = rdtsc();
-        let mut measured = 0u64;
-        let mut first = None;
-        loop {
-            let t0 = rdtsc();
-            c.send(&mut Msg::new(DISPLAY, 0).uint(callback), &[])?;
-            await_callback(&mut c, callback)?;
-            let t1 = rdtsc();
-            if t1 - start < warmup {
-                continue;
-            }
-            let from = *first.get_or_insert(t0);
-            samples.push(t1 - t0);
-            measured += 1;
-            if t1 - from >= measure && measured >= MIN_ITERATIONS {
-                return Ok(measured);
-            }
-        }
+    let (count, _) = measure_in_ring3(ctx, &mut samples, || {
+        c.send(&mut Msg::new(DISPLAY, 0).uint(callback), &[])?;
+        await_callback(&mut c, callback)
     })?;
     c.dev.lean = false;
     let (p50, p99, mean) = percentiles(ctx, &mut samples);
@@ -132,34 +136,15 @@ pub fn run_fps(ctx: &Ctx) -> Outcome {
     c.dev.lean = true;
     let words = (win.width * win.height / 2) as usize;
     let callback = c.new_id();
-    let (warmup, measure) = phases(ctx);
     let mut samples = Samples::new();
-    let mut cycles = 0;
-    let frames = in_ring3(&mut samples, |samples| {
-        let start = rdtsc();
-        let mut first = None;
-        let mut frames = 0u64;
-        let mut frame = 0u64;
-        let mut commit = [0u8; 256];
-        loop {
-            let t0 = rdtsc();
-            rewrite(buf.addr, words, frame);
-            frame += 1;
-            let n = win.present(&mut commit, buf.buffer, callback);
-            c.send_raw(CTX, &commit[..n], &[])?;
-            await_callback(&mut c, callback)?;
-            let t1 = rdtsc();
-            if t1 - start < warmup {
-                continue;
-            }
-            let from = *first.get_or_insert(t0);
-            samples.push(t1 - t0);
-            frames += 1;
-            if t1 - from >= measure && frames >= MIN_ITERATIONS {
-                cycles = t1 - from;
-                return Ok(frames);
-            }
-        }
+    let mut frame = 0u64;
+    let mut commit = [0u8; 256];
+    let (frames, cycles) = measure_in_ring3(ctx, &mut samples, || {
+        rewrite(buf.addr, words, frame);
+        frame += 1;
+        let n = win.present(&mut commit, buf.buffer, callback);
+        c.send_raw(CTX, &commit[..n], &[])?;
+        await_callback(&mut c, callback)
     })?;
     c.dev.lean = false;
     let (p50, p99, mean) = percentiles(ctx, &mut samples);

@@ -2,6 +2,8 @@
 # svmm's benchmark (the README's third command): svmm with sandboxed device workers vs svmm with
 # the same devices in-process vs QEMU microvm, alternating, in one run of under 10 minutes.
 #   1. apt-get install qemu-system-x86      only if qemu-system-x86_64 is missing (and QEMU_BIN unset)
+#      apt-get install weston wayland-utils only if weston is missing (the bench_wl_* tests run
+#                                           the wayland device against a headless weston)
 #   2. images/build.sh testguest            the test guest → images/out/testguest.elf
 #   3. cargo build --release -p vmm         the svmm binary measured (no test-only features)
 #   4. cargo run --release -p tests --bin svmm-bench -- "$@"
@@ -35,6 +37,15 @@ if [[ -z "${VIRTIOFSD:-}" && ! -x /usr/lib/qemu/virtiofsd && ! -x /usr/libexec/v
     sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q virtiofsd
+fi
+
+# The wayland device's peer: svmm-bench starts a headless weston for the bench_wl_* tests.
+if ! command -v weston >/dev/null || ! command -v wayland-info >/dev/null; then
+    step "installing weston and wayland-utils (the compositor of the bench_wl_* tests)"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q weston wayland-utils
 fi
 
 step "images/build.sh testguest"

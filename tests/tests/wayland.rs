@@ -11,6 +11,8 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tests::bench::figures::{self, TestLine};
+use tests::bench::Mode;
 use tests::binary::svmm_bin;
 use tests::output::number_field;
 use tests::paths::{self, TempDir};
@@ -440,6 +442,39 @@ fn print_sandbox() -> TrialResult {
     Ok(())
 }
 
+/// The `bench_wl_*` tests (50 ms each) on a full-screen output: result lines as the benchmark
+/// harness reads them (`tests::bench::figures`), frames of the output's size. Never timed here.
+fn bench_tests(sandboxed: bool) -> TrialResult {
+    let weston = Weston::start(640, 480)?;
+    let tests = figures::WL_BENCH_TESTS.join(",");
+    let out = guest(&weston.socket(), sandboxed, &tests)
+        .cmdline(format!(
+            "testguest.run={tests} testguest.irq=poll testguest.bench_ms=50"
+        ))
+        .run()?;
+    out.log(&format!("svmm testguest {tests}"));
+    for test in figures::WL_BENCH_TESTS {
+        let Some(TestLine::Ok(fields, line)) = figures::find_result(out.lines(), test) else {
+            return Err(format!("no `{test} ok` line\n{}", out.report()).into());
+        };
+        eprintln!("    {line}");
+        let samples = figures::guest_samples(test, &fields, Mode::Poll)
+            .map_err(|e| format!("{test}: {e}: {line}"))?;
+        if samples.is_empty() || samples.iter().any(|(_, v)| *v <= 0.0) {
+            return Err(format!("{test}: figures {samples:?} from {line}").into());
+        }
+    }
+    let Some(TestLine::Ok(fps, _)) = figures::find_result(out.lines(), "bench_wl_fps") else {
+        unreachable!("checked above");
+    };
+    assert_eq!(
+        (fps["width"].as_str(), fps["height"].as_str()),
+        ("640", "480")
+    );
+    assert_eq!(out.testguest_summary(), Some((2, 0)), "{}", out.report());
+    Ok(())
+}
+
 fn main() {
     let missing = weston::missing_programs();
     let mut suite = Suite::new("wayland").sequential().test_unless(
@@ -460,6 +495,9 @@ fn main() {
             })
             .test_unless(&format!("flood_{mode}"), missing.clone(), move || {
                 flood(sandboxed)
+            })
+            .test_unless(&format!("bench_tests_{mode}"), missing.clone(), move || {
+                bench_tests(sandboxed)
             });
     }
     suite

@@ -23,16 +23,26 @@ pub const BENCH_TESTS: [&str; 11] = [
     "bench_fs_seqwrite",
 ];
 
+/// The virtio-wl bench tests: svmm only (QEMU has no virtio-wl), polling only (the guest
+/// measures them in ring 3 with the rings polled), against a headless weston the harness starts.
+pub const WL_BENCH_TESTS: [&str; 2] = ["bench_wl_sync", "bench_wl_fps"];
+
 /// The bench tests that need the virtio-fs device (and, on QEMU, virtiofsd).
 pub fn is_fs_test(test: &str) -> bool {
     test.starts_with("bench_fs_")
 }
 
+/// The bench tests that need the wayland device (and a compositor).
+pub fn is_wl_test(test: &str) -> bool {
+    test.starts_with("bench_wl_")
+}
+
 /// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
-/// ring 3, ud2 returns, page faults are taken), then every bench test.
+/// ring 3, ud2 returns, page faults are taken), then every bench test, the wayland ones last.
 pub fn default_tests() -> Vec<String> {
     std::iter::once("ring3")
         .chain(BENCH_TESTS)
+        .chain(WL_BENCH_TESTS)
         .map(String::from)
         .collect()
 }
@@ -46,11 +56,15 @@ pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
 /// The virtio-fs device the bench runs add after [`DEVICES`] when they run fs tests.
 pub const FS_DEVICE: &str = "fs#4";
 
-/// The devices of a run of `tests`: [`DEVICES`], and [`FS_DEVICE`] in bench runs with fs tests.
-pub fn devices(tests: &[String], bench: bool) -> Vec<&'static str> {
-    let mut all = DEVICES.to_vec();
-    if bench && tests.iter().any(|t| is_fs_test(t)) {
-        all.push(FS_DEVICE);
+/// The devices of a run: [`DEVICES`], then [`FS_DEVICE`] if it has the fs device, then the
+/// wayland device (in the next slot) if it has that.
+pub fn devices(fs: bool, wl: bool) -> Vec<String> {
+    let mut all: Vec<String> = DEVICES.iter().map(|d| d.to_string()).collect();
+    if fs {
+        all.push(FS_DEVICE.to_string());
+    }
+    if wl {
+        all.push(format!("wayland#{}", all.len()));
     }
     all
 }
@@ -151,6 +165,10 @@ pub struct GuestFigure {
     /// Whether images/testguest/README.md requires the key (a missing optional key is no
     /// failure).
     pub required: bool,
+    /// Which configurations have it.
+    pub scope: Scope,
+    /// Measured in polling mode only.
+    pub poll_only: bool,
 }
 
 const KIB_S_TO_MB_S: f64 = 1024.0 / 1e6;
@@ -172,6 +190,24 @@ const fn device(
         better,
         guest_cost: false,
         required: true,
+        scope: Scope::All,
+        poll_only: false,
+    }
+}
+
+/// A virtio-wl figure: svmm's, polling only ([`WL_BENCH_TESTS`]).
+const fn wayland(
+    test: &'static str,
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    scale: f64,
+    better: Better,
+) -> GuestFigure {
+    GuestFigure {
+        scope: Scope::Svmm,
+        poll_only: true,
+        ..device(test, key, label, unit, scale, better)
     }
 }
 
@@ -190,6 +226,8 @@ const fn guest_cost(
         better: Better::Lower,
         guest_cost: true,
         required,
+        scope: Scope::All,
+        poll_only: false,
     }
 }
 
@@ -317,6 +355,38 @@ pub const GUEST_FIGURES: &[GuestFigure] = &[
         KIB_S_TO_MB_S,
         Better::Higher,
     ),
+    wayland(
+        "bench_wl_sync",
+        "p50_ns",
+        "wl_display.sync round trip p50",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    wayland(
+        "bench_wl_sync",
+        "p99_ns",
+        "wl_display.sync round trip p99",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    wayland(
+        "bench_wl_fps",
+        "fps_x100",
+        "wl full-screen shm commit loop",
+        "fps",
+        0.01,
+        Better::Higher,
+    ),
+    wayland(
+        "bench_wl_fps",
+        "p50_ns",
+        "wl full-screen frame (write, commit, frame done) p50",
+        "ms",
+        1e-6,
+        Better::Lower,
+    ),
     device(
         "rng",
         "kib_s",
@@ -358,6 +428,8 @@ pub fn required_keys(test: &str) -> &'static [&'static str] {
         "bench_fs_seqread" | "bench_fs_seqwrite" => {
             &["mode", "req_kib", "depth", "requests", "bytes", "us"]
         }
+        "bench_wl_sync" => &["mode", "requests"],
+        "bench_wl_fps" => &["mode", "width", "height", "frames", "us"],
         "ring3" => &RING3_CHECKS,
         _ => &[],
     }
@@ -383,7 +455,10 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
             });
         }
     }
-    for name in devices(tests, true) {
+    let fs = tests.iter().any(|t| is_fs_test(t));
+    let wl = tests.iter().any(|t| is_wl_test(t));
+    // Spawn times come from every run with devices, the wayland device's from the poll runs.
+    for name in devices(fs, wl) {
         out.push(Figure {
             key: format!("spawn.{name}"),
             section: Section::Spawn,
@@ -396,7 +471,7 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
     for mode in Mode::ALL {
         for guest_costs in [false, true] {
             for g in GUEST_FIGURES.iter().filter(|g| g.guest_cost == guest_costs) {
-                if !tests.iter().any(|t| t == g.test) {
+                if !tests.iter().any(|t| t == g.test) || (g.poll_only && mode != Mode::Poll) {
                     continue;
                 }
                 out.push(Figure {
@@ -408,13 +483,14 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
                     label: g.label.to_string(),
                     unit: g.unit,
                     better: g.better,
-                    scope: Scope::All,
+                    scope: g.scope,
                 });
             }
         }
     }
     out.push(memory_figure("mem.vmm", "VMM process", Scope::All));
-    for name in devices(tests, true) {
+    // Memory is sampled in the interrupt-mode run, which has no wayland device.
+    for name in devices(fs, false) {
         out.push(memory_figure(
             &format!("mem.worker.{name}"),
             &format!("worker {name}"),
@@ -533,7 +609,11 @@ mod tests {
     use super::*;
 
     fn all_tests() -> Vec<String> {
-        BENCH_TESTS.iter().map(|t| t.to_string()).collect()
+        BENCH_TESTS
+            .iter()
+            .chain(&WL_BENCH_TESTS)
+            .map(|t| t.to_string())
+            .collect()
     }
 
     #[test]
@@ -571,6 +651,31 @@ mod tests {
         assert!(get("spawn.rng#0").applies(Config::InProcess));
         assert!(!get("mem.worker.blk#2").applies(Config::InProcess));
         assert!(get("mem.vmm").applies(Config::Qemu));
+        // virtio-wl: svmm's, polling only; its worker spawns in the poll runs only, after fs.
+        assert!(get("poll.bench_wl_sync.p99_ns").applies(Config::InProcess));
+        assert!(!get("poll.bench_wl_fps.fps_x100").applies(Config::Qemu));
+        assert!(!figures.iter().any(|f| f.key.starts_with("irq.bench_wl_")));
+        assert!(get("spawn.wayland#5").applies(Config::Sandboxed));
+        assert!(!figures.iter().any(|f| f.key == "mem.worker.wayland#5"));
+        assert_eq!(devices(false, true).last().unwrap(), "wayland#4");
+    }
+
+    #[test]
+    fn wayland_lines_are_checked() {
+        let f = fields("mode=poll width=1280 height=720 frames=120 us=2000000 fps_x100=6000 p50_ns=16600000 p99_ns=17000000 mean_ns=16666666");
+        let s = guest_samples("bench_wl_fps", &f, Mode::Poll).unwrap();
+        assert!(
+            s.contains(&("poll.bench_wl_fps.fps_x100".into(), 60.0)),
+            "{s:?}"
+        );
+        let frame = s
+            .iter()
+            .find(|(k, _)| k == "poll.bench_wl_fps.p50_ns")
+            .unwrap();
+        assert!((frame.1 - 16.6).abs() < 1e-9, "{frame:?}");
+        let f = fields("mode=poll requests=100 p50_ns=80000 mean_ns=90000");
+        let e = guest_samples("bench_wl_sync", &f, Mode::Poll).unwrap_err();
+        assert_eq!(e, "no p99_ns=");
     }
 
     #[test]

@@ -423,29 +423,36 @@ fn method(out: &mut String, r: &Report) {
         out,
         "| run | guest command line | devices | measures |\n|---|---|---|---|"
     );
-    let bench_devices = match p.fs {
-        Some(_) if p.fs_in(RunKind::Bench(Mode::Poll)).is_some() => "2 rng, 2 blk, 1 fs",
-        _ => "2 rng, 2 blk",
+    let bench_devices = |mode| {
+        let kind = RunKind::Bench(mode);
+        let mut d = String::from("2 rng, 2 blk");
+        if p.fs_in(kind).is_some() {
+            d += ", 1 fs";
+        }
+        if p.wl_in(Config::Sandboxed, kind).is_some() {
+            d += ", 1 wayland (svmm)";
+        }
+        d
     };
     for (kind, devices, measures) in [
         (
             RunKind::Boot0,
-            "none",
+            "none".to_string(),
             "start → first serial line, start → exit",
         ),
         (
             RunKind::Boot4,
-            "2 rng, 2 blk",
+            "2 rng, 2 blk".to_string(),
             "the same; worker spawn per device",
         ),
         (
             RunKind::Bench(Mode::Poll),
-            bench_devices,
+            bench_devices(Mode::Poll),
             "bench tests, polling; spawn",
         ),
         (
             RunKind::Bench(Mode::Irq),
-            bench_devices,
+            bench_devices(Mode::Irq),
             "bench tests, interrupts; spawn; memory while idle",
         ),
     ] {
@@ -453,7 +460,17 @@ fn method(out: &mut String, r: &Report) {
             out,
             "| {} | `{}` | {devices} | {measures} |",
             kind.name(),
-            p.cmdline(kind)
+            p.cmdline(Config::Sandboxed, kind)
+        );
+    }
+    if p.wl_in(Config::Sandboxed, RunKind::Bench(Mode::Poll))
+        .is_some()
+    {
+        let _ = writeln!(
+            out,
+            "\nQEMU (no virtio-wl) and the interrupt-mode runs leave the `bench_wl_*` tests out \
+             (`{}` there).",
+            p.cmdline(Config::Qemu, RunKind::Bench(Mode::Poll))
         );
     }
     let _ = writeln!(out);
@@ -481,6 +498,21 @@ fn method(out: &mut String, r: &Report) {
              includes virtiofsd's.",
             crate::share::BENCH_FILE_BYTES >> 20,
             fs.virtiofsd.path.display()
+        );
+    }
+    if let Some(wl) = &p.wl {
+        let _ = writeln!(
+            out,
+            "- **Wayland** (svmm's poll-mode bench runs with the `bench_wl_*` tests): one \
+             headless weston (`--backend=headless-backend.so --use-pixman`, one {}×{} output, \
+             its own `XDG_RUNTIME_DIR`) for the whole run, the wayland device's socket. \
+             `bench_wl_sync` times `wl_display.sync` round trips (request out, `done` and \
+             `delete_id` back); `bench_wl_fps` rewrites its full-screen shared-memory buffer \
+             every frame, then attaches, damages, asks for a frame callback and commits, and \
+             starts the next frame when the callback is done: frames per second paced by \
+             weston's repaint, as for any client. Both run in guest ring 3 with the rings \
+             polled. QEMU has no virtio-wl.",
+            wl.output.0, wl.output.1
         );
     }
     let _ = writeln!(

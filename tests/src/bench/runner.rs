@@ -179,7 +179,7 @@ fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, 
     };
     let vmm = memory::process_usage(pid, rule).map_err(|e| format!("VMM memory: {e}"))?;
     let children = procfs::children(pid);
-    let devices = figures::devices(&plan.tests, true);
+    let devices = plan.device_names(config, RunKind::Bench(Mode::Irq));
     let want = match config {
         Config::Sandboxed => devices.len(),
         Config::Qemu if fs => 1,
@@ -258,7 +258,8 @@ pub fn record(
     }
     if let RunKind::Bench(mode) = kind {
         let mut lines = Vec::new();
-        for test in &plan.tests {
+        let tests = plan.tests_in(config, kind);
+        for test in &tests {
             match figures::find_result(out.lines(), test) {
                 Some(TestLine::Ok(fields, line)) => {
                     match figures::guest_samples(test, &fields, mode) {
@@ -280,7 +281,7 @@ pub fn record(
                 None => fail(results, format!("{test}: no result line\n{}", brief(out))),
             }
         }
-        if lines.len() == plan.tests.len() {
+        if lines.len() == tests.len() {
             results.raw_lines.entry((config, mode)).or_insert(lines);
         }
     }
@@ -312,9 +313,8 @@ pub fn record(
     }
     if config.is_svmm() && kind.has_devices() {
         let spawns = figures::spawn_lines(&out.stderr);
-        let bench = matches!(kind, RunKind::Bench(_)) && plan.fs_in(kind).is_some();
-        for name in figures::devices(&plan.tests, bench) {
-            match spawns.iter().find(|(n, _)| n == name) {
+        for name in plan.device_names(config, kind) {
+            match spawns.iter().find(|(n, _)| *n == name) {
                 Some((_, us)) => results.add(&format!("spawn.{name}"), config, *us as f64 / 1e3),
                 None => fail(
                     results,
@@ -431,6 +431,7 @@ mod tests {
             image_mib: 1,
             idle_ms: 1000,
             fs: None,
+            wl: None,
         }
     }
 

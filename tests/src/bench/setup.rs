@@ -59,7 +59,22 @@ pub struct Plan {
     /// The directory the fs device shares in bench runs with fs tests (holding
     /// [`crate::share::BENCH_FILE_BYTES`] of `bench.bin`), and QEMU's virtio-fs daemon.
     pub fs: Option<FsSetup>,
+    /// The compositor of svmm's poll-mode bench runs with wayland tests.
+    pub wl: Option<WlSetup>,
 }
+
+/// The wayland side of the bench runs: a headless weston (`crate::weston::Weston`, started by
+/// the caller and alive for the whole run) whose one output the guest's window fills.
+#[derive(Clone, Debug)]
+pub struct WlSetup {
+    /// Its socket, the wayland device's `SOCKET`.
+    pub socket: PathBuf,
+    /// Its output, width × height.
+    pub output: (u32, u32),
+}
+
+/// The output of the bench runs' weston: the guest's full-screen window is this large.
+pub const WL_OUTPUT: (u32, u32) = (1280, 720);
 
 /// The virtio-fs side of the bench runs.
 #[derive(Clone, Debug)]
@@ -151,15 +166,37 @@ pub fn create_share(dir: &Path) -> Result<PathBuf, String> {
 }
 
 impl Plan {
-    /// The guest command line of a run of `kind` (the VMM appends its `virtio_mmio.device=`).
-    pub fn cmdline(&self, kind: RunKind) -> String {
+    /// The tests a run of `kind` in `config` runs: none in boot runs; in bench runs
+    /// [`Plan::tests`], without the wayland ones except in svmm's poll-mode runs.
+    pub fn tests_in(&self, config: Config, kind: RunKind) -> Vec<String> {
+        match kind {
+            RunKind::Boot0 | RunKind::Boot4 => Vec::new(),
+            RunKind::Bench(mode) => self
+                .tests
+                .iter()
+                .filter(|t| !super::figures::is_wl_test(t) || wl_runs(config, mode))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The guest command line of a run of `kind` in `config` (the VMM appends its
+    /// `virtio_mmio.device=`).
+    pub fn cmdline(&self, config: Config, kind: RunKind) -> String {
+        let tests = self.tests_in(config, kind);
         match kind {
             RunKind::Boot0 | RunKind::Boot4 => "testguest.run=none".to_string(),
             RunKind::Bench(mode) => {
-                let mut c = format!("testguest.run={}", self.tests.join(","));
+                // A run left with no test (only wayland tests, on QEMU) still idles for the
+                // memory sample.
+                let run = match tests.is_empty() {
+                    true => "none".to_string(),
+                    false => tests.join(","),
+                };
+                let mut c = format!("testguest.run={run}");
                 // The bench words only with bench tests: a guest without them (tried with
                 // `--tests rng`) would count them as bad parameters.
-                if self.tests.iter().any(|t| t.starts_with("bench_")) {
+                if tests.iter().any(|t| t.starts_with("bench_")) {
                     c += &format!(
                         " testguest.irq={} testguest.bench_ms={}",
                         mode.word(),
@@ -196,7 +233,7 @@ impl Plan {
     fn svmm_vm(&self, config: Config, kind: RunKind) -> TestVm {
         let mut vm = TestVm::svmm(&self.guest)
             .mem_mib(self.mem_mib)
-            .cmdline(self.cmdline(kind))
+            .cmdline(self.cmdline(config, kind))
             .args(self.svmm_args(kind));
         for spec in self.svmm_devices(config, kind) {
             vm = vm.device(spec);
@@ -223,6 +260,27 @@ impl Plan {
         }
     }
 
+    /// The compositor if a run of `kind` in `config` has the wayland device: svmm's poll-mode
+    /// bench runs with wayland tests.
+    pub fn wl_in(&self, config: Config, kind: RunKind) -> Option<&WlSetup> {
+        let wl_tests = self.tests.iter().any(|t| super::figures::is_wl_test(t));
+        match kind {
+            RunKind::Bench(mode) if wl_tests && wl_runs(config, mode) => self.wl.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// svmm's names of the devices of a run of `kind` in `config`, in slot order.
+    pub fn device_names(&self, config: Config, kind: RunKind) -> Vec<String> {
+        match kind.has_devices() {
+            true => super::figures::devices(
+                self.fs_in(kind).is_some(),
+                self.wl_in(config, kind).is_some(),
+            ),
+            false => Vec::new(),
+        }
+    }
+
     /// svmm's `--device` specs of a run: the same devices, `sandbox=off` for in-process.
     pub fn svmm_devices(&self, config: Config, kind: RunKind) -> Vec<String> {
         if !kind.has_devices() {
@@ -239,6 +297,9 @@ impl Plan {
         if let Some(fs) = self.fs_in(kind) {
             specs.push(format!("fs={},tag=bench{off}", fs.share.display()));
         }
+        if let Some(wl) = self.wl_in(config, kind) {
+            specs.push(format!("wayland={}{off}", wl.socket.display()));
+        }
         specs
     }
 
@@ -252,7 +313,7 @@ impl Plan {
         let mut vm = TestVm::new(Backend::Qemu { machine })
             .kernel(&self.guest)
             .mem_mib(self.mem_mib)
-            .cmdline(self.cmdline(kind))
+            .cmdline(self.cmdline(Config::Qemu, kind))
             .args(QEMU_OPTIONS)
             .args(self.qemu_devices(kind));
         if let Some(fs) = fs {
@@ -309,6 +370,12 @@ impl Plan {
         }
         args
     }
+}
+
+/// Whether a bench run in `config` and `mode` runs the wayland tests: svmm's (QEMU has no
+/// virtio-wl), polling (the guest measures them in ring 3, polling).
+fn wl_runs(config: Config, mode: Mode) -> bool {
+    config.is_svmm() && mode == Mode::Poll
 }
 
 /// The command line of `cmd` as one would type it (arguments quoted where the shell needs it),
@@ -513,26 +580,30 @@ mod tests {
             image_mib: 256,
             idle_ms: 1500,
             fs: None,
+            wl: None,
         }
     }
 
     #[test]
     fn command_lines() {
         let p = plan();
-        assert_eq!(p.cmdline(RunKind::Boot4), "testguest.run=none");
         assert_eq!(
-            p.cmdline(RunKind::Bench(Mode::Poll)),
+            p.cmdline(Config::Sandboxed, RunKind::Boot4),
+            "testguest.run=none"
+        );
+        assert_eq!(
+            p.cmdline(Config::Sandboxed, RunKind::Bench(Mode::Poll)),
             "testguest.run=bench_rng,bench_rand1 testguest.irq=poll testguest.bench_ms=300"
         );
         assert!(p
-            .cmdline(RunKind::Bench(Mode::Irq))
+            .cmdline(Config::Sandboxed, RunKind::Bench(Mode::Irq))
             .ends_with("testguest.irq=irq testguest.bench_ms=300 testguest.sleep_ms=1500"));
         let legacy = Plan {
             tests: vec!["rng".into()],
             ..plan()
         };
         assert_eq!(
-            legacy.cmdline(RunKind::Bench(Mode::Poll)),
+            legacy.cmdline(Config::Sandboxed, RunKind::Bench(Mode::Poll)),
             "testguest.run=rng"
         );
     }
@@ -625,6 +696,65 @@ mod tests {
                 "--shared-dir=/d",
                 "--cache=auto"
             ]
+        );
+    }
+
+    #[test]
+    fn wayland_runs_are_svmms_poll_runs() {
+        let p = Plan {
+            tests: vec![
+                "bench_getid".into(),
+                "bench_fs_meta".into(),
+                "bench_wl_sync".into(),
+            ],
+            fs: Some(FsSetup {
+                share: "/s/share".into(),
+                virtiofsd: Virtiofsd {
+                    path: "/v".into(),
+                    rust: true,
+                },
+                socket: "/s/vfsd.sock".into(),
+            }),
+            wl: Some(WlSetup {
+                socket: "/run/w/wayland-1".into(),
+                output: WL_OUTPUT,
+            }),
+            ..plan()
+        };
+        let poll = RunKind::Bench(Mode::Poll);
+        let irq = RunKind::Bench(Mode::Irq);
+        assert_eq!(
+            p.svmm_devices(Config::InProcess, poll).last().unwrap(),
+            "wayland=/run/w/wayland-1,sandbox=off"
+        );
+        assert_eq!(
+            p.device_names(Config::Sandboxed, poll)[4..],
+            ["fs#4", "wayland#5"]
+        );
+        assert_eq!(
+            p.device_names(Config::Sandboxed, irq).len(),
+            5,
+            "fs, no wayland"
+        );
+        assert!(p.wl_in(Config::Sandboxed, irq).is_none());
+        assert!(p.wl_in(Config::Qemu, poll).is_none());
+        assert!(p
+            .cmdline(Config::Sandboxed, poll)
+            .starts_with("testguest.run=bench_getid,bench_fs_meta,bench_wl_sync "));
+        assert!(p
+            .cmdline(Config::Qemu, poll)
+            .starts_with("testguest.run=bench_getid,bench_fs_meta "));
+        assert!(p
+            .cmdline(Config::InProcess, irq)
+            .starts_with("testguest.run=bench_getid,bench_fs_meta "));
+        let only_wl = Plan {
+            tests: vec!["bench_wl_fps".into()],
+            ..p
+        };
+        assert_eq!(only_wl.cmdline(Config::Qemu, poll), "testguest.run=none");
+        assert_eq!(
+            only_wl.cmdline(Config::Sandboxed, irq),
+            "testguest.run=none testguest.sleep_ms=1500"
         );
     }
 

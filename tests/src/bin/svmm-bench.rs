@@ -25,7 +25,8 @@ options:
   --mem MIB         guest RAM for both VMMs (default 128)
   --guest PATH      the test guest ELF (default: $SVMM_BENCH_GUEST, else images/out/testguest.elf)
   --tests LIST      the tests of the bench runs, comma-separated (default: ring3 and every
-                    bench test of images/testguest/README.md)
+                    bench test of images/testguest/README.md; the bench_wl_* ones run in
+                    svmm's poll-mode runs only, against a headless weston svmm-bench starts)
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
@@ -162,6 +163,28 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
     } else {
         None
     };
+    // Alive until the report is written: every svmm poll-mode bench run connects to it.
+    let weston = if o.tests.iter().any(|t| figures::is_wl_test(t)) {
+        if let Some(missing) = tests::weston::missing_programs() {
+            return Err(format!(
+                "{missing}; leave the bench_wl_* tests out with --tests to run without them"
+            ));
+        }
+        let (width, height) = setup::WL_OUTPUT;
+        let weston = tests::weston::Weston::start(width, height)
+            .map_err(|e| format!("cannot start weston for the bench_wl_* tests: {e}"))?;
+        eprintln!(
+            "svmm-bench: weston (headless, {width}x{height}) on {}",
+            weston.socket().display()
+        );
+        Some(weston)
+    } else {
+        None
+    };
+    let wl = weston.as_ref().map(|w| setup::WlSetup {
+        socket: w.socket(),
+        output: w.size(),
+    });
     let plan = Plan {
         reps: o.reps,
         bench_ms: o.bench_ms,
@@ -172,6 +195,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         image_mib: o.image_mib,
         idle_ms: o.idle_ms,
         fs,
+        wl,
     };
     let total_runs = 3 + 3 * RunKind::ALL.len() * plan.reps;
     let mut done = 0;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use tests::bench::figures::{self, TestLine};
 use tests::bench::Mode;
 use tests::binary::svmm_bin;
+use tests::confinement::{self, Identity, KindFds};
 use tests::output::number_field;
 use tests::paths::{self, TempDir};
 use tests::suite::TrialResult;
 use tests::weston::{self, Global, Weston, BACKGROUND};
-use tests::{procfs, Suite, TestVm};
+use tests::{procfs, sandbox_report, Suite, TestVm};
 
 /// The output the trials use: big enough for weston-simple-shm's 250 × 250 window.
 const OUTPUT: (u32, u32) = (400, 300);
@@ -235,8 +236,11 @@ fn weston_sockets_become(weston: &Weston, want: usize) -> usize {
     }
 }
 
-/// A killed wayland worker: one line from svmm, the VM runs on (the guest finds the device
-/// broken), and weston sees the guest's connection close.
+/// A wayland worker with a window on screen is confined like every worker (`tests::confinement`,
+/// from `/proc`), holding exactly its two queues' eventfds, its service channel, the one
+/// compositor connection svmm made for it and the buffer's memfd. Killed: one line from svmm,
+/// the VM runs on (the guest finds the device broken), and weston sees the guest's connection
+/// close.
 fn killed_worker() -> TrialResult {
     let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
     let idle = weston.sockets();
@@ -253,6 +257,20 @@ fn killed_worker() -> TrialResult {
     let [worker] = workers[..] else {
         return Err(format!("expected one worker, found {workers:?}").into());
     };
+    let identity = match confinement::is_root() {
+        true => Identity::Root,
+        false => Identity::Unprivileged,
+    };
+    let wl = KindFds {
+        queues: 2,
+        own: vec![("socket".into(), 2), ("memfd".into(), 1)],
+    };
+    let problems = confinement::problems(worker, vm.pid(), identity, &wl)?;
+    if !problems.is_empty() {
+        let fds = procfs::fds(worker)?;
+        vm.kill();
+        return Err(format!("wayland worker: {}\nfds: {fds:?}", problems.join("; ")).into());
+    }
     // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a
     // moment ago and reaped by nobody but svmm.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
@@ -439,6 +457,21 @@ fn print_sandbox() -> TrialResult {
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }
+    // The worker's filter: 36 calls (crosvm's wl device: 96), none that reaches out.
+    let worker = sandbox_report::section(&text, "== wayland#0");
+    let mut calls = sandbox_report::allowed_syscalls(worker);
+    // One rule per argument pattern (fcntl's seals and flags): distinct calls.
+    calls.sort_unstable();
+    calls.dedup();
+    assert_eq!(calls.len(), 36, "{calls:?}");
+    for outward in ["socket", "connect", "open", "openat", "execve", "ioctl"] {
+        assert!(!calls.contains(&outward), "{outward} allowed: {calls:?}");
+    }
+    let command = sandbox_report::command_line(worker).unwrap_or_default();
+    assert_eq!(
+        sandbox_report::argument(command, "--shm-window="),
+        Some("--shm-window=100000000:4000000")
+    );
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 pub use ipc::ServiceRefusal;
-use ipc::{Channel, ServiceReply, ServiceRequest};
+use ipc::{Channel, ChannelError, ServiceReply, ServiceRequest};
 
 /// How long the device waits for the VMM's answer before it gives the channel up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,12 +88,27 @@ pub struct ChannelServices {
 }
 
 impl ChannelServices {
-    /// Services over `channel` (the device's end of its service channel).
-    pub fn new(channel: Channel) -> Self {
-        ChannelServices {
+    /// Services over `channel` (the device's end of its service channel), which this makes
+    /// blocking with a 5 s timeout on each receive and send (`SO_RCVTIMEO`, `SO_SNDTIMEO`):
+    /// waiting for the reply needs no `poll`, which a device's filter does not allow. Called
+    /// while the device is built, before any filter.
+    pub fn new(channel: Channel) -> Result<Self, ChannelError> {
+        Self::with_timeout(channel, REPLY_TIMEOUT)
+    }
+
+    fn with_timeout(channel: Channel, timeout: Duration) -> Result<Self, ChannelError> {
+        use rustix::net::sockopt::{set_socket_timeout, Timeout};
+        channel.set_nonblocking(false)?;
+        for which in [Timeout::Recv, Timeout::Send] {
+            set_socket_timeout(&channel, which, Some(timeout)).map_err(|e| ChannelError::Io {
+                op: "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)",
+                source: e.into(),
+            })?;
+        }
+        Ok(ChannelServices {
             channel,
             broken: false,
-        }
+        })
     }
 
     /// Sends `request` with `fds` and waits for the reply and its fds.
@@ -118,24 +133,15 @@ impl ChannelServices {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(ServiceReply, Vec<OwnedFd>), ServiceError> {
         let fail = |e: &dyn std::fmt::Display| ServiceError::Channel(e.to_string());
-        self.channel.send(&request, fds).map_err(|e| fail(&e))?;
-        let mut poll = [rustix::event::PollFd::new(
-            &self.channel,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::time::Timespec {
-            tv_sec: REPLY_TIMEOUT.as_secs() as i64,
-            tv_nsec: 0,
-        };
-        loop {
-            match rustix::event::poll(&mut poll, Some(&timeout)) {
-                Ok(0) => return Err(ServiceError::Channel("no reply within 5 s".into())),
-                Ok(_) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(fail(&e)),
-            }
+        let timed_out = |what| ServiceError::Channel(format!("no {what} within the timeout"));
+        match self.channel.send(&request, fds) {
+            Err(ChannelError::WouldBlock) => return Err(timed_out("room for the request")),
+            other => other.map_err(|e| fail(&e))?,
         }
-        let (reply, fds) = self.channel.recv::<ServiceReply>().map_err(|e| fail(&e))?;
+        let (reply, fds) = match self.channel.recv::<ServiceReply>() {
+            Err(ChannelError::WouldBlock) => return Err(timed_out("reply")),
+            other => other.map_err(|e| fail(&e))?,
+        };
         if fds.len() != reply.fd_count() {
             return Err(ServiceError::Channel(format!(
                 "{reply:?} came with {} fds",
@@ -261,7 +267,7 @@ mod tests {
             ServiceRequest::UnmapShm { .. } => Some((ServiceReply::Unmapped, vec![])),
             ServiceRequest::Disconnected => Some((ServiceReply::Released, vec![])),
         });
-        let mut services = ChannelServices::new(device);
+        let mut services = ChannelServices::new(device).unwrap();
         let socket = services.connect().unwrap();
         assert!(rustix::net::sockopt::socket_type(&socket).is_ok());
         let (memfd, _) = UnixStream::pair().unwrap();
@@ -280,7 +286,7 @@ mod tests {
     fn a_wrong_answer_breaks_the_channel_for_good() {
         let (device, vmm_end) = Channel::pair().unwrap();
         let server = vmm(vmm_end, |_, _| Some((ServiceReply::Unmapped, vec![])));
-        let mut services = ChannelServices::new(device);
+        let mut services = ChannelServices::new(device).unwrap();
         assert!(matches!(services.connect(), Err(ServiceError::Channel(_))));
         assert!(matches!(
             services.unmap_shm(0),
@@ -291,10 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn a_vmm_that_does_not_answer_is_a_channel_error_after_the_timeout() {
+        let (device, _silent) = Channel::pair().unwrap();
+        let mut services =
+            ChannelServices::with_timeout(device, Duration::from_millis(50)).unwrap();
+        let started = std::time::Instant::now();
+        let Err(ServiceError::Channel(why)) = services.connect() else {
+            panic!("connected without an answer");
+        };
+        assert!(why.contains("no reply"), "{why}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
     fn a_vmm_that_goes_away_is_a_channel_error() {
         let (device, vmm_end) = Channel::pair().unwrap();
         drop(vmm_end);
-        let mut services = ChannelServices::new(device);
+        let mut services = ChannelServices::new(device).unwrap();
         assert!(matches!(services.connect(), Err(ServiceError::Channel(_))));
         assert!(matches!(
             NoServices.connect(),

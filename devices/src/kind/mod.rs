@@ -312,7 +312,7 @@ impl ResourceFds {
         let fd = self.services.take().ok_or(BuildError::NoServiceChannel)?;
         let channel =
             ipc::Channel::try_from_fd(fd).map_err(|e| BuildError::Refused(Box::new(e)))?;
-        Ok(crate::services::ChannelServices::new(channel))
+        crate::services::ChannelServices::new(channel).map_err(|e| BuildError::Refused(Box::new(e)))
     }
 
     /// Where the device's shared-memory region lies, if it has one.

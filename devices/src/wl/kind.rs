@@ -103,6 +103,7 @@ impl Kind for WlKind {
     const DEVICE_TYPE: u32 = VIRTIO_ID_WL;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
     const SECCOMP_PROFILE: &'static str = SECCOMP_PROFILE;
+    const FEATURES: u64 = super::device::FEATURES;
 
     fn parse(spec: &Spec<'_>) -> Result<WlConfig, SpecError> {
         let socket = match spec.value() {

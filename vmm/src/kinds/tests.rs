@@ -53,6 +53,25 @@ fn every_kind() -> Vec<(&'static dyn DeviceKind, DeviceSpec, Scratch)> {
         .collect()
 }
 
+/// What a worker of `spec` is built from, on a thread here: its opened resources and, for a
+/// kind with host services, a service channel (the VMM's end, returned, answers nothing) and a
+/// window where svmm would put its shared-memory region.
+fn resource_fds(
+    spec: &DeviceSpec,
+    resources: &crate::host_resources::HostResources,
+) -> (devices::kind::ResourceFds, Option<ipc::Channel>) {
+    let fds = devices::kind::ResourceFds::new(resources.worker_fds().unwrap());
+    if !spec.config.has_services() {
+        return (fds, None);
+    }
+    let (ours, theirs) = ipc::Channel::pair().unwrap();
+    let window = spec
+        .config
+        .shm_region()
+        .map(|len| devices::kind::ShmWindow { base: 1 << 32, len });
+    (fds.with_services(theirs.into(), window), Some(ours))
+}
+
 fn options() -> SandboxOptions {
     SandboxOptions {
         seccomp: Mode::Trap,
@@ -234,13 +253,11 @@ mod faults;
 fn every_backend_fits_its_declared_shape() {
     for (kind, spec, _scratch) in every_kind() {
         let shape = spec.config.shape();
-        let resources = crate::host_resources::HostResources::open(&spec.config)
-            .unwrap()
-            .worker_fds()
-            .unwrap();
+        let resources = crate::host_resources::HostResources::open(&spec.config).unwrap();
+        let (fds, _services) = resource_fds(&spec, &resources);
         let built = spec
             .config
-            .build(devices::kind::ResourceFds::new(resources))
+            .build(fds)
             .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
         let backend = built.backend();
         let name = kind.name();

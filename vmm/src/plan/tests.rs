@@ -33,7 +33,7 @@ fn strings(argv: &[CString]) -> Vec<String> {
 #[test]
 fn rng_with_its_own_generator_has_no_host_resource() {
     let spec = crate::device_spec::parse("rng").unwrap();
-    let plan = plan(0, 0, &spec, &options(Mode::Trap), &no_size).unwrap();
+    let plan = plan(0, 0, &spec, &options(Mode::Trap), &no_size, None).unwrap();
     let numbers: Vec<RawFd> = plan.fds.iter().map(|f| f.number).collect();
     assert_eq!(numbers, (0..=8).collect::<Vec<_>>());
     assert!(!plan.fds.iter().any(|f| f.what.contains("host resource")));

@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use devices::irq_status::IrqStatus;
-use devices::kind::{ResourceFds, ShmWindow};
 use ipc::{Channel, ChannelError, QueueConfig, VmmToWorker, WorkerToVmm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -53,19 +52,9 @@ fn misbehaving(
     resources: &HostResources,
     fault: Fault,
 ) -> (Channel, std::thread::JoinHandle<()>) {
-    let mut fds = ResourceFds::new(resources.worker_fds().unwrap());
     // A kind with host services gets a service channel nobody answers (the faults come before
-    // any request) and a window where svmm would put it.
-    let mut services_end = None;
-    if spec.config.has_services() {
-        let (ours, theirs) = Channel::pair().unwrap();
-        let window = spec
-            .config
-            .shm_region()
-            .map(|len| ShmWindow { base: 1 << 32, len });
-        fds = fds.with_services(theirs.into(), window);
-        services_end = Some(ours);
-    }
+    // any request).
+    let (fds, services_end) = resource_fds(spec, resources);
     let mut built = spec.config.build(fds).unwrap();
     let _ = built.prepare();
     let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();

@@ -95,6 +95,23 @@ impl VmOutput {
             .unwrap_or_else(|| panic!("no console line contains {needle:?}\n{}", self.report()))
     }
 
+    /// svmm's one stderr line about its worker `pid` that ended: it names `device` and `cause`
+    /// (e.g. `SIGKILL`).
+    ///
+    /// # Panics
+    /// If no stderr line names the pid, or that line lacks either, with [`Self::report`].
+    pub fn assert_worker_report(&self, pid: u32, device: &str, cause: &str) -> &str {
+        let pid = pid.to_string();
+        let line = self.stderr.lines().find(|l| l.contains(&pid));
+        match line {
+            Some(line) if line.contains(device) && line.contains(cause) => line,
+            _ => panic!(
+                "no one-line report naming {device}, pid {pid} and {cause}\n{}",
+                self.report()
+            ),
+        }
+    }
+
     /// Asserts that the VMM exited (not killed, not timed out) with exit code `code`.
     pub fn assert_status(&self, code: i32) {
         assert_eq!(

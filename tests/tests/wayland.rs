@@ -238,14 +238,17 @@ fn weston_sockets_become(weston: &Weston, want: usize) -> usize {
 
 /// A wayland worker with a window on screen is confined like every worker (`tests::confinement`,
 /// from `/proc`), holding exactly its two queues' eventfds, its service channel, the one
-/// compositor connection svmm made for it and the buffer's memfd. Killed: one line from svmm,
-/// the VM runs on (the guest finds the device broken), and weston sees the guest's connection
-/// close.
+/// compositor connection svmm made for it and the buffer's memfd. Killed: one line from svmm
+/// (a new worker, `--on-worker-exit=restart` being the default, and the device needing reset),
+/// weston sees the guest's connection close, the VM runs on and the guest finds the device
+/// broken; its next window — same region offsets, a new connection — is served by the new
+/// worker (svmm dropped the dead one's mappings and connections first).
 fn killed_worker() -> TrialResult {
+    const SHM_READY: &str = "testguest: wl_shm ready";
     let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
     let idle = weston.sockets();
-    let mut vm = guest(&weston.socket(), true, "wl_shm,echo")
-        .cmdline("testguest.run=wl_shm,echo testguest.echo_timeout_ms=60000")
+    let mut vm = guest(&weston.socket(), true, "wl_shm,echo,wl_shm")
+        .cmdline("testguest.run=wl_shm,echo,wl_shm testguest.echo_timeout_ms=60000")
         .mem_mib(128)
         .spawn()?;
     vm.wait_for_line("testguest: wl_shm ready", TIMEOUT)?;
@@ -285,30 +288,34 @@ fn killed_worker() -> TrialResult {
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     let after = weston_sockets_become(&weston, idle);
     vm.write_stdin(b"\nafter-kill\n")?;
+    // The second window, from the new worker.
+    let deadline = Instant::now() + TIMEOUT;
+    while vm.stdout_so_far().matches(SHM_READY).count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    vm.write_stdin(b"\n")?;
     let out = vm.wait()?;
-    out.log("svmm testguest wl_shm + worker killed");
-    let report = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&worker.to_string()))
-        .unwrap_or_default()
-        .to_string();
+    out.log("svmm testguest wl_shm + worker killed, wl_shm again");
+    let report = out.assert_worker_report(worker, "wayland#0", "SIGKILL");
+    let lost = "device needs reset: its requests cannot be taken again (its compositor \
+                connections, shared-memory buffers and pipes died with the worker)";
     assert!(
-        report.contains("wayland#0")
-            && report.contains("SIGKILL")
-            && report.contains("VM keeps running"),
-        "no one-line report of the killed worker\n{}",
+        report.contains("; restart 1 (pid ") && report.contains(lost),
+        "{}",
         out.report()
     );
     let fail = out.assert_line("testguest: wl_shm FAIL").to_string();
+    assert!(fail.contains("needs_reset"), "{}", out.report());
     out.assert_line("testguest: echo ok line=after-kill");
-    eprintln!("wayland: {report}\nwayland: then the guest: {fail}");
+    out.assert_line("testguest: wl_shm ok");
+    assert_eq!(out.testguest_summary(), Some((2, 1)), "{}", out.report());
+    eprintln!("wayland: {report}\nwayland: then the guest: {fail}, then wl_shm ok");
     if after != idle {
         return Err(
             format!("weston still holds {after} sockets ({idle} idle) after the kill").into(),
         );
     }
-    eprintln!("wayland: killed worker reported, VM ran on, weston back to {idle} sockets");
+    eprintln!("wayland: killed worker restarted, VM ran on, weston back to {idle} sockets");
     Ok(())
 }
 

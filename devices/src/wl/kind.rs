@@ -16,8 +16,8 @@ use broker::{HostResource, OpenedResource};
 
 use super::{Wl, MAX_ALLOC_BYTES, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, SECCOMP_PROFILE};
 use crate::kind::{
-    BuildError, FileSize, InputError, Kind, OptionSpec, OptionValue, ResourceFds, SandboxNeeds,
-    Spec, SpecError, ValueSpec,
+    BuildError, FileSize, InputError, Kind, OptionSpec, OptionValue, ResourceFds, Restart,
+    SandboxNeeds, Spec, SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_WL;
 
@@ -180,6 +180,14 @@ impl Kind for WlKind {
         let window = resources.shm_region().ok_or(BuildError::NoShmWindow)?;
         let services = resources.take_services()?;
         Ok(Wl::new(window, Box::new(services)))
+    }
+
+    /// A context is a compositor connection and the guest's ids for it, a buffer a memfd in
+    /// the region: none of it survives the worker, so the guest starts over.
+    fn restart(_config: &WlConfig) -> Restart {
+        Restart::Reset {
+            lost: "its compositor connections, shared-memory buffers and pipes",
+        }
     }
 
     /// A socket under `scratch` that listens for as long as the test process lives.

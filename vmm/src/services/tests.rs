@@ -10,7 +10,7 @@ use kvm_ioctls::Kvm;
 use rustix::fs::{MemfdFlags, OFlags, SealFlags};
 
 use super::shm::{ShmMapper, Slots, FIRST_SLOT};
-use super::{Connections, DeviceServices};
+use super::{Connections, DeviceServices, ServiceLink};
 
 const PAGE: u64 = 4096;
 const WINDOW: ShmWindow = ShmWindow {
@@ -145,17 +145,11 @@ fn the_vm_runs_out_of_slots_not_of_memory() {
 fn services(
     socket: Option<std::path::PathBuf>,
     limit: usize,
-) -> (DeviceServices, Channel, Arc<Connections>) {
-    let (vmm, device) = Channel::pair().unwrap();
+) -> (DeviceServices, ServiceLink, Arc<Connections>) {
     let connections = Connections::new(limit);
-    let s = DeviceServices::new(
-        "test#0".into(),
-        vmm,
-        socket,
-        Some(mapper()),
-        connections.clone(),
-    );
-    (s, device, connections)
+    let (s, link) =
+        DeviceServices::new("test#0".into(), socket, Some(mapper()), connections.clone()).unwrap();
+    (s, link, connections)
 }
 
 #[test]
@@ -163,7 +157,7 @@ fn connections_are_limited_per_vm() {
     let dir = scratch("services");
     let path = dir.join("compositor.sock");
     let _listener = UnixListener::bind(&path).unwrap();
-    let (mut s, _device, connections) = services(Some(path.clone()), 2);
+    let (mut s, _link, connections) = services(Some(path.clone()), 2);
     let (reply, fds) = s.answer(ServiceRequest::Connect, &[]);
     assert_eq!((reply, fds.len()), (ServiceReply::Connected, 1));
     let flags = rustix::fs::fcntl_getfl(&fds[0]).unwrap();
@@ -207,7 +201,7 @@ fn connections_are_limited_per_vm() {
 
 #[test]
 fn requests_with_the_wrong_fds_are_refused() {
-    let (mut s, _device, _) = services(None, 1);
+    let (mut s, _link, _) = services(None, 1);
     let map = ServiceRequest::MapShm {
         offset: 0,
         len: PAGE,
@@ -234,29 +228,37 @@ fn requests_with_the_wrong_fds_are_refused() {
     assert_eq!(s.answer(map, &[fd]).0, ServiceReply::Mapped);
 }
 
+/// Each worker's channel in turn: when one closes (its worker died), its connections and
+/// mappings go before the next worker's requests are read; the thread ends with the link.
 #[test]
-fn a_closed_channel_releases_everything() {
+fn a_closed_channel_releases_everything_before_the_next() {
     let dir = scratch("services-close");
     let path = dir.join("compositor.sock");
     let _listener = UnixListener::bind(&path).unwrap();
-    let (s, device, connections) = services(Some(path), 4);
+    let (s, link, connections) = services(Some(path), 4);
     let server = std::thread::spawn(move || s.serve());
-    device.send(&ServiceRequest::Connect, &[]).unwrap();
-    let (reply, fds) = device.recv::<ServiceReply>().unwrap();
-    assert_eq!((reply, fds.len()), (ServiceReply::Connected, 1));
-    let fd = memfd(PAGE, SealFlags::SHRINK);
     let map = ServiceRequest::MapShm {
         offset: 0,
         len: PAGE,
         writable: true,
     };
-    device.send(&map, &[fd.as_fd()]).unwrap();
-    assert_eq!(
-        device.recv::<ServiceReply>().unwrap().0,
-        ServiceReply::Mapped
-    );
-    assert_eq!(connections.open(), 1);
-    drop(device);
+    for worker in 0..3 {
+        let device = Channel::from(link.fresh().unwrap());
+        device.send(&ServiceRequest::Connect, &[]).unwrap();
+        let (reply, fds) = device.recv::<ServiceReply>().unwrap();
+        assert_eq!((reply, fds.len()), (ServiceReply::Connected, 1), "{worker}");
+        // The same offset each time: the predecessor's mapping is gone.
+        let fd = memfd(PAGE, SealFlags::SHRINK);
+        device.send(&map, &[fd.as_fd()]).unwrap();
+        assert_eq!(
+            device.recv::<ServiceReply>().unwrap().0,
+            ServiceReply::Mapped,
+            "{worker}"
+        );
+        assert_eq!(connections.open(), 1, "{worker}");
+        drop(device);
+    }
+    drop(link);
     server.join().unwrap();
     assert_eq!(connections.open(), 0);
 }

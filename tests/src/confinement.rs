@@ -370,7 +370,7 @@ fn limit_problems(worker: u32, svmm: u32, planned: &Planned) -> io::Result<Vec<S
 /// What `/proc/PID/fd/N` links to for an inherited fd svmm describes as `what`; `None` where
 /// the description names nothing the link can be checked against.
 fn expected_target(what: &str) -> Option<String> {
-    let sort = if what.starts_with("control socket") {
+    let sort = if what.starts_with("control socket") || what.starts_with("service channel") {
         "socket:"
     } else if what.starts_with("guest RAM memfd") || what.starts_with("interrupt status page") {
         "/memfd:"

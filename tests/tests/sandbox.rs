@@ -144,7 +144,7 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
 /// spec, run the same way), svmm running as `identity`.
 fn every_kind_confined(identity: Identity) -> TrialResult {
     let fixtures = paths::TempDir::new("every-kind");
-    let specs = test_specs(&fixtures)?;
+    let (specs, _listeners) = test_specs(&fixtures)?;
     // Kept until the end: the unprivileged user's copies of svmm and the guest.
     let copies = paths::TempDir::new("unprivileged");
     let as_identity = |vm: TestVm| -> Result<TestVm, String> {
@@ -217,9 +217,16 @@ fn every_kind_confined(identity: Identity) -> TrialResult {
     }
 }
 
+/// A kind's name and its `--device` spec.
+type KindSpec = (String, String);
+
 /// Each kind of the registry and its test spec, the fixtures in `dir` — open to everyone, for
-/// an unprivileged svmm.
-fn test_specs(dir: &paths::TempDir) -> Result<Vec<(String, String)>, String> {
+/// an unprivileged svmm. A socket among the fixtures (a kind that connects to one, e.g.
+/// wayland's compositor) gets a listener here, held as long as the specs are used.
+fn test_specs(
+    dir: &paths::TempDir,
+) -> Result<(Vec<KindSpec>, Vec<std::os::unix::net::UnixListener>), String> {
+    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::PermissionsExt;
     let out = std::process::Command::new(tests::binary::svmm_bin())
         .arg("__test-specs")
@@ -243,8 +250,17 @@ fn test_specs(dir: &paths::TempDir) -> Result<Vec<(String, String)>, String> {
             "svmm __test-specs listed {specs:?}: fewer kinds than rng, blk, fs"
         ));
     }
+    let mut listeners = Vec::new();
     let mut stack = vec![dir.path().to_path_buf()];
     while let Some(path) = stack.pop() {
+        let is_socket = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket {
+            // svmm made it and exited: nobody listens on it any more.
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| format!("listen on {}: {e}", path.display()))?;
+            listeners.push(listener);
+        }
         let mode = if path.is_dir() { 0o777 } else { 0o666 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| format!("chmod {}: {e}", path.display()))?;
@@ -254,7 +270,7 @@ fn test_specs(dir: &paths::TempDir) -> Result<Vec<(String, String)>, String> {
             }
         }
     }
-    Ok(specs)
+    Ok((specs, listeners))
 }
 
 /// With `--on-worker-exit=keep`, a worker killed from outside is reported in one line

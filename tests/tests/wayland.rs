@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tests::bench::figures::{self, TestLine};
 use tests::bench::Mode;
 use tests::binary::svmm_bin;
-use tests::confinement::{self, Identity, KindFds, Limits};
+use tests::confinement::{self, Identity, Planned};
 use tests::output::number_field;
 use tests::paths::{self, TempDir};
 use tests::suite::TrialResult;
@@ -236,6 +236,17 @@ fn weston_sockets_become(weston: &Weston, want: usize) -> usize {
     }
 }
 
+/// svmm's plan for a sandboxed wayland device on `socket` (`--print-sandbox`).
+fn planned(socket: &Path) -> Result<Planned, String> {
+    let out = Command::new(svmm_bin())
+        .args(["--print-sandbox", "--mem", "128", "--device"])
+        .arg(format!("wayland={}", socket.display()))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Planned::parse(sandbox_report::section(&text, "== wayland#0"))
+}
+
 /// A wayland worker with a window on screen is confined like every worker (`tests::confinement`,
 /// from `/proc`), holding exactly its two queues' eventfds, its service channel, the one
 /// compositor connection svmm made for it and the buffer's memfd. Killed: one line from svmm
@@ -265,21 +276,37 @@ fn killed_worker() -> TrialResult {
         true => Identity::Root,
         false => Identity::Unprivileged,
     };
-    // 3-7 the fixed fds, 8-9 the queues, 10 the service channel; room for 2 fds per vfd;
-    // memfds sized up to the shared-memory region (256 MiB by default).
-    let inherited = 8;
-    let wl = KindFds {
-        queues: 2,
-        own: vec![("socket".into(), 2), ("memfd".into(), 1)],
-        limits: Limits {
-            nofile: 3 + inherited + 2 * 256 + 16,
-            fsize: 256 << 20,
-            ..Limits::default_for(inherited, 128 << 20)
-        },
+    // svmm's plan for it (fds 3-7 fixed, 8-9 the queues, 10 the service channel; NOFILE with
+    // room for 2 fds per vfd, FSIZE the region), plus what the guest's window added at run
+    // time: the compositor connection svmm made for its context and the buffer's memfd.
+    let mut planned = planned(&weston.socket())?;
+    for (name, want) in [("NOFILE", 3 + 8 + 2 * 256 + 16), ("FSIZE", 256 << 20)] {
+        if planned.rlimits.get(name) != Some(&Some(want)) {
+            return Err(format!(
+                "planned {name} {:?}, want {want}",
+                planned.rlimits.get(name)
+            )
+            .into());
+        }
+    }
+    planned.created.extend([
+        "the compositor connection svmm made for the guest's context".to_string(),
+        "the guest's buffer (memfd)".to_string(),
+    ]);
+    let fds = procfs::fds(worker)?;
+    let unplanned = |prefix: &str| {
+        fds.iter()
+            .filter(|(fd, t)| !planned.fds.contains_key(fd) && t.starts_with(prefix))
+            .count()
     };
-    let problems = confinement::problems(worker, vm.pid(), identity, &wl)?;
+    let runtime = (unplanned("socket:"), unplanned("/memfd:"));
+    let mut problems = confinement::problems(worker, vm.pid(), identity, &planned)?;
+    if runtime != (1, 1) {
+        problems.push(format!(
+            "{runtime:?} unplanned sockets and memfds, want (1, 1)"
+        ));
+    }
     if !problems.is_empty() {
-        let fds = procfs::fds(worker)?;
         vm.kill();
         return Err(format!("wayland worker: {}\nfds: {fds:?}", problems.join("; ")).into());
     }

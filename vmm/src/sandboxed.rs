@@ -235,7 +235,10 @@ fn start_on_spawner(
         fds,
         ids: plan.ids,
         namespaces: true,
-        inherit_stderr,
+        stderr: match inherit_stderr {
+            true => broker::Stderr::Inherit,
+            false => broker::Stderr::Null,
+        },
     })
     .map_err(SandboxError::Spawn)?;
     let watch = Watch {

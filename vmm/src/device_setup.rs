@@ -1,27 +1,33 @@
 //! Creating the VM's virtio devices, in three passes so that the workers start in parallel:
 //!
 //! ```text
-//!   1. for each --device, in order (deterministic slots, GSIs, worker ids):
+//!   1. [prepare] for each --device, in order (deterministic slots, GSIs, worker ids):
 //!        slot i (addr, 4 KiB, GSI) ─ host resources opened and checked (crate::host_resources)
-//!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ control channel,
-//!        irqfd → KVM GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
-//!   2. start every device: sandboxed → Sandbox::start(N), the one entry point that starts
-//!      (and restarts) device N's worker `svmm __worker KIND` from its plan (crate::sandboxed);
-//!      sandbox=off → the kind's backend on a thread of svmm
+//!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ irqfd → KVM
+//!        GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
+//!      then, svmm still single-threaded, the broker process is forked with every sandboxed
+//!      device's plan and host resources (crate::sandboxed)
+//!   2. [VirtioDevices::start] start every device: sandboxed → Sandbox::start(N), the one
+//!      entry point that starts (and restarts) device N's worker: a request to the broker,
+//!      which spawns `svmm __worker KIND` from the plan; sandbox=off → the kind's backend on a
+//!      thread of svmm
 //!   3. wait for every Ready together, each under its own deadline (5 s from its start)
-//!   then, in order: WorkerProxy (terminate hook = kill the worker), MmioTransport on the MMIO
-//!   bus at addr, monitor thread (crate::supervisor: socket readable → proxy.service(); pidfd
-//!   readable → reap, one line, and restart it through Sandbox::start(N) with the device's
-//!   state, or DEVICE_NEEDS_RESET, as --on-worker-exit says)
+//!   then, in order: WorkerProxy (terminate hook = have the broker kill the worker),
+//!   MmioTransport on the MMIO bus at addr, monitor thread (crate::supervisor: socket readable
+//!   → proxy.service(); stderr → cleaned lines; the broker's report of the worker's end → one
+//!   line, and restart it through Sandbox::start(N) with the device's state, or
+//!   DEVICE_NEEDS_RESET, as --on-worker-exit says)
 //! ```
 //!
-//! So a VM with N sandboxed devices waits for about one worker start, not N one after another.
-//! The VM owns one [`Sandbox`] (the broker's spawner thread), made with the first sandboxed
-//! device; it holds every sandboxed device's start (plan, the fds KVM knows, host resources)
-//! so that device N can be started again. Each device's host resources (their locks, helper
-//! processes) live as long as the VM; its workers work on duplicates. When the devices are dropped (VM end, or a
-//! set-up failure) every worker process is killed and reaped; a `kill -9` of svmm kills them
-//! through their parent-death signal.
+//! Between the passes, as root, svmm drops to its own unprivileged uid (`crate::vm`): pass 1
+//! needs its privileges, passes 2 and 3 do not. So a VM with N sandboxed devices waits for
+//! about one worker start, not N one after another. The VM owns one [`Sandbox`] (the broker
+//! and, per sandboxed device, the fds KVM knows and a lease on it), so that device N can be
+//! started again. Each device's host resources live as long as the VM (the broker holds a
+//! sandboxed device's fds, svmm its helper processes); its workers work on duplicates. When
+//! the devices are dropped (VM end, or a set-up failure) the broker is asked to kill every
+//! worker, and svmm hanging up makes it kill any left and exit; a `kill -9` of svmm kills the
+//! broker and the workers through their parent-death signals.
 //!
 //! The devices must exist before the ACPI tables and the command line are written: both
 //! describe them ([`VirtioDevices::acpi`], [`VirtioDevices::cmdline`]).
@@ -186,9 +192,12 @@ pub struct VirtioDevices {
     /// `virtio_mmio.device=` words for the kernel command line, space-separated.
     pub cmdline: String,
     devices: Vec<Device>,
-    /// The broker's spawner and the sandboxed devices' starts, once a device is sandboxed.
-    /// Dropped after `devices` (their workers are killed and reaped first); monitors hold it
-    /// weakly, so no worker is restarted once the VM ends.
+    /// The devices between [`prepare`] and [`VirtioDevices::start`].
+    pending: Vec<Pending>,
+    /// The broker and what svmm keeps of the sandboxed devices, once a device is sandboxed.
+    /// Dropped after `devices` (their workers are killed first; svmm hanging up makes the
+    /// broker kill any left and exit); monitors hold it weakly, so no worker is restarted once
+    /// the VM ends.
     sandbox: Option<Arc<Sandbox>>,
 }
 
@@ -301,52 +310,98 @@ enum How {
     },
 }
 
-/// Creates every device of `config`, in order, and puts its transport on `bus`.
-pub fn create(
+/// Pass 1 for every device of `config`, in order: slots, host resources, plans, eventfds
+/// bound to KVM; then, while svmm is still single-threaded, the broker process for the
+/// sandboxed ones (svmm closes its own copies of their host resources' fds). The devices'
+/// windows and command-line entries are known from here on; [`VirtioDevices::start`] starts
+/// them.
+pub fn prepare(
     vm: &VmFd,
     ram: &GuestRam,
     config: &VmConfig,
-    bus: &mut MmioBus,
-    control: &VmEvents,
 ) -> Result<VirtioDevices, DeviceSetupError> {
     let mut devices = VirtioDevices::default();
-    // 1. In order: slots, host resources, plans, eventfds bound to KVM.
-    let mut pending = Vec::with_capacity(config.devices.len());
     let mut workers = 0u32;
     for (index, spec) in (0u32..).zip(&config.devices) {
-        pending.push(set_up(vm, ram, config, spec, index, workers)?);
+        let device = set_up(vm, ram, config, spec, index, workers)?;
         workers += u32::from(spec.sandbox);
+        let (addr, size, irq) = device.slot;
+        devices.acpi.push(VirtioMmioDevice { addr, size, irq });
+        if !devices.cmdline.is_empty() {
+            devices.cmdline.push(' ');
+        }
+        devices
+            .cmdline
+            .push_str(&virtio_mmio_cmdline_entry(addr, size, irq));
+        devices.pending.push(device);
     }
-    // 2. Start them all.
-    for device in &mut pending {
-        let sandbox = match (device.spec.sandbox, &mut devices.sandbox) {
-            (false, _) => None,
-            (true, Some(sandbox)) => Some(&**sandbox),
-            (true, none) => Some(&**none.insert(Arc::new(
-                Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?,
-            ))),
-        };
-        start(device, sandbox)?;
-    }
-    // 3. Every Ready, each under its own deadline.
-    let deadlines = Deadlines::default();
-    let waits: Vec<_> = pending
-        .iter()
-        .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
+    let declared: Vec<DeviceStart> = devices
+        .pending
+        .iter_mut()
+        .filter_map(|d| match &mut d.how {
+            How::Sandboxed(start) => start.take().map(|start| *start),
+            How::InProcess { .. } => None,
+        })
         .collect();
-    let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
-        name: pending.first().map_or_else(String::new, |d| d.name.clone()),
-        what: "wait for its worker",
-        source,
-    })?;
-    drop(waits);
-    // Then, in order: proxies, transports, monitors.
-    for (device, ready_at) in pending.into_iter().zip(ready_at) {
+    if !declared.is_empty() {
+        let sandbox =
+            Sandbox::fork(&config.sandbox, declared).map_err(DeviceSetupError::Sandbox)?;
+        devices.sandbox = Some(Arc::new(sandbox));
+    }
+    Ok(devices)
+}
+
+impl VirtioDevices {
+    /// Passes 2 and 3: starts every prepared device — through the broker, or on a thread of
+    /// svmm —, waits for every `Ready` together (each under its own deadline), then in order
+    /// builds its proxy and transport, puts it on `bus` and starts its monitor thread.
+    pub fn start(
+        &mut self,
+        config: &VmConfig,
+        bus: &mut MmioBus,
+        control: &VmEvents,
+    ) -> Result<(), DeviceSetupError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        // 2. Start them all.
+        for device in &mut pending {
+            start(device, self.sandbox.as_deref())?;
+        }
+        // 3. Every Ready, each under its own deadline.
+        let deadlines = Deadlines::default();
+        let waits: Vec<_> = pending
+            .iter()
+            .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
+            .collect();
+        let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
+            name: pending.first().map_or_else(String::new, |d| d.name.clone()),
+            what: "wait for its worker",
+            source,
+        })?;
+        drop(waits);
+        // Then, in order: proxies, transports, monitors.
+        for (device, ready_at) in pending.into_iter().zip(ready_at) {
+            let device = self.finish(device, ready_at, config, bus, control, deadlines)?;
+            self.devices.push(device);
+        }
+        Ok(())
+    }
+
+    /// Pass 3 for one device whose worker answered (at `ready_at`) or not: proxy, transport
+    /// on `bus`, monitor.
+    fn finish(
+        &self,
+        device: Pending,
+        ready_at: Option<Instant>,
+        config: &VmConfig,
+        bus: &mut MmioBus,
+        control: &VmEvents,
+        deadlines: Deadlines,
+    ) -> Result<Device, DeviceSetupError> {
         let Pending {
             name,
             index,
             spec,
-            slot: (addr, size, irq),
+            slot: (addr, size, _),
             how,
             status,
             vmm_end,
@@ -404,7 +459,7 @@ pub fn create(
             Worker::Sandboxed(supervised) => Some(supervised.clone()),
             Worker::InProcess { .. } => None,
         };
-        let restarter = devices
+        let restarter = self
             .sandbox
             .as_ref()
             .filter(|_| spec.sandbox)
@@ -430,21 +485,13 @@ pub fn create(
             what: e.what,
             source: e.source,
         })?;
-        devices.acpi.push(VirtioMmioDevice { addr, size, irq });
-        if !devices.cmdline.is_empty() {
-            devices.cmdline.push(' ');
-        }
-        devices
-            .cmdline
-            .push_str(&virtio_mmio_cmdline_entry(addr, size, irq));
-        devices.devices.push(Device {
+        Ok(Device {
             name,
             transport,
             worker,
             _resources: resources,
-        });
+        })
     }
-    Ok(devices)
 }
 
 /// Pass 1 for device `index` (the `worker`-th sandboxed one if sandboxed): its slot, its host
@@ -521,6 +568,7 @@ fn set_up(
     let (how, vmm_end) = match plan {
         Some(plan) => {
             let start = DeviceStart {
+                index: index as usize,
                 plan,
                 guest_ram,
                 irq_status,
@@ -573,18 +621,18 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
     let name = device.name.clone();
     device.started = Instant::now();
     let (resources, fds) = match (&mut device.how, sandbox) {
-        (How::Sandboxed(start), Some(sandbox)) => {
-            sandbox.add(device.index, *start.take().expect("started once"));
-            let started =
-                sandbox
-                    .start(device.index)
-                    .map_err(|source| DeviceSetupError::Spawn {
-                        name: name.clone(),
-                        source,
-                    })?;
+        (How::Sandboxed(_), Some(sandbox)) => {
+            let failed = |source| DeviceSetupError::Spawn {
+                name: name.clone(),
+                source,
+            };
+            let lease = sandbox
+                .lease(device.index)
+                .ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
+            let started = sandbox.start(device.index).map_err(failed)?;
             device.vmm_end = Some(started.control);
             device.watch = Some(started.watch);
-            device.worker = Some(Worker::Sandboxed(Supervised::new(started.worker)));
+            device.worker = Some(Worker::Sandboxed(Supervised::new(lease, started.worker)));
             return Ok(());
         }
         (
@@ -594,7 +642,7 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
             },
             _,
         ) => (resources, worker_fds.take().expect("started once")),
-        // `create` gives every sandboxed device the VM's sandbox.
+        // `prepare` declares every sandboxed device to the VM's broker.
         (How::Sandboxed(_), None) => {
             return Err(DeviceSetupError::Spawn {
                 name,

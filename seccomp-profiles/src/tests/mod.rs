@@ -98,7 +98,7 @@ fn is_device(profile: &str) -> bool {
 fn profiles_are_the_device_kinds_and_the_vmm() {
     assert_eq!(
         profiles(),
-        ["blk", "broker", "fs", "fs_ro", "rng", "vmm", "wl"]
+        ["blk", "broker", "fs", "fs_ro", "net", "rng", "vmm", "wl"]
     );
     assert!(program("base", Mode::Trap).is_none());
     assert!(program("no-such-device", Mode::Log).is_none());
@@ -258,6 +258,25 @@ fn vmm_ioctls_are_the_runtime_ones_only() {
     for name in ["execve", "openat", "socket", "clone3"] {
         assert_eq!(verdict("vmm", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
     }
+}
+
+#[test]
+fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
+    let ioctl = |request| verdict("net", Mode::Trap, "ioctl", [3, request, 0, 0, 0, 0]);
+    // TUNSETOFFLOAD.
+    assert_eq!(ioctl(0x4004_54d0), RET_ALLOW);
+    // TUNSETIFF, TUNSETQUEUE, TUNSETVNETHDRSZ, TUNSETSTEERINGEBPF, FIONBIO, KVM_RUN.
+    for denied in [0x4004_54ca, 0x4004_54d9, 0x4004_54d8, 0x8004_54e0, 0x5421, 0xae80] {
+        assert_eq!(ioctl(denied), RET_TRAP, "{denied:#x}");
+    }
+    let settime = |flags| verdict("net", Mode::Trap, "timerfd_settime", [3, flags, 0, 0, 0, 0]);
+    assert_eq!(settime(0), RET_ALLOW);
+    assert_eq!(settime(1), RET_TRAP, "TFD_TIMER_ABSTIME");
+    for name in ["timerfd_create", "socket", "openat", "writev", "sendto", "clone3"] {
+        assert_eq!(verdict("net", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
+    }
+    // The base plus two: the smallest net profile we know of.
+    assert_eq!(syscalls(&merged("net")).len(), 34);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod bench;
 mod blk;
 mod echo;
 mod fs;
+mod net;
 mod panic;
 mod ring3;
 mod rng;
@@ -142,6 +143,26 @@ pub static TESTS: &[Test] = &[
         name: "fs_write",
         applies: fs::by_name,
         run: fs::run_write,
+    },
+    Test {
+        name: "net",
+        applies: net::applies,
+        run: net::run,
+    },
+    Test {
+        name: "net_mq",
+        applies: net::by_name,
+        run: net::run_mq,
+    },
+    Test {
+        name: "net_offload",
+        applies: net::by_name,
+        run: net::run_offload,
+    },
+    Test {
+        name: "net_passt",
+        applies: net::by_name,
+        run: net::run_passt,
     },
     Test {
         name: "panic",

@@ -266,13 +266,27 @@ fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
     // TUNSETOFFLOAD.
     assert_eq!(ioctl(0x4004_54d0), RET_ALLOW);
     // TUNSETIFF, TUNSETQUEUE, TUNSETVNETHDRSZ, TUNSETSTEERINGEBPF, FIONBIO, KVM_RUN.
-    for denied in [0x4004_54ca, 0x4004_54d9, 0x4004_54d8, 0x8004_54e0, 0x5421, 0xae80] {
+    for denied in [
+        0x4004_54ca,
+        0x4004_54d9,
+        0x4004_54d8,
+        0x8004_54e0,
+        0x5421,
+        0xae80,
+    ] {
         assert_eq!(ioctl(denied), RET_TRAP, "{denied:#x}");
     }
     let settime = |flags| verdict("net", Mode::Trap, "timerfd_settime", [3, flags, 0, 0, 0, 0]);
     assert_eq!(settime(0), RET_ALLOW);
     assert_eq!(settime(1), RET_TRAP, "TFD_TIMER_ABSTIME");
-    for name in ["timerfd_create", "socket", "openat", "writev", "sendto", "clone3"] {
+    for name in [
+        "timerfd_create",
+        "socket",
+        "openat",
+        "writev",
+        "sendto",
+        "clone3",
+    ] {
         assert_eq!(verdict("net", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
     }
     // The base plus two: the smallest net profile we know of.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ipc::QueueStats;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::ctrl::{self, Command};
 use super::endpoint::{Endpoint, Received, Sent};
@@ -38,6 +38,7 @@ use super::rx::{pop_head, Delivery, RxQueue};
 use super::{features, tun_flags, tx, HDR_LEN, MAX_FRAME};
 use crate::chain::ChainSource;
 use crate::events::{EventRegistry, EventSet};
+use crate::notify::interrupts_suppressed;
 use crate::{DeviceError, Interrupt};
 
 /// Event token of the receive rate-limit timer (ports use their index).
@@ -47,8 +48,6 @@ pub(crate) const TX_TIMER: u32 = 0x101;
 /// Frames received per port and wake-up before the loop looks at its other events (the fd
 /// stays readable, so the loop comes back).
 const BATCH: usize = 64;
-/// `VIRTQ_AVAIL_F_NO_INTERRUPT`.
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// One endpoint and the frames it holds back.
 pub(crate) struct Port {
@@ -164,16 +163,6 @@ impl Active {
     fn rx_queue_of(&self, port: usize) -> usize {
         2 * (port % usize::from(self.active_pairs.max(1)))
     }
-}
-
-/// Whether the driver asked for no used-buffer notifications: without `EVENT_IDX`, the avail
-/// ring's `VIRTQ_AVAIL_F_NO_INTERRUPT` (virtio 1.2, 2.7.7.2; virtio-queue ignores it). A flag
-/// that cannot be read counts as not set.
-fn interrupts_suppressed(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
-    !queue.event_idx_enabled()
-        && mem
-            .load::<u16>(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-            .is_ok_and(|flags| u16::from_le(flags) & AVAIL_F_NO_INTERRUPT != 0)
 }
 
 /// Asks the driver to notify when it makes more buffers available than it has now (not merely

@@ -59,6 +59,14 @@ pub enum OpenError {
         /// Queue pairs asked for.
         queues: u16,
     },
+    /// `TUNSETIFF` refused the flags: a tun, or a multi-queue setting that does not fit.
+    #[error("'{name}' refused to attach as a tap with a vnet header{}: is it a tap (not a tun), created with multi_queue if queues>1?", if *.queues > 1 { format!(" and {queues} queues") } else { String::new() })]
+    Mismatch {
+        /// The tap.
+        name: String,
+        /// Queue pairs asked for.
+        queues: u16,
+    },
     /// Not allowed to attach (owner/group, no `CAP_NET_ADMIN`) or to open `/dev/net/tun`.
     #[error("no permission to attach to tap '{0}' (it must belong to svmm's user or group: ip tuntap add ... user USER, or run as root)")]
     Permission(String),
@@ -122,24 +130,44 @@ pub fn check_name(name: &str) -> Result<(), OpenError> {
     }
 }
 
-/// The interface's tun/tap flags from sysfs, if it is a tun/tap device.
-fn sysfs_tun_flags(name: &str) -> Result<i16, OpenError> {
+/// The index of interface `name` in svmm's network namespace (`SIOCGIFINDEX` on a socket,
+/// which always asks the caller's namespace).
+fn ifindex(name: &str) -> Result<u32, OpenError> {
+    use rustix::net::{netdevice, socket, AddressFamily, SocketType};
+    let sock =
+        socket(AddressFamily::INET, SocketType::DGRAM, None).map_err(|e| OpenError::Tap {
+            name: name.to_owned(),
+            what: "socket for SIOCGIFINDEX",
+            source: e.into(),
+        })?;
+    netdevice::name_to_index(&sock, name).map_err(|_| OpenError::NoSuchTap(name.to_owned()))
+}
+
+/// The interface's tun/tap flags from sysfs, when the sysfs at `/sys` is this network
+/// namespace's (its `ifindex` for `name` is ours): `Ok(None)` if that cannot be told (sysfs
+/// mounted for another namespace), `Err` if the interface is no tun/tap device at all.
+fn sysfs_tun_flags(name: &str, index: u32) -> Result<Option<i16>, OpenError> {
     let net = Path::new("/sys/class/net").join(name);
-    if !net.exists() {
-        return Err(OpenError::NoSuchTap(name.to_owned()));
+    let same = std::fs::read_to_string(net.join("ifindex"))
+        .is_ok_and(|t| t.trim().parse::<u32>() == Ok(index));
+    if !same {
+        return Ok(None);
     }
     let text = std::fs::read_to_string(net.join("tun_flags"))
         .map_err(|_| OpenError::NotATap(name.to_owned(), "none: not a tun/tap device".into()))?;
     let hex = text.trim().trim_start_matches("0x");
-    i16::from_str_radix(hex, 16)
-        .or_else(|_| u16::from_str_radix(hex, 16).map(|v| v as i16))
+    u16::from_str_radix(hex, 16)
+        .map(|v| Some(v as i16))
         .map_err(|_| OpenError::NotATap(name.to_owned(), text.trim().to_owned()))
 }
 
 /// Attaches `queues` fds to the tap `name` (see the module docs).
 pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, OpenError> {
     check_name(name)?;
-    let flags = sysfs_tun_flags(name)?;
+    let index = ifindex(name)?;
+    // Without a sysfs for this namespace, a tun (or a multi-queue mismatch) shows up as
+    // TUNSETIFF's EINVAL below instead.
+    let flags = sysfs_tun_flags(name, index)?.unwrap_or(IFF_TAP | IFF_MULTI_QUEUE);
     if flags & IFF_TAP == 0 {
         return Err(OpenError::NotATap(name.to_owned(), format!("{flags:#x}")));
     }
@@ -174,6 +202,10 @@ pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, OpenError> {
             sys::set_iff(fd.as_fd(), name, attach).map_err(|e| match e.raw_os_error() {
                 Some(libc::EPERM | libc::EACCES) => OpenError::Permission(name.to_owned()),
                 Some(libc::EBUSY) => OpenError::Busy(name.to_owned()),
+                Some(libc::EINVAL) => OpenError::Mismatch {
+                    name: name.to_owned(),
+                    queues,
+                },
                 _ => tap_err("TUNSETIFF", e),
             })?;
             check_vnet_tap(fd.as_fd()).map_err(|e| match e {

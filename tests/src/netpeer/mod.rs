@@ -12,6 +12,10 @@
 //!   - `GSO <bytes> <seed>`: answers `GSO-SENT <bytes>`, then injects one TCPv4 frame of that
 //!     payload into the tap with a GSO vnet header (the host kernel passes it whole to the
 //!     device when the tap's offloads allow, else segments it first).
+//!   - `BLAST <frame bytes> <gso 0|1> <ms> <guest MAC>` (benchmarks): answers `BLAST-OK`, then
+//!     injects frames to that MAC for `ms` as fast as it can — UDP frames of that size, or
+//!     64 KiB TCPv4 GSO frames — in batches of [`BLAST_BATCH`] (`sendmmsg`); `STOP` ends it
+//!     early (not answered).
 //! - **netconsole** (`--netconsole PORT`): prints every datagram as `netpeer: netconsole <text>`.
 //!
 //! It prints `netpeer: ready` once every socket is bound, and a summary line when it stops.
@@ -35,6 +39,8 @@ use raw::Raw;
 const TICK: Duration = Duration::from_millis(200);
 /// Captured frames kept for `CSUM` and `GSO`.
 const KEEP: usize = 64;
+/// Frames per `sendmmsg` while blasting.
+pub const BLAST_BATCH: usize = 32;
 
 /// The peer's command line.
 #[derive(Debug, Clone)]
@@ -49,6 +55,9 @@ pub struct Options {
     pub limit: Duration,
     /// Print every frame captured on the tap.
     pub verbose: bool,
+    /// Do not capture on the tap (benchmarks: capturing costs every frame a copy); `CSUM` and
+    /// `GSO` then cannot work.
+    pub no_capture: bool,
 }
 
 impl Options {
@@ -60,6 +69,7 @@ impl Options {
             netconsole: None,
             limit: Duration::from_secs(600),
             verbose: false,
+            no_capture: false,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -75,6 +85,7 @@ impl Options {
                         Duration::from_secs(value()?.parse().map_err(|e| format!("--limit: {e}"))?)
                 }
                 "--verbose" => o.verbose = true,
+                "--no-capture" => o.no_capture = true,
                 other => return Err(format!("unknown argument '{other}'")),
             }
         }
@@ -88,6 +99,8 @@ type Captured = Arc<Mutex<VecDeque<(VnetHdr, Vec<u8>)>>>;
 /// What the services share.
 struct Shared {
     stop: AtomicBool,
+    /// Bumped by `STOP` and by each new `BLAST`: a blast ends when it changes.
+    blast_epoch: AtomicU64,
     echoed: AtomicU64,
     echoed_bytes: AtomicU64,
     captured: Captured,
@@ -110,6 +123,7 @@ fn bind(port: u16) -> Result<UdpSocket, String> {
 pub fn run(o: &Options) -> Result<(), String> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
+        blast_epoch: AtomicU64::new(0),
         echoed: AtomicU64::new(0),
         echoed_bytes: AtomicU64::new(0),
         captured: Arc::new(Mutex::new(VecDeque::new())),
@@ -127,11 +141,14 @@ pub fn run(o: &Options) -> Result<(), String> {
                 .map_err(|e| format!("AF_PACKET on {tap}: {e}"))?;
             let mac = std::fs::read_to_string(format!("/sys/class/net/{tap}/address"))
                 .map_err(|e| format!("MAC of {tap}: {e}"))?;
-            (Some(sniff), Some((inject, parse_mac(mac.trim())?)))
+            (
+                Some(sniff),
+                Some((Arc::new(inject), parse_mac(mac.trim())?)),
+            )
         }
         None => (None, None),
     };
-    if let Some(sniff) = sniff {
+    if let Some(sniff) = sniff.filter(|_| !o.no_capture) {
         let s = shared.clone();
         let verbose = o.verbose;
         threads.push(thread::spawn(move || sniff_loop(&sniff, &s, verbose)));
@@ -245,7 +262,7 @@ fn find_captured(s: &Shared, port: u16, payload: &[u8]) -> Option<(VnetHdr, Vec<
     None
 }
 
-fn command_loop(sock: &UdpSocket, inject: Option<(Raw, [u8; 6])>, s: &Shared) {
+fn command_loop(sock: &UdpSocket, inject: Option<(Arc<Raw>, [u8; 6])>, s: &Arc<Shared>) {
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut buf = vec![0u8; 2048];
     while !s.stop.load(Ordering::SeqCst) {
@@ -262,7 +279,20 @@ fn command_loop(sock: &UdpSocket, inject: Option<(Raw, [u8; 6])>, s: &Shared) {
                 },
                 None => "CSUM-BAD not captured (no --tap?)".to_string(),
             },
-            Some("GSO") => gso(&text, &cmd, port, from, inject.as_ref(), sock, s),
+            Some("GSO") => gso(
+                &text,
+                &cmd,
+                port,
+                from,
+                inject.as_ref().map(|(r, m)| (&**r, *m)),
+                sock,
+                s,
+            ),
+            Some("BLAST") => blast(&text, port, from, inject.clone(), sock, s),
+            Some("STOP") => {
+                s.blast_epoch.fetch_add(1, Ordering::SeqCst);
+                String::new()
+            }
             _ => format!("ERR unknown command '{}'", text.trim()),
         };
         say(&format!("command '{}' from {from}: {reply}", text.trim()));
@@ -279,7 +309,7 @@ fn gso(
     cmd: &[u8],
     port: u16,
     from: SocketAddr,
-    inject: Option<&(Raw, [u8; 6])>,
+    inject: Option<(&Raw, [u8; 6])>,
     sock: &UdpSocket,
     s: &Shared,
 ) -> String {
@@ -305,7 +335,7 @@ fn gso(
         return "ERR not IPv4".into();
     };
     let frame = tcp_gso_frame(
-        (*tap_mac, udp.dst, port),
+        (tap_mac, udp.dst, port),
         (udp.src_mac, guest.ip().octets(), guest.port()),
         bytes,
         seed,
@@ -318,6 +348,80 @@ fn gso(
             say(&format!("GSO injection failed: {e}"));
             String::new()
         }
+    }
+}
+
+/// `BLAST <frame bytes> <gso> <ms> <mac>`: answers, then blasts on a thread of its own.
+fn blast(
+    text: &str,
+    port: u16,
+    from: SocketAddr,
+    inject: Option<(Arc<Raw>, [u8; 6])>,
+    sock: &UdpSocket,
+    s: &Arc<Shared>,
+) -> String {
+    let w: Vec<&str> = text.split_whitespace().collect();
+    let parsed = (|| -> Option<(usize, bool, u64, [u8; 6])> {
+        Some((
+            w.get(1)?.parse().ok()?,
+            *w.get(2)? == "1",
+            w.get(3)?.parse().ok()?,
+            parse_mac(w.get(4)?).ok()?,
+        ))
+    })();
+    let Some((bytes, gso, ms, guest_mac)) = parsed else {
+        return "ERR usage: BLAST <frame bytes> <gso 0|1> <ms> <mac>".into();
+    };
+    if !gso && !(60..=1514).contains(&bytes) || ms > 120_000 {
+        return "ERR frame bytes 60..=1514 (or gso 1), ms <= 120000".into();
+    }
+    let (Some((raw, tap_mac)), SocketAddr::V4(guest)) = (inject, from) else {
+        return "ERR no --tap to inject into".into();
+    };
+    let Some(me) = local_ip_towards(guest.ip().octets()) else {
+        return "ERR no route to the guest".into();
+    };
+    let src = (tap_mac, me, port);
+    let dst = (guest_mac, guest.ip().octets(), guest.port());
+    let frame = if gso {
+        tcp_gso_frame(src, dst, 65_000, 0)
+    } else {
+        packet::udp_frame_with_vnet(src, dst, bytes)
+    };
+    let _ = sock.send_to(b"BLAST-OK", from);
+    let s = s.clone();
+    let epoch = s.blast_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(20));
+        let end = Instant::now() + Duration::from_millis(ms);
+        let mut sent = 0u64;
+        while Instant::now() < end
+            && !s.stop.load(Ordering::SeqCst)
+            && s.blast_epoch.load(Ordering::SeqCst) == epoch
+        {
+            match raw.send_many(&frame, BLAST_BATCH) {
+                Ok(n) => sent += n as u64,
+                Err(e) => {
+                    say(&format!("blast failed: {e}"));
+                    break;
+                }
+            }
+        }
+        say(&format!(
+            "blast done frames={sent} frame_bytes={}",
+            frame.len() - packet::VNET_HDR
+        ));
+    });
+    String::new()
+}
+
+/// The address this namespace uses to reach `dst` (the tap's own address on its subnet).
+fn local_ip_towards(dst: [u8; 4]) -> Option<[u8; 4]> {
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect((std::net::Ipv4Addr::from(dst), 9)).ok()?;
+    match sock.local_addr().ok()? {
+        SocketAddr::V4(a) => Some(a.ip().octets()),
+        SocketAddr::V6(_) => None,
     }
 }
 

@@ -197,6 +197,35 @@ pub fn tcp_gso_frame(
     f
 }
 
+/// A UDP frame of `bytes` bytes in all (zero payload, no UDP checksum) from `src` to `dst`,
+/// behind an all-zero vnet header.
+pub fn udp_frame_with_vnet(
+    (src_mac, src, sport): ([u8; 6], [u8; 4], u16),
+    (dst_mac, dst, dport): ([u8; 6], [u8; 4], u16),
+    bytes: usize,
+) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR + bytes];
+    let e = &mut f[VNET_HDR..];
+    e[..6].copy_from_slice(&dst_mac);
+    e[6..12].copy_from_slice(&src_mac);
+    e[12..14].copy_from_slice(&[8, 0]);
+    let ulen = bytes - ETH - IP;
+    let ip = &mut e[ETH..ETH + IP];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((IP + ulen) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = !fold(sum(ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = &mut e[ETH + IP..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,33 @@ impl Raw {
         Ok(Some((n as usize, addr.sll_pkttype != PACKET_OUTGOING)))
     }
 
+    /// Sends `count` copies of one frame (vnet header first) out of the interface with one
+    /// `sendmmsg`; how many the kernel took.
+    pub fn send_many(&self, frame: &[u8], count: usize) -> io::Result<usize> {
+        // SAFETY: plain data, zero is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        // SAFETY: plain data, zero is valid; the pointers set below stay alive for the call.
+        let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        msg.msg_hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        msg.msg_hdr.msg_iov = &mut iov;
+        msg.msg_hdr.msg_iovlen = 1;
+        let mut msgs = vec![msg; count];
+        // SAFETY: `msgs` holds `count` headers pointing at `addr`, `iov` and `frame`, all alive
+        // and unchanged for the call; the kernel only reads them (and writes `msg_len`).
+        let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), count as u32, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Sends one frame (vnet header first) out of the interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: plain data, zero is valid.

@@ -170,8 +170,6 @@ pub enum Packet<'a> {
         proto: u8,
         /// The IP payload (exactly the header's total length minus the header).
         body: &'a [u8],
-        /// Offset of `body` in the frame.
-        at: usize,
     },
     Other,
 }
@@ -209,7 +207,6 @@ pub fn parse(frame: &[u8]) -> Packet<'_> {
                 dst: ip4(&p[16..]),
                 proto: p[9],
                 body: &p[IP_HLEN..total],
-                at: ETH_HLEN + IP_HLEN,
             }
         }
         _ => Packet::Other,

@@ -36,7 +36,6 @@ pub struct Reply {
     pub flags: u8,
     /// The checksum verified (`None`: the datagram had none, or the device vouched for it).
     pub csum_ok: Option<bool>,
-    pub len: usize,
 }
 
 pub struct Stack<'d, 't> {
@@ -252,7 +251,6 @@ impl<'d, 't> Stack<'d, 't> {
                         flags: rx.hdr.flags,
                         // A partial checksum is for the driver to trust, not to verify.
                         csum_ok: u.csum_ok.filter(|_| rx.hdr.flags & HDR_F_NEEDS_CSUM == 0),
-                        len: u.payload.len(),
                     })
                 }
                 _ => None,

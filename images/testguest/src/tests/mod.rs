@@ -70,6 +70,41 @@ pub static TESTS: &[Test] = &[
         run: bench::run_getid,
     },
     Test {
+        name: "bench_net_rr",
+        applies: bench::applies,
+        run: bench::run_net_rr,
+    },
+    Test {
+        name: "bench_net_rx1500",
+        applies: bench::applies,
+        run: bench::run_net_rx1500,
+    },
+    Test {
+        name: "bench_net_rx64",
+        applies: bench::applies,
+        run: bench::run_net_rx64,
+    },
+    Test {
+        name: "bench_net_rxgso",
+        applies: bench::applies,
+        run: bench::run_net_rxgso,
+    },
+    Test {
+        name: "bench_net_tx1500",
+        applies: bench::applies,
+        run: bench::run_net_tx1500,
+    },
+    Test {
+        name: "bench_net_tx64",
+        applies: bench::applies,
+        run: bench::run_net_tx64,
+    },
+    Test {
+        name: "bench_net_txgso",
+        applies: bench::applies,
+        run: bench::run_net_txgso,
+    },
+    Test {
         name: "bench_rand1",
         applies: bench::applies,
         run: bench::run_rand1,

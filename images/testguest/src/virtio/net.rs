@@ -36,7 +36,6 @@ pub const F_MQ: u64 = 1 << 22;
 
 /// Header flags and GSO types.
 pub const HDR_F_NEEDS_CSUM: u8 = 1;
-pub const HDR_F_DATA_VALID: u8 = 2;
 pub const GSO_TCPV4: u8 = 1;
 /// Bytes of `virtio_net_hdr_v1`.
 pub const HDR_LEN: usize = 12;
@@ -285,7 +284,7 @@ impl<'t> NetDev<'t> {
         Ok(())
     }
 
-    /// Waits until every transmitted frame came back (at most 2 s).
+    /// Waits until every transmitted frame of pair `pair` came back (at most 2 s).
     pub fn flush(&mut self, pair: usize) -> Result<(), Error> {
         let deadline = self.timer.deadline_ms(WAIT_MS);
         let ring = self.tx[pair].as_mut().expect("pair set up");

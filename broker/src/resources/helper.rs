@@ -36,6 +36,9 @@ pub struct HelperSpec {
     pub fd: RawFd,
     /// The socketpair's type.
     pub socket: SocketKind,
+    /// Send the helper's stderr to `/dev/null` rather than svmm's (a helper that is chatty
+    /// even when told to be quiet: passt warns on every start when it finds no syslog).
+    pub quiet: bool,
 }
 
 impl HelperSpec {
@@ -49,8 +52,9 @@ impl HelperSpec {
         )
     }
 
-    /// Starts the helper: its stdin and stdout are `/dev/null`, stderr is svmm's, its end of
-    /// the socketpair is at [`HelperSpec::fd`], it dies with the thread that started it.
+    /// Starts the helper: its stdin and stdout are `/dev/null`, stderr is svmm's (or
+    /// `/dev/null` if [`HelperSpec::quiet`]), its end of the socketpair is at
+    /// [`HelperSpec::fd`], it dies with the thread that started it.
     /// Returns the device's end of the socketpair and the running helper.
     pub fn start(&self) -> Result<(OwnedFd, HelperProcess), ResourceError> {
         let failed = |source| ResourceError::Helper {
@@ -71,6 +75,9 @@ impl HelperSpec {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if self.quiet {
+            command.stderr(Stdio::null());
+        }
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe system calls (prctl, dup2, fcntl) on fds open in the child.
         unsafe {
@@ -175,6 +182,7 @@ mod tests {
             args: vec!["-c".into(), "read line <&5; echo \"got $line\" >&5".into()],
             fd: 5,
             socket: SocketKind::Stream,
+            quiet: false,
         };
         assert!(spec.describe().contains("/bin/sh (its fd 5;"));
         let (ours, mut helper) = spec.start().unwrap();
@@ -202,6 +210,7 @@ mod tests {
             args: vec!["600".into()],
             fd: 3,
             socket: SocketKind::SeqPacket,
+            quiet: true,
         };
         let (_ours, mut helper) = spec.start().unwrap();
         assert!(helper.is_running());
@@ -218,6 +227,7 @@ mod tests {
             args: Vec::new(),
             fd: 3,
             socket: SocketKind::Stream,
+            quiet: false,
         };
         let err = spec.start().unwrap_err();
         assert!(err.to_string().contains("/nonexistent/passt"), "{err}");

@@ -7,7 +7,8 @@ use std::str::FromStr;
 use super::{features, DEFAULT_MTU, MAX_PAIRS, MTU_RANGE, VIRTIO_NET_S_LINK_UP};
 
 /// A token bucket: `rate` tokens (bytes or packets) per second, at most `burst` saved up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct RateSpec {
     /// Tokens per second, at least 1.
     pub rate: u64,
@@ -52,7 +53,11 @@ impl fmt::Display for RateSpec {
     }
 }
 
-/// A decimal number with an optional `K`/`M`/`G` suffix; `None` if malformed or above 2^53.
+/// The largest rate or burst (2^53: exact in the bucket's arithmetic, far beyond any link).
+pub const MAX_RATE: u64 = 1 << 53;
+
+/// A decimal number with an optional `K`/`M`/`G` suffix; `None` if malformed or above
+/// [`MAX_RATE`].
 fn scaled(s: &str) -> Option<u64> {
     let (digits, mult) = match s.as_bytes().last()? {
         b'K' | b'k' => (&s[..s.len() - 1], 1_000),
@@ -67,11 +72,12 @@ fn scaled(s: &str) -> Option<u64> {
         .parse::<u64>()
         .ok()?
         .checked_mul(mult)
-        .filter(|&v| v <= 1 << 53)
+        .filter(|&v| v <= MAX_RATE)
 }
 
 /// The limits of one direction: bytes per second and packets per second, each optional.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct DirectionLimits {
     /// Bytes per second (frame bytes, without the vnet header).
     pub bytes: Option<RateSpec>,
@@ -87,7 +93,8 @@ impl DirectionLimits {
 }
 
 /// A virtio-net device's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub struct NetConfig {
     /// The MAC address the driver reads (`MAC`).
     pub mac: [u8; 6],
@@ -122,6 +129,17 @@ impl NetConfig {
         if self.pairs == 0 || self.pairs > MAX_PAIRS {
             return Err(NetConfigError::Pairs(self.pairs));
         }
+        for limits in [&self.rx, &self.tx] {
+            for spec in [limits.bytes, limits.packets].into_iter().flatten() {
+                if spec.rate == 0
+                    || spec.burst == 0
+                    || spec.rate > MAX_RATE
+                    || spec.burst > MAX_RATE
+                {
+                    return Err(NetConfigError::Rate(spec.to_string()));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -135,11 +153,17 @@ impl NetConfig {
         c
     }
 
-    /// The features every endpoint allows; `MQ` with more than one pair.
+    /// The features every endpoint allows; `MQ` with more than one pair. The control queue
+    /// is always there (even where it can only refuse commands), so the queue count is known
+    /// before the endpoint is: `2 * pairs + 1`.
     pub fn base_features(&self) -> u64 {
-        let mut f = features::MAC | features::MTU | features::STATUS | features::MRG_RXBUF;
+        let mut f = features::MAC
+            | features::MTU
+            | features::STATUS
+            | features::MRG_RXBUF
+            | features::CTRL_VQ;
         if self.pairs > 1 {
-            f |= features::CTRL_VQ | features::MQ;
+            f |= features::MQ;
         }
         f
     }

@@ -14,11 +14,11 @@ use super::endpoint::Endpoint;
 use super::header::TxLimits;
 use super::io::{rx_accept, Active, Direction, Port, QueueState, Running};
 use super::rate::{Limiter, Timer};
+use super::NetError;
 use super::{features, tun_flags, Offloads, MAX_FRAME, MAX_QUEUE_SIZE};
-use super::{NetError, SECCOMP_PROFILE};
 use crate::chain::ChainSource;
 use crate::{
-    activation, DeviceError, EventRegistry, EventSet, Interrupt, SandboxNeeds, VirtioBackend,
+    activation, DeviceError, EventRegistry, EventSet, Interrupt, VirtioBackend,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
 };
 
@@ -44,10 +44,8 @@ enum State {
 }
 
 impl Net {
-    /// A device with `config` on `endpoints`, one per queue pair.
-    ///
-    /// Creates the rate-limit timerfds (`timerfd_create`, which the net seccomp profile does
-    /// not allow): call it before the worker confines itself.
+    /// A device with `config` on `endpoints`, one per queue pair. Rate limits need
+    /// [`prepare`](Self::prepare) too.
     pub fn new(config: NetConfig, endpoints: Vec<Box<dyn Endpoint>>) -> Result<Net, NetError> {
         config.validate()?;
         if endpoints.len() != usize::from(config.pairs) {
@@ -65,19 +63,13 @@ impl Net {
             })
             .unwrap_or_default();
         let now = Instant::now();
-        let direction = |limits: &super::config::DirectionLimits| -> Result<Direction, NetError> {
-            Ok(Direction {
-                limiter: Limiter::new(limits, now),
-                timer: if limits.any() {
-                    Some(Timer::new().map_err(NetError::Timer)?)
-                } else {
-                    None
-                },
-            })
+        let direction = |limits: &super::config::DirectionLimits| Direction {
+            limiter: Limiter::new(limits, now),
+            timer: None,
         };
         Ok(Net {
-            rx: direction(&config.rx)?,
-            tx: direction(&config.tx)?,
+            rx: direction(&config.rx),
+            tx: direction(&config.tx),
             config,
             offloads,
             ports: endpoints.into_iter().map(Port::new).collect(),
@@ -85,13 +77,51 @@ impl Net {
         })
     }
 
+    /// Creates the timerfds that resume a rate-limited direction: the last set-up before the
+    /// seccomp filter (`timerfd_create` is not in the net profile), on the thread that will
+    /// serve the device, after the sandbox's fd step (which closes whatever is not
+    /// inherited). Without them (the kernel refused a timerfd, which a worker's fd limit leaves
+    /// room for) the device runs without its rate limits, and says so.
+    pub fn prepare(&mut self) -> Option<String> {
+        let mut failed = None;
+        for (dir, limits) in [
+            (&mut self.rx, &self.config.rx),
+            (&mut self.tx, &self.config.tx),
+        ] {
+            if !limits.any() || dir.timer.is_some() {
+                continue;
+            }
+            match Timer::new() {
+                Ok(t) => dir.timer = Some(t),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let e = failed?;
+        let now = Instant::now();
+        for dir in [&mut self.rx, &mut self.tx] {
+            dir.timer = None;
+            dir.limiter = Limiter::new(&super::config::DirectionLimits::default(), now);
+        }
+        self.config.rx = super::config::DirectionLimits::default();
+        self.config.tx = super::config::DirectionLimits::default();
+        Some(format!(
+            "the rate limits are off: creating their timerfd failed ({e})"
+        ))
+    }
+
+    /// The fds the device holds: endpoints first, then timers.
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        let endpoints = self.ports.iter().map(|p| p.ep.fd());
+        let timers = [&self.rx.timer, &self.tx.timer]
+            .into_iter()
+            .flatten()
+            .map(|t| t.as_raw_fd());
+        endpoints.chain(timers).collect()
+    }
+
     /// The configuration.
     pub fn net_config(&self) -> &NetConfig {
         &self.config
-    }
-
-    fn has_ctrl(&self) -> bool {
-        self.features() & features::CTRL_VQ != 0
     }
 
     fn check_activation(
@@ -143,7 +173,7 @@ impl VirtioBackend for Net {
     }
 
     fn num_queues(&self) -> u16 {
-        2 * self.config.pairs + u16::from(self.has_ctrl())
+        2 * self.config.pairs + 1
     }
 
     fn max_queue_size(&self) -> u16 {
@@ -162,7 +192,6 @@ impl VirtioBackend for Net {
                 | features::HOST_TSO6
                 | features::GUEST_TSO4
                 | features::GUEST_TSO6
-                | features::CTRL_VQ
                 | features::CTRL_GUEST_OFFLOADS;
             if self.offloads.ecn {
                 f |= features::HOST_ECN | features::GUEST_ECN;
@@ -290,19 +319,6 @@ impl VirtioBackend for Net {
             State::Active(active) | State::Broken(active) => {
                 Some(active.queues.into_iter().map(|q| q.queue).collect())
             }
-        }
-    }
-
-    fn sandbox_needs(&self) -> SandboxNeeds {
-        let endpoints = self.ports.iter().map(|p| p.ep.fd());
-        let timers = [&self.rx.timer, &self.tx.timer]
-            .into_iter()
-            .flatten()
-            .map(|t| t.as_raw_fd());
-        SandboxNeeds {
-            seccomp_profile: SECCOMP_PROFILE,
-            keep_fds: endpoints.chain(timers).collect(),
-            landlock_paths: Vec::new(),
         }
     }
 

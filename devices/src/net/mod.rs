@@ -31,6 +31,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod header;
 mod io;
+pub mod kind;
 pub mod open;
 pub mod rate;
 pub mod rx;
@@ -43,6 +44,7 @@ pub use config::{
     default_mac, format_mac, parse_mac, DirectionLimits, NetConfig, NetConfigError, RateSpec,
 };
 pub use device::Net;
+pub use kind::{EndpointSpec, NetKind, NetKindConfig};
 
 /// Why a net device could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +60,6 @@ pub enum NetError {
         /// Endpoints given.
         got: usize,
     },
-    /// Creating a rate-limit timerfd failed.
-    #[error("creating a rate-limit timer failed")]
-    Timer(#[source] std::io::Error),
 }
 
 /// Name of the device's seccomp profile in the `seccomp-profiles` crate.

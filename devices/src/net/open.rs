@@ -9,9 +9,10 @@
 //!   with `TUNSETIFF(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR [| IFF_MULTI_QUEUE])`, checked with
 //!   `TUNGETIFF` (another process may have attached the queues before us without a vnet
 //!   header), and given a 12-byte header (`TUNSETVNETHDRSZ`).
-//! - **passt** (`passt`): a stream socketpair; `passt --foreground --quiet --fd N` runs as
-//!   svmm's child with the other end as fd N, and the device speaks the stream framing on the
-//!   first. The caller owns the child: it kills and reaps it when the VM ends.
+//! - **passt** (`passt`): found on `PATH` here ([`find_passt`]); the broker makes a stream
+//!   socketpair and runs `passt --foreground --quiet --fd N` as svmm's child with the other end
+//!   as fd N (`broker::HelperSpec`), kills and reaps it with the device; the device speaks the
+//!   stream framing on its end.
 //! - **fd=N**: an inherited fd, either a connected stream socket (the same framing) or a tap
 //!   queue fd attached with `IFF_VNET_HDR`; made non-blocking, a tap's header size set to 12.
 
@@ -19,12 +20,9 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use rustix::fs::{fcntl_getfl, fcntl_setfl, fstat, FileType, OFlags};
-use rustix::io::{fcntl_setfd, FdFlags};
 
 use super::sys::{self, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFNAMSIZ};
 use super::HDR_LEN;
@@ -93,9 +91,6 @@ pub enum OpenError {
     /// No `passt` on `PATH`.
     #[error("passt is not installed (not found on PATH): install it, e.g. apt-get install passt, or use tap= or fd=")]
     NoPasst,
-    /// Creating the socketpair or starting passt failed.
-    #[error("starting passt ({0}) failed")]
-    Passt(PathBuf, #[source] io::Error),
     /// `fd=N` is not open.
     #[error("fd {0} is not open")]
     FdNotOpen(i32),
@@ -161,8 +156,9 @@ fn sysfs_tun_flags(name: &str, index: u32) -> Result<Option<i16>, OpenError> {
         .map_err(|_| OpenError::NotATap(name.to_owned(), text.trim().to_owned()))
 }
 
-/// Attaches `queues` fds to the tap `name` (see the module docs).
-pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, OpenError> {
+/// Attaches one queue fd to the tap `name`, for a device of `pairs` queue pairs (see the module
+/// docs): call it once per pair.
+pub fn open_tap_queue(name: &str, pairs: u16) -> Result<OwnedFd, OpenError> {
     check_name(name)?;
     let index = ifindex(name)?;
     // Without a sysfs for this namespace, a tun (or a multi-queue mismatch) shows up as
@@ -172,10 +168,10 @@ pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, OpenError> {
         return Err(OpenError::NotATap(name.to_owned(), format!("{flags:#x}")));
     }
     let multi = flags & IFF_MULTI_QUEUE != 0;
-    if !multi && queues > 1 {
+    if !multi && pairs > 1 {
         return Err(OpenError::MultiQueue {
             name: name.to_owned(),
-            queues,
+            queues: pairs,
         });
     }
     let mut attach = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
@@ -187,36 +183,32 @@ pub fn open_tap(name: &str, queues: u16) -> Result<Vec<OwnedFd>, OpenError> {
         what,
         source,
     };
-    (0..queues)
-        .map(|_| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(TUN_DEVICE)
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::PermissionDenied => OpenError::Permission(name.to_owned()),
-                    _ => tap_err("opening /dev/net/tun", e),
-                })?;
-            let fd = OwnedFd::from(file);
-            sys::set_iff(fd.as_fd(), name, attach).map_err(|e| match e.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => OpenError::Permission(name.to_owned()),
-                Some(libc::EBUSY) => OpenError::Busy(name.to_owned()),
-                Some(libc::EINVAL) => OpenError::Mismatch {
-                    name: name.to_owned(),
-                    queues,
-                },
-                _ => tap_err("TUNSETIFF", e),
-            })?;
-            check_vnet_tap(fd.as_fd()).map_err(|e| match e {
-                Some(e) => tap_err("TUNGETIFF", e),
-                None => OpenError::NoVnetHdr(name.to_owned()),
-            })?;
-            sys::set_vnet_hdr_size(fd.as_fd(), HDR_LEN as i32)
-                .map_err(|e| tap_err("TUNSETVNETHDRSZ", e))?;
-            Ok(fd)
-        })
-        .collect()
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(TUN_DEVICE)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => OpenError::Permission(name.to_owned()),
+            _ => tap_err("opening /dev/net/tun", e),
+        })?;
+    let fd = OwnedFd::from(file);
+    sys::set_iff(fd.as_fd(), name, attach).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => OpenError::Permission(name.to_owned()),
+        Some(libc::EBUSY) => OpenError::Busy(name.to_owned()),
+        Some(libc::EINVAL) => OpenError::Mismatch {
+            name: name.to_owned(),
+            queues: pairs,
+        },
+        _ => tap_err("TUNSETIFF", e),
+    })?;
+    check_vnet_tap(fd.as_fd()).map_err(|e| match e {
+        Some(e) => tap_err("TUNGETIFF", e),
+        None => OpenError::NoVnetHdr(name.to_owned()),
+    })?;
+    sys::set_vnet_hdr_size(fd.as_fd(), HDR_LEN as i32)
+        .map_err(|e| tap_err("TUNSETVNETHDRSZ", e))?;
+    Ok(fd)
 }
 
 /// `Ok` if the attached fd is a tap with a vnet header; `Err(None)` if it lacks either.
@@ -238,39 +230,6 @@ pub fn find_passt() -> Result<PathBuf, OpenError> {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
         .ok_or(OpenError::NoPasst)
-}
-
-/// A running passt and the device's end of its socket.
-#[derive(Debug)]
-pub struct Passt {
-    /// The device's end (non-blocking).
-    pub socket: OwnedFd,
-    /// passt itself: the caller kills and reaps it.
-    pub child: Child,
-}
-
-/// Starts `passt --foreground --quiet --fd N` on one end of a new socketpair.
-///
-/// passt's end is made inheritable just before the spawn and closed in svmm right after;
-/// another thread spawning a process in that window would inherit it too (it gives that
-/// process no more than a socket to this passt).
-pub fn spawn_passt(passt: &Path) -> Result<Passt, OpenError> {
-    let fail = |e| OpenError::Passt(passt.to_owned(), e);
-    let (ours, theirs) = UnixStream::pair().map_err(fail)?;
-    ours.set_nonblocking(true).map_err(fail)?;
-    fcntl_setfd(&theirs, FdFlags::empty()).map_err(|e| fail(e.into()))?;
-    let child = Command::new(passt)
-        .args(["--foreground", "--quiet", "--fd"])
-        .arg(theirs.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(fail)?;
-    drop(theirs);
-    Ok(Passt {
-        socket: OwnedFd::from(ours),
-        child,
-    })
 }
 
 /// Checks and prepares an fd handed in with `fd=N` (svmm owns it from here on).

@@ -87,9 +87,12 @@ impl<'d, 't> Stack<'d, 't> {
     ) -> Result<Option<T>, Line> {
         let deadline = self.timer.deadline_ms(ms);
         loop {
-            let left = if self.timer.expired(deadline) { 0 } else { 1 };
-            let Some(rx) = self.dev.recv(left).map_err(|e| fig!("{} step=recv", e))? else {
-                return Ok(None);
+            let got = self.dev.recv(1).map_err(|e| fig!("{} step=recv", e))?;
+            let Some(rx) = got else {
+                if self.timer.expired(deadline) {
+                    return Ok(None);
+                }
+                continue;
             };
             let frame = self.dev.frame(&rx);
             if let Some(found) = want(&rx, frame) {

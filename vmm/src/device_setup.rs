@@ -255,6 +255,11 @@ impl VirtioDevices {
                         true => "no requests".to_string(),
                         false => queues.join(", "),
                     };
+                    // What the driver negotiated, while it still is (a reset clears it).
+                    let features = match transport.driver_features() {
+                        0 => String::new(),
+                        f => format!("; driver features {f:#x}"),
+                    };
                     // A restarted worker counts its own requests; the restarts are the VMM's.
                     let restarts = match device.worker {
                         Worker::Sandboxed(_) => {
@@ -263,7 +268,7 @@ impl VirtioDevices {
                         Worker::InProcess { .. } => String::new(),
                     };
                     say(&format!(
-                        "svmm: {} ({mode}): {queues}{restarts}",
+                        "svmm: {} ({mode}): {queues}{features}{restarts}",
                         device.name
                     ));
                 }

@@ -178,6 +178,8 @@ pub struct NetKind;
 
 /// The fd number passt finds its end of the socketpair at.
 const PASST_FD: i32 = 3;
+/// The largest MTU passt assigns.
+const PASST_MAX_MTU: u16 = 65_520;
 
 /// Net devices parsed so far by this process: the default MAC of the next.
 static NEXT_MAC: AtomicU8 = AtomicU8::new(0);
@@ -328,10 +330,19 @@ impl Kind for NetKind {
                 .collect(),
             EndpointSpec::Passt { program } => vec![HostResource::Helper(HelperSpec {
                 program: program.clone(),
-                args: ["--foreground", "--quiet", "--fd", "3"]
-                    .iter()
-                    .map(Into::into)
-                    .collect(),
+                // passt offers the guest this MTU by DHCP (its own default, 65520, is more
+                // than the device's).
+                args: [
+                    "--foreground".to_string(),
+                    "--quiet".to_string(),
+                    "--fd".to_string(),
+                    PASST_FD.to_string(),
+                    "--mtu".to_string(),
+                    config.device.mtu.min(PASST_MAX_MTU).to_string(),
+                ]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
                 fd: PASST_FD,
                 socket: SocketKind::Stream,
                 quiet: true,

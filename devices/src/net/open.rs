@@ -10,9 +10,9 @@
 //!   `TUNGETIFF` (another process may have attached the queues before us without a vnet
 //!   header), and given a 12-byte header (`TUNSETVNETHDRSZ`).
 //! - **passt** (`passt`): found on `PATH` here ([`find_passt`]); the broker makes a stream
-//!   socketpair and runs `passt --foreground --quiet --fd N` as svmm's child with the other end
-//!   as fd N (`broker::HelperSpec`), kills and reaps it with the device; the device speaks the
-//!   stream framing on its end.
+//!   socketpair and runs `passt --foreground --quiet --fd N --mtu MTU` as svmm's child with
+//!   the other end as fd N (`broker::HelperSpec`), kills and reaps it with the device; the
+//!   device speaks the stream framing on its end.
 //! - **fd=N**: an inherited fd, either a connected stream socket (the same framing) or a tap
 //!   queue fd attached with `IFF_VNET_HDR`; made non-blocking, a tap's header size set to 12.
 

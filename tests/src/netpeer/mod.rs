@@ -18,8 +18,12 @@
 //!     early (not answered).
 //! - **netconsole** (`--netconsole PORT`): prints every datagram as `netpeer: netconsole <text>`.
 //!
+//! - **holding a queue** (`--hold-queue TAP`): attaches one queue of the tap without a vnet
+//!   header, as another program would, for svmm's busy-tap and no-vnet-header checks.
+//!
 //! It prints `netpeer: ready` once every socket is bound, and a summary line when it stops.
 
+mod hold;
 mod packet;
 mod raw;
 
@@ -58,6 +62,8 @@ pub struct Options {
     /// Do not capture on the tap (benchmarks: capturing costs every frame a copy); `CSUM` and
     /// `GSO` then cannot work.
     pub no_capture: bool,
+    /// Attach to this tap without a vnet header and hold it (`hold`).
+    pub hold_queue: Option<String>,
 }
 
 impl Options {
@@ -70,6 +76,7 @@ impl Options {
             limit: Duration::from_secs(600),
             verbose: false,
             no_capture: false,
+            hold_queue: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -86,6 +93,7 @@ impl Options {
                 }
                 "--verbose" => o.verbose = true,
                 "--no-capture" => o.no_capture = true,
+                "--hold-queue" => o.hold_queue = Some(value()?.clone()),
                 other => return Err(format!("unknown argument '{other}'")),
             }
         }
@@ -128,6 +136,12 @@ pub fn run(o: &Options) -> Result<(), String> {
         echoed_bytes: AtomicU64::new(0),
         captured: Arc::new(Mutex::new(VecDeque::new())),
     });
+    let _held = match &o.hold_queue {
+        Some(tap) => {
+            Some(hold::hold_queue(tap).map_err(|e| format!("holding a queue of {tap}: {e}"))?)
+        }
+        None => None,
+    };
     let mut threads = Vec::new();
     let echo = bind(o.port)?;
     let s = shared.clone();

@@ -126,7 +126,10 @@ fn passt_is_found_on_path_or_named_as_missing() {
             let HostResource::Helper(h) = &NetKind::resources(&c)[0] else {
                 panic!("passt is a helper");
             };
-            assert_eq!(h.args, ["--foreground", "--quiet", "--fd", "3"]);
+            assert_eq!(
+                h.args,
+                ["--foreground", "--quiet", "--fd", "3", "--mtu", "1500"]
+            );
             assert!(h.quiet && h.fd == 3 && h.socket == SocketKind::Stream);
         }
         Err(_) => assert!(error("net,passt").contains("passt is not installed")),

@@ -308,7 +308,11 @@ fn features_config_space_and_queues_follow_the_endpoint() {
         feats & (f::CSUM | f::GUEST_CSUM | f::HOST_TSO4 | f::CTRL_GUEST_OFFLOADS),
         0
     );
-    assert_ne!(feats & f::CTRL_VQ, 0, "the queue count must not depend on the endpoint");
+    assert_ne!(
+        feats & f::CTRL_VQ,
+        0,
+        "the queue count must not depend on the endpoint"
+    );
     assert_eq!(net.num_queues(), 3);
 
     let mut mq = config();

@@ -1,0 +1,615 @@
+//! virtio-net end to end, with real peers: every trial makes its own network namespace (a tap,
+//! or a veth uplink for passt), runs `svmm-netpeer` and svmm inside it (`ip netns exec`), and
+//! no frame leaves it. What the guest reports is checked against what the peer and the host's
+//! own counters saw.
+//!
+//! - The test guest's `net`, `net_mq` and `net_offload` on a multi-queue tap, sandboxed and
+//!   in-process: ARP, pings, UDP echoes with verified checksums, two queue pairs, a partial
+//!   checksum the peer completes and checks, a 64 KiB TCPv4 GSO frame over merged buffers,
+//!   offloads switched off through the control queue (the host then segments).
+//! - `net_passt` against a real passt, sandboxed and in-process: a DHCP lease, a UDP echo through
+//!   passt to the peer; passt is gone when svmm is.
+//! - Rate limits: the guest's transmit and receive benchmarks stay near the packet rates given.
+//! - A SIGKILLed net worker, and a worker sending garbage: one line from svmm, the VM and the
+//!   other device keep running.
+//! - Bad input, one line each with the documented exit status: options, taps that are missing,
+//!   busy, without vnet header, not multi-queue, not taps, not ours; passt missing; fd=N.
+//! - `--print-sandbox` and `/proc`: the worker holds its tap queue fds and nothing else.
+//! - Linux: the kernel's own netconsole lines reach the peer through a sandboxed net worker on a
+//!   tap (ip=), and the kernel gets a DHCP lease from passt (ip=dhcp). Skipped with
+//!   `SVMM_SKIP_LINUX=1`.
+
+use std::time::Duration;
+
+use tests::netns::{self, NetNs, Peer};
+use tests::output::number_field;
+use tests::suite::TrialResult;
+use tests::{paths, procfs, require_kvm, Suite, TestVm, VmOutput};
+
+const PEER: &str = env!("CARGO_BIN_EXE_svmm-netpeer");
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// svmm's exit statuses (`vmm/src/exit_code.rs`).
+const USAGE: i32 = 64;
+const BAD_INPUT: i32 = 65;
+const SETUP_FAILED: i32 = 67;
+/// The tap's address and the guest's (the test guest's defaults).
+const TAP_CIDR: &str = "10.77.0.1/24";
+/// passt copies the uplink's address and gateway to the guest.
+const UPLINK_CIDR: &str = "10.79.0.2/24";
+const GATEWAY: &str = "10.79.0.1";
+/// What the test guest prints when its tests are done and it idles.
+const SLEEPING: &str = "testguest: sleep ms=";
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Sandboxed,
+    InProcess,
+}
+
+impl Mode {
+    fn option(self) -> &'static str {
+        match self {
+            Mode::Sandboxed => "",
+            Mode::InProcess => ",sandbox=off",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sandboxed => "sandboxed",
+            Mode::InProcess => "in-process",
+        }
+    }
+}
+
+fn main() {
+    let ns_skip = netns::missing_reason();
+    let passt_skip = netns::passt_missing_reason();
+    let linux_skip = std::env::var_os("SVMM_SKIP_LINUX")
+        .map(|_| "SVMM_SKIP_LINUX=1 is set: Linux boots skipped for a quick run".to_string());
+    let mut suite = Suite::new("net").sequential();
+    for mode in [Mode::Sandboxed, Mode::InProcess] {
+        let name = |test: &str| format!("{test}_{}", mode.name().replace('-', "_"));
+        suite = suite
+            .test_unless(&name("guest_tap"), ns_skip.clone(), move || guest_tap(mode))
+            .test_unless(&name("guest_passt"), passt_skip.clone(), move || {
+                guest_passt(mode)
+            });
+    }
+    suite
+        .test_unless("rate_limits", ns_skip.clone(), rate_limits)
+        .test_unless("worker_sigkill", ns_skip.clone(), worker_sigkill)
+        .test_unless("worker_garbage", ns_skip.clone(), worker_garbage)
+        .test_unless("bad_taps", ns_skip.clone(), bad_taps)
+        .test_unless(
+            "worker_holds_its_taps",
+            ns_skip.clone(),
+            worker_holds_its_taps,
+        )
+        .test("bad_specs", bad_specs)
+        .test("passt_missing", passt_missing)
+        .test("print_sandbox_net", print_sandbox_net)
+        .test_unless(
+            "linux_netconsole_tap",
+            linux_skip.clone().or(ns_skip.clone()),
+            linux_netconsole_tap,
+        )
+        .test_unless(
+            "linux_dhcp_passt",
+            linux_skip.or(passt_skip),
+            linux_dhcp_passt,
+        )
+        .run()
+}
+
+/// The test guest with `cmdline`, its devices given as `specs`, run inside `ns`.
+fn guest(ns: &NetNs, cmdline: &str, specs: &[String]) -> TestVm {
+    require_kvm();
+    let mut vm = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline(cmdline)
+        .mem_mib(128)
+        .timeout(TIMEOUT)
+        .wrapper(ns.exec());
+    for spec in specs {
+        vm = vm.device(spec.clone());
+    }
+    vm
+}
+
+/// A namespace with the multi-queue tap `tap0` at [`TAP_CIDR`] and the peer on it.
+fn tap_ns(tag: &str, peer_args: &[&str]) -> Result<(NetNs, Peer), String> {
+    let ns = NetNs::new(tag).map_err(|e| e.to_string())?;
+    ns.tap("tap0", TAP_CIDR, true).map_err(|e| e.to_string())?;
+    let mut args = vec!["--tap", "tap0", "--port", "7777", "--limit", "600"];
+    args.extend_from_slice(peer_args);
+    let peer = ns.peer(PEER, &args).map_err(|e| e.to_string())?;
+    Ok((ns, peer))
+}
+
+/// The number after `name=` on the guest line starting with `prefix`.
+fn field(out: &VmOutput, prefix: &str, name: &str) -> u64 {
+    let line = out.assert_line(prefix);
+    number_field(line, name).unwrap_or_else(|| panic!("no {name}= in {line}\n{}", out.report()))
+}
+
+/// `net`, `net_mq`, `net_offload` on a two-pair device.
+fn guest_tap(mode: Mode) -> TrialResult {
+    let (ns, mut peer) = tap_ns("tap", &[])?;
+    let before = ns.counter("tap0", "rx_packets")?;
+    let spec = format!("net,tap=tap0,queues=2{}", mode.option());
+    let out = guest(&ns, "testguest.run=net,net_mq,net_offload", &[spec]).run()?;
+    let seen = peer.stop();
+    out.log(&format!("svmm testguest net on a tap ({})", mode.name()));
+    let net = out.assert_line("testguest: net ok mac=52:54:00:12:34:56 mtu=1500 peer_mac=");
+    assert!(net.contains("pings=4") && net.contains("udp=5"), "{net}");
+    assert!(
+        field(&out, "testguest: net_mq ok", "rx_q1") > 0,
+        "\n{}",
+        out.report()
+    );
+    let offload = out.assert_line("testguest: net_offload ok csum=partial_ok gso_bytes=65000");
+    assert!(
+        field(&out, "testguest: net_offload ok", "num_buffers") > 1,
+        "a 64 KiB frame must span merged buffers: {offload}"
+    );
+    assert!(
+        field(&out, "testguest: net_offload ok", "offloads_off_segments") > 1,
+        "{offload}"
+    );
+    assert!(
+        seen.contains("CSUM-OK partial"),
+        "the peer must have completed and checked the partial checksum\n{seen}"
+    );
+    let echoed = seen
+        .lines()
+        .find_map(|l| number_field(l, "echoed"))
+        .unwrap_or(0);
+    assert!(echoed >= 13, "the peer echoed {echoed} datagrams\n{seen}");
+    // The host's own count of frames the device wrote into the tap.
+    let written = ns.counter("tap0", "rx_packets")? - before;
+    assert!(written >= 20, "the tap saw {written} frames from the guest");
+    let stats = format!("svmm: net#0 ({}): q0 requests=", mode.name());
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(&stats) && l.contains(", q3 requests=")),
+        "no statistics line for both pairs\n{}",
+        out.report()
+    );
+    out.assert_no_panic();
+    assert_eq!(out.testguest_summary(), Some((3, 0)), "\n{}", out.report());
+    Ok(())
+}
+
+/// `net_passt`: DHCP from passt, then a UDP echo through it to the peer on the namespace's
+/// loopback (passt maps the gateway address to the host).
+fn guest_passt(mode: Mode) -> TrialResult {
+    let ns = NetNs::new("passt")?;
+    ns.uplink("up0", UPLINK_CIDR, GATEWAY)?;
+    let mut peer = ns.peer(PEER, &["--port", "7777", "--limit", "600"])?;
+    let spec = format!("net,passt{}", mode.option());
+    let out = guest(&ns, "testguest.run=net_passt", &[spec]).run()?;
+    let seen = peer.stop();
+    out.log(&format!("svmm testguest net on passt ({})", mode.name()));
+    out.assert_line(&format!(
+        "testguest: net_passt ok lease=10.79.0.2 mask=255.255.255.0 router={GATEWAY} "
+    ));
+    assert!(
+        seen.contains("echoed=") && !seen.contains("echoed=0 "),
+        "{seen}"
+    );
+    // passt was svmm's child and died with it.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "passt --foreground --quiet --fd 3 --mtu"])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "passt outlived svmm"
+    );
+    out.assert_no_panic();
+    assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    Ok(())
+}
+
+/// 100 frames/s each way (bursts of 5): the guest's benchmarks, which would otherwise move tens
+/// of thousands of frames per second, see about that. Only the upper bound is checked (a
+/// loaded host can only make them slower).
+fn rate_limits() -> TrialResult {
+    let (ns, _peer) = tap_ns("rate", &["--no-capture"])?;
+    let spec = "net,tap=tap0,tx-pps=100:5,rx-pps=100:5".to_string();
+    let out = guest(
+        &ns,
+        "testguest.run=bench_net_tx64,bench_net_rx64 testguest.irq=poll testguest.bench_ms=500",
+        &[spec],
+    )
+    .run()?;
+    out.log("svmm testguest net with rate limits");
+    for test in ["bench_net_tx64", "bench_net_rx64"] {
+        let prefix = format!("testguest: {test} ok");
+        let fps = field(&out, &prefix, "fps");
+        assert!(
+            (1..=150).contains(&fps),
+            "{test}: {fps} frames/s under a limit of 100/s\n{}",
+            out.report()
+        );
+    }
+    Ok(())
+}
+
+/// The net worker killed from outside: one line, the VM keeps running, the rng device still
+/// serves, the net device refuses to come back.
+fn worker_sigkill() -> TrialResult {
+    let (ns, _peer) = tap_ns("kill", &[])?;
+    let mut running = guest(
+        &ns,
+        "testguest.run=net,echo,rng,net testguest.echo_timeout_ms=60000",
+        &["net,tap=tap0".to_string(), "rng".to_string()],
+    )
+    .spawn()?;
+    running.wait_for_line("testguest: echo ready", TIMEOUT)?;
+    let worker = procfs::children(running.pid())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__worker\0net"))
+        })
+        .ok_or("no net worker among svmm's children")?;
+    // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a moment
+    // ago and reaped by nobody but svmm.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running.stderr_so_far().contains(&worker.to_string())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.write_stdin(b"after-kill\n")?;
+    let out = running.wait()?;
+    out.log("svmm testguest net + rng, net worker killed");
+    let report = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(&worker.to_string()))
+        .unwrap_or_default();
+    assert!(
+        report.starts_with("svmm: net#0 worker") && report.contains("SIGKILL"),
+        "no one-line report of the killed net worker\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: net ok");
+    out.assert_line("testguest: echo ok line=after-kill");
+    out.assert_line("testguest: rng ok ");
+    let second = out
+        .lines()
+        .filter(|l| l.starts_with("testguest: net "))
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        second.starts_with("testguest: net FAIL"),
+        "the dead device must not serve again: {second}\n{}",
+        out.report()
+    );
+    out.assert_no_panic();
+    assert_eq!(out.testguest_summary(), Some((3, 1)), "\n{}", out.report());
+    Ok(())
+}
+
+/// A net worker that sends garbage on its control socket is killed; rng keeps serving.
+fn worker_garbage() -> TrialResult {
+    let (ns, _peer) = tap_ns("garbage", &[])?;
+    let out = guest(
+        &ns,
+        "testguest.run=net,rng",
+        &["net,tap=tap0,fault=garbage".to_string(), "rng".to_string()],
+    )
+    .run()?;
+    out.log("svmm testguest net (garbage) + rng");
+    if out.stderr.contains("unknown option 'fault'") {
+        return Err(
+            "svmm was built without the test-faults feature (tests/run.sh builds it)".into(),
+        );
+    }
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: net#0 worker"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("killed by svmm: ") && line.ends_with("VM keeps running"),
+        "svmm should report killing the garbage worker: {line}\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: net FAIL");
+    out.assert_line("testguest: rng ok ");
+    out.assert_no_panic();
+    Ok(())
+}
+
+/// svmm on `specs` inside `ns` (or outside with `None`) must fail with `status` and one
+/// `svmm: error:` line containing `needle`.
+fn refused(ns: Option<&NetNs>, specs: &[&str], status: i32, needle: &str) -> TrialResult {
+    require_kvm();
+    let mut vm = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline("testguest.run=none")
+        .timeout(Duration::from_secs(60));
+    if let Some(ns) = ns {
+        vm = vm.wrapper(ns.exec());
+    }
+    for spec in specs {
+        vm = vm.device(spec.to_string());
+    }
+    let out = vm.run()?;
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("svmm: "))
+        .collect();
+    assert_eq!(out.status, Some(status), "{specs:?}\n{}", out.report());
+    assert_eq!(errors.len(), 1, "{specs:?}: not one line\n{}", out.report());
+    assert!(
+        errors[0].contains(needle),
+        "{specs:?}: {:?} does not say {needle:?}",
+        errors[0]
+    );
+    out.assert_no_panic();
+    Ok(())
+}
+
+fn bad_specs() -> TrialResult {
+    let cases: [(&str, i32, &str); 8] = [
+        (
+            "net",
+            USAGE,
+            "net needs an endpoint: tap=NAME, passt or fd=N",
+        ),
+        (
+            "net,tap=a,fd=3",
+            USAGE,
+            "give only one of tap=NAME, passt and fd=N",
+        ),
+        ("net,tap=a,mac=01:00:5e:00:00:01", USAGE, "unicast"),
+        ("net,tap=a,queues=9", USAGE, "=N with N from 1 to 8"),
+        (
+            "net,tap=a,speed=10",
+            USAGE,
+            "unknown option 'speed' for net",
+        ),
+        ("net,tap=a,tx-rate=fast", USAGE, "BYTES[:BURST]"),
+        ("net,fd=4,queues=2", USAGE, "queues=2 needs tap=NAME"),
+        ("net,fd=99", BAD_INPUT, "fd 99 is not open"),
+    ];
+    for (spec, status, needle) in cases {
+        refused(None, &[spec], status, needle)?;
+    }
+    Ok(())
+}
+
+/// Taps svmm cannot use: each one line naming the tap, exit 67, no worker started.
+fn bad_taps() -> TrialResult {
+    let ns = NetNs::new("badtap")?;
+    ns.tap("single", "10.80.0.1/24", false)?;
+    ns.tap("multi", "10.81.0.1/24", true)?;
+    ns.uplink("veth0", "10.82.0.1/24", "10.82.0.2")?;
+    refused(
+        Some(&ns),
+        &["net,tap=nosuch"],
+        SETUP_FAILED,
+        "no network interface 'nosuch'",
+    )?;
+    refused(
+        Some(&ns),
+        &["net,tap=veth0"],
+        SETUP_FAILED,
+        "'veth0' is not a tap",
+    )?;
+    refused(
+        Some(&ns),
+        &["net,tap=single,queues=2"],
+        SETUP_FAILED,
+        "tap 'single' was created without multi_queue, but queues=2 needs it",
+    )?;
+    // Another program holds the single-queue tap: busy. It holds a queue of the multi-queue
+    // tap without a vnet header: svmm's queues would have none either.
+    let _holder = ns.peer(PEER, &["--hold-queue", "single", "--port", "7787"])?;
+    let _holder2 = ns.peer(PEER, &["--hold-queue", "multi", "--port", "7797"])?;
+    refused(
+        Some(&ns),
+        &["net,tap=single"],
+        SETUP_FAILED,
+        "tap 'single' is busy",
+    )?;
+    refused(
+        Some(&ns),
+        &["net,tap=multi"],
+        SETUP_FAILED,
+        "tap 'multi' has no vnet header",
+    )?;
+    Ok(())
+}
+
+/// `net,passt` where PATH has no passt.
+fn passt_missing() -> TrialResult {
+    require_kvm();
+    let dir = paths::TempDir::new("nopasst");
+    let out = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline("testguest.run=none")
+        .device("net,passt")
+        .env("PATH", dir.path())
+        .run()?;
+    out.assert_status(USAGE);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("svmm: "))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("passt is not installed (not found on PATH)"),
+        "{errors:?}"
+    );
+    Ok(())
+}
+
+/// `--print-sandbox` shows the tap queue fds and the one ioctl the worker may make; it opens
+/// nothing (no namespace, no tap needed).
+fn print_sandbox_net() -> TrialResult {
+    let out = TestVm::svmm(paths::artefact("testguest.elf"))
+        .args(["--print-sandbox"])
+        .device("net,tap=tap7,queues=2,tx-rate=10M")
+        .run()?;
+    out.assert_status(0);
+    let text = &out.stdout;
+    for want in [
+        "== net#0: sandboxed worker process",
+        "tap tap7, queue pair 0 (/dev/net/tun attached with TUNSETIFF",
+        "tap tap7, queue pair 1",
+        "seccomp: profile \"net\"",
+        "ioctl",
+        "TUNSETOFFLOAD (0x400454d0) only",
+        "timerfd_settime",
+        "one timerfd per rate-limited direction",
+    ] {
+        assert!(
+            text.contains(want),
+            "--print-sandbox lacks {want:?}\n{text}"
+        );
+    }
+    Ok(())
+}
+
+/// The sandboxed worker seen from `/proc`: its two tap queue fds (and no other host file), and
+/// a seccomp filter.
+fn worker_holds_its_taps() -> TrialResult {
+    let (ns, _peer) = tap_ns("proc", &[])?;
+    let mut running = guest(
+        &ns,
+        "testguest.run=net testguest.sleep_ms=30000",
+        &["net,tap=tap0,queues=2".to_string()],
+    )
+    .spawn()?;
+    running.wait_for_line(SLEEPING, TIMEOUT)?;
+    let worker = procfs::children(running.pid())
+        .into_iter()
+        .next()
+        .ok_or("no worker")?;
+    let fds = procfs::fds(worker)?;
+    let taps = fds
+        .values()
+        .filter(|t| t.as_str() == "/dev/net/tun")
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap_or_default();
+    running.kill();
+    let out = running.wait()?;
+    out.log("svmm testguest net, worker from /proc");
+    assert_eq!(taps, 2, "the worker should hold two tap queue fds: {fds:?}");
+    let files: Vec<&String> = fds
+        .values()
+        .filter(|t| t.starts_with('/') && !["/dev/net/tun", "/dev/null"].contains(&t.as_str()))
+        .filter(|t| !t.starts_with("/memfd"))
+        .collect();
+    assert!(files.is_empty(), "host files in the worker: {files:?}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "the worker is not under a seccomp filter\n{status}"
+    );
+    Ok(())
+}
+
+/// The Linux command line of the net boots (see tests/tests/linux.rs for the PVM workarounds);
+/// with the busybox initramfs the kernel reaches `/init`, and on PVM hosts panics there.
+const LINUX_CMDLINE: &str =
+    "console=ttyS0 noxsave clearcpuid=cx16,popcnt,smap panic=1 rdinit=/init";
+const LINUX_TIMEOUT: Duration = Duration::from_secs(420);
+
+fn linux(ns: &NetNs, cmdline: &str, spec: &str) -> TestVm {
+    require_kvm();
+    TestVm::svmm(paths::artefact("vmlinux"))
+        .initrd(paths::artefact("initramfs.cpio.gz"))
+        .cmdline(format!("{LINUX_CMDLINE} {cmdline}"))
+        .mem_mib(512)
+        .cpus(2)
+        .device(spec.to_string())
+        .timeout(LINUX_TIMEOUT)
+        .wrapper(ns.exec())
+}
+
+/// Linux on a sandboxed net worker and a tap: `ip=` configures eth0, netconsole sends the
+/// kernel's log to the peer, which must receive the kernel's own lines.
+fn linux_netconsole_tap() -> TrialResult {
+    let (ns, mut peer) = tap_ns("linux", &["--netconsole", "6666"])?;
+    let out = linux(
+        &ns,
+        "ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off \
+         netconsole=6665@10.77.0.2/eth0,6666@10.77.0.1/",
+        "net,tap=tap0",
+    )
+    .run()?;
+    let seen = peer.stop();
+    out.log("svmm Linux net (tap, netconsole)");
+    // The evidence, for the log: what the peer received and what svmm said.
+    let evidence = ["IP-Config", "netconsole:", "virtio", "eth0"];
+    for line in seen
+        .lines()
+        .filter(|l| l.contains("netconsole ") && evidence.iter().any(|e| l.contains(e)))
+        .take(12)
+    {
+        eprintln!("  peer: {line}");
+    }
+    for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
+        eprintln!("  {line}");
+    }
+    out.assert_contains("IP-Config: Complete:");
+    out.assert_contains("hwaddr=52:54:00:12:34:56, ipaddr=10.77.0.2, mask=255.255.255.0");
+    out.assert_contains("netconsole: network logging started");
+    let received: Vec<&str> = seen.lines().filter(|l| l.contains("netconsole ")).collect();
+    assert!(
+        received.iter().any(|l| l.contains("IP-Config: Complete")),
+        "the peer did not receive the kernel's IP-Config line over netconsole\n{seen}"
+    );
+    let stats = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: net#0 (sandboxed): q0 requests="))
+        .ok_or_else(|| format!("no net statistics\n{}", out.report()))?;
+    // Linux negotiated the offloads and merged buffers it was offered.
+    let features = stats
+        .rsplit_once("driver features 0x")
+        .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| format!("no driver features in {stats}"))?;
+    for (bit, name) in [
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (15, "MRG_RXBUF"),
+        (32, "VERSION_1"),
+    ] {
+        assert!(features & (1 << bit) != 0, "{name} not negotiated: {stats}");
+    }
+    Ok(())
+}
+
+/// Linux on passt: `ip=dhcp` gets its lease through the device, both directions.
+fn linux_dhcp_passt() -> TrialResult {
+    let ns = NetNs::new("linuxdhcp")?;
+    ns.uplink("up0", UPLINK_CIDR, GATEWAY)?;
+    let out = linux(&ns, "ip=dhcp", "net,passt").run()?;
+    out.log("svmm Linux net (passt, ip=dhcp)");
+    for line in out.lines_containing("IP-Config") {
+        eprintln!("  console: {line}");
+    }
+    for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
+        eprintln!("  {line}");
+    }
+    out.assert_contains(&format!(
+        "IP-Config: Got DHCP answer from {GATEWAY}, my address is 10.79.0.2"
+    ));
+    out.assert_contains("IP-Config: Complete:");
+    assert!(
+        out.lines_containing("Unable to set interface mtu")
+            .is_empty(),
+        "passt offered an MTU the device does not have\n{}",
+        out.report()
+    );
+    Ok(())
+}

@@ -28,11 +28,30 @@ pub fn is_fs_test(test: &str) -> bool {
     test.starts_with("bench_fs_")
 }
 
+/// The virtio-net bench tests: transmit and receive throughput with 64-byte, 1514-byte and
+/// 64 KiB GSO frames, and UDP round trips, against the peer on a tap in the bench's network
+/// namespace.
+pub const NET_TESTS: [&str; 7] = [
+    "bench_net_tx64",
+    "bench_net_tx1500",
+    "bench_net_txgso",
+    "bench_net_rx64",
+    "bench_net_rx1500",
+    "bench_net_rxgso",
+    "bench_net_rr",
+];
+
+/// The bench tests that need the virtio-net device (a tap and the peer in a network namespace).
+pub fn is_net_test(test: &str) -> bool {
+    test.starts_with("bench_net_")
+}
+
 /// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
 /// ring 3, ud2 returns, page faults are taken), then every bench test.
 pub fn default_tests() -> Vec<String> {
     std::iter::once("ring3")
         .chain(BENCH_TESTS)
+        .chain(NET_TESTS)
         .map(String::from)
         .collect()
 }
@@ -46,11 +65,20 @@ pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
 /// The virtio-fs device the bench runs add after [`DEVICES`] when they run fs tests.
 pub const FS_DEVICE: &str = "fs#4";
 
-/// The devices of a run of `tests`: [`DEVICES`], and [`FS_DEVICE`] in bench runs with fs tests.
+/// The virtio-net device the bench runs add last when they run net tests: its name after the
+/// fs device, or without one.
+pub const NET_DEVICE: [&str; 2] = ["net#5", "net#4"];
+
+/// The devices of a run of `tests`: [`DEVICES`], [`FS_DEVICE`] in bench runs with fs tests,
+/// then a [`NET_DEVICE`] in bench runs with net tests.
 pub fn devices(tests: &[String], bench: bool) -> Vec<&'static str> {
     let mut all = DEVICES.to_vec();
-    if bench && tests.iter().any(|t| is_fs_test(t)) {
+    let fs = bench && tests.iter().any(|t| is_fs_test(t));
+    if fs {
         all.push(FS_DEVICE);
+    }
+    if bench && tests.iter().any(|t| is_net_test(t)) {
+        all.push(NET_DEVICE[usize::from(!fs)]);
     }
     all
 }
@@ -318,6 +346,118 @@ pub const GUEST_FIGURES: &[GuestFigure] = &[
         Better::Higher,
     ),
     device(
+        "bench_net_tx64",
+        "fps",
+        "net TX, 64 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx64",
+        "mbps",
+        "net TX, 64 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx1500",
+        "fps",
+        "net TX, 1514 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx1500",
+        "mbps",
+        "net TX, 1514 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_txgso",
+        "fps",
+        "net TX, 64 KiB TCPv4 GSO frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_txgso",
+        "mbps",
+        "net TX, 64 KiB TCPv4 GSO frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx64",
+        "fps",
+        "net RX, 64 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx64",
+        "mbps",
+        "net RX, 64 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx1500",
+        "fps",
+        "net RX, 1514 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx1500",
+        "mbps",
+        "net RX, 1514 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rxgso",
+        "fps",
+        "net RX, 64 KiB TCPv4 GSO frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rxgso",
+        "mbps",
+        "net RX, 64 KiB TCPv4 GSO frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rr",
+        "p50_ns",
+        "net UDP round trip p50 (64 B frames, to the peer and back)",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_net_rr",
+        "p99_ns",
+        "net UDP round trip p99",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
         "rng",
         "kib_s",
         "rng functional test (32 × 64 B)",
@@ -358,6 +498,8 @@ pub fn required_keys(test: &str) -> &'static [&'static str] {
         "bench_fs_seqread" | "bench_fs_seqwrite" => {
             &["mode", "req_kib", "depth", "requests", "bytes", "us"]
         }
+        "bench_net_rr" => &["mode", "requests", "us"],
+        t if is_net_test(t) => &["mode", "frame_bytes", "frames", "bytes", "us"],
         "ring3" => &RING3_CHECKS,
         _ => &[],
     }

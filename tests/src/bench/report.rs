@@ -423,9 +423,12 @@ fn method(out: &mut String, r: &Report) {
         out,
         "| run | guest command line | devices | measures |\n|---|---|---|---|"
     );
-    let bench_devices = match p.fs {
-        Some(_) if p.fs_in(RunKind::Bench(Mode::Poll)).is_some() => "2 rng, 2 blk, 1 fs",
-        _ => "2 rng, 2 blk",
+    let bench = RunKind::Bench(Mode::Poll);
+    let bench_devices = match (p.fs_in(bench).is_some(), p.net_in(bench).is_some()) {
+        (true, true) => "2 rng, 2 blk, 1 fs, 1 net",
+        (true, false) => "2 rng, 2 blk, 1 fs",
+        (false, true) => "2 rng, 2 blk, 1 net",
+        (false, false) => "2 rng, 2 blk",
     };
     for (kind, devices, measures) in [
         (
@@ -481,6 +484,30 @@ fn method(out: &mut String, r: &Report) {
              includes virtiofsd's.",
             crate::share::BENCH_FILE_BYTES >> 20,
             fs.virtiofsd.path.display()
+        );
+    }
+    if let Some(net) = &p.net {
+        let _ = writeln!(
+            out,
+            "- **Network** (bench runs with the `bench_net_*` tests): every VM of those runs \
+             runs inside a network namespace the harness made (`ip netns exec {}`), with one \
+             tap (`{}`, `vnet_hdr`, 10.77.0.1/24) and `svmm-netpeer` on it; no frame leaves \
+             the namespace. svmm's net device attaches to the tap (`net,tap=`), QEMU's through \
+             `-netdev tap,...,vhost={}`{}. Transmitted frames go to a MAC nobody has, so the \
+             host's stack drops them on arrival; received ones are injected by the peer \
+             (`AF_PACKET`, `sendmmsg` batches of 32, with a GSO vnet header for the 64 KiB \
+             frames) for as long as the guest measures; round trips are UDP echoes by the \
+             peer. The peer shares the host's CPUs with the VMM under test.",
+            net.netns,
+            net.tap,
+            if net.vhost { "on" } else { "off" },
+            if net.vhost {
+                ""
+            } else if std::path::Path::new("/dev/vhost-net").exists() {
+                " (`--qemu-vhost on` measures vhost-net instead)"
+            } else {
+                " (QEMU with vhost=on is not measured: this host has no /dev/vhost-net)"
+            }
         );
     }
     let _ = writeln!(

@@ -316,7 +316,7 @@ pub fn record(
     }
     if config.is_svmm() && kind.has_devices() {
         let spawns = figures::spawn_lines(&out.stderr);
-        let bench = matches!(kind, RunKind::Bench(_)) && plan.fs_in(kind).is_some();
+        let bench = matches!(kind, RunKind::Bench(_));
         for name in figures::devices(&plan.tests, bench) {
             match spawns.iter().find(|(n, _)| n == name) {
                 Some((_, us)) => results.add(&format!("spawn.{name}"), config, *us as f64 / 1e3),
@@ -435,6 +435,7 @@ mod tests {
             image_mib: 1,
             idle_ms: 1000,
             fs: None,
+            net: None,
         }
     }
 

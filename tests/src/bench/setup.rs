@@ -59,6 +59,22 @@ pub struct Plan {
     /// The directory the fs device shares in bench runs with fs tests (holding
     /// [`crate::share::BENCH_FILE_BYTES`] of `bench.bin`), and QEMU's virtio-fs daemon.
     pub fs: Option<FsSetup>,
+    /// The network namespace, tap and peer of bench runs with net tests.
+    pub net: Option<NetSetup>,
+}
+
+/// The virtio-net side of the bench runs: a network namespace the harness made, with a tap and
+/// `svmm-netpeer` on it (`tests::netns`); every bench run with net tests runs inside it, and
+/// no frame leaves it.
+#[derive(Clone, Debug)]
+pub struct NetSetup {
+    /// The namespace (`ip netns exec NAME`).
+    pub netns: String,
+    /// The tap both VMMs attach to (one queue pair; `vnet_hdr`).
+    pub tap: String,
+    /// QEMU's net device with `vhost=on` (`--qemu-vhost`, needs `/dev/vhost-net`), else
+    /// `vhost=off`.
+    pub vhost: bool,
 }
 
 /// The virtio-fs side of the bench runs.
@@ -186,9 +202,19 @@ impl Plan {
 
     /// The VM of one run: `config` running `kind`.
     pub fn vm(&self, config: Config, kind: RunKind) -> TestVm {
-        let vm = match config {
-            Config::Sandboxed | Config::InProcess => self.svmm_vm(config, kind),
+        let (vm, wrapper) = match config {
+            Config::Sandboxed | Config::InProcess => (self.svmm_vm(config, kind), Vec::new()),
             Config::Qemu => self.qemu_vm(kind),
+        };
+        // A run with the net device runs inside the bench's network namespace.
+        let netns = self
+            .net_in(kind)
+            .map(|n| vec!["ip".into(), "netns".into(), "exec".into(), n.netns.clone()])
+            .unwrap_or_default();
+        let wrapper: Vec<String> = netns.into_iter().chain(wrapper).collect();
+        let vm = match wrapper.is_empty() {
+            true => vm,
+            false => vm.wrapper(wrapper),
         };
         vm.timeout(self.timeout(kind))
     }
@@ -202,6 +228,15 @@ impl Plan {
             vm = vm.device(spec);
         }
         vm
+    }
+
+    /// The net setup if a run of `kind` has the net device: bench runs with net tests.
+    pub fn net_in(&self, kind: RunKind) -> Option<&NetSetup> {
+        let net_tests = self.tests.iter().any(|t| super::figures::is_net_test(t));
+        match kind {
+            RunKind::Bench(_) if net_tests => self.net.as_ref(),
+            _ => None,
+        }
     }
 
     /// svmm's options besides kernel, memory, command line and devices.
@@ -239,28 +274,34 @@ impl Plan {
         if let Some(fs) = self.fs_in(kind) {
             specs.push(format!("fs={},tag=bench{off}", fs.share.display()));
         }
+        if let Some(net) = self.net_in(kind) {
+            specs.push(format!("net,tap={}{off}", net.tap));
+        }
         specs
     }
 
-    fn qemu_vm(&self, kind: RunKind) -> TestVm {
+    /// QEMU's VM of a run, and the wrapper it runs under (virtiofsd's start, for the fs
+    /// device).
+    fn qemu_vm(&self, kind: RunKind) -> (TestVm, Vec<String>) {
         let fs = self.fs_in(kind);
         // vhost-user needs the guest RAM in shared memory.
         let machine = match fs {
             Some(_) => format!("{QEMU_MACHINE},memory-backend=mem"),
             None => QEMU_MACHINE.to_string(),
         };
-        let mut vm = TestVm::new(Backend::Qemu { machine })
+        let vm = TestVm::new(Backend::Qemu { machine })
             .kernel(&self.guest)
             .mem_mib(self.mem_mib)
             .cmdline(self.cmdline(kind))
             .args(QEMU_OPTIONS)
             .args(self.qemu_devices(kind));
+        let mut wrapper = Vec::new();
         if let Some(fs) = fs {
             // virtiofsd starts first (QEMU connects to its socket), and is QEMU's child once
             // the shell execs QEMU; it ends when QEMU disconnects.
             let daemon = fs.virtiofsd.command(&fs.socket, &fs.share).join(" ");
             let socket = fs.socket.display().to_string();
-            vm = vm.wrapper([
+            wrapper = vec![
                 "sh".to_string(),
                 "-c".to_string(),
                 format!(
@@ -268,9 +309,9 @@ impl Plan {
                      do sleep 0.01; i=$((i+1)); done; exec \"$@\""
                 ),
                 "sh".to_string(),
-            ]);
+            ];
         }
-        vm
+        (vm, wrapper)
     }
 
     /// QEMU's device options of a run: the same devices as svmm's, in the same order.
@@ -305,6 +346,18 @@ impl Plan {
                 format!("socket,id=vfsd,path={}", fs.socket.display()),
                 "-device".to_string(),
                 "vhost-user-fs-device,chardev=vfsd,tag=bench".to_string(),
+            ]);
+        }
+        if let Some(net) = self.net_in(kind) {
+            let vhost = if net.vhost { "on" } else { "off" };
+            args.extend([
+                "-netdev".to_string(),
+                format!(
+                    "tap,id=n0,ifname={},script=no,downscript=no,vhost={vhost}",
+                    net.tap
+                ),
+                "-device".to_string(),
+                "virtio-net-device,netdev=n0".to_string(),
             ]);
         }
         args
@@ -513,6 +566,7 @@ mod tests {
             image_mib: 256,
             idle_ms: 1500,
             fs: None,
+            net: None,
         }
     }
 
@@ -625,6 +679,40 @@ mod tests {
                 "--shared-dir=/d",
                 "--cache=auto"
             ]
+        );
+    }
+
+    #[test]
+    fn net_runs_get_the_tap_and_run_in_the_namespace() {
+        let p = Plan {
+            tests: vec!["bench_net_tx64".into()],
+            net: Some(NetSetup {
+                netns: "svmm-bench-1".into(),
+                tap: "tap0".into(),
+                vhost: false,
+            }),
+            ..plan()
+        };
+        let bench = RunKind::Bench(Mode::Irq);
+        assert_eq!(
+            p.svmm_devices(Config::InProcess, bench)
+                .last()
+                .map(String::as_str),
+            Some("net,tap=tap0,sandbox=off")
+        );
+        assert!(p.qemu_devices(bench).join(" ").ends_with(
+            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
+             -device virtio-net-device,netdev=n0"
+        ));
+        for config in Config::ALL {
+            let cmd = shell_line(&p.vm(config, bench).command());
+            assert!(cmd.starts_with("ip netns exec svmm-bench-1 "), "{cmd}");
+            let boot = shell_line(&p.vm(config, RunKind::Boot4).command());
+            assert!(!boot.contains("netns"), "{boot}");
+        }
+        assert_eq!(
+            super::super::figures::devices(&p.tests, true).last(),
+            Some(&"net#4")
         );
     }
 

@@ -17,6 +17,7 @@ use super::rate::{Limiter, Timer};
 use super::NetError;
 use super::{features, tun_flags, Offloads, MAX_FRAME, MAX_QUEUE_SIZE};
 use crate::chain::ChainSource;
+use crate::lifecycle::Lifecycle;
 use crate::{
     activation, DeviceError, EventRegistry, EventSet, Interrupt, VirtioBackend,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
@@ -33,14 +34,9 @@ pub struct Net {
     ports: Vec<Port>,
     rx: Direction,
     tx: Direction,
-    state: State,
-}
-
-enum State {
-    Inactive,
-    Active(Box<Active>),
-    /// A queue or endpoint failed; notifications and events are ignored until reset.
-    Broken(Box<Active>),
+    /// Inactive, active, or broken after a queue or endpoint failed (notifications and events
+    /// ignored until reset).
+    state: Lifecycle<Box<Active>>,
 }
 
 impl Net {
@@ -73,7 +69,7 @@ impl Net {
             config,
             offloads,
             ports: endpoints.into_iter().map(Port::new).collect(),
-            state: State::Inactive,
+            state: Lifecycle::new(),
         })
     }
 
@@ -130,15 +126,13 @@ impl Net {
         mem: &GuestMemoryMmap,
         queues: &[Queue],
     ) -> Result<(), DeviceError> {
-        if !matches!(self.state, State::Inactive) {
-            return Err(DeviceError::AlreadyActive);
-        }
         let offer = activation::Offer {
             features: self.features(),
             num_queues: self.num_queues(),
             max_queue_size: MAX_QUEUE_SIZE,
         };
-        activation::check(&offer, driver_features, mem, queues)
+        self.state
+            .check_activation(&offer, driver_features, mem, queues)
     }
 
     /// Runs `f` on the active device's moving parts; a failure breaks the device.
@@ -147,23 +141,16 @@ impl Net {
         events: &mut dyn EventRegistry,
         f: impl FnOnce(&mut Running<'_>) -> Result<(), DeviceError>,
     ) -> Result<(), DeviceError> {
-        let State::Active(active) = &mut self.state else {
-            return Ok(());
-        };
-        let mut running = Running {
-            a: active,
-            ports: &mut self.ports,
-            rx: &mut self.rx,
-            tx: &mut self.tx,
-            events,
-        };
-        let result = f(&mut running);
-        if result.is_err() {
-            if let State::Active(active) = std::mem::replace(&mut self.state, State::Inactive) {
-                self.state = State::Broken(active);
-            }
-        }
-        result
+        let (ports, rx, tx) = (&mut self.ports, &mut self.rx, &mut self.tx);
+        self.state.serve(|active| {
+            f(&mut Running {
+                a: active,
+                ports,
+                rx,
+                tx,
+                events,
+            })
+        })
     }
 }
 
@@ -255,7 +242,7 @@ impl VirtioBackend for Net {
         let now = Instant::now();
         self.rx.limiter = Limiter::new(&self.config.rx, now);
         self.tx.limiter = Limiter::new(&self.config.tx, now);
-        self.state = State::Active(Box::new(Active {
+        self.state.activate(Box::new(Active {
             mem,
             interrupt,
             negotiated: driver_features,
@@ -314,20 +301,16 @@ impl VirtioBackend for Net {
         {
             let _ = timer.disarm();
         }
-        match std::mem::replace(&mut self.state, State::Inactive) {
-            State::Inactive => None,
-            State::Active(active) | State::Broken(active) => {
-                Some(active.queues.into_iter().map(|q| q.queue).collect())
-            }
-        }
+        let active = self.state.reset()?;
+        Some(active.queues.into_iter().map(|q| q.queue).collect())
     }
 
     fn stats(&self) -> DeviceStats {
-        match &self.state {
-            State::Active(active) | State::Broken(active) => DeviceStats {
+        match self.state.current() {
+            Some(active) => DeviceStats {
                 queues: active.queues.iter().map(|q| q.stats).collect(),
             },
-            State::Inactive => DeviceStats::default(),
+            None => DeviceStats::default(),
         }
     }
 }

@@ -300,7 +300,7 @@ impl<'t> NetDev<'t> {
     }
 
     /// The next received frame on any pair, waiting up to `timeout_ms`; `None` if none came.
-    /// Its buffers are offered again before it returns.
+    /// Its buffers are offered again before it returns. `NeedsReset` once the device is broken.
     pub fn recv(&mut self, timeout_ms: u64) -> Result<Option<Rx>, Error> {
         let deadline = self.timer.deadline_ms(timeout_ms);
         loop {
@@ -310,6 +310,11 @@ impl<'t> NetDev<'t> {
                 }
             }
             if self.timer.expired(deadline) {
+                // Nothing came: a device that broke (its worker died) says so in its status,
+                // and waiting longer would only run into the caller's timeout.
+                if self.mmio.read(mmio::STATUS) & super::DEVICE_NEEDS_RESET != 0 {
+                    return Err(Error::NeedsReset);
+                }
                 return Ok(None);
             }
         }

@@ -21,6 +21,8 @@
 
 use std::time::Duration;
 
+use tests::confinement::{self, Identity, KindFds};
+use tests::mode::Mode;
 use tests::netns::{self, NetNs, Peer};
 use tests::output::number_field;
 use tests::suite::TrialResult;
@@ -40,39 +42,18 @@ const GATEWAY: &str = "10.79.0.1";
 /// What the test guest prints when its tests are done and it idles.
 const SLEEPING: &str = "testguest: sleep ms=";
 
-#[derive(Clone, Copy, Debug)]
-enum Mode {
-    Sandboxed,
-    InProcess,
-}
-
-impl Mode {
-    fn option(self) -> &'static str {
-        match self {
-            Mode::Sandboxed => "",
-            Mode::InProcess => ",sandbox=off",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Sandboxed => "sandboxed",
-            Mode::InProcess => "in-process",
-        }
-    }
-}
-
 fn main() {
     let ns_skip = netns::missing_reason();
     let passt_skip = netns::passt_missing_reason();
     let linux_skip = std::env::var_os("SVMM_SKIP_LINUX")
         .map(|_| "SVMM_SKIP_LINUX=1 is set: Linux boots skipped for a quick run".to_string());
     let mut suite = Suite::new("net").sequential();
-    for mode in [Mode::Sandboxed, Mode::InProcess] {
-        let name = |test: &str| format!("{test}_{}", mode.name().replace('-', "_"));
+    for mode in Mode::BOTH {
         suite = suite
-            .test_unless(&name("guest_tap"), ns_skip.clone(), move || guest_tap(mode))
-            .test_unless(&name("guest_passt"), passt_skip.clone(), move || {
+            .test_unless(&mode.trial("guest_tap"), ns_skip.clone(), move || {
+                guest_tap(mode)
+            })
+            .test_unless(&mode.trial("guest_passt"), passt_skip.clone(), move || {
                 guest_passt(mode)
             });
     }
@@ -477,42 +458,44 @@ fn print_sandbox_net() -> TrialResult {
     Ok(())
 }
 
-/// The sandboxed worker seen from `/proc`: its two tap queue fds (and no other host file), and
-/// a seccomp filter.
+/// The sandboxed worker seen from `/proc`, confined like every worker (`tests::confinement`),
+/// holding its two tap queue fds and the timerfd of its one rate-limited direction, and no
+/// other host file.
 fn worker_holds_its_taps() -> TrialResult {
     let (ns, _peer) = tap_ns("proc", &[])?;
     let mut running = guest(
         &ns,
         "testguest.run=net testguest.sleep_ms=30000",
-        &["net,tap=tap0,queues=2".to_string()],
+        &["net,tap=tap0,queues=2,tx-rate=100M".to_string()],
     )
     .spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
-    let worker = procfs::children(running.pid())
+    let svmm = running.pid();
+    let worker = procfs::children(svmm)
         .into_iter()
         .next()
         .ok_or("no worker")?;
-    let fds = procfs::fds(worker)?;
-    let taps = fds
-        .values()
-        .filter(|t| t.as_str() == "/dev/net/tun")
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap_or_default();
+    let kind = KindFds {
+        // Two pairs and the control queue.
+        queues: 5,
+        own: vec![
+            ("/dev/net/tun".to_string(), 2),
+            ("anon_inode:[timerfd]".to_string(), 1),
+        ],
+    };
+    let identity = if confinement::is_root() {
+        Identity::Root
+    } else {
+        Identity::Unprivileged
+    };
+    let problems = confinement::problems(worker, svmm, identity, &kind);
     running.kill();
     let out = running.wait()?;
     out.log("svmm testguest net, worker from /proc");
-    assert_eq!(taps, 2, "the worker should hold two tap queue fds: {fds:?}");
-    let files: Vec<&String> = fds
-        .values()
-        .filter(|t| t.starts_with('/') && !["/dev/net/tun", "/dev/null"].contains(&t.as_str()))
-        .filter(|t| !t.starts_with("/memfd"))
-        .collect();
-    assert!(files.is_empty(), "host files in the worker: {files:?}");
+    let problems = problems.map_err(|e| format!("reading /proc/{worker}: {e}"))?;
     assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
-        "the worker is not under a seccomp filter\n{status}"
+        problems.is_empty(),
+        "the net worker is not confined as it should be: {problems:?}"
     );
     Ok(())
 }

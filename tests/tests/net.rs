@@ -16,12 +16,15 @@
 //!   busy, without vnet header, not multi-queue, not taps, not ours; passt missing; fd=N.
 //! - `--print-sandbox` and `/proc`: the worker holds its tap queue fds and nothing else.
 //! - Linux: the kernel's own netconsole lines reach the peer through a sandboxed net worker on a
-//!   tap (ip=), and the kernel gets a DHCP lease from passt (ip=dhcp). Skipped with
-//!   `SVMM_SKIP_LINUX=1`.
+//!   tap (ip=), and the kernel gets a DHCP lease from passt (ip=dhcp). With hardware
+//!   virtualisation the tap boot's init also pings the peer's side from user space (ignored
+//!   elsewhere, with the reason). Skipped with `SVMM_SKIP_LINUX=1`.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tests::confinement::{self, Identity, KindFds};
+use tests::host::no_hw_virt_reason;
 use tests::mode::Mode;
 use tests::netns::{self, NetNs, Peer};
 use tests::output::number_field;
@@ -74,6 +77,14 @@ fn main() {
             "linux_netconsole_tap",
             linux_skip.clone().or(ns_skip.clone()),
             linux_netconsole_tap,
+        )
+        .test_unless(
+            "linux_userspace_ping_tap",
+            linux_skip
+                .clone()
+                .or(ns_skip.clone())
+                .or_else(no_hw_virt_reason),
+            linux_userspace_ping_tap,
         )
         .test_unless(
             "linux_dhcp_passt",
@@ -518,31 +529,56 @@ fn linux(ns: &NetNs, cmdline: &str, spec: &str) -> TestVm {
         .wrapper(ns.exec())
 }
 
-/// Linux on a sandboxed net worker and a tap: `ip=` configures eth0, netconsole sends the
-/// kernel's log to the peer, which must receive the kernel's own lines.
+/// The Linux boot on a sandboxed net worker and a tap, shared by the trials that read it:
+/// `ip=` configures eth0, netconsole sends the kernel's log to the peer; with user space
+/// (hardware virtualisation) init pings the tap's end. Its output and what the peer received.
+struct TapBoot {
+    out: VmOutput,
+    seen: String,
+}
+
+fn tap_boot() -> Result<&'static TapBoot, String> {
+    static BOOT: OnceLock<Result<TapBoot, String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let (ns, mut peer) = tap_ns("linux", &["--netconsole", "6666"])?;
+        let run = linux(
+            &ns,
+            "ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off \
+             netconsole=6665@10.77.0.2/eth0,6666@10.77.0.1/ svmm.net_ping=10.77.0.1",
+            "net,tap=tap0",
+        )
+        .run();
+        let seen = peer.stop();
+        let out = match run {
+            Ok(out) => out,
+            Err(e) => match e.output() {
+                Some(out) => out.clone(),
+                None => return Err(e.to_string()),
+            },
+        };
+        out.log("svmm Linux net (tap, netconsole)");
+        // The evidence, for the log: what the peer received and what svmm said.
+        let evidence = ["IP-Config", "netconsole:", "virtio", "eth0"];
+        for line in seen
+            .lines()
+            .filter(|l| l.contains("netconsole ") && evidence.iter().any(|e| l.contains(e)))
+            .take(12)
+        {
+            eprintln!("  peer: {line}");
+        }
+        for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
+            eprintln!("  {line}");
+        }
+        Ok(TapBoot { out, seen })
+    })
+    .as_ref()
+    .map_err(|e| format!("the Linux tap boot failed: {e}"))
+}
+
+/// The kernel configured eth0 and logged to the peer over netconsole through the sandboxed
+/// worker; it negotiated the offloads and merged buffers it was offered.
 fn linux_netconsole_tap() -> TrialResult {
-    let (ns, mut peer) = tap_ns("linux", &["--netconsole", "6666"])?;
-    let out = linux(
-        &ns,
-        "ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off \
-         netconsole=6665@10.77.0.2/eth0,6666@10.77.0.1/",
-        "net,tap=tap0",
-    )
-    .run()?;
-    let seen = peer.stop();
-    out.log("svmm Linux net (tap, netconsole)");
-    // The evidence, for the log: what the peer received and what svmm said.
-    let evidence = ["IP-Config", "netconsole:", "virtio", "eth0"];
-    for line in seen
-        .lines()
-        .filter(|l| l.contains("netconsole ") && evidence.iter().any(|e| l.contains(e)))
-        .take(12)
-    {
-        eprintln!("  peer: {line}");
-    }
-    for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
-        eprintln!("  {line}");
-    }
+    let TapBoot { out, seen } = tap_boot()?;
     out.assert_contains("IP-Config: Complete:");
     out.assert_contains("hwaddr=52:54:00:12:34:56, ipaddr=10.77.0.2, mask=255.255.255.0");
     out.assert_contains("netconsole: network logging started");
@@ -556,7 +592,6 @@ fn linux_netconsole_tap() -> TrialResult {
         .lines()
         .find(|l| l.starts_with("svmm: net#0 (sandboxed): q0 requests="))
         .ok_or_else(|| format!("no net statistics\n{}", out.report()))?;
-    // Linux negotiated the offloads and merged buffers it was offered.
     let features = stats
         .rsplit_once("driver features 0x")
         .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
@@ -569,6 +604,18 @@ fn linux_netconsole_tap() -> TrialResult {
     ] {
         assert!(features & (1 << bit) != 0, "{name} not negotiated: {stats}");
     }
+    Ok(())
+}
+
+/// With user space (hardware virtualisation only): init reads the features Linux negotiated
+/// and pings the tap's end of the link, which answers from the test's namespace.
+fn linux_userspace_ping_tap() -> TrialResult {
+    let TapBoot { out, .. } = tap_boot()?;
+    out.assert_contains("SVMM-INIT-OK");
+    out.assert_contains("--- net ping 10.77.0.1");
+    out.assert_contains("3 packets transmitted, 3 packets received");
+    out.assert_contains("svmm-init: ping 10.77.0.1 ok");
+    out.assert_status(0);
     Ok(())
 }
 

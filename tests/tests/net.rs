@@ -23,7 +23,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tests::confinement::{self, Identity, KindFds};
+use tests::confinement::{self, Identity, KindFds, Limits};
 use tests::host::no_hw_virt_reason;
 use tests::mode::Mode;
 use tests::netns::{self, NetNs, Peer};
@@ -493,6 +493,13 @@ fn worker_holds_its_taps() -> TrialResult {
             ("/dev/net/tun".to_string(), 2),
             ("anon_inode:[timerfd]".to_string(), 1),
         ],
+        // Inherited: 3..=7 control, RAM, status page, irqfd, stop; 8..=12 the queues; 13, 14
+        // the taps (the timerfd is made by the worker). RLIMIT_AS: guest RAM, the margin, and per queue pair one frame
+        // each way with its header (devices::net's PORT_BYTES).
+        limits: Limits {
+            address_space: (128 << 20) + (64 << 20) + 2 * 2 * (12 + 65_550),
+            ..Limits::default_for(12, 128 << 20)
+        },
     };
     let identity = if confinement::is_root() {
         Identity::Root

@@ -49,6 +49,9 @@ pub(crate) const TX_TIMER: u32 = 0x101;
 /// stays readable, so the loop comes back).
 const BATCH: usize = 64;
 
+/// Bytes a port holds: one receive and one transmit frame with its header.
+pub(crate) const PORT_BYTES: usize = HDR_LEN + MAX_FRAME + tx::TX_BUF;
+
 /// One endpoint and the frames it holds back.
 pub(crate) struct Port {
     pub ep: Box<dyn Endpoint>,

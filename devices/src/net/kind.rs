@@ -16,7 +16,8 @@ use std::sync::Arc;
 use broker::{CustomOpener, HelperSpec, HostResource, OpenedResource, SocketKind};
 
 use super::config::{default_mac, parse_mac, DirectionLimits, NetConfig, RateSpec};
-use super::endpoint::{Endpoint, Stream, Tap};
+use super::endpoint::{Endpoint, Stream, Tap, STREAM_BYTES};
+use super::io::PORT_BYTES;
 use super::open::{self, FdKind};
 use super::{Net, DEFAULT_MTU, MAX_PAIRS, MAX_QUEUE_SIZE, MTU_RANGE, SECCOMP_PROFILE};
 use crate::kind::{
@@ -373,8 +374,15 @@ impl Kind for NetKind {
 
     fn sandbox(config: &NetKindConfig) -> SandboxNeeds {
         let limited = config.device.rx.any() || config.device.tx.any();
+        // One frame each way per queue pair; a socket (passt, or an fd that may be one) also
+        // buffers its byte stream.
+        let stream = match config.endpoint {
+            EndpointSpec::Tap { .. } => 0,
+            EndpointSpec::Passt { .. } | EndpointSpec::Fd { .. } => STREAM_BYTES,
+        };
         SandboxNeeds {
             before_filter: if limited { &[TIMERS] } else { &[] },
+            memory: (usize::from(config.device.pairs) * PORT_BYTES + stream) as u64,
             ..SandboxNeeds::default()
         }
     }

@@ -290,7 +290,7 @@ fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
         assert_eq!(verdict("net", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
     }
     // The base plus two: the smallest net profile we know of.
-    assert_eq!(syscalls(&merged("net")).len(), 34);
+    assert_eq!(syscalls(&merged("net")).len(), 27);
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod tap;
 use std::io;
 use std::os::fd::RawFd;
 
-pub use stream::Stream;
+pub use stream::{Stream, STREAM_BYTES};
 pub use tap::{Tap, TunControl, TunIoctl};
 
 use super::header::VnetHdr;

@@ -21,6 +21,8 @@ use crate::net::{Offloads, HDR_LEN, MAX_FRAME, MIN_FRAME};
 const PREFIX: usize = 4;
 /// The receive buffer: a whole frame plus room to read the next one's start.
 const IN_CAP: usize = 2 * (PREFIX + MAX_FRAME);
+/// Bytes a stream endpoint holds: its receive buffer and one frame being sent.
+pub const STREAM_BYTES: usize = IN_CAP + PREFIX + MAX_FRAME;
 
 /// A connected stream socket (non-blocking).
 pub struct Stream {

@@ -170,6 +170,7 @@ fn guest_tap(mode: Mode) -> TrialResult {
     );
     out.assert_no_panic();
     assert_eq!(out.testguest_summary(), Some((3, 0)), "\n{}", out.report());
+    out.assert_status(0);
     Ok(())
 }
 
@@ -190,7 +191,7 @@ fn guest_passt(mode: Mode) -> TrialResult {
         seen.contains("echoed=") && !seen.contains("echoed=0 "),
         "{seen}"
     );
-    // passt was svmm's child and died with it.
+    // passt was svmm's child and was reaped at its end.
     let left = std::process::Command::new("pgrep")
         .args(["-f", "passt --foreground --quiet --fd 3 --mtu"])
         .output()?;
@@ -200,6 +201,8 @@ fn guest_passt(mode: Mode) -> TrialResult {
     );
     out.assert_no_panic();
     assert_eq!(out.testguest_summary(), Some((1, 0)), "\n{}", out.report());
+    // svmm killed and reaped passt under its own filter (through a pidfd) and ended cleanly.
+    out.assert_status(0);
     Ok(())
 }
 

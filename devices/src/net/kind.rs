@@ -21,7 +21,7 @@ use super::io::PORT_BYTES;
 use super::open::{self, FdKind};
 use super::{Net, DEFAULT_MTU, MAX_PAIRS, MAX_QUEUE_SIZE, MTU_RANGE, SECCOMP_PROFILE};
 use crate::kind::{
-    BuildError, InputError, Kind, OptionSpec, OptionValue, ResourceFds, SandboxNeeds, Spec,
+    BuildError, InputError, Kind, OptionSpec, OptionValue, ResourceFds, Restart, SandboxNeeds, Spec,
     SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_NET;
@@ -232,6 +232,7 @@ impl Kind for NetKind {
     ];
     const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
+    const FEATURES: u64 = super::features::ALL;
     const SECCOMP_PROFILE: &'static str = SECCOMP_PROFILE;
 
     fn parse(spec: &Spec<'_>) -> Result<NetKindConfig, SpecError> {
@@ -384,6 +385,16 @@ impl Kind for NetKind {
             before_filter: if limited { &[TIMERS] } else { &[] },
             memory: (usize::from(config.device.pairs) * PORT_BYTES + stream) as u64,
             ..SandboxNeeds::default()
+        }
+    }
+
+    /// The control queue's settings (the queue pairs in use, the guest's offloads) live in
+    /// the worker and die with it; a new worker resumed with the defaults could hand the guest
+    /// offloaded frames it switched off, so the driver must reset the device.
+    fn restart(_config: &NetKindConfig) -> Restart {
+        Restart::Reset {
+            lost: "the control queue's settings (queue pairs in use, guest offloads) and the \
+                   frames in flight",
         }
     }
 

@@ -114,6 +114,26 @@ pub mod features {
     pub const MQ: u64 = 1 << 22;
     /// The guest offloads `CTRL_GUEST_OFFLOADS` may switch on and off.
     pub const GUEST_OFFLOADS: u64 = GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN;
+    /// Every bit a net device may offer, whatever its configuration and endpoint (with the
+    /// transport's `VERSION_1`, `RING_EVENT_IDX`, `RING_INDIRECT_DESC`).
+    pub const ALL: u64 = crate::VIRTIO_F_VERSION_1
+        | crate::VIRTIO_F_RING_EVENT_IDX
+        | crate::VIRTIO_F_RING_INDIRECT_DESC
+        | CSUM
+        | GUEST_CSUM
+        | CTRL_GUEST_OFFLOADS
+        | MTU
+        | MAC
+        | GUEST_TSO4
+        | GUEST_TSO6
+        | GUEST_ECN
+        | HOST_TSO4
+        | HOST_TSO6
+        | HOST_ECN
+        | MRG_RXBUF
+        | STATUS
+        | CTRL_VQ
+        | MQ;
 }
 
 /// `status` bit: link up.

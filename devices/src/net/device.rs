@@ -37,6 +37,9 @@ pub struct Net {
     /// Inactive, active, or broken after a queue or endpoint failed (notifications and events
     /// ignored until reset).
     state: Lifecycle<Box<Active>>,
+    /// Test builds: run the hostile probe (`net::probe`) at the next queue notification.
+    #[cfg(feature = "test-faults")]
+    probe_armed: bool,
 }
 
 impl Net {
@@ -70,6 +73,8 @@ impl Net {
             offloads,
             ports: endpoints.into_iter().map(Port::new).collect(),
             state: Lifecycle::new(),
+            #[cfg(feature = "test-faults")]
+            probe_armed: false,
         })
     }
 
@@ -113,6 +118,14 @@ impl Net {
             .flatten()
             .map(|t| t.as_raw_fd());
         endpoints.chain(timers).collect()
+    }
+
+    /// Test builds (svmm's `fault=host`): at its first queue notification after an
+    /// activation the device tries what a compromised worker would against its tap
+    /// (`net::probe`), and dies of `SIGSYS` on the first call outside its filter.
+    #[cfg(feature = "test-faults")]
+    pub fn arm_tap_probe(&mut self) {
+        self.probe_armed = true;
     }
 
     /// The configuration.
@@ -275,6 +288,12 @@ impl VirtioBackend for Net {
     ) -> Result<(), DeviceError> {
         if index >= self.num_queues() {
             return Err(DeviceError::UnknownQueue(index));
+        }
+        #[cfg(feature = "test-faults")]
+        if !self.state.is_inactive() && std::mem::take(&mut self.probe_armed) {
+            if let Some(port) = self.ports.first() {
+                super::probe::run(port.ep.fd());
+            }
         }
         self.running(events, |r| r.queue(index))
     }

@@ -21,8 +21,8 @@ use super::io::PORT_BYTES;
 use super::open::{self, FdKind};
 use super::{Net, DEFAULT_MTU, MAX_PAIRS, MAX_QUEUE_SIZE, MTU_RANGE, SECCOMP_PROFILE};
 use crate::kind::{
-    BuildError, InputError, Kind, OptionSpec, OptionValue, ResourceFds, Restart, SandboxNeeds, Spec,
-    SpecError, ValueSpec,
+    BuildError, InputError, Kind, OptionSpec, OptionValue, ResourceFds, Restart, SandboxNeeds,
+    Spec, SpecError, ValueSpec,
 };
 use crate::VIRTIO_ID_NET;
 
@@ -396,6 +396,12 @@ impl Kind for NetKind {
             lost: "the control queue's settings (queue pairs in use, guest offloads) and the \
                    frames in flight",
         }
+    }
+
+    #[cfg(feature = "test-faults")]
+    fn arm_host_probe(net: &mut Net) -> bool {
+        net.arm_tap_probe();
+        true
     }
 
     fn build(config: &NetKindConfig, mut resources: ResourceFds) -> Result<Net, BuildError> {

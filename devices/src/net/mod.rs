@@ -33,6 +33,8 @@ pub mod header;
 mod io;
 pub mod kind;
 pub mod open;
+#[cfg(feature = "test-faults")]
+mod probe;
 pub mod rate;
 pub mod rx;
 mod sys;

@@ -1,7 +1,8 @@
 //! The tap ioctls (linux/if_tun.h), the only `unsafe` of virtio-net: `TUNSETOFFLOAD` (the
 //! worker, on its tap queue fds) and `TUNSETIFF`, `TUNGETIFF`, `TUNSETVNETHDRSZ` (svmm, while it
 //! attaches to a tap before any worker exists). Each is one `ioctl` with either a plain integer
-//! argument or a pointer to a local value of the kernel's layout.
+//! argument or a pointer to a local value of the kernel's layout. Test builds add
+//! `TUNSETPERSIST`, which the hostile worker's probe (`net::probe`) tries against its filter.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -15,6 +16,9 @@ pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 203, int)`: outside the net profile (the hostile worker's probe tries it).
+#[cfg(feature = "test-faults")]
+pub const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 
 /// `ifr_flags`: a tap (Ethernet frames), not a tun (IP packets).
 pub const IFF_TAP: i16 = 0x0002;
@@ -84,4 +88,17 @@ pub fn get_iff_flags(fd: BorrowedFd<'_>) -> io::Result<i16> {
 pub fn set_vnet_hdr_size(fd: BorrowedFd<'_>, size: i32) -> io::Result<()> {
     // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which points at a live local.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size as *const i32) })
+}
+
+/// An ioctl on `fd` with an integer argument (test builds: the hostile worker's probe, which
+/// tries requests outside the filter's rules by their number).
+#[cfg(feature = "test-faults")]
+pub fn ioctl_int(
+    fd: std::os::fd::RawFd,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> io::Result<()> {
+    // SAFETY: the probe's requests (TUNSETOFFLOAD, TUNSETPERSIST) take their argument by value:
+    // the kernel reads no memory of ours. On an fd that is not open the kernel answers EBADF.
+    check(unsafe { libc::ioctl(fd, request, arg) })
 }

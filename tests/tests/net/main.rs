@@ -10,17 +10,17 @@
 //! - `net_passt` against a real passt, sandboxed and in-process: a DHCP lease, a UDP echo through
 //!   passt to the peer; passt is gone when svmm is.
 //! - Rate limits: the guest's transmit and receive benchmarks stay near the packet rates given.
-//! - A SIGKILLed net worker, and a worker sending garbage: one line from svmm, the VM and the
-//!   other device keep running.
+//! - A SIGKILLed net worker, and every misbehaving-worker mode (`fault=`) including net's own
+//!   tap probe: one line from svmm, the VM and the other device keep running (`faults`).
 //! - Bad input, one line each with the documented exit status: options, taps that are missing,
 //!   busy, without vnet header, not multi-queue, not taps, not ours; passt missing; fd=N.
 //! - `--print-sandbox` and `/proc`: the worker holds its tap queue fds and nothing else.
-//! - Linux: the kernel's own netconsole lines reach the peer through a sandboxed net worker on a
-//!   tap (ip=), and the kernel gets a DHCP lease from passt (ip=dhcp). With hardware
-//!   virtualisation the tap boot's init also pings the peer's side from user space (ignored
-//!   elsewhere, with the reason). Skipped with `SVMM_SKIP_LINUX=1`.
+//! - Linux: netconsole over a tap, `ip=dhcp` over passt, a user-space ping where user space
+//!   runs (`linux`).
 
-use std::sync::OnceLock;
+mod faults;
+mod linux;
+
 use std::time::Duration;
 
 use tests::confinement::{self, Identity, KindFds, Limits};
@@ -30,6 +30,8 @@ use tests::netns::{self, NetNs, Peer};
 use tests::output::number_field;
 use tests::suite::TrialResult;
 use tests::{paths, procfs, require_kvm, Suite, TestVm, VmOutput};
+
+use linux::{linux_dhcp_passt, linux_netconsole_tap, linux_userspace_ping_tap};
 
 const PEER: &str = env!("CARGO_BIN_EXE_svmm-netpeer");
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,8 +64,36 @@ fn main() {
     }
     suite
         .test_unless("rate_limits", ns_skip.clone(), rate_limits)
-        .test_unless("worker_sigkill", ns_skip.clone(), worker_sigkill)
-        .test_unless("worker_garbage", ns_skip.clone(), worker_garbage)
+        .test_unless("worker_sigkill_restarted", ns_skip.clone(), || {
+            faults::worker_sigkill(true)
+        })
+        .test_unless("worker_sigkill_kept_dead", ns_skip.clone(), || {
+            faults::worker_sigkill(false)
+        })
+        .test_unless(
+            "seccomp_violation_named",
+            ns_skip.clone(),
+            faults::seccomp_violation,
+        )
+        .test_unless("malicious_worker_garbage", ns_skip.clone(), || {
+            faults::malicious("garbage")
+        })
+        .test_unless("malicious_worker_silent", ns_skip.clone(), || {
+            faults::malicious("silent")
+        })
+        .test_unless("malicious_worker_flood", ns_skip.clone(), || {
+            faults::malicious("flood")
+        })
+        .test_unless("malicious_worker_fds", ns_skip.clone(), || {
+            faults::malicious("fds")
+        })
+        .test_unless("tap_probe_stopped", ns_skip.clone(), faults::host_probe)
+        .test_unless("escape_refused", ns_skip.clone(), faults::escape)
+        .test_unless(
+            "worker_exit_stops_vm",
+            ns_skip.clone(),
+            faults::exit_stops_vm,
+        )
         .test_unless("bad_taps", ns_skip.clone(), bad_taps)
         .test_unless(
             "worker_holds_its_taps",
@@ -228,96 +258,6 @@ fn rate_limits() -> TrialResult {
             out.report()
         );
     }
-    Ok(())
-}
-
-/// The net worker killed from outside: one line, the VM keeps running, the rng device still
-/// serves, the net device refuses to come back.
-fn worker_sigkill() -> TrialResult {
-    let (ns, _peer) = tap_ns("kill", &[])?;
-    let mut running = guest(
-        &ns,
-        "testguest.run=net,echo,rng,net testguest.echo_timeout_ms=60000",
-        &["net,tap=tap0".to_string(), "rng".to_string()],
-    )
-    .spawn()?;
-    running.wait_for_line("testguest: echo ready", TIMEOUT)?;
-    let worker = procfs::children(running.pid())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__worker\0net"))
-        })
-        .ok_or("no net worker among svmm's children")?;
-    // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a moment
-    // ago and reaped by nobody but svmm.
-    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !running.stderr_so_far().contains(&worker.to_string())
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    running.write_stdin(b"after-kill\n")?;
-    let out = running.wait()?;
-    out.log("svmm testguest net + rng, net worker killed");
-    let report = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&worker.to_string()))
-        .unwrap_or_default();
-    assert!(
-        report.starts_with("svmm: net#0 worker") && report.contains("SIGKILL"),
-        "no one-line report of the killed net worker\n{}",
-        out.report()
-    );
-    out.assert_line("testguest: net ok");
-    out.assert_line("testguest: echo ok line=after-kill");
-    out.assert_line("testguest: rng ok ");
-    let second = out
-        .lines()
-        .filter(|l| l.starts_with("testguest: net "))
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        second.starts_with("testguest: net FAIL"),
-        "the dead device must not serve again: {second}\n{}",
-        out.report()
-    );
-    out.assert_no_panic();
-    assert_eq!(out.testguest_summary(), Some((3, 1)), "\n{}", out.report());
-    Ok(())
-}
-
-/// A net worker that sends garbage on its control socket is killed; rng keeps serving.
-fn worker_garbage() -> TrialResult {
-    let (ns, _peer) = tap_ns("garbage", &[])?;
-    let out = guest(
-        &ns,
-        "testguest.run=net,rng",
-        &["net,tap=tap0,fault=garbage".to_string(), "rng".to_string()],
-    )
-    .run()?;
-    out.log("svmm testguest net (garbage) + rng");
-    if out.stderr.contains("unknown option 'fault'") {
-        return Err(
-            "svmm was built without the test-faults feature (tests/run.sh builds it)".into(),
-        );
-    }
-    let line = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("svmm: net#0 worker"))
-        .unwrap_or_default();
-    assert!(
-        line.contains("killed by svmm: ") && line.ends_with("VM keeps running"),
-        "svmm should report killing the garbage worker: {line}\n{}",
-        out.report()
-    );
-    out.assert_line("testguest: net FAIL");
-    out.assert_line("testguest: rng ok ");
-    out.assert_no_panic();
     Ok(())
 }
 
@@ -517,139 +457,6 @@ fn worker_holds_its_taps() -> TrialResult {
     assert!(
         problems.is_empty(),
         "the net worker is not confined as it should be: {problems:?}"
-    );
-    Ok(())
-}
-
-/// The Linux command line of the net boots (see tests/tests/linux.rs for the PVM workarounds);
-/// with the busybox initramfs the kernel reaches `/init`, and on PVM hosts panics there.
-const LINUX_CMDLINE: &str =
-    "console=ttyS0 noxsave clearcpuid=cx16,popcnt,smap panic=1 rdinit=/init";
-const LINUX_TIMEOUT: Duration = Duration::from_secs(420);
-
-fn linux(ns: &NetNs, cmdline: &str, spec: &str) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("vmlinux"))
-        .initrd(paths::artefact("initramfs.cpio.gz"))
-        .cmdline(format!("{LINUX_CMDLINE} {cmdline}"))
-        .mem_mib(512)
-        .cpus(2)
-        .device(spec.to_string())
-        .timeout(LINUX_TIMEOUT)
-        .wrapper(ns.exec())
-}
-
-/// The Linux boot on a sandboxed net worker and a tap, shared by the trials that read it:
-/// `ip=` configures eth0, netconsole sends the kernel's log to the peer; with user space
-/// (hardware virtualisation) init pings the tap's end. Its output and what the peer received.
-struct TapBoot {
-    out: VmOutput,
-    seen: String,
-}
-
-fn tap_boot() -> Result<&'static TapBoot, String> {
-    static BOOT: OnceLock<Result<TapBoot, String>> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        let (ns, mut peer) = tap_ns("linux", &["--netconsole", "6666"])?;
-        let run = linux(
-            &ns,
-            "ip=10.77.0.2::10.77.0.1:255.255.255.0::eth0:off \
-             netconsole=6665@10.77.0.2/eth0,6666@10.77.0.1/ svmm.net_ping=10.77.0.1",
-            "net,tap=tap0",
-        )
-        .run();
-        let seen = peer.stop();
-        let out = match run {
-            Ok(out) => out,
-            Err(e) => match e.output() {
-                Some(out) => out.clone(),
-                None => return Err(e.to_string()),
-            },
-        };
-        out.log("svmm Linux net (tap, netconsole)");
-        // The evidence, for the log: what the peer received and what svmm said.
-        let evidence = ["IP-Config", "netconsole:", "virtio", "eth0"];
-        for line in seen
-            .lines()
-            .filter(|l| l.contains("netconsole ") && evidence.iter().any(|e| l.contains(e)))
-            .take(12)
-        {
-            eprintln!("  peer: {line}");
-        }
-        for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
-            eprintln!("  {line}");
-        }
-        Ok(TapBoot { out, seen })
-    })
-    .as_ref()
-    .map_err(|e| format!("the Linux tap boot failed: {e}"))
-}
-
-/// The kernel configured eth0 and logged to the peer over netconsole through the sandboxed
-/// worker; it negotiated the offloads and merged buffers it was offered.
-fn linux_netconsole_tap() -> TrialResult {
-    let TapBoot { out, seen } = tap_boot()?;
-    out.assert_contains("IP-Config: Complete:");
-    out.assert_contains("hwaddr=52:54:00:12:34:56, ipaddr=10.77.0.2, mask=255.255.255.0");
-    out.assert_contains("netconsole: network logging started");
-    let received: Vec<&str> = seen.lines().filter(|l| l.contains("netconsole ")).collect();
-    assert!(
-        received.iter().any(|l| l.contains("IP-Config: Complete")),
-        "the peer did not receive the kernel's IP-Config line over netconsole\n{seen}"
-    );
-    let stats = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("svmm: net#0 (sandboxed): q0 requests="))
-        .ok_or_else(|| format!("no net statistics\n{}", out.report()))?;
-    let features = stats
-        .rsplit_once("driver features 0x")
-        .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| format!("no driver features in {stats}"))?;
-    for (bit, name) in [
-        (0, "CSUM"),
-        (1, "GUEST_CSUM"),
-        (15, "MRG_RXBUF"),
-        (32, "VERSION_1"),
-    ] {
-        assert!(features & (1 << bit) != 0, "{name} not negotiated: {stats}");
-    }
-    Ok(())
-}
-
-/// With user space (hardware virtualisation only): init reads the features Linux negotiated
-/// and pings the tap's end of the link, which answers from the test's namespace.
-fn linux_userspace_ping_tap() -> TrialResult {
-    let TapBoot { out, .. } = tap_boot()?;
-    out.assert_contains("SVMM-INIT-OK");
-    out.assert_contains("--- net ping 10.77.0.1");
-    out.assert_contains("3 packets transmitted, 3 packets received");
-    out.assert_contains("svmm-init: ping 10.77.0.1 ok");
-    out.assert_status(0);
-    Ok(())
-}
-
-/// Linux on passt: `ip=dhcp` gets its lease through the device, both directions.
-fn linux_dhcp_passt() -> TrialResult {
-    let ns = NetNs::new("linuxdhcp")?;
-    ns.uplink("up0", UPLINK_CIDR, GATEWAY)?;
-    let out = linux(&ns, "ip=dhcp", "net,passt").run()?;
-    out.log("svmm Linux net (passt, ip=dhcp)");
-    for line in out.lines_containing("IP-Config") {
-        eprintln!("  console: {line}");
-    }
-    for line in out.stderr.lines().filter(|l| l.starts_with("svmm: net#0")) {
-        eprintln!("  {line}");
-    }
-    out.assert_contains(&format!(
-        "IP-Config: Got DHCP answer from {GATEWAY}, my address is 10.79.0.2"
-    ));
-    out.assert_contains("IP-Config: Complete:");
-    assert!(
-        out.lines_containing("Unable to set interface mtu")
-            .is_empty(),
-        "passt offered an MTU the device does not have\n{}",
-        out.report()
     );
     Ok(())
 }

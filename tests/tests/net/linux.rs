@@ -96,7 +96,9 @@ pub fn linux_netconsole_tap() -> TrialResult {
         .ok_or_else(|| format!("no net statistics\n{}", out.report()))?;
     let features = stats
         .rsplit_once("driver features 0x")
-        .and_then(|(_, hex)| u64::from_str_radix(hex.trim(), 16).ok())
+        // `0x...`, then `; restarts=N` for a sandboxed device.
+        .and_then(|(_, rest)| rest.split(';').next())
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .ok_or_else(|| format!("no driver features in {stats}"))?;
     for (bit, name) in [
         (0, "CSUM"),

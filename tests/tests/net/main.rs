@@ -23,13 +23,13 @@ mod linux;
 
 use std::time::Duration;
 
-use tests::confinement::{self, Identity, KindFds, Limits};
+use tests::confinement::{self, Identity, Planned};
 use tests::host::no_hw_virt_reason;
 use tests::mode::Mode;
 use tests::netns::{self, NetNs, Peer};
 use tests::output::number_field;
 use tests::suite::TrialResult;
-use tests::{paths, procfs, require_kvm, Suite, TestVm, VmOutput};
+use tests::{paths, procfs, require_kvm, sandbox_report, Suite, TestVm, VmOutput};
 
 use linux::{linux_dhcp_passt, linux_netconsole_tap, linux_userspace_ping_tap};
 
@@ -412,16 +412,58 @@ fn print_sandbox_net() -> TrialResult {
     Ok(())
 }
 
-/// The sandboxed worker seen from `/proc`, confined like every worker (`tests::confinement`),
-/// holding its two tap queue fds and the timerfd of its one rate-limited direction, and no
-/// other host file.
+/// The sandboxed worker seen from `/proc`, confined like every worker (`tests::confinement`)
+/// and holding exactly what svmm planned for it (`--print-sandbox` of the same spec): its two
+/// tap queue fds and the timerfd of its one rate-limited direction, no other host file. The
+/// plan's limits by ARCHITECTURE.md's formulas: NOFILE 3 + 12 inherited + 16, AS guest RAM +
+/// 64 MiB + one frame each way per queue pair with its header (devices::net's `PORT_BYTES`).
 fn worker_holds_its_taps() -> TrialResult {
     let (ns, _peer) = tap_ns("proc", &[])?;
+    let spec = "net,tap=tap0,queues=2,tx-rate=100M";
+    let report = TestVm::svmm(paths::artefact("testguest.elf"))
+        .args(["--print-sandbox", "--seccomp=trap"])
+        .mem_mib(128)
+        .device(spec)
+        .wrapper(ns.exec())
+        .timeout(TIMEOUT)
+        .run()?;
+    let section = sandbox_report::section(&report.stdout, "== net#0: ");
+    let planned = Planned::parse(section).map_err(|e| format!("{e}\n{}", report.report()))?;
+    let mut problems = Vec::new();
+    // Inherited: 3..=7 control, RAM, status page, irqfd, stop; 8..=12 the queues; 13, 14 the
+    // taps (the timerfd is made by the worker).
+    let address_space: u64 = (128 << 20) + (64 << 20) + 2 * 2 * (12 + 65_550);
+    for (name, want) in [
+        ("NPROC", 0),
+        ("CORE", 0),
+        ("NOFILE", 3 + 12 + 16),
+        ("FSIZE", 0),
+        ("AS", address_space >> 20 << 20),
+    ] {
+        if planned.rlimits.get(name) != Some(&Some(want)) {
+            problems.push(format!(
+                "planned {name} {:?}, want {want}",
+                planned.rlimits.get(name)
+            ));
+        }
+    }
+    let taps = planned
+        .fds
+        .values()
+        .filter(|what| what.contains("/dev/net/tun"))
+        .count();
+    if taps != 2 {
+        problems.push(format!(
+            "{taps} tap queue fds planned, want 2: {:?}",
+            planned.fds
+        ));
+    }
     let mut running = guest(
         &ns,
         "testguest.run=net testguest.sleep_ms=30000",
-        &["net,tap=tap0,queues=2,tx-rate=100M".to_string()],
+        &[spec.to_string()],
     )
+    .args(["--seccomp=trap"])
     .spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
     let svmm = running.pid();
@@ -429,34 +471,20 @@ fn worker_holds_its_taps() -> TrialResult {
         .into_iter()
         .next()
         .ok_or("no worker")?;
-    let kind = KindFds {
-        // Two pairs and the control queue.
-        queues: 5,
-        own: vec![
-            ("/dev/net/tun".to_string(), 2),
-            ("anon_inode:[timerfd]".to_string(), 1),
-        ],
-        // Inherited: 3..=7 control, RAM, status page, irqfd, stop; 8..=12 the queues; 13, 14
-        // the taps (the timerfd is made by the worker). RLIMIT_AS: guest RAM, the margin, and per queue pair one frame
-        // each way with its header (devices::net's PORT_BYTES).
-        limits: Limits {
-            address_space: (128 << 20) + (64 << 20) + 2 * 2 * (12 + 65_550),
-            ..Limits::default_for(12, 128 << 20)
-        },
-    };
     let identity = if confinement::is_root() {
         Identity::Root
     } else {
         Identity::Unprivileged
     };
-    let problems = confinement::problems(worker, svmm, identity, &kind);
+    let confined = confinement::problems(worker, svmm, identity, &planned);
+    let fds = procfs::fds(worker);
     running.kill();
     let out = running.wait()?;
     out.log("svmm testguest net, worker from /proc");
-    let problems = problems.map_err(|e| format!("reading /proc/{worker}: {e}"))?;
+    problems.extend(confined.map_err(|e| format!("reading /proc/{worker}: {e}"))?);
     assert!(
         problems.is_empty(),
-        "the net worker is not confined as it should be: {problems:?}"
+        "the net worker is not confined as planned: {problems:?}\nfds: {fds:?}\nplan:\n{section}"
     );
     Ok(())
 }

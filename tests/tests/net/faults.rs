@@ -32,7 +32,7 @@ pub fn worker_sigkill(restart: bool) -> TrialResult {
     .args([format!("--on-worker-exit={policy}")])
     .spawn()?;
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
-    let worker = procfs::children(running.pid())
+    let worker = procfs::workers(running.pid())
         .into_iter()
         .find(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -189,13 +189,14 @@ pub fn host_probe() -> TrialResult {
     let out = faulty("host", &[])?;
     assert!(
         out.stderr.lines().any(|l| l.starts_with(
-            "svmm worker: net probe: TUNSETOFFLOAD with an unknown offload bit: refused: "
+            "svmm: net#0 worker: net probe: TUNSETOFFLOAD with an unknown offload bit: refused: "
         )),
         "the probe's allowed request should reach the kernel and be refused\n{}",
         out.report()
     );
     assert!(
-        !out.stderr.contains("svmm worker: net probe: TUNSETPERSIST"),
+        !out.stderr
+            .contains("svmm: net#0 worker: net probe: TUNSETPERSIST"),
         "TUNSETPERSIST must not return to the worker\n{}",
         out.report()
     );
@@ -214,7 +215,7 @@ pub fn host_probe() -> TrialResult {
 pub fn escape() -> TrialResult {
     let out = faulty("escape", &["--seccomp=log"])?;
     let errno = |what: &str| -> Option<i32> {
-        let prefix = format!("svmm worker: escape: {what}: errno ");
+        let prefix = format!("svmm: net#0 worker: escape: {what}: errno ");
         out.stderr
             .lines()
             .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())

@@ -467,7 +467,7 @@ fn worker_holds_its_taps() -> TrialResult {
     .spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
     let svmm = running.pid();
-    let worker = procfs::children(svmm)
+    let worker = procfs::workers(svmm)
         .into_iter()
         .next()
         .ok_or("no worker")?;

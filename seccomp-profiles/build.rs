@@ -24,9 +24,9 @@ use serde_json::{Map, Value};
 /// The rules every device worker gets; not a profile of its own.
 const BASE: &str = "base";
 
-/// Profiles that do not get the base rules merged in: the VMM's threads are not workers, and
-/// widening the worker base must never widen the VMM by accident.
-const STANDALONE: &[&str] = &["vmm", "vmm_service"];
+/// Profiles that do not get the base rules merged in: the VMM's threads and the broker process
+/// are not workers, and widening the worker base must never widen them by accident.
+const STANDALONE: &[&str] = &["broker", "vmm", "vmm_service"];
 
 /// The modes, as `(suffix of the generated constant, seccompiler mismatch action)`.
 const MODES: [(&str, &str); 2] = [("TRAP", "trap"), ("LOG", "log")];

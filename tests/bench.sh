@@ -63,5 +63,16 @@ fi
 export SVMM_BIN
 export SVMM_BENCH_INVOCATION="${SVMM_BENCH_GUEST:+SVMM_BENCH_GUEST=$SVMM_BENCH_GUEST }tests/bench.sh${*:+ $*}"
 
+# The net benchmarks' peer runs next to svmm-bench (it finds it beside its own binary); the
+# network namespace needs iproute2's `ip`, as the test suite's does.
+if ! command -v ip >/dev/null; then
+    step "installing iproute2 (network namespaces for the net benchmarks)"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+fi
+cargo build --release -q -p tests --bin svmm-netpeer
+
 step "svmm-bench $*   (SVMM_BIN=$SVMM_BIN)"
 cargo run --release -q -p tests --bin svmm-bench -- "$@"

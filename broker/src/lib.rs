@@ -20,6 +20,7 @@ pub mod config;
 pub mod confine;
 mod preexec;
 pub mod resources;
+pub mod server;
 pub mod spawn;
 pub mod worker;
 
@@ -33,9 +34,10 @@ pub use resources::{
     open_directory, open_host_file, Access, CustomOpener, DeviceFds, FileTypes, HelperProcess,
     HelperSpec, HostFile, HostResource, Lock, OpenedResource, Origin, ResourceError, SocketKind,
 };
+pub use server::{BrokerError, BrokerProcess, BrokerSetup, Declared};
 pub use spawn::{
-    self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, WorkerIds, WorkerSpec, MAX_WORKER_FDS,
-    NS_WORKER_ID,
+    may_map_other_ids, self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, Stderr, WorkerIds,
+    WorkerSpec, MAX_WORKER_FDS, NS_WORKER_ID,
 };
 pub use worker::{ExitCause, Worker, WorkerError};
 

@@ -18,7 +18,7 @@
 //!    the exec'd image as ambient capabilities (the worker's uid inside its namespace is not 0,
 //!    so exec would otherwise clear them, and `confine` needs them to pivot_root);
 //! 5. place the fds: everything we still need is first moved above the target range, then
-//!    stdin/stdout (and stderr unless inherited) become /dev/null and the listed fds become
+//!    stdin/stdout become /dev/null, stderr the given fd (a pipe, /dev/null or ours), the listed fds
 //!    3, 4, ...; `close_range(3 + n, ~0, CLOSE_RANGE_CLOEXEC)` marks every other fd
 //!    close-on-exec (the exe fd and the status pipe must live until the exec itself);
 //! 6. `execveat(exe, "", argv, envp, AT_EMPTY_PATH)`.
@@ -75,8 +75,8 @@ pub(crate) struct ChildPlan<'a> {
     pub scratch: &'a mut [RawFd],
     /// Read-write fd of /dev/null.
     pub devnull: RawFd,
-    /// Keep the VMM's stderr as fd 2 instead of /dev/null.
-    pub inherit_stderr: bool,
+    /// What becomes fd 2 (`STDERR_FILENO` itself: keep the VMM's stderr).
+    pub stderr: RawFd,
     /// Read end of the "go" pipe (parent writes one byte once the id maps are written).
     pub go_read: RawFd,
     /// The parent's write end of the same pipe (the child closes its copy).
@@ -154,18 +154,29 @@ pub(crate) unsafe fn run(plan: &mut ChildPlan<'_>) -> ! {
         Ok(fd) => fd,
         Err(e) => fail(status, ChildStage::MoveFds, e),
     };
+    let err_hi = match plan.stderr {
+        libc::STDERR_FILENO => libc::STDERR_FILENO,
+        fd => match dup_above(fd, floor) {
+            Ok(fd) => fd,
+            Err(e) => fail(status, ChildStage::MoveFds, e),
+        },
+    };
     for (src, slot) in plan.sources.iter().zip(plan.scratch.iter_mut()) {
         match dup_above(*src, floor) {
             Ok(fd) => *slot = fd,
             Err(e) => fail(status, ChildStage::MoveFds, e),
         }
     }
-    let stdio_count = if plan.inherit_stderr { 2 } else { 3 };
-    for target in 0..stdio_count {
+    for target in 0..2 {
         // SAFETY: dup2 between fd numbers; null_hi is open (moved above).
         if unsafe { libc::dup2(null_hi, target) } < 0 {
             fail(status, ChildStage::Stdio, caps::errno());
         }
+    }
+    // SAFETY: dup2 between fd numbers; err_hi is open (moved above, or fd 2 itself, which
+    // dup2 leaves as it is).
+    if unsafe { libc::dup2(err_hi, libc::STDERR_FILENO) } < 0 {
+        fail(status, ChildStage::Stdio, caps::errno());
     }
     for (target, moved) in (3..).zip(plan.scratch.iter()) {
         // SAFETY: dup2 between fd numbers; `moved` is an fd we just created. The new fd does

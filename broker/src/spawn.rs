@@ -82,8 +82,8 @@ impl IdChoice {
     }
 }
 
-/// A configurable range of host ids for root-run workers: worker `i` gets `first + i` as both
-/// uid and gid.
+/// A configurable range of host ids for a root-run svmm: worker `i` gets `first + i` as both
+/// uid and gid; the last two ids are svmm's own, once it drops root, and the broker's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     first: u32,
@@ -104,12 +104,24 @@ impl IdRange {
         (first > 0 && last < u32::MAX).then_some(IdRange { first, count })
     }
 
-    /// The ids of worker number `index`, or `None` past the end of the range.
+    /// The ids of worker number `index`, or `None` past the end of the workers' part of the
+    /// range (all but its last two ids).
     pub fn ids(&self, index: u32) -> Option<IdChoice> {
-        (index < self.count).then(|| IdChoice::Root {
+        (index < self.count.saturating_sub(2)).then(|| IdChoice::Root {
             uid: self.first + index,
             gid: self.first + index,
         })
+    }
+
+    /// The uid (= gid) svmm drops to once it has opened KVM and the host resources: the
+    /// range's last id. `None` for a range too small to hold it, the broker's and a worker's.
+    pub fn svmm(&self) -> Option<u32> {
+        (self.count >= 3).then(|| self.first + self.count - 1)
+    }
+
+    /// The uid (= gid) of the broker process: the range's second-to-last id.
+    pub fn broker(&self) -> Option<u32> {
+        (self.count >= 3).then(|| self.first + self.count - 2)
     }
 }
 
@@ -128,8 +140,19 @@ pub struct WorkerSpec {
     /// Clone into fresh namespaces (all of them). `false` only where the user allowed going
     /// without (a kernel without user namespaces); then the VMM must be root.
     pub namespaces: bool,
-    /// Keep the VMM's stderr as the worker's fd 2 (diagnostics); otherwise /dev/null.
-    pub inherit_stderr: bool,
+    /// The worker's fd 2.
+    pub stderr: Stderr,
+}
+
+/// What a worker gets as its stderr (fd 2).
+#[derive(Debug)]
+pub enum Stderr {
+    /// `/dev/null`.
+    Null,
+    /// The spawning process's own stderr.
+    Inherit,
+    /// This fd (the write end of a pipe svmm reads, prefixes and sanitises).
+    Fd(OwnedFd),
 }
 
 /// Why a worker could not be started. Each parent-side step has its own variant.
@@ -287,13 +310,18 @@ pub fn spawn(spec: &WorkerSpec) -> Result<Worker, SpawnError> {
     let (go_parent, go_child) = go_pair().map_err(SpawnError::SyncFds)?;
     let (status_read, status_write) = cloexec_pipe().map_err(SpawnError::SyncFds)?;
     let sources: Vec<RawFd> = spec.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let stderr = match &spec.stderr {
+        Stderr::Null => devnull.as_raw_fd(),
+        Stderr::Inherit => libc::STDERR_FILENO,
+        Stderr::Fd(fd) => fd.as_raw_fd(),
+    };
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     let mut plan = ChildPlan {
         exe: spec.exe.as_raw_fd(),
         sources: &sources,
         scratch: &mut scratch,
         devnull: devnull.as_raw_fd(),
-        inherit_stderr: spec.inherit_stderr,
+        stderr,
         go_read: go_child.as_raw_fd(),
         go_write: go_parent.as_raw_fd(),
         status_write: status_write.as_raw_fd(),
@@ -345,16 +373,18 @@ pub fn spawn(spec: &WorkerSpec) -> Result<Worker, SpawnError> {
     }
 
     // 4. Release the child. MSG_NOSIGNAL: a child that died early must not SIGPIPE the VMM.
+    // sendmsg rather than send (sendto): the broker's filter has no sendto.
     let byte = [1u8];
-    // SAFETY: sends one byte from a live buffer on a socket we own.
-    let sent = unsafe {
-        libc::send(
-            go_parent.as_raw_fd(),
-            byte.as_ptr().cast(),
-            1,
-            libc::MSG_NOSIGNAL,
-        )
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr().cast_mut().cast(),
+        iov_len: 1,
     };
+    // SAFETY: `msghdr` is plain data; all-zero means no address and no control data.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    // SAFETY: sends one byte from a live buffer, described by `header`, on a socket we own.
+    let sent = unsafe { libc::sendmsg(go_parent.as_raw_fd(), &header, libc::MSG_NOSIGNAL) };
     if sent != 1 {
         let source = io::Error::last_os_error();
         return Err(SpawnError::Release { pid, source });
@@ -382,8 +412,7 @@ fn check(spec: &WorkerSpec) -> Result<(), SpawnError> {
     if spec.fds.len() > MAX_WORKER_FDS {
         return Err(SpawnError::TooManyFds(spec.fds.len()));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = may_map_other_ids();
     match spec.ids {
         IdChoice::Unprivileged if root => Err(SpawnError::UnprivilegedAsRoot),
         IdChoice::Unprivileged if !spec.namespaces => Err(SpawnError::NoNamespacesNeedsRoot),
@@ -391,6 +420,14 @@ fn check(spec: &WorkerSpec) -> Result<(), SpawnError> {
         IdChoice::Root { uid, gid } if !root => Err(SpawnError::RootIdsNeedRoot { uid, gid }),
         _ => Ok(()),
     }
+}
+
+/// Whether this process may give a worker ids other than its own: it holds `CAP_SETUID` and
+/// `CAP_SETGID` in its user namespace (root; or a broker that dropped to an unprivileged uid
+/// and kept just these two).
+pub fn may_map_other_ids() -> bool {
+    let need = crate::caps::mask(&[crate::caps::CAP_SETUID, crate::caps::CAP_SETGID]);
+    crate::caps::get().is_ok_and(|sets| sets.effective & need == need)
 }
 
 /// Writes the child's `setgroups`, `gid_map` and `uid_map`.
@@ -547,7 +584,7 @@ mod tests {
         assert!(IdRange::new(0, 10).is_none());
         assert!(IdRange::new(10, 0).is_none());
         assert!(IdRange::new(u32::MAX - 1, 2).is_none());
-        let r = IdRange::new(5000, 2).unwrap();
+        let r = IdRange::new(5000, 4).unwrap();
         assert_eq!(
             r.ids(1),
             Some(IdChoice::Root {
@@ -555,8 +592,13 @@ mod tests {
                 gid: 5001
             })
         );
+        // The last two ids are svmm's and the broker's.
         assert_eq!(r.ids(2), None);
-        assert!(IdRange::DEFAULT.ids(65535).is_some());
+        assert_eq!((r.svmm(), r.broker()), (Some(5003), Some(5002)));
+        assert!(IdRange::DEFAULT.ids(65533).is_some());
+        assert!(IdRange::DEFAULT.ids(65534).is_none());
+        let small = IdRange::new(5000, 2).unwrap();
+        assert_eq!((small.ids(0), small.svmm()), (None, None));
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Takes ownership of a freshly cloned child. Only `spawn` creates workers.
+    /// Takes ownership of a freshly cloned child: a worker from `spawn`, or a device's helper
+    /// process (`resources::helper`), which is supervised the same way.
     pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Self {
         Worker {
             pid,

@@ -11,7 +11,7 @@
 //!   and prints the worker's report plus its /proc view.
 
 use broker::{
-    ConfineConfig, ExitCause, IdChoice, IdRange, SpawnError, Spawner, Worker, WorkerSpec,
+    ConfineConfig, ExitCause, IdChoice, IdRange, SpawnError, Spawner, Stderr, Worker, WorkerSpec,
 };
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -96,7 +96,7 @@ fn helper_spec(
         fds: vec![theirs.into()],
         ids,
         namespaces,
-        inherit_stderr: true,
+        stderr: Stderr::Inherit,
     };
     (spec, ours, cfg)
 }
@@ -254,7 +254,7 @@ fn landlock_beneath_a_directory() {
             fds: vec![theirs.into(), dir.into()],
             ids,
             namespaces: true,
-            inherit_stderr: true,
+            stderr: Stderr::Inherit,
         };
         let mut worker = spawner.spawn(spec).expect("spawn");
         let mut sock = ours;
@@ -296,7 +296,7 @@ fn seccomp_violation_is_sigsys() {
 fn confine_fails_when_vmm_gone() {
     let spawner = Spawner::new().unwrap();
     let (mut spec, sock, _) = helper_spec("report", IdRange::DEFAULT.ids(9).unwrap(), true);
-    spec.inherit_stderr = false; // The refusal message is expected; keep it off the test log.
+    spec.stderr = Stderr::Null; // The refusal message is expected; keep it off the test log.
     drop(sock); // The lifeline (fd 3's peer) is already gone when confine checks it.
     let mut worker = spawner.spawn(spec).unwrap();
     let expected = 100 + broker::Step::DeathSignal as i32;

@@ -19,6 +19,7 @@
 //! - [`rng`] is virtio-rng.
 //! - [`blk`] is virtio-blk.
 //! - [`wl`] is virtio-wl (Wayland): it asks the VMM for host services through [`services`].
+//! - [`net`] is virtio-net.
 //!
 //! Device life cycle, as the transport drives it:
 //!
@@ -39,9 +40,10 @@
 //! serves.
 //!
 //! Guest memory is only ever accessed through `vm-memory`'s volatile copies; no Rust reference
-//! into guest memory is ever created. The crate denies `unsafe` code; the one fenced exception
-//! is virtio-blk's I/O engine (`blk::engine`), which hands guest buffers to the kernel as
-//! iovecs (`preadv2`/`pwritev2`, io_uring) and allows `unsafe` in that module only.
+//! into guest memory is ever created. The crate denies `unsafe` code; the fenced exceptions are
+//! virtio-blk's I/O engine (`blk::engine`), which hands guest buffers to the kernel as iovecs
+//! (`preadv2`/`pwritev2`, io_uring), and virtio-net's tap ioctls (`net::sys`), each allowing
+//! `unsafe` in that module only.
 #![deny(unsafe_code)]
 
 use std::io;
@@ -60,6 +62,7 @@ pub mod fs;
 pub mod irq_status;
 pub mod kind;
 mod lifecycle;
+pub mod net;
 mod notify;
 pub mod rng;
 pub mod runner;

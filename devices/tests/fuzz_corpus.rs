@@ -1,6 +1,6 @@
-//! Replays the checked-in `blk_request` and `fs_request` fuzz corpora through the fuzz targets'
-//! own functions, so the corpora (and the properties they guard) cannot rot between fuzzing
-//! runs.
+//! Replays the checked-in `blk_request`, `fs_request` and `net_tx` fuzz corpora through the
+//! fuzz targets' own functions, so the corpora (and the properties they guard) cannot rot
+//! between fuzzing runs.
 //!
 //! After changing the seeds, regenerate the seed files with
 //! `SVMM_REGENERATE_CORPUS=1 cargo test -p devices --test fuzz_corpus seed_files_are_current`.
@@ -12,12 +12,17 @@ use devices::blk::fuzzing;
 
 /// The fuzz targets: corpus directory name, the target's function, its seeds.
 type Target = (&'static str, fn(&[u8]), fn() -> Vec<(String, Vec<u8>)>);
-const TARGETS: [Target; 2] = [
+const TARGETS: [Target; 3] = [
     ("blk_request", fuzzing::parse_any, fuzzing::seeds),
     (
         "fs_request",
         devices::fs::fuzzing::parse_any,
         devices::fs::fuzzing::seeds,
+    ),
+    (
+        "net_tx",
+        devices::net::fuzzing::parse_any,
+        devices::net::fuzzing::seeds,
     ),
 ];
 
@@ -103,6 +108,35 @@ fn valid_seeds_parse_and_the_others_do_not() {
             write_zeroes: true,
         };
         let ok = parse(&mem, &source, 0, &disk).is_ok();
+        assert_eq!(ok, name.starts_with("valid"), "{name}");
+    }
+}
+
+#[test]
+fn valid_net_seeds_parse_and_the_others_do_not() {
+    use devices::chain::ChainSource;
+    use devices::net::fuzzing::{seeds, MEM_SIZE, PREFIX};
+    use devices::net::header::TxLimits;
+    use devices::net::tx::{parse, TX_BUF};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    let mut buf = vec![0u8; TX_BUF];
+    for (name, bytes) in seeds() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        mem.write_slice(&bytes[PREFIX..], GuestAddress(0)).unwrap();
+        let flags = bytes[4];
+        let source = ChainSource {
+            desc_table: GuestAddress(0),
+            queue_size: 16,
+            indirect: flags & 1 != 0,
+        };
+        let limits = TxLimits {
+            csum: flags & 2 != 0,
+            tso4: flags & 4 != 0,
+            tso6: flags & 8 != 0,
+            ecn: flags & 16 != 0,
+            max_plain: if flags & 32 != 0 { 1518 } else { 65_550 },
+        };
+        let ok = parse(&mem, &source, 0, &limits, &mut buf).is_ok();
         assert_eq!(ok, name.starts_with("valid"), "{name}");
     }
 }

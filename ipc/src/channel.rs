@@ -21,8 +21,10 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// Most file descriptors one message may carry (a device's eventfds, memfd, host resource).
-pub const MAX_FDS: usize = 8;
+/// Most file descriptors one message may carry: a broker `Start` carries a device's
+/// guest-facing fds (guest RAM, status page, irqfd, stop eventfd and up to 16 queue eventfds).
+/// Worker control messages carry none.
+pub const MAX_FDS: usize = 32;
 
 /// Bytes of `recvmsg`/`sendmsg` control buffer for [`MAX_FDS`] descriptors.
 const CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
@@ -133,6 +135,14 @@ impl Channel {
             return Err(ChannelError::NotSeqpacket);
         }
         Ok(Channel { fd })
+    }
+
+    /// Wraps svmm's end of a worker's control channel as its broker passed it: the broker made
+    /// the pair (`SOCK_SEQPACKET`) and set this end non-blocking, so nothing is checked with a
+    /// system call here — a restart takes it on a monitor thread whose filter has no
+    /// `getsockopt`.
+    pub fn from_broker(fd: OwnedFd) -> Channel {
+        Channel { fd }
     }
 
     /// Switches `O_NONBLOCK`: when set, [`send`](Self::send) and [`recv`](Self::recv) return

@@ -1,4 +1,5 @@
-//! The control protocol between the VMM and its device worker processes.
+//! The control protocol between the VMM and its device worker processes (and, in [`broker`],
+//! between the VMM and its broker process).
 //!
 //! Owns: the message enums, one per direction ([`VmmToWorker`], [`WorkerToVmm`]); their
 //! semantic validation ([`validate`]); the wire format, a bincode codec with hard size limits
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod channel;
 pub mod codec;
 pub mod fuzzing;
@@ -25,6 +27,7 @@ pub mod messages;
 pub mod service;
 pub mod validate;
 
+pub use broker::{BrokerReply, BrokerRequest, WorkerStatus};
 pub use channel::{Channel, ChannelError, MAX_FDS};
 pub use codec::{decode, encode, CodecError, Decode, Encode, MAX_MESSAGE_SIZE};
 pub use messages::{

@@ -1,11 +1,12 @@
 //! Whether a device worker is confined as DESIGN.md says, read from `/proc` — never taken from
-//! what svmm or the worker say about themselves — for a worker of any kind: one seccomp filter
-//! in filter mode and trap mode on its command line (filter mode alone is also log mode),
+//! what svmm or the worker say about themselves — for a worker of any kind: two seccomp filters
+//! (the broker's, inherited, and its own) in filter mode and trap mode on its command line
+//! (filter mode alone is also log mode),
 //! no_new_privs, no capabilities, every id (real, effective, saved, file system) the
 //! same and not root (and not svmm's, as root), no supplementary groups (as root; an
 //! unprivileged user namespace cannot drop them), its own namespaces, an empty root directory,
 //! its rlimits (`/proc/PID/limits`, soft and hard) and exactly its fds (0 and 1 `/dev/null`, 2
-//! svmm's stderr or `/dev/null`).
+//! a pipe whose other end svmm holds — never svmm's own stderr, which may be a terminal).
 //!
 //! What a worker of a given spec should hold and be limited to is svmm's plan for it, read from
 //! `svmm --print-sandbox` ([`Planned`]); the checks here hold the running worker to it and to
@@ -156,9 +157,11 @@ pub fn problems(
             field("Seccomp")
         ));
     }
-    if field("Seccomp_filters") != "1" {
+    // The broker's filter, inherited across the worker's clone and exec, and the device's own
+    // on top of it: nothing else.
+    if field("Seccomp_filters") != "2" {
         problems.push(format!(
-            "Seccomp_filters: {} (want 1: the device's own)",
+            "Seccomp_filters: {} (want 2: the broker's, inherited, and the device's own)",
             field("Seccomp_filters")
         ));
     }
@@ -390,7 +393,7 @@ fn expected_target(what: &str) -> Option<String> {
 }
 
 /// The fds that should not be there, are missing, or are not what svmm planned: every
-/// inherited fd at its planned number (fds 0–2 only /dev/null or svmm's own stderr), then the
+/// inherited fd at its planned number (fds 0 and 1 /dev/null, fd 2 a pipe svmm reads), then the
 /// worker's own: its event loop's epoll instance and one fd per thing it creates itself before
 /// its filter (an io_uring instance: none where the kernel refuses io_uring), nothing else.
 fn fd_problems(
@@ -411,10 +414,11 @@ fn fd_problems(
             continue;
         }
         if *fd == 2 {
-            if Some(target) != svmm_fds.get(&2) && target != "/dev/null" {
+            // A pipe's two ends link to the same `pipe:[inode]`.
+            let svmm_reads = svmm_fds.values().any(|t| t == target);
+            if !target.starts_with("pipe:[") || !svmm_reads {
                 problems.push(format!(
-                    "fd 2 -> {target} (want svmm's stderr, {:?})",
-                    svmm_fds.get(&2)
+                    "fd 2 -> {target} (want a pipe svmm holds the other end of)"
                 ));
             }
             continue;
@@ -535,7 +539,7 @@ rlimits: NPROC 9, CORE 0, NOFILE 26, FSIZE unchanged (SIGXFSZ ignored: EFBIG), A
 inherited fds (every other fd is closed before exec):
     0  stdin: /dev/null
     1  stdout: /dev/null
-    2  stderr: svmm's stderr (the worker's one-line error reports)
+    2  stderr: a pipe of its own (svmm reads the other end and shows each line cleaned of control characters, prefixed with the device and rate-limited)
     3  control socket (SOCK_SEQPACKET, the worker's end; svmm holds the other)
     4  guest RAM memfd (sealed: F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
     5  interrupt status page (memfd, one page shared with svmm: InterruptStatus bits)
@@ -579,7 +583,7 @@ seccomp: profile \"blk\" in mode trap: ...
         let mut fds: BTreeMap<u32, String> = [
             (0, "/dev/null"),
             (1, "/dev/null"),
-            (2, "/dev/pts/3"),
+            (2, "pipe:[77]"),
             (3, "socket:[1]"),
             (4, "/memfd:svmm-guest-ram (deleted)"),
             (5, "/memfd:svmm-irq-status (deleted)"),
@@ -593,8 +597,20 @@ seccomp: profile \"blk\" in mode trap: ...
         .into_iter()
         .map(|(n, t)| (n, t.to_string()))
         .collect();
-        let svmm: BTreeMap<u32, String> = [(2, "/dev/pts/3".to_string())].into();
+        let svmm: BTreeMap<u32, String> =
+            [(2, "/dev/pts/3".to_string()), (21, "pipe:[77]".to_string())].into();
         assert_eq!(fd_problems(&fds, &svmm, &planned), Vec::<String>::new());
+        // svmm's own stderr, a terminal, is refused; so is a pipe svmm does not read.
+        for fd2 in ["/dev/pts/3", "pipe:[78]"] {
+            let mut other = fds.clone();
+            other.insert(2, fd2.into());
+            assert_eq!(
+                fd_problems(&other, &svmm, &planned),
+                [format!(
+                    "fd 2 -> {fd2} (want a pipe svmm holds the other end of)"
+                )]
+            );
+        }
         fds.insert(12, "/etc/passwd".into());
         fds.insert(9, "/tmp/other.img".into());
         fds.remove(&8);

@@ -10,6 +10,8 @@
 //! | [`host`]    | what this host offers: `/dev/kvm`, hardware virtualisation, QEMU         |
 //! | [`mode`]    | sandboxed and in-process, for trials that run in both                    |
 //! | [`layering`] | a crate's module import graph and its cycles (`tests/tests/layering.rs`) |
+//! | [`netns`]   | network namespaces, taps and veths for the net trials; the running peer  |
+//! | [`netpeer`] | `svmm-netpeer`, the net tests' peer inside their network namespace      |
 //! | [`procfs`]  | a live process seen from `/proc`: children, status, namespaces, fds      |
 //! | [`vm`]      | the [`TestVm`] builder and the two backends (svmm, QEMU microvm)         |
 //! | [`sandbox_report`] | reading `svmm --print-sandbox`: sections, command lines, allowed calls |
@@ -41,6 +43,8 @@ pub mod disk;
 pub mod host;
 pub mod layering;
 pub mod mode;
+pub mod netns;
+pub mod netpeer;
 pub mod output;
 pub mod paths;
 pub mod procfs;

@@ -16,7 +16,7 @@ fn proc_path(pid: u32, rest: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{rest}"))
 }
 
-/// The direct children of `pid`, over all of its threads (workers are forked by a spawner thread).
+/// The direct children of `pid`, over all of its threads.
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = fs::read_dir(proc_path(pid, "task")) else {
@@ -41,6 +41,40 @@ pub fn wait_for_children(pid: u32, count: usize, timeout: Duration) -> Vec<u32> 
         let kids = children(pid);
         if kids.len() >= count || Instant::now() >= deadline {
             return kids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The worker processes of svmm `pid`: its descendants that run `svmm __worker` (the broker,
+/// svmm's child, spawns them), in pid order.
+pub fn workers(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = children(pid);
+    while let Some(p) = stack.pop() {
+        if cmdline(p).is_ok_and(|c| c.split_whitespace().nth(1) == Some("__worker")) {
+            out.push(p);
+        }
+        stack.extend(children(p));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The broker process of svmm `pid`: its child named `svmm-broker`.
+pub fn broker(pid: u32) -> Option<u32> {
+    children(pid).into_iter().find(|c| {
+        fs::read_to_string(proc_path(*c, "comm")).is_ok_and(|n| n.trim() == "svmm-broker")
+    })
+}
+
+/// Waits up to `timeout` until svmm `pid` has at least `count` workers, and returns them.
+pub fn wait_for_workers(pid: u32, count: usize, timeout: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = workers(pid);
+        if found.len() >= count || Instant::now() >= deadline {
+            return found;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

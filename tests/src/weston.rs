@@ -136,6 +136,10 @@ impl Weston {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // svmm run as root connects as its own unprivileged uid (the last of --worker-ids): let
+        // any uid reach the socket (search on the runtime dir, write on the socket), as a user
+        // would for the uid they run svmm as. [`Weston::only_owner`] undoes it.
+        weston.set_modes(0o711, 0o666)?;
         // The desktop shell (a client weston starts) draws the background a moment later.
         loop {
             let shot = weston.screenshot()?;
@@ -150,6 +154,23 @@ impl Weston {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Only weston's own uid may reach its socket again: runtime dir 0700, socket 0755 (what a
+    /// session's compositor usually has).
+    pub fn only_owner(&self) -> Result<(), String> {
+        self.set_modes(0o700, 0o755)
+    }
+
+    fn set_modes(&self, dir: u32, socket: u32) -> Result<(), String> {
+        for (path, mode) in [
+            (self.socket(), socket),
+            (self.dir.path().to_path_buf(), dir),
+        ] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("chmod {mode:o} {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// The compositor's socket (what `--device wayland=` takes).

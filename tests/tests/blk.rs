@@ -254,7 +254,7 @@ fn direct_io() -> TrialResult {
     )
     .spawn()?;
     vm.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_children(vm.pid(), 1, Duration::from_secs(5));
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
     let [worker] = workers[..] else {
         return Err(format!("expected one worker under svmm, found {workers:?}").into());
     };
@@ -379,7 +379,7 @@ fn worker_holds_image_and_ring() -> TrialResult {
     )
     .spawn()?;
     vm.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_children(vm.pid(), 1, Duration::from_secs(5));
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
     let [worker] = workers[..] else {
         return Err(format!("expected one worker under svmm, found {workers:?}").into());
     };
@@ -588,7 +588,7 @@ fn stuck_worker() -> TrialResult {
     .timeout(Duration::from_secs(40))
     .spawn()?;
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
-    let workers = procfs::children(running.pid());
+    let workers = procfs::workers(running.pid());
     fs.freeze(true)?;
     running.write_stdin(b"go\n")?;
     let out = running.wait()?;
@@ -638,7 +638,7 @@ fn worst_case_bounce_stays_bounded() -> TrialResult {
     )
     .spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::children(running.pid());
+    let workers = procfs::workers(running.pid());
     let [worker] = workers[..] else {
         let out = running.wait()?;
         return Err(format!(

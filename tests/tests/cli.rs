@@ -216,6 +216,9 @@ fn print_sandbox_rng() -> TrialResult {
         "landlock: ",
         "seccomp: profile \"rng\" in mode trap",
         "only if arg2 (32 bits) & 0x4 == 0x0 [prot without PROT_EXEC",
+        "== the broker process (svmm-broker) ==",
+        "  rng#0: host resource of rng: /dev/urandom (read-only)",
+        "seccomp: profile \"broker\" in mode trap",
         "== svmm itself: its threads ==",
         "seccomp: profile \"vmm\" in mode trap",
         "[KVM_RUN (0xae80)]",
@@ -240,8 +243,11 @@ fn print_sandbox_rng() -> TrialResult {
             return Err(format!("rng worker: {call} allowed\n{text}").into());
         }
     }
-    if text.contains("openat") {
-        return Err(format!("openat appears in the report\n{text}").into());
+    // Not even in a comment of the worker's or svmm's sections (the broker's has it: ld.so
+    // opens libraries in a new worker before the worker's own filter).
+    let broker = section(text, "== the broker process");
+    if text.replace(broker, "").contains("openat") {
+        return Err(format!("openat appears in the report outside the broker's\n{text}").into());
     }
     Ok(())
 }

@@ -179,7 +179,7 @@ fn threads(pid: u32) -> Vec<(u32, String, BTreeMap<String, String>)> {
 }
 
 /// While the guest sleeps after its rng test, **every** thread of svmm — main, vCPUs, console
-/// input, the broker's spawner, each device's monitor (a sandboxed and an in-process device)
+/// input, each device's monitor (a sandboxed and an in-process device)
 /// and the in-process device's thread — runs under the filter svmm's own `--print-sandbox`
 /// table of its threads says: no filter where it says "none", one filter in filter mode
 /// (`Seccomp: 2`, `Seccomp_filters: 1`, `NoNewPrivs: 1`) otherwise; a thread the table does not
@@ -251,7 +251,6 @@ fn vmm_threads_run_under_seccomp() -> TrialResult {
         "vcpu0",
         "vcpu1",
         "console-in",
-        "svmm-spawner",
         "mon-rng#0",
         "mon-rng#1",
         "dev-rng#1",
@@ -301,13 +300,12 @@ fn thread_table(report: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Whether a thread (`main`: the process's first thread; `comm` its name) is the table's
-/// `role`: `main`, `broker spawner` (`svmm-spawner`), `vcpuN`, `console-in`, `mon-DEVICE`,
+/// `role`: `main`, `vcpuN`, `console-in`, `mon-DEVICE`,
 /// `dev-DEVICE (sandbox=off)`, with DEVICE one of `devices`.
 fn thread_matches(role: &str, main: bool, comm: &str, devices: &[&str]) -> bool {
     let role = role.trim_end_matches(" (sandbox=off)");
     match role {
         "main" => main,
-        "broker spawner" => !main && comm == "svmm-spawner",
         _ if main => false,
         _ if role.ends_with('N') => comm
             .strip_prefix(&role[..role.len() - 1])

@@ -255,7 +255,7 @@ fn worker_sigkill() -> TrialResult {
     )?
     .spawn()?;
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
-    let workers = procfs::children(running.pid());
+    let workers = procfs::workers(running.pid());
     let [worker] = workers[..] else {
         return Err(format!("expected one worker, found {workers:?}").into());
     };
@@ -392,7 +392,7 @@ fn worker_fds() -> TrialResult {
     )?
     .spawn()?;
     vm.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_children(vm.pid(), 1, Duration::from_secs(5));
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
     let [worker] = workers[..] else {
         return Err(format!("expected one worker, found {workers:?}").into());
     };

@@ -422,12 +422,12 @@ fn blk_boot(layout: usize) -> Result<&'static BlkBoot, String> {
             running
                 .wait_for_text("virtio_blk virtio1: [vdb]", BOOT_TIMEOUT)
                 .map_err(|e| e.to_string())?;
-            let workers = tests::procfs::children(running.pid());
+            let workers = tests::procfs::workers(running.pid());
             let [worker] = workers[..] else {
                 return Err(format!("expected the root disk's worker alone, found {workers:?}"));
             };
-            // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive
-            // a moment ago and reaped by no one but svmm.
+            // SAFETY: kill has no memory-safety preconditions; `worker` is the broker's child,
+            // alive a moment ago and reaped by no one but the broker.
             unsafe { libc::kill(worker as i32, libc::SIGKILL) };
             killed = Some(worker);
         }

@@ -120,13 +120,13 @@ fn number_before(line: &str, unit: &str) -> Option<f64> {
 /// Kills the only worker of the VM's one device and waits for svmm's restart line about it.
 /// Returns the line and how long after the kill the harness saw it.
 fn kill_and_await_restart(vm: &RunningVm, device: &str) -> Result<(String, Duration), String> {
-    let workers = procfs::wait_for_children(vm.pid(), 1, Duration::from_secs(5));
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
     let [worker] = workers[..] else {
         return Err(format!("expected one worker under svmm, found {workers:?}"));
     };
     let killed = Instant::now();
-    // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a moment
-    // ago and reaped by no one but svmm.
+    // SAFETY: kill has no memory-safety preconditions; `worker` is the broker's child, alive a
+    // moment ago and reaped by no one but the broker.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     let want = format!("svmm: {device} worker (pid {worker}) killed by SIGKILL{RESTART}");
     let deadline = killed + Duration::from_secs(10);

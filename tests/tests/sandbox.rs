@@ -30,6 +30,11 @@ fn main() {
             "svmm_threads_filtered_under_trap",
             svmm_threads_filtered_under_trap,
         )
+        .test_unless(
+            "svmm_and_broker_drop_root",
+            not_root.clone(),
+            svmm_and_broker_drop_root,
+        )
         .test_unless("every_kind_confined_as_root", not_root, || {
             every_kind_confined(Identity::Root)
         })
@@ -48,6 +53,7 @@ fn main() {
             landlock_and_root_from_inside,
         )
         .test("ready_must_match_the_kind", ready_must_match_the_kind)
+        .test("worker_stderr_is_defused", worker_stderr_is_defused)
         .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
 }
@@ -62,12 +68,13 @@ fn guest(cmdline: &str) -> TestVm {
 
 /// Every thread of svmm runs under its seccomp filter in trap mode through a whole VM life: an
 /// SMP guest boots, sandboxed rng and blk workers and an in-process rng device serve it, the
-/// console-input thread forwards a line, a worker is killed from outside (its monitor reaps and
-/// reports it), and the VM ends with the APs still running (the main thread kicks and joins the
+/// console-input thread forwards a line, a worker is killed from outside (the broker reaps it
+/// and reports it; the device's monitor says so and has it restarted through the broker, so
+/// the restart path runs under the filter too), and the VM ends with the APs still running (the main thread kicks and joins the
 /// vCPUs). A rule missing from `vmm.json` (or from a device profile) ends svmm with one
 /// "seccomp denied system call" line and status 70, which fails the trial. While the guest
-/// runs, every thread's `Seccomp:` field is read from `/proc`: only the broker's spawner
-/// thread may be unfiltered.
+/// runs, every thread's `Seccomp:` field is read from `/proc`, the broker process's too: none
+/// may be unfiltered.
 fn svmm_threads_filtered_under_trap() -> TrialResult {
     let dir = paths::TempDir::new("trap-all-threads");
     let image = dir.path().join("disk.img");
@@ -87,10 +94,12 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
     let svmm = running.pid();
     let threads = procfs::thread_seccomp(svmm)?;
-    let unfiltered: Vec<_> = threads
-        .iter()
-        .filter(|t| t.seccomp != "2" && t.name != "svmm-spawner")
-        .collect();
+    let unfiltered: Vec<_> = threads.iter().filter(|t| t.seccomp != "2").collect();
+    let broker = procfs::broker(svmm).ok_or("svmm has no broker process")?;
+    let broker_threads = procfs::thread_seccomp(broker)?;
+    if broker_threads.len() != 1 || broker_threads[0].seccomp != "2" {
+        return Err(format!("the broker is not one filtered thread: {broker_threads:?}").into());
+    }
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     for want in [
         "vcpu0",
@@ -107,13 +116,13 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
     if !unfiltered.is_empty() {
         return Err(format!("svmm threads without a seccomp filter: {unfiltered:?}").into());
     }
-    let workers = procfs::children(svmm);
+    let workers = procfs::workers(svmm);
     let rng_worker = workers
         .iter()
         .copied()
         .find(|w| procfs::cmdline(*w).is_ok_and(|c| c.contains("__worker rng")))
         .ok_or_else(|| format!("no rng worker among {workers:?}"))?;
-    // SAFETY: kill has no memory-safety preconditions; the pid is svmm's live child.
+    // SAFETY: kill has no memory-safety preconditions; the pid is the broker's live child.
     unsafe { libc::kill(rng_worker as i32, libc::SIGKILL) };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !running.stderr_so_far().contains("svmm: rng#0 worker (pid")
@@ -129,11 +138,92 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
         "a thread of svmm hit its filter\n{}",
         out.report()
     );
-    death_line(&out, "rng#0");
+    let death = death_line(&out, "rng#0");
+    let restarted =
+        format!("svmm: rng#0 worker (pid {rng_worker}) killed by SIGKILL; restart 1 (pid");
+    assert!(death.starts_with(&restarted), "{death}\n{}", out.report());
     out.assert_line("testguest: echo ok line=under-trap");
     out.assert_line("testguest: smp ok aps=1 ");
     out.assert_no_panic();
     assert_eq!(out.testguest_summary(), Some((5, 0)), "\n{}", out.report());
+    out.assert_status(0);
+    Ok(())
+}
+
+/// As root, svmm runs the guest as its own unprivileged user and the broker as another: read
+/// from `/proc` while the guest runs, svmm's real, effective, saved and file-system uid and gid
+/// are the last id of `--worker-ids`, with no supplementary groups and no capability in any set;
+/// the broker's are the second-to-last, with only `CAP_SETUID` and `CAP_SETGID` (to map its
+/// workers' ids), bounding set included, and `no_new_privs`. The worker still starts (its id
+/// maps written by the unprivileged broker) and serves.
+fn svmm_and_broker_drop_root() -> TrialResult {
+    let (first, count) = (70_000u32, 16u32);
+    let running = guest("testguest.run=rng testguest.sleep_ms=5000")
+        .args([
+            "--device".to_string(),
+            "rng".into(),
+            format!("--worker-ids={first}:{count}"),
+        ])
+        .spawn()?;
+    running.wait_for_line(SLEEPING, TIMEOUT)?;
+    let svmm = running.pid();
+    let broker = procfs::broker(svmm).ok_or("svmm has no broker process")?;
+    let ids = |id: u32| format!("{id}\t{id}\t{id}\t{id}");
+    const NO_CAPS: &str = "0000000000000000";
+    // CAP_SETGID (6) and CAP_SETUID (7).
+    const SET_IDS: &str = "00000000000000c0";
+    /// A process, how to name it, and the `/proc/PID/status` fields it must have.
+    type Want<'a> = (u32, &'a str, [(&'a str, String); 8]);
+    let want: [Want<'_>; 2] = [
+        (
+            svmm,
+            "svmm",
+            [
+                ("Uid", ids(first + count - 1)),
+                ("Gid", ids(first + count - 1)),
+                ("Groups", String::new()),
+                ("CapInh", NO_CAPS.into()),
+                ("CapPrm", NO_CAPS.into()),
+                ("CapEff", NO_CAPS.into()),
+                ("CapAmb", NO_CAPS.into()),
+                ("Seccomp", "2".into()),
+            ],
+        ),
+        (
+            broker,
+            "the broker",
+            [
+                ("Uid", ids(first + count - 2)),
+                ("Gid", ids(first + count - 2)),
+                ("Groups", String::new()),
+                ("CapPrm", SET_IDS.into()),
+                ("CapEff", SET_IDS.into()),
+                ("CapBnd", SET_IDS.into()),
+                ("NoNewPrivs", "1".into()),
+                ("Seccomp", "2".into()),
+            ],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (pid, who, fields) in want {
+        let status = procfs::status(pid)?;
+        for (field, value) in fields {
+            let got = status.get(field).map(String::as_str).unwrap_or("(none)");
+            if got != value {
+                wrong.push(format!("{who} {field}: {got:?}, want {value:?}"));
+            }
+        }
+    }
+    let workers = procfs::workers(svmm);
+    let out = running.wait()?;
+    out.log("svmm as root, --worker-ids=70000:16: svmm's and the broker's ids from /proc");
+    if !wrong.is_empty() {
+        return Err(format!("{}\n{}", wrong.join("\n"), out.report()).into());
+    }
+    if workers.len() != 1 {
+        return Err(format!("want one worker, found {workers:?}\n{}", out.report()).into());
+    }
+    out.assert_line("testguest: rng ok ");
     out.assert_status(0);
     Ok(())
 }
@@ -192,7 +282,7 @@ fn every_kind_confined(identity: Identity) -> TrialResult {
         let running = vm.spawn()?;
         running.wait_for_line(SLEEPING, TIMEOUT)?;
         let svmm = running.pid();
-        let workers = procfs::wait_for_children(svmm, 1, Duration::from_secs(5));
+        let workers = procfs::wait_for_workers(svmm, 1, Duration::from_secs(5));
         let [worker] = workers[..] else {
             return Err(
                 format!("{kind}: expected one worker under svmm, found {workers:?}").into(),
@@ -282,7 +372,7 @@ fn worker_sigkill() -> TrialResult {
         .spawn()?;
     let mut running = running;
     running.wait_for_line("testguest: echo ready", TIMEOUT)?;
-    let workers = procfs::children(running.pid());
+    let workers = procfs::workers(running.pid());
     let [worker] = workers[..] else {
         return Err(format!("expected one worker, found {workers:?}").into());
     };
@@ -330,10 +420,12 @@ fn svmm_sigkill() -> TrialResult {
         .args(["--device", "rng", "--device", "rng"])
         .spawn()?;
     running.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_children(running.pid(), 2, Duration::from_secs(5));
+    let mut workers = procfs::wait_for_workers(running.pid(), 2, Duration::from_secs(5));
     if workers.len() != 2 {
         return Err(format!("expected two workers, found {workers:?}").into());
     }
+    // The broker goes with svmm too.
+    workers.extend(procfs::broker(running.pid()));
     running.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while workers.iter().any(|w| procfs::alive(*w)) && std::time::Instant::now() < deadline {
@@ -460,9 +552,8 @@ fn malicious(fault: &str) -> TrialResult {
 /// A worker that attaches fds to a message (`fault=fds`: a valid `ConfigChanged` carrying its
 /// control socket and its stop eventfd) is killed as misbehaving, and svmm never holds those
 /// fds: it receives worker messages without a control buffer, so the kernel discards them.
-/// Seen from outside with `strace -f -e trace=recvmsg`: no `recvmsg` of any process (svmm's
-/// threads; workers never receive fds at all) returns `SCM_RIGHTS`, and svmm's threads see
-/// `MSG_CTRUNC`.
+/// Seen from outside with `strace -f -e trace=recvmsg`: the only `recvmsg`s that return
+/// `SCM_RIGHTS` are the broker's (a worker's start), and svmm's thread sees `MSG_CTRUNC`.
 fn worker_fds_never_reach_svmm() -> TrialResult {
     require_kvm();
     let dir = paths::TempDir::new("fds-strace");
@@ -496,9 +587,24 @@ fn worker_fds_never_reach_svmm() -> TrialResult {
     );
     out.assert_line("testguest: rng@1 ok ");
     let trace = std::fs::read_to_string(&trace).map_err(|e| format!("no strace output: {e}"))?;
-    let received: Vec<&str> = trace.lines().filter(|l| l.contains("SCM_RIGHTS")).collect();
-    if !received.is_empty() {
-        return Err(format!("fds were received:\n  {}", received.join("\n  ")).into());
+    // The only fds that travel are the broker's: each Start brings the broker a worker's 4
+    // guest-facing fds (guest RAM, status page, irqfd, one queue), each Started brings svmm 4
+    // (the control end twice, pidfd, stderr pipe) — two of each for the two devices. The
+    // worker's 2 fds must arrive nowhere.
+    let counts: Vec<usize> = trace
+        .lines()
+        .filter(|l| l.contains("SCM_RIGHTS"))
+        .filter_map(|l| {
+            let data = l.split("cmsg_data=[").nth(1)?.split(']').next()?;
+            Some(data.split(',').count())
+        })
+        .collect();
+    if counts != [4, 4, 4, 4] {
+        return Err(format!(
+            "fds received in messages of {counts:?} fds, want two broker Starts and two \
+             Starteds of 4 each"
+        )
+        .into());
     }
     if !trace.lines().any(|l| l.contains("MSG_CTRUNC")) {
         return Err("no recvmsg saw the worker's fds discarded (MSG_CTRUNC)".into());
@@ -519,7 +625,7 @@ fn landlock_and_root_from_inside() -> TrialResult {
     out.log("svmm testguest rng, --seccomp=log, the worker tries the file system");
     check_fault_support(&out)?;
     let errno = |what: &str| -> Option<i32> {
-        let prefix = format!("svmm worker: escape: {what}: errno ");
+        let prefix = format!("svmm: rng#0 worker: escape: {what}: errno ");
         out.stderr
             .lines()
             .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
@@ -575,6 +681,52 @@ fn ready_must_match_the_kind() -> TrialResult {
         out.report()
     );
     out.assert_status(67);
+    Ok(())
+}
+
+/// What a worker writes on its stderr reaches svmm's stderr only prefixed, cleaned and
+/// rate-limited (`fault=stderr`: terminal escape sequences, a BEL, a forged `svmm: error:`
+/// line, a bidirectional override, a carriage return, then 200 lines): no escape byte, BEL,
+/// carriage return or override arrives, no line but svmm's own starts with `svmm: error`, and
+/// the flood is cut after a burst, with a line that says how much was dropped.
+fn worker_stderr_is_defused() -> TrialResult {
+    let out = guest("testguest.run=rng")
+        .args(["--device", "rng,fault=stderr"])
+        .run()?;
+    out.log("svmm testguest rng, the worker writes escapes, a forged line and a flood");
+    check_fault_support(&out)?;
+    for bad in ['\x1b', '\x07', '\r', '\u{202e}'] {
+        assert!(
+            !out.stderr.contains(bad),
+            "{bad:?} reached svmm's stderr\n{}",
+            out.report()
+        );
+    }
+    assert!(
+        !out.stderr.lines().any(|l| l.starts_with("svmm: error")),
+        "a forged svmm line got through\n{}",
+        out.report()
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l == "svmm: rng#0 worker: ?[2J?]0;owned?svmm: error: forged by the worker"),
+        "the worker's line should be shown, defused\n{}",
+        out.report()
+    );
+    let flood = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("flood line"))
+        .count();
+    assert!(flood <= 25, "{flood} flood lines passed\n{}", out.report());
+    assert!(
+        out.stderr.contains("svmm: rng#0 worker: (") && out.stderr.contains("more lines dropped"),
+        "the dropped lines should be counted\n{}",
+        out.report()
+    );
+    out.assert_line("testguest: rng ok ");
+    out.assert_status(0);
     Ok(())
 }
 

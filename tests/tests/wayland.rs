@@ -151,10 +151,13 @@ fn pixels(sandboxed: bool) -> TrialResult {
 }
 
 /// A unix socket the guest's second wayland device connects to: reads the pipe end it is
-/// sent to EOF and echoes the bytes back on the connection. Ignores svmm's start-up check
-/// (a connection that sends nothing). Returns the bytes it read.
+/// sent to EOF and echoes the bytes back on the connection. Ignores svmm's start-up checks
+/// (connections that send nothing). Returns the bytes it read. Any uid may connect: svmm run
+/// as root connects as its own unprivileged uid.
 fn pipe_peer(path: &Path) -> std::io::Result<JoinHandle<Result<Vec<u8>, String>>> {
+    use std::os::unix::fs::PermissionsExt;
     let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(std::thread::spawn(move || {
         for conn in listener.incoming() {
             let conn = conn.map_err(|e| e.to_string())?;
@@ -268,7 +271,7 @@ fn killed_worker() -> TrialResult {
     if connected <= idle {
         return Err(format!("weston holds {connected} sockets, {idle} before the guest").into());
     }
-    let workers = procfs::children(vm.pid());
+    let workers = procfs::workers(vm.pid());
     let [worker] = workers[..] else {
         return Err(format!("expected one worker, found {workers:?}").into());
     };
@@ -310,8 +313,8 @@ fn killed_worker() -> TrialResult {
         vm.kill();
         return Err(format!("wayland worker: {}\nfds: {fds:?}", problems.join("; ")).into());
     }
-    // SAFETY: kill has no memory-safety preconditions; `worker` is svmm's child, alive a
-    // moment ago and reaped by nobody but svmm.
+    // SAFETY: kill has no memory-safety preconditions; `worker` is the broker's child, alive
+    // a moment ago and reaped by nobody but the broker.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     let after = weston_sockets_become(&weston, idle);
     vm.write_stdin(b"\nafter-kill\n")?;
@@ -346,10 +349,11 @@ fn killed_worker() -> TrialResult {
     Ok(())
 }
 
-/// Resident memory of `pid` and its children, in KiB.
+/// Resident memory of `pid`, its children (the broker) and its workers, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::iter::once(pid)
         .chain(procfs::children(pid))
+        .chain(procfs::workers(pid))
         .filter_map(|p| procfs::status(p).ok())
         .filter_map(|s| {
             s.get("VmRSS")
@@ -471,6 +475,30 @@ fn bad_inputs() -> TrialResult {
     Ok(())
 }
 
+/// svmm run as root connects to the compositor as its own unprivileged uid (the last id of
+/// `--worker-ids`), so a compositor socket only its owner may reach is refused in one line at
+/// start-up (exit 65), after svmm dropped its privileges and before any device starts (the
+/// other trials' weston lets every uid reach its socket).
+fn unreachable_socket() -> TrialResult {
+    let weston = Weston::start(OUTPUT.0, OUTPUT.1)?;
+    weston.only_owner()?;
+    let before = weston.sockets();
+    let kernel = paths::artefact("testguest.elf");
+    let kernel = kernel.to_str().unwrap();
+    for sandbox in ["", ",sandbox=off"] {
+        let device = format!("wayland={}{sandbox}", weston.socket().display());
+        one_line(
+            svmm(&["--kernel", kernel, "--device", device.as_str()], &[]),
+            BAD_INPUT,
+            "which cannot: Permission denied",
+        )?;
+    }
+    if weston_sockets_become(&weston, before) != before {
+        return Err("weston kept a connection of the refused svmm".into());
+    }
+    Ok(())
+}
+
 /// `--print-sandbox` shows the wayland worker: its service channel, its shared-memory window,
 /// the wl profile's calls and the service thread's.
 fn print_sandbox() -> TrialResult {
@@ -579,6 +607,13 @@ fn main() {
     suite
         .test_unless("killed_worker", missing, killed_worker)
         .test("bad_inputs", bad_inputs)
+        .test_unless(
+            "unreachable_socket",
+            (!confinement::is_root()).then(|| {
+                "svmm keeps its caller's uid when not run as root (nothing to refuse)".to_string()
+            }),
+            unreachable_socket,
+        )
         .test("print_sandbox", print_sandbox)
         .run();
 }

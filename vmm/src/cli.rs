@@ -104,7 +104,9 @@ pub struct Args {
     pub print_sandbox: bool,
 
     /// When svmm runs as root: the host uids and gids of sandboxed workers, as FIRST:COUNT.
-    /// Worker i of this VM runs as uid and gid FIRST + i; give VMs that run at the same time
+    /// Worker i of this VM runs as uid and gid FIRST + i; the broker process runs as the
+    /// range's second-to-last id and svmm itself, once it has opened KVM and the host
+    /// resources, as its last (so COUNT is at least 3). Give VMs that run at the same time
     /// disjoint ranges. (Unprivileged, workers keep svmm's ids, mapped to 1000 inside their
     /// user namespace.)
     #[arg(long, value_name = "FIRST:COUNT", default_value = "1500000000:65536",
@@ -147,13 +149,17 @@ pub fn parse() -> Result<Args, clap::Error> {
 
 /// Parses `FIRST:COUNT` for `--worker-ids`.
 fn parse_id_range(text: &str) -> Result<broker::IdRange, String> {
-    let bad = || format!("'{text}' is not FIRST:COUNT with FIRST > 0, COUNT > 0, below 2^32 - 1");
+    let bad = || {
+        format!("'{text}' is not FIRST:COUNT with FIRST > 0, COUNT >= 3 (svmm and its broker take the last two), below 2^32 - 1")
+    };
     let (first, count) = text.split_once(':').ok_or_else(bad)?;
     let (first, count) = (
         first.parse().map_err(|_| bad())?,
         count.parse().map_err(|_| bad())?,
     );
-    broker::IdRange::new(first, count).ok_or_else(bad)
+    broker::IdRange::new(first, count)
+        .filter(|r| r.svmm().is_some())
+        .ok_or_else(bad)
 }
 
 /// A switch given as `on` or `off`.
@@ -425,7 +431,7 @@ mod tests {
             broker::IdRange::new(70000, 8).unwrap()
         );
         assert!(c.sandbox.allow_missing_landlock);
-        for bad in ["0:5", "5:0", "5", "x:1", "4294967295:1"] {
+        for bad in ["0:5", "5:0", "5", "x:1", "4294967295:1", "5:2"] {
             let v = ["svmm", "--kernel", "k", "--worker-ids", bad];
             assert!(Args::try_parse_from(v).is_err(), "{bad}");
         }

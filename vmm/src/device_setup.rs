@@ -1,27 +1,33 @@
 //! Creating the VM's virtio devices, in three passes so that the workers start in parallel:
 //!
 //! ```text
-//!   1. for each --device, in order (deterministic slots, GSIs, worker ids):
+//!   1. [prepare] for each --device, in order (deterministic slots, GSIs, worker ids):
 //!        slot i (addr, 4 KiB, GSI) ─ host resources opened and checked (crate::host_resources)
-//!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ control channel,
-//!        irqfd → KVM GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
-//!   2. start every device: sandboxed → Sandbox::start(N), the one entry point that starts
-//!      (and restarts) device N's worker `svmm __worker KIND` from its plan (crate::sandboxed);
-//!      sandbox=off → the kind's backend on a thread of svmm
+//!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ irqfd → KVM
+//!        GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
+//!      then, svmm still single-threaded, the broker process is forked with every sandboxed
+//!      device's plan and host resources (crate::sandboxed)
+//!   2. [VirtioDevices::start] start every device: sandboxed → Sandbox::start(N), the one
+//!      entry point that starts (and restarts) device N's worker: a request to the broker,
+//!      which spawns `svmm __worker KIND` from the plan; sandbox=off → the kind's backend on a
+//!      thread of svmm
 //!   3. wait for every Ready together, each under its own deadline (5 s from its start)
-//!   then, in order: WorkerProxy (terminate hook = kill the worker), MmioTransport on the MMIO
-//!   bus at addr, monitor thread (crate::supervisor: socket readable → proxy.service(); pidfd
-//!   readable → reap, one line, and restart it through Sandbox::start(N) with the device's
-//!   state, or DEVICE_NEEDS_RESET, as --on-worker-exit says)
+//!   then, in order: WorkerProxy (terminate hook = have the broker kill the worker),
+//!   MmioTransport on the MMIO bus at addr, monitor thread (crate::supervisor: socket readable
+//!   → proxy.service(); stderr → cleaned lines; the broker's report of the worker's end → one
+//!   line, and restart it through Sandbox::start(N) with the device's state, or
+//!   DEVICE_NEEDS_RESET, as --on-worker-exit says)
 //! ```
 //!
-//! So a VM with N sandboxed devices waits for about one worker start, not N one after another.
-//! The VM owns one [`Sandbox`] (the broker's spawner thread), made with the first sandboxed
-//! device; it holds every sandboxed device's start (plan, the fds KVM knows, host resources)
-//! so that device N can be started again. Each device's host resources (their locks, helper
-//! processes) live as long as the VM; its workers work on duplicates. When the devices are dropped (VM end, or a
-//! set-up failure) every worker process is killed and reaped; a `kill -9` of svmm kills them
-//! through their parent-death signal.
+//! Between the passes, as root, svmm drops to its own unprivileged uid (`crate::vm`): pass 1
+//! needs its privileges, passes 2 and 3 do not. So a VM with N sandboxed devices waits for
+//! about one worker start, not N one after another. The VM owns one [`Sandbox`] (the broker
+//! and, per sandboxed device, the fds KVM knows and a lease on it), so that device N can be
+//! started again. Each device's host resources live as long as the VM (the broker holds a
+//! sandboxed device's fds, svmm its helper processes); its workers work on duplicates. When
+//! the devices are dropped (VM end, or a set-up failure) the broker is asked to kill every
+//! worker, and svmm hanging up makes it kill any left and exit; a `kill -9` of svmm kills the
+//! broker and the workers through their parent-death signals.
 //!
 //! The devices must exist before the ACPI tables and the command line are written: both
 //! describe them ([`VirtioDevices::acpi`], [`VirtioDevices::cmdline`]).
@@ -32,9 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use broker::HostResource;
 use devices::irq_status::IrqStatus;
-use devices::kind::ShmWindow;
+use devices::kind::{InputError, ShmWindow};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,8 +53,7 @@ use crate::mmio_bus::{MmioBus, MmioBusError};
 use crate::plan::{self, PlanError};
 use crate::sandboxed::{DeviceStart, Sandbox, SandboxError, Watch};
 use crate::self_confine::{self, ThreadRole};
-use crate::services::shm::{ShmMapper, Slots};
-use crate::services::{self, Connections, DeviceServices, ServiceLink, MAX_CONNECTIONS_PER_VM};
+use crate::services::{self, DeviceServices, ServiceLink};
 use crate::supervisor::{spawn_monitor, Restarter, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
@@ -181,6 +185,10 @@ struct Device {
     _services: Option<JoinHandle<()>>,
 }
 
+/// How long an in-process device's start waits for its service channel (made before its
+/// `svc-` thread runs: never long).
+const SERVICE_CHANNEL_WAIT: Duration = Duration::from_secs(5);
+
 /// How long the end of the VM waits for its killed workers to die before it gives up on them.
 const END_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -192,9 +200,12 @@ pub struct VirtioDevices {
     /// `virtio_mmio.device=` words for the kernel command line, space-separated.
     pub cmdline: String,
     devices: Vec<Device>,
-    /// The broker's spawner and the sandboxed devices' starts, once a device is sandboxed.
-    /// Dropped after `devices` (their workers are killed and reaped first); monitors hold it
-    /// weakly, so no worker is restarted once the VM ends.
+    /// The devices between [`prepare`] and [`VirtioDevices::start`].
+    pending: Vec<Pending>,
+    /// The broker and what svmm keeps of the sandboxed devices, once a device is sandboxed.
+    /// Dropped after `devices` (their workers are killed first; svmm hanging up makes the
+    /// broker kill any left and exit); monitors hold it weakly, so no worker is restarted once
+    /// the VM ends.
     sandbox: Option<Arc<Sandbox>>,
 }
 
@@ -252,6 +263,11 @@ impl VirtioDevices {
                         true => "no requests".to_string(),
                         false => queues.join(", "),
                     };
+                    // What the driver negotiated, while it still is (a reset clears it).
+                    let features = match transport.driver_features() {
+                        0 => String::new(),
+                        f => format!("; driver features {f:#x}"),
+                    };
                     // A restarted worker counts its own requests; the restarts are the VMM's.
                     let restarts = match device.worker {
                         Worker::Sandboxed(_) => {
@@ -260,7 +276,7 @@ impl VirtioDevices {
                         Worker::InProcess { .. } => String::new(),
                     };
                     say(&format!(
-                        "svmm: {} ({mode}): {queues}{restarts}",
+                        "svmm: {} ({mode}): {queues}{features}{restarts}",
                         device.name
                     ));
                 }
@@ -290,9 +306,11 @@ struct Pending {
     irqfd: EventFd,
     queue_events: Vec<EventFd>,
     /// Its host services (a socket to connect, a shared-memory region), if its kind declares
-    /// any: svmm's side until its thread starts, and the link each worker's channel comes
-    /// through (a sandboxed device's goes to the [`Sandbox`] with its start).
-    services: Option<(DeviceServices, ServiceLink)>,
+    /// any: svmm's side until its thread starts in pass 2.
+    services: Option<DeviceServices>,
+    /// An in-process device's link its service channel comes through (a sandboxed device's
+    /// goes to the [`Sandbox`] with its start).
+    link: Option<ServiceLink>,
     /// Its shared-memory window, if it has one.
     window: Option<ShmWindow>,
     services_thread: Option<JoinHandle<()>>,
@@ -314,63 +332,137 @@ enum How {
     },
 }
 
-/// Creates every device of `config`, in order, and puts its transport on `bus`.
-pub fn create(
+/// Pass 1 for every device of `config`, in order: slots, host resources, plans, eventfds
+/// bound to KVM; then, while svmm is still single-threaded, the broker process for the
+/// sandboxed ones (svmm closes its own copies of their host resources' fds). The devices'
+/// windows and command-line entries are known from here on; [`VirtioDevices::start`] starts
+/// them.
+pub fn prepare(
     vm: &Arc<VmFd>,
     ram: &GuestRam,
     config: &VmConfig,
-    bus: &mut MmioBus,
-    control: &VmEvents,
 ) -> Result<VirtioDevices, DeviceSetupError> {
     let mut devices = VirtioDevices::default();
-    // 1. In order: slots, host resources, plans, eventfds bound to KVM.
-    let mut pending = Vec::with_capacity(config.devices.len());
     let mut workers = 0u32;
     let windows = services::windows(&config.devices, config.mem_bytes);
-    let vm_services = VmServices::new(vm);
+    let vm_services = services::VmServices::new(vm);
     for ((index, spec), window) in (0u32..).zip(&config.devices).zip(windows) {
         let mut device = set_up(vm, ram, config, spec, index, workers, window)?;
-        device.services =
-            services_of(&vm_services, &device.name, spec, window).map_err(|source| {
-                DeviceSetupError::Host {
-                    name: device.name.clone(),
-                    what: "create its service channel",
-                    source,
-                }
+        let services = vm_services
+            .of(&device.name, spec, window)
+            .map_err(|source| DeviceSetupError::Host {
+                name: device.name.clone(),
+                what: "create its service channel",
+                source,
             })?;
-        pending.push(device);
+        if let Some((services, link)) = services {
+            device.services = Some(services);
+            match &mut device.how {
+                How::Sandboxed(Some(start)) => start.services = Some(link),
+                _ => device.link = Some(link),
+            }
+        }
         workers += u32::from(spec.sandbox);
+        let (addr, size, irq) = device.slot;
+        devices.acpi.push(VirtioMmioDevice { addr, size, irq });
+        if !devices.cmdline.is_empty() {
+            devices.cmdline.push(' ');
+        }
+        devices
+            .cmdline
+            .push_str(&virtio_mmio_cmdline_entry(addr, size, irq));
+        devices.pending.push(device);
     }
-    // 2. Start them all.
-    for device in &mut pending {
-        let sandbox = match (device.spec.sandbox, &mut devices.sandbox) {
-            (false, _) => None,
-            (true, Some(sandbox)) => Some(&**sandbox),
-            (true, none) => Some(&**none.insert(Arc::new(
-                Sandbox::new(config.sandbox).map_err(DeviceSetupError::Sandbox)?,
-            ))),
-        };
-        start(device, sandbox)?;
-    }
-    // 3. Every Ready, each under its own deadline.
-    let deadlines = Deadlines::default();
-    let waits: Vec<_> = pending
-        .iter()
-        .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
+    let declared: Vec<DeviceStart> = devices
+        .pending
+        .iter_mut()
+        .filter_map(|d| match &mut d.how {
+            How::Sandboxed(start) => start.take().map(|start| *start),
+            How::InProcess { .. } => None,
+        })
         .collect();
-    let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
-        name: pending.first().map_or_else(String::new, |d| d.name.clone()),
-        what: "wait for its worker",
-        source,
-    })?;
-    drop(waits);
-    // Then, in order: proxies, transports, monitors.
-    for (device, ready_at) in pending.into_iter().zip(ready_at) {
+    if !declared.is_empty() {
+        let sandbox =
+            Sandbox::fork(&config.sandbox, declared).map_err(DeviceSetupError::Sandbox)?;
+        devices.sandbox = Some(Arc::new(sandbox));
+    }
+    Ok(devices)
+}
+
+impl VirtioDevices {
+    /// After svmm, as root, became the unprivileged `uid` (`crate::vm`) and before any device
+    /// starts: every socket a device's host services connect to on the device's request takes
+    /// a connection from that uid (`services::check_reachable`), so that a compositor socket
+    /// only root may use is one line at start-up (exit 65), not a guest whose every context
+    /// is refused.
+    pub fn check_services_reachable(&self, uid: u32) -> Result<(), DeviceSetupError> {
+        for device in &self.pending {
+            let Some(path) = device.services.as_ref().and_then(|s| s.socket.as_ref()) else {
+                continue;
+            };
+            if let Err(why) = services::check_reachable(path, uid) {
+                return Err(DeviceSetupError::HostResources {
+                    name: device.name.clone(),
+                    source: HostResourceError::Input(InputError {
+                        what: path.display().to_string(),
+                        source: why.into(),
+                    }),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes 2 and 3: starts every prepared device — through the broker, or on a thread of
+    /// svmm —, waits for every `Ready` together (each under its own deadline), then in order
+    /// builds its proxy and transport, puts it on `bus` and starts its monitor thread.
+    pub fn start(
+        &mut self,
+        config: &VmConfig,
+        bus: &mut MmioBus,
+        control: &VmEvents,
+    ) -> Result<(), DeviceSetupError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        // 2. Start them all.
+        for device in &mut pending {
+            start(device, self.sandbox.as_deref())?;
+        }
+        // 3. Every Ready, each under its own deadline.
+        let deadlines = Deadlines::default();
+        let waits: Vec<_> = pending
+            .iter()
+            .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
+            .collect();
+        let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
+            name: pending.first().map_or_else(String::new, |d| d.name.clone()),
+            what: "wait for its worker",
+            source,
+        })?;
+        drop(waits);
+        // Then, in order: proxies, transports, monitors.
+        for (device, ready_at) in pending.into_iter().zip(ready_at) {
+            let device = self.finish(device, ready_at, config, bus, control, deadlines)?;
+            self.devices.push(device);
+        }
+        Ok(())
+    }
+
+    /// Pass 3 for one device whose worker answered (at `ready_at`) or not: proxy, transport
+    /// on `bus`, monitor.
+    fn finish(
+        &self,
+        device: Pending,
+        ready_at: Option<Instant>,
+        config: &VmConfig,
+        bus: &mut MmioBus,
+        control: &VmEvents,
+        deadlines: Deadlines,
+    ) -> Result<Device, DeviceSetupError> {
         let Pending {
             name,
             index,
             spec,
-            slot: (addr, size, irq),
+            slot: (addr, size, _),
             how,
             status,
             vmm_end,
@@ -434,7 +526,7 @@ pub fn create(
             Worker::Sandboxed(supervised) => Some(supervised.clone()),
             Worker::InProcess { .. } => None,
         };
-        let restarter = devices
+        let restarter = self
             .sandbox
             .as_ref()
             .filter(|_| spec.sandbox)
@@ -460,22 +552,14 @@ pub fn create(
             what: e.what,
             source: e.source,
         })?;
-        devices.acpi.push(VirtioMmioDevice { addr, size, irq });
-        if !devices.cmdline.is_empty() {
-            devices.cmdline.push(' ');
-        }
-        devices
-            .cmdline
-            .push_str(&virtio_mmio_cmdline_entry(addr, size, irq));
-        devices.devices.push(Device {
+        Ok(Device {
             name,
             transport,
             worker,
             _resources: resources,
             _services: services_thread,
-        });
+        })
     }
-    Ok(devices)
 }
 
 /// Pass 1 for device `index` (the `worker`-th sandboxed one if sandboxed): its slot, its host
@@ -559,6 +643,7 @@ fn set_up(
     let (how, vmm_end) = match plan {
         Some(plan) => {
             let start = DeviceStart {
+                index: index as usize,
                 plan,
                 guest_ram,
                 irq_status,
@@ -596,50 +681,13 @@ fn set_up(
         irqfd,
         queue_events,
         services: None,
+        link: None,
         window,
         services_thread: None,
         worker: None,
         watch: None,
         started: Instant::now(),
     })
-}
-
-/// What svmm's side of every device's host services shares: the VM (for memory slots), its
-/// free slots and its count of open connections.
-struct VmServices {
-    vm: Arc<VmFd>,
-    slots: Arc<Slots>,
-    connections: Arc<Connections>,
-}
-
-impl VmServices {
-    fn new(vm: &Arc<VmFd>) -> VmServices {
-        let limit = u32::try_from(vm.check_extension_int(kvm_ioctls::Cap::NrMemslots)).unwrap_or(0);
-        VmServices {
-            vm: vm.clone(),
-            slots: Slots::new(limit),
-            connections: Connections::new(MAX_CONNECTIONS_PER_VM),
-        }
-    }
-}
-
-/// The host services of device `name`, if its kind declares any: svmm's side (not started) and
-/// the link its workers' service channels come through.
-fn services_of(
-    shared: &VmServices,
-    name: &str,
-    spec: &DeviceSpec,
-    window: Option<ShmWindow>,
-) -> io::Result<Option<(DeviceServices, ServiceLink)>> {
-    if !spec.config.has_services() {
-        return Ok(None);
-    }
-    let socket = spec.config.resources().into_iter().find_map(|r| match r {
-        HostResource::SocketPath { path } => Some(path),
-        _ => None,
-    });
-    let shm = window.map(|w| ShmMapper::new(shared.vm.clone(), w, shared.slots.clone()));
-    DeviceServices::new(name.to_string(), socket, shm, shared.connections.clone()).map(Some)
 }
 
 /// Pass 2: starts the worker that serves `device` — **the one place the broker plugs in**.
@@ -653,31 +701,27 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
     let name = device.name.clone();
     device.started = Instant::now();
     // Its host services answer before the device can ask.
-    let mut link = None;
-    if let Some((services, services_link)) = device.services.take() {
+    if let Some(services) = device.services.take() {
         let thread = services.spawn().map_err(|source| DeviceSetupError::Host {
             name: name.clone(),
             what: "start its host-services thread",
             source,
         })?;
         device.services_thread = Some(thread);
-        link = Some(services_link);
     }
     let (resources, fds) = match (&mut device.how, sandbox) {
-        (How::Sandboxed(start), Some(sandbox)) => {
-            let mut start = start.take().expect("started once");
-            start.services = link;
-            sandbox.add(device.index, *start);
-            let started =
-                sandbox
-                    .start(device.index)
-                    .map_err(|source| DeviceSetupError::Spawn {
-                        name: name.clone(),
-                        source,
-                    })?;
+        (How::Sandboxed(_), Some(sandbox)) => {
+            let failed = |source| DeviceSetupError::Spawn {
+                name: name.clone(),
+                source,
+            };
+            let lease = sandbox
+                .lease(device.index)
+                .ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
+            let started = sandbox.start(device.index).map_err(failed)?;
             device.vmm_end = Some(started.control);
             device.watch = Some(started.watch);
-            device.worker = Some(Worker::Sandboxed(Supervised::new(started.worker)));
+            device.worker = Some(Worker::Sandboxed(Supervised::new(lease, started.worker)));
             return Ok(());
         }
         (
@@ -687,7 +731,7 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
             },
             _,
         ) => (resources, worker_fds.take().expect("started once")),
-        // `create` gives every sandboxed device the VM's sandbox.
+        // `prepare` declares every sandboxed device to the VM's broker.
         (How::Sandboxed(_), None) => {
             return Err(DeviceSetupError::Spawn {
                 name,
@@ -702,12 +746,14 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
             what: "duplicate its host resources",
             source,
         })?;
-    let service_end = link
-        .map(|link| link.fresh())
+    let service_end = device
+        .link
+        .take()
+        .map(|link| link.take(SERVICE_CHANNEL_WAIT))
         .transpose()
         .map_err(|source| DeviceSetupError::Host {
             name: name.clone(),
-            what: "make its service channel",
+            what: "take its service channel",
             source,
         })?;
     let config = &device.spec.config;

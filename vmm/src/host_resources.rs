@@ -84,6 +84,13 @@ impl HostResources {
             .collect()
     }
 
+    /// Takes the fds out, one slot per resource (empty for one without an fd), leaving only
+    /// what else the resources hold (helper processes): a sandboxed device's fds go to the
+    /// broker, and svmm keeps no copy of them.
+    pub fn take_fds(&mut self) -> Vec<Option<OwnedFd>> {
+        self.opened.iter_mut().map(|o| o.fd.take()).collect()
+    }
+
     /// The size of resource `index` in bytes (`lseek` on its fd: a block device's `st_size` is
     /// 0).
     pub fn size(&self, index: usize) -> io::Result<u64> {

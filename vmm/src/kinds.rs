@@ -13,6 +13,7 @@ pub static KINDS: &[&dyn DeviceKind] = &[
     &devices::rng::RngKind, // virtio-rng
     &devices::blk::BlkKind, // virtio-blk
     &devices::fs::FsKind,   // virtio-fs
+    &devices::net::NetKind, // virtio-net
     &devices::wl::WlKind,   // virtio-wl (Wayland)
 ];
 

@@ -33,6 +33,7 @@ mod vcpu;
 mod virtio;
 mod vm;
 mod vm_events;
+mod worker_stderr;
 
 use std::io::Write;
 

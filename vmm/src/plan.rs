@@ -38,10 +38,6 @@ use worker::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STO
 /// it) instead of taking host memory.
 pub const WORKER_AS_MARGIN: u64 = 64 << 20;
 
-/// Whether a spawned worker keeps svmm's stderr as its fd 2 (for its one-line error reports);
-/// otherwise it is `/dev/null` like fds 0 and 1.
-pub const INHERIT_STDERR: bool = true;
-
 /// One fd a worker holds from its start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InheritedFd {
@@ -209,6 +205,21 @@ fn services_fd_text(name: &str, resources: &[HostResource], window: Option<ShmWi
     )
 }
 
+/// As root: the uid and gid of the broker process (`IdRange::broker`); `None` unprivileged.
+pub fn broker_ids(range: IdRange) -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root.then(|| range.broker()).flatten().map(|id| (id, id))
+}
+
+/// As root: the uid and gid svmm drops to once KVM and the host resources are open
+/// (`IdRange::svmm`); `None` unprivileged.
+pub fn svmm_ids(range: IdRange) -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root.then(|| range.svmm()).flatten().map(|id| (id, id))
+}
+
 /// The fds a worker of `kind` with `queues` queues and `resources` holds, 0 upwards: stdio,
 /// the fixed numbers of `worker::fd_numbers`, one eventfd per queue, each resource with an
 /// fd, in order, as declared, then the service channel, if the device has one (`services`:
@@ -223,14 +234,14 @@ pub fn inherited_fds(
         number,
         what: what.to_string(),
     };
-    let stderr = match INHERIT_STDERR {
-        true => "stderr: svmm's stderr (the worker's one-line error reports)",
-        false => "stderr: /dev/null",
-    };
     let mut fds = vec![
         fd(0, "stdin: /dev/null"),
         fd(1, "stdout: /dev/null"),
-        fd(2, stderr),
+        fd(
+            2,
+            "stderr: a pipe of its own (svmm reads the other end and shows each line cleaned of \
+             control characters, prefixed with the device and rate-limited)",
+        ),
         fd(
             CONTROL,
             "control socket (SOCK_SEQPACKET, the worker's end; svmm holds the other)",
@@ -249,7 +260,8 @@ pub fn inherited_fds(
         ),
         fd(
             STOP,
-            "stop eventfd (readable = stop serving; svmm never writes it to a spawned worker)",
+            "stop eventfd (readable = stop serving; the broker makes one per worker, nobody \
+             writes it to a spawned worker)",
         ),
     ];
     for queue in 0..queues {

@@ -3,8 +3,10 @@
 //! Nothing here describes a sandbox in words of its own. Each device's part is the plan the
 //! spawner uses ([`crate::plan`]: the fd table with each host resource as its kind declares
 //! it, the `broker::ConfineConfig` and its `broker::describe`, the worker's argv), and each
-//! seccomp section comes from the merged JSON the filter was compiled from ([`profile`]);
-//! svmm's own threads come from [`crate::self_confine::THREAD_POLICY`]. The report goes to
+//! seccomp section comes from the merged JSON the filter was compiled from ([`profile`]); the
+//! broker process's ids come from [`crate::plan::broker_ids`] and svmm's own from
+//! [`crate::plan::svmm_ids`]; svmm's own threads come from
+//! [`crate::self_confine::THREAD_POLICY`]. The report goes to
 //! stdout; nothing is spawned, no VM is created, and no host resource is opened, locked or
 //! created (a disk image is only measured, for its worker's `RLIMIT_FSIZE`).
 
@@ -22,6 +24,7 @@ use crate::device_spec::DeviceSpec;
 use crate::host_resources::declared_size;
 use crate::layout::virtio_mmio_slot;
 use crate::plan::{self, PlanError, WorkerPlan};
+use crate::sandboxed::BROKER_PROFILE;
 use crate::self_confine::{THREAD_POLICY, VMM_PROFILE};
 use profile::ProfileError;
 
@@ -51,8 +54,9 @@ pub fn report(
     ram_size: u64,
 ) -> Result<String, PrintSandboxError> {
     let mut out = String::new();
-    header(&mut out, devices.len(), mode);
+    header(&mut out, devices.len(), mode, options);
     let mut workers = 0u32;
+    let mut held = Vec::new();
     let windows = crate::services::windows(devices, ram_size);
     for ((index, spec), window) in (0u32..).zip(devices).zip(windows) {
         let name = format!("{}#{index}", spec.kind());
@@ -66,19 +70,42 @@ pub fn report(
         workers += u32::from(spec.sandbox);
         out.push('\n');
         device(&mut out, index, &plan, mode)?;
+        if plan.sandboxed {
+            // Its host resources' fds; a service channel after them is svmm's, passed through
+            // with each start.
+            let first = worker::fd_numbers::first_resource(spec.config.queues());
+            let with_fd = resources.iter().filter(|r| r.has_fd()).count();
+            let resources = plan
+                .fds
+                .iter()
+                .filter(|fd| fd.number >= first)
+                .take(with_fd);
+            held.extend(resources.map(|fd| format!("{}: {}", plan.name, fd.what)));
+            held.push(format!("{}: its plan (the command line above)", plan.name));
+        }
+    }
+    if workers > 0 {
+        out.push('\n');
+        broker(&mut out, mode, options, &held)?;
     }
     out.push('\n');
     vmm(&mut out, mode)?;
     Ok(out)
 }
 
-fn header(out: &mut String, devices: usize, mode: SeccompMode) {
+fn header(out: &mut String, devices: usize, mode: SeccompMode, options: &SandboxOptions) {
     // SAFETY: geteuid and getegid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let who = match uid {
-        0 => "root: each worker gets host ids of its own from the worker id range".to_string(),
-        _ => format!(
-            "uid {uid}, gid {gid}: workers keep these ids, mapped inside their user namespace"
+    let who = match plan::svmm_ids(options.worker_ids) {
+        Some((uid, gid)) => format!(
+            "root while it opens KVM and the host resources, then uid {uid}, gid {gid}, no \
+             supplementary groups and no capabilities (the last id of --worker-ids), before it \
+             starts any thread; each worker gets host ids of its own from the worker id range"
+        ),
+        None => format!(
+            "uid {uid}, gid {gid}: workers keep these ids, mapped inside their user namespace \
+             (no subordinate id range is used: workers share svmm's host uid and its \
+             supplementary groups)"
         ),
     };
     let required = REQUIRED_LANDLOCK_ABI as i32;
@@ -125,9 +152,10 @@ fn device(
     let _ = writeln!(out, "command line: {}", argv.join(" "));
     let _ = writeln!(
         out,
-        "  started by the broker's spawner thread: clone3 into new namespaces, then execveat of \
-         svmm's own binary through an O_PATH fd, empty environment; the worker confines itself \
-         (below) before it reads a byte from svmm or the guest"
+        "  started (and restarted) by the broker process (below) on svmm's request: clone3 into \
+         new namespaces, then execveat of svmm's own binary through an O_PATH fd, empty \
+         environment; the worker confines itself (below) before it reads a byte from svmm or \
+         the guest"
     );
     // broker::describe is the sandbox's own account; the fd and seccomp lines are replaced by
     // the detailed sections below, and the ids line gets the host's view.
@@ -244,6 +272,62 @@ fn seccomp(
     );
     out.push_str(&profile::render(&rules, "    "));
     Ok(())
+}
+
+/// The broker process: who it runs as, what it holds and does, its profile.
+fn broker(
+    out: &mut String,
+    mode: SeccompMode,
+    options: &SandboxOptions,
+    held: &[String],
+) -> Result<(), PrintSandboxError> {
+    let _ = writeln!(out, "== the broker process (svmm-broker) ==");
+    let _ = writeln!(
+        out,
+        "forked from svmm before the guest runs and before svmm starts any thread; \
+         single-threaded; dies with svmm (PR_SET_PDEATHSIG), and its workers with it"
+    );
+    let ids = match plan::broker_ids(options.worker_ids) {
+        Some((uid, gid)) => format!(
+            "uid {uid}, gid {gid} (the second-to-last id of --worker-ids), no supplementary \
+             groups; of all capabilities only CAP_SETUID and CAP_SETGID (to map each worker's \
+             ids), bounding set included; no_new_privs"
+        ),
+        None => "svmm's own ids, no capabilities; no_new_privs".to_string(),
+    };
+    let _ = writeln!(out, "runs as: {ids}");
+    let _ = writeln!(
+        out,
+        "stdin and stdout /dev/null, stderr svmm's (its log lines); every other fd closed but:"
+    );
+    let _ = writeln!(out, "  svmm's executable (O_PATH), to exec workers");
+    let _ = writeln!(out, "  one channel per sandboxed device (SOCK_SEQPACKET)");
+    for what in held {
+        let _ = writeln!(out, "  {what}");
+    }
+    let _ = writeln!(
+        out,
+        "accepts on device N's channel only \"start device N\" (with the guest-facing fds svmm \
+         passes through, and a device with host services its fresh service channel; a worker \
+         already running is refused) and \"stop device N\"; anything else is refused and \
+         logged; reports each worker's end to svmm"
+    );
+    let _ = writeln!(
+        out,
+        "never maps guest RAM: it holds svmm's fd of it only while it starts a worker"
+    );
+    let violation = match mode {
+        SeccompMode::Trap => {
+            "any other call is denied with SIGSYS and kills the broker (svmm then reports its \
+             workers dead); filters are inherited, so this one also stays on every worker, \
+             under the worker's own"
+        }
+        SeccompMode::Log => {
+            "any other call is allowed and logged to the kernel audit log; it also stays on \
+             every worker, under the worker's own"
+        }
+    };
+    seccomp(out, BROKER_PROFILE, mode, violation)
 }
 
 /// svmm's own threads and the `vmm` profile.

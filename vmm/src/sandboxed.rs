@@ -1,50 +1,63 @@
-//! Sandboxed device workers, VMM side: **the one entry point that gets a running worker for
-//! device N** ([`Sandbox::start`]), used for the first start at set-up and for every restart.
+//! Sandboxed device workers, VMM side: the broker process and **the one entry point that gets
+//! a running worker for device N** ([`Sandbox::start`]), used for the first start at set-up
+//! and for every restart.
 //!
-//! The VM owns one [`Sandbox`], created with its first sandboxed device: a long-lived
-//! [`broker::Spawner`] thread (workers' parent-death signal follows the thread that cloned them,
-//! so every spawn happens there), an `O_PATH` fd to svmm's own executable, and one
-//! [`DeviceStart`] per sandboxed device, added at set-up ([`Sandbox::add`]): the device's
-//! [`WorkerPlan`] (`crate::plan`: its ids — as root, a host uid/gid of its own from
-//! `--worker-ids`; unprivileged, svmm's own ids seen as 1000 inside the worker's user
-//! namespace —, its argv with the sandbox as `--sandbox-*` arguments and the kind's config),
-//! the fds every worker of the device gets again — guest RAM, the interrupt status page, the
-//! irqfd and the queue ioeventfds, all bound to KVM once and kept — and the device's host
-//! resources (held here, with their locks and helper processes, for as long as the VM lives)
-//! and, for a kind with host services, the link a fresh service channel per worker comes
-//! through (`crate::services`).
+//! svmm never spawns a worker itself. Once the devices are planned and their host resources
+//! opened, and while svmm is still single-threaded, [`Sandbox::fork`] forks the broker
+//! (`broker::server`) with, per sandboxed device ([`DeviceStart`]), its fixed plan (argv, ids)
+//! and its host resources' fds — svmm then closes its own copies of those, keeping only what
+//! else a resource holds (helper processes) — and its own seccomp filter (the `broker`
+//! profile). svmm keeps, per device, the fds every worker of the device gets again (guest RAM,
+//! the interrupt status page, the irqfd and the queue ioeventfds, all bound to KVM once) and a
+//! [`Lease`]: a channel on which it can ask for exactly two things about that device, `Start`
+//! (with those fds) and `Stop`, and on which the broker reports how
+//! each worker ended (`ipc::broker`). For a kind with host services svmm also keeps the
+//! device's [`ServiceLink`]: each `Start` carries, after those fds, the device's end of a fresh
+//! service channel that the device's `svc-` thread made and parked there (`crate::services`),
+//! which the broker passes on as the worker's last fd.
 //!
-//! [`Sandbox::start`] runs entirely on the spawner thread: a fresh control channel (the VMM's
-//! end non-blocking) and stop eventfd, duplicates of the device's fds and host resources in
-//! `worker::fd_numbers` order, the spawn, and duplicates of the control socket and pidfd for
-//! the device's monitor. So the thread that asks — the main thread at set-up, a monitor thread
-//! under svmm's seccomp filter when it restarts a worker — makes no system call beyond passing
-//! the request and receiving the fds; a broker process (DESIGN.md) answers the same request.
-//! Nothing about a start is computed at restart time: the plan is the one made at set-up.
+//! ```text
+//!   svmm ─ Lease(rng#0) ═══ Start / Stop ═══▶ broker ── clone3 + id maps + execveat ──▶ worker
+//!        ◀═══ Started (control end, pidfd, stderr) / Exited (status) / Refused ═══
+//! ```
 //!
-//! Before the first spawn, [`Sandbox::new`] checks that the kernel enforces Landlock and refuses,
-//! in one line, when it does not (unless `--allow-missing-landlock`).
+//! [`Sandbox::start`] is one request and its answer: the thread that asks — the main thread at
+//! set-up, a monitor thread under svmm's seccomp filter when it restarts a worker — makes no
+//! system call beyond a `sendmsg`, a `poll` and a `recvmsg` (and, for a device with host
+//! services, a `poll` and a `recvmsg` to take the parked service channel). Nothing about a
+//! start is computed at restart time: the plan is the one the broker was given at set-up.
 //!
-//! Workers write their rare one-line fatal errors to svmm's stderr when it is a pipe, terminal or
-//! socket; when it is a regular file they get /dev/null instead (their `RLIMIT_FSIZE` is 0).
+//! Before the fork, [`Sandbox::fork`] checks that the kernel enforces Landlock and refuses, in
+//! one line, when it does not (unless `--allow-missing-landlock`). Each worker's stderr is a
+//! pipe of its own whose other end svmm's monitor reads (`crate::worker_stderr`).
 //!
-//! Dropping the `Sandbox` ends the spawner thread, which kills every worker it started (their
-//! parent-death signal); the `Worker` handles still reap them.
+//! The broker dies with svmm (its parent-death signal) and its workers with it (theirs);
+//! svmm hanging up its channels makes it kill its workers and exit.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
 
-use broker::{SpawnError, Spawner, WorkerSpec};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use broker::{BrokerError, BrokerSetup, Declared};
+use ipc::{BrokerReply, BrokerRequest, Channel, ChannelError};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::SandboxOptions;
+use crate::fd_wait::wait_readable;
 use crate::host_resources::HostResources;
 use crate::plan::WorkerPlan;
 use crate::services::ServiceLink;
-use worker::WorkerFds;
 
-/// Why a worker could not be started. Each variant names one failure.
+/// How long svmm waits for the broker to answer a `Start` (the spawn itself, not the worker's
+/// `Ready`).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The profile of the broker process.
+pub const BROKER_PROFILE: &str = "broker";
+
+/// Why the broker or a worker could not be started. Each variant names one failure.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The kernel cannot enforce the Landlock ABI the sandbox needs.
@@ -61,42 +74,40 @@ pub enum SandboxError {
     },
     /// `/proc/self/exe` could not be opened.
     #[error("cannot open svmm's own executable for its workers")]
-    SelfExe(#[source] std::io::Error),
-    /// The spawner thread could not be started.
-    #[error("cannot start the worker spawner")]
-    Spawner(#[source] SpawnError),
-    /// No device N was added (a set-up bug).
+    SelfExe(#[source] io::Error),
+    /// The binary lacks the broker's profile (a build bug).
+    #[error("no seccomp profile {BROKER_PROFILE:?} in this build")]
+    NoProfile,
+    /// The broker process could not be started.
+    #[error("cannot start the broker")]
+    Broker(#[source] BrokerError),
+    /// No device N was declared to the broker (a set-up bug).
     #[error("no sandboxed device {0}")]
     NoDevice(usize),
-    /// The worker's control channel could not be made.
-    #[error("cannot make the worker's control channel")]
-    Channel(#[source] ipc::ChannelError),
-    /// The worker's fds could not be made or duplicated.
-    #[error("cannot {what} for the worker")]
-    Fds {
-        /// What failed.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The fds do not match the plan (a set-up bug).
-    #[error("the worker was planned with {planned} fds but is given {given}")]
-    FdCount {
-        /// `--sandbox-fds` of the plan.
-        planned: u32,
-        /// Fds passed.
-        given: usize,
-    },
-    /// The broker failed to start the worker.
-    #[error("cannot spawn the worker")]
-    Spawn(#[source] SpawnError),
+    /// Talking to the broker failed.
+    #[error("the broker channel failed")]
+    Channel(#[source] ChannelError),
+    /// The broker did not answer in time.
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The broker refused to start the worker.
+    #[error("the broker refused to start it: {0}")]
+    Refused(String),
+    /// The broker answered something else.
+    #[error("the broker answered {0}")]
+    Unexpected(String),
+    /// The device's `svc-` thread had no service channel ready for the worker.
+    #[error("no service channel for the worker")]
+    Services(#[source] io::Error),
 }
 
-/// Everything starting device N's worker takes besides a fresh control channel and stop
-/// eventfd: its plan, and the fds every worker of the device gets again (svmm keeps them).
+/// Everything about sandboxed device N that is fixed at set-up: what the broker is given (its
+/// plan, its host resources) and the fds every worker of the device gets again (svmm keeps
+/// them).
 pub struct DeviceStart {
-    /// What the worker is started with.
+    /// Its number in `--device` order.
+    pub index: usize,
+    /// What the worker is started with (the broker keeps it).
     pub plan: WorkerPlan,
     /// The sealed guest RAM memfd.
     pub guest_ram: File,
@@ -106,160 +117,257 @@ pub struct DeviceStart {
     pub irqfd: EventFd,
     /// Its queue notification eventfds (KVM ioeventfds), in queue order.
     pub queue_events: Vec<EventFd>,
-    /// Its host resources, held here; each worker gets duplicates.
+    /// Its host resources: their fds go to the broker, the rest (helper processes) stays here.
     pub resources: HostResources,
     /// For a kind with host services: where each worker's fresh service channel comes from
     /// (`crate::services`); the channel is the worker's last fd.
     pub services: Option<ServiceLink>,
 }
 
+/// What svmm keeps of sandboxed device N once the broker runs.
+struct Kept {
+    lease: Arc<Lease>,
+    guest_ram: File,
+    irq_status: OwnedFd,
+    irqfd: EventFd,
+    queue_events: Vec<EventFd>,
+    /// Helper processes and the like, held as long as the VM (the fds are the broker's).
+    _resources: HostResources,
+    /// Where each worker's service channel comes from, for a kind with host services.
+    services: Option<ServiceLink>,
+}
+
+/// A worker the broker started: its pid and a pidfd svmm may only poll (the worker is the
+/// broker's child, under another uid: svmm can neither signal nor reap it).
+#[derive(Debug)]
+pub struct WorkerProcess {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl WorkerProcess {
+    /// Its pid (in svmm's pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Readable once it has ended.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
 /// A worker [`Sandbox::start`] started.
 pub struct Started {
     /// The process.
-    pub worker: broker::Worker,
-    /// The VMM's end of its control channel (non-blocking).
-    pub control: ipc::Channel,
-    /// What the device's monitor thread polls: duplicates of the control socket and pidfd.
+    pub worker: WorkerProcess,
+    /// The VMM's end of its control channel (non-blocking: the broker made it so).
+    pub control: Channel,
+    /// What the device's monitor thread polls for it.
     pub watch: Watch,
 }
 
-/// The fds a monitor thread polls for one worker.
+/// The fds a monitor thread polls for one worker, besides the device's [`Lease`] (where the
+/// broker reports the worker's end).
 pub struct Watch {
     /// A duplicate of the VMM's end of the control channel.
     pub socket: OwnedFd,
-    /// A duplicate of the worker's pidfd.
-    pub pidfd: OwnedFd,
+    /// The read end of the worker's stderr pipe.
+    pub stderr: OwnedFd,
 }
 
-/// The VM's means to start sandboxed workers (see the module docs).
+/// The VM's broker and what svmm keeps per sandboxed device (see the module docs).
 pub struct Sandbox {
-    spawner: Spawner,
-    exe: Arc<OwnedFd>,
-    /// Workers share svmm's stderr (for their one-line fatal errors); not when it is a regular
-    /// file, which their `RLIMIT_FSIZE` of 0 would refuse to grow.
-    share_stderr: bool,
     /// Indexed by device number (`--device` order); `None` for in-process devices.
-    devices: Mutex<Vec<Option<Arc<DeviceStart>>>>,
+    devices: Vec<Option<Kept>>,
 }
 
 impl Sandbox {
-    /// Checks Landlock, opens svmm's executable and starts the spawner thread.
-    pub fn new(options: SandboxOptions) -> Result<Self, SandboxError> {
+    /// Checks Landlock, opens svmm's executable and forks the broker for `devices`. Call it
+    /// while svmm is single-threaded.
+    pub fn fork(options: &SandboxOptions, devices: Vec<DeviceStart>) -> Result<Self, SandboxError> {
         let have = broker::landlock_abi_version();
         let required = broker::REQUIRED_LANDLOCK_ABI as i32;
         if have < required && !options.allow_missing_landlock {
             return Err(SandboxError::LandlockMissing { have, required });
         }
         let exe = broker::self_exe().map_err(SandboxError::SelfExe)?;
-        let spawner = Spawner::new().map_err(SandboxError::Spawner)?;
-        let stderr_is_file = std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .and_then(|fd| std::fs::File::from(fd).metadata())
-            .map_or(true, |m| m.is_file());
-        Ok(Sandbox {
-            spawner,
-            exe: Arc::new(exe),
-            share_stderr: !stderr_is_file,
-            devices: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Makes device `index` (its number in `--device` order) startable.
-    pub fn add(&self, index: usize, device: DeviceStart) {
-        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        if devices.len() <= index {
-            devices.resize_with(index + 1, || None);
+        let seccomp = seccomp_profiles::program(BROKER_PROFILE, options.seccomp)
+            .ok_or(SandboxError::NoProfile)?;
+        let mut declared = Vec::with_capacity(devices.len());
+        let mut kept = Vec::with_capacity(devices.len());
+        for mut device in devices {
+            // Guest RAM, status page, irqfd, one per queue; the broker adds a fresh stop
+            // eventfd after the first three (`worker::fd_numbers` order).
+            let guest_fds = 3 + device.queue_events.len();
+            declared.push(Declared {
+                name: device.plan.name.clone(),
+                index: device.index as u32,
+                argv: device.plan.argv.clone(),
+                ids: device.plan.ids,
+                guest_fds,
+                fresh_eventfd_at: Some(3),
+                resources: device.resources.take_fds().into_iter().flatten().collect(),
+                trailing_fds: usize::from(device.services.is_some()),
+            });
+            kept.push(device);
         }
-        devices[index] = Some(Arc::new(device));
+        let process = broker::server::fork(BrokerSetup {
+            exe,
+            devices: declared,
+            seccomp,
+            drop_to: crate::plan::broker_ids(options.worker_ids),
+        })
+        .map_err(SandboxError::Broker)?;
+        let mut sandbox = Sandbox {
+            devices: Vec::new(),
+        };
+        for (device, channel) in kept.into_iter().zip(process.channels) {
+            let index = device.index;
+            if sandbox.devices.len() <= index {
+                sandbox.devices.resize_with(index + 1, || None);
+            }
+            sandbox.devices[index] = Some(Kept {
+                lease: Arc::new(Lease {
+                    name: device.plan.name,
+                    index: index as u32,
+                    channel,
+                }),
+                guest_ram: device.guest_ram,
+                irq_status: device.irq_status,
+                irqfd: device.irqfd,
+                queue_events: device.queue_events,
+                _resources: device.resources,
+                services: device.services,
+            });
+        }
+        Ok(sandbox)
     }
 
-    /// Starts a confined worker for device `index`, as its plan says, with fresh duplicates of
-    /// its fds and host resources: the first time, or again after its worker died. Runs on the
-    /// spawner thread (see the module docs).
+    /// The lease on device `index`, if it is sandboxed.
+    pub fn lease(&self, index: usize) -> Option<Arc<Lease>> {
+        let kept = self.devices.get(index)?.as_ref()?;
+        Some(kept.lease.clone())
+    }
+
+    /// Has the broker start a confined worker for device `index`, as its plan says, with the
+    /// device's fds and (made by the broker) a fresh control channel, stop eventfd, stderr pipe
+    /// and duplicates of its host resources: the first time, or again after its worker died.
     pub fn start(&self, index: usize) -> Result<Started, SandboxError> {
-        let device = self
+        let kept = self
             .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(index)
-            .cloned()
-            .flatten()
+            .and_then(Option::as_ref)
             .ok_or(SandboxError::NoDevice(index))?;
-        let exe = self.exe.clone();
-        let inherit_stderr = self.share_stderr;
-        self.spawner
-            .run(move || start_on_spawner(&device, exe, inherit_stderr))
-            .map_err(SandboxError::Spawn)?
+        // The service channel goes after the guest's fds (the broker puts it after the host
+        // resources); svmm keeps no copy of it once the broker has it.
+        let service = match &kept.services {
+            Some(link) => Some(link.take(START_TIMEOUT).map_err(SandboxError::Services)?),
+            None => None,
+        };
+        let mut guest = vec![
+            kept.guest_ram.as_fd(),
+            kept.irq_status.as_fd(),
+            borrow(&kept.irqfd),
+        ];
+        guest.extend(kept.queue_events.iter().map(borrow));
+        guest.extend(service.as_ref().map(AsFd::as_fd));
+        let started = kept.lease.start(&guest)?;
+        Ok(Started {
+            worker: WorkerProcess {
+                pid: started.pid,
+                pidfd: started.pidfd,
+            },
+            control: started.control,
+            watch: Watch {
+                socket: started.watched,
+                stderr: started.stderr,
+            },
+        })
     }
 }
 
-/// [`Sandbox::start`]'s work, on the spawner thread.
-fn start_on_spawner(
-    device: &DeviceStart,
-    exe: Arc<OwnedFd>,
-    inherit_stderr: bool,
-) -> Result<Started, SandboxError> {
-    let io = |what| move |source| SandboxError::Fds { what, source };
-    let (vmm, ours) = ipc::Channel::pair().map_err(SandboxError::Channel)?;
-    vmm.set_nonblocking(true).map_err(SandboxError::Channel)?;
-    let dup = io("duplicate the device's fds");
-    let fds = WorkerFds {
-        control: ours,
-        guest_ram: device.guest_ram.try_clone().map_err(dup)?,
-        irq_status: device
-            .irq_status
-            .try_clone()
-            .map_err(io("duplicate the device's fds"))?,
-        irqfd: device
-            .irqfd
-            .try_clone()
-            .map_err(io("duplicate the device's fds"))?,
-        queue_events: device
-            .queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<_>>()
-            .map_err(io("duplicate the device's fds"))?,
-        stop: EventFd::new(EFD_NONBLOCK).map_err(io("create the stop eventfd"))?,
-    };
-    let mut resources = device
-        .resources
-        .worker_fds()
-        .map_err(io("duplicate the host resources"))?;
-    if let Some(link) = &device.services {
-        resources.push(Some(link.fresh().map_err(io("make the service channel"))?));
+/// The fd an `EventFd` owns, borrowed for as long as the `EventFd` is.
+fn borrow(fd: &EventFd) -> BorrowedFd<'_> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the EventFd owns its fd and keeps it open until it is dropped, which the borrow's
+    // lifetime (tied to `fd`) rules out.
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}
+
+/// svmm's channel to the broker about one device.
+#[derive(Debug)]
+pub struct Lease {
+    name: String,
+    index: u32,
+    channel: Channel,
+}
+
+/// What the broker's `Started` brought.
+struct Answer {
+    pid: i32,
+    control: Channel,
+    /// A second fd of `control`'s socket, for the monitor.
+    watched: OwnedFd,
+    pidfd: OwnedFd,
+    stderr: OwnedFd,
+}
+
+impl Lease {
+    /// The device's name (`rng#0`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
-    let fds = worker::spawned::fds_to_pass(fds, resources);
-    let plan = &device.plan;
-    if u32::try_from(fds.len()).ok() != Some(plan.confine.fds) {
-        return Err(SandboxError::FdCount {
-            planned: plan.confine.fds,
-            given: fds.len(),
-        });
+
+    /// Asks the broker to start the device's worker with `guest` (guest RAM, status page,
+    /// irqfd, queue eventfds: svmm keeps its own copies) and waits for the answer.
+    fn start(&self, guest: &[BorrowedFd<'_>]) -> Result<Answer, SandboxError> {
+        let request = BrokerRequest::Start { device: self.index };
+        self.channel
+            .send(&request, guest)
+            .map_err(SandboxError::Channel)?;
+        if !wait_readable(self.channel.as_fd(), START_TIMEOUT).unwrap_or(false) {
+            return Err(SandboxError::Timeout(START_TIMEOUT));
+        }
+        let (reply, fds) = self
+            .channel
+            .recv::<BrokerReply>()
+            .map_err(SandboxError::Channel)?;
+        match reply {
+            BrokerReply::Started { device, pid } if device == self.index => {
+                let Ok([control, watched, pidfd, stderr]) =
+                    <[OwnedFd; ipc::broker::STARTED_FDS]>::try_from(fds)
+                else {
+                    return Err(SandboxError::Unexpected("Started without its fds".into()));
+                };
+                let control = Channel::from_broker(control);
+                Ok(Answer {
+                    pid,
+                    control,
+                    watched,
+                    pidfd,
+                    stderr,
+                })
+            }
+            BrokerReply::Refused { reason, .. } => Err(SandboxError::Refused(reason)),
+            other => Err(SandboxError::Unexpected(format!("{other:?}"))),
+        }
     }
-    let worker = broker::spawn(&WorkerSpec {
-        exe,
-        args: plan.argv.clone(),
-        fds,
-        ids: plan.ids,
-        namespaces: true,
-        inherit_stderr,
-    })
-    .map_err(SandboxError::Spawn)?;
-    let watch = Watch {
-        socket: vmm
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(io("duplicate the control socket for the monitor"))?,
-        pidfd: worker
-            .pidfd()
-            .try_clone_to_owned()
-            .map_err(io("duplicate the pidfd for the monitor"))?,
-    };
-    Ok(Started {
-        worker,
-        control: vmm,
-        watch,
-    })
+
+    /// Asks the broker to kill the device's worker (an `Exited` report follows).
+    pub fn stop(&self) -> Result<(), ChannelError> {
+        self.channel
+            .send(&BrokerRequest::Stop { device: self.index }, &[])
+    }
+
+    /// The channel, to poll for the broker's reports.
+    pub fn channel(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+
+    /// The broker's next report (`Exited`, or a `Refused` for a `Stop`). Received without a
+    /// control buffer: the broker never sends fds with a report.
+    pub fn next_report(&self) -> Result<BrokerReply, ChannelError> {
+        self.channel.recv_without_fds::<BrokerReply>()
+    }
 }

@@ -1,15 +1,16 @@
 //! svmm confines itself: which of its own threads runs under which seccomp profile, from when.
 //!
 //! DESIGN.md's threat model: the VMM's vCPU and event-loop threads run under the `vmm` profile
-//! (`seccomp-profiles/profiles/vmm.json`) from before the first `KVM_RUN`; only what spawns
-//! workers keeps more. Seccomp filters belong to threads and are inherited by the threads they
-//! create, so each thread installs its own, once its set-up is done ([`enter`]):
+//! (`seccomp-profiles/profiles/vmm.json`) from before the first `KVM_RUN`. What spawns workers
+//! is not a thread of svmm but the broker, a single-threaded process forked before svmm has
+//! any other thread, under its own `broker` profile (`crate::sandboxed`). Seccomp filters
+//! belong to threads and are inherited by the threads they create, so each thread installs its
+//! own, once its set-up is done ([`enter`]):
 //!
 //! | thread | filter | installed |
 //! |---|---|---|
-//! | main | none while it builds the VM, then `vmm` | by itself, right after the vCPU threads started (`vm::run`) |
-//! | broker spawner | none | never: it `clone3`s and `execveat`s workers, and a filter would be inherited by them |
-//! | `vcpuN` | `vmm` | by itself at thread start, before its first `KVM_RUN` |
+//! | main | none while it builds the VM, then `vmm` | by itself, right after the vCPU threads started and before any of them runs the guest (`vm::run`) |
+//! | `vcpuN` | `vmm` | by itself at thread start; its first `KVM_RUN` waits until the main thread is confined too |
 //! | `console-in` | `vmm` | by itself at thread start |
 //! | `mon-DEV` | `vmm` | by itself at thread start ([`ThreadRole::Monitor`]) |
 //! | `svc-DEV` (devices with host services) | `vmm_service` | by itself at thread start ([`ThreadRole::Service`]) |
@@ -22,11 +23,14 @@
 //!   reports), and whatever its exits cost: serial output on stdout, irqfd writes, the
 //!   request/reply with a device worker on its control socket (with a deadline), the channel to
 //!   the main thread. The profile allows exactly that.
-//! - **Not TSYNC** (`install_all_threads`): it would also filter the broker's spawner thread,
-//!   whose workers would inherit the filter and could not even be exec'd.
+//! - **Not TSYNC** (`install_all_threads`): each thread's filter is installed where its set-up
+//!   ends, and a thread started before the main thread's filter must not get it at a random
+//!   point of its own set-up.
 //! - **The main thread** keeps everything while it builds the VM (it opens the kernel, creates
-//!   the KVM objects, opens host resources and starts the workers through the spawner), then
-//!   confines itself before it waits for the VM to end. At the end it only reports statistics
+//!   the KVM objects, opens host resources, forks the broker and has it start the workers; as
+//!   root it drops to its own unprivileged uid before it starts any thread), then confines
+//!   itself before any vCPU runs guest code (the vCPUs wait at a gate, already confined), and
+//!   waits for the VM to end. At the end it only reports statistics
 //!   (control sockets), restores the terminal (`TCSETS`) and exits.
 //! - **In-process device threads** (`sandbox=off`) run device code, not VMM code: they install
 //!   their device's worker profile (base + device), the very filter a sandboxed worker gets, so
@@ -112,20 +116,15 @@ pub const THREAD_POLICY: &[ThreadPolicy] = &[
     ThreadPolicy {
         thread: "main",
         filter: "none while it builds the VM, then the vmm profile",
-        when: "by itself right after the vCPU threads started; until then it opens the kernel, \
-               creates the KVM objects and starts the workers",
-    },
-    ThreadPolicy {
-        thread: "broker spawner",
-        filter: "none",
-        when: "never: it clone3s and execs workers, which would inherit any filter; it only \
-               acts on spawn requests from svmm's other threads",
+        when: "by itself right after the vCPU threads started, before any of them runs the \
+               guest; until then it opens the kernel, creates the KVM objects, forks the broker \
+               and has it start the workers",
     },
     ThreadPolicy {
         thread: "vcpuN",
         filter: "the vmm profile",
-        when: "by itself at thread start, before its first KVM_RUN (the main thread made every \
-               set-up ioctl before)",
+        when: "by itself at thread start; its first KVM_RUN waits until the main thread is \
+               confined too (the main thread made every set-up ioctl before)",
     },
     ThreadPolicy {
         thread: "console-in",
@@ -140,8 +139,9 @@ pub const THREAD_POLICY: &[ThreadPolicy] = &[
     ThreadPolicy {
         thread: "svc-DEVICE (devices with host services)",
         filter: "the vmm_service profile",
-        when: "by itself at thread start: it connects the device's declared socket and maps \
-               memfds into the device's shared-memory region (KVM memory slots), nothing else",
+        when: "by itself at thread start: it connects the device's declared socket, maps \
+               memfds into the device's shared-memory region (KVM memory slots) and makes each \
+               worker's service channel, nothing else",
     },
     ThreadPolicy {
         thread: "dev-DEVICE (sandbox=off)",

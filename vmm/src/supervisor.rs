@@ -6,8 +6,12 @@
 //!                                         │    config change, device error: DEVICE_NEEDS_RESET
 //!                                         │    garbage, flood, seccomp report: proxy breaks the
 //!                                         │    device → terminate hook → Supervised::kill_for
-//!                                         └─ pidfd readable (sandboxed: the worker ended)
-//!                                              read its last messages (SeccompViolation), reap it,
+//!                                         ├─ stderr pipe readable (sandboxed) → one cleaned,
+//!                                         │    prefixed, rate-limited line per line
+//!                                         │    (crate::worker_stderr)
+//!                                         └─ broker report (sandboxed: the worker ended and
+//!                                              the broker reaped it, with its status)
+//!                                              read its last messages (SeccompViolation),
 //!                                              ONE line: device, pid, cause, and then
 //!                                              restart: a new worker with the device's state
 //!                                                (restart.rs), or past --max-restarts:
@@ -38,19 +42,24 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use broker::ExitCause;
+use ipc::{BrokerReply, ChannelError, WorkerStatus};
 
 use crate::config::OnWorkerExit;
-use crate::sandboxed::Watch;
+use crate::sandboxed::{Lease, Watch, WorkerProcess};
 use crate::virtio::{lock, Transport};
 use crate::vm_events::{VmEvent, VmEvents};
+use crate::worker_stderr::StderrRelay;
 use restart::NotRestarted;
 pub use restart::Restarter;
 use worker::report::line as say;
 
 /// A device's sandboxed worker process — the current one: a restart replaces it —, shared by
-/// its device, the proxy's terminate hook and the monitor.
+/// its device, the proxy's terminate hook and the monitor. The broker is its parent: svmm
+/// stops it through the device's [`Lease`] and learns how it ended from the broker's `Exited`
+/// report, which the monitor reads.
 pub struct Supervised {
-    worker: Mutex<broker::Worker>,
+    lease: Arc<Lease>,
+    worker: Mutex<WorkerProcess>,
     pid: AtomicI32,
     /// Why svmm killed the worker, if it did while the worker still ran.
     killed_for: Mutex<Option<String>>,
@@ -61,9 +70,10 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    /// Takes charge of `worker`.
-    pub fn new(worker: broker::Worker) -> Arc<Self> {
+    /// Takes charge of `worker`, started through `lease`.
+    pub fn new(lease: Arc<Lease>, worker: WorkerProcess) -> Arc<Self> {
         Arc::new(Supervised {
+            lease,
             pid: AtomicI32::new(worker.pid()),
             worker: Mutex::new(worker),
             killed_for: Mutex::new(None),
@@ -101,13 +111,13 @@ impl Supervised {
         self.pid.load(Ordering::SeqCst)
     }
 
-    /// A new worker takes the reaped one's place. False (and `new` is killed and reaped) when
-    /// the VM is ending.
-    pub fn replace(&self, new: broker::Worker) -> bool {
+    /// A new worker takes the reaped one's place. False (and the broker is asked to kill
+    /// `new`) when the VM is ending.
+    pub fn replace(&self, new: WorkerProcess) -> bool {
         let mut worker = self.worker();
         if self.ending.load(Ordering::SeqCst) {
             drop(worker);
-            drop(new); // Killed and reaped.
+            let _ = self.lease.stop();
             return false;
         }
         self.pid.store(new.pid(), Ordering::SeqCst);
@@ -117,75 +127,67 @@ impl Supervised {
         true
     }
 
-    fn worker(&self) -> MutexGuard<'_, broker::Worker> {
+    fn worker(&self) -> MutexGuard<'_, WorkerProcess> {
         self.worker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The terminate hook: kills the worker for `reason`, unless it ends by itself within
-    /// `grace` (a worker that reported its seccomp violation is about to die of SIGSYS).
+    /// The terminate hook: has the worker killed for `reason`, unless it ends by itself
+    /// within `grace` (a worker that reported its seccomp violation is about to die of
+    /// SIGSYS). Runs on the thread that found the device broken — possibly the monitor itself
+    /// — so it watches the worker's pidfd, not the broker's report.
     pub fn kill_for(&self, reason: &str, grace: Duration) {
-        let mut worker = self.worker();
-        if !grace.is_zero() {
-            // A timeout or a poll failure both fall through to the kill below.
-            let _ = crate::fd_wait::wait_readable(worker.pidfd(), grace);
-        }
-        if !matches!(worker.try_wait(), Ok(None)) {
-            return; // Already ended (or cannot be waited for): nothing to kill.
+        let worker = self.worker();
+        if crate::fd_wait::wait_readable(worker.pidfd(), grace).unwrap_or(false) {
+            return; // Already ended: nothing to kill.
         }
         *self.killed_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
-        if let Err(e) = worker.kill() {
+        if let Err(e) = self.lease.stop() {
             eprintln!(
-                "svmm: cannot kill worker (pid {}): {}",
+                "svmm: cannot ask the broker to kill {}'s worker (pid {}): {}",
+                self.lease.name(),
                 worker.pid(),
                 worker::report::one_line(&e)
             );
         }
     }
 
-    /// At VM end, first step: the worker's death is expected (not reported); kill it.
+    /// At VM end, first step: the worker's death is expected (not reported); have it killed.
     pub fn begin_end(&self) {
         self.ending.store(true, Ordering::SeqCst);
-        let _ = self.worker().kill();
+        let _ = self.lease.stop();
     }
 
-    /// At VM end, second step: reaps the killed worker, waiting until `deadline` at most. A
-    /// worker that has not died by then (stuck in uninterruptible I/O: `SIGKILL` takes effect
-    /// only when the I/O ends) is reported in one line and abandoned, so svmm still ends.
+    /// At VM end, second step: waits until `deadline` at most for the killed worker to be
+    /// gone. A worker that has not died by then (stuck in uninterruptible I/O: `SIGKILL` takes
+    /// effect only when the I/O ends) is reported in one line, and svmm ends without it.
     pub fn finish_end(&self, name: &str, deadline: Instant, waited: Duration) {
-        let mut worker = self.worker();
-        match worker.wait_until(deadline) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                eprintln!(
-                    "svmm: {name} worker (pid {}) has not died {} s after SIGKILL (stuck in \
-                     uninterruptible I/O?); svmm ends without it, the process is left to \
-                     init",
-                    worker.pid(),
-                    waited.as_secs()
-                );
-                worker.abandon();
-            }
-            Err(e) => eprintln!(
-                "svmm: {name} worker (pid {}): {}",
+        let worker = self.worker();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !crate::fd_wait::wait_readable(worker.pidfd(), left).unwrap_or(false) {
+            eprintln!(
+                "svmm: {name} worker (pid {}) has not died {} s after SIGKILL (stuck in \
+                 uninterruptible I/O?); svmm ends without it, the process is left to init",
                 worker.pid(),
-                worker::report::one_line(&e)
-            ),
+                waited.as_secs()
+            );
         }
     }
 
-    /// Reaps the ended worker: how it ended.
-    fn reap(&self) -> Result<ExitCause, broker::WorkerError> {
-        self.worker().wait()
-    }
-
-    /// What ended the worker, for the report line.
-    fn cause(&self, exit: Result<ExitCause, broker::WorkerError>, syscall: Option<i64>) -> String {
+    /// What ended the worker (`status`, from the broker), for the report line.
+    fn cause(&self, status: WorkerStatus, syscall: Option<i64>) -> String {
         let killed_for = self
             .killed_for
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        describe_death(exit, syscall, killed_for.as_deref())
+        let exit = match status {
+            WorkerStatus::Exited(code) => ExitCause::Exited(code),
+            WorkerStatus::Killed(signal) => ExitCause::Killed {
+                signal,
+                core_dumped: false,
+            },
+        };
+        describe_death(Ok(exit), syscall, killed_for.as_deref())
     }
 }
 
@@ -228,10 +230,10 @@ pub struct MonitorError {
 }
 
 /// Starts the monitor thread of device `name`: its worker process is `supervised` (sandboxed)
-/// or none (in-process), watched through `watch` (its start's duplicates of the control
-/// socket and pidfd; without it, duplicates are made here); with `restarter`, a dead worker is
-/// replaced (`--on-worker-exit=restart`). It ends once the device is broken for good and, for a
-/// process, the process is reaped.
+/// or none (in-process), watched through `watch` (its start's duplicate of the control socket
+/// and its stderr pipe; without it, the socket is duplicated here) and its lease's broker
+/// reports; with `restarter`, a dead worker is replaced (`--on-worker-exit=restart`). It ends
+/// once the device is broken for good and, for a process, the broker has reported it dead.
 pub fn spawn_monitor(
     name: &str,
     transport: &Transport,
@@ -242,26 +244,18 @@ pub fn spawn_monitor(
     control: &VmEvents,
 ) -> Result<(), MonitorError> {
     let host = |what, source| MonitorError { what, source };
-    // Its own copies of the socket (only for polling: the proxy keeps, and may shut down, its
-    // own) and of the pidfd: for a sandboxed worker from its start (`Sandbox::start`).
-    let (socket, pidfd): (OwnedFd, Option<OwnedFd>) = match watch {
-        Some(Watch { socket, pidfd }) => (socket, Some(pidfd)),
+    // Its own copy of the socket (only for polling: the proxy keeps, and may shut down, its
+    // own) and the worker's stderr pipe: for a sandboxed worker from its start
+    // (`Sandbox::start`).
+    let (socket, stderr): (OwnedFd, Option<OwnedFd>) = match watch {
+        Some(Watch { socket, stderr }) => (socket, Some(stderr)),
         None => {
             let socket = lock(transport)
                 .proxy()
                 .socket()
                 .try_clone_to_owned()
                 .map_err(|e| host("duplicate its control socket", e))?;
-            let pidfd = match &supervised {
-                Some(s) => Some(
-                    s.worker()
-                        .pidfd()
-                        .try_clone_to_owned()
-                        .map_err(|e| host("duplicate its worker's pidfd", e))?,
-                ),
-                None => None,
-            };
-            (socket, pidfd)
+            (socket, None)
         }
     };
     let restarter = restarter.filter(|_| policy == OnWorkerExit::Restart && supervised.is_some());
@@ -278,7 +272,7 @@ pub fn spawn_monitor(
     };
     thread::Builder::new()
         .name(format!("mon-{name}"))
-        .spawn(move || monitor.run(socket, pidfd))
+        .spawn(move || monitor.run(socket, stderr))
         .map_err(|e| host("start its monitor thread", e))?;
     Ok(())
 }
@@ -294,8 +288,51 @@ struct Monitor {
     control: VmEvents,
 }
 
+/// A worker's stderr pipe and what turns it into svmm's lines.
+struct Stderr {
+    fd: OwnedFd,
+    relay: StderrRelay,
+}
+
+impl Stderr {
+    fn new(fd: OwnedFd, name: &str) -> Self {
+        Stderr {
+            fd,
+            relay: StderrRelay::new(name),
+        }
+    }
+
+    /// Reads what is there (one read); false at the end of the pipe.
+    fn pump(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a live buffer of the length passed, from the pipe this owns.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(n) {
+            Ok(0) => {
+                self.relay.finish(&mut std::io::stderr());
+                false
+            }
+            Ok(n) => {
+                self.relay.feed(&buf[..n], &mut std::io::stderr());
+                true
+            }
+            Err(_) => std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted,
+        }
+    }
+
+    /// Passes on everything left in the pipe of a worker that has ended.
+    fn drain(&mut self) {
+        while crate::fd_wait::wait_readable(self.fd.as_fd(), Duration::ZERO).unwrap_or(false) {
+            if !self.pump() {
+                return;
+            }
+        }
+        self.relay.finish(&mut std::io::stderr());
+    }
+}
+
 impl Monitor {
-    fn run(&mut self, mut socket: OwnedFd, mut pidfd: Option<OwnedFd>) {
+    fn run(&mut self, mut socket: OwnedFd, stderr: Option<OwnedFd>) {
         // Like every runtime thread of svmm: the `vmm` profile before it reads a worker's byte.
         if let Err(e) = crate::self_confine::enter(crate::self_confine::ThreadRole::Monitor) {
             eprintln!("svmm: {}: {e}; the device is stopped", self.name);
@@ -305,35 +342,76 @@ impl Monitor {
                 .mark_needs_reset();
             return;
         }
+        let mut stderr = stderr.map(|fd| Stderr::new(fd, &self.name));
+        let lease = self.supervised.as_ref().map(|s| s.lease.clone());
         let mut watch_socket = true;
         loop {
             let socket_fd = watch_socket.then(|| socket.as_fd());
-            let (socket_ready, ended) = match poll_two(socket_fd, pidfd.as_ref().map(AsFd::as_fd)) {
+            let ready = match poll_three([
+                socket_fd,
+                lease.as_ref().map(|l| l.channel()),
+                stderr.as_ref().map(|s| s.fd.as_fd()),
+            ]) {
                 Ok(ready) => ready,
                 Err(e) => {
                     eprintln!("svmm: {}: cannot watch the device worker: {e}", self.name);
                     return;
                 }
             };
-            if ended {
-                match self.worker_ended() {
-                    Some(restarted) => {
-                        // The new worker: its socket and pidfd from now on.
-                        socket = restarted.watch.socket;
-                        pidfd = Some(restarted.watch.pidfd);
-                        watch_socket = true;
-                        continue;
+            if ready[2] && stderr.as_mut().is_some_and(|s| !s.pump()) {
+                stderr = None;
+            }
+            if ready[1] {
+                if let Some(status) = self.broker_report(lease.as_deref()) {
+                    if let Some(s) = stderr.as_mut() {
+                        s.drain();
                     }
-                    None => return,
+                    match self.worker_ended(status) {
+                        Some(restarted) => {
+                            // The new worker: its socket and stderr from now on.
+                            socket = restarted.watch.socket;
+                            stderr = Some(Stderr::new(restarted.watch.stderr, &self.name));
+                            watch_socket = true;
+                            continue;
+                        }
+                        None => return,
+                    }
                 }
             }
-            if socket_ready && self.service() {
-                // Broken for good. A process was killed by the terminate hook: wait for its
-                // death (the socket, shut down, would only wake us again). A thread: done.
+            if ready[0] && self.service() {
+                // Broken for good. A process was killed by the terminate hook: wait for the
+                // broker's report of its death (the socket, shut down, would only wake us
+                // again). A thread: done.
                 if self.supervised.is_none() {
                     return;
                 }
                 watch_socket = false;
+            }
+        }
+    }
+
+    /// Reads the broker's report; how the worker ended, once it has. A broker that is gone
+    /// (it died, so its workers died with it) counts as the worker killed.
+    fn broker_report(&self, lease: Option<&Lease>) -> Option<WorkerStatus> {
+        let supervised = self.supervised.as_ref()?;
+        match lease?.next_report() {
+            Ok(BrokerReply::Exited { pid, status, .. }) if pid == supervised.pid() => Some(status),
+            Ok(BrokerReply::Refused { reason, .. }) => {
+                eprintln!("svmm: {}: the broker refused: {reason}", self.name);
+                None
+            }
+            Ok(other) => {
+                eprintln!("svmm: {}: unexpected broker report {other:?}", self.name);
+                None
+            }
+            Err(ChannelError::WouldBlock) => None,
+            Err(e) => {
+                eprintln!(
+                    "svmm: {}: the broker is gone ({})",
+                    self.name,
+                    worker::report::one_line(&e)
+                );
+                Some(WorkerStatus::Killed(libc::SIGKILL))
             }
         }
     }
@@ -356,21 +434,20 @@ impl Monitor {
         true
     }
 
-    /// The worker process ended: reap, report, and restart it or break the device, as the
-    /// policy says. Returns what to watch when a new worker took its place.
-    fn worker_ended(&mut self) -> Option<restart::Restarted> {
+    /// The worker process ended (`status`, from the broker): report, and restart it or break
+    /// the device, as the policy says. Returns what to watch when a new worker took its place.
+    fn worker_ended(&mut self, status: WorkerStatus) -> Option<restart::Restarted> {
         let supervised = self.supervised.clone()?;
         let noticed = Instant::now();
         let mut transport = lock(&self.transport);
         // What it sent just before it died: its SIGSYS handler's SeccompViolation report.
         transport.proxy_mut().service();
         let syscall = transport.proxy().seccomp_violation();
-        let exit = supervised.reap();
         if supervised.ending.load(Ordering::SeqCst) {
             supervised.set_reported();
             return None;
         }
-        let cause = supervised.cause(exit, syscall);
+        let cause = supervised.cause(status, syscall);
         let pid = supervised.pid();
         let what = format!("{} worker (pid {pid}) {cause}", self.name);
         let gave_up = match self.restarter.as_mut() {
@@ -421,23 +498,20 @@ impl Monitor {
     }
 }
 
-/// Waits (without a deadline: this is a monitor thread, not a vCPU) until `socket` is readable
-/// or `pidfd` says the process ended; either may be absent. Returns (socket readable, ended).
-fn poll_two(
-    socket: Option<BorrowedFd<'_>>,
-    pidfd: Option<BorrowedFd<'_>>,
-) -> std::io::Result<(bool, bool)> {
-    let entry = |fd: Option<BorrowedFd<'_>>| libc::pollfd {
+/// Waits (without a deadline: this is a monitor thread, not a vCPU) until one of `fds` is
+/// readable (or hung up); absent ones are skipped. Returns which are.
+fn poll_three(fds: [Option<BorrowedFd<'_>>; 3]) -> std::io::Result<[bool; 3]> {
+    let entry = |fd: &Option<BorrowedFd<'_>>| libc::pollfd {
         // A negative fd is ignored by poll(2).
-        fd: fd.map_or(-1, |fd| fd.as_raw_fd()),
+        fd: fd.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         events: libc::POLLIN,
         revents: 0,
     };
-    let mut fds = [entry(socket), entry(pidfd)];
+    let mut pfds = [entry(&fds[0]), entry(&fds[1]), entry(&fds[2])];
     loop {
-        // SAFETY: `fds` is a live array of two pollfds whose fds are open (borrowed for this
-        // call) or -1; poll only writes their `revents`.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `pfds` is a live array of three pollfds whose fds are open (borrowed for
+        // this call) or -1; poll only writes their `revents`.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 3, -1) };
         if rc >= 0 {
             break;
         }
@@ -446,8 +520,7 @@ fn poll_two(
             return Err(err);
         }
     }
-    let ready = |p: &libc::pollfd| p.fd >= 0 && p.revents != 0;
-    Ok((ready(&fds[0]), ready(&fds[1])))
+    Ok(pfds.map(|p| p.fd >= 0 && p.revents != 0))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! a deadline, the channel to the main thread) — is what the profile allows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -54,11 +54,15 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between two rounds of kicks.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
-/// The VM's vCPU threads and the flag that stops them.
+/// The VM's vCPU threads, the gate that holds them before their first `KVM_RUN` and the flag
+/// that stops them.
 #[derive(Default)]
 pub struct Vcpus {
     threads: Vec<(u8, JoinHandle<()>)>,
     stop: Arc<AtomicBool>,
+    /// Opened ([`Vcpus::release`]) once the main thread has confined itself: no vCPU runs the
+    /// guest while any thread of svmm is unfiltered.
+    gate: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Vcpus {
@@ -72,11 +76,15 @@ impl Vcpus {
         control: VmEvents,
     ) -> std::io::Result<()> {
         let stop = self.stop.clone();
+        let gate = self.gate.clone();
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let event = match self_confine::enter(ThreadRole::Vcpu(id)) {
-                    Ok(()) => run(id, vcpu, &bus, &mmio, &stop),
+                    Ok(()) => {
+                        wait_open(&gate);
+                        run(id, vcpu, &bus, &mmio, &stop)
+                    }
                     Err(e) => Some(VmEvent::Internal(format!("vCPU {id}: {}", one_line(&e)))),
                 };
                 if let Some(event) = event {
@@ -87,11 +95,21 @@ impl Vcpus {
         Ok(())
     }
 
+    /// Lets the vCPU threads run the guest (each has confined itself already; the main thread
+    /// calls this once it has too).
+    pub fn release(&self) {
+        let (open, changed) = &*self.gate;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+
     /// Stops every vCPU thread and joins it: afterwards no thread runs guest code or touches
     /// guest RAM. Returns the vCPUs that did not stop within [`STOP_TIMEOUT`] (stuck outside
     /// `KVM_RUN`); their threads are left running, so the caller must keep guest RAM mapped.
     pub fn stop(&mut self) -> Vec<u8> {
         self.stop.store(true, Ordering::Release);
+        // Threads still at the gate go through it, see the stop flag and end.
+        self.release();
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.threads)
@@ -112,6 +130,17 @@ impl Vcpus {
             thread::sleep(KICK_INTERVAL);
         }
     }
+}
+
+/// Waits until `gate` is open.
+fn wait_open(gate: &(Mutex<bool>, Condvar)) {
+    let (open, changed) = gate;
+    let guard = open.lock().unwrap_or_else(|e| e.into_inner());
+    drop(
+        changed
+            .wait_while(guard, |open| !*open)
+            .unwrap_or_else(|e| e.into_inner()),
+    );
 }
 
 /// Runs the vCPU until something ends the VM (its event) or `stop` is raised (`None`).

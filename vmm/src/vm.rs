@@ -90,7 +90,9 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     };
     let (control, events) = VmEvents::new();
     let mut mmio_bus = MmioBus::default();
-    vm.devices = device_setup::create(&vm._vm, vm.memory(), config, &mut mmio_bus, &control)?;
+    // The devices' slots, resources, plans and eventfds; the broker process for the sandboxed
+    // ones, forked now, while svmm is single-threaded.
+    vm.devices = device_setup::prepare(&vm._vm, vm.memory(), config)?;
     let memory = &vm.memory().memory;
 
     let rsdp = if config.acpi {
@@ -135,6 +137,15 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         vcpus.push(fd);
     }
 
+    // Everything that needs svmm's privileges is open: as root, svmm becomes an unprivileged
+    // user of its own (still single-threaded, so every thread it starts is that user too).
+    if let Some(uid) = drop_privileges(config)? {
+        // The sockets svmm connects to for devices, as the uid it connects as from now on.
+        vm.devices.check_services_reachable(uid)?;
+    }
+    // The devices start: workers through the broker, in-process threads, monitor threads.
+    vm.devices.start(config, &mut mmio_bus, &control)?;
+
     let raw = terminal::enter_raw_mode();
     ConsoleInput::spawn(serial, control.clone(), raw)
         .map_err(|e| SvmmError::Host("start the console input thread", e))?;
@@ -145,14 +156,41 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
             .spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
     }
-    // The VM is built: from here on the main thread only waits, reports and exits.
+    // The VM is built: from here on the main thread only waits, reports and exits. It confines
+    // itself before any vCPU runs the guest (they wait, confined, at their gate).
     self_confine::enter(ThreadRole::Main)?;
+    vm.vcpus.release();
     // `control` stays alive here, so the channel cannot close before an event arrives.
     let event = events
         .recv()
         .unwrap_or_else(|_| VmEvent::Internal("VM event channel closed".into()));
     Ok((vm, event))
 }
+/// As root, becomes the unprivileged user `--worker-ids` reserves for svmm (its last id): no
+/// supplementary groups, that gid and uid, and so no capabilities. Call it while svmm is
+/// single-threaded, once KVM, guest RAM, the kernel and every host resource are open. The uid
+/// it became, if it dropped.
+fn drop_privileges(config: &VmConfig) -> Result<Option<u32>, SvmmError> {
+    let Some((uid, gid)) = crate::plan::svmm_ids(config.sandbox.worker_ids) else {
+        return Ok(None);
+    };
+    let fail = |what| SvmmError::Host(what, std::io::Error::last_os_error());
+    // SAFETY: setgroups with an empty list reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(fail("drop svmm's supplementary groups"));
+    }
+    // SAFETY: setresgid/setresuid take plain integers.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return Err(fail("set svmm's unprivileged gid"));
+    }
+    // SAFETY: as above. Leaving uid 0 without KEEPCAPS clears the permitted and effective
+    // capability sets.
+    if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
+        return Err(fail("set svmm's unprivileged uid"));
+    }
+    Ok(Some(uid))
+}
+
 /// COM1, the i8042, the ACPI sleep registers and the exit port on a fresh port bus.
 fn legacy_devices(
     vm: &VmFd,

@@ -1,8 +1,8 @@
 //! Helper processes a device needs on the host side of one of its sockets (net's `passt`):
 //! svmm makes a socketpair, starts the helper with one end at a fixed fd number, gives the
 //! other end to the device, and kills and reaps the helper when the device goes
-//! ([`HelperProcess`] does both on drop; the helper also dies with svmm through its
-//! parent-death signal).
+//! ([`HelperProcess`] does both on drop, through a pidfd as svmm's filter demands; the helper
+//! also dies with svmm through its parent-death signal).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -10,9 +10,15 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::ResourceError;
+use crate::worker::Worker;
+
+/// How long dropping a [`HelperProcess`] waits for it to die of `SIGKILL` (as long as svmm's
+/// end waits for its workers).
+const REAP_WAIT: Duration = Duration::from_secs(3);
 
 /// The socket type of a helper's socketpair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +42,9 @@ pub struct HelperSpec {
     pub fd: RawFd,
     /// The socketpair's type.
     pub socket: SocketKind,
+    /// Send the helper's stderr to `/dev/null` rather than svmm's (a helper that is chatty
+    /// even when told to be quiet: passt warns on every start when it finds no syslog).
+    pub quiet: bool,
 }
 
 impl HelperSpec {
@@ -49,8 +58,9 @@ impl HelperSpec {
         )
     }
 
-    /// Starts the helper: its stdin and stdout are `/dev/null`, stderr is svmm's, its end of
-    /// the socketpair is at [`HelperSpec::fd`], it dies with the thread that started it.
+    /// Starts the helper: its stdin and stdout are `/dev/null`, stderr is svmm's (or
+    /// `/dev/null` if [`HelperSpec::quiet`]), its end of the socketpair is at
+    /// [`HelperSpec::fd`], it dies with the thread that started it.
     /// Returns the device's end of the socketpair and the running helper.
     pub fn start(&self) -> Result<(OwnedFd, HelperProcess), ResourceError> {
         let failed = |source| ResourceError::Helper {
@@ -71,6 +81,9 @@ impl HelperSpec {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if self.quiet {
+            command.stderr(Stdio::null());
+        }
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe system calls (prctl, dup2, fcntl) on fds open in the child.
         unsafe {
@@ -91,31 +104,43 @@ impl HelperSpec {
         }
         let child = command.spawn().map_err(failed)?;
         drop(theirs);
+        let pid = child.id() as i32;
+        // Nobody reaps the child before us, so `pid` is still it. From here on only the pidfd
+        // signals and reaps it (std's `Child` does neither when dropped).
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(e));
+            }
+        };
         Ok((
             ours,
             HelperProcess {
-                child,
+                process: Worker::new(pid, pidfd),
                 program: self.program.clone(),
             },
         ))
     }
 }
 
-/// A running helper process: killed and reaped when dropped.
+/// A running helper process: killed and reaped through its pidfd when dropped.
 pub struct HelperProcess {
-    child: Child,
+    process: Worker,
     program: PathBuf,
 }
 
 impl HelperProcess {
     /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid() as u32
     }
 
     /// Whether it is still running (reaps it if it is not).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.process.try_wait(), Ok(None))
     }
 }
 
@@ -125,17 +150,40 @@ impl fmt::Debug for HelperProcess {
             f,
             "HelperProcess({} pid {})",
             self.program.display(),
-            self.child.id()
+            self.process.pid()
         )
     }
 }
 
 impl Drop for HelperProcess {
     fn drop(&mut self) {
-        // Already gone is fine; either way it is reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Already gone is fine; either way it is reaped, unless it is stuck in uninterruptible
+        // I/O past the wait: then it is left to whoever inherits it, as a stuck worker is.
+        let _ = self.process.kill();
+        if !matches!(
+            self.process.wait_until(Instant::now() + REAP_WAIT),
+            Ok(Some(_))
+        ) {
+            eprintln!(
+                "svmm: helper {} (pid {}) did not die within {} s of SIGKILL; left behind",
+                self.program.display(),
+                self.process.pid(),
+                REAP_WAIT.as_secs()
+            );
+            self.process.abandon();
+        }
     }
+}
+
+/// A pidfd for our own child `pid` (not yet reaped).
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; it reads no memory.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn socketpair(kind: SocketKind) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -175,6 +223,7 @@ mod tests {
             args: vec!["-c".into(), "read line <&5; echo \"got $line\" >&5".into()],
             fd: 5,
             socket: SocketKind::Stream,
+            quiet: false,
         };
         assert!(spec.describe().contains("/bin/sh (its fd 5;"));
         let (ours, mut helper) = spec.start().unwrap();
@@ -202,6 +251,7 @@ mod tests {
             args: vec!["600".into()],
             fd: 3,
             socket: SocketKind::SeqPacket,
+            quiet: true,
         };
         let (_ours, mut helper) = spec.start().unwrap();
         assert!(helper.is_running());
@@ -218,6 +268,7 @@ mod tests {
             args: Vec::new(),
             fd: 3,
             socket: SocketKind::Stream,
+            quiet: false,
         };
         let err = spec.start().unwrap_err();
         assert!(err.to_string().contains("/nonexistent/passt"), "{err}");

@@ -196,6 +196,15 @@ pub enum SpecError {
         /// The option name.
         option: String,
     },
+    /// Options that do not go together, or a value only the kind can judge (a kind's own
+    /// rule, checked in its `parse`).
+    #[error("--device '{spec}': {reason}")]
+    Invalid {
+        /// The whole spec.
+        spec: String,
+        /// What is wrong and what would do.
+        reason: String,
+    },
 }
 
 /// One option as given.

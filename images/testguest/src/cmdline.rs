@@ -12,6 +12,9 @@ pub const DEFAULT_BENCH_MS: u64 = 1000;
 const DEFAULT_LOOP_MS: u64 = 2000;
 /// Longest `testguest.loop_ms=` (ten minutes).
 const MAX_LOOP_MS: u64 = 600_000;
+pub const DEFAULT_NET_IP: [u8; 4] = [10, 77, 0, 2];
+pub const DEFAULT_NET_PEER: [u8; 4] = [10, 77, 0, 1];
+pub const DEFAULT_NET_PORT: u16 = 7777;
 /// Longest `testguest.bench_ms=` (a minute per measured phase).
 const MAX_BENCH_MS: u64 = 60_000;
 /// Highest `testguest.exit=` status: svmm passes 0..=63 through and keeps 64 and above for
@@ -79,6 +82,13 @@ pub struct Params<'a> {
     pub bench_ms: u64,
     /// `testguest.loop_ms=N`: how long `blk_loop` and `rng_loop` go on (default 2000).
     pub loop_ms: u64,
+    /// `testguest.net_ip=A.B.C.D`: the net tests' own address (default 10.77.0.2).
+    pub net_ip: [u8; 4],
+    /// `testguest.net_peer=A.B.C.D`: the peer's address (default 10.77.0.1).
+    pub net_peer: [u8; 4],
+    /// `testguest.net_port=N`: the peer's UDP echo port (default 7777); its command service
+    /// listens on the next port.
+    pub net_port: u16,
 }
 
 impl<'a> Params<'a> {
@@ -115,6 +125,9 @@ pub fn parse(cmdline: &str) -> Params<'_> {
         irq: Completion::Irq,
         bench_ms: DEFAULT_BENCH_MS,
         loop_ms: DEFAULT_LOOP_MS,
+        net_ip: DEFAULT_NET_IP,
+        net_peer: DEFAULT_NET_PEER,
+        net_port: DEFAULT_NET_PORT,
     };
     for word in cmdline.split(' ').filter(|w| !w.is_empty()) {
         if let Some(value) = word.strip_prefix("virtio_mmio.device=") {
@@ -169,6 +182,18 @@ fn apply_param<'a>(p: &mut Params<'a>, param: &'a str) -> bool {
         },
         "loop_ms" => match parse_number(value).filter(|&n| (1..=MAX_LOOP_MS).contains(&n)) {
             Some(ms) => p.loop_ms = ms,
+            None => return false,
+        },
+        "net_ip" => match crate::net::parse_ip(value) {
+            Some(ip) => p.net_ip = ip,
+            None => return false,
+        },
+        "net_peer" => match crate::net::parse_ip(value) {
+            Some(ip) => p.net_peer = ip,
+            None => return false,
+        },
+        "net_port" => match parse_number(value).filter(|&n| (1..=65534).contains(&n)) {
+            Some(port) => p.net_port = port as u16,
             None => return false,
         },
         _ => return false,

@@ -11,6 +11,7 @@ mod arch;
 mod boot;
 mod cmdline;
 mod line;
+mod net;
 mod port;
 mod pvh;
 mod runner;

@@ -36,7 +36,7 @@ const DEVICE_FORBIDDEN: &[&str] = &[
 const DEVICE_EXCEPTIONS: &[(&str, &str)] = &[("fs", "openat2"), ("fs_ro", "openat2")];
 
 /// Profiles that are not device profiles.
-const NOT_DEVICES: &[&str] = &["base", "vmm", "vmm_service"];
+const NOT_DEVICES: &[&str] = &["base", "broker", "vmm", "vmm_service"];
 
 /// Every `profiles/*.json`, parsed, by file stem.
 fn json_files() -> BTreeMap<String, Value> {
@@ -98,7 +98,17 @@ fn is_device(profile: &str) -> bool {
 fn profiles_are_the_device_kinds_and_the_vmm() {
     assert_eq!(
         profiles(),
-        ["blk", "fs", "fs_ro", "rng", "vmm", "vmm_service", "wl"]
+        [
+            "blk",
+            "broker",
+            "fs",
+            "fs_ro",
+            "net",
+            "rng",
+            "vmm",
+            "vmm_service",
+            "wl"
+        ]
     );
     assert!(program("base", Mode::Trap).is_none());
     assert!(program("no-such-device", Mode::Log).is_none());
@@ -220,7 +230,9 @@ fn listed_syscalls_are_allowed_in_both_modes() {
 fn memory_can_never_become_executable() {
     const PROT_RW: u64 = 3;
     const PROT_EXEC: u64 = 4;
-    for &profile in profiles() {
+    // The broker's filter is also every worker's between its exec and its own filter, when
+    // ld.so maps svmm's libraries executable; each worker's own filter then forbids it.
+    for &profile in profiles().iter().filter(|p| **p != "broker") {
         for name in ["mmap", "mprotect"] {
             let call = |prot| verdict(profile, Mode::Trap, name, [0, 4096, prot, 0x22, 0, 0]);
             assert_eq!(call(PROT_RW), RET_ALLOW, "{profile} {name} rw");
@@ -260,6 +272,39 @@ fn vmm_ioctls_are_the_runtime_ones_only() {
     for name in ["execve", "openat", "socket", "clone3"] {
         assert_eq!(verdict("vmm", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
     }
+}
+
+#[test]
+fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
+    let ioctl = |request| verdict("net", Mode::Trap, "ioctl", [3, request, 0, 0, 0, 0]);
+    // TUNSETOFFLOAD.
+    assert_eq!(ioctl(0x4004_54d0), RET_ALLOW);
+    // TUNSETIFF, TUNSETQUEUE, TUNSETVNETHDRSZ, TUNSETSTEERINGEBPF, FIONBIO, KVM_RUN.
+    for denied in [
+        0x4004_54ca,
+        0x4004_54d9,
+        0x4004_54d8,
+        0x8004_54e0,
+        0x5421,
+        0xae80,
+    ] {
+        assert_eq!(ioctl(denied), RET_TRAP, "{denied:#x}");
+    }
+    let settime = |flags| verdict("net", Mode::Trap, "timerfd_settime", [3, flags, 0, 0, 0, 0]);
+    assert_eq!(settime(0), RET_ALLOW);
+    assert_eq!(settime(1), RET_TRAP, "TFD_TIMER_ABSTIME");
+    for name in [
+        "timerfd_create",
+        "socket",
+        "openat",
+        "writev",
+        "sendto",
+        "clone3",
+    ] {
+        assert_eq!(verdict("net", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
+    }
+    // The base plus two: the smallest net profile we know of.
+    assert_eq!(syscalls(&merged("net")).len(), 27);
 }
 
 #[test]
@@ -572,10 +617,16 @@ fn futex_is_limited_to_what_std_uses() {
 fn profiles_stay_small() {
     const LIMIT: usize = 30;
     const FILE_SERVER_LIMIT: usize = 45;
+    // 92 for spawning and rng, blk, fs, wl; net adds ioctl(TUNSETOFFLOAD), timerfd_create and
+    // timerfd_settime.
+    const BROKER_LIMIT: usize = 95;
     for &profile in profiles() {
         let count = syscalls(&merged(profile)).len();
         let limit = match profile {
             "fs" | "fs_ro" => FILE_SERVER_LIMIT,
+            // What spawning needs is what a worker needs from its exec to its own filter and
+            // afterwards (filters are inherited): see the_broker_allows_what_every_worker_does.
+            "broker" => BROKER_LIMIT,
             _ => LIMIT,
         };
         assert!(count <= limit, "{profile} allows {count} system calls");
@@ -616,6 +667,17 @@ fn vmm_service_connects_and_maps_only() {
     );
     assert_eq!(allow("socket", [1, 2, 0, 0, 0, 0]), RET_TRAP);
     assert_eq!(allow("connect", [5, 0, 110, 0, 0, 0]), RET_ALLOW);
+    // Each worker's service channel: a SEQPACKET pair, nothing else.
+    const SEQPACKET_CLOEXEC: u64 = 0x80005;
+    assert_eq!(
+        allow("socketpair", [1, SEQPACKET_CLOEXEC, 0, 0, 0, 0]),
+        RET_ALLOW
+    );
+    assert_eq!(allow("socketpair", [1, 1, 0, 0, 0, 0]), RET_TRAP);
+    assert_eq!(
+        allow("socketpair", [2, SEQPACKET_CLOEXEC, 0, 0, 0, 0]),
+        RET_TRAP
+    );
     assert_eq!(allow("ioctl", [4, 0x4020ae46, 0, 0, 0, 0]), RET_ALLOW);
     // Not KVM_RUN, KVM_CREATE_VCPU, KVM_IRQFD or anything else.
     for request in [0xae80u64, 0xae41, 0x4020ae76, 0x5401] {
@@ -632,4 +694,69 @@ fn vmm_service_connects_and_maps_only() {
     ] {
         assert_eq!(allow(name, [0; 6]), RET_TRAP, "{name}");
     }
+}
+
+/// Every worker runs under the broker's filter as well as its own (seccomp filters are
+/// inherited): every call a device profile allows must be in the broker's, or that device
+/// could not make it. A kind whose profile needs a new call must add it there too.
+#[test]
+fn the_broker_allows_what_every_worker_does() {
+    let broker = syscalls(&merged("broker"));
+    for &profile in profiles().iter().filter(|p| is_device(p)) {
+        let missing: Vec<String> = syscalls(&merged(profile))
+            .difference(&broker)
+            .cloned()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "broker.json lacks {missing:?} of {profile}"
+        );
+    }
+}
+
+/// What spawning never needs stays out of the broker: no network, no other process's memory,
+/// no program but svmm (and only through its fd), no signals by pid, no kernel extension.
+#[test]
+fn the_broker_cannot_reach_beyond_spawning() {
+    let call = |name, args| verdict("broker", Mode::Trap, name, args);
+    for name in [
+        "socket",
+        "connect",
+        "bind",
+        "listen",
+        "accept4",
+        "sendto",
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+        "execve",
+        "kill",
+        "tkill",
+        "clone",
+        "fork",
+        "vfork",
+        "bpf",
+        "perf_event_open",
+        "init_module",
+        "finit_module",
+        "kexec_load",
+        "reboot",
+        "swapon",
+        "mknod",
+        "mknodat",
+        "chroot",
+        "keyctl",
+        "userfaultfd",
+        "ioctl",
+        "open_by_handle_at",
+        "setns",
+        "unshare",
+    ] {
+        assert_eq!(call(name, [0; 6]), RET_TRAP, "{name}");
+    }
+    const AT_EMPTY_PATH: u64 = 0x1000;
+    assert_eq!(call("execveat", [3, 0, 0, 0, AT_EMPTY_PATH, 0]), RET_ALLOW);
+    assert_eq!(call("execveat", [3, 0, 0, 0, 0, 0]), RET_TRAP, "by path");
+    assert_eq!(call("pidfd_send_signal", [5, 9, 0, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(call("pidfd_send_signal", [5, 15, 0, 0, 0, 0]), RET_TRAP);
 }

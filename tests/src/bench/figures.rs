@@ -37,11 +37,31 @@ pub fn is_wl_test(test: &str) -> bool {
     test.starts_with("bench_wl_")
 }
 
+/// The virtio-net bench tests: transmit and receive throughput with 64-byte, 1514-byte and
+/// 64 KiB GSO frames, and UDP round trips, against the peer on a tap in the bench's network
+/// namespace.
+pub const NET_TESTS: [&str; 7] = [
+    "bench_net_tx64",
+    "bench_net_tx1500",
+    "bench_net_txgso",
+    "bench_net_rx64",
+    "bench_net_rx1500",
+    "bench_net_rxgso",
+    "bench_net_rr",
+];
+
+/// The bench tests that need the virtio-net device (a tap and the peer in a network namespace).
+pub fn is_net_test(test: &str) -> bool {
+    test.starts_with("bench_net_")
+}
+
 /// What the bench runs run by default: the `ring3` check (interrupts reach a guest running in
-/// ring 3, ud2 returns, page faults are taken), then every bench test, the wayland ones last.
+/// ring 3, ud2 returns, page faults are taken), then every bench test, the net ones, the
+/// wayland ones last.
 pub fn default_tests() -> Vec<String> {
     std::iter::once("ring3")
         .chain(BENCH_TESTS)
+        .chain(NET_TESTS)
         .chain(WL_BENCH_TESTS)
         .map(String::from)
         .collect()
@@ -56,12 +76,15 @@ pub const DEVICES: [&str; 4] = ["rng#0", "rng#1", "blk#2", "blk#3"];
 /// The virtio-fs device the bench runs add after [`DEVICES`] when they run fs tests.
 pub const FS_DEVICE: &str = "fs#4";
 
-/// The devices of a run: [`DEVICES`], then [`FS_DEVICE`] if it has the fs device, then the
-/// wayland device (in the next slot) if it has that.
-pub fn devices(fs: bool, wl: bool) -> Vec<String> {
+/// The devices of a run, by svmm's names, in slot order: [`DEVICES`], then [`FS_DEVICE`] if it
+/// has the fs device, then the net device, then the wayland device, each in the next slot.
+pub fn devices(fs: bool, net: bool, wl: bool) -> Vec<String> {
     let mut all: Vec<String> = DEVICES.iter().map(|d| d.to_string()).collect();
     if fs {
         all.push(FS_DEVICE.to_string());
+    }
+    if net {
+        all.push(format!("net#{}", all.len()));
     }
     if wl {
         all.push(format!("wayland#{}", all.len()));
@@ -388,6 +411,118 @@ pub const GUEST_FIGURES: &[GuestFigure] = &[
         Better::Lower,
     ),
     device(
+        "bench_net_tx64",
+        "fps",
+        "net TX, 64 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx64",
+        "mbps",
+        "net TX, 64 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx1500",
+        "fps",
+        "net TX, 1514 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_tx1500",
+        "mbps",
+        "net TX, 1514 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_txgso",
+        "fps",
+        "net TX, 64 KiB TCPv4 GSO frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_txgso",
+        "mbps",
+        "net TX, 64 KiB TCPv4 GSO frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx64",
+        "fps",
+        "net RX, 64 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx64",
+        "mbps",
+        "net RX, 64 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx1500",
+        "fps",
+        "net RX, 1514 B frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rx1500",
+        "mbps",
+        "net RX, 1514 B frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rxgso",
+        "fps",
+        "net RX, 64 KiB TCPv4 GSO frames",
+        "kframes/s",
+        1e-3,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rxgso",
+        "mbps",
+        "net RX, 64 KiB TCPv4 GSO frames",
+        "Mb/s",
+        1.0,
+        Better::Higher,
+    ),
+    device(
+        "bench_net_rr",
+        "p50_ns",
+        "net UDP round trip p50 (64 B frames, to the peer and back)",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
+        "bench_net_rr",
+        "p99_ns",
+        "net UDP round trip p99",
+        "µs",
+        1e-3,
+        Better::Lower,
+    ),
+    device(
         "rng",
         "kib_s",
         "rng functional test (32 × 64 B)",
@@ -430,6 +565,8 @@ pub fn required_keys(test: &str) -> &'static [&'static str] {
         }
         "bench_wl_sync" => &["mode", "requests"],
         "bench_wl_fps" => &["mode", "width", "height", "frames", "us"],
+        "bench_net_rr" => &["mode", "requests", "us"],
+        t if is_net_test(t) => &["mode", "frame_bytes", "frames", "bytes", "us"],
         "ring3" => &RING3_CHECKS,
         _ => &[],
     }
@@ -456,9 +593,10 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
         }
     }
     let fs = tests.iter().any(|t| is_fs_test(t));
+    let net = tests.iter().any(|t| is_net_test(t));
     let wl = tests.iter().any(|t| is_wl_test(t));
     // Spawn times come from every run with devices, the wayland device's from the poll runs.
-    for name in devices(fs, wl) {
+    for name in devices(fs, net, wl) {
         out.push(Figure {
             key: format!("spawn.{name}"),
             section: Section::Spawn,
@@ -490,7 +628,7 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
     }
     out.push(memory_figure("mem.vmm", "VMM process", Scope::All));
     // Memory is sampled in the interrupt-mode run, which has no wayland device.
-    for name in devices(fs, false) {
+    for name in devices(fs, net, false) {
         out.push(memory_figure(
             &format!("mem.worker.{name}"),
             &format!("worker {name}"),
@@ -657,7 +795,12 @@ mod tests {
         assert!(!figures.iter().any(|f| f.key.starts_with("irq.bench_wl_")));
         assert!(get("spawn.wayland#5").applies(Config::Sandboxed));
         assert!(!figures.iter().any(|f| f.key == "mem.worker.wayland#5"));
-        assert_eq!(devices(false, true).last().unwrap(), "wayland#4");
+        assert_eq!(devices(false, false, true).last().unwrap(), "wayland#4");
+        assert_eq!(
+            devices(true, true, true)[4..],
+            ["fs#4", "net#5", "wayland#6"]
+        );
+        assert_eq!(devices(false, true, false).last().unwrap(), "net#4");
     }
 
     #[test]

@@ -145,5 +145,14 @@ mod tests {
             "findings.md quotes the run"
         );
         assert_eq!(unknown_keys(TEMPLATE, &figs), Vec::<&str>::new());
+        // A placeholder broken across lines is not one: it would be printed as it stands.
+        for (at, _) in TEMPLATE.match_indices('{') {
+            let inner = TEMPLATE[at + 1..].split('}').next().unwrap_or("");
+            let word = inner.split(char::is_whitespace).next().unwrap_or("");
+            assert!(
+                wanted(word).is_none() || !inner.contains('\n'),
+                "placeholder broken across lines at byte {at} of findings.md: {{{inner}}}"
+            );
+        }
     }
 }

@@ -429,6 +429,9 @@ fn method(out: &mut String, r: &Report) {
         if p.fs_in(kind).is_some() {
             d += ", 1 fs";
         }
+        if p.net_in(kind).is_some() {
+            d += ", 1 net";
+        }
         if p.wl_in(Config::Sandboxed, kind).is_some() {
             d += ", 1 wayland (svmm)";
         }
@@ -498,6 +501,30 @@ fn method(out: &mut String, r: &Report) {
              includes virtiofsd's.",
             crate::share::BENCH_FILE_BYTES >> 20,
             fs.virtiofsd.path.display()
+        );
+    }
+    if let Some(net) = &p.net {
+        let _ = writeln!(
+            out,
+            "- **Network** (bench runs with the `bench_net_*` tests): every VM of those runs \
+             runs inside a network namespace the harness made (`ip netns exec {}`), with one \
+             tap (`{}`, `vnet_hdr`, 10.77.0.1/24) and `svmm-netpeer` on it; no frame leaves \
+             the namespace. svmm's net device attaches to the tap (`net,tap=`), QEMU's through \
+             `-netdev tap,...,vhost={}`{}. Transmitted frames go to a MAC nobody has, so the \
+             host's stack drops them on arrival; received ones are injected by the peer \
+             (`AF_PACKET`, `sendmmsg` batches of 32, with a GSO vnet header for the 64 KiB \
+             frames) for as long as the guest measures; round trips are UDP echoes by the \
+             peer. The peer shares the host's CPUs with the VMM under test.",
+            net.netns,
+            net.tap,
+            if net.vhost { "on" } else { "off" },
+            if net.vhost {
+                ""
+            } else if std::path::Path::new("/dev/vhost-net").exists() {
+                " (`--qemu-vhost on` measures vhost-net instead)"
+            } else {
+                " (QEMU with vhost=on is not measured: this host has no /dev/vhost-net)"
+            }
         );
     }
     if let Some(wl) = &p.wl {

@@ -178,7 +178,11 @@ fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, 
         _ => RamRule::Memfd(memory::SVMM_RAM_MEMFD),
     };
     let vmm = memory::process_usage(pid, rule).map_err(|e| format!("VMM memory: {e}"))?;
-    let children = procfs::children(pid);
+    // svmm's workers are the broker's children; QEMU's virtiofsd is QEMU's own.
+    let children = match config {
+        Config::Qemu => procfs::children(pid),
+        _ => procfs::workers(pid),
+    };
     let devices = plan.device_names(config, RunKind::Bench(Mode::Irq));
     let want = match config {
         Config::Sandboxed => devices.len(),
@@ -187,7 +191,7 @@ fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, 
     };
     if children.len() != want {
         return Err(format!(
-            "the VMM has {} child processes ({children:?}), expected {want}",
+            "the VMM has {} worker processes ({children:?}), expected {want}",
             children.len()
         ));
     }
@@ -432,6 +436,7 @@ mod tests {
             idle_ms: 1000,
             fs: None,
             wl: None,
+            net: None,
         }
     }
 

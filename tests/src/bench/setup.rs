@@ -61,6 +61,22 @@ pub struct Plan {
     pub fs: Option<FsSetup>,
     /// The compositor of svmm's poll-mode bench runs with wayland tests.
     pub wl: Option<WlSetup>,
+    /// The network namespace, tap and peer of bench runs with net tests.
+    pub net: Option<NetSetup>,
+}
+
+/// The virtio-net side of the bench runs: a network namespace the harness made, with a tap and
+/// `svmm-netpeer` on it (`tests::netns`); every bench run with net tests runs inside it, and
+/// no frame leaves it.
+#[derive(Clone, Debug)]
+pub struct NetSetup {
+    /// The namespace (`ip netns exec NAME`).
+    pub netns: String,
+    /// The tap both VMMs attach to (one queue pair; `vnet_hdr`).
+    pub tap: String,
+    /// QEMU's net device with `vhost=on` (`--qemu-vhost`, needs `/dev/vhost-net`), else
+    /// `vhost=off`.
+    pub vhost: bool,
 }
 
 /// The wayland side of the bench runs: a headless weston (`crate::weston::Weston`, started by
@@ -223,9 +239,19 @@ impl Plan {
 
     /// The VM of one run: `config` running `kind`.
     pub fn vm(&self, config: Config, kind: RunKind) -> TestVm {
-        let vm = match config {
-            Config::Sandboxed | Config::InProcess => self.svmm_vm(config, kind),
+        let (vm, wrapper) = match config {
+            Config::Sandboxed | Config::InProcess => (self.svmm_vm(config, kind), Vec::new()),
             Config::Qemu => self.qemu_vm(kind),
+        };
+        // A run with the net device runs inside the bench's network namespace.
+        let netns = self
+            .net_in(kind)
+            .map(|n| vec!["ip".into(), "netns".into(), "exec".into(), n.netns.clone()])
+            .unwrap_or_default();
+        let wrapper: Vec<String> = netns.into_iter().chain(wrapper).collect();
+        let vm = match wrapper.is_empty() {
+            true => vm,
+            false => vm.wrapper(wrapper),
         };
         vm.timeout(self.timeout(kind))
     }
@@ -239,6 +265,15 @@ impl Plan {
             vm = vm.device(spec);
         }
         vm
+    }
+
+    /// The net setup if a run of `kind` has the net device: bench runs with net tests.
+    pub fn net_in(&self, kind: RunKind) -> Option<&NetSetup> {
+        let net_tests = self.tests.iter().any(|t| super::figures::is_net_test(t));
+        match kind {
+            RunKind::Bench(_) if net_tests => self.net.as_ref(),
+            _ => None,
+        }
     }
 
     /// svmm's options besides kernel, memory, command line and devices.
@@ -275,6 +310,7 @@ impl Plan {
         match kind.has_devices() {
             true => super::figures::devices(
                 self.fs_in(kind).is_some(),
+                self.net_in(kind).is_some(),
                 self.wl_in(config, kind).is_some(),
             ),
             false => Vec::new(),
@@ -297,31 +333,37 @@ impl Plan {
         if let Some(fs) = self.fs_in(kind) {
             specs.push(format!("fs={},tag=bench{off}", fs.share.display()));
         }
+        if let Some(net) = self.net_in(kind) {
+            specs.push(format!("net,tap={}{off}", net.tap));
+        }
         if let Some(wl) = self.wl_in(config, kind) {
             specs.push(format!("wayland={}{off}", wl.socket.display()));
         }
         specs
     }
 
-    fn qemu_vm(&self, kind: RunKind) -> TestVm {
+    /// QEMU's VM of a run, and the wrapper it runs under (virtiofsd's start, for the fs
+    /// device).
+    fn qemu_vm(&self, kind: RunKind) -> (TestVm, Vec<String>) {
         let fs = self.fs_in(kind);
         // vhost-user needs the guest RAM in shared memory.
         let machine = match fs {
             Some(_) => format!("{QEMU_MACHINE},memory-backend=mem"),
             None => QEMU_MACHINE.to_string(),
         };
-        let mut vm = TestVm::new(Backend::Qemu { machine })
+        let vm = TestVm::new(Backend::Qemu { machine })
             .kernel(&self.guest)
             .mem_mib(self.mem_mib)
             .cmdline(self.cmdline(Config::Qemu, kind))
             .args(QEMU_OPTIONS)
             .args(self.qemu_devices(kind));
+        let mut wrapper = Vec::new();
         if let Some(fs) = fs {
             // virtiofsd starts first (QEMU connects to its socket), and is QEMU's child once
             // the shell execs QEMU; it ends when QEMU disconnects.
             let daemon = fs.virtiofsd.command(&fs.socket, &fs.share).join(" ");
             let socket = fs.socket.display().to_string();
-            vm = vm.wrapper([
+            wrapper = vec![
                 "sh".to_string(),
                 "-c".to_string(),
                 format!(
@@ -329,9 +371,9 @@ impl Plan {
                      do sleep 0.01; i=$((i+1)); done; exec \"$@\""
                 ),
                 "sh".to_string(),
-            ]);
+            ];
         }
-        vm
+        (vm, wrapper)
     }
 
     /// QEMU's device options of a run: the same devices as svmm's, in the same order.
@@ -366,6 +408,18 @@ impl Plan {
                 format!("socket,id=vfsd,path={}", fs.socket.display()),
                 "-device".to_string(),
                 "vhost-user-fs-device,chardev=vfsd,tag=bench".to_string(),
+            ]);
+        }
+        if let Some(net) = self.net_in(kind) {
+            let vhost = if net.vhost { "on" } else { "off" };
+            args.extend([
+                "-netdev".to_string(),
+                format!(
+                    "tap,id=n0,ifname={},script=no,downscript=no,vhost={vhost}",
+                    net.tap
+                ),
+                "-device".to_string(),
+                "virtio-net-device,netdev=n0".to_string(),
             ]);
         }
         args
@@ -581,6 +635,7 @@ mod tests {
             idle_ms: 1500,
             fs: None,
             wl: None,
+            net: None,
         }
     }
 
@@ -755,6 +810,42 @@ mod tests {
         assert_eq!(
             only_wl.cmdline(Config::Sandboxed, irq),
             "testguest.run=none testguest.sleep_ms=1500"
+        );
+    }
+
+    #[test]
+    fn net_runs_get_the_tap_and_run_in_the_namespace() {
+        let p = Plan {
+            tests: vec!["bench_net_tx64".into()],
+            net: Some(NetSetup {
+                netns: "svmm-bench-1".into(),
+                tap: "tap0".into(),
+                vhost: false,
+            }),
+            ..plan()
+        };
+        let bench = RunKind::Bench(Mode::Irq);
+        assert_eq!(
+            p.svmm_devices(Config::InProcess, bench)
+                .last()
+                .map(String::as_str),
+            Some("net,tap=tap0,sandbox=off")
+        );
+        assert!(p.qemu_devices(bench).join(" ").ends_with(
+            "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
+             -device virtio-net-device,netdev=n0"
+        ));
+        for config in Config::ALL {
+            let cmd = shell_line(&p.vm(config, bench).command());
+            assert!(cmd.starts_with("ip netns exec svmm-bench-1 "), "{cmd}");
+            let boot = shell_line(&p.vm(config, RunKind::Boot4).command());
+            assert!(!boot.contains("netns"), "{boot}");
+        }
+        assert_eq!(
+            p.device_names(Config::Sandboxed, bench)
+                .last()
+                .map(String::as_str),
+            Some("net#4")
         );
     }
 

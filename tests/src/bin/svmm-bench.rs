@@ -30,6 +30,8 @@ options:
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
+  --qemu-vhost on|off  QEMU's net device with vhost=on (needs /dev/vhost-net) or vhost=off
+                    (default off; the report names which)
   --out DIR         where BENCHMARKS.md and benchmarks.svg go (default: the repository root)
 
 environment: SVMM_BIN (the svmm binary; default: cargo builds it), QEMU_BIN (default:
@@ -50,6 +52,7 @@ struct Options {
     idle_ms: u64,
     scratch: PathBuf,
     out: PathBuf,
+    qemu_vhost: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -65,6 +68,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         idle_ms: 1500,
         scratch: std::env::temp_dir(),
         out: paths::repo_root(),
+        qemu_vhost: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -95,6 +99,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--idle-ms" => o.idle_ms = number(500)?,
             "--scratch" => o.scratch = PathBuf::from(value),
             "--out" => o.out = PathBuf::from(value),
+            "--qemu-vhost" => {
+                o.qemu_vhost = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{flag} {value}: expected on or off")),
+                }
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -163,6 +174,45 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
     } else {
         None
     };
+    // The net device's world: a namespace with a tap and the peer, for the whole run.
+    let net = if o.tests.iter().any(|t| figures::is_net_test(t)) {
+        if let Some(why) = tests::netns::missing_reason() {
+            return Err(format!(
+                "the bench_net_* tests need a network namespace with a tap: {why}; leave them \
+                 out with --tests to run without them"
+            ));
+        }
+        if o.qemu_vhost && !std::path::Path::new("/dev/vhost-net").exists() {
+            return Err("--qemu-vhost on needs /dev/vhost-net (modprobe vhost_net)".into());
+        }
+        let ns = tests::netns::NetNs::new("bench").map_err(|e| e.to_string())?;
+        ns.tap("tap0", "10.77.0.1/24", false)
+            .map_err(|e| e.to_string())?;
+        let peer_bin = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("svmm-netpeer");
+        let peer = ns
+            .peer(
+                &peer_bin.to_string_lossy(),
+                &[
+                    "--tap",
+                    "tap0",
+                    "--port",
+                    "7777",
+                    "--no-capture",
+                    "--limit",
+                    "86400",
+                ],
+            )
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "svmm-bench: network namespace {} with tap0 (10.77.0.1/24) and svmm-netpeer",
+            ns.name()
+        );
+        Some((ns, peer))
+    } else {
+        None
+    };
     // Alive until the report is written: every svmm poll-mode bench run connects to it.
     let weston = if o.tests.iter().any(|t| figures::is_wl_test(t)) {
         if let Some(missing) = tests::weston::missing_programs() {
@@ -196,6 +246,11 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         idle_ms: o.idle_ms,
         fs,
         wl,
+        net: net.as_ref().map(|(ns, _)| setup::NetSetup {
+            netns: ns.name().to_string(),
+            tap: "tap0".to_string(),
+            vhost: o.qemu_vhost,
+        }),
     };
     let total_runs = 3 + 3 * RunKind::ALL.len() * plan.reps;
     let mut done = 0;

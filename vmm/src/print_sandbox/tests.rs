@@ -68,7 +68,8 @@ fn rng_report_lists_every_rule_of_base_and_rng() {
             "{forbidden} allowed\n{text}"
         );
     }
-    assert!(!text.contains("openat"), "{text}");
+    let section = ::tests::sandbox_report::section(&text, "== rng#0: sandboxed worker process");
+    assert!(!section.contains("openat"), "{text}");
     // Argument filters and comments are shown.
     assert!(
         text.contains("only if arg1 (32 bits) == 0x1 [F_GETFD only"),
@@ -195,4 +196,34 @@ fn rendering_of_conditions() {
         profile::syscall_count(&[rules[0].clone(), rules[0].clone()]),
         1
     );
+}
+
+#[test]
+fn broker_section_shows_the_process_what_it_holds_and_every_rule() {
+    let text = report(&[rng(true), rng(false)], SeccompMode::Trap).unwrap();
+    let listed = allowed_after(&text, "== the broker process (svmm-broker) ==");
+    assert_eq!(listed, json_syscalls("broker"));
+    for needle in [
+        "single-threaded; dies with svmm",
+        "  rng#0: host resource of rng: /dev/urandom (read-only)",
+        "accepts on device N's channel only \"start device N\"",
+        "never maps guest RAM",
+        "seccomp: profile \"broker\" in mode trap",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?}\n{text}");
+    }
+    // The in-process device's resource is svmm's, not the broker's.
+    assert!(!text.contains("rng#1: host resource"), "{text}");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let (first, count) = (1_500_000_000u32, 65_536u32);
+        let broker = first + count - 2;
+        let svmm = first + count - 1;
+        assert!(text.contains(&format!("runs as: uid {broker}, gid {broker}")));
+        assert!(text.contains("only CAP_SETUID and CAP_SETGID"));
+        assert!(text.contains(&format!("then uid {svmm}, gid {svmm}, no supplementary")));
+    }
+    // No sandboxed device, no broker.
+    let text = report(&[rng(false)], SeccompMode::Trap).unwrap();
+    assert!(!text.contains("== the broker process"), "{text}");
 }

@@ -20,13 +20,23 @@
 //!                                                 released from the count
 //! ```
 //!
-//! Each worker of the device gets a channel of its own: whoever starts it (the sandbox's
-//! spawner thread, the set-up of an in-process device) asks the device's [`ServiceLink`] for a
-//! fresh one, which makes a channel pair and hands svmm's end to the device's `svc-` thread over
-//! a hand-off socket. The thread serves one channel at a time: when it closes (the worker died)
-//! it removes what that worker held and only then takes the next channel — so a restarted
-//! worker (`--on-worker-exit=restart`) finds the region empty and the VM's count without its
-//! predecessor's connections. The thread ends when the hand-off socket closes (the VM ends).
+//! Each worker of the device gets a channel of its own, made by the device's `svc-` thread
+//! (its filter allows a `socketpair` of `AF_UNIX` `SOCK_SEQPACKET` sockets; svmm's other
+//! threads may not make one) and parked on a hand-off socket, whose other end is the device's
+//! [`ServiceLink`]: whoever starts a worker ([`crate::sandboxed::Sandbox::start`] — the main
+//! thread at set-up, a monitor thread on restart — passes it in the broker's `Start`; the
+//! set-up of an in-process device builds the backend with it) takes the parked end
+//! ([`ServiceLink::take`]: a `poll` and a `recvmsg`). The thread serves one channel at a time:
+//! when it closes (the worker died, or its start failed and the parked end was dropped) it
+//! removes what that worker held and only then makes and parks the next channel — so a
+//! restarted worker (`--on-worker-exit=restart`) finds the region empty and the VM's count
+//! without its predecessor's connections. The first channel is parked before any thread exists
+//! ([`DeviceServices::new`]). The thread ends when the hand-off socket closes (the VM ends).
+//!
+//! `Connect` runs as svmm's own uid: as root, svmm has dropped to the last id of
+//! `--worker-ids` before its devices start, so the compositor's socket must be one that uid
+//! may connect to. svmm checks that once, after the drop and before any device starts
+//! ([`check_reachable`]), and refuses in one line otherwise.
 //!
 //! The per-VM limit on open connections counts what svmm handed out less what the device says
 //! it closed; svmm keeps no copy of a connection (the compositor sees it close when the device
@@ -39,16 +49,20 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
+use broker::HostResource;
 use ipc::{Channel, ChannelError, ServiceRefusal, ServiceReply, ServiceRequest};
+use kvm_ioctls::VmFd;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use devices::kind::ShmWindow;
 
 use crate::device_spec::DeviceSpec;
+use crate::fd_wait::wait_readable;
 use crate::layout::{shm_windows_start, SHM_WINDOW_ALIGN};
 use crate::self_confine::{self, ThreadRole};
-use shm::ShmMapper;
+use shm::{ShmMapper, Slots};
 use worker::report::one_line;
 
 /// Most connections the devices of one VM may hold open at once.
@@ -108,8 +122,48 @@ impl Connections {
     }
 }
 
-/// What starts the workers of a device with services holds: the sending end of the hand-off
-/// socket to the device's `svc-` thread.
+/// What svmm's side of every device's host services shares: the VM (for memory slots), its
+/// free slots and its count of open connections.
+pub struct VmServices {
+    vm: Arc<VmFd>,
+    slots: Arc<Slots>,
+    connections: Arc<Connections>,
+}
+
+impl VmServices {
+    /// For the devices of `vm`: as many memory slots as KVM has, [`MAX_CONNECTIONS_PER_VM`].
+    pub fn new(vm: &Arc<VmFd>) -> VmServices {
+        let limit = u32::try_from(vm.check_extension_int(kvm_ioctls::Cap::NrMemslots)).unwrap_or(0);
+        VmServices {
+            vm: vm.clone(),
+            slots: Slots::new(limit),
+            connections: Connections::new(MAX_CONNECTIONS_PER_VM),
+        }
+    }
+
+    /// The host services of device `name` with shared-memory window `window`, if its kind
+    /// declares any: svmm's side (not started) and the link its workers' service channels come
+    /// through, the first channel parked on it.
+    pub fn of(
+        &self,
+        name: &str,
+        spec: &DeviceSpec,
+        window: Option<ShmWindow>,
+    ) -> io::Result<Option<(DeviceServices, ServiceLink)>> {
+        if !spec.config.has_services() {
+            return Ok(None);
+        }
+        let socket = spec.config.resources().into_iter().find_map(|r| match r {
+            HostResource::SocketPath { path } => Some(path),
+            _ => None,
+        });
+        let shm = window.map(|w| ShmMapper::new(self.vm.clone(), w, self.slots.clone()));
+        DeviceServices::new(name.to_string(), socket, shm, self.connections.clone()).map(Some)
+    }
+}
+
+/// What starts the workers of a device with services holds: the receiving end of the hand-off
+/// socket on which the device's `svc-` thread parks each worker's service channel.
 pub struct ServiceLink {
     handoff: Channel,
 }
@@ -118,14 +172,24 @@ pub struct ServiceLink {
 const HANDOFF: u8 = 1;
 
 impl ServiceLink {
-    /// A fresh service channel for the device's next worker: svmm's end goes to the `svc-`
-    /// thread, the device's end is returned.
-    pub fn fresh(&self) -> io::Result<OwnedFd> {
-        let (svmm, device) = Channel::pair().map_err(io::Error::other)?;
-        self.handoff
-            .send(&HANDOFF, &[svmm.as_fd()])
-            .map_err(io::Error::other)?;
-        Ok(device.into())
+    /// The device's end of the service channel for its next worker, parked by the `svc-` thread
+    /// (which serves the other end); waits up to `timeout` for the thread to have released what
+    /// the previous worker held and parked it.
+    pub fn take(&self, timeout: Duration) -> io::Result<OwnedFd> {
+        if !wait_readable(self.handoff.as_fd(), timeout)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the host-services thread parked none within {timeout:?}"),
+            ));
+        }
+        match self.handoff.recv::<u8>() {
+            Ok((HANDOFF, fds)) => <[OwnedFd; 1]>::try_from(fds)
+                .map(|[fd]| fd)
+                .map_err(|_| io::Error::other("a hand-off without its channel")),
+            Ok(_) => Err(io::Error::other("an unknown hand-off")),
+            Err(ChannelError::PeerGone) => Err(io::Error::other("the host-services thread ended")),
+            Err(e) => Err(io::Error::other(e)),
+        }
     }
 }
 
@@ -133,8 +197,10 @@ impl ServiceLink {
 pub struct DeviceServices {
     /// `wayland#0`.
     pub name: String,
-    /// Where the service channel of each of the device's workers comes from ([`ServiceLink`]).
+    /// Where each of the device's workers' service channels is parked ([`ServiceLink`]).
     handoff: Channel,
+    /// svmm's end of the channel parked last, served next.
+    next: Option<Channel>,
     /// The socket `Connect` connects to, if the kind declared one.
     pub socket: Option<PathBuf>,
     /// The device's shared-memory region, if the kind declared one.
@@ -146,7 +212,8 @@ pub struct DeviceServices {
 }
 
 impl DeviceServices {
-    /// The services of device `name`, and the link its workers' channels come through.
+    /// The services of device `name`, and the link its workers' channels come through, with
+    /// the first worker's channel parked on it.
     pub fn new(
         name: String,
         socket: Option<PathBuf>,
@@ -154,14 +221,19 @@ impl DeviceServices {
         connections: Arc<Connections>,
     ) -> io::Result<(Self, ServiceLink)> {
         let (handoff, link) = Channel::pair().map_err(io::Error::other)?;
-        let services = DeviceServices {
+        let mut services = DeviceServices {
             name,
             handoff,
+            next: None,
             socket,
             shm,
             connections,
             handed: 0,
         };
+        services.next = services.park();
+        if services.next.is_none() {
+            return Err(io::Error::other("cannot park the first service channel"));
+        }
         Ok((services, ServiceLink { handoff: link }))
     }
 
@@ -180,19 +252,19 @@ impl DeviceServices {
 
     /// Serves each worker's channel in turn until the hand-off socket closes.
     pub fn serve(mut self) {
-        while let Some(channel) = self.next_channel() {
+        while let Some(channel) = self.next.take() {
             self.serve_channel(&channel);
+            drop(channel);
+            self.next = self.park();
         }
     }
 
-    /// The next worker's channel; `None` once the link is gone.
-    fn next_channel(&self) -> Option<Channel> {
-        match self.handoff.recv::<u8>() {
-            Ok((HANDOFF, fds)) => <[OwnedFd; 1]>::try_from(fds)
-                .ok()
-                .map(|[fd]| Channel::from(fd)),
-            _ => None,
-        }
+    /// Makes the next worker's channel and parks the device's end on the hand-off socket;
+    /// svmm's end, or `None` once the link is gone (the VM ends).
+    fn park(&self) -> Option<Channel> {
+        let (svmm, device) = Channel::pair().ok()?;
+        self.handoff.send(&HANDOFF, &[device.as_fd()]).ok()?;
+        Some(svmm)
     }
 
     /// Answers requests until `channel` closes, then removes what its worker held.
@@ -203,7 +275,7 @@ impl DeviceServices {
                 Err(ChannelError::PeerGone) => break,
                 Err(e) => {
                     eprintln!(
-                        "svmm: {}: service channel: {}; no more host services for the device",
+                        "svmm: {}: service channel: {}; no more host services for its worker",
                         self.name,
                         one_line(&e)
                     );
@@ -287,6 +359,21 @@ impl DeviceServices {
             }
         }
     }
+}
+
+/// Whether svmm, now running as `uid` (root dropped to it), may connect to `path`: one
+/// connection, closed at once; why not (`EACCES` for a socket or directory it may not use), in
+/// words for the user, if not.
+pub fn check_reachable(path: &std::path::Path, uid: u32) -> Result<(), String> {
+    connect(path).map(drop).map_err(|errno| {
+        format!(
+            "svmm connects to it as its own uid {uid} (as root, svmm becomes the last id of \
+             --worker-ids once KVM is open), which cannot: {}; let that uid reach the socket \
+             (search on its directories, write on the socket) or run svmm as the compositor's \
+             user",
+            io::Error::from_raw_os_error(errno)
+        )
+    })
 }
 
 /// A new non-blocking, close-on-exec connection to the unix socket `path`; the errno if not.

@@ -3,6 +3,7 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use devices::kind::ShmWindow;
 use ipc::{Channel, ServiceRefusal, ServiceReply, ServiceRequest};
@@ -229,7 +230,8 @@ fn requests_with_the_wrong_fds_are_refused() {
 }
 
 /// Each worker's channel in turn: when one closes (its worker died), its connections and
-/// mappings go before the next worker's requests are read; the thread ends with the link.
+/// mappings go before the next worker's channel is parked; the thread ends with the link (the
+/// parked channel it serves closes with it).
 #[test]
 fn a_closed_channel_releases_everything_before_the_next() {
     let dir = scratch("services-close");
@@ -243,7 +245,7 @@ fn a_closed_channel_releases_everything_before_the_next() {
         writable: true,
     };
     for worker in 0..3 {
-        let device = Channel::from(link.fresh().unwrap());
+        let device = Channel::from(link.take(Duration::from_secs(5)).unwrap());
         device.send(&ServiceRequest::Connect, &[]).unwrap();
         let (reply, fds) = device.recv::<ServiceReply>().unwrap();
         assert_eq!((reply, fds.len()), (ServiceReply::Connected, 1), "{worker}");
@@ -261,4 +263,29 @@ fn a_closed_channel_releases_everything_before_the_next() {
     drop(link);
     server.join().unwrap();
     assert_eq!(connections.open(), 0);
+}
+
+/// The start-up check connects once and closes; a socket it cannot use is one sentence naming
+/// the uid svmm runs as and the error.
+#[test]
+fn the_reachability_check_connects_once_and_names_the_uid() {
+    let dir = scratch("services-reach");
+    let path = dir.join("compositor.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(super::check_reachable(&path, 4242), Ok(()));
+    let (probe, _) = listener.accept().unwrap();
+    let mut byte = [0u8; 1];
+    use std::io::Read;
+    assert_eq!(
+        (&probe).read(&mut byte).unwrap(),
+        0,
+        "closed at once, nothing sent"
+    );
+    drop(listener);
+    let why = super::check_reachable(&path, 4242).unwrap_err();
+    assert!(
+        why.contains("uid 4242") && why.contains("Connection refused"),
+        "{why}"
+    );
 }

@@ -256,6 +256,11 @@ impl<P: DeviceProxy> MmioTransport<P> {
         &mut self.proxy
     }
 
+    /// The features the driver wrote (0 after a reset), for the statistics at VM end.
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
     /// `Status` as the guest reads it, DEVICE_NEEDS_RESET included.
     pub fn device_status(&self) -> u32 {
         let needs_reset = self.status != 0 && (self.needs_reset || self.proxy.is_broken());

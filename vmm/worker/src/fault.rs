@@ -14,6 +14,7 @@
 //! | `exit`    | exits with status 3                                                     |
 //! | `escape`  | (with `--seccomp=log`, which lets the calls reach the other layers) opens `/`, makes `/x` and opens `/etc/passwd`, printing each `errno`: Landlock and the empty read-only root must refuse them; then serves on |
 //! | `impostor`| its `Ready` announces another device (virtio-blk, ID 2) with a feature no kind offers (bit 50), from the start |
+//! | `stderr`  | writes terminal escape sequences, a forged `svmm: error:` line, bidirectional overrides and a flood of lines on its stderr, then serves on (svmm must show none of it raw) |
 //! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
@@ -65,6 +66,8 @@ pub enum Fault {
     Fds,
     /// A `Ready` for another device than its kind.
     Impostor,
+    /// Escape sequences, a forged svmm line and a flood on its stderr.
+    Stderr,
     /// File system accesses the seccomp filter would trap (run with `--seccomp=log`) and
     /// Landlock and the read-only root must refuse.
     Escape,
@@ -76,7 +79,8 @@ pub enum Fault {
 impl Fault {
     /// Every mode's name, in the order of the table above.
     pub const NAMES: &'static [&'static str] = &[
-        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "impostor", "host",
+        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "impostor", "stderr",
+        "host",
     ];
 
     /// The mode called `name`.
@@ -89,6 +93,7 @@ impl Fault {
             "exit" => Some(Fault::Exit),
             "fds" => Some(Fault::Fds),
             "impostor" => Some(Fault::Impostor),
+            "stderr" => Some(Fault::Stderr),
             "escape" => Some(Fault::Escape),
             "host" => Some(Fault::Host),
             _ => None,
@@ -105,6 +110,7 @@ impl Fault {
             Fault::Exit => "exit",
             Fault::Fds => "fds",
             Fault::Impostor => "impostor",
+            Fault::Stderr => "stderr",
             Fault::Escape => "escape",
             Fault::Host => "host",
         }
@@ -177,6 +183,17 @@ fn misbehave(fault: Fault, control: RawFd) {
         Fault::Escape => escape(),
         // It lied at Ready already; svmm never got this far.
         Fault::Impostor => {}
+        Fault::Stderr => {
+            use std::io::Write;
+            let mut err = std::io::stderr();
+            let _ = err.write_all(
+                b"\x1b[2J\x1b]0;owned\x07svmm: error: forged by the worker\n\
+                  \xe2\x80\xaereversed\x1b[0m\r\n",
+            );
+            for i in 0..200 {
+                let _ = writeln!(err, "flood line {i}");
+            }
+        }
         Fault::Fds => {
             if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
                 send_with_fds(control, &bytes, &[control, crate::fd_numbers::STOP]);

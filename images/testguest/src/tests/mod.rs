@@ -7,6 +7,7 @@ mod bench;
 mod blk;
 mod echo;
 mod fs;
+mod net;
 mod panic;
 mod ring3;
 mod rng;
@@ -77,6 +78,41 @@ pub static TESTS: &[Test] = &[
         name: "bench_getid",
         applies: bench::applies,
         run: bench::run_getid,
+    },
+    Test {
+        name: "bench_net_rr",
+        applies: bench::applies,
+        run: bench::run_net_rr,
+    },
+    Test {
+        name: "bench_net_rx1500",
+        applies: bench::applies,
+        run: bench::run_net_rx1500,
+    },
+    Test {
+        name: "bench_net_rx64",
+        applies: bench::applies,
+        run: bench::run_net_rx64,
+    },
+    Test {
+        name: "bench_net_rxgso",
+        applies: bench::applies,
+        run: bench::run_net_rxgso,
+    },
+    Test {
+        name: "bench_net_tx1500",
+        applies: bench::applies,
+        run: bench::run_net_tx1500,
+    },
+    Test {
+        name: "bench_net_tx64",
+        applies: bench::applies,
+        run: bench::run_net_tx64,
+    },
+    Test {
+        name: "bench_net_txgso",
+        applies: bench::applies,
+        run: bench::run_net_txgso,
     },
     Test {
         name: "bench_rand1",
@@ -152,6 +188,26 @@ pub static TESTS: &[Test] = &[
         name: "fs_write",
         applies: fs::by_name,
         run: fs::run_write,
+    },
+    Test {
+        name: "net",
+        applies: net::applies,
+        run: net::run,
+    },
+    Test {
+        name: "net_mq",
+        applies: net::by_name,
+        run: net::run_mq,
+    },
+    Test {
+        name: "net_offload",
+        applies: net::by_name,
+        run: net::run_offload,
+    },
+    Test {
+        name: "net_passt",
+        applies: net::by_name,
+        run: net::run_passt,
     },
     Test {
         name: "panic",

@@ -16,6 +16,8 @@
 
 pub mod fastq;
 pub mod mmio;
+pub mod net;
+pub mod netq;
 pub mod queue;
 
 use crate::cmdline::MmioDevice;

@@ -1,0 +1,129 @@
+//! A tap queue fd as a packet endpoint: every `read` is one frame and every `write` takes one,
+//! each with the 12-byte vnet header in front (svmm attached the fd with `IFF_VNET_HDR` and set
+//! the header size to 12 before any worker existed, see `net::open`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::{fatal, would_block, Endpoint, Received, Sent};
+use crate::net::header::VnetHdr;
+use crate::net::{sys, tun_flags, Offloads, HDR_LEN, MAX_FRAME, MIN_FRAME};
+
+/// How the endpoint switches the tap's offloads: `TUNSETOFFLOAD` on a real tap
+/// ([`TunIoctl`]); tests stand a datagram socket in for the tap and record the calls.
+pub trait TunControl: Send {
+    /// `TUNSETOFFLOAD(flags)` on `fd`.
+    fn set_offload(&mut self, fd: BorrowedFd<'_>, flags: u32) -> io::Result<()>;
+}
+
+/// The real thing: `ioctl(fd, TUNSETOFFLOAD, flags)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TunIoctl;
+
+impl TunControl for TunIoctl {
+    fn set_offload(&mut self, fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+        sys::set_offload(fd, flags)
+    }
+}
+
+/// One tap queue fd.
+pub struct Tap {
+    fd: OwnedFd,
+    control: Box<dyn TunControl>,
+    offloads: Offloads,
+}
+
+impl Tap {
+    /// The endpoint for `fd` (non-blocking, attached with `IFF_VNET_HDR`, header size 12).
+    ///
+    /// Probes which offloads the tap takes (`TUNSETOFFLOAD` with and without ECN), then
+    /// switches them all off until a driver asks for them. A tap that refuses `TUNSETOFFLOAD`
+    /// altogether is refused: `fd` is not a tap with a vnet header.
+    pub fn new(fd: OwnedFd) -> io::Result<Tap> {
+        Tap::with_control(fd, Box::new(TunIoctl))
+    }
+
+    /// [`Tap::new`] with another way of switching offloads (tests).
+    pub fn with_control(fd: OwnedFd, mut control: Box<dyn TunControl>) -> io::Result<Tap> {
+        use tun_flags::{CSUM, TSO4, TSO6, TSO_ECN};
+        let ecn = control
+            .set_offload(fd.as_fd(), CSUM | TSO4 | TSO6 | TSO_ECN)
+            .is_ok();
+        if !ecn {
+            control.set_offload(fd.as_fd(), CSUM | TSO4 | TSO6)?;
+        }
+        control.set_offload(fd.as_fd(), 0)?;
+        Ok(Tap {
+            fd,
+            control,
+            offloads: Offloads {
+                vnet_hdr: true,
+                ecn,
+            },
+        })
+    }
+}
+
+impl Endpoint for Tap {
+    fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn offloads(&self) -> Offloads {
+        self.offloads
+    }
+
+    fn send(&mut self, hdr: &VnetHdr, buf: &mut [u8], len: usize) -> io::Result<Sent> {
+        buf[..HDR_LEN].copy_from_slice(&hdr.to_bytes());
+        match rustix::io::write(&self.fd, &buf[..HDR_LEN + len]) {
+            // A tap takes a frame whole or not at all.
+            Ok(_) => Ok(Sent::Done),
+            Err(e) => {
+                let e = io::Error::from(e);
+                if would_block(&e) {
+                    Ok(Sent::Blocked)
+                } else if fatal(&e) {
+                    Err(e)
+                } else {
+                    Ok(Sent::Refused(e))
+                }
+            }
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+        match rustix::io::read(&self.fd, &mut *buf) {
+            Ok(n) if !(HDR_LEN + MIN_FRAME..=HDR_LEN + MAX_FRAME).contains(&n) => {
+                Ok(Received::Malformed)
+            }
+            Ok(n) => {
+                let mut raw = [0u8; HDR_LEN];
+                raw.copy_from_slice(&buf[..HDR_LEN]);
+                Ok(Received::Frame {
+                    hdr: VnetHdr::from_bytes(&raw),
+                    len: n - HDR_LEN,
+                })
+            }
+            Err(e) => {
+                let e = io::Error::from(e);
+                if would_block(&e) {
+                    Ok(Received::Nothing)
+                } else if fatal(&e) {
+                    Err(e)
+                } else {
+                    // EFAULT / EINVAL: the kernel dropped a frame it could not hand over.
+                    Ok(Received::Malformed)
+                }
+            }
+        }
+    }
+
+    fn set_offloads(&mut self, flags: u32) -> io::Result<()> {
+        let flags = if self.offloads.ecn {
+            flags
+        } else {
+            flags & !tun_flags::TSO_ECN
+        };
+        self.control.set_offload(self.fd.as_fd(), flags)
+    }
+}

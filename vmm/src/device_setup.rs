@@ -587,8 +587,8 @@ fn set_up(
         .ok()
         .and_then(virtio_mmio_slot)
         .ok_or_else(|| DeviceSetupError::NoSlot(name.clone()))?;
-    let resources =
-        HostResources::open(&spec.config).map_err(|source| DeviceSetupError::HostResources {
+    let resources = HostResources::open(&spec.config, plan::svmm_ids(config.sandbox.worker_ids))
+        .map_err(|source| DeviceSetupError::HostResources {
             name: name.clone(),
             source,
         })?;

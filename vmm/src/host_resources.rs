@@ -57,18 +57,24 @@ impl HostResourceError {
 }
 
 impl HostResources {
-    /// Opens and checks the resources of `config`.
-    pub fn open(config: &DeviceConfig) -> Result<HostResources, HostResourceError> {
+    /// Opens and checks the resources of `config`; helper processes run as `helper_user`
+    /// (the unprivileged user a root svmm becomes, so it can still kill them at its end).
+    pub fn open(
+        config: &DeviceConfig,
+        helper_user: Option<(u32, u32)>,
+    ) -> Result<HostResources, HostResourceError> {
         let declared = config.resources();
         let mut opened = Vec::with_capacity(declared.len());
         for resource in &declared {
-            let one = resource.open().map_err(|source| match resource.origin() {
-                Origin::User => HostResourceError::User(source),
-                Origin::Kind => HostResourceError::Kind {
-                    kind: config.kind(),
-                    source,
-                },
-            })?;
+            let one = resource
+                .open_as(helper_user)
+                .map_err(|source| match resource.origin() {
+                    Origin::User => HostResourceError::User(source),
+                    Origin::Kind => HostResourceError::Kind {
+                        kind: config.kind(),
+                        source,
+                    },
+                })?;
             opened.push(one);
         }
         config.check(&opened)?;

@@ -63,6 +63,17 @@ impl HelperSpec {
     /// [`HelperSpec::fd`], it dies with the thread that started it.
     /// Returns the device's end of the socketpair and the running helper.
     pub fn start(&self) -> Result<(OwnedFd, HelperProcess), ResourceError> {
+        self.start_as(None)
+    }
+
+    /// [`HelperSpec::start`], the helper running as `user` (uid, gid; no supplementary groups)
+    /// when given: the unprivileged user a root svmm becomes, so that svmm can still kill and
+    /// reap the helper after its own drop (a helper left as root, or one that changes its own
+    /// uid as passt does when started as root, is out of reach of an unprivileged svmm).
+    pub fn start_as(
+        &self,
+        user: Option<(u32, u32)>,
+    ) -> Result<(OwnedFd, HelperProcess), ResourceError> {
         let failed = |source| ResourceError::Helper {
             program: self.program.clone(),
             source,
@@ -85,9 +96,19 @@ impl HelperSpec {
             command.stderr(Stdio::null());
         }
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls (prctl, dup2, fcntl) on fds open in the child.
+        // async-signal-safe system calls (setgroups with an empty list, setresgid, setresuid,
+        // prctl, dup2, fcntl) with plain integers or on fds open in the child.
         unsafe {
             command.pre_exec(move || {
+                if let Some((uid, gid)) = user {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(gid, gid, gid) != 0
+                        || libc::setresuid(uid, uid, uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                // After the uid change, which clears the parent-death signal.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
                 }

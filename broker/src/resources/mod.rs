@@ -136,6 +136,15 @@ impl HostResource {
 
     /// Opens (or makes) the resource in the VMM's context.
     pub fn open(&self) -> Result<OpenedResource, ResourceError> {
+        self.open_as(None)
+    }
+
+    /// [`HostResource::open`], a helper process started as `helper_user` (uid, gid) when
+    /// given (see [`HelperSpec::start_as`]).
+    pub fn open_as(
+        &self,
+        helper_user: Option<(u32, u32)>,
+    ) -> Result<OpenedResource, ResourceError> {
         let fd = match self {
             HostResource::File { file, .. } => Some(open_host_file(file)?.into()),
             HostResource::Directory { path, .. } => Some(open_directory(path)?),
@@ -148,7 +157,7 @@ impl HostResource {
             }
             HostResource::Inherited { fd } => Some(duplicate_inherited(*fd)?),
             HostResource::Helper(helper) => {
-                let (fd, process) = helper.start()?;
+                let (fd, process) = helper.start_as(helper_user)?;
                 return Ok(OpenedResource {
                     fd: Some(fd),
                     helper: Some(process),

@@ -253,7 +253,7 @@ mod faults;
 fn every_backend_fits_its_declared_shape() {
     for (kind, spec, _scratch) in every_kind() {
         let shape = spec.config.shape();
-        let resources = crate::host_resources::HostResources::open(&spec.config).unwrap();
+        let resources = crate::host_resources::HostResources::open(&spec.config, None).unwrap();
         let (fds, _services) = resource_fds(&spec, &resources);
         let built = spec
             .config

@@ -117,7 +117,7 @@ fn garbage_and_floods_come_from_every_kind() {
     for (kind, spec, _scratch) in every_kind() {
         // Opened once: a device's resources outlive its workers (an image's lock stays while
         // the kernel tears down a ring that used it).
-        let resources = HostResources::open(&spec.config).unwrap();
+        let resources = HostResources::open(&spec.config, None).unwrap();
         let (vmm, worker) = misbehaving(&spec, &resources, Fault::Garbage);
         assert!(wait_readable(vmm.as_fd(), Duration::from_secs(10)).unwrap());
         let garbage = vmm.recv::<WorkerToVmm>();

@@ -375,7 +375,10 @@ fn the_real_worker_loop_on_a_thread() {
     let (tx, rx) = std::sync::mpsc::channel();
     // The kind's own backend, built from its resources as an in-process device's is.
     let config = crate::device_spec::parse("rng").unwrap().config;
-    let resources = HostResources::open(&config).unwrap().worker_fds().unwrap();
+    let resources = HostResources::open(&config, None)
+        .unwrap()
+        .worker_fds()
+        .unwrap();
     let backend = config
         .build(devices::kind::ResourceFds::new(resources))
         .unwrap();

@@ -32,7 +32,7 @@ use worker::fd_numbers::{CONTROL, FIRST_QUEUE, GUEST_RAM, IRQFD, IRQ_STATUS, STO
 
 /// Address space a worker may map besides guest RAM (which it maps whole) and what its kind
 /// declares (`SandboxNeeds::memory`): its code and libraries, stack, heap, the interrupt status
-/// page, its control messages and rings. A release rng or blk worker maps about 5 MiB besides
+/// page, its control messages and rings. A release worker of the smallest kinds maps about 5 MiB besides
 /// guest RAM (`VmSize` in `/proc`); 64 MiB leaves room for debug builds and allocator slack,
 /// and it is still a bound: a worker that tries to hold more fails its allocation (and dies of
 /// it) instead of taking host memory.

@@ -7,6 +7,11 @@
 //! Notifications come three ways: the out queue (commands), the in queue (the guest gave back
 //! buffers: deliver what waits, resume reading from parked vfds), and the device's own fds
 //! (contexts and pipe ends, registered with the loop under their vfd id as token).
+//!
+//! Used chains do not interrupt one by one: each entry point ends with one decision over both
+//! queues (`Active::signal_used`), so a pass that answers eight commands and delivers three
+//! messages costs the driver at most one interrupt, and none when it asked for none
+//! (`VIRTQ_AVAIL_F_NO_INTERRUPT` without `EVENT_IDX`, `used_event` with it).
 
 use std::sync::Arc;
 
@@ -20,6 +25,7 @@ use super::protocol::{F_TRANS_FLAGS, F_USE_SHMEM, PFN_SHIFT, VFD_CONTROL, VFD_RE
 use super::vfd::{ShmSpace, VfdTable};
 use super::{MAX_CONTEXTS, MAX_QUEUE_SIZE, MAX_VFDS, NUM_QUEUES, QUEUE_IN, QUEUE_OUT};
 use crate::kind::ShmWindow;
+use crate::notify::wants_interrupt;
 use crate::services::HostServices;
 use crate::{
     activation, DeviceError, Interrupt, VirtioBackend, VIRTIO_F_RING_EVENT_IDX,
@@ -86,6 +92,9 @@ pub(super) struct Active {
     /// Counters: in queue (messages delivered, data bytes, refused fds and bad buffers), out
     /// queue (commands, data bytes sent, refused commands and bad chains).
     pub stats: [QueueStats; 2],
+    /// Per queue (in, out): chains were used since the driver was last considered for an
+    /// interrupt ([`Active::signal_used`]).
+    pub used_unsignalled: [bool; 2],
     /// Receive buffer for the host side.
     pub buf: Vec<u8>,
 }
@@ -202,6 +211,7 @@ impl VirtioBackend for Wl {
             inbox: Inbox::default(),
             stalled: None,
             stats: [QueueStats::default(); 2],
+            used_unsignalled: [false; 2],
             buf: vec![0; super::IN_DATA_MAX],
         }));
         Ok(())
@@ -224,7 +234,9 @@ impl VirtioBackend for Wl {
         } else {
             active.deliver(events)
         };
-        self.break_on_error(result)
+        // Whatever ended the pass, the driver hears of every chain already used.
+        let signalled = active.signal_used();
+        self.break_on_error(result.and(signalled))
     }
 
     /// One of the device's fds (the vfd `token`) is ready.
@@ -238,7 +250,8 @@ impl VirtioBackend for Wl {
             return Ok(());
         };
         let result = active.on_ready(token, ready, self.services.as_mut(), events);
-        self.break_on_error(result)
+        let signalled = active.signal_used();
+        self.break_on_error(result.and(signalled))
     }
 
     /// Stops the device: every vfd is closed (mappings removed, connections closed) and the
@@ -320,7 +333,8 @@ impl Active {
         Ok(Some(head))
     }
 
-    /// Adds the used element and interrupts if the driver wants it.
+    /// Adds the used element; the interrupt, if the driver wants one, follows at the end of
+    /// the pass ([`Self::signal_used`]).
     pub fn complete(&mut self, queue: u16, head: u16, len: u32) -> Result<(), DeviceError> {
         let q = if queue == QUEUE_IN {
             &mut self.in_queue
@@ -329,9 +343,25 @@ impl Active {
         };
         q.add_used(&self.mem, head, len)
             .map_err(DeviceError::Queue)?;
-        if q.needs_notification(&self.mem)
-            .map_err(DeviceError::Queue)?
-        {
+        self.used_unsignalled[usize::from(queue)] = true;
+        Ok(())
+    }
+
+    /// Interrupts the driver once if a queue that used chains since the last call wants it
+    /// (decided per queue by [`crate::notify::wants_interrupt`]); both queues are considered
+    /// even when the first already decided, so that `EVENT_IDX`'s bookkeeping stays exact.
+    pub fn signal_used(&mut self) -> Result<(), DeviceError> {
+        let mut interrupt = false;
+        for (index, q) in [
+            (QUEUE_IN, &mut self.in_queue),
+            (QUEUE_OUT, &mut self.out_queue),
+        ] {
+            let used = &mut self.used_unsignalled[usize::from(index)];
+            if std::mem::take(used) {
+                interrupt |= wants_interrupt(q, &self.mem).map_err(DeviceError::Queue)?;
+            }
+        }
+        if interrupt {
             self.interrupt.signal_used_queue();
         }
         Ok(())

@@ -5,10 +5,12 @@
 //! - `host`: what the compositor sends (data, memfds, pipes, refused fds, hang-ups), parking,
 //!   stalled sends.
 //! - `limits`: floods and exhaustion, reset.
+//! - `notify`: when the driver is interrupted (once per pass, never when it polls).
 
 mod commands;
 mod host;
 mod limits;
+mod notify;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -373,6 +375,34 @@ impl Rig {
             self.in_heads.insert(head, addr);
         }
         self.wl.process_queue(0, &mut self.lp).unwrap();
+    }
+
+    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT` in queue `queue`'s avail ring (0 in, 1 out).
+    pub fn set_no_interrupt(&mut self, queue: u16, no_interrupt: bool) {
+        let vq = if queue == 0 {
+            &self.inq.vq
+        } else {
+            &self.outq.vq
+        };
+        self.mem
+            .write_obj(u16::from(no_interrupt), vq.avail_addr())
+            .unwrap();
+    }
+
+    /// Sets queue `queue`'s `used_event` (the driver's `EVENT_IDX` threshold).
+    pub fn set_used_event(&mut self, queue: u16, used_event: u16) {
+        let vq = if queue == 0 {
+            &self.inq.vq
+        } else {
+            &self.outq.vq
+        };
+        let at = vq.avail_addr().0 + 4 + 2 * u64::from(QSIZE);
+        self.mem.write_obj(used_event, GuestAddress(at)).unwrap();
+    }
+
+    /// Interrupts raised so far.
+    pub fn interrupts(&self) -> usize {
+        self.irqs.0.load(Ordering::SeqCst)
     }
 
     /// Messages the device wrote into in buffers since the last call.

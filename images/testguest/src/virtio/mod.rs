@@ -418,6 +418,14 @@ impl<'t> Device<'t> {
         self.queues[queue].as_mut()?.pop_used()
     }
 
+    /// Sets or clears `VIRTQ_AVAIL_F_NO_INTERRUPT` on queue `queue` (see
+    /// `Queue::set_no_interrupt`).
+    pub fn set_no_interrupt(&mut self, queue: usize, no_interrupt: bool) {
+        if let Some(q) = self.queues[queue].as_mut() {
+            q.set_no_interrupt(no_interrupt);
+        }
+    }
+
     /// The timer the device's waits use.
     pub fn timer(&self) -> &'t Timer {
         self.timer

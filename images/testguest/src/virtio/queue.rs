@@ -390,6 +390,14 @@ impl Queue {
         self.submit_with_flags(&[entry], DESC_F_INDIRECT)
     }
 
+    /// Asks the device not to interrupt for this queue (`VIRTQ_AVAIL_F_NO_INTERRUPT`, for a
+    /// driver that polls the used ring), or to interrupt again. Only a hint to the device.
+    pub fn set_no_interrupt(&mut self, no_interrupt: bool) {
+        let rings = self.rings();
+        // SAFETY: a field of the static rings, read by the device.
+        unsafe { write_volatile(addr_of_mut!((*rings).avail.flags), u16::from(no_interrupt)) };
+    }
+
     /// The next used element `(id, len)`, if the device has returned one. If `id` is the head
     /// of a chain in flight, that chain's descriptors are free again.
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {

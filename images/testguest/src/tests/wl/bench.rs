@@ -1,6 +1,7 @@
 //! The virtio-wl benchmarks (by name only, poll mode only): their loops run in ring 3 with the
-//! device's rings polled directly (`WlDev::lean`: no register reads, so the only exits are the
-//! queue notifications), after set-up in ring 0.
+//! device's rings polled directly (`WlDev::set_lean`: no register reads, so the only exits are
+//! the queue notifications, and `VIRTQ_AVAIL_F_NO_INTERRUPT` on both queues, so the device
+//! injects no interrupt the loop would not take), after set-up in ring 0.
 //!
 //! - `bench_wl_sync`: `wl_display.sync` round trips — the request out as a `VFD_SEND`, the
 //!   `done` (and `delete_id`, after which the callback id is used again) back through the in
@@ -96,14 +97,14 @@ fn percentiles(ctx: &Ctx, samples: &mut Samples) -> (u64, u64, u64) {
 pub fn run_sync(ctx: &Ctx) -> Outcome {
     let mut c = Client::connect(ctx, ctx.instance, CTX)?;
     c.registry()?;
-    c.dev.lean = true;
+    c.dev.set_lean(true);
     let callback = c.new_id();
     let mut samples = Samples::new();
     let (count, _) = measure_in_ring3(ctx, &mut samples, || {
         c.send(&mut Msg::new(DISPLAY, 0).uint(callback), &[])?;
         await_callback(&mut c, callback)
     })?;
-    c.dev.lean = false;
+    c.dev.set_lean(false);
     let (p50, p99, mean) = percentiles(ctx, &mut samples);
     c.dev.command_ok(&super::dev::close(CTX), "close_ctx")?;
     c.close()?;
@@ -133,7 +134,7 @@ pub fn run_fps(ctx: &Ctx) -> Outcome {
     let mut c = Client::connect(ctx, ctx.instance, CTX)?;
     let win = Window::open(&mut c, "svmm bench_wl_fps")?;
     let buf = win.buffer(&mut c, POOL_VFD)?;
-    c.dev.lean = true;
+    c.dev.set_lean(true);
     let words = (win.width * win.height / 2) as usize;
     let callback = c.new_id();
     let mut samples = Samples::new();
@@ -146,7 +147,7 @@ pub fn run_fps(ctx: &Ctx) -> Outcome {
         c.send_raw(CTX, &commit[..n], &[])?;
         await_callback(&mut c, callback)
     })?;
-    c.dev.lean = false;
+    c.dev.set_lean(false);
     let (p50, p99, mean) = percentiles(ctx, &mut samples);
     buf.destroy(&mut c)?;
     c.dev.command_ok(&super::dev::close(CTX), "close_ctx")?;

@@ -71,8 +71,8 @@ pub struct WlDev<'t> {
     /// In buffer index of each head in flight on the in queue.
     in_of_head: [usize; 16],
     /// Poll the rings only, never `InterruptStatus` (ring-3 benchmark loops: every register
-    /// access is an exit to the VMM).
-    pub lean: bool,
+    /// access is an exit to the VMM), with interrupts declined ([`WlDev::set_lean`]).
+    lean: bool,
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -104,6 +104,15 @@ impl<'t> WlDev<'t> {
         }
         wl.dev.notify(0);
         Ok(wl)
+    }
+
+    /// Enters or leaves lean mode: the rings polled only, and the device asked not to interrupt
+    /// on either queue (`VIRTQ_AVAIL_F_NO_INTERRUPT`) while it lasts, as a polling driver does.
+    pub fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
+        for queue in 0..2 {
+            self.dev.set_no_interrupt(queue, lean);
+        }
     }
 
     fn post_in(&mut self, i: usize) {

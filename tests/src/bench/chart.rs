@@ -50,6 +50,10 @@ pub fn short_label(f: &Figure) -> String {
         "bench_getid.p50_ns" => "null p50",
         "bench_getid.p99_ns" => "null p99",
         "bench_getid.mean_ns" => "null mean",
+        "bench_wl_sync.p50_ns" => "wl sync p50",
+        "bench_wl_sync.p99_ns" => "wl sync p99",
+        "bench_wl_fps.fps_x100" => "wl fps",
+        "bench_wl_fps.p50_ns" => "wl frame p50",
         other => other,
     };
     match key.split_once('.') {
@@ -275,6 +279,10 @@ mod tests {
         assert_eq!(bar(get("boot4.exit"), &s, Config::Qemu), None);
         assert_eq!(short_label(get("boot0.first_line")), "0 dev: first line");
         assert_eq!(short_label(get("irq.bench_rng.kib_s")), "rng");
+        let wl = catalogue(&["bench_wl_sync".into(), "bench_wl_fps".into()]);
+        let label = |k: &str| short_label(wl.iter().find(|f| f.key == k).unwrap());
+        assert_eq!(label("poll.bench_wl_sync.p99_ns"), "wl sync p99");
+        assert_eq!(label("poll.bench_wl_fps.fps_x100"), "wl fps");
     }
 
     #[test]
@@ -288,5 +296,27 @@ mod tests {
         for text in ["svmm sandboxed", "QEMU", "0 dev: exit", "5.0"] {
             assert!(svg.contains(text), "{text} missing");
         }
+    }
+
+    #[test]
+    fn wayland_figures_get_svmm_bars_and_labels() {
+        let dir = TempDir::new("bench-chart-wl");
+        let path = dir.path().join("chart.svg");
+        let figures = catalogue(&["bench_rng".into(), "bench_wl_sync".into()]);
+        let mut s = samples();
+        for (config, v) in [(Config::Sandboxed, 50.0), (Config::InProcess, 40.0)] {
+            s.entry("poll.bench_wl_sync.p50_ns".into())
+                .or_default()
+                .insert(config, vec![v]);
+        }
+        let f = figures
+            .iter()
+            .find(|f| f.key == "poll.bench_wl_sync.p50_ns")
+            .unwrap();
+        assert_eq!(bar(f, &s, Config::Sandboxed).unwrap().mid, 0.8);
+        assert_eq!(bar(f, &s, Config::Qemu), None, "QEMU has no virtio-wl");
+        write_svg(&path, &figures, &s).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("wl sync p50"), "no wl label");
     }
 }

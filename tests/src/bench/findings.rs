@@ -145,6 +145,15 @@ mod tests {
             "findings.md quotes the run"
         );
         assert_eq!(unknown_keys(TEMPLATE, &figs), Vec::<&str>::new());
+        // Issue 13's figures are discussed with this run's values.
+        let quoted: Vec<&str> = placeholders(TEMPLATE).into_iter().map(|p| p.2).collect();
+        for key in [
+            "poll.bench_wl_sync.p50_ns",
+            "poll.bench_wl_sync.p99_ns",
+            "poll.bench_wl_fps.fps_x100",
+        ] {
+            assert!(quoted.contains(&key), "findings.md does not quote {key}");
+        }
         // A placeholder broken across lines is not one: it would be printed as it stands.
         for (at, _) in TEMPLATE.match_indices('{') {
             let inner = TEMPLATE[at + 1..].split('}').next().unwrap_or("");

@@ -112,6 +112,30 @@ impl VmOutput {
         }
     }
 
+    /// svmm's stderr lines about the end of `device`'s worker (`svmm: DEVICE worker (pid
+    /// ...`), in order: one per worker that died.
+    pub fn worker_deaths(&self, device: &str) -> Vec<&str> {
+        let prefix = format!("svmm: {device} worker (pid ");
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .collect()
+    }
+
+    /// svmm's one stderr line about the end of `device`'s worker.
+    ///
+    /// # Panics
+    /// Unless there is exactly one, with [`Self::report`].
+    pub fn assert_one_worker_death(&self, device: &str) -> &str {
+        match self.worker_deaths(device)[..] {
+            [line] => line,
+            _ => panic!(
+                "want exactly one line about the death of {device}'s worker\n{}",
+                self.report()
+            ),
+        }
+    }
+
     /// Asserts that the VMM exited (not killed, not timed out) with exit code `code`.
     pub fn assert_status(&self, code: i32) {
         assert_eq!(
@@ -376,6 +400,27 @@ mod tests {
         assert_eq!(o.lines_with("testguest: a"), vec!["testguest: a ok"]);
         assert_eq!(o.guest_status(), Some(1));
         assert_eq!(o.tail(1), "testguest: done pass=2 fail=1");
+    }
+
+    #[test]
+    fn worker_death_lines() {
+        let mut o = output("", Backend::Svmm, 0);
+        o.stderr = "svmm: rng#0 worker: relayed\n\
+                    svmm: rng#0 worker (pid 41) killed by SIGKILL; restart 1 (pid 42)\n\
+                    svmm: rng#1 worker (pid 43) exited with status 0\n"
+            .into();
+        assert_eq!(
+            o.assert_one_worker_death("rng#0"),
+            "svmm: rng#0 worker (pid 41) killed by SIGKILL; restart 1 (pid 42)"
+        );
+        assert_eq!(o.worker_deaths("rng#1").len(), 1);
+        assert!(o.worker_deaths("rng#2").is_empty());
+        assert!(o
+            .assert_worker_report(41, "rng#0", "SIGKILL")
+            .ends_with("(pid 42)"));
+        o.stderr += "svmm: rng#0 worker (pid 42) killed by SIGKILL\n";
+        let twice = std::panic::catch_unwind(|| o.assert_one_worker_death("rng#0").len());
+        assert!(twice.is_err(), "two deaths are not one");
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn svmm_threads_filtered_under_trap() -> TrialResult {
         "a thread of svmm hit its filter\n{}",
         out.report()
     );
-    let death = death_line(&out, "rng#0");
+    let death = out.assert_one_worker_death("rng#0");
     let restarted =
         format!("svmm: rng#0 worker (pid {rng_worker}) killed by SIGKILL; restart 1 (pid");
     assert!(death.starts_with(&restarted), "{death}\n{}", out.report());
@@ -388,17 +388,7 @@ fn worker_sigkill() -> TrialResult {
     running.write_stdin(b"after-kill\n")?;
     let out = running.wait()?;
     out.log("svmm testguest rng + worker killed");
-    let report = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&worker.to_string()))
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        report.contains("rng") && report.contains("SIGKILL"),
-        "no one-line report naming the device, pid {worker} and SIGKILL\n{}",
-        out.report()
-    );
+    out.assert_worker_report(worker, "rng#0", "SIGKILL");
     out.assert_line("testguest: rng ok ");
     out.assert_line("testguest: echo ok line=after-kill");
     let reinit = out.assert_line("testguest: rng_reinit FAIL");
@@ -455,22 +445,6 @@ fn check_fault_support(out: &VmOutput) -> TrialResult {
     Ok(())
 }
 
-/// The one line svmm printed about the death of `device`'s worker (exactly one).
-fn death_line(out: &VmOutput, device: &str) -> String {
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with(&format!("svmm: {device} worker (pid ")))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "want exactly one line about the death of {device}'s worker\n{}",
-        out.report()
-    );
-    lines[0].to_string()
-}
-
 /// The guest's re-initialisation of a dead device is refused cleanly.
 fn assert_reinit_refused(out: &VmOutput, test: &str) {
     let reinit = out.assert_line(&format!("testguest: {test} FAIL"));
@@ -489,7 +463,7 @@ fn seccomp_violation() -> TrialResult {
         .run()?;
     out.log("svmm testguest rng, worker makes a forbidden syscall");
     check_fault_support(&out)?;
-    let line = death_line(&out, "rng#0");
+    let line = out.assert_one_worker_death("rng#0");
     assert!(
         line.contains("killed by SIGSYS") && line.contains("syscall openat"),
         "the report should name SIGSYS and the call: {line}\n{}",
@@ -521,7 +495,7 @@ fn malicious(fault: &str) -> TrialResult {
         "svmm testguest rng, two devices, rng#0 worker: {fault}"
     ));
     check_fault_support(&out)?;
-    let line = death_line(&out, "rng#0");
+    let line = out.assert_one_worker_death("rng#0");
     assert!(
         line.contains("killed by svmm: ") && line.ends_with("VM keeps running"),
         "svmm should report killing the {fault} worker: {line}\n{}",
@@ -579,7 +553,7 @@ fn worker_fds_never_reach_svmm() -> TrialResult {
         .map_err(|e| format!("{e} (is strace installed? images/build.sh all installs it)"))?;
     out.log("svmm testguest rng under strace, rng#0 worker attaches fds");
     check_fault_support(&out)?;
-    let line = death_line(&out, "rng#0");
+    let line = out.assert_one_worker_death("rng#0");
     assert!(
         line.contains("killed by svmm: ") && line.contains("attached fds"),
         "svmm should kill the worker for attaching fds: {line}\n{}",
@@ -738,7 +712,7 @@ fn worker_exit_stops_vm() -> TrialResult {
         .run()?;
     out.log("svmm testguest rng, worker exits, --on-worker-exit=stop");
     check_fault_support(&out)?;
-    let line = death_line(&out, "rng#0");
+    let line = out.assert_one_worker_death("rng#0");
     assert!(
         line.contains("exited with status 3"),
         "the report should give the worker's exit status: {line}\n{}",

@@ -53,12 +53,8 @@ pub fn worker_sigkill(restart: bool) -> TrialResult {
     out.log(&format!(
         "svmm testguest net + rng, net worker killed, --on-worker-exit={policy}"
     ));
-    let line = death_line(&out);
-    assert!(
-        line.contains(&format!("(pid {worker})")) && line.contains("killed by SIGKILL"),
-        "no one-line report of the killed net worker: {line}\n{}",
-        out.report()
-    );
+    let line = out.assert_one_worker_death("net#0");
+    out.assert_worker_report(worker, "net#0", "killed by SIGKILL");
     out.assert_line("testguest: net ok");
     out.assert_line("testguest: echo ok line=after-kill");
     out.assert_line("testguest: rng ok ");
@@ -122,22 +118,6 @@ fn faulty(fault: &str, extra: &[&str]) -> Result<VmOutput, Box<dyn std::error::E
     Ok(out)
 }
 
-/// svmm's one line about the death of the net worker.
-fn death_line(out: &VmOutput) -> String {
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("svmm: net#0 worker (pid "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "want exactly one line about the death of the net worker\n{}",
-        out.report()
-    );
-    lines[0].to_string()
-}
-
 /// The guest saw the net device fail and the rng device serve.
 fn others_unharmed(out: &VmOutput) {
     out.assert_line("testguest: net FAIL");
@@ -158,7 +138,7 @@ fn others_unharmed(out: &VmOutput) {
 /// attached to a message) gets its device marked broken and is killed by svmm.
 pub fn malicious(fault: &str) -> TrialResult {
     let out = faulty(fault, &[])?;
-    let line = death_line(&out);
+    let line = out.assert_one_worker_death("net#0");
     assert!(
         line.contains("killed by svmm: ") && line.ends_with("VM keeps running"),
         "svmm should report killing the {fault} worker: {line}\n{}",
@@ -171,7 +151,7 @@ pub fn malicious(fault: &str) -> TrialResult {
 /// A forbidden system call (`openat`): the worker dies of SIGSYS, named by svmm.
 pub fn seccomp_violation() -> TrialResult {
     let out = faulty("syscall", &[])?;
-    let line = death_line(&out);
+    let line = out.assert_one_worker_death("net#0");
     assert!(
         line.contains("killed by SIGSYS") && line.contains("syscall openat"),
         "the report should name SIGSYS and the call: {line}\n{}",
@@ -200,7 +180,7 @@ pub fn host_probe() -> TrialResult {
         "TUNSETPERSIST must not return to the worker\n{}",
         out.report()
     );
-    let line = death_line(&out);
+    let line = out.assert_one_worker_death("net#0");
     assert!(
         line.contains("killed by SIGSYS") && line.contains("syscall ioctl"),
         "the filter should stop TUNSETPERSIST: {line}\n{}",
@@ -251,7 +231,7 @@ pub fn escape() -> TrialResult {
 /// `--on-worker-exit=stop`: a net worker that exits on its own ends the VM with status 71.
 pub fn exit_stops_vm() -> TrialResult {
     let out = faulty("exit", &["--on-worker-exit=stop"])?;
-    let line = death_line(&out);
+    let line = out.assert_one_worker_death("net#0");
     assert!(
         line.contains("exited with status 3"),
         "the report should give the worker's exit status: {line}\n{}",

@@ -30,31 +30,10 @@ fn compositor_data_waits_for_buffers_then_arrives_in_order() {
     rig.pump(50);
     assert!(rig.take_in().is_empty());
     rig.give_in_buffers(4);
-    assert_eq!(
-        rig.take_in(),
-        vec![
-            InSeen::Recv {
-                vfd: 1,
-                ids: vec![],
-                data: b"first".to_vec()
-            },
-            InSeen::Recv {
-                vfd: 1,
-                ids: vec![],
-                data: b"second".to_vec()
-            },
-        ]
-    );
+    assert_eq!(rig.take_in(), vec![recv(1, b"first"), recv(1, b"second")]);
     peer_send(&peer, b"third", &[]);
     rig.pump(50);
-    assert_eq!(
-        rig.take_in(),
-        vec![InSeen::Recv {
-            vfd: 1,
-            ids: vec![],
-            data: b"third".to_vec()
-        }]
-    );
+    assert_eq!(rig.take_in(), vec![recv(1, b"third")]);
     let stats = rig.wl.stats();
     assert_eq!((stats.queues[0].requests, stats.queues[0].bytes), (3, 16));
 }
@@ -71,13 +50,13 @@ fn memfds_become_mapped_host_vfds() {
     assert_eq!(
         seen,
         vec![
-            InSeen::New {
+            InMsg::New {
                 id: HOST_ID_MIN,
                 flags: 0,
                 pfn: 0,
                 size: 5000
             },
-            InSeen::Recv {
+            InMsg::Recv {
                 vfd: 1,
                 ids: vec![HOST_ID_MIN],
                 data: b"keymap".to_vec()
@@ -134,14 +113,7 @@ fn other_fd_types_are_refused_and_counted() {
         ],
     );
     rig.pump(50);
-    assert_eq!(
-        rig.take_in(),
-        vec![InSeen::Recv {
-            vfd: 1,
-            ids: vec![],
-            data: b"junk".to_vec()
-        }]
-    );
+    assert_eq!(rig.take_in(), vec![recv(1, b"junk")]);
     assert_eq!(rig.wl.stats().queues[0].errors, 5);
     assert!(rig.services.0.lock().unwrap().maps.is_empty());
     assert_eq!(rig.wl.vfd_count(), 1);
@@ -161,13 +133,13 @@ fn compositor_pipes_become_pipe_vfds() {
     assert_eq!(
         rig.take_in(),
         vec![
-            InSeen::New {
+            InMsg::New {
                 id: w_id,
                 flags: VFD_WRITE,
                 pfn: REGION.len >> 12,
                 size: 0
             },
-            InSeen::Recv {
+            InMsg::Recv {
                 vfd: 1,
                 ids: vec![w_id],
                 data: b"send".to_vec()
@@ -193,14 +165,7 @@ fn compositor_pipes_become_pipe_vfds() {
     rig.pump(50);
     assert_eq!(
         rig.take_in(),
-        vec![
-            InSeen::Recv {
-                vfd: r_id,
-                ids: vec![],
-                data: b"offer".to_vec()
-            },
-            InSeen::Hup { vfd: r_id },
-        ]
+        vec![recv(r_id, b"offer"), InMsg::Hup { vfd: r_id },]
     );
 }
 
@@ -220,14 +185,7 @@ fn guest_pipes_carry_data_both_ways() {
     rig.pump(50);
     assert_eq!(
         rig.take_in(),
-        vec![
-            InSeen::Recv {
-                vfd: 2,
-                ids: vec![],
-                data: b"to guest".to_vec()
-            },
-            InSeen::Hup { vfd: 2 },
-        ]
+        vec![recv(2, b"to guest"), InMsg::Hup { vfd: 2 },]
     );
     assert_eq!(code(&rig.command(&send_cmd(3, &[], b"to host"))), RESP_OK);
     assert_eq!(code(&rig.command(&cmd(CMD_VFD_CLOSE, &[3]))), RESP_OK);
@@ -243,17 +201,7 @@ fn a_hung_up_context_is_announced_once_and_unwatched() {
     drop(peer);
     rig.services.0.lock().unwrap().peers.clear();
     rig.pump(50);
-    assert_eq!(
-        rig.take_in(),
-        vec![
-            InSeen::Recv {
-                vfd: 1,
-                ids: vec![],
-                data: b"bye".to_vec()
-            },
-            InSeen::Hup { vfd: 1 },
-        ]
-    );
+    assert_eq!(rig.take_in(), vec![recv(1, b"bye"), InMsg::Hup { vfd: 1 },]);
     assert!(rig.lp.fds.is_empty());
     // Sending to it now fails; closing it works.
     assert_eq!(code(&rig.command(&send_cmd(1, &[], b"x"))), RESP_ERR);
@@ -284,7 +232,7 @@ fn a_full_inbox_parks_readers_until_buffers_come() {
     let data: Vec<u8> = got
         .iter()
         .flat_map(|m| match m {
-            InSeen::Recv { data, .. } => data.clone(),
+            InMsg::Recv { data, .. } => data.clone(),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -362,7 +310,7 @@ fn too_many_fds_in_one_message_are_counted() {
         rig.give_in_buffers(QSIZE as usize);
         seen.extend(rig.take_in());
     }
-    let InSeen::Recv { ids, .. } = seen.last().unwrap() else {
+    let InMsg::Recv { ids, .. } = seen.last().unwrap() else {
         panic!("{seen:?}");
     };
     assert!(ids.len() <= crate::wl::MAX_SEND_VFDS);

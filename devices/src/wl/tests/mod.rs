@@ -27,6 +27,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
 
+use super::inbox::InMsg;
 use super::protocol::*;
 use super::Wl;
 use crate::kind::ShmWindow;
@@ -246,26 +247,6 @@ impl<'m> DriverQueue<'m> {
     }
 }
 
-/// A message the device wrote into an in-queue buffer, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InSeen {
-    New {
-        id: u32,
-        flags: u32,
-        pfn: u64,
-        size: u32,
-    },
-    Recv {
-        vfd: u32,
-        ids: Vec<u32>,
-        data: Vec<u8>,
-    },
-    Hup {
-        vfd: u32,
-    },
-    Empty,
-}
-
 /// The device, its guest memory, both driver queues, its loop and its services double.
 pub struct Rig {
     pub mem: &'static GuestMemoryMmap,
@@ -406,7 +387,7 @@ impl Rig {
     }
 
     /// Messages the device wrote into in buffers since the last call.
-    pub fn take_in(&mut self) -> Vec<InSeen> {
+    pub fn take_in(&mut self) -> Vec<InMsg> {
         let mut out = Vec::new();
         let mut done = std::mem::take(&mut self.in_done);
         done.extend(self.inq.take_used(self.mem));
@@ -459,14 +440,15 @@ impl Rig {
     }
 }
 
-/// Decodes an in-queue message.
-pub fn decode_in(buf: &[u8]) -> InSeen {
-    if buf.len() < 8 {
-        return InSeen::Empty;
-    }
+/// Decodes an in-queue message (the device's [`InMsg`], as the guest sees it).
+pub fn decode_in(buf: &[u8]) -> InMsg {
+    assert!(
+        buf.len() >= 8,
+        "an in-queue message without a header: {buf:?}"
+    );
     let w = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
     match w(0) {
-        CMD_VFD_NEW => InSeen::New {
+        CMD_VFD_NEW => InMsg::New {
             id: w(8),
             flags: w(12),
             pfn: u64::from_le_bytes(buf[16..24].try_into().unwrap()),
@@ -474,14 +456,23 @@ pub fn decode_in(buf: &[u8]) -> InSeen {
         },
         CMD_VFD_RECV => {
             let n = w(12) as usize;
-            InSeen::Recv {
+            InMsg::Recv {
                 vfd: w(8),
                 ids: (0..n).map(|i| w(16 + 4 * i)).collect(),
                 data: buf[16 + 4 * n..].to_vec(),
             }
         }
-        CMD_VFD_HUP => InSeen::Hup { vfd: w(8) },
+        CMD_VFD_HUP => InMsg::Hup { vfd: w(8) },
         other => panic!("unexpected in-queue message {other:#x}"),
+    }
+}
+
+/// A `VFD_RECV` of `data` for `vfd`, with no vfds.
+pub fn recv(vfd: u32, data: &[u8]) -> InMsg {
+    InMsg::Recv {
+        vfd,
+        ids: vec![],
+        data: data.to_vec(),
     }
 }
 

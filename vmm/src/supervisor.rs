@@ -406,11 +406,16 @@ impl Monitor {
             }
             Err(ChannelError::WouldBlock) => None,
             Err(e) => {
-                eprintln!(
-                    "svmm: {}: the broker is gone ({})",
-                    self.name,
-                    worker::report::one_line(&e)
-                );
+                // At VM end svmm hangs up on the broker, which kills what is left and exits
+                // without waiting to report deaths it caused (a worker with much memory to
+                // free, such as huge-page guest RAM, can still be dying then): expected.
+                if !supervised.ending.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "svmm: {}: the broker is gone ({})",
+                        self.name,
+                        worker::report::one_line(&e)
+                    );
+                }
                 Some(WorkerStatus::Killed(libc::SIGKILL))
             }
         }

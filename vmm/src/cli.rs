@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use crate::config::{OnWorkerExit, SandboxOptions, SeccompMode, VmConfig};
 use crate::device_spec::{self, DeviceSpec, DeviceSpecError};
 use crate::layout::VIRTIO_MMIO_SLOTS;
+use worker::guest_ram::Backing;
 
 /// Smallest guest RAM we accept: the boot structures, the kernel at 1 MiB and a little room.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -46,6 +47,14 @@ pub struct Args {
     /// Guest RAM in MiB (at least 16, at most the host's memory).
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub mem: u64,
+
+    /// Back guest RAM with 2 MiB pages from the host's reserved huge page pool (hugetlbfs), shared
+    /// with the device workers like the default memfd. Fewer scatter-gather segments per disk
+    /// I/O and fewer TLB misses; the pool must hold `--mem` / 2 free pages (as root: `echo N >
+    /// /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`), all of which svmm takes at start.
+    /// `--mem` must then be even.
+    #[arg(long)]
+    pub hugepages: bool,
 
     /// Number of vCPUs, each run by its own thread (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -177,6 +186,9 @@ pub enum CliError {
     /// `--mem` below the minimum.
     #[error("--mem {0} MiB is too small: the guest needs at least {MIN_MEM_MIB} MiB")]
     MemTooSmall(u64),
+    /// `--mem` not a whole number of 2 MiB pages with `--hugepages`.
+    #[error("--mem {0} MiB with --hugepages: guest RAM must be a whole number of 2 MiB pages")]
+    MemNotHuge(u64),
     /// `--mem` above what the host has.
     #[error("--mem {requested} MiB is more than this host's {host} MiB of memory")]
     MemTooLarge {
@@ -216,6 +228,9 @@ impl Args {
                 host: host_mem_mib,
             });
         }
+        if self.hugepages && self.mem % 2 != 0 {
+            return Err(CliError::MemNotHuge(self.mem));
+        }
         let cpus = u8::try_from(self.cpus)
             .ok()
             .filter(|n| (1..=MAX_CPUS).contains(n))
@@ -227,6 +242,10 @@ impl Args {
             initrd: self.initrd,
             cmdline: self.cmdline,
             mem_bytes: self.mem << 20,
+            ram_backing: match self.hugepages {
+                true => Backing::HugeTlb,
+                false => Backing::Shmem,
+            },
             cpus,
             devices,
             acpi: self.acpi == OnOff::On,
@@ -304,6 +323,25 @@ mod tests {
             })
         ));
         assert!(args(&["--mem", "1024"]).validate(1024).is_ok());
+    }
+
+    #[test]
+    fn hugepages_need_whole_pages() {
+        let c = args(&["--mem", "128", "--hugepages"])
+            .validate(1024)
+            .unwrap();
+        assert_eq!(c.ram_backing, Backing::HugeTlb);
+        assert_eq!(
+            args(&[]).validate(1024).unwrap().ram_backing,
+            Backing::Shmem
+        );
+        let err = args(&["--mem", "129", "--hugepages"])
+            .validate(1024)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--mem 129 MiB with --hugepages: guest RAM must be a whole number of 2 MiB pages"
+        );
     }
 
     #[test]

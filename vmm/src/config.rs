@@ -21,6 +21,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest RAM in bytes.
     pub mem_bytes: u64,
+    /// What guest RAM's memfd is made of (`--hugepages`).
+    pub ram_backing: worker::guest_ram::Backing,
     /// vCPU count.
     pub cpus: u8,
     /// The virtio devices, in slot order; `sandbox` already folds in `--no-sandbox`.

@@ -79,7 +79,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     vcpu::install_kick_handler()
         .map_err(|e| SvmmError::Host("install the vCPU kick handler", e))?;
     let kvm = kvm::open_kvm()?;
-    let ram = create_guest_ram(config.mem_bytes)?;
+    let ram = create_guest_ram(config.mem_bytes, config.ram_backing)?;
     let vm_fd = kvm::create_vm(&kvm, &ram)?;
     // From here on the VM owns everything, so that a failure part-way tears it down in order.
     let mut vm = Vm {

@@ -17,10 +17,17 @@
 //! twice as long on the benchmark host's disk as into a huge page). QEMU's private anonymous
 //! RAM gets huge pages from the anonymous-memory setting (`enabled`, usually `madvise`); a
 //! shareable memfd needs the shared-memory one, often `never` by default.
+//!
+//! With `--hugepages` ([`Backing::HugeTlb`]) the memfd is a hugetlbfs one
+//! (`MFD_HUGETLB | MFD_HUGE_2MB`) instead: its pages come from the host's reserved pool
+//! ([`crate::hugepages`]), whatever `shmem_enabled` says, and every page is allocated when the
+//! memfd is made (`fallocate`), so a short pool is one clear error at start rather than a
+//! `SIGBUS` when the guest first touches a page (the mappings are `MAP_NORESERVE`). Workers map
+//! the same memfd exactly as they map the default one.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -52,6 +59,38 @@ pub enum MemoryError {
     /// mmap of a region failed.
     #[error("cannot map guest RAM")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// The size is not a whole number of huge pages.
+    #[error("--hugepages needs guest RAM in whole 2 MiB pages, not {0} bytes")]
+    HugeSize(u64),
+    /// The host's 2 MiB pool cannot be read (no hugetlbfs in this kernel).
+    #[error("--hugepages: cannot read this host's 2 MiB huge page pool ({pool})", pool = crate::hugepages::POOL_DIR)]
+    NoHugePages(#[source] io::Error),
+    /// Too few free pages in the host's pool.
+    #[error("--hugepages: guest RAM needs {needed} free 2 MiB huge pages, this host has {available} ({total} reserved); {advice}")]
+    HugePagesShort {
+        /// Pages the guest RAM takes.
+        needed: u64,
+        /// Pages free and not promised to anyone.
+        available: u64,
+        /// Pages in the pool.
+        total: u64,
+        /// The command that reserves enough.
+        advice: String,
+    },
+    /// Allocating the huge pages failed for another reason.
+    #[error("--hugepages: cannot allocate {0} bytes of guest RAM in huge pages")]
+    HugeAlloc(#[source] io::Error, u64),
+}
+
+/// What guest RAM's memfd is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backing {
+    /// Ordinary shared memory (4 KiB pages, or transparent huge pages where the host's
+    /// `shmem_enabled` allows them).
+    #[default]
+    Shmem,
+    /// 2 MiB pages from the host's reserved hugetlb pool (`--hugepages`).
+    HugeTlb,
 }
 
 /// Guest RAM and the memfd behind it.
@@ -73,16 +112,20 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64, u64)> {
     ranges
 }
 
-/// Creates `size` bytes of guest RAM backed by a sealed memfd.
-pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
+/// Creates `size` bytes of guest RAM backed by a sealed memfd of the given backing.
+pub fn create_guest_ram(size: u64, backing: Backing) -> Result<GuestRam, MemoryError> {
+    let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    if backing == Backing::HugeTlb {
+        if size % crate::hugepages::HUGE_PAGE_SIZE != 0 {
+            return Err(MemoryError::HugeSize(size));
+        }
+        let pool = crate::hugepages::Pool::read().map_err(MemoryError::NoHugePages)?;
+        short_of_huge_pages(size, pool)?;
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    }
     // SAFETY: the name is a NUL-terminated literal and the flags are valid; the returned fd is
     // checked before use and owned by the File below.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"svmm-guest-ram".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
+    let fd = unsafe { libc::memfd_create(c"svmm-guest-ram".as_ptr(), flags) };
     if fd < 0 {
         return Err(MemoryError::Memfd(io::Error::last_os_error()));
     }
@@ -91,13 +134,17 @@ pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
     memfd
         .set_len(size)
         .map_err(|e| MemoryError::Size(e, size))?;
+    if backing == Backing::HugeTlb {
+        allocate_huge_pages(&memfd, size)?;
+    }
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: F_ADD_SEALS takes an int argument; the fd is a valid memfd owned by `memfd`.
     if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
         return Err(MemoryError::Seal(io::Error::last_os_error()));
     }
     let memory = map_guest_ram(memfd.try_clone().map_err(MemoryError::Dup)?, size)?;
-    for region in memory.iter() {
+    // hugetlb pages are huge already (and refuse the advice).
+    for region in memory.iter().filter(|_| backing == Backing::Shmem) {
         // A hint: it fails (EINVAL) only on kernels without transparent huge pages, which
         // then simply use 4 KiB pages.
         // SAFETY: the range is exactly one of `memory`'s own mappings, alive here; the advice
@@ -111,6 +158,38 @@ pub fn create_guest_ram(size: u64) -> Result<GuestRam, MemoryError> {
         };
     }
     Ok(GuestRam { memory, memfd })
+}
+
+/// The error for `size` bytes of huge-page RAM when the pool has too few available pages.
+fn short_of_huge_pages(size: u64, pool: crate::hugepages::Pool) -> Result<(), MemoryError> {
+    let needed = crate::hugepages::pages_for(size);
+    if pool.available >= needed {
+        return Ok(());
+    }
+    Err(MemoryError::HugePagesShort {
+        needed,
+        available: pool.available,
+        total: pool.total,
+        advice: crate::hugepages::how_to_reserve(needed, pool),
+    })
+}
+
+/// Allocates every huge page of the memfd now: the mappings are `MAP_NORESERVE`, so a page the
+/// pool could not supply later would be a `SIGBUS` in whichever process touched it first.
+fn allocate_huge_pages(memfd: &File, size: u64) -> Result<(), MemoryError> {
+    let len = libc::off_t::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+    // SAFETY: fallocate with mode 0 on a valid memfd we own only allocates its pages.
+    if unsafe { libc::fallocate(memfd.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    // Someone took the pages between the check and now: say so the same way.
+    if matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::ENOMEM)) {
+        if let Ok(pool) = crate::hugepages::Pool::read() {
+            short_of_huge_pages(size, pool)?;
+        }
+    }
+    Err(MemoryError::HugeAlloc(error, size))
 }
 
 /// Maps the first `size` bytes of the guest RAM memfd at the guest-physical places
@@ -158,7 +237,7 @@ mod tests {
 
     #[test]
     fn memfd_is_sealed_and_shared() {
-        let ram = create_guest_ram(4 << 20).unwrap();
+        let ram = create_guest_ram(4 << 20, Backing::Shmem).unwrap();
         assert_eq!(ram.memory.num_regions(), 1);
         ram.memory
             .write_obj(0x1234_5678u32, GuestAddress(0x1000))

@@ -41,6 +41,7 @@ pub mod args;
 #[cfg(feature = "test-faults")]
 pub mod fault;
 pub mod guest_ram;
+pub mod hugepages;
 pub mod in_process;
 mod interrupt;
 mod queues;

@@ -120,7 +120,7 @@ fn eventfd() -> EventFd {
 
 /// Starts `backend` with `queue_fds` queue eventfds on a thread.
 fn start(backend: Box<dyn VirtioBackend>, queue_fds: usize) -> Harness {
-    let ram = create_guest_ram(1 << 20).unwrap();
+    let ram = create_guest_ram(1 << 20, crate::guest_ram::Backing::Shmem).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
     let irqfd = eventfd();
@@ -558,7 +558,7 @@ fn a_backends_own_fds_are_served_while_it_is_active() {
 #[test]
 fn fds_are_passed_in_fd_numbers_order() {
     use std::os::fd::AsRawFd;
-    let ram = create_guest_ram(1 << 20).unwrap();
+    let ram = create_guest_ram(1 << 20, crate::guest_ram::Backing::Shmem).unwrap();
     let status = IrqStatus::create().unwrap();
     let (_vmm, theirs) = Channel::pair().unwrap();
     let fds = WorkerFds {

@@ -57,7 +57,8 @@ fn misbehaving(
     let (fds, services_end) = resource_fds(spec, resources);
     let mut built = spec.config.build(fds).unwrap();
     let _ = built.prepare();
-    let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();
+    let ram =
+        worker::guest_ram::create_guest_ram(1 << 20, worker::guest_ram::Backing::Shmem).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
     let queues: Vec<EventFd> = (0..spec.config.queues()).map(|_| eventfd()).collect();

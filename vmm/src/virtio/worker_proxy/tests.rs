@@ -359,7 +359,8 @@ fn a_device_error_needs_a_reset_but_is_not_final() {
 fn the_real_worker_loop_on_a_thread() {
     use crate::host_resources::HostResources;
     use worker::{in_process, WorkerExit, WorkerFds};
-    let ram = worker::guest_ram::create_guest_ram(1 << 20).unwrap();
+    let ram =
+        worker::guest_ram::create_guest_ram(1 << 20, worker::guest_ram::Backing::Shmem).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
     let irqfd = eventfd();

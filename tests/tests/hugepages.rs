@@ -1,0 +1,225 @@
+//! `--hugepages`: guest RAM from the host's reserved 2 MiB pool (hugetlbfs), shared with the
+//! device workers like the default memfd.
+//!
+//! - The test guest's blk test with `direct=on` (the worker's `O_DIRECT` reads and writes land
+//!   straight in huge-page guest RAM), sandboxed and in-process; the host compares the image
+//!   afterwards (two queues, as the blk suite's direct-I/O trial), and `/proc/PID/smaps` of svmm and of the worker shows the guest RAM memfd mapped
+//!   in 2 MiB pages in each. The trial reserves the pages it needs for its own run and puts
+//!   `nr_hugepages` back afterwards (needs root; ignored with the reason otherwise).
+//! - Too few free pages: one line saying how many are needed, how many there are, and the
+//!   command that reserves them; exit 67. Nothing is reserved for it.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use tests::disk::{self, compare_image, expected_image_blocks};
+use tests::mode::Mode;
+use tests::output::number_field;
+use tests::procfs;
+use tests::suite::TrialResult;
+use tests::{paths, require_kvm, Suite, TestVm};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
+const SLEEPING: &str = "testguest: sleep ms=";
+/// svmm's exit status for a VM that could not be set up.
+const SETUP_FAILED: i32 = 67;
+/// The host's 2 MiB pool.
+const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+/// Guest RAM of the trials, in MiB (64 huge pages).
+const MEM_MIB: u64 = 128;
+
+fn main() {
+    let mut suite = Suite::new("hugepages").sequential();
+    for mode in Mode::BOTH {
+        suite = suite.test_unless(
+            &mode.trial("guest_blk_in_huge_pages"),
+            not_root(),
+            move || guest_blk_in_huge_pages(mode),
+        );
+    }
+    suite
+        .test("short_pool_is_one_line", short_pool_is_one_line)
+        .run()
+}
+
+fn not_root() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() } != 0)
+        .then(|| "needs root (reserves huge pages in /sys/kernel/mm/hugepages)".into())
+}
+
+/// One counter of the pool.
+fn counter(name: &str) -> Result<u64, String> {
+    let path = format!("{POOL}/{name}");
+    let text = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{path} is not a number: {text:?}"))
+}
+
+/// Pages free and not promised to anyone.
+fn available() -> Result<u64, String> {
+    Ok(counter("free_hugepages")?.saturating_sub(counter("resv_hugepages")?))
+}
+
+/// Huge pages reserved for one trial: the pool grown by what it lacks, under a lock that
+/// serialises every test run on this host that resizes the pool, and `nr_hugepages` put back
+/// to what it was when dropped.
+struct Reserved {
+    previous: u64,
+    _lock: File,
+}
+
+impl Reserved {
+    fn pages(pages: u64) -> Result<Reserved, String> {
+        let lock = File::create("/tmp/svmm-hugepages.lock").map_err(|e| format!("lock: {e}"))?;
+        // SAFETY: flock on a valid fd we own; blocks until no other holder.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!("flock: {}", std::io::Error::last_os_error()));
+        }
+        let previous = counter("nr_hugepages")?;
+        let reserved = Reserved {
+            previous,
+            _lock: lock,
+        };
+        let short = pages.saturating_sub(available()?);
+        if short > 0 {
+            set_pool(previous + short)?;
+            let got = available()?;
+            if got < pages {
+                return Err(format!(
+                    "asked the host for {short} more huge pages, {got} available of {pages} needed"
+                ));
+            }
+        }
+        Ok(reserved)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Err(e) = set_pool(self.previous) {
+            eprintln!(
+                "    could not restore nr_hugepages to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+fn set_pool(pages: u64) -> Result<(), String> {
+    fs::write(format!("{POOL}/nr_hugepages"), pages.to_string())
+        .map_err(|e| format!("write {POOL}/nr_hugepages = {pages}: {e}"))
+}
+
+/// The page size the guest RAM memfd is mapped with in process `pid`, from its smaps.
+fn guest_ram_page_kib(pid: u32) -> Result<u64, String> {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("read /proc/{pid}/smaps: {e}"))?;
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        // A mapping's header is "start-end perms offset dev inode [name]"; its fields "Key: value".
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_ram = line.ends_with("/memfd:svmm-guest-ram (deleted)");
+        } else if let Some(kib) = line.strip_prefix("KernelPageSize:").filter(|_| in_ram) {
+            return kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad KernelPageSize line {line:?}"));
+        }
+    }
+    Err(format!("no guest RAM memfd mapping in /proc/{pid}/smaps"))
+}
+
+/// The blk test with `direct=on` in huge-page guest RAM.
+fn guest_blk_in_huge_pages(mode: Mode) -> TrialResult {
+    require_kvm();
+    const SEED: u32 = 0x5eed_0020;
+    let _pages = Reserved::pages(MEM_MIB / 2)?;
+    let dir = paths::TempDir::new("hugepages");
+    let image = dir.file("huge.img", &disk::fresh_image());
+    let mut vm = TestVm::svmm(paths::artefact("testguest.elf"))
+        .cmdline(format!(
+            "testguest.run=blk testguest.blk_pattern={SEED:#x} testguest.sleep_ms=30000"
+        ))
+        .mem_mib(MEM_MIB)
+        .arg("--hugepages")
+        .device(format!(
+            "blk={},direct=on,queues=2{}",
+            image.display(),
+            mode.option()
+        ))
+        .timeout(TIMEOUT)
+        .spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    let mut pids = vec![("svmm", vm.pid())];
+    if mode == Mode::Sandboxed {
+        let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
+        let [worker] = workers[..] else {
+            return Err(format!("expected one worker under svmm, found {workers:?}").into());
+        };
+        pids.push(("blk worker", worker));
+    }
+    let pages: Vec<_> = pids
+        .iter()
+        .map(|&(who, pid)| (who, guest_ram_page_kib(pid)))
+        .collect();
+    vm.kill();
+    let stdout = vm.stdout_so_far();
+    let blk = stdout
+        .lines()
+        .find(|l| l.starts_with("testguest: blk ok "))
+        .ok_or_else(|| format!("blk did not pass in huge-page RAM\n{stdout}"))?
+        .to_string();
+    eprintln!("    {blk}");
+    for (who, kib) in pages {
+        let kib = kib?;
+        eprintln!("    {who}: guest RAM in {kib} KiB pages");
+        if kib != 2048 {
+            return Err(format!("{who} maps guest RAM in {kib} KiB pages, not 2048").into());
+        }
+    }
+    let blk_size: usize = number_field(&blk, "blk_size")
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| n.is_power_of_two() && (512..=4096).contains(n))
+        .ok_or_else(|| format!("no blk_size in {blk:?}"))?;
+    let want = expected_image_blocks(SEED, 4, blk_size / 512);
+    compare_image(&image, &want, "after blk in huge-page guest RAM")?;
+    Ok(())
+}
+
+/// More guest RAM than the pool has free pages: one line, exit 67, no VM.
+fn short_pool_is_one_line() -> TrialResult {
+    require_kvm();
+    if !Path::new(POOL).exists() {
+        return Err(
+            format!("{POOL} is missing: this host's kernel has no 2 MiB hugetlb pool").into(),
+        );
+    }
+    let free = available()?;
+    let mem_mib = ((free + 1) * 2).max(16);
+    let needed = mem_mib / 2;
+    let out = TestVm::svmm(paths::artefact("testguest.elf"))
+        .mem_mib(mem_mib)
+        .arg("--hugepages")
+        .timeout(TIMEOUT)
+        .run()?;
+    out.log("svmm --hugepages with a short pool");
+    out.assert_status(SETUP_FAILED);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let want = format!(
+        "svmm: error: --hugepages: guest RAM needs {needed} free 2 MiB huge pages, this host has "
+    );
+    match lines[..] {
+        [line] if line.starts_with(&want) && line.contains(&format!("> {POOL}/nr_hugepages`")) => {
+            Ok(())
+        }
+        _ => Err(format!("expected one line starting {want:?}\n{}", out.report()).into()),
+    }
+}

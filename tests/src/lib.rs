@@ -41,6 +41,7 @@ pub mod binary;
 pub mod confinement;
 pub mod disk;
 pub mod host;
+pub mod hugepages;
 pub mod layering;
 pub mod mode;
 pub mod netns;

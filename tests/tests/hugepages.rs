@@ -9,12 +9,12 @@
 //! - Too few free pages: one line saying how many are needed, how many there are, and the
 //!   command that reserves them; exit 67. Nothing is reserved for it.
 
-use std::fs::{self, File};
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use tests::disk::{self, compare_image, expected_image_blocks};
+use tests::hugepages::{available, Reserved, POOL};
 use tests::mode::Mode;
 use tests::output::number_field;
 use tests::procfs;
@@ -26,8 +26,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const SLEEPING: &str = "testguest: sleep ms=";
 /// svmm's exit status for a VM that could not be set up.
 const SETUP_FAILED: i32 = 67;
-/// The host's 2 MiB pool.
-const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 /// Guest RAM of the trials, in MiB (64 huge pages).
 const MEM_MIB: u64 = 128;
 
@@ -49,70 +47,6 @@ fn not_root() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     (unsafe { libc::geteuid() } != 0)
         .then(|| "needs root (reserves huge pages in /sys/kernel/mm/hugepages)".into())
-}
-
-/// One counter of the pool.
-fn counter(name: &str) -> Result<u64, String> {
-    let path = format!("{POOL}/{name}");
-    let text = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| format!("{path} is not a number: {text:?}"))
-}
-
-/// Pages free and not promised to anyone.
-fn available() -> Result<u64, String> {
-    Ok(counter("free_hugepages")?.saturating_sub(counter("resv_hugepages")?))
-}
-
-/// Huge pages reserved for one trial: the pool grown by what it lacks, under a lock that
-/// serialises every test run on this host that resizes the pool, and `nr_hugepages` put back
-/// to what it was when dropped.
-struct Reserved {
-    previous: u64,
-    _lock: File,
-}
-
-impl Reserved {
-    fn pages(pages: u64) -> Result<Reserved, String> {
-        let lock = File::create("/tmp/svmm-hugepages.lock").map_err(|e| format!("lock: {e}"))?;
-        // SAFETY: flock on a valid fd we own; blocks until no other holder.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!("flock: {}", std::io::Error::last_os_error()));
-        }
-        let previous = counter("nr_hugepages")?;
-        let reserved = Reserved {
-            previous,
-            _lock: lock,
-        };
-        let short = pages.saturating_sub(available()?);
-        if short > 0 {
-            set_pool(previous + short)?;
-            let got = available()?;
-            if got < pages {
-                return Err(format!(
-                    "asked the host for {short} more huge pages, {got} available of {pages} needed"
-                ));
-            }
-        }
-        Ok(reserved)
-    }
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        if let Err(e) = set_pool(self.previous) {
-            eprintln!(
-                "    could not restore nr_hugepages to {}: {e}",
-                self.previous
-            );
-        }
-    }
-}
-
-fn set_pool(pages: u64) -> Result<(), String> {
-    fs::write(format!("{POOL}/nr_hugepages"), pages.to_string())
-        .map_err(|e| format!("write {POOL}/nr_hugepages = {pages}: {e}"))
 }
 
 /// The page size the guest RAM memfd is mapped with in process `pid`, from its smaps.

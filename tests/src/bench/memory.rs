@@ -7,8 +7,9 @@
 //! the guest made it:
 //! - svmm: its RAM is one memfd named `svmm-guest-ram` (`vmm/src/memory.rs`), which the VMM and
 //!   every worker map; `/proc` shows the mapping as `/memfd:svmm-guest-ram (deleted)`.
-//! - QEMU: its RAM block is an anonymous mapping exactly the size of `-m`; with the fs device
-//!   (vhost-user) a memfd, `/memfd:memory-backend-memfd (deleted)`, which virtiofsd maps too.
+//! - QEMU: the bench gives it a `memory-backend-memfd` (the same kind of pages as svmm's, and
+//!   shared, which vhost-user needs), `/memfd:memory-backend-memfd (deleted)`, which virtiofsd
+//!   maps too; by default QEMU's RAM block is an anonymous mapping exactly the size of `-m`.
 
 use std::fs;
 

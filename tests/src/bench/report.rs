@@ -297,6 +297,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "- KVM: {}", m.kvm);
     let _ = writeln!(out, "- QEMU: {}", m.qemu);
     let _ = writeln!(out, "- test guest: {}", m.guest);
+    let _ = writeln!(out, "- guest RAM: {}", p.ram.describe());
     let _ = writeln!(
         out,
         "- load average (1, 5, 15 min) before the run: {}; after: {} (other work on the machine \
@@ -359,8 +360,9 @@ pub fn markdown(r: &Report) -> String {
         let rows: Vec<Vec<String>> = rows(samples, &figs).into_iter().map(Vec::from).collect();
         let _ = writeln!(
             out,
-            "### {}\n\n{}",
+            "### {} — guest RAM: {}, both VMMs\n\n{}",
             section.title(),
+            p.ram.short(),
             md_table(&HEADER, &rows)
         );
     }
@@ -495,8 +497,8 @@ fn method(out: &mut String, r: &Report) {
             "- **Shared directory** (bench runs with the `bench_fs_*` tests): one directory \
              holding `bench.bin` ({} MiB, every block written), shared by svmm's fs device with \
              its default `cache=auto`, and by QEMU's `vhost-user-fs-device` through `{}` \
-             (`cache=auto`; its guest RAM then is a shared `memory-backend-memfd`, which \
-             vhost-user needs). The fs requests go through the host's page cache in every \
+             (`cache=auto`; vhost-user needs QEMU's guest RAM shared, which it is in every run: \
+             see guest RAM under Machine). The fs requests go through the host's page cache in every \
              configuration; `bench_fs_seqwrite` overwrites `bench.bin`. QEMU's memory total \
              includes virtiofsd's.",
             crate::share::BENCH_FILE_BYTES >> 20,
@@ -580,7 +582,8 @@ fn method(out: &mut String, r: &Report) {
          except guest RAM. PSS charges a page shared by N processes 1/N to each (svmm's binary \
          is mapped by the VMM and every worker). Guest RAM is recognised as the mapping of \
          svmm's memfd `svmm-guest-ram` (`/memfd:svmm-guest-ram (deleted)`, mapped by the VMM and \
-         every worker) and, in QEMU, as the anonymous mapping exactly the size of `-m`; a \
+         every worker) and, in QEMU, as its `memory-backend-memfd` (`/memfd:memory-backend-memfd \
+         (deleted)`); a \
          process without such a mapping fails the run instead of being miscounted. In-process \
          devices' memory is part of the VMM's.",
         p.idle_ms, 300

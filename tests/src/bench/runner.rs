@@ -173,8 +173,7 @@ pub fn run_one(plan: &Plan, config: Config, kind: RunKind) -> Result<RunData, St
 fn sample_memory(plan: &Plan, config: Config, pid: u32) -> Result<MemorySample, String> {
     let fs = plan.fs_in(RunKind::Bench(Mode::Irq)).is_some();
     let rule = match config {
-        Config::Qemu if fs => RamRule::Memfd(memory::QEMU_SHARED_RAM_MEMFD),
-        Config::Qemu => RamRule::AnonymousOfKib(plan.mem_mib * 1024),
+        Config::Qemu => RamRule::Memfd(memory::QEMU_SHARED_RAM_MEMFD),
         _ => RamRule::Memfd(memory::SVMM_RAM_MEMFD),
     };
     let vmm = memory::process_usage(pid, rule).map_err(|e| format!("VMM memory: {e}"))?;
@@ -434,6 +433,7 @@ mod tests {
             images: Vec::new(),
             image_mib: 1,
             idle_ms: 1000,
+            ram: crate::bench::setup::Ram::Shared,
             fs: None,
             wl: None,
             net: None,

@@ -37,6 +37,48 @@ pub const QEMU_OPTIONS: [&str; 8] = [
 /// command line as `virtio_mmio.device=` (the test guest reads nothing else).
 pub const QEMU_MACHINE: &str = "microvm,acpi=off";
 
+/// Guest RAM of both VMMs in every run: the same kind of pages for both, so that a disk I/O
+/// costs the host the same scatter-gather segments under either (BENCHMARKS.md, sequential
+/// read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ram {
+    /// A shared memfd in 4 KiB pages: svmm's default memfd, QEMU's `memory-backend-memfd`.
+    Shared,
+    /// The host's 2 MiB hugetlb pool: `svmm --hugepages`, QEMU's `memory-backend-memfd` with
+    /// `hugetlb=on,hugetlbsize=2M`. The pool's `nr_hugepages` before and during the run.
+    HugeTlb {
+        /// `nr_hugepages` before the run (and after it: the harness puts it back).
+        before: u64,
+        /// `nr_hugepages` during the run.
+        during: u64,
+    },
+}
+
+impl Ram {
+    /// What the report says about guest RAM.
+    pub fn describe(self) -> String {
+        match self {
+            Ram::Shared => "a shared memfd in 4 KiB pages for both VMMs (svmm's default memfd; \
+                            QEMU `-object memory-backend-memfd,share=on`)"
+                .to_string(),
+            Ram::HugeTlb { before, during } => format!(
+                "2 MiB pages from the host's hugetlb pool for both VMMs (`svmm --hugepages`; QEMU \
+                 `-object memory-backend-memfd,share=on,hugetlb=on,hugetlbsize=2M`); the harness \
+                 set `nr_hugepages` from {before} to {during} for the run and back to {before} \
+                 after it"
+            ),
+        }
+    }
+
+    /// The short name in table headings.
+    pub fn short(self) -> &'static str {
+        match self {
+            Ram::Shared => "4 KiB shared memfd",
+            Ram::HugeTlb { .. } => "2 MiB hugetlb",
+        }
+    }
+}
+
 /// Everything the runs share.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -46,6 +88,8 @@ pub struct Plan {
     pub bench_ms: u64,
     /// Guest RAM, MiB, for both VMMs.
     pub mem_mib: u64,
+    /// What guest RAM is made of, for both VMMs.
+    pub ram: Ram,
     /// The test guest ELF.
     pub guest: PathBuf,
     /// The tests of the bench runs (`testguest.run=`), normally [`super::figures::BENCH_TESTS`].
@@ -280,6 +324,9 @@ impl Plan {
     pub fn svmm_args(&self, kind: RunKind) -> Vec<&'static str> {
         // QEMU runs without ACPI too; the test guest reads only the command line.
         let mut args = vec!["--acpi=off"];
+        if matches!(self.ram, Ram::HugeTlb { .. }) {
+            args.push("--hugepages");
+        }
         if kind.has_devices() {
             args.push("--report-timings");
         }
@@ -346,16 +393,14 @@ impl Plan {
     /// device).
     fn qemu_vm(&self, kind: RunKind) -> (TestVm, Vec<String>) {
         let fs = self.fs_in(kind);
-        // vhost-user needs the guest RAM in shared memory.
-        let machine = match fs {
-            Some(_) => format!("{QEMU_MACHINE},memory-backend=mem"),
-            None => QEMU_MACHINE.to_string(),
-        };
+        // Guest RAM in the same kind of pages as svmm's (a memfd, which vhost-user needs too).
+        let machine = format!("{QEMU_MACHINE},memory-backend=mem");
         let vm = TestVm::new(Backend::Qemu { machine })
             .kernel(&self.guest)
             .mem_mib(self.mem_mib)
             .cmdline(self.cmdline(Config::Qemu, kind))
             .args(QEMU_OPTIONS)
+            .args(["-object".to_string(), self.qemu_memory()])
             .args(self.qemu_devices(kind));
         let mut wrapper = Vec::new();
         if let Some(fs) = fs {
@@ -374,6 +419,18 @@ impl Plan {
             ];
         }
         (vm, wrapper)
+    }
+
+    /// QEMU's guest RAM object (`-object`), named `mem` for `-M ...,memory-backend=mem`.
+    pub fn qemu_memory(&self) -> String {
+        let huge = match self.ram {
+            Ram::Shared => "",
+            Ram::HugeTlb { .. } => ",hugetlb=on,hugetlbsize=2M",
+        };
+        format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on{huge}",
+            self.mem_mib
+        )
     }
 
     /// QEMU's device options of a run: the same devices as svmm's, in the same order.
@@ -399,11 +456,6 @@ impl Plan {
         }
         if let Some(fs) = self.fs_in(kind) {
             args.extend([
-                "-object".to_string(),
-                format!(
-                    "memory-backend-memfd,id=mem,size={}M,share=on",
-                    self.mem_mib
-                ),
                 "-chardev".to_string(),
                 format!("socket,id=vfsd,path={}", fs.socket.display()),
                 "-device".to_string(),

@@ -30,6 +30,12 @@ options:
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
+  --hugepages auto|on|off  guest RAM of both VMMs in 2 MiB pages from the host's hugetlb pool
+                    (svmm --hugepages, QEMU memory-backend-memfd hugetlb=on) or in 4 KiB pages
+                    of a shared memfd (both). auto (the default): huge pages when svmm-bench
+                    runs as root and the pool can be grown by what the run needs; the harness
+                    grows nr_hugepages for the run only and puts it back at its end (an
+                    interrupted run leaves it grown). The report names the backing
   --qemu-vhost on|off  QEMU's net device with vhost=on (needs /dev/vhost-net) or vhost=off
                     (default off; the report names which)
   --out DIR         where BENCHMARKS.md and benchmarks.svg go (default: the repository root)
@@ -53,6 +59,15 @@ struct Options {
     scratch: PathBuf,
     out: PathBuf,
     qemu_vhost: bool,
+    hugepages: Choice,
+}
+
+/// `--hugepages`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    Auto,
+    On,
+    Off,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -69,6 +84,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         scratch: std::env::temp_dir(),
         out: paths::repo_root(),
         qemu_vhost: false,
+        hugepages: Choice::Auto,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -99,6 +115,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--idle-ms" => o.idle_ms = number(500)?,
             "--scratch" => o.scratch = PathBuf::from(value),
             "--out" => o.out = PathBuf::from(value),
+            "--hugepages" => {
+                o.hugepages = match value.as_str() {
+                    "auto" => Choice::Auto,
+                    "on" => Choice::On,
+                    "off" => Choice::Off,
+                    _ => return Err(format!("{flag} {value}: expected auto, on or off")),
+                }
+            }
             "--qemu-vhost" => {
                 o.qemu_vhost = match value.as_str() {
                     "on" => true,
@@ -134,6 +158,35 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("svmm-bench: error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Guest RAM for both VMMs under `choice`, and the pool reservation that must outlive the runs.
+/// Twice one VM's pages: a VM's processes may still be freeing theirs when the next starts.
+fn guest_ram(
+    choice: Choice,
+    mem_mib: u64,
+) -> Result<(setup::Ram, Option<tests::hugepages::Reserved>), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let why_not = match choice {
+        Choice::Off => return Ok((setup::Ram::Shared, None)),
+        _ if mem_mib % 2 != 0 => format!("--mem {mem_mib} is not a whole number of 2 MiB pages"),
+        _ if !root => "growing the huge page pool needs root".to_string(),
+        _ => match tests::hugepages::Reserved::pages(mem_mib) {
+            Ok(pool) => {
+                let (before, during) = pool.pool();
+                return Ok((setup::Ram::HugeTlb { before, during }, Some(pool)));
+            }
+            Err(e) => e,
+        },
+    };
+    match choice {
+        Choice::On => Err(format!("--hugepages on: {why_not}")),
+        _ => {
+            eprintln!("svmm-bench: guest RAM in 4 KiB pages for both VMMs: {why_not}");
+            Ok((setup::Ram::Shared, None))
         }
     }
 }
@@ -235,10 +288,14 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         socket: w.socket(),
         output: w.size(),
     });
+    // Held until the report is written: the pool goes back to its size when it drops.
+    let (ram, _pool) = guest_ram(o.hugepages, o.mem_mib)?;
+    eprintln!("svmm-bench: guest RAM: {}", ram.describe());
     let plan = Plan {
         reps: o.reps,
         bench_ms: o.bench_ms,
         mem_mib: o.mem_mib,
+        ram,
         guest: o.guest.clone(),
         tests: o.tests.clone(),
         images,

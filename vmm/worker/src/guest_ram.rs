@@ -20,10 +20,13 @@
 //!
 //! With `--hugepages` ([`Backing::HugeTlb`]) the memfd is a hugetlbfs one
 //! (`MFD_HUGETLB | MFD_HUGE_2MB`) instead: its pages come from the host's reserved pool
-//! ([`crate::hugepages`]), whatever `shmem_enabled` says, and every page is allocated when the
-//! memfd is made (`fallocate`), so a short pool is one clear error at start rather than a
-//! `SIGBUS` when the guest first touches a page (the mappings are `MAP_NORESERVE`). Workers map
-//! the same memfd exactly as they map the default one.
+//! ([`crate::hugepages`]), whatever `shmem_enabled` says, and every page is reserved when the
+//! memfd is made, so a short pool is one clear error at start rather than a `SIGBUS` when the
+//! guest first touches a page (vm-memory's mappings are `MAP_NORESERVE`). The reservation is a
+//! throwaway mapping without `MAP_NORESERVE`: hugetlbfs keeps a shared file's reservation for
+//! the file's life, and pages are still zeroed only when first touched, as with 4 KiB pages, so
+//! start-up does not pay for zeroing all of RAM. Workers map the same memfd exactly as they
+//! map the default one.
 
 use std::fs::File;
 use std::io;
@@ -135,7 +138,7 @@ pub fn create_guest_ram(size: u64, backing: Backing) -> Result<GuestRam, MemoryE
         .set_len(size)
         .map_err(|e| MemoryError::Size(e, size))?;
     if backing == Backing::HugeTlb {
-        allocate_huge_pages(&memfd, size)?;
+        reserve_huge_pages(&memfd, size)?;
     }
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: F_ADD_SEALS takes an int argument; the fd is a valid memfd owned by `memfd`.
@@ -174,12 +177,28 @@ fn short_of_huge_pages(size: u64, pool: crate::hugepages::Pool) -> Result<(), Me
     })
 }
 
-/// Allocates every huge page of the memfd now: the mappings are `MAP_NORESERVE`, so a page the
-/// pool could not supply later would be a `SIGBUS` in whichever process touched it first.
-fn allocate_huge_pages(memfd: &File, size: u64) -> Result<(), MemoryError> {
-    let len = libc::off_t::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
-    // SAFETY: fallocate with mode 0 on a valid memfd we own only allocates its pages.
-    if unsafe { libc::fallocate(memfd.as_raw_fd(), 0, 0, len) } == 0 {
+/// Reserves every huge page of the memfd now: the mappings are `MAP_NORESERVE`, so a page the
+/// pool could not supply later would be a `SIGBUS` in whichever process touched it first. A
+/// shared mapping without `MAP_NORESERVE` reserves the file's pages in the pool (`ENOMEM` when
+/// it is short), and hugetlbfs keeps that reservation after the mapping goes, until the file
+/// is closed for good.
+fn reserve_huge_pages(memfd: &File, size: u64) -> Result<(), MemoryError> {
+    let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+    // SAFETY: a new read-only shared mapping of our own memfd at an address the kernel picks;
+    // nothing reads it, and it is unmapped right below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            memfd.as_raw_fd(),
+            0,
+        )
+    };
+    if addr != libc::MAP_FAILED {
+        // SAFETY: exactly the mapping made above, which nothing else knows of.
+        unsafe { libc::munmap(addr, len) };
         return Ok(());
     }
     let error = io::Error::last_os_error();

@@ -10,10 +10,57 @@ fn plan() -> Plan {
         images: vec!["/s/disk0.img".into(), "/s/disk1.img".into()],
         image_mib: 256,
         idle_ms: 1500,
+        ram: Ram::Shared,
         fs: None,
         wl: None,
         net: None,
     }
+}
+
+#[test]
+fn both_vmms_get_the_same_kind_of_guest_ram() {
+    for kind in [RunKind::Boot0, RunKind::Bench(Mode::Poll)] {
+        let p = plan();
+        let qemu = shell_line(&p.vm(Config::Qemu, kind).command());
+        assert!(
+            qemu.contains("microvm,acpi=off,memory-backend=mem"),
+            "{qemu}"
+        );
+        assert!(
+            qemu.contains("-object memory-backend-memfd,id=mem,size=128M,share=on")
+                && !qemu.contains("hugetlb"),
+            "{qemu}"
+        );
+        let svmm = shell_line(&p.vm(Config::Sandboxed, kind).command());
+        assert!(!svmm.contains("--hugepages"), "{svmm}");
+        let huge = Plan {
+            ram: Ram::HugeTlb {
+                before: 0,
+                during: 128,
+            },
+            ..plan()
+        };
+        let qemu = shell_line(&huge.vm(Config::Qemu, kind).command());
+        assert!(
+            qemu.contains(
+                "-object memory-backend-memfd,id=mem,size=128M,share=on,hugetlb=on,hugetlbsize=2M"
+            ),
+            "{qemu}"
+        );
+        for config in [Config::Sandboxed, Config::InProcess] {
+            let svmm = shell_line(&huge.vm(config, kind).command());
+            assert!(svmm.contains(" --hugepages"), "{svmm}");
+        }
+    }
+    let said = Ram::HugeTlb {
+        before: 0,
+        during: 128,
+    }
+    .describe();
+    assert!(
+        said.contains("from 0 to 128 for the run and back to 0"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -106,8 +153,7 @@ fn fs_runs_get_the_share_and_qemu_virtiofsd() {
     assert_eq!(p.svmm_devices(Config::Sandboxed, RunKind::Boot4).len(), 4);
     let qemu = p.qemu_devices(bench).join(" ");
     assert!(qemu.ends_with(
-        "-object memory-backend-memfd,id=mem,size=128M,share=on \
-         -chardev socket,id=vfsd,path=/s/vfsd.sock \
+        "-chardev socket,id=vfsd,path=/s/vfsd.sock \
          -device vhost-user-fs-device,chardev=vfsd,tag=bench"
     ));
     let cmd = shell_line(&p.vm(Config::Qemu, bench).command());

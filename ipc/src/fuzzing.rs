@@ -87,11 +87,13 @@ pub fn sample_worker_messages() -> Vec<WorkerToVmm> {
                     requests: 10,
                     bytes: 4096,
                     errors: 0,
+                    drops: 0,
                 },
                 QueueStats {
                     requests: 3,
                     bytes: 1500,
                     errors: 1,
+                    drops: 2,
                 },
             ],
         }),

@@ -143,8 +143,12 @@ pub struct QueueStats {
     pub requests: u64,
     /// Payload bytes moved.
     pub bytes: u64,
-    /// Chains completed with an error status.
+    /// Requests the driver got wrong: a malformed chain or request, a refused command.
     pub errors: u64,
+    /// Well-formed requests the device could not carry out and let go without the driver's
+    /// fault (net: frames lost — larger than the driver's buffers, an offload it did not
+    /// accept, refused by the host).
+    pub drops: u64,
 }
 
 /// Why a device stopped. A closed set: the VMM logs it, it never parses free text.

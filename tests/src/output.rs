@@ -294,8 +294,10 @@ pub struct QueueCounters {
     pub requests: u64,
     /// Payload bytes moved.
     pub bytes: u64,
-    /// Chains completed with an error.
+    /// Requests the driver got wrong (malformed chain or request).
     pub errors: u64,
+    /// Well-formed requests the device let go (net: frames lost without the driver's fault).
+    pub drops: u64,
 }
 
 /// The statistics line svmm printed on `stderr` for `device` (`blk#0`) at VM end.
@@ -305,8 +307,8 @@ pub fn stats_line<'a>(stderr: &'a str, device: &str) -> Option<&'a str> {
 }
 
 /// Every queue of an svmm statistics line, in queue order: `svmm: blk#0 (sandboxed): q0
-/// requests=12 bytes=4096 errors=0, q1 requests=3 bytes=1024 errors=0; restarts=0`. `None`
-/// unless each queue, numbered 0, 1, ... in order, has all three counters — so a check over the
+/// requests=12 bytes=4096 errors=0 drops=0, q1 requests=3 bytes=1024 errors=0 drops=0;
+/// restarts=0`. `None` unless each queue, numbered 0, 1, ... in order, has all four counters — so a check over the
 /// result cannot miss a queue the way [`number_field`] (the first match only) would.
 pub fn queue_counters(line: &str) -> Option<Vec<QueueCounters>> {
     let (_, queues) = line.split_once("): ")?;
@@ -319,6 +321,7 @@ pub fn queue_counters(line: &str) -> Option<Vec<QueueCounters>> {
             requests: field("requests")?,
             bytes: field("bytes")?,
             errors: field("errors")?,
+            drops: field("drops")?,
         });
     }
     (!out.is_empty()).then_some(out)
@@ -330,8 +333,8 @@ mod tests {
 
     #[test]
     fn every_queue_of_a_statistics_line_is_read() {
-        let line = "svmm: blk#0 (sandboxed): q0 requests=12 bytes=4096 errors=0, q1 requests=3 \
-                    bytes=1024 errors=2; restarts=1";
+        let line = "svmm: blk#0 (sandboxed): q0 requests=12 bytes=4096 errors=0 drops=0, q1 \
+                    requests=3 bytes=1024 errors=2 drops=5; restarts=1";
         let queues = queue_counters(line).unwrap();
         assert_eq!(queues.len(), 2);
         assert_eq!(
@@ -339,7 +342,8 @@ mod tests {
             QueueCounters {
                 requests: 3,
                 bytes: 1024,
-                errors: 2
+                errors: 2,
+                drops: 5
             }
         );
         // An error on the second queue is seen; number_field sees the first queue only.
@@ -351,18 +355,24 @@ mod tests {
         );
         assert_eq!(
             queue_counters(
-                "svmm: x#0 (sandboxed): q0 requests=1 bytes=1, q1 requests=1 bytes=1 errors=0"
+                "svmm: x#0 (sandboxed): q0 requests=1 bytes=1 drops=0, q1 requests=1 bytes=1 \
+                 errors=0 drops=0"
             ),
             None,
             "a queue without its errors field"
         );
         assert_eq!(
-            queue_counters("svmm: x#0 (sandboxed): q1 requests=1 bytes=1 errors=0"),
+            queue_counters("svmm: x#0 (sandboxed): q0 requests=1 bytes=1 errors=0"),
+            None,
+            "a queue without its drops field"
+        );
+        assert_eq!(
+            queue_counters("svmm: x#0 (sandboxed): q1 requests=1 bytes=1 errors=0 drops=0"),
             None,
             "queues out of order"
         );
         let stderr = "svmm: rng#0 worker (pid 1) killed by SIGKILL\nsvmm: rng#0 (sandboxed): q0 \
-                      requests=1 bytes=64 errors=0; restarts=1\n";
+                      requests=1 bytes=64 errors=0 drops=0; restarts=1\n";
         assert!(stats_line(stderr, "rng#0").unwrap().ends_with("restarts=1"));
         assert_eq!(stats_line(stderr, "rng#1"), None);
     }

@@ -88,7 +88,7 @@ fn rng(mode: Mode, source: &str) -> TrialResult {
     assert_stats(
         &out,
         &format!(
-            "svmm: rng#0 ({}): q0 requests=32 bytes=2048 errors=0{}",
+            "svmm: rng#0 ({}): q0 requests=32 bytes=2048 errors=0 drops=0{}",
             mode.name(),
             restarts(mode)
         ),
@@ -113,7 +113,7 @@ fn rng_reinit(mode: Mode) -> TrialResult {
     assert_stats(
         &out,
         &format!(
-            "svmm: rng#0 ({}): q0 requests=2 bytes=128 errors=0{}",
+            "svmm: rng#0 ({}): q0 requests=2 bytes=128 errors=0 drops=0{}",
             mode.name(),
             restarts(mode)
         ),
@@ -153,7 +153,7 @@ fn rng_generator_reseeds_under_the_filter() -> TrialResult {
             .any(|l| l.starts_with("svmm: rng#0 (sandboxed): q0 ")
                 && l.split("; ")
                     .next()
-                    .is_some_and(|q| q.ends_with(" errors=0"))),
+                    .is_some_and(|q| q.ends_with(" errors=0 drops=0"))),
         "no error-free statistics line for the device\n{}",
         out.report()
     );
@@ -168,7 +168,7 @@ fn rng_no_sandbox_switch() -> TrialResult {
     assert_passed(&out);
     assert_stats(
         &out,
-        "svmm: rng#0 (in-process): q0 requests=32 bytes=2048 errors=0",
+        "svmm: rng#0 (in-process): q0 requests=32 bytes=2048 errors=0 drops=0",
     );
     Ok(())
 }

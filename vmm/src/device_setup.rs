@@ -159,8 +159,8 @@ impl VirtioDevices {
                         .zip(&stats.queues)
                         .map(|(i, q): (u16, _)| {
                             format!(
-                                "q{i} requests={} bytes={} errors={}",
-                                q.requests, q.bytes, q.errors
+                                "q{i} requests={} bytes={} errors={} drops={}",
+                                q.requests, q.bytes, q.errors, q.drops
                             )
                         })
                         .collect();

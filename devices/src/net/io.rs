@@ -354,7 +354,8 @@ impl Running<'_> {
                         stats.bytes += len as u64;
                     }
                     Sent::Blocked => return Ok(()),
-                    Sent::Refused(_) => stats.errors += 1,
+                    // A valid frame the host would not take: lost, not the driver's fault.
+                    Sent::Refused(_) => stats.drops += 1,
                 }
                 port.tx_pending = None;
             }
@@ -379,6 +380,7 @@ impl Running<'_> {
             *completed = true;
             match parsed {
                 Ok(frame) => port.tx_pending = Some((frame.header.to_vnet(), frame.len)),
+                // A malformed chain or header: the driver's error (not a drop).
                 Err(_) => q.stats.errors += 1,
             }
         }
@@ -412,8 +414,9 @@ impl Running<'_> {
                         .map_err(DeviceError::HostIo)?;
                     let (host, len) = match got {
                         Received::Nothing => return Ok(()),
+                        // The host's doing, not the driver's: a drop.
                         Received::Malformed => {
-                            self.a.queues[qi].stats.errors += 1;
+                            self.a.queues[qi].stats.drops += 1;
                             continue;
                         }
                         Received::Frame { hdr, len } => (hdr, len),
@@ -424,8 +427,10 @@ impl Running<'_> {
                             header::complete_csum(&mut port.rx_buf[HDR_LEN..HDR_LEN + len], csum);
                             (VnetHdr::default(), len)
                         }
+                        // An offload the driver does not accept (or a header it cannot be
+                        // given): the frame is lost, the driver did nothing wrong.
                         RxVerdict::Drop => {
-                            self.a.queues[qi].stats.errors += 1;
+                            self.a.queues[qi].stats.drops += 1;
                             continue;
                         }
                     }
@@ -459,7 +464,9 @@ impl Running<'_> {
                     }
                     return Ok(());
                 }
-                Delivery::TooLarge | Delivery::Dropped => q.stats.errors += 1,
+                // Larger than the driver's buffer, or lost with a malformed chain (which
+                // `deliver` counted as the error): a drop either way.
+                Delivery::TooLarge | Delivery::Dropped => q.stats.drops += 1,
             }
         }
         Ok(())

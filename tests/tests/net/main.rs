@@ -27,7 +27,7 @@ use tests::confinement::{self, Identity, Planned};
 use tests::host::no_hw_virt_reason;
 use tests::mode::Mode;
 use tests::netns::{self, NetNs, Peer};
-use tests::output::number_field;
+use tests::output::{number_field, queue_counters, stats_line};
 use tests::suite::TrialResult;
 use tests::{paths, procfs, require_kvm, sandbox_report, Suite, TestVm, VmOutput};
 
@@ -64,6 +64,11 @@ fn main() {
     }
     suite
         .test_unless("rate_limits", ns_skip.clone(), rate_limits)
+        .test_unless(
+            "drops_counted_apart_from_errors",
+            ns_skip.clone(),
+            drops_not_errors,
+        )
         .test_unless("worker_sigkill_restarted", ns_skip.clone(), || {
             faults::worker_sigkill(true)
         })
@@ -258,6 +263,33 @@ fn rate_limits() -> TrialResult {
             out.report()
         );
     }
+    Ok(())
+}
+
+/// A tap that is down refuses every frame written to it (`EIO`): the guest's ARP requests are
+/// valid frames the host drops, so the transmit queue counts them as drops (`drops=`), not as
+/// errors (`errors=` stays 0: the driver did nothing wrong), and sends none. The guest's `net`
+/// test fails with `arp_timeout` (three tries), as it must without a peer.
+fn drops_not_errors() -> TrialResult {
+    let (ns, _peer) = tap_ns("drops", &[])?;
+    ns.ip(&["link", "set", "tap0", "down"])?;
+    let out = guest(&ns, "testguest.run=net", &["net,tap=tap0".to_string()]).run()?;
+    out.log("svmm testguest net on a tap that is down");
+    out.assert_line("testguest: net FAIL arp_timeout");
+    out.assert_no_panic();
+    let line = stats_line(&out.stderr, "net#0").ok_or_else(|| out.report())?;
+    let queues = queue_counters(line).ok_or_else(|| format!("unreadable: {line}"))?;
+    assert_eq!(queues.len(), 3, "rx, tx, ctrl: {line}");
+    let tx = queues[1];
+    assert!(
+        tx.drops >= 3,
+        "three ARP requests refused by the tap: {line}"
+    );
+    assert_eq!((tx.requests, tx.bytes), (0, 0), "nothing was sent: {line}");
+    assert!(
+        queues.iter().all(|q| q.errors == 0),
+        "a refused frame is a drop, not an error: {line}"
+    );
     Ok(())
 }
 

@@ -179,6 +179,7 @@ fn add_stats(a: &DeviceStats, b: &DeviceStats) -> DeviceStats {
                 requests: x.requests.wrapping_add(y.requests),
                 bytes: x.bytes.wrapping_add(y.bytes),
                 errors: x.errors.wrapping_add(y.errors),
+                drops: x.drops.wrapping_add(y.drops),
             }
         })
         .collect();

@@ -46,7 +46,7 @@ fn transmit_beyond_the_packet_rate_waits_for_the_timer() {
         sent += 1;
     }
     assert_eq!(sent, 4);
-    assert_eq!(rig.stats(1), (4, 400, 0));
+    assert_eq!(rig.stats(1), (4, 400, 0, 0));
 }
 
 #[test]
@@ -76,5 +76,5 @@ fn receive_beyond_the_byte_rate_stops_reading_until_the_timer() {
     rig.ready(RX_TIMER, EventSet::IN);
     assert_eq!(rig.vqs[0].used_idx(), 3);
     assert_eq!(rig.events.interest(0), Some(EventSet::IN));
-    assert_eq!(rig.stats(0), (3, 3000, 0));
+    assert_eq!(rig.stats(0), (3, 3000, 0, 0));
 }

@@ -238,10 +238,10 @@ impl<'m> Rig<'m> {
         self.hosts[port].send(&d).unwrap();
     }
 
-    /// Transmit stats of pair `pair`: (frames, bytes, errors).
-    pub(crate) fn stats(&self, q: usize) -> (u64, u64, u64) {
+    /// Stats of queue `q`: (frames, bytes, errors, drops).
+    pub(crate) fn stats(&self, q: usize) -> (u64, u64, u64, u64) {
         let s = self.net.stats().queues[q];
-        (s.requests, s.bytes, s.errors)
+        (s.requests, s.bytes, s.errors, s.drops)
     }
 
     pub(crate) fn read(&self, addr: u64, len: usize) -> Vec<u8> {

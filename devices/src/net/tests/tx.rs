@@ -17,7 +17,7 @@ fn a_frame_split_over_descriptors_reaches_the_tap_whole() {
     assert_eq!(hdr, VnetHdr::default());
     assert_eq!(got, data);
     assert_eq!(rig.vqs[1].used_len_of(head), Some(0));
-    assert_eq!(rig.stats(1), (1, 1514, 0));
+    assert_eq!(rig.stats(1), (1, 1514, 0, 0));
     assert!(rig.irq.used.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert!(rig.host_recv(0).is_none());
 }
@@ -58,7 +58,7 @@ fn partial_checksum_and_tso_pass_with_the_features_and_only_the_validated_fields
     assert_eq!(got, data);
     let (got_hdr, _) = rig.host_recv(0).unwrap();
     assert_eq!(got_hdr, VnetHdr::default());
-    assert_eq!(rig.stats(1), (2, 60_100, 0));
+    assert_eq!(rig.stats(1), (2, 60_100, 0, 0));
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn refused_frames_are_used_counted_and_the_next_one_goes() {
     for head in heads.iter().chain([&last]) {
         assert_eq!(rig.vqs[1].used_len_of(*head), Some(0));
     }
-    assert_eq!(rig.stats(1), (1, 1518, bad.len() as u64));
+    assert_eq!(rig.stats(1), (1, 1518, bad.len() as u64, 0));
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn checksum_outside_the_frame_and_inconsistent_gso_are_refused() {
     }
     rig.kick(1);
     assert!(rig.host_recv(0).is_none());
-    assert_eq!(rig.stats(1), (0, 0, cases.len() as u64));
+    assert_eq!(rig.stats(1), (0, 0, cases.len() as u64, 0));
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn broken_chains_are_returned_and_counted() {
     for head in [a, b, c, d, ok] {
         assert_eq!(rig.vqs[1].used_len_of(head), Some(0));
     }
-    assert_eq!(rig.stats(1), (1, 200, 4));
+    assert_eq!(rig.stats(1), (1, 200, 4, 0));
 }
 
 #[test]
@@ -246,5 +246,5 @@ fn a_blocked_tap_keeps_the_frame_watches_for_out_and_resumes() {
         got += 1;
     }
     assert_eq!(got, pushed);
-    assert_eq!(rig.stats(1), (pushed, pushed * 60_000, 0));
+    assert_eq!(rig.stats(1), (pushed, pushed * 60_000, 0, 0));
 }

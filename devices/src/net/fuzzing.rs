@@ -16,6 +16,9 @@
 //! a different answer the second time on the same bytes, or an accepted frame that breaks the
 //! limits — its length, a checksum position outside it, a GSO request that was not negotiated
 //! or does not fit, a plain frame above the MTU, a header that does not re-validate to itself.
+//! [`parse_chain`] (what the device runs: header copied, frame left in guest memory) must give
+//! the same verdict and header as [`parse`], read no byte twice, and name buffers inside memory
+//! whose bytes are the frame [`parse`] copied.
 //!
 //! Not used by the VMM or workers.
 
@@ -24,7 +27,7 @@ use std::cell::RefCell;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::header::{GsoKind, TxHeader, TxLimits};
-use super::tx::{parse, TX_BUF};
+use super::tx::{copy_frame, parse, parse_chain, TX_BUF};
 use super::{HDR_LEN, MAX_FRAME, MIN_FRAME};
 use crate::chain::{ChainSource, MetaMemory};
 
@@ -111,6 +114,24 @@ pub fn parse_any(data: &[u8]) {
             let frame_first = first.map(|f| buf[HDR_LEN..HDR_LEN + f.len].to_vec());
             let again = parse(mem, &source, head, &limits, &mut buf);
             assert_eq!(first, again, "same bytes, different answer");
+            let checked = Checked {
+                mem,
+                reads: RefCell::default(),
+            };
+            let chain = parse_chain(&checked, &source, head, &limits);
+            assert_eq!(
+                chain.as_ref().map(|c| (c.header, c.len)).map_err(|e| *e),
+                first.map(|f| (f.header, f.len)),
+                "parse_chain and parse disagree"
+            );
+            if let (Ok(chain), Some(bytes)) = (&chain, frame_first.as_ref().ok()) {
+                let mut copied = vec![0u8; chain.len];
+                assert!(
+                    copy_frame(mem, &chain.frame, &mut copied),
+                    "frame outside memory"
+                );
+                assert_eq!(&copied, bytes, "parse_chain names other bytes");
+            }
             if let Ok(frame) = first {
                 assert_eq!(
                     frame_first.ok(),

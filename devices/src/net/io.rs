@@ -2,16 +2,19 @@
 //! control queue, and what the device's own fds (endpoints, rate-limit timers) wake up.
 //!
 //! ```text
-//!   TX kick / endpoint writable / TX timer ─▶ tx(pair): pending frame first, then
-//!       pop → tx::parse (private copy) → used (len 0) → rate check → endpoint.send
-//!       blocked: keep the frame, watch the fd for OUT; throttled: keep it, arm the timer
+//!   TX kick / endpoint writable / TX timer ─▶ tx(pair): pending chain first, then
+//!       pop → tx::parse_chain (header copied and validated) → rate check →
+//!       endpoint.send_guest (a tap: one pwritev2 of the header and the guest buffers) → used
+//!       blocked: keep the chain, watch the fd for OUT; throttled: keep it, arm the timer
 //!   endpoint readable / RX kick / RX timer ─▶ rx_port(port): pending frame first, then
 //!       endpoint.recv → header verdict → rate check → rx::deliver into the routed RX queue
 //!       no buffers: keep the frame, stop reading the fd, ask the driver for a kick
 //! ```
 //!
 //! A port (one endpoint per queue pair) keeps at most one frame per direction that could not
-//! go on, in its private buffers; while it holds a received one it does not read its fd, so
+//! go on: a received one in its private buffer, a transmit chain (validated header, frame
+//! still in guest memory, not yet returned to the driver); while it holds a received one it
+//! does not read its fd, so
 //! the host queues (and eventually drops) frames, not the device. With `MQ`, port `i` feeds
 //! receive queue `i` while `i` is below the active pairs, else `i mod active` (a tap spreads
 //! flows over every queue fd it has, active or not). Transmit queue `k` always sends on port
@@ -36,7 +39,7 @@ use super::header::{self, RxAccept, RxVerdict, TxLimits, VnetHdr};
 use super::rate::{Limiter, Timer};
 use super::rx::{pop_head, Delivery, RxQueue};
 use super::{features, tun_flags, tx, HDR_LEN, MAX_FRAME};
-use crate::chain::ChainSource;
+use crate::chain::{ChainSource, Segment};
 use crate::events::{EventRegistry, EventSet};
 use crate::notify::interrupts_suppressed;
 use crate::{DeviceError, Interrupt};
@@ -58,9 +61,10 @@ pub(crate) struct Port {
     rx_buf: Vec<u8>,
     /// A received frame in `rx_buf` waiting for buffers or tokens, with its final header.
     rx_pending: Option<(VnetHdr, usize)>,
+    /// Private room for a transmit frame, for endpoints that need the bytes in hand.
     tx_buf: Vec<u8>,
-    /// A validated frame in `tx_buf` the endpoint could not take yet (or tokens ran out).
-    tx_pending: Option<(VnetHdr, usize)>,
+    /// A validated chain the endpoint could not take yet (or tokens ran out).
+    tx_pending: Option<PendingTx>,
     /// What the fd is registered for (`None`: not registered).
     interest: Option<EventSet>,
 }
@@ -83,6 +87,18 @@ impl Port {
         self.tx_pending = None;
         self.interest = None;
     }
+}
+
+/// A transmit chain popped and validated but not sent: it goes back to the driver once sent
+/// (or refused by the host).
+struct PendingTx {
+    head: u16,
+    /// The canonical header made from the validated one.
+    hdr: VnetHdr,
+    /// Frame bytes.
+    len: usize,
+    /// The frame's guest buffers (claimed as payload by the parser).
+    frame: Vec<Segment>,
 }
 
 /// The rate limit of one direction and its timer.
@@ -333,31 +349,47 @@ impl Running<'_> {
     /// notification is suppressed while the device works).
     fn tx_loop(&mut self, k: usize, qi: usize, completed: &mut bool) -> Result<(), DeviceError> {
         loop {
-            if let Some((hdr, len)) = self.ports[k].tx_pending {
-                let wait = self.tx.wait_for(len);
+            if let Some(pending) = self.ports[k].tx_pending.take() {
+                let wait = self.tx.wait_for(pending.len);
                 if !wait.is_zero() {
+                    self.ports[k].tx_pending = Some(pending);
                     if wait != Duration::MAX {
                         self.tx.throttle(wait)?;
                     }
                     return Ok(());
                 }
                 let port = &mut self.ports[k];
-                let stats = &mut self.a.queues[qi].stats;
-                match port
-                    .ep
-                    .send(&hdr, &mut port.tx_buf, len)
-                    .map_err(DeviceError::HostIo)?
-                {
-                    Sent::Done => {
+                let q = &mut self.a.queues[qi];
+                let sent = port.ep.send_guest(
+                    &pending.hdr,
+                    &self.a.mem,
+                    &pending.frame,
+                    pending.len,
+                    &mut port.tx_buf,
+                );
+                let (head, len) = (pending.head, pending.len);
+                match sent {
+                    Ok(Sent::Done) => {
                         self.tx.limiter.take(len);
-                        stats.requests += 1;
-                        stats.bytes += len as u64;
+                        q.stats.requests += 1;
+                        q.stats.bytes += len as u64;
                     }
-                    Sent::Blocked => return Ok(()),
                     // A valid frame the host would not take: lost, not the driver's fault.
-                    Sent::Refused(_) => stats.drops += 1,
+                    Ok(Sent::Refused(_)) => q.stats.drops += 1,
+                    Ok(Sent::Blocked) => {
+                        port.tx_pending = Some(pending);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        port.tx_pending = Some(pending);
+                        return Err(DeviceError::HostIo(e));
+                    }
                 }
-                port.tx_pending = None;
+                // The host has the frame's bytes (or refused them): the chain can go back.
+                q.queue
+                    .add_used(&self.a.mem, head, 0)
+                    .map_err(DeviceError::Queue)?;
+                *completed = true;
             }
             let mem = &self.a.mem;
             let q = &mut self.a.queues[qi];
@@ -373,15 +405,22 @@ impl Running<'_> {
                 }
                 return Ok(());
             };
-            let port = &mut self.ports[k];
-            let parsed = tx::parse(mem, &q.source, head, &self.a.tx_limits, &mut port.tx_buf);
-            // The frame is in private memory now (or refused): the chain can go back.
-            q.queue.add_used(mem, head, 0).map_err(DeviceError::Queue)?;
-            *completed = true;
-            match parsed {
-                Ok(frame) => port.tx_pending = Some((frame.header.to_vnet(), frame.len)),
-                // A malformed chain or header: the driver's error (not a drop).
-                Err(_) => q.stats.errors += 1,
+            match tx::parse_chain(mem, &q.source, head, &self.a.tx_limits) {
+                Ok(chain) => {
+                    self.ports[k].tx_pending = Some(PendingTx {
+                        head,
+                        hdr: chain.header.to_vnet(),
+                        len: chain.len,
+                        frame: chain.frame,
+                    });
+                }
+                // A malformed chain or header: the driver's error (not a drop); it goes back
+                // at once.
+                Err(_) => {
+                    q.stats.errors += 1;
+                    q.queue.add_used(mem, head, 0).map_err(DeviceError::Queue)?;
+                    *completed = true;
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
-//! The tap ioctls (linux/if_tun.h), the only `unsafe` of virtio-net: `TUNSETOFFLOAD` (the
-//! worker, on its tap queue fds) and `TUNSETIFF`, `TUNGETIFF`, `TUNSETVNETHDRSZ` (svmm, while it
-//! attaches to a tap before any worker exists). Each is one `ioctl` with either a plain integer
-//! argument or a pointer to a local value of the kernel's layout. Test builds add
+//! The tap ioctls (linux/if_tun.h) and the tap's gathered write, the only `unsafe` of
+//! virtio-net: `TUNSETOFFLOAD` (the worker, on its tap queue fds) and `TUNSETIFF`, `TUNGETIFF`,
+//! `TUNSETVNETHDRSZ` (svmm, while it attaches to a tap before any worker exists), each one
+//! `ioctl` with either a plain integer argument or a pointer to a local value of the kernel's
+//! layout; and [`write_frame`], one `pwritev2` of iovecs the caller keeps valid. Test builds add
 //! `TUNSETPERSIST`, which the hostile worker's probe (`net::probe`) tries against its filter.
 #![allow(unsafe_code)]
 
@@ -101,4 +102,25 @@ pub fn ioctl_int(
     // SAFETY: the probe's requests (TUNSETOFFLOAD, TUNSETPERSIST) take their argument by value:
     // the kernel reads no memory of ours. On an fd that is not open the kernel answers EBADF.
     check(unsafe { libc::ioctl(fd, request, arg) })
+}
+
+/// Most iovecs one `pwritev2` takes (`UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+/// Writes the iovecs `iov` to `fd` as one `writev` (`pwritev2` at offset -1, flags 0: the one
+/// form net's seccomp profile allows). Every iovec must name memory that stays mapped and
+/// readable for the call: the caller's own buffers, or guest memory whose mapping it borrows.
+pub fn write_frame(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iov.len().min(IOV_MAX)).unwrap_or(0);
+    // SAFETY: `iov` is a live slice of `count` (at most its length) iovecs; each names memory
+    // the caller keeps mapped for this call (its own stack or heap, or guest memory it borrows
+    // the `GuestMemoryMmap` of, whose regions stay mapped while borrowed). The kernel only
+    // reads that memory, and no Rust reference to guest memory is made: a guest changing the
+    // bytes meanwhile changes only what the tap sends.
+    let n = unsafe { libc::pwritev2(fd.as_raw_fd(), iov.as_ptr(), count, -1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // `n >= 0` here.
+    Ok(n as usize)
 }

@@ -275,7 +275,7 @@ fn vmm_ioctls_are_the_runtime_ones_only() {
 }
 
 #[test]
-fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
+fn net_may_only_switch_tap_offloads_arm_its_timers_and_write_frames() {
     let ioctl = |request| verdict("net", Mode::Trap, "ioctl", [3, request, 0, 0, 0, 0]);
     // TUNSETOFFLOAD.
     assert_eq!(ioctl(0x4004_54d0), RET_ALLOW);
@@ -303,8 +303,14 @@ fn net_may_only_switch_tap_offloads_and_arm_its_timers() {
     ] {
         assert_eq!(verdict("net", Mode::Trap, name, [0; 6]), RET_TRAP, "{name}");
     }
-    // The base plus two: the smallest net profile we know of.
-    assert_eq!(syscalls(&merged("net")).len(), 27);
+    // A tap's gathered write: offset -1 (writev) and flags 0 only.
+    let pwritev2 =
+        |offset, flags| verdict("net", Mode::Trap, "pwritev2", [3, 0, 2, offset, 0, flags]);
+    assert_eq!(pwritev2(u64::MAX, 0), RET_ALLOW);
+    assert_eq!(pwritev2(0, 0), RET_TRAP, "a positional write");
+    assert_eq!(pwritev2(u64::MAX, 2), RET_TRAP, "RWF_DSYNC");
+    // The base plus three: the smallest net profile we know of.
+    assert_eq!(syscalls(&merged("net")).len(), 28);
 }
 
 #[test]

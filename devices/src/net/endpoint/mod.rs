@@ -19,13 +19,14 @@ mod tap;
 use std::io;
 use std::os::fd::RawFd;
 
+use vm_memory::GuestMemoryMmap;
+
 pub use stream::{Stream, STREAM_BYTES};
 pub use tap::{Tap, TunControl, TunIoctl};
 
 use super::header::VnetHdr;
-use super::Offloads;
-#[cfg(doc)]
-use super::HDR_LEN;
+use super::{tx, Offloads, HDR_LEN};
+use crate::chain::Segment;
 
 /// What became of a frame handed to [`Endpoint::send`].
 #[derive(Debug)]
@@ -67,6 +68,24 @@ pub trait Endpoint: Send {
     /// Sends the frame `buf[HDR_LEN..HDR_LEN + len]` with header `hdr` (already validated
     /// against what the endpoint offered). `buf[..HDR_LEN]` is the endpoint's to overwrite.
     fn send(&mut self, hdr: &VnetHdr, buf: &mut [u8], len: usize) -> io::Result<Sent>;
+    /// Sends the frame of `len` bytes in the guest buffers `frame` (claimed as payload by
+    /// [`tx::parse_chain`], inside `mem`) with header `hdr`. `scratch` (at least
+    /// [`tx::TX_BUF`] bytes) is private memory the endpoint may copy the frame into: the
+    /// default copies it there and calls [`send`](Self::send); a tap hands the guest buffers
+    /// to the kernel instead (no copy in the worker).
+    fn send_guest(
+        &mut self,
+        hdr: &VnetHdr,
+        mem: &GuestMemoryMmap,
+        frame: &[Segment],
+        len: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<Sent> {
+        if !tx::copy_frame(mem, frame, &mut scratch[HDR_LEN..HDR_LEN + len]) {
+            return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
+        }
+        self.send(hdr, scratch, len)
+    }
     /// Bytes the endpoint accepted but could not pass on yet (a stream's partial write).
     fn backlog(&self) -> bool {
         false

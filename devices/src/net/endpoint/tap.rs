@@ -5,7 +5,10 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
 use super::{fatal, would_block, Endpoint, Received, Sent};
+use crate::chain::Segment;
 use crate::net::header::VnetHdr;
 use crate::net::{sys, tun_flags, Offloads, HDR_LEN, MAX_FRAME, MIN_FRAME};
 
@@ -75,20 +78,48 @@ impl Endpoint for Tap {
 
     fn send(&mut self, hdr: &VnetHdr, buf: &mut [u8], len: usize) -> io::Result<Sent> {
         buf[..HDR_LEN].copy_from_slice(&hdr.to_bytes());
-        match rustix::io::write(&self.fd, &buf[..HDR_LEN + len]) {
-            // A tap takes a frame whole or not at all.
-            Ok(_) => Ok(Sent::Done),
-            Err(e) => {
-                let e = io::Error::from(e);
-                if would_block(&e) {
-                    Ok(Sent::Blocked)
-                } else if fatal(&e) {
-                    Err(e)
-                } else {
-                    Ok(Sent::Refused(e))
-                }
+        sent(rustix::io::write(&self.fd, &buf[..HDR_LEN + len]).map_err(io::Error::from))
+    }
+
+    /// One `pwritev2` (as `writev`: offset -1) of the private header and the guest buffers:
+    /// the kernel copies the frame into its socket buffer, the worker copies none of it.
+    fn send_guest(
+        &mut self,
+        hdr: &VnetHdr,
+        mem: &GuestMemoryMmap,
+        frame: &[Segment],
+        len: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<Sent> {
+        let header = hdr.to_bytes();
+        let mut iov = Vec::with_capacity(frame.len() + 1);
+        iov.push(libc::iovec {
+            iov_base: header.as_ptr().cast_mut().cast(),
+            iov_len: HDR_LEN,
+        });
+        let mut covered = 0;
+        for seg in frame {
+            for slice in GuestMemoryBackend::get_slices(mem, seg.addr, seg.len as usize) {
+                let Ok(slice) = slice else {
+                    return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
+                };
+                iov.push(libc::iovec {
+                    iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+                    iov_len: slice.len(),
+                });
+                covered += slice.len();
             }
         }
+        if covered != len || iov.len() > sys::IOV_MAX {
+            // Not what the walk promised (a bug), or more pieces than one call takes.
+            if !crate::net::tx::copy_frame(mem, frame, &mut scratch[HDR_LEN..HDR_LEN + len]) {
+                return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
+            }
+            return self.send(hdr, scratch, len);
+        }
+        // `header` lives until the call returns; the guest buffers lie in `mem`'s mappings,
+        // borrowed for the whole call (see `sys::write_frame`).
+        sent(sys::write_frame(self.fd.as_fd(), &iov))
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
@@ -125,5 +156,15 @@ impl Endpoint for Tap {
             flags & !tun_flags::TSO_ECN
         };
         self.control.set_offload(self.fd.as_fd(), flags)
+    }
+}
+
+/// What a write of one frame to the tap came to: a tap takes a frame whole or not at all.
+fn sent(result: io::Result<usize>) -> io::Result<Sent> {
+    match result {
+        Ok(_) => Ok(Sent::Done),
+        Err(e) if would_block(&e) => Ok(Sent::Blocked),
+        Err(e) if fatal(&e) => Err(e),
+        Err(e) => Ok(Sent::Refused(e)),
     }
 }

@@ -7,6 +7,10 @@
 //! svmm confines its own threads too: while the guest runs, `/proc` shows every one of its
 //! threads under the filter its `--print-sandbox` table of threads says.
 //!
+//! The main thread confines itself before any vCPU runs the guest: the hidden test option
+//! `--test-gate-probe` reads the main thread's `Seccomp:` from `/proc` where the vCPU gate opens
+//! and where each vCPU passes it.
+//!
 //! `--report-timings` prints one spawn-time line per device, sandboxed and in-process alike.
 //!
 //! Each trial is one short boot; they run one at a time (this host has few cores).
@@ -31,6 +35,10 @@ fn main() {
         .test(
             "vmm_threads_run_under_seccomp",
             vmm_threads_run_under_seccomp,
+        )
+        .test(
+            "main_thread_confined_before_first_vcpu_run",
+            main_thread_confined_before_first_vcpu_run,
         )
         .run()
 }
@@ -512,4 +520,45 @@ mod sys {
         }
         Ok(())
     }
+}
+
+/// The main thread installs its filter before any vCPU runs the guest. `--test-gate-probe`
+/// (`vmm/src/gate_probe.rs`) reads the main thread's `Seccomp:` field from `/proc` in
+/// `Vcpus::release` before the gate opens, and in each vCPU thread after it passed the gate and
+/// before its first `KVM_RUN`. Both must say 2 (filter). The gate's probe decides without
+/// timing luck: were the gate opened before the main thread confines itself (the two lines of
+/// `vm::run` swapped), it reads 0 every time, since the main thread itself opens the gate. The
+/// vCPUs' lines show that each one ran the guest only after the gate opened (they come after
+/// the gate's line) with the main thread confined. The guest's rng test still passes.
+fn main_thread_confined_before_first_vcpu_run() -> TrialResult {
+    const PROBE: &str = "svmm: test-gate-probe: ";
+    let out = guest("rng", &["rng"])
+        .cpus(2)
+        .arg("--test-gate-probe")
+        .run()?;
+    out.log("svmm testguest rng, 2 vCPUs, --test-gate-probe");
+    assert_passed(&out);
+    let probes: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(PROBE))
+        .collect();
+    assert_eq!(
+        probes.first().copied(),
+        Some("gate opened, main thread Seccomp 2"),
+        "the gate's probe comes first and sees the main thread filtered\n{}",
+        out.report()
+    );
+    let mut vcpus: Vec<&str> = probes[1..].to_vec();
+    vcpus.sort_unstable();
+    assert_eq!(
+        vcpus,
+        [
+            "vcpu0 passed the gate, main thread Seccomp 2",
+            "vcpu1 passed the gate, main thread Seccomp 2"
+        ],
+        "each vCPU passes the gate once, after it opened, with the main thread filtered\n{}",
+        out.report()
+    );
+    Ok(())
 }

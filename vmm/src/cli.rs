@@ -133,6 +133,12 @@ pub struct Args {
     /// benchmarks (`tests/bench.sh`).
     #[arg(long)]
     pub report_timings: bool,
+
+    /// Test builds only: print on stderr the main thread's seccomp mode as `/proc` shows it when
+    /// the vCPU gate opens and when each vCPU passes it (`gate_probe.rs`).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    pub test_gate_probe: bool,
 }
 
 /// svmm's command line, its `--device` help written from the registry of device kinds.
@@ -259,6 +265,8 @@ impl Args {
                 guest_ram: self.mem << 20,
             },
             report_timings: self.report_timings,
+            #[cfg(feature = "test-faults")]
+            gate_probe: self.test_gate_probe,
         })
     }
 

@@ -39,6 +39,10 @@ pub struct VmConfig {
     pub sandbox: SandboxOptions,
     /// `--report-timings`: print each device's spawn time on stderr.
     pub report_timings: bool,
+    /// Test builds, `--test-gate-probe`: report the main thread's seccomp mode at the vCPU gate
+    /// (`crate::gate_probe`).
+    #[cfg(feature = "test-faults")]
+    pub gate_probe: bool,
 }
 
 /// How sandboxed workers are confined (from the command line).

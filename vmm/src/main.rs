@@ -13,6 +13,8 @@ mod device_spec;
 mod error;
 mod exit_code;
 mod fd_wait;
+#[cfg(feature = "test-faults")]
+mod gate_probe;
 mod host_resources;
 mod kinds;
 mod kvm;

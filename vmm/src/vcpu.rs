@@ -63,9 +63,22 @@ pub struct Vcpus {
     /// Opened ([`Vcpus::release`]) once the main thread has confined itself: no vCPU runs the
     /// guest while any thread of svmm is unfiltered.
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// `--test-gate-probe`: whether each vCPU reports the main thread's seccomp mode when it
+    /// passes the gate, and the probe [`Vcpus::release`] reads before it opens it
+    /// (`crate::gate_probe`).
+    #[cfg(feature = "test-faults")]
+    gate_probe: Option<Mutex<Option<std::fs::File>>>,
 }
 
 impl Vcpus {
+    /// `--test-gate-probe` (`crate::gate_probe`): call before the first [`Vcpus::spawn`], from
+    /// the main thread while it may still open files.
+    #[cfg(feature = "test-faults")]
+    pub fn probe_gate(&mut self) -> std::io::Result<()> {
+        self.gate_probe = Some(Mutex::new(Some(crate::gate_probe::open()?)));
+        Ok(())
+    }
+
     /// Starts the thread that runs vCPU `id`.
     pub fn spawn(
         &mut self,
@@ -77,12 +90,22 @@ impl Vcpus {
     ) -> std::io::Result<()> {
         let stop = self.stop.clone();
         let gate = self.gate.clone();
+        #[cfg(feature = "test-faults")]
+        let probe = match self.gate_probe {
+            Some(_) => Some(crate::gate_probe::open()?),
+            None => None,
+        };
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let event = match self_confine::enter(ThreadRole::Vcpu(id)) {
                     Ok(()) => {
                         wait_open(&gate);
+                        #[cfg(feature = "test-faults")]
+                        if let Some(probe) = probe {
+                            let what = format!("vcpu{id} passed the gate");
+                            crate::gate_probe::report(probe, &what);
+                        }
                         run(id, vcpu, &bus, &mmio, &stop)
                     }
                     Err(e) => Some(VmEvent::Internal(format!("vCPU {id}: {}", one_line(&e)))),
@@ -98,6 +121,10 @@ impl Vcpus {
     /// Lets the vCPU threads run the guest (each has confined itself already; the main thread
     /// calls this once it has too).
     pub fn release(&self) {
+        #[cfg(feature = "test-faults")]
+        if let Some(probe) = self.gate_probe.as_ref().and_then(|p| p.lock().ok()?.take()) {
+            crate::gate_probe::report(probe, "gate opened");
+        }
         let (open, changed) = &*self.gate;
         *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
         changed.notify_all();

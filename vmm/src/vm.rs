@@ -151,6 +151,12 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         .map_err(|e| SvmmError::Host("start the console input thread", e))?;
     let bus = Arc::new(bus);
     let mmio_bus = Arc::new(mmio_bus);
+    #[cfg(feature = "test-faults")]
+    if config.gate_probe {
+        vm.vcpus
+            .probe_gate()
+            .map_err(|e| SvmmError::Host("open the test gate probe", e))?;
+    }
     for (id, fd) in (0u8..).zip(vcpus) {
         vm.vcpus
             .spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())

@@ -63,8 +63,9 @@ ROOTFS_PKGS=(busybox-static e2fsprogs cpio gzip)
 # teardown), and runs a real Wayland compositor for the wayland device (weston, headless, with
 # its screenshooter; wayland-utils' wayland-info lists its globals), and gives the net device
 # real peers in network namespaces the tests make (iproute2's ip for namespaces, taps and veths;
-# passt for user-mode networking), so `all` (what tests/run.sh runs) makes sure they are there.
-HARNESS_PKGS=(qemu-system-x86 strace weston wayland-utils iproute2 passt)
+# passt for user-mode networking), and gives the unprivileged test user's workers subordinate
+# ids (uidmap's newuidmap/newgidmap), so `all` (what tests/run.sh runs) makes sure they are there.
+HARNESS_PKGS=(qemu-system-x86 strace weston wayland-utils iproute2 passt uidmap)
 
 ensure_packages() {
     command -v dpkg-query >/dev/null || die "this script expects a Debian host (dpkg/apt); needed: $*"

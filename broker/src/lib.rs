@@ -22,6 +22,7 @@ mod preexec;
 pub mod resources;
 pub mod server;
 pub mod spawn;
+pub mod subid;
 pub mod worker;
 
 pub use config::{ArgsError, ConfineConfig, LandlockBeneath, Rlimits, NOFILE_MARGIN};
@@ -39,6 +40,7 @@ pub use spawn::{
     may_map_other_ids, self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, Stderr, WorkerIds,
     WorkerSpec, MAX_WORKER_FDS, NS_WORKER_ID,
 };
+pub use subid::SubIds;
 pub use worker::{ExitCause, Worker, WorkerError};
 
 /// INTERFACES.md's name for [`Worker`].

@@ -12,10 +12,13 @@
 //!    then a check that svmm is still its parent;
 //! 2. its name (`svmm-broker`), stdin and stdout on `/dev/null` (the terminal stays svmm's),
 //!    every fd it was not given closed;
-//! 3. as root: its own unprivileged uid and gid, no supplementary groups, and of all
-//!    capabilities only `CAP_SETUID` and `CAP_SETGID` (to map each worker's ids), bounding set
-//!    included;
-//! 4. `PR_SET_NO_NEW_PRIVS` and its seccomp filter (the `broker` profile: what spawning needs,
+//! 3. unprivileged with subordinate ids ([`crate::subid`]): a user namespace of its own, whose
+//!    id maps svmm writes with `newuidmap`/`newgidmap` while the broker waits; it is then root
+//!    there, and goes on as a root broker does;
+//! 4. as root (of the host or of that namespace): its own unprivileged uid and gid, no
+//!    supplementary groups, and of all capabilities only `CAP_SETUID` and `CAP_SETGID` (to map
+//!    each worker's ids), bounding set included;
+//! 5. `PR_SET_NO_NEW_PRIVS` and its seccomp filter (the `broker` profile: what spawning needs,
 //!    which includes what a worker does between its exec and its own filter, since a filter is
 //!    inherited by every child).
 //!
@@ -31,6 +34,7 @@ use ipc::{BrokerReply, BrokerRequest, Channel, ChannelError, WorkerStatus};
 
 use crate::caps::{self, CapSets, CAP_SETGID, CAP_SETUID};
 use crate::spawn::{spawn, IdChoice, Stderr, WorkerSpec};
+use crate::subid::{map_broker, MapError, SubIds};
 use crate::worker::{ExitCause, Worker};
 
 /// One device the broker may start a worker for.
@@ -68,8 +72,12 @@ pub struct BrokerSetup {
     pub devices: Vec<Declared>,
     /// Its seccomp filter (the `broker` profile in svmm's `--seccomp` mode).
     pub seccomp: seccompiler::BpfProgram,
-    /// As root: the uid and gid it drops to.
+    /// As root (of the host, or of its user namespace with `subids`): the uid and gid it drops
+    /// to.
     pub drop_to: Option<(u32, u32)>,
+    /// Unprivileged with subordinate ids: the ranges svmm maps into the broker's own user
+    /// namespace.
+    pub subids: Option<SubIds>,
 }
 
 /// svmm's side of a running broker.
@@ -93,6 +101,9 @@ pub enum BrokerError {
     /// `fork` failed.
     #[error("cannot fork the broker")]
     Fork(#[source] io::Error),
+    /// The broker's user namespace could not be given the subordinate ids.
+    #[error("cannot map subordinate ids into the broker's user namespace: {0}")]
+    Subids(#[source] MapError),
 }
 
 /// Forks the broker with `setup`. Call it while svmm is single-threaded.
@@ -108,6 +119,12 @@ pub fn fork(setup: BrokerSetup) -> Result<BrokerProcess, BrokerError> {
         ours.push(a);
         theirs.push(b);
     }
+    // With subordinate ids: the broker says when it has its user namespace, svmm when it has
+    // mapped the ids.
+    let sync = match setup.subids {
+        Some(_) => Some(sync_pair().map_err(BrokerError::Fork)?),
+        None => None,
+    };
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: svmm is single-threaded (checked above), so the child is a complete copy of it:
@@ -117,7 +134,8 @@ pub fn fork(setup: BrokerSetup) -> Result<BrokerProcess, BrokerError> {
         -1 => Err(BrokerError::Fork(io::Error::last_os_error())),
         0 => {
             drop(ours);
-            let code = match confine_self(&setup, &theirs, parent) {
+            let sync = sync.map(|(_, theirs)| theirs);
+            let code = match confine_self(&setup, &theirs, sync, parent) {
                 Ok(()) => serve(setup, theirs),
                 Err(e) => {
                     eprintln!("svmm broker: cannot confine itself: {e}");
@@ -126,15 +144,68 @@ pub fn fork(setup: BrokerSetup) -> Result<BrokerProcess, BrokerError> {
             };
             std::process::exit(code)
         }
-        pid => Ok(BrokerProcess {
-            pid,
-            channels: ours,
-        }),
+        pid => {
+            // Only the broker's end left open there: its death is EOF here.
+            let sync = sync.map(|(ours, _theirs)| ours);
+            if let (Some(ids), Some(sync)) = (&setup.subids, &sync) {
+                if let Err(e) = map_broker(pid, ids, sync) {
+                    // SAFETY: pid is our child, not yet reaped: kill and reap it.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    }
+                    return Err(BrokerError::Subids(e));
+                }
+            }
+            Ok(BrokerProcess {
+                pid,
+                channels: ours,
+            })
+        }
     }
 }
 
-/// Steps 1–4 of the module docs.
-fn confine_self(setup: &BrokerSetup, channels: &[Channel], parent: i32) -> io::Result<()> {
+/// A close-on-exec stream socket pair (svmm's end, the broker's end).
+fn sync_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two fds into a live two-element array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds were just created by socketpair and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Step 3: unshares a user namespace, tells svmm on `sync` and waits until svmm has mapped its
+/// ids (one byte back; EOF if svmm could not).
+fn enter_user_namespace(sync: OwnedFd) -> io::Result<()> {
+    // SAFETY: unshare with a flag only; the broker is single-threaded, as CLONE_NEWUSER needs.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) })?;
+    // SAFETY: writes one byte from a live buffer to an fd we own.
+    if unsafe { libc::write(sync.as_raw_fd(), b"u".as_ptr().cast(), 1) } != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: reads one byte into a live one-byte buffer from an fd we own.
+    match unsafe { libc::read(sync.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } {
+        1 => Ok(()),
+        -1 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::other("svmm did not map its ids")),
+    }
+}
+
+/// Steps 1–5 of the module docs.
+fn confine_self(
+    setup: &BrokerSetup,
+    channels: &[Channel],
+    sync: Option<OwnedFd>,
+    parent: i32,
+) -> io::Result<()> {
     // 1. Die with svmm.
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
@@ -156,15 +227,20 @@ fn confine_self(setup: &BrokerSetup, channels: &[Channel], parent: i32) -> io::R
     drop(null);
     let mut keep: Vec<RawFd> = vec![0, 1, 2, setup.exe.as_raw_fd()];
     keep.extend(channels.iter().map(AsRawFd::as_raw_fd));
+    keep.extend(sync.iter().map(AsRawFd::as_raw_fd));
     for device in &setup.devices {
         keep.extend(device.resources.iter().map(AsRawFd::as_raw_fd));
     }
     close_all_but(&mut keep)?;
-    // 3. As root: its own ids, and only the capabilities that map a worker's ids.
+    // 3. With subordinate ids: root of a user namespace of its own.
+    if let Some(sync) = sync {
+        enter_user_namespace(sync)?;
+    }
+    // 4. As root: its own ids, and only the capabilities that map a worker's ids.
     if let Some((uid, gid)) = setup.drop_to {
         drop_to(uid, gid)?;
     }
-    // 4. The filter.
+    // 5. The filter.
     seccompiler::apply_filter(&setup.seccomp).map_err(io::Error::other)?;
     Ok(())
 }

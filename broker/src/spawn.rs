@@ -48,6 +48,24 @@ pub enum IdChoice {
     /// The VMM runs unprivileged: the worker keeps the VMM's host ids, seen inside its user
     /// namespace as [`NS_WORKER_ID`].
     Unprivileged,
+    /// The VMM runs unprivileged with subordinate ids ([`crate::subid`]): the broker is root of
+    /// a user namespace that maps them, and maps the worker's `uid`/`gid` (never 0) to `ns_uid`/
+    /// `ns_gid` of that namespace, which the host sees as `host_uid`/`host_gid`; spawned as
+    /// [`IdChoice::Root`] is, one level down.
+    Subordinate {
+        /// uid inside the worker's user namespace.
+        uid: u32,
+        /// gid inside the worker's user namespace.
+        gid: u32,
+        /// What `uid` maps to in the broker's user namespace (0 there is svmm's own uid).
+        ns_uid: u32,
+        /// What `gid` maps to in the broker's user namespace.
+        ns_gid: u32,
+        /// The host's view of `uid` (a subordinate uid of svmm's user, or svmm's own).
+        host_uid: u32,
+        /// The host's view of `gid`.
+        host_gid: u32,
+    },
 }
 
 /// The ids `confine` switches to, inside the worker's user namespace.
@@ -68,7 +86,7 @@ impl IdChoice {
     /// The ids inside the namespace that belong with this choice, for `ConfineConfig`.
     pub fn worker_ids(&self) -> WorkerIds {
         match *self {
-            IdChoice::Root { uid, gid } => WorkerIds {
+            IdChoice::Root { uid, gid } | IdChoice::Subordinate { uid, gid, .. } => WorkerIds {
                 uid,
                 gid,
                 drop_groups: true,
@@ -418,6 +436,10 @@ fn check(spec: &WorkerSpec) -> Result<(), SpawnError> {
         IdChoice::Unprivileged if !spec.namespaces => Err(SpawnError::NoNamespacesNeedsRoot),
         IdChoice::Root { uid, gid } if uid == 0 || gid == 0 => Err(SpawnError::IdIsRoot),
         IdChoice::Root { uid, gid } if !root => Err(SpawnError::RootIdsNeedRoot { uid, gid }),
+        IdChoice::Subordinate { uid, gid, .. } if uid == 0 || gid == 0 => Err(SpawnError::IdIsRoot),
+        IdChoice::Subordinate { uid, gid, .. } if !root => {
+            Err(SpawnError::RootIdsNeedRoot { uid, gid })
+        }
         _ => Ok(()),
     }
 }
@@ -439,6 +461,13 @@ fn write_id_maps(pid: i32, ids: &IdChoice) -> Result<(), SpawnError> {
     let proc = format!("/proc/{pid}");
     let (uid_map, gid_map) = match *ids {
         IdChoice::Root { uid, gid } => (format!("{uid} {uid} 1\n"), format!("{gid} {gid} 1\n")),
+        IdChoice::Subordinate {
+            uid,
+            gid,
+            ns_uid,
+            ns_gid,
+            ..
+        } => (format!("{uid} {ns_uid} 1\n"), format!("{gid} {ns_gid} 1\n")),
         IdChoice::Unprivileged => {
             std::fs::write(format!("{proc}/setgroups"), "deny")
                 .map_err(|source| SpawnError::Setgroups { pid, source })?;

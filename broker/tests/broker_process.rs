@@ -97,6 +97,7 @@ fn broker_serves_its_declared_device_only() {
         }],
         seccomp,
         drop_to: None,
+        subids: None,
     });
     // SAFETY: restores the test's stderr; closes the copies this process no longer needs.
     unsafe {

@@ -53,6 +53,9 @@ pub struct Planned {
     pub ids: (u32, u32),
     /// Whether it drops its supplementary groups (`supplementary groups: none`).
     pub no_groups: bool,
+    /// Unprivileged with subordinate ids: the host uid and gid svmm plans for the worker
+    /// (`host view: uid U, gid G (...subordinate...)`).
+    pub host: Option<(u32, u32)>,
     /// The inherited fds: number → what svmm says it is.
     pub fds: BTreeMap<u32, String>,
     /// What the worker creates itself before its filter (one fd each, or none where the kernel
@@ -77,6 +80,20 @@ impl Planned {
                 planned.ids = uid
                     .zip(gid)
                     .ok_or_else(|| format!("bad ids line {line:?}"))?;
+            } else if let Some(rest) = line
+                .trim_start()
+                .strip_prefix("host view: uid ")
+                .filter(|_| line.contains("subordinate id"))
+            {
+                let mut words = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|w| !w.is_empty());
+                let uid = words.next().and_then(|w| w.parse().ok());
+                let gid = words.next().and_then(|w| w.parse().ok());
+                planned.host = Some(
+                    uid.zip(gid)
+                        .ok_or_else(|| format!("bad host view line {line:?}"))?,
+                );
             } else if let Some(rest) = line.strip_prefix("supplementary groups: ") {
                 planned.no_groups = rest == "none";
             } else if let Some(rest) = line.strip_prefix("rlimits: ") {
@@ -253,6 +270,20 @@ fn id_problems(
                 }
                 if id != want_inside {
                     problems.push(format!("worker {name} {id} (planned {want_inside})"));
+                }
+            }
+            Identity::Unprivileged if planned.host.is_some() => {
+                // Subordinate ids: exactly the planned host id (svmm's own only where the plan
+                // says the kind reaches the user's files), the planned one inside.
+                let want = planned.host.map(|(u, g)| if name == "uid" { u } else { g });
+                if Some(id) != want {
+                    problems.push(format!("worker {name} {id} (planned host {want:?})"));
+                }
+                let inside = inside_id(worker, map, id);
+                if inside != Some(want_inside) {
+                    problems.push(format!(
+                        "worker {name} inside its user namespace {inside:?} (planned {want_inside})"
+                    ));
                 }
             }
             Identity::Unprivileged => {
@@ -476,12 +507,106 @@ fn fd_problems(
     problems
 }
 
-/// `vm` run as [`TEST_USER`]. The clone may sit where that user cannot read (e.g. under
-/// /root), so svmm and the guest run from world-readable copies in `dir`. `setpriv`
+/// The first id of the subordinate uid and gid range (65536 ids each) of [`TEST_USER`], made
+/// if it has none: a line `svmm-test:FIRST:65536` appended to `/etc/subuid` and `/etc/subgid`
+/// (as root; idempotent: an existing range of that size in both files is used as it is), FIRST
+/// the first multiple of 65536 from 1,400,000,000 that overlaps no range of either file nor
+/// svmm's default `--worker-ids` (1,500,000,000 and up). With it an unprivileged svmm gives each
+/// worker a host uid and gid of its own (`--subids`); the range stays for later runs.
+pub fn ensure_subordinate_range() -> Result<u32, String> {
+    const COUNT: u64 = 65536;
+    let uid: u32 = id_of("-u")?
+        .parse()
+        .map_err(|e| format!("id -u {TEST_USER}: {e}"))?;
+    let files = ["/etc/subuid", "/etc/subgid"];
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    // (owner, first, count) of every line that parses.
+    let lines = |text: &str| -> Vec<(String, u64, u64)> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.trim().split(':');
+                let owner = f.next()?.to_string();
+                let first = f.next()?.parse().ok()?;
+                let count = f.next()?.parse().ok()?;
+                Some((owner, first, count))
+            })
+            .collect()
+    };
+    let mine = |owner: &str| owner == TEST_USER || owner == uid.to_string();
+    let existing: Vec<Option<u64>> = texts
+        .iter()
+        .map(|t| {
+            lines(t)
+                .into_iter()
+                .find(|(o, _, c)| mine(o) && *c >= COUNT)
+                .map(|(_, first, _)| first)
+        })
+        .collect();
+    if let [Some(u), Some(g)] = existing[..] {
+        if u == g {
+            return u32::try_from(u).map_err(|e| e.to_string());
+        }
+    }
+    if !is_root() {
+        return Err(format!(
+            "{TEST_USER} has no subordinate id range and only root can add one"
+        ));
+    }
+    let taken: Vec<(u64, u64)> = texts
+        .iter()
+        .flat_map(|t| lines(t))
+        .map(|(_, first, count)| (first, count))
+        .chain([(1_500_000_000, 1 << 32)])
+        .collect();
+    let mut first: u64 = 1_400_000_000;
+    while taken
+        .iter()
+        .any(|&(f, c)| first < f + c && f < first + COUNT)
+    {
+        first += COUNT;
+        if first + COUNT > 1_500_000_000 {
+            return Err("no free subordinate id range below 1,500,000,000".into());
+        }
+    }
+    for file in files {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .map_err(|e| format!("open {file}: {e}"))?;
+        writeln!(f, "{TEST_USER}:{first}:{COUNT}").map_err(|e| format!("write {file}: {e}"))?;
+    }
+    eprintln!("    added {TEST_USER}:{first}:{COUNT} to /etc/subuid and /etc/subgid");
+    u32::try_from(first).map_err(|e| e.to_string())
+}
+
+/// `id FLAG` of [`TEST_USER`].
+fn id_of(flag: &str) -> Result<String, String> {
+    let out = std::process::Command::new("id")
+        .args([flag, TEST_USER])
+        .output()
+        .map_err(|e| format!("id: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "user {TEST_USER} does not exist: tests/run.sh creates it (useradd, group kvm)"
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `vm` run as [`TEST_USER`], which has a subordinate id range ([`ensure_subordinate_range`]),
+/// so its workers get subordinate ids unless `vm` says `--subids=off`. The clone may sit where
+/// that user cannot read (e.g. under /root), so svmm and the guest run from world-readable
+/// copies in `dir`. `setpriv`
 /// (util-linux) switches user and the `sh -c` drops the harness's own svmm path and execs the
 /// copy: the pid the harness sees is still svmm's own.
 pub fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> {
     use std::os::unix::fs::PermissionsExt;
+    ensure_subordinate_range()?;
     let copy = |from: &std::path::Path, name: &str| -> Result<PathBuf, String> {
         let to = dir.path().join(name);
         std::fs::copy(from, &to).map_err(|e| format!("copy {}: {e}", from.display()))?;
@@ -505,18 +630,7 @@ pub fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> 
 
 /// `setpriv` arguments that switch to the test user (and its groups, kvm among them).
 fn setpriv() -> Result<Vec<String>, String> {
-    let id = |flag: &str| -> Result<String, String> {
-        let out = std::process::Command::new("id")
-            .args([flag, TEST_USER])
-            .output()
-            .map_err(|e| format!("id: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "user {TEST_USER} does not exist: tests/run.sh creates it (useradd, group kvm)"
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let id = id_of;
     Ok(vec![
         "setpriv".into(),
         format!("--reuid={}", id("-u")?),

@@ -116,11 +116,19 @@ pub struct Args {
     /// Worker i of this VM runs as uid and gid FIRST + i; the broker process runs as the
     /// range's second-to-last id and svmm itself, once it has opened KVM and the host
     /// resources, as its last (so COUNT is at least 3). Give VMs that run at the same time
-    /// disjoint ranges. (Unprivileged, workers keep svmm's ids, mapped to 1000 inside their
-    /// user namespace.)
+    /// disjoint ranges. (Unprivileged: `--subids`.)
     #[arg(long, value_name = "FIRST:COUNT", default_value = "1500000000:65536",
           value_parser = parse_id_range)]
     pub worker_ids: broker::IdRange,
+
+    /// Unprivileged: `on` gives each sandboxed worker a host uid and gid of its own from svmm's
+    /// user's subordinate ids (`/etc/subuid` and `/etc/subgid`, mapped with `newuidmap` and
+    /// `newgidmap` from Debian's uidmap) when the user has a range in both files and the helpers
+    /// are installed, and otherwise does as `off`: workers share svmm's host uid (mapped to 1000
+    /// inside their user namespace) and keep its supplementary groups. `--print-sandbox` says
+    /// which applies. Ignored as root (`--worker-ids`).
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub subids: OnOff,
 
     /// Start sandboxed workers even if this kernel cannot enforce Landlock (ABI 6, Linux 6.12),
     /// without that layer. By default svmm refuses to start them.
@@ -242,6 +250,7 @@ impl Args {
             .filter(|n| (1..=MAX_CPUS).contains(n))
             .ok_or(CliError::Cpus(self.cpus))?;
         let devices = self.device_specs()?;
+        let host_ids = crate::config::HostIds::detect(self.subids == OnOff::On, devices.len());
         Ok(VmConfig {
             // clap requires --kernel unless --print-sandbox, which never gets here.
             kernel: self.kernel.ok_or(CliError::NoKernel)?,
@@ -262,6 +271,7 @@ impl Args {
                 seccomp: self.seccomp.into(),
                 worker_ids: self.worker_ids,
                 allow_missing_landlock: self.allow_missing_landlock,
+                host_ids,
                 guest_ram: self.mem << 20,
             },
             report_timings: self.report_timings,

@@ -54,6 +54,8 @@ pub struct SandboxOptions {
     pub worker_ids: IdRange,
     /// `--allow-missing-landlock`.
     pub allow_missing_landlock: bool,
+    /// Unprivileged: whether workers get subordinate host ids (`--subids`).
+    pub host_ids: HostIds,
     /// Guest RAM in bytes (`--mem`): every worker maps it whole, and its `RLIMIT_AS` is this
     /// plus a margin (`plan::WORKER_AS_MARGIN`) plus what its kind may hold.
     pub guest_ram: u64,
@@ -93,3 +95,47 @@ pub enum OnWorkerExit {
 
 /// `--max-restarts`'s default: restarts of one device's worker within a minute.
 pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+
+/// Where the host ids of sandboxed workers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIds {
+    /// svmm runs as root: from `--worker-ids`.
+    Root,
+    /// Unprivileged, from svmm's user's subordinate ranges (`--subids=on` and the user has
+    /// them): one host uid and gid per worker.
+    Subordinate(broker::SubIds),
+    /// Unprivileged without subordinate ids: workers share svmm's host ids; why.
+    Shared(&'static str),
+}
+
+impl HostIds {
+    /// The subordinate ranges, if used.
+    pub fn subids(self) -> Option<broker::SubIds> {
+        match self {
+            HostIds::Subordinate(ids) => Some(ids),
+            HostIds::Root | HostIds::Shared(_) => None,
+        }
+    }
+
+    /// As the command line and the host say: `use_subids` is `--subids=on`; `devices` how
+    /// many workers the range must hold.
+    pub fn detect(use_subids: bool, devices: usize) -> HostIds {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if uid == 0 {
+            return HostIds::Root;
+        }
+        if !use_subids {
+            return HostIds::Shared("--subids=off");
+        }
+        // The workers' ids, the broker's and the namespace's unused last id.
+        let need = u32::try_from(devices)
+            .unwrap_or(u32::MAX)
+            .saturating_add(2)
+            .max(3);
+        match broker::subid::detect(uid, need) {
+            Ok(ids) => HostIds::Subordinate(ids),
+            Err(why) => HostIds::Shared(why),
+        }
+    }
+}

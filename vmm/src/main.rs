@@ -97,15 +97,16 @@ fn run() -> u8 {
 }
 
 /// `--print-sandbox`: the report for the command line's `--device`s, `--no-sandbox`,
-/// `--seccomp`, `--worker-ids` and `--allow-missing-landlock`.
+/// `--seccomp`, `--worker-ids`, `--subids` and `--allow-missing-landlock`.
 fn print_sandbox_report(args: &cli::Args) -> Result<String, SvmmError> {
+    let devices = args.device_specs()?;
     let options = config::SandboxOptions {
         seccomp: args.seccomp.into(),
         worker_ids: args.worker_ids,
         allow_missing_landlock: args.allow_missing_landlock,
+        host_ids: config::HostIds::detect(args.subids == cli::OnOff::On, devices.len()),
         guest_ram: args.mem << 20,
     };
-    let devices = args.device_specs()?;
     Ok(print_sandbox::report(
         &devices,
         args.seccomp,

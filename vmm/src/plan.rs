@@ -20,7 +20,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
-use broker::{ConfineConfig, HostResource, IdChoice, IdRange, LandlockBeneath};
+use broker::{ConfineConfig, HostResource, IdChoice, IdRange, LandlockBeneath, SubIds};
 use devices::kind::{SandboxNeeds, ShmWindow};
 use seccomp_profiles::Mode;
 
@@ -137,7 +137,12 @@ pub fn plan(
     }
     let resources = config.resources();
     let needs = config.sandbox();
-    let ids = worker_ids(worker, options.worker_ids)?;
+    let ids = worker_ids(
+        worker,
+        options.worker_ids,
+        options.host_ids.subids(),
+        needs.user_files,
+    )?;
     let services = config
         .has_services()
         .then(|| services_fd_text(&format!("{kind}#{index}"), &resources, window));
@@ -165,12 +170,27 @@ pub fn plan(
 }
 
 /// The ids of sandboxed worker number `worker`: as root, host ids from `range`
-/// (`--worker-ids`); otherwise the VMM's own ids, seen as [`broker::NS_WORKER_ID`] inside the
+/// (`--worker-ids`); unprivileged with `subids`, ids of the broker's user namespace that the
+/// host sees as the worker's own subordinate ids (svmm's own ids for a kind with
+/// `user_files`); otherwise the VMM's own ids, seen as [`broker::NS_WORKER_ID`] inside the
 /// worker's user namespace.
-pub fn worker_ids(worker: u32, range: IdRange) -> Result<IdChoice, PlanError> {
+pub fn worker_ids(
+    worker: u32,
+    range: IdRange,
+    subids: Option<SubIds>,
+    user_files: bool,
+) -> Result<IdChoice, PlanError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 {
         range.ids(worker).ok_or(PlanError::NoIds { index: worker })
+    } else if let Some(subids) = subids {
+        if user_files {
+            return Ok(subids.as_user(uid, gid));
+        }
+        subids
+            .worker(worker)
+            .ok_or(PlanError::NoIds { index: worker })
     } else {
         Ok(IdChoice::Unprivileged)
     }
@@ -205,11 +225,15 @@ fn services_fd_text(name: &str, resources: &[HostResource], window: Option<ShmWi
     )
 }
 
-/// As root: the uid and gid of the broker process (`IdRange::broker`); `None` unprivileged.
-pub fn broker_ids(range: IdRange) -> Option<(u32, u32)> {
+/// The uid and gid the broker process drops to: as root `IdRange::broker`; unprivileged with
+/// `subids`, its id inside its own user namespace (`SubIds::broker`); otherwise `None`.
+pub fn broker_ids(range: IdRange, subids: Option<SubIds>) -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    root.then(|| range.broker()).flatten().map(|id| (id, id))
+    if unsafe { libc::geteuid() } == 0 {
+        range.broker().map(|id| (id, id))
+    } else {
+        subids.and_then(|s| s.broker()).map(|(ns, _)| ns)
+    }
 }
 
 /// As root: the uid and gid svmm drops to once KVM and the host resources are open

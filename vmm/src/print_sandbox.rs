@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 
 use broker::{IdChoice, REQUIRED_LANDLOCK_ABI};
 
-use crate::config::SandboxOptions;
 use crate::config::SeccompMode;
+use crate::config::{HostIds, SandboxOptions};
 use crate::device_spec::DeviceSpec;
 use crate::host_resources::declared_size;
 use crate::layout::virtio_mmio_slot;
@@ -102,11 +102,7 @@ fn header(out: &mut String, devices: usize, mode: SeccompMode, options: &Sandbox
              supplementary groups and no capabilities (the last id of --worker-ids), before it \
              starts any thread; each worker gets host ids of its own from the worker id range"
         ),
-        None => format!(
-            "uid {uid}, gid {gid}: workers keep these ids, mapped inside their user namespace \
-             (no subordinate id range is used: workers share svmm's host uid and its \
-             supplementary groups)"
-        ),
+        None => unprivileged_ids(uid, gid, options.host_ids),
     };
     let required = REQUIRED_LANDLOCK_ABI as i32;
     let landlock = match broker::landlock_abi_version() {
@@ -231,12 +227,51 @@ fn in_process(
     seccomp(out, plan.seccomp_profile, mode, violation)
 }
 
+/// Who svmm is and whose ids its workers get, unprivileged.
+fn unprivileged_ids(uid: u32, gid: u32, host_ids: HostIds) -> String {
+    match host_ids {
+        HostIds::Subordinate(ids) => format!(
+            "uid {uid}, gid {gid}; sandboxed workers get subordinate ids of this user: host \
+             uids {}..={} and gids {}..={} (/etc/subuid and /etc/subgid), mapped with \
+             newuidmap/newgidmap into the broker's user namespace: each worker a host uid and \
+             gid of its own, no supplementary groups (a kind that reaches the user's files by \
+             path, fs, keeps svmm's ids; --subids=off: every worker does)",
+            ids.uids.first,
+            ids.uids.first + ids.mapped() - 1,
+            ids.gids.first,
+            ids.gids.first + ids.mapped() - 1,
+        ),
+        HostIds::Shared(why) => format!(
+            "uid {uid}, gid {gid}: workers keep these ids, mapped inside their user namespace \
+             (no subordinate id range is used: {why}; workers share svmm's host uid and its \
+             supplementary groups)"
+        ),
+        HostIds::Root => format!("uid {uid}, gid {gid}"),
+    }
+}
+
 /// `IdChoice` as the host sees it.
 fn host_ids(ids: IdChoice) -> String {
     match ids {
         IdChoice::Root { uid, gid } => format!(
             "host view: uid {uid}, gid {gid} (the worker's own, from svmm's worker id range; \
              the user namespace maps them to the same numbers)"
+        ),
+        IdChoice::Subordinate {
+            uid,
+            host_uid,
+            host_gid,
+            ..
+        } if uid == broker::NS_WORKER_ID => format!(
+            "host view: uid {host_uid}, gid {host_gid} (svmm's own ids, not a subordinate id: \
+             the device reaches the user's files as the user; mapped through the broker's \
+             user namespace)"
+        ),
+        IdChoice::Subordinate {
+            host_uid, host_gid, ..
+        } => format!(
+            "host view: uid {host_uid}, gid {host_gid} (the worker's own, from svmm's user's \
+             subordinate ids; the broker's user namespace maps them to the ids above)"
         ),
         IdChoice::Unprivileged => {
             // SAFETY: geteuid and getegid have no preconditions and cannot fail.
@@ -287,13 +322,25 @@ fn broker(
         "forked from svmm before the guest runs and before svmm starts any thread; \
          single-threaded; dies with svmm (PR_SET_PDEATHSIG), and its workers with it"
     );
-    let ids = match plan::broker_ids(options.worker_ids) {
-        Some((uid, gid)) => format!(
+    let subids = options.host_ids.subids();
+    let ids = match (plan::broker_ids(options.worker_ids, subids), subids) {
+        (Some(_), Some(sub)) => {
+            let ((uid, gid), (host_uid, host_gid)) = sub.broker().unwrap_or_default();
+            format!(
+                "every capability of a user namespace of its own (its ids 0..{n} are the \
+                 subordinate ids, {n} svmm's own), then uid {uid}, gid {gid} there (host view: uid {host_uid}, \
+                 gid {host_gid}), no supplementary groups; of all capabilities (in that \
+                 namespace) only CAP_SETUID and CAP_SETGID (to map each worker's ids), \
+                 bounding set included; no_new_privs",
+                n = sub.mapped()
+            )
+        }
+        (Some((uid, gid)), None) => format!(
             "uid {uid}, gid {gid} (the second-to-last id of --worker-ids), no supplementary \
              groups; of all capabilities only CAP_SETUID and CAP_SETGID (to map each worker's \
              ids), bounding set included; no_new_privs"
         ),
-        None => "svmm's own ids, no capabilities; no_new_privs".to_string(),
+        (None, _) => "svmm's own ids, no capabilities; no_new_privs".to_string(),
     };
     let _ = writeln!(out, "runs as: {ids}");
     let _ = writeln!(

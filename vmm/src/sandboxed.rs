@@ -216,7 +216,8 @@ impl Sandbox {
             exe,
             devices: declared,
             seccomp,
-            drop_to: crate::plan::broker_ids(options.worker_ids),
+            drop_to: crate::plan::broker_ids(options.worker_ids, options.host_ids.subids()),
+            subids: options.host_ids.subids(),
         })
         .map_err(SandboxError::Broker)?;
         let mut sandbox = Sandbox {

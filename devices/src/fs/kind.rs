@@ -244,6 +244,8 @@ impl Kind for FsKind {
                 resource: 0,
                 writable,
             }],
+            // The guest's files are the user's: reached as the user, not a subordinate id.
+            user_files: true,
             ..SandboxNeeds::default()
         }
     }

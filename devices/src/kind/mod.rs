@@ -255,6 +255,12 @@ pub struct SandboxNeeds {
     /// Bytes of memory the device may hold on top of guest RAM and a worker's usual margin
     /// (blk: its direct-I/O bounce buffers in flight); `RLIMIT_AS` counts them.
     pub memory: u64,
+    /// The worker opens host files by path with its own credentials (fs, beneath its share),
+    /// so it must be the user svmm runs as: with an unprivileged svmm's subordinate ids it
+    /// keeps svmm's host uid and gid instead of ids of its own (still in its own user
+    /// namespace, as 1000 there, without supplementary groups). As root every worker has ids
+    /// of its own from `--worker-ids` whatever this says.
+    pub user_files: bool,
 }
 
 impl Default for SandboxNeeds {
@@ -266,6 +272,7 @@ impl Default for SandboxNeeds {
             landlock: Vec::new(),
             before_filter: &[],
             memory: 0,
+            user_files: false,
         }
     }
 }

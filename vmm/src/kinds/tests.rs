@@ -77,6 +77,7 @@ fn options() -> SandboxOptions {
         seccomp: Mode::Trap,
         worker_ids: broker::IdRange::DEFAULT,
         allow_missing_landlock: false,
+        host_ids: crate::config::HostIds::detect(false, 0),
         guest_ram: 128 << 20,
     }
 }

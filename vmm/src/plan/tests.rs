@@ -11,6 +11,7 @@ fn options(mode: Mode) -> SandboxOptions {
         seccomp: mode,
         worker_ids: IdRange::DEFAULT,
         allow_missing_landlock: false,
+        host_ids: crate::config::HostIds::detect(false, 0),
         guest_ram: 128 << 20,
     }
 }
@@ -156,12 +157,12 @@ fn every_sort_of_resource_gets_its_place() {
 
 #[test]
 fn ids_depend_on_who_runs_svmm() {
-    let ids = worker_ids(2, IdRange::DEFAULT).unwrap();
+    let ids = worker_ids(2, IdRange::DEFAULT, None, false).unwrap();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(ids, IdRange::DEFAULT.ids(2).unwrap());
         assert_ne!(
-            worker_ids(3, IdRange::DEFAULT).unwrap(),
+            worker_ids(3, IdRange::DEFAULT, None, false).unwrap(),
             ids,
             "each worker has its own ids"
         );

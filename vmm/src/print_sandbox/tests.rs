@@ -16,6 +16,7 @@ fn report(devices: &[DeviceSpec], mode: SeccompMode) -> Result<String, PrintSand
         seccomp: mode.into(),
         worker_ids: broker::IdRange::DEFAULT,
         allow_missing_landlock: false,
+        host_ids: crate::config::HostIds::detect(false, 0),
         guest_ram: 128 << 20,
     };
     super::report(devices, mode, &options, 256 << 20)

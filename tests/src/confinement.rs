@@ -507,13 +507,13 @@ fn fd_problems(
     problems
 }
 
-/// The first id of the subordinate uid and gid range (65536 ids each) of [`TEST_USER`], made
+/// The first ids of the subordinate uid and gid ranges (65536 ids each) of [`TEST_USER`], made
 /// if it has none: a line `svmm-test:FIRST:65536` appended to `/etc/subuid` and `/etc/subgid`
-/// (as root; idempotent: an existing range of that size in both files is used as it is), FIRST
+/// (as root; idempotent: an existing range of that size in each file is used as it is), FIRST
 /// the first multiple of 65536 from 1,400,000,000 that overlaps no range of either file nor
 /// svmm's default `--worker-ids` (1,500,000,000 and up). With it an unprivileged svmm gives each
 /// worker a host uid and gid of its own (`--subids`); the range stays for later runs.
-pub fn ensure_subordinate_range() -> Result<u32, String> {
+pub fn ensure_subordinate_range() -> Result<(u32, u32), String> {
     const COUNT: u64 = 65536;
     let uid: u32 = id_of("-u")?
         .parse()
@@ -545,10 +545,9 @@ pub fn ensure_subordinate_range() -> Result<u32, String> {
                 .map(|(_, first, _)| first)
         })
         .collect();
+    let to_u32 = |x: u64| u32::try_from(x).map_err(|e| e.to_string());
     if let [Some(u), Some(g)] = existing[..] {
-        if u == g {
-            return u32::try_from(u).map_err(|e| e.to_string());
-        }
+        return Ok((to_u32(u)?, to_u32(g)?));
     }
     if !is_root() {
         return Err(format!(
@@ -571,8 +570,11 @@ pub fn ensure_subordinate_range() -> Result<u32, String> {
             return Err("no free subordinate id range below 1,500,000,000".into());
         }
     }
-    for file in files {
+    for (file, have) in files.iter().zip(&existing) {
         use std::io::Write;
+        if have.is_some() {
+            continue;
+        }
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -580,8 +582,14 @@ pub fn ensure_subordinate_range() -> Result<u32, String> {
             .map_err(|e| format!("open {file}: {e}"))?;
         writeln!(f, "{TEST_USER}:{first}:{COUNT}").map_err(|e| format!("write {file}: {e}"))?;
     }
-    eprintln!("    added {TEST_USER}:{first}:{COUNT} to /etc/subuid and /etc/subgid");
-    u32::try_from(first).map_err(|e| e.to_string())
+    eprintln!(
+        "    added {TEST_USER}:{first}:{COUNT} where it had no range (/etc/subuid, /etc/subgid)"
+    );
+    let first = to_u32(first)?;
+    Ok((
+        existing[0].map_or(Ok(first), to_u32)?,
+        existing[1].map_or(Ok(first), to_u32)?,
+    ))
 }
 
 /// `id FLAG` of [`TEST_USER`].

@@ -10,11 +10,9 @@
 //!
 //! The unprivileged trial runs svmm as the user `svmm-test` (in the `kvm` group), which
 //! `tests/run.sh` creates when it runs as root; run as a normal user, it runs as that user.
-//! As root, the trials make sure `svmm-test` has a subordinate id range (65536 ids, one line
-//! `svmm-test:FIRST:65536` appended to `/etc/subuid` and `/etc/subgid` if it has none, FIRST
-//! overlapping no other range there nor svmm's default `--worker-ids`:
-//! `tests::confinement::ensure_subordinate_range`), so its workers get subordinate ids;
-//! `--subids=off` and a user without a range keep the workers on svmm's own ids.
+//! As root, the trial makes sure `svmm-test` has a subordinate id range
+//! (`tests::confinement::ensure_subordinate_range`), so its workers get subordinate ids (fs
+//! svmm's own); tests/tests/subids.rs checks the ids themselves.
 
 use std::time::Duration;
 
@@ -40,22 +38,12 @@ fn main() {
             not_root.clone(),
             svmm_and_broker_drop_root,
         )
-        .test_unless("every_kind_confined_as_root", not_root.clone(), || {
+        .test_unless("every_kind_confined_as_root", not_root, || {
             every_kind_confined(Identity::Root)
         })
         .test("every_kind_confined_unprivileged", || {
             every_kind_confined(Identity::Unprivileged)
         })
-        .test_unless(
-            "unprivileged_workers_get_subordinate_ids",
-            not_root.clone(),
-            unprivileged_workers_get_subordinate_ids,
-        )
-        .test_unless(
-            "unprivileged_without_subids_shares_svmm_ids",
-            not_root,
-            unprivileged_without_subids_shares_svmm_ids,
-        )
         .test("worker_sigkill_reported_vm_survives", worker_sigkill)
         .test("svmm_sigkill_leaves_no_worker", svmm_sigkill)
         .test("seccomp_violation_named", seccomp_violation)
@@ -747,171 +735,5 @@ fn worker_exit_stops_vm() -> TrialResult {
     );
     out.assert_no_panic();
     out.assert_status(EXIT_DEVICE_FAILED);
-    Ok(())
-}
-
-/// The ids (real, effective, saved, fs) of `pid`'s `Uid:` or `Gid:` line, and its `Groups:`.
-fn ids_of(pid: u32) -> Result<(Vec<u32>, Vec<u32>, String), String> {
-    let status = procfs::status(pid).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let ids = |key: &str| -> Vec<u32> {
-        status
-            .get(key)
-            .map(|v| {
-                v.split_whitespace()
-                    .filter_map(|w| w.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let groups = status.get("Groups").cloned().unwrap_or_default();
-    Ok((ids("Uid"), ids("Gid"), groups.trim().to_string()))
-}
-
-/// svmm run as `svmm-test` with `args` and two rng devices, the guest at rest: its output
-/// so far, svmm's pid and its workers' pids, while `f` looks at them.
-fn two_workers_as_test_user<T>(
-    args: &[&str],
-    f: impl FnOnce(u32, &[u32]) -> Result<T, String>,
-) -> Result<(T, VmOutput), tests::suite::Failed> {
-    let copies = paths::TempDir::new("subids");
-    let vm = guest("testguest.run=rng@1 testguest.sleep_ms=3000")
-        .args(args.iter().copied())
-        .device("rng")
-        .device("rng");
-    let running = confinement::unprivileged(vm, &copies)?.spawn()?;
-    running.wait_for_line(SLEEPING, TIMEOUT)?;
-    let svmm = running.pid();
-    let workers = procfs::wait_for_workers(svmm, 2, Duration::from_secs(5));
-    let seen = f(svmm, &workers)?;
-    let out = running.wait()?;
-    out.assert_line("testguest: rng@1 ok ");
-    out.assert_status(0);
-    Ok((seen, out))
-}
-
-/// As `svmm-test` with its subordinate range (made by the trial if missing, see the module
-/// docs) and the default `--subids=on`: `--print-sandbox` names the range, and each of two rng
-/// workers runs with a host uid and gid of its own (all four of each the same), inside that
-/// range, not svmm's, different from the other worker's, with no supplementary groups; the
-/// broker runs as a subordinate id too; the guest's rng test passes through the second device.
-fn unprivileged_workers_get_subordinate_ids() -> TrialResult {
-    let first = confinement::ensure_subordinate_range()?;
-    let range = u64::from(first)..u64::from(first) + 65536;
-    let copies = paths::TempDir::new("subids-report");
-    let report = confinement::unprivileged(
-        TestVm::new(Backend::Svmm)
-            .arg("--print-sandbox")
-            .device("rng")
-            .device("rng"),
-        &copies,
-    )?
-    .timeout(TIMEOUT)
-    .run()?;
-    let want = format!(
-        "sandboxed workers get subordinate ids of this user: host uids {first}..={} and gids \
-         {first}..={}",
-        first + 65535,
-        first + 65535
-    );
-    if !report.stdout.contains(&want) {
-        return Err(format!("--print-sandbox does not say {want:?}\n{}", report.report()).into());
-    }
-    let (seen, out) = two_workers_as_test_user(&[], |svmm, workers| {
-        let (svmm_uid, svmm_gid, _) = ids_of(svmm)?;
-        let mut problems = Vec::new();
-        let mut hosts = Vec::new();
-        if workers.len() != 2 {
-            problems.push(format!("workers {workers:?}, want 2"));
-        }
-        for &w in workers {
-            let (uids, gids, groups) = ids_of(w)?;
-            for (name, ids, svmm_id) in [("uid", &uids, &svmm_uid), ("gid", &gids, &svmm_gid)] {
-                let same = ids.len() == 4 && ids.iter().all(|&i| i == ids[0]);
-                if !same || !range.contains(&u64::from(ids[0])) || svmm_id.first() == ids.first() {
-                    problems.push(format!(
-                        "worker {w}: {name}s {ids:?} (want four alike in {range:?}, not \
-                         svmm's {svmm_id:?})"
-                    ));
-                }
-            }
-            if !groups.is_empty() {
-                problems.push(format!("worker {w}: Groups {groups:?} (want none)"));
-            }
-            hosts.push((uids.first().copied(), gids.first().copied()));
-        }
-        if hosts.len() == 2 && (hosts[0].0 == hosts[1].0 || hosts[0].1 == hosts[1].1) {
-            problems.push(format!("both workers have the same host ids {hosts:?}"));
-        }
-        if let Some(broker) = procfs::broker(svmm) {
-            let (uids, _, _) = ids_of(broker)?;
-            if !uids.first().is_some_and(|&u| range.contains(&u64::from(u))) {
-                problems.push(format!("broker {broker}: uids {uids:?} not in {range:?}"));
-            }
-        } else {
-            problems.push("no broker process".into());
-        }
-        if problems.is_empty() {
-            Ok(hosts)
-        } else {
-            Err(problems.join("\n"))
-        }
-    })?;
-    out.log("svmm testguest rng@1 as svmm-test with subordinate ids, two rng devices");
-    eprintln!("    workers' host (uid, gid): {seen:?}");
-    Ok(())
-}
-
-/// Today's unprivileged behaviour stays where subordinate ids are not used: with
-/// `--subids=off` both workers run as svmm's own host uid and gid (mapped to 1000 inside their
-/// namespaces) and `--print-sandbox` says so and why; as a user with no range at all (`nobody`,
-/// which never gets one) `--print-sandbox` says that is why.
-fn unprivileged_without_subids_shares_svmm_ids() -> TrialResult {
-    let (_, out) = two_workers_as_test_user(&["--subids=off"], |svmm, workers| {
-        let (svmm_uid, svmm_gid, _) = ids_of(svmm)?;
-        for &w in workers {
-            let (uids, gids, _) = ids_of(w)?;
-            if uids.first() != svmm_uid.first() || gids.first() != svmm_gid.first() {
-                return Err(format!(
-                    "worker {w}: uids {uids:?} gids {gids:?}, want svmm's {svmm_uid:?} {svmm_gid:?}"
-                ));
-            }
-        }
-        Ok(())
-    })?;
-    out.log("svmm testguest rng@1 as svmm-test, --subids=off, two rng devices");
-    let copies = paths::TempDir::new("no-subids-report");
-    let off = confinement::unprivileged(
-        TestVm::new(Backend::Svmm)
-            .args(["--print-sandbox", "--subids=off"])
-            .device("rng"),
-        &copies,
-    )?
-    .timeout(TIMEOUT)
-    .run()?;
-    off.assert_status(0);
-    if !off
-        .stdout
-        .contains("(no subordinate id range is used: --subids=off; workers share svmm's host uid")
-    {
-        return Err(format!("--subids=off not reported\n{}", off.report()).into());
-    }
-    // `nobody` has no range: the same report, with that reason (no KVM needed to print it).
-    let svmm = copies.path().join("svmm");
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .arg(&svmm)
-        .args(["--print-sandbox", "--device", "rng"])
-        .output()
-        .map_err(|e| format!("setpriv: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let want = "(no subordinate id range is used: svmm's user has no subordinate id range";
-    if !out.status.success() || !stdout.contains(want) {
-        return Err(format!(
-            "as nobody: {} {stdout} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
     Ok(())
 }

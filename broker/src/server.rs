@@ -138,7 +138,12 @@ pub fn fork(setup: BrokerSetup) -> Result<BrokerProcess, BrokerError> {
             let code = match confine_self(&setup, &theirs, sync, parent) {
                 Ok(()) => serve(setup, theirs),
                 Err(e) => {
-                    eprintln!("svmm broker: cannot confine itself: {e}");
+                    // svmm already gone (it failed early and said why, e.g. an unreachable
+                    // socket): nothing to add on its stderr.
+                    // SAFETY: getppid has no preconditions.
+                    if unsafe { libc::getppid() } == parent {
+                        eprintln!("svmm broker: cannot confine itself: {e}");
+                    }
                     1
                 }
             };

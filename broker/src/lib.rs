@@ -37,8 +37,8 @@ pub use resources::{
 };
 pub use server::{BrokerError, BrokerProcess, BrokerSetup, Declared};
 pub use spawn::{
-    may_map_other_ids, self_exe, spawn, IdChoice, IdRange, SpawnError, Spawner, Stderr, WorkerIds,
-    WorkerSpec, MAX_WORKER_FDS, NS_WORKER_ID,
+    may_map_other_ids, self_exe, spawn, Exec, IdChoice, IdRange, SpawnError, Spawner, Stderr,
+    WorkerIds, WorkerSpec, MAX_WORKER_FDS, NS_WORKER_ID,
 };
 pub use subid::SubIds;
 pub use worker::{ExitCause, Worker, WorkerError};

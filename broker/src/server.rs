@@ -24,6 +24,12 @@
 //!
 //! Then it serves until svmm hangs up, kills its workers and exits. Each worker is reported to
 //! svmm exactly once, with how it ended, once the broker has reaped it.
+//!
+//! A `Start` is answered as soon as the worker is cloned, has its id maps and its "go" byte
+//! (`spawn::start`): the exec itself happens while the broker serves the next request, so the
+//! workers of several devices come up in parallel. The broker watches each new worker's status
+//! pipe in its poll loop; a worker that fails before its exec is reported as `Failed` (with the
+//! stage, logged too), then, like every worker, as `Exited` once reaped.
 
 use std::ffi::CString;
 use std::io;
@@ -33,7 +39,7 @@ use std::sync::Arc;
 use ipc::{BrokerReply, BrokerRequest, Channel, ChannelError, WorkerStatus};
 
 use crate::caps::{self, CapSets, CAP_SETGID, CAP_SETUID};
-use crate::spawn::{spawn, IdChoice, Stderr, WorkerSpec};
+use crate::spawn::{self, Exec, IdChoice, Stderr, WorkerSpec};
 use crate::subid::{map_broker, MapError, SubIds};
 use crate::worker::{ExitCause, Worker};
 
@@ -328,6 +334,8 @@ struct Slot {
     declared: Declared,
     channel: Channel,
     worker: Option<Worker>,
+    /// The worker's exec, until it happened or failed.
+    exec: Option<Exec>,
 }
 
 /// Serves the devices' channels until svmm hangs up; returns the broker's exit status.
@@ -341,14 +349,17 @@ pub fn serve(setup: BrokerSetup, channels: Vec<Channel>) -> i32 {
             declared,
             channel,
             worker: None,
+            exec: None,
         })
         .collect();
     loop {
-        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(2 * slots.len());
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(3 * slots.len());
         for slot in &slots {
             pfds.push(pollfd(slot.channel.as_raw_fd()));
             let pidfd = slot.worker.as_ref().map_or(-1, |w| w.pidfd().as_raw_fd());
             pfds.push(pollfd(pidfd));
+            let status = slot.exec.as_ref().map_or(-1, |e| e.status_fd().as_raw_fd());
+            pfds.push(pollfd(status));
         }
         // SAFETY: `pfds` is a live array of pollfds of open fds (or -1, ignored).
         let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
@@ -360,10 +371,15 @@ pub fn serve(setup: BrokerSetup, channels: Vec<Channel>) -> i32 {
             return 1;
         }
         for (i, slot) in slots.iter_mut().enumerate() {
-            if pfds[2 * i + 1].revents != 0 {
+            // The exec's outcome first: a worker that failed before it is reported as such
+            // before its end.
+            if pfds[3 * i + 2].revents != 0 || pfds[3 * i + 1].revents != 0 {
+                exec_done(slot);
+            }
+            if pfds[3 * i + 1].revents != 0 {
                 reap(slot);
             }
-            if pfds[2 * i].revents != 0 && !handle(slot, &exe) {
+            if pfds[3 * i].revents != 0 && !handle(slot, &exe) {
                 // svmm hung up: every worker goes with it.
                 for slot in &mut slots {
                     if let Some(worker) = slot.worker.as_mut() {
@@ -382,6 +398,42 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
         events: libc::POLLIN,
         revents: 0,
     }
+}
+
+/// The device's worker exec'd, or reported the stage it failed at (then it exits): tell svmm
+/// of a failure (`Failed`; its `Exited` follows once it is reaped).
+fn exec_done(slot: &mut Slot) {
+    let Some(exec) = slot.exec.take() else {
+        return;
+    };
+    let pid = exec.pid();
+    let Err(e) = exec.wait() else {
+        return;
+    };
+    let mut reason: String = format!("spawn failed: {}", one_line(&e))
+        .chars()
+        .take(ipc::broker::MAX_REASON)
+        .collect();
+    reason.retain(|c| !c.is_control());
+    eprintln!("svmm broker: {}: {reason}", slot.declared.name);
+    let reply = BrokerReply::Failed {
+        device: slot.declared.index,
+        pid,
+        reason,
+    };
+    let _ = slot.channel.send(&reply, &[]);
+}
+
+/// An error and its causes on one line (`a: b: c`).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 /// The device's worker ended: reap it and tell svmm how.
@@ -442,13 +494,14 @@ fn handle(slot: &mut Slot, exe: &Arc<OwnedFd>) -> bool {
             );
         }
         BrokerRequest::Start { .. } => match start(&slot.declared, exe, fds) {
-            Ok((worker, vmm_end, stderr)) => {
+            Ok((worker, exec, vmm_end, stderr)) => {
                 let reply = BrokerReply::Started {
                     device: index,
                     pid: worker.pid(),
                 };
                 let pidfd = worker.pidfd().try_clone_to_owned();
                 slot.worker = Some(worker);
+                slot.exec = Some(exec);
                 match pidfd {
                     Ok(pidfd) => {
                         let fds = [
@@ -492,12 +545,13 @@ fn refuse(slot: &Slot, device: u32, reason: &str) {
 
 /// Spawns `declared`'s worker with svmm's `guest` fds, a fresh control channel, a fresh stop
 /// eventfd, fresh duplicates of its host resources, then svmm's trailing fds, and a fresh
-/// stderr pipe; returns the worker, svmm's end of the channel and the pipe's read end.
+/// stderr pipe; returns the worker (released, its exec still to come), svmm's end of the
+/// channel and the pipe's read end.
 fn start(
     declared: &Declared,
     exe: &Arc<OwnedFd>,
     mut guest: Vec<OwnedFd>,
-) -> io::Result<(Worker, Channel, OwnedFd)> {
+) -> io::Result<(Worker, Exec, Channel, OwnedFd)> {
     let trailing = guest.split_off(declared.guest_fds);
     let (vmm_end, worker_end) = Channel::pair().map_err(io::Error::other)?;
     // svmm's end is non-blocking from the start (O_NONBLOCK belongs to the socket's open file
@@ -516,7 +570,7 @@ fn start(
         fds.push(resource.try_clone()?);
     }
     fds.extend(trailing);
-    let worker = spawn(&WorkerSpec {
+    let (worker, exec) = spawn::start(&WorkerSpec {
         exe: exe.clone(),
         args: declared.argv.clone(),
         fds,
@@ -525,7 +579,7 @@ fn start(
         stderr: Stderr::Fd(write),
     })
     .map_err(io::Error::other)?;
-    Ok((worker, vmm_end, read))
+    Ok((worker, exec, vmm_end, read))
 }
 
 /// A fresh non-blocking, close-on-exec eventfd.

@@ -11,6 +11,9 @@
 //! 4. send the "go" byte; the child runs [`crate::preexec`] and execs;
 //! 5. read the status pipe: EOF means the exec happened, 8 bytes name the failed child stage.
 //!
+//! [`spawn`] does all five; [`start`] stops after step 4 and hands step 5 over as an [`Exec`],
+//! for the broker process, which watches it in its poll loop instead of waiting.
+//!
 //! The exec'd worker then runs [`crate::confine`] before anything else.
 //!
 //! `PR_SET_PDEATHSIG` follows the *thread* that cloned: when it exits, its workers get SIGKILL.
@@ -21,7 +24,7 @@ use crate::worker::Worker;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -313,6 +316,53 @@ const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
 /// Starts a worker: clone3 + id maps + exec. Call it from a thread that outlives the worker
 /// (see [`Spawner`]): the worker's parent-death signal fires when the calling thread exits.
 pub fn spawn(spec: &WorkerSpec) -> Result<Worker, SpawnError> {
+    let (worker, exec) = start(spec)?;
+    exec.wait()?;
+    Ok(worker)
+}
+
+/// A released child on its way to its exec: step 5 of the module docs, still to come. The
+/// broker process polls [`Exec::status_fd`] among its other fds and then calls
+/// [`Exec::wait`], so that it answers a start without waiting for the exec itself.
+#[derive(Debug)]
+pub struct Exec {
+    pid: i32,
+    /// The status pipe's read end.
+    status: OwnedFd,
+    /// The go socket's parent end: held until the exec, so the child can tell we are alive.
+    _go: OwnedFd,
+}
+
+impl Exec {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Readable once the child exec'd (EOF) or reported a failed stage (and exited).
+    pub fn status_fd(&self) -> BorrowedFd<'_> {
+        self.status.as_fd()
+    }
+
+    /// Waits for the exec: `Ok` once it happened, else the stage that failed.
+    pub fn wait(self) -> Result<(), SpawnError> {
+        let pid = self.pid;
+        let report =
+            read_status(self.status).map_err(|source| SpawnError::Status { pid, source })?;
+        match report {
+            None => Ok(()),
+            Some((stage, errno)) => Err(SpawnError::Child {
+                pid,
+                stage,
+                source: io::Error::from_raw_os_error(errno),
+            }),
+        }
+    }
+}
+
+/// Steps 1–4 of the module docs: the worker runs and has its "go" byte; whether its exec
+/// succeeds is for [`Exec::wait`] to learn. The spec's fds may be closed once this returns.
+pub fn start(spec: &WorkerSpec) -> Result<(Worker, Exec), SpawnError> {
     check(spec)?;
 
     // 1. Everything the child needs, prepared before the clone.
@@ -408,18 +458,15 @@ pub fn spawn(spec: &WorkerSpec) -> Result<Worker, SpawnError> {
         return Err(SpawnError::Release { pid, source });
     }
 
-    // 5. EOF: the child exec'd (the status pipe is close-on-exec). 8 bytes: it failed. The go
-    //    socket stays open until then, so the child can tell whether we are still alive.
-    let report = read_status(status_read).map_err(|source| SpawnError::Status { pid, source })?;
-    drop(go_parent);
-    match report {
-        None => Ok(worker),
-        Some((stage, errno)) => Err(SpawnError::Child {
-            pid,
-            stage,
-            source: io::Error::from_raw_os_error(errno),
-        }),
-    }
+    // 5. is the caller's (`Exec::wait`): EOF means the child exec'd (the status pipe is
+    //    close-on-exec), 8 bytes that it failed. The go socket stays open until then, so the
+    //    child can tell whether we are still alive.
+    let exec = Exec {
+        pid,
+        status: status_read,
+        _go: go_parent,
+    };
+    Ok((worker, exec))
 }
 
 /// Refuses specs that cannot give the worker the ids it must have.

@@ -12,7 +12,10 @@
 //!    │                                                        duplicates of its host resources,
 //!    │ ◀── Started { device, pid } + control end, pidfd, stderr  a fresh control channel, stop
 //!    │                                                        eventfd and stderr pipe (svmm
-//!    │                                                        gets the channel's and pipe's end)
+//!    │                                                        gets the channel's and pipe's end),
+//!    │                                                        as soon as the worker is released
+//!    │ ◀────────────── Failed { device, pid, reason } ───  it failed before its exec (the exec
+//!    │                                                        happens after Started)
 //!    │ ─ Stop { device } ─────────────────────────────────▶  SIGKILL to the device's worker
 //!    │ ◀──────────────── Exited { device, pid, status } ───  the worker was reaped (always sent
 //!    │                                                        once per worker, however it ended)
@@ -65,6 +68,16 @@ pub enum BrokerReply {
         device: u32,
         /// The worker's pid (in svmm's pid namespace).
         pid: i32,
+    },
+    /// The device's worker `pid`, already `Started`, failed before its exec (an `Exited`
+    /// follows once it is reaped).
+    Failed {
+        /// The device.
+        device: u32,
+        /// The worker's pid.
+        pid: i32,
+        /// The failed stage and its error, in a few words.
+        reason: String,
     },
     /// The device's worker `pid` was reaped.
     Exited {

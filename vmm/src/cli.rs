@@ -83,9 +83,10 @@ pub struct Args {
     /// What svmm does when a device worker dies or misbehaves (killed, crashed, killed by its
     /// seccomp filter, or killed by svmm for garbage, floods or silence): `restart` starts a new
     /// worker for the device, in the same sandbox, and hands it the device's state (features,
-    /// queues, config writes) — for blk and rng the queues resume where the guest sees them and
-    /// the requests in flight are done again, so the guest sees only a delay; for fs the new
-    /// worker starts fresh and the device needs a reset (its FUSE session died). Past
+    /// queues, config writes) — where the device's kind can resume, the queues resume where the
+    /// guest sees them and the requests in flight are done again, so the guest sees only a
+    /// delay; where it cannot (state that died with the worker, such as a file system
+    /// session), the new worker starts fresh and the device needs a reset. Past
     /// `--max-restarts` in a minute the device is left needing a reset. `keep` the VM running
     /// with that device marked as needing a reset (the guest sees DEVICE_NEEDS_RESET), or
     /// `stop` the VM with exit status 71. Every worker death is one line on stderr.

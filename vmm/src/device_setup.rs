@@ -94,6 +94,10 @@ struct Device {
 /// `svc-` thread runs: never long).
 const SERVICE_CHANNEL_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a set-up whose worker hung up before `Ready` waits for the broker's report of a
+/// failed exec (it comes right after the worker's end).
+const EXEC_REPORT_WAIT: Duration = Duration::from_secs(1);
+
 /// How long the end of the VM waits for its killed workers to die before it gives up on them.
 const END_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -397,7 +401,7 @@ impl VirtioDevices {
         };
         // The worker's Ready must describe a device of the kind svmm started.
         let shape = spec.config.shape();
-        let mut proxy = WorkerProxy::connect(
+        let connected = WorkerProxy::connect(
             &name,
             vmm_end,
             status,
@@ -405,11 +409,25 @@ impl VirtioDevices {
             queue_events,
             deadlines,
             &shape,
-        )
-        .map_err(|source| DeviceSetupError::Start {
-            name: name.clone(),
-            source,
-        })?;
+        );
+        let mut proxy = match connected {
+            Ok(proxy) => proxy,
+            Err(source) => {
+                // The broker answered before the worker's exec: one that failed there is
+                // named by its report.
+                let gone = matches!(source, ProxyError::Channel(ipc::ChannelError::PeerGone));
+                let lease = self.sandbox.as_ref().and_then(|s| s.lease(index));
+                let lease = lease.filter(|_| gone);
+                let failed = lease.and_then(|lease| lease.start_failure(EXEC_REPORT_WAIT));
+                return Err(match failed {
+                    Some(reason) => DeviceSetupError::Spawn {
+                        name,
+                        source: SandboxError::Failed(reason),
+                    },
+                    None => DeviceSetupError::Start { name, source },
+                });
+            }
+        };
         if config.report_timings {
             let spawn_us = ready_at.saturating_duration_since(started).as_micros();
             eprintln!("svmm: timing device={name} spawn_us={spawn_us}");

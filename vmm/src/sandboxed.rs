@@ -18,7 +18,8 @@
 //!
 //! ```text
 //!   svmm ─ Lease(rng#0) ═══ Start / Stop ═══▶ broker ── clone3 + id maps + execveat ──▶ worker
-//!        ◀═══ Started (control end, pidfd, stderr) / Exited (status) / Refused ═══
+//!        ◀═══ Started (control end, pidfd, stderr) / Failed (before exec) / Exited (status)
+//!             / Refused ═══
 //! ```
 //!
 //! [`Sandbox::start`] is one request and its answer: the thread that asks — the main thread at
@@ -93,6 +94,9 @@ pub enum SandboxError {
     /// The broker refused to start the worker.
     #[error("the broker refused to start it: {0}")]
     Refused(String),
+    /// The broker started the worker, which then failed before its exec.
+    #[error("the broker could not start it: {0}")]
+    Failed(String),
     /// The broker answered something else.
     #[error("the broker answered {0}")]
     Unexpected(String),
@@ -366,8 +370,27 @@ impl Lease {
         self.channel.as_fd()
     }
 
-    /// The broker's next report (`Exited`, or a `Refused` for a `Stop`). Received without a
-    /// control buffer: the broker never sends fds with a report.
+    /// Why the worker it last started did not run, if the broker says so within `wait`: its
+    /// `Failed` report (the broker answers a `Start` before the worker's exec). `None` once
+    /// the broker reported the worker's end without one, or said nothing. For set-up, before
+    /// any monitor reads the channel: it consumes the reports.
+    pub fn start_failure(&self, wait: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !wait_readable(self.channel.as_fd(), left).unwrap_or(false) {
+                return None;
+            }
+            match self.next_report() {
+                Ok(BrokerReply::Failed { reason, .. }) => return Some(reason),
+                Ok(BrokerReply::Exited { .. }) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The broker's next report (`Exited`, `Failed`, or a `Refused` for a `Stop`). Received
+    /// without a control buffer: the broker never sends fds with a report.
     pub fn next_report(&self) -> Result<BrokerReply, ChannelError> {
         self.channel.recv_without_fds::<BrokerReply>()
     }

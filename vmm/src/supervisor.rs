@@ -21,10 +21,11 @@
 //! ```
 //!
 //! The lines, for example:
-//! `svmm: blk#0 worker (pid 1234) killed by SIGKILL; restart 1 (pid 1240; 1 of at most 5 in a
-//! minute): queues resumed, 3 pending requests taken again; serving again after 21.4 ms` and
-//! `svmm: rng#0 worker (pid 1234) killed by SIGSYS: seccomp violation, syscall openat; device
-//! needs reset, VM keeps running`. A worker svmm killed itself (it sent garbage, flooded, or
+//! `svmm: KIND#2 worker (pid 1234) killed by SIGKILL; restart 1 (pid 1240; 1 of at most 5 in
+//! a minute): queues resumed, 3 pending requests taken again; serving again after 21.4 ms` and
+//! `svmm: KIND#0 worker (pid 1234) killed by SIGSYS: seccomp violation, syscall openat; device
+//! needs reset, VM keeps running` (`KIND#N`: the device's name, e.g. the kind's name and its
+//! `--device` index). A worker svmm killed itself (it sent garbage, flooded, or
 //! missed a deadline) is reported as `killed by svmm: <why>`.
 //!
 //! An in-process device has no process to watch: its monitor watches the socket only and the
@@ -398,6 +399,11 @@ impl Monitor {
             Ok(BrokerReply::Exited { pid, status, .. }) if pid == supervised.pid() => Some(status),
             Ok(BrokerReply::Refused { reason, .. }) => {
                 eprintln!("svmm: {}: the broker refused: {reason}", self.name);
+                None
+            }
+            // Its Exited follows.
+            Ok(BrokerReply::Failed { reason, .. }) => {
+                eprintln!("svmm: {}: its worker did not start: {reason}", self.name);
                 None
             }
             Ok(other) => {

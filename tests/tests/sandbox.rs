@@ -56,6 +56,10 @@ fn main() {
             landlock_and_root_from_inside,
         )
         .test("ready_must_match_the_kind", ready_must_match_the_kind)
+        .test(
+            "unready_worker_fails_the_boot",
+            unready_worker_fails_the_boot,
+        )
         .test("worker_stderr_is_defused", worker_stderr_is_defused)
         .test("worker_exit_stops_vm_when_asked", worker_exit_stops_vm)
         .run()
@@ -654,6 +658,29 @@ fn ready_must_match_the_kind() -> TrialResult {
         .unwrap_or_default();
     assert!(
         line.contains("announced a device this kind is not: device type 2, a rng is 4"),
+        "{line}\n{}",
+        out.report()
+    );
+    out.assert_status(67);
+    Ok(())
+}
+
+/// The vCPUs run while the workers come up, but a worker that never sends its `Ready`
+/// (`fault=unready`, beside a healthy one) still fails the VM at its deadline, in one line
+/// (exit 67); the guest, which probes the devices, waits at the device meanwhile.
+fn unready_worker_fails_the_boot() -> TrialResult {
+    let out = guest("testguest.run=rng")
+        .args(["--device", "rng", "--device", "rng,fault=unready"])
+        .run()?;
+    out.log("svmm testguest rng, the second worker never says Ready");
+    check_fault_support(&out)?;
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("svmm: error: rng#1: device worker did not start"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("did not answer start within 5s"),
         "{line}\n{}",
         out.report()
     );

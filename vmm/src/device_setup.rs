@@ -1,4 +1,5 @@
-//! Creating the VM's virtio devices, in three passes so that the workers start in parallel:
+//! Creating the VM's virtio devices, in three passes so that the workers start in parallel,
+//! and while the guest boots:
 //!
 //! ```text
 //!   1. [prepare] for each --device, in order (deterministic slots, GSIs, worker ids):
@@ -7,21 +8,28 @@
 //!        GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
 //!      then, svmm still single-threaded, the broker process is forked with every sandboxed
 //!      device's plan and host resources (crate::sandboxed)
-//!   2. [VirtioDevices::start] start every device: sandboxed → Sandbox::start(N), the one
-//!      entry point that starts (and restarts) device N's worker: a request to the broker,
-//!      which spawns `svmm __worker KIND` from the plan; sandbox=off → the kind's backend on a
-//!      thread of svmm
-//!   3. wait for every Ready together, each under its own deadline (5 s from its start)
-//!   then, in order: WorkerProxy (terminate hook = have the broker kill the worker),
-//!   MmioTransport on the MMIO bus at addr, monitor thread (crate::supervisor: socket readable
-//!   → proxy.service(); stderr → cleaned lines; the broker's report of the worker's end → one
-//!   line, and restart it through Sandbox::start(N) with the device's state, or
-//!   DEVICE_NEEDS_RESET, as --on-worker-exit says)
+//!   2. [VirtioDevices::start] before the vCPUs: every thread a device needs — its host
+//!      services, sandbox=off: the kind's backend on a thread of svmm, its monitor (waiting
+//!      for its device) — and its window on the MMIO bus at addr: a gate (gate.rs) a vCPU
+//!      waits at until the device's worker is Ready
+//!   -- the vCPUs start, the main thread confines itself, the guest runs --
+//!   3. [VirtioDevices::finish] sandboxed → Sandbox::start(N), the one entry point that
+//!      starts (and restarts) device N's worker: a request to the broker, which answers once
+//!      it has spawned `svmm __worker KIND` from the plan, before the worker's exec; then
+//!      every Ready together, each under its own deadline (5 s from its start); then, in
+//!      order: WorkerProxy (terminate hook = have the broker kill the worker), MmioTransport,
+//!      which opens the gate and goes to the monitor (crate::supervisor: socket readable →
+//!      proxy.service(); stderr → cleaned lines; the broker's report of the worker's end →
+//!      one line, and restart it through Sandbox::start(N) with the device's state, or
+//!      DEVICE_NEEDS_RESET, as --on-worker-exit says)
 //! ```
 //!
-//! Between the passes, as root, svmm drops to its own unprivileged uid (`crate::vm`): pass 1
-//! needs its privileges, passes 2 and 3 do not. So a VM with N sandboxed devices waits for
-//! about one worker start, not N one after another. The VM owns one [`Sandbox`] (the broker
+//! Between passes 1 and 2, as root, svmm drops to its own unprivileged uid (`crate::vm`):
+//! pass 1 needs its privileges, passes 2 and 3 do not; pass 3 runs under the main thread's
+//! seccomp filter. So a VM with N sandboxed devices waits for about one worker start, not N
+//! one after another, and the guest waits only if it touches a device before its worker is
+//! Ready. A device whose worker does not come up ends the VM with the error it always had
+//! (the gates of the devices not started by then close). The VM owns one [`Sandbox`] (the broker
 //! and, per sandboxed device, the fds KVM knows and a lease on it), so that device N can be
 //! started again. Each device's host resources live as long as the VM (the broker holds a
 //! sandboxed device's fds, svmm its helper processes); its workers work on duplicates. When
@@ -46,18 +54,16 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::acpi::VirtioMmioDevice;
 use crate::config::VmConfig;
 use crate::device_spec::DeviceSpec;
-use crate::fd_wait::wait_all_readable;
 use crate::host_resources::{HostResourceError, HostResources};
 use crate::layout::{virtio_mmio_cmdline_entry, virtio_mmio_slot};
 use crate::mmio_bus::MmioBus;
 use crate::plan;
-use crate::sandboxed::{DeviceStart, Sandbox, SandboxError, Watch};
+use crate::sandboxed::{DeviceStart, Sandbox, Watch};
 use crate::self_confine::{self, ThreadRole};
 use crate::services::{self, DeviceServices, ServiceLink};
-use crate::supervisor::{spawn_monitor, Restarter, Supervised};
+use crate::supervisor::{spawn_monitor, MonitorHandoff, Supervised};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
-use crate::virtio::ProxyError;
+use crate::virtio::worker_proxy::WorkerProxy;
 use crate::virtio::Transport;
 use crate::vm_events::VmEvents;
 use worker::guest_ram::GuestRam;
@@ -65,6 +71,8 @@ use worker::report::{line as say, one_line};
 use worker::{in_process, WorkerFds};
 
 mod error;
+mod finish;
+mod gate;
 pub use error::DeviceSetupError;
 
 /// A running device worker, wherever it runs.
@@ -93,10 +101,6 @@ struct Device {
 /// How long an in-process device's start waits for its service channel (made before its
 /// `svc-` thread runs: never long).
 const SERVICE_CHANNEL_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a set-up whose worker hung up before `Ready` waits for the broker's report of a
-/// failed exec (it comes right after the worker's end).
-const EXEC_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// How long the end of the VM waits for its killed workers to die before it gives up on them.
 const END_TIMEOUT: Duration = Duration::from_secs(3);
@@ -224,10 +228,25 @@ struct Pending {
     window: Option<ShmWindow>,
     services_thread: Option<JoinHandle<()>>,
     worker: Option<Worker>,
-    /// A sandboxed worker's socket and pidfd for the monitor.
+    /// A sandboxed worker's socket and stderr pipe for the monitor.
     watch: Option<Watch>,
+    /// An in-process device's second fd of its control socket, for the monitor.
+    monitor_socket: Option<OwnedFd>,
     /// When its start began (its `Ready` deadline and `--report-timings` count from here).
     started: Instant,
+}
+
+/// The devices between [`VirtioDevices::start`] (before the vCPUs run) and
+/// [`VirtioDevices::finish`] (once they do).
+pub struct Starting {
+    devices: Vec<Starting1>,
+}
+
+/// One of them: the device, what opens its window, its waiting monitor.
+struct Starting1 {
+    device: Pending,
+    opener: gate::Opener<MmioTransport<WorkerProxy>>,
+    monitor: MonitorHandoff,
 }
 
 /// How a device is started.
@@ -322,166 +341,43 @@ impl VirtioDevices {
         Ok(())
     }
 
-    /// Passes 2 and 3: starts every prepared device — through the broker, or on a thread of
-    /// svmm —, waits for every `Ready` together (each under its own deadline), then in order
-    /// builds its proxy and transport, puts it on `bus` and starts its monitor thread.
+    /// Pass 2, before the vCPUs run: per device, in order, its host-services thread and (for
+    /// an in-process device) its device thread, its window on `bus` — a [`Gate`] a vCPU waits
+    /// at until the device's worker is `Ready` — and its monitor thread, which waits for its
+    /// device too. Everything that starts a thread is here: svmm's filter has no call for it.
+    /// The sandboxed workers start in [`VirtioDevices::finish`], once the vCPUs run.
     pub fn start(
         &mut self,
         config: &VmConfig,
         bus: &mut MmioBus,
         control: &VmEvents,
-    ) -> Result<(), DeviceSetupError> {
-        let mut pending = std::mem::take(&mut self.pending);
-        // 2. Start them all.
-        for device in &mut pending {
-            start(device, self.sandbox.as_deref())?;
-        }
-        // 3. Every Ready, each under its own deadline.
-        let deadlines = Deadlines::default();
-        let waits: Vec<_> = pending
-            .iter()
-            .filter_map(|d| Some((d.vmm_end.as_ref()?.as_fd(), d.started + deadlines.ready)))
-            .collect();
-        let ready_at = wait_all_readable(&waits).map_err(|source| DeviceSetupError::Host {
-            name: pending.first().map_or_else(String::new, |d| d.name.clone()),
-            what: "wait for its worker",
-            source,
-        })?;
-        drop(waits);
-        // Then, in order: proxies, transports, monitors.
-        for (device, ready_at) in pending.into_iter().zip(ready_at) {
-            let device = self.finish(device, ready_at, config, bus, control, deadlines)?;
-            self.devices.push(device);
-        }
-        Ok(())
-    }
-
-    /// Pass 3 for one device whose worker answered (at `ready_at`) or not: proxy, transport
-    /// on `bus`, monitor.
-    fn finish(
-        &self,
-        device: Pending,
-        ready_at: Option<Instant>,
-        config: &VmConfig,
-        bus: &mut MmioBus,
-        control: &VmEvents,
-        deadlines: Deadlines,
-    ) -> Result<Device, DeviceSetupError> {
-        let Pending {
-            name,
-            index,
-            spec,
-            slot: (addr, size, _),
-            how,
-            status,
-            vmm_end,
-            irqfd,
-            queue_events,
-            worker,
-            watch,
-            started,
-            window,
-            services_thread,
-            ..
-        } = device;
-        let worker = worker.expect("started in pass 2");
-        let vmm_end = vmm_end.expect("started in pass 2");
-        let resources = match how {
-            How::InProcess { resources, .. } => Some(resources),
-            How::Sandboxed(_) => None,
-        };
-        let Some(ready_at) = ready_at else {
-            return Err(DeviceSetupError::Start {
-                name,
-                source: ProxyError::Timeout {
-                    request: "start",
-                    timeout: deadlines.ready,
-                },
+    ) -> Result<Starting, DeviceSetupError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut devices = Vec::with_capacity(pending.len());
+        for mut device in pending {
+            start_threads(&mut device)?;
+            let (gate, opener) = gate::gate();
+            let (addr, size, _) = device.slot;
+            bus.insert(addr, size, Arc::new(Mutex::new(gate)))
+                .map_err(|source| DeviceSetupError::Bus {
+                    name: device.name.clone(),
+                    source,
+                })?;
+            let monitor =
+                spawn_monitor(&device.name, config.on_worker_exit, control).map_err(|e| {
+                    DeviceSetupError::Host {
+                        name: device.name.clone(),
+                        what: e.what,
+                        source: e.source,
+                    }
+                })?;
+            devices.push(Starting1 {
+                device,
+                opener,
+                monitor,
             });
-        };
-        // The worker's Ready must describe a device of the kind svmm started.
-        let shape = spec.config.shape();
-        let connected = WorkerProxy::connect(
-            &name,
-            vmm_end,
-            status,
-            irqfd,
-            queue_events,
-            deadlines,
-            &shape,
-        );
-        let mut proxy = match connected {
-            Ok(proxy) => proxy,
-            Err(source) => {
-                // The broker answered before the worker's exec: one that failed there is
-                // named by its report.
-                let gone = matches!(source, ProxyError::Channel(ipc::ChannelError::PeerGone));
-                let lease = self.sandbox.as_ref().and_then(|s| s.lease(index));
-                let lease = lease.filter(|_| gone);
-                let failed = lease.and_then(|lease| lease.start_failure(EXEC_REPORT_WAIT));
-                return Err(match failed {
-                    Some(reason) => DeviceSetupError::Spawn {
-                        name,
-                        source: SandboxError::Failed(reason),
-                    },
-                    None => DeviceSetupError::Start { name, source },
-                });
-            }
-        };
-        if config.report_timings {
-            let spawn_us = ready_at.saturating_duration_since(started).as_micros();
-            eprintln!("svmm: timing device={name} spawn_us={spawn_us}");
         }
-        if let Worker::Sandboxed(supervised) = &worker {
-            let supervised = supervised.clone();
-            proxy.set_terminate(move |reason, grace| supervised.kill_for(reason, grace));
-        }
-        let regions = window.map(|w| vec![(w.base, w.len)]).unwrap_or_default();
-        let transport = Arc::new(Mutex::new(
-            MmioTransport::new(&name, proxy).with_shm_regions(regions),
-        ));
-        bus.insert(addr, size, transport.clone())
-            .map_err(|source| DeviceSetupError::Bus {
-                name: name.clone(),
-                source,
-            })?;
-        let supervised = match &worker {
-            Worker::Sandboxed(supervised) => Some(supervised.clone()),
-            Worker::InProcess { .. } => None,
-        };
-        let restarter = self
-            .sandbox
-            .as_ref()
-            .filter(|_| spec.sandbox)
-            .map(|sandbox| {
-                Restarter::new(
-                    Arc::downgrade(sandbox),
-                    index,
-                    spec.config.restart(),
-                    config.max_restarts,
-                )
-            });
-        spawn_monitor(
-            &name,
-            &transport,
-            supervised,
-            config.on_worker_exit,
-            restarter,
-            watch,
-            control,
-        )
-        .map_err(|e| DeviceSetupError::Host {
-            name: name.clone(),
-            what: e.what,
-            source: e.source,
-        })?;
-        Ok(Device {
-            name,
-            transport,
-            worker,
-            _resources: resources,
-            _services: services_thread,
-        })
+        Ok(Starting { devices })
     }
 }
 
@@ -563,6 +459,7 @@ fn set_up(
         .map(EventFd::try_clone)
         .collect::<io::Result<Vec<_>>>()
         .map_err(dup())?;
+    let mut monitor_socket = None;
     let (how, vmm_end) = match plan {
         Some(plan) => {
             let start = DeviceStart {
@@ -578,6 +475,14 @@ fn set_up(
             (How::Sandboxed(Some(Box::new(start))), None)
         }
         None => {
+            // The monitor's own fd of the socket, made now: the main thread that hands it
+            // over is confined by then, and its filter cannot duplicate an fd.
+            monitor_socket = Some(vmm_end.as_fd().try_clone_to_owned().map_err(dup())?);
+            // Non-blocking like a sandboxed worker's (the broker makes that one so), for the
+            // same reason.
+            vmm_end
+                .set_nonblocking(true)
+                .map_err(|e| host("make its control channel non-blocking")(io::Error::other(e)))?;
             let worker_fds = WorkerFds {
                 control: worker_end,
                 guest_ram,
@@ -609,18 +514,15 @@ fn set_up(
         services_thread: None,
         worker: None,
         watch: None,
+        monitor_socket,
         started: Instant::now(),
     })
 }
 
-/// Pass 2: starts the worker that serves `device` — **the one place the broker plugs in**.
-///
-/// Sandboxed, the device's start goes to `sandbox` and [`Sandbox::start`] spawns `svmm
-/// __worker KIND` from its plan with fresh fds and duplicates of its host resources (the same
-/// call restarts it later; see `crate::sandboxed`); the worker confines itself, builds the
-/// backend and serves. In-process, the kind builds the same backend from the same duplicates
-/// and a thread serves it with the same code.
-fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSetupError> {
+/// Pass 2 for one device: its host-services thread, and an in-process device's thread — the
+/// kind builds the backend from duplicates of its host resources and a thread of svmm serves
+/// it with the same code as a worker. (A sandboxed device's worker starts in pass 3.)
+fn start_threads(device: &mut Pending) -> Result<(), DeviceSetupError> {
     let name = device.name.clone();
     device.started = Instant::now();
     // Its host services answer before the device can ask.
@@ -632,35 +534,12 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
         })?;
         device.services_thread = Some(thread);
     }
-    let (resources, fds) = match (&mut device.how, sandbox) {
-        (How::Sandboxed(_), Some(sandbox)) => {
-            let failed = |source| DeviceSetupError::Spawn {
-                name: name.clone(),
-                source,
-            };
-            let lease = sandbox
-                .lease(device.index)
-                .ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
-            let started = sandbox.start(device.index).map_err(failed)?;
-            device.vmm_end = Some(started.control);
-            device.watch = Some(started.watch);
-            device.worker = Some(Worker::Sandboxed(Supervised::new(lease, started.worker)));
-            return Ok(());
-        }
-        (
-            How::InProcess {
-                resources,
-                worker_fds,
-            },
-            _,
-        ) => (resources, worker_fds.take().expect("started once")),
-        // `prepare` declares every sandboxed device to the VM's broker.
-        (How::Sandboxed(_), None) => {
-            return Err(DeviceSetupError::Spawn {
-                name,
-                source: SandboxError::NoDevice(device.index),
-            })
-        }
+    let (resources, fds) = match &mut device.how {
+        How::Sandboxed(_) => return Ok(()),
+        How::InProcess {
+            resources,
+            worker_fds,
+        } => (resources, worker_fds.take().expect("started once")),
     };
     let resources = resources
         .worker_fds()
@@ -710,7 +589,6 @@ fn start(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSe
     device.worker = Some(Worker::InProcess { _thread: handle });
     Ok(())
 }
-
 /// Tries to lock `transport` for up to `wait`.
 fn lock_within(
     transport: &Transport,

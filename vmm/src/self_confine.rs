@@ -27,10 +27,11 @@
 //!   ends, and a thread started before the main thread's filter must not get it at a random
 //!   point of its own set-up.
 //! - **The main thread** keeps everything while it builds the VM (it opens the kernel, creates
-//!   the KVM objects, opens host resources, forks the broker and has it start the workers; as
-//!   root it drops to its own unprivileged uid before it starts any thread), then confines
-//!   itself before any vCPU runs guest code (the vCPUs wait at a gate, already confined), and
-//!   waits for the VM to end. At the end it only reports statistics
+//!   the KVM objects, opens host resources, forks the broker and starts every thread; as root
+//!   it drops to its own unprivileged uid before it starts any thread), then confines itself
+//!   before any vCPU runs guest code (the vCPUs wait at a gate, already confined). Confined,
+//!   while the guest boots, it has the broker start the sandboxed workers and takes every
+//!   worker's `Ready` (untrusted input, read under the filter), then waits for the VM to end. At the end it only reports statistics
 //!   (control sockets), restores the terminal (`TCSETS`) and exits.
 //! - **In-process device threads** (`sandbox=off`) run device code, not VMM code: they install
 //!   their device's worker profile (base + device), the very filter a sandboxed worker gets, so
@@ -118,7 +119,8 @@ pub const THREAD_POLICY: &[ThreadPolicy] = &[
         filter: "none while it builds the VM, then the vmm profile",
         when: "by itself right after the vCPU threads started, before any of them runs the \
                guest; until then it opens the kernel, creates the KVM objects, forks the broker \
-               and has it start the workers",
+               and starts every thread; under it, it has the broker start the workers and takes \
+               their Ready",
     },
     ThreadPolicy {
         thread: "vcpuN",

@@ -38,7 +38,7 @@ mod restart;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ use broker::ExitCause;
 use ipc::{BrokerReply, ChannelError, WorkerStatus};
 
 use crate::config::OnWorkerExit;
-use crate::sandboxed::{Lease, Watch, WorkerProcess};
+use crate::sandboxed::{Lease, WorkerProcess};
 use crate::virtio::{lock, Transport};
 use crate::vm_events::{VmEvent, VmEvents};
 use crate::worker_stderr::StderrRelay;
@@ -230,52 +230,97 @@ pub struct MonitorError {
     pub source: std::io::Error,
 }
 
-/// Starts the monitor thread of device `name`: its worker process is `supervised` (sandboxed)
-/// or none (in-process), watched through `watch` (its start's duplicate of the control socket
-/// and its stderr pipe; without it, the socket is duplicated here) and its lease's broker
-/// reports; with `restarter`, a dead worker is replaced (`--on-worker-exit=restart`). It ends
-/// once the device is broken for good and, for a process, the broker has reported it dead.
+/// What a device's monitor thread is handed once the device's worker is `Ready`
+/// ([`MonitorHandoff::hand`]).
+struct Handoff {
+    transport: Transport,
+    supervised: Option<Arc<Supervised>>,
+    restarter: Option<Restarter>,
+    /// Its own fd of the worker's control socket, only for polling (the proxy keeps, and may
+    /// shut down, its own).
+    socket: OwnedFd,
+    /// A sandboxed worker's stderr pipe.
+    stderr: Option<OwnedFd>,
+}
+
+/// svmm's side of a device's monitor thread that waits for its device
+/// ([`spawn_monitor`]); dropping it without [`MonitorHandoff::hand`] ends the thread.
+pub struct MonitorHandoff {
+    handoff: mpsc::SyncSender<Handoff>,
+}
+
+impl MonitorHandoff {
+    /// Hands the monitor its device: `transport`, its worker process `supervised`
+    /// (sandboxed) or none (in-process), watched through `socket` (a second fd of the control
+    /// socket) and `stderr` (a sandboxed worker's pipe) and its lease's broker reports; with
+    /// `restarter`, a dead worker is replaced (`--on-worker-exit=restart`). Returns at once.
+    pub fn hand(
+        self,
+        transport: &Transport,
+        supervised: Option<Arc<Supervised>>,
+        restarter: Option<Restarter>,
+        socket: OwnedFd,
+        stderr: Option<OwnedFd>,
+        policy: OnWorkerExit,
+    ) {
+        let restarter =
+            restarter.filter(|_| policy == OnWorkerExit::Restart && supervised.is_some());
+        if restarter.is_some() {
+            lock(transport).proxy_mut().set_restartable(true);
+        }
+        // The thread is gone only if it could not confine itself: it said so, and marks no
+        // device (it never had one); the VM's end still stops the worker.
+        let _ = self.handoff.send(Handoff {
+            transport: transport.clone(),
+            supervised,
+            restarter,
+            socket,
+            stderr,
+        });
+    }
+}
+
+/// Starts the monitor thread of device `name` (`mon-NAME`), before the vCPUs run (svmm's
+/// filter has no call that starts a thread): it confines itself, then waits for its device
+/// ([`MonitorHandoff::hand`]), and watches it from then on. It ends once the device is broken
+/// for good and, for a process, the broker has reported it dead.
 pub fn spawn_monitor(
     name: &str,
-    transport: &Transport,
-    supervised: Option<Arc<Supervised>>,
     policy: OnWorkerExit,
-    restarter: Option<Restarter>,
-    watch: Option<Watch>,
     control: &VmEvents,
-) -> Result<(), MonitorError> {
-    let host = |what, source| MonitorError { what, source };
-    // Its own copy of the socket (only for polling: the proxy keeps, and may shut down, its
-    // own) and the worker's stderr pipe: for a sandboxed worker from its start
-    // (`Sandbox::start`).
-    let (socket, stderr): (OwnedFd, Option<OwnedFd>) = match watch {
-        Some(Watch { socket, stderr }) => (socket, Some(stderr)),
-        None => {
-            let socket = lock(transport)
-                .proxy()
-                .socket()
-                .try_clone_to_owned()
-                .map_err(|e| host("duplicate its control socket", e))?;
-            (socket, None)
-        }
-    };
-    let restarter = restarter.filter(|_| policy == OnWorkerExit::Restart && supervised.is_some());
-    if restarter.is_some() {
-        lock(transport).proxy_mut().set_restartable(true);
-    }
-    let mut monitor = Monitor {
-        name: name.to_string(),
-        transport: transport.clone(),
-        supervised,
-        policy,
-        restarter,
-        control: control.clone(),
-    };
+) -> Result<MonitorHandoff, MonitorError> {
+    let (handoff, device) = mpsc::sync_channel::<Handoff>(1);
+    let name = name.to_string();
+    let control = control.clone();
     thread::Builder::new()
         .name(format!("mon-{name}"))
-        .spawn(move || monitor.run(socket, stderr))
-        .map_err(|e| host("start its monitor thread", e))?;
-    Ok(())
+        .spawn(move || {
+            // Like every runtime thread of svmm: the `vmm` profile before it reads a
+            // worker's byte.
+            let confined = crate::self_confine::enter(crate::self_confine::ThreadRole::Monitor);
+            let Ok(handoff) = device.recv() else {
+                return; // The device never started: the VM is ending.
+            };
+            let mut monitor = Monitor {
+                name,
+                transport: handoff.transport,
+                supervised: handoff.supervised,
+                policy,
+                restarter: handoff.restarter,
+                control,
+            };
+            if let Err(e) = confined {
+                eprintln!("svmm: {}: {e}; the device is stopped", monitor.name);
+                lock(&monitor.transport).mark_needs_reset();
+                return;
+            }
+            monitor.run(handoff.socket, handoff.stderr)
+        })
+        .map_err(|e| MonitorError {
+            what: "start its monitor thread",
+            source: e,
+        })?;
+    Ok(MonitorHandoff { handoff })
 }
 
 /// What a monitor thread holds.
@@ -334,15 +379,6 @@ impl Stderr {
 
 impl Monitor {
     fn run(&mut self, mut socket: OwnedFd, stderr: Option<OwnedFd>) {
-        // Like every runtime thread of svmm: the `vmm` profile before it reads a worker's byte.
-        if let Err(e) = crate::self_confine::enter(crate::self_confine::ThreadRole::Monitor) {
-            eprintln!("svmm: {}: {e}; the device is stopped", self.name);
-            self.transport
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .mark_needs_reset();
-            return;
-        }
         let mut stderr = stderr.map(|fd| Stderr::new(fd, &self.name));
         let lease = self.supervised.as_ref().map(|s| s.lease.clone());
         let mut watch_socket = true;

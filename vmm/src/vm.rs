@@ -143,8 +143,9 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         // The sockets svmm connects to for devices, as the uid it connects as from now on.
         vm.devices.check_services_reachable(uid)?;
     }
-    // The devices start: workers through the broker, in-process threads, monitor threads.
-    vm.devices.start(config, &mut mmio_bus, &control)?;
+    // The devices' threads start (in-process devices, host services, monitors) and their
+    // windows go on the bus, closed until their workers are Ready.
+    let starting = vm.devices.start(config, &mut mmio_bus, &control)?;
 
     let raw = terminal::enter_raw_mode();
     ConsoleInput::spawn(serial, control.clone(), raw)
@@ -166,6 +167,10 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     // itself before any vCPU runs the guest (they wait, confined, at their gate).
     self_confine::enter(ThreadRole::Main)?;
     vm.vcpus.release();
+    // While the guest boots: the sandboxed workers start, every device's Ready; a vCPU that
+    // touches a device before its worker is Ready waits for it there (a device that fails
+    // ends the VM with its error, as it would have before the first vCPU ran).
+    vm.devices.finish(starting, config)?;
     // `control` stays alive here, so the channel cannot close before an event arrives.
     let event = events
         .recv()

@@ -15,9 +15,12 @@ use crate::virtio::worker_proxy::{Deadlines, WorkerProxy};
 use crate::virtio::{lock, Transport};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// A transport whose proxy talks to a fake worker; returns the fake's end.
-fn transport() -> (Transport, Channel) {
+/// A transport whose proxy talks to a fake worker; returns the fake's end and a second fd of
+/// the proxy's socket, for the monitor.
+fn transport() -> (Transport, Channel, OwnedFd) {
     let (vmm, worker) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
+    let watched = vmm.as_fd().try_clone_to_owned().unwrap();
     let ready = WorkerToVmm::Ready {
         device_type: 4,
         device_features: 1 << 32,
@@ -45,6 +48,7 @@ fn transport() -> (Transport, Channel) {
     (
         Arc::new(Mutex::new(MmioTransport::new("rng#0", proxy))),
         worker,
+        watched,
     )
 }
 
@@ -64,20 +68,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_dead_worker_stops_the_vm_when_asked() {
-    let (transport, worker) = transport();
+    let (transport, worker, watched) = transport();
     // The driver acknowledged the device, so DEVICE_NEEDS_RESET can show.
     lock(&transport).write(0x70, &1u32.to_le_bytes());
     let (control, events) = VmEvents::new();
-    spawn_monitor(
-        "rng#0",
-        &transport,
-        None,
-        OnWorkerExit::Stop,
-        None,
-        None,
-        &control,
-    )
-    .unwrap();
+    spawn_monitor("rng#0", OnWorkerExit::Stop, &control)
+        .unwrap()
+        .hand(&transport, None, None, watched, None, OnWorkerExit::Stop);
     drop(worker);
     let event = events.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(
@@ -89,19 +86,12 @@ fn a_dead_worker_stops_the_vm_when_asked() {
 
 #[test]
 fn a_device_error_shows_needs_reset_and_the_vm_keeps_running() {
-    let (transport, worker) = transport();
+    let (transport, worker, watched) = transport();
     lock(&transport).write(0x70, &1u32.to_le_bytes());
     let (control, events) = VmEvents::new();
-    spawn_monitor(
-        "rng#0",
-        &transport,
-        None,
-        OnWorkerExit::Keep,
-        None,
-        None,
-        &control,
-    )
-    .unwrap();
+    spawn_monitor("rng#0", OnWorkerExit::Keep, &control)
+        .unwrap()
+        .hand(&transport, None, None, watched, None, OnWorkerExit::Keep);
     let error = WorkerToVmm::DeviceError {
         reason: DeviceErrorKind::GuestFault,
     };

@@ -46,7 +46,7 @@
 //! [`WorkerProxy::service`], which the device's owner calls when the socket is readable (see
 //! `device_setup`), and before every request.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use devices::irq_status::IrqStatus;
@@ -187,7 +187,9 @@ impl WorkerProxy {
     /// page and irqfd (the VMM keeps them, so it can still signal a config change after the
     /// worker died). The `Ready` must describe a device of `shape` (from the kind's declaration
     /// and the config, never from the worker): its device type, queue count and maximum queue
-    /// size, and no feature outside the kind's set.
+    /// size, and no feature outside the kind's set. `channel` must be non-blocking already (the
+    /// broker makes svmm's end of a worker's channel so, set-up an in-process device's): the
+    /// main thread connects once it is confined, and its filter has no call to make it so.
     pub fn connect(
         name: impl Into<String>,
         channel: Channel,
@@ -197,7 +199,6 @@ impl WorkerProxy {
         deadlines: Deadlines,
         shape: &Shape,
     ) -> Result<WorkerProxy, ProxyError> {
-        channel.set_nonblocking(true)?;
         let info = await_ready(&channel, deadlines.ready)?;
         if usize::from(info.num_queues) != queue_events.len() {
             return Err(ProxyError::BadReply { request: "start" });
@@ -337,11 +338,6 @@ impl WorkerProxy {
             self.needs_reset = true;
         }
         self.break_device(reason, Duration::ZERO);
-    }
-
-    /// The control socket, for the owner to watch: readable means [`Self::service`] has work.
-    pub fn socket(&self) -> BorrowedFd<'_> {
-        self.channel.as_fd()
     }
 
     /// Why the device broke for good, if it did.

@@ -14,6 +14,7 @@
 //! | `exit`    | exits with status 3                                                     |
 //! | `escape`  | (with `--seccomp=log`, which lets the calls reach the other layers) opens `/`, makes `/x` and opens `/etc/passwd`, printing each `errno`: Landlock and the empty read-only root must refuse them; then serves on |
 //! | `impostor`| its `Ready` announces another device (virtio-blk, ID 2) with a feature no kind offers (bit 50), from the start |
+//! | `unready` | never sends its `Ready`: parks for good once confined (svmm's set-up must fail at the worker's deadline) |
 //! | `stderr`  | writes terminal escape sequences, a forged `svmm: error:` line, bidirectional overrides and a flood of lines on its stderr, then serves on (svmm must show none of it raw) |
 //! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
@@ -66,6 +67,8 @@ pub enum Fault {
     Fds,
     /// A `Ready` for another device than its kind.
     Impostor,
+    /// No `Ready` at all.
+    Unready,
     /// Escape sequences, a forged svmm line and a flood on its stderr.
     Stderr,
     /// File system accesses the seccomp filter would trap (run with `--seccomp=log`) and
@@ -79,8 +82,8 @@ pub enum Fault {
 impl Fault {
     /// Every mode's name, in the order of the table above.
     pub const NAMES: &'static [&'static str] = &[
-        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "impostor", "stderr",
-        "host",
+        "syscall", "garbage", "silent", "flood", "exit", "fds", "escape", "impostor", "unready",
+        "stderr", "host",
     ];
 
     /// The mode called `name`.
@@ -93,6 +96,7 @@ impl Fault {
             "exit" => Some(Fault::Exit),
             "fds" => Some(Fault::Fds),
             "impostor" => Some(Fault::Impostor),
+            "unready" => Some(Fault::Unready),
             "stderr" => Some(Fault::Stderr),
             "escape" => Some(Fault::Escape),
             "host" => Some(Fault::Host),
@@ -110,6 +114,7 @@ impl Fault {
             Fault::Exit => "exit",
             Fault::Fds => "fds",
             Fault::Impostor => "impostor",
+            Fault::Unready => "unready",
             Fault::Stderr => "stderr",
             Fault::Escape => "escape",
             Fault::Host => "host",
@@ -181,8 +186,8 @@ fn misbehave(fault: Fault, control: RawFd) {
         }
         Fault::Exit => std::process::exit(EXIT_STATUS),
         Fault::Escape => escape(),
-        // It lied at Ready already; svmm never got this far.
-        Fault::Impostor => {}
+        // It lied at Ready already, or never sent it; svmm never got this far.
+        Fault::Impostor | Fault::Unready => {}
         Fault::Stderr => {
             use std::io::Write;
             let mut err = std::io::stderr();

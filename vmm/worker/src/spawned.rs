@@ -125,6 +125,13 @@ fn run(args: &[String], kinds: &[&dyn DeviceKind]) -> Result<(), String> {
     let mapped = mapped.ok_or("sandbox set-up did not run")?;
     let backend = built.into_backend();
 
+    // Confined, and silent for good: no Ready (a futex wait the filter allows).
+    #[cfg(feature = "test-faults")]
+    if options.fault == Some(crate::fault::Fault::Unready) {
+        loop {
+            std::thread::park();
+        }
+    }
     #[cfg(feature = "test-faults")]
     let backend: Box<dyn devices::VirtioBackend> = match options.fault {
         // The device probes by itself (armed above).

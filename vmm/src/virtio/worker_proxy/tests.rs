@@ -44,6 +44,7 @@ fn ready(config: Vec<u8>) -> WorkerToVmm {
 /// A proxy connected to a fake worker that already said `first`; returns the fake's end too.
 fn connect(first: &WorkerToVmm) -> (Result<WorkerProxy, ProxyError>, Channel) {
     let (vmm, worker) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
     worker.send(first, &[]).unwrap();
     let proxy = WorkerProxy::connect(
         "test#0",
@@ -82,6 +83,7 @@ fn assert_worker_sees_peer_gone(worker: &Channel) {
 #[test]
 fn a_silent_worker_fails_set_up_after_the_deadline() {
     let (vmm, _worker) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
     let start = Instant::now();
     let err = WorkerProxy::connect(
         "test#0",
@@ -199,6 +201,7 @@ fn garbage_breaks_the_device() {
 
     // Garbage instead of Ready: set-up fails.
     let (vmm, worker) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
     worker.send(&[0xffu8; 64], &[]).unwrap();
     let result = WorkerProxy::connect(
         "test#1",
@@ -363,6 +366,7 @@ fn the_real_worker_loop_on_a_thread() {
         worker::guest_ram::create_guest_ram(1 << 20, worker::guest_ram::Backing::Shmem).unwrap();
     let status = IrqStatus::create().unwrap();
     let (vmm, theirs) = Channel::pair().unwrap();
+    vmm.set_nonblocking(true).unwrap();
     let irqfd = eventfd();
     let queue_event = eventfd();
     let fds = WorkerFds {

@@ -62,8 +62,8 @@ pub struct Supervised {
     lease: Arc<Lease>,
     worker: Mutex<WorkerProcess>,
     pid: AtomicI32,
-    /// Why svmm killed the worker, if it did while the worker still ran.
-    killed_for: Mutex<Option<String>>,
+    /// Why svmm broke the device and ended the worker, if it did (see [`KilledFor`]).
+    killed_for: Mutex<Option<KilledFor>>,
     /// The VM is ending: the worker's death is expected and not reported.
     ending: AtomicBool,
     /// The monitor has printed the worker's death (or will never have to).
@@ -138,10 +138,22 @@ impl Supervised {
     /// — so it watches the worker's pidfd, not the broker's report.
     pub fn kill_for(&self, reason: &str, grace: Duration) {
         let worker = self.worker();
-        if crate::fd_wait::wait_readable(worker.pidfd(), grace).unwrap_or(false) {
-            return; // Already ended: nothing to kill.
+        // Already ended: nothing to kill. Within a grace the worker was expected to end by
+        // itself, and its own status tells. With none, the proxy has just shut the worker's
+        // socket down and a worker answers that end-of-file with a clean exit, possibly before
+        // this look at its pidfd: that end is still svmm's doing, so the reason is kept (else
+        // the report says "exited with status 0" for a worker svmm ended).
+        let ended = crate::fd_wait::wait_readable(worker.pidfd(), grace).unwrap_or(false);
+        if ended && !grace.is_zero() {
+            return;
         }
-        *self.killed_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        *self.killed_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(KilledFor {
+            reason: reason.to_string(),
+            stop_sent: !ended,
+        });
+        if ended {
+            return;
+        }
         if let Err(e) = self.lease.stop() {
             eprintln!(
                 "svmm: cannot ask the broker to kill {}'s worker (pid {}): {}",
@@ -188,7 +200,26 @@ impl Supervised {
                 core_dumped: false,
             },
         };
-        describe_death(Ok(exit), syscall, killed_for.as_deref())
+        let reason = killed_for.as_ref().and_then(|k| k.explains(&exit));
+        describe_death(Ok(exit), syscall, reason)
+    }
+}
+
+/// Why svmm ended a worker: the device broke for `reason` (the proxy shut the worker's socket
+/// down), and svmm asked the broker to kill the worker if `stop_sent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KilledFor {
+    reason: String,
+    stop_sent: bool,
+}
+
+impl KilledFor {
+    /// The reason, if it explains `exit`: a SIGKILL only when svmm sent one (a worker that had
+    /// died before svmm looked was killed by somebody else); any other end always, and
+    /// [`describe_death`] decides what the status says.
+    fn explains(&self, exit: &ExitCause) -> Option<&str> {
+        let sigkill = matches!(exit, ExitCause::Killed { signal, .. } if *signal == libc::SIGKILL);
+        (self.stop_sent || !sigkill).then_some(self.reason.as_str())
     }
 }
 

@@ -155,3 +155,37 @@ fn deaths_are_described_with_their_cause() {
         "killed by svmm: sent garbage"
     );
 }
+
+/// A worker that ended before svmm looked at it (it saw its socket shut down and left cleanly)
+/// is still reported as svmm's doing; a SIGKILL that svmm never sent is not.
+#[test]
+fn the_reason_explains_only_what_svmm_did() {
+    let sigkill = ExitCause::Killed {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    let sent = KilledFor {
+        reason: "sent garbage".into(),
+        stop_sent: true,
+    };
+    let gone_first = KilledFor {
+        stop_sent: false,
+        ..sent.clone()
+    };
+    assert_eq!(sent.explains(&sigkill), Some("sent garbage"));
+    assert_eq!(gone_first.explains(&sigkill), None);
+    assert_eq!(
+        gone_first.explains(&ExitCause::Exited(0)),
+        Some("sent garbage")
+    );
+    let exit0 = ExitCause::Exited(0);
+    assert_eq!(
+        describe_death(Ok(exit0), None, gone_first.explains(&exit0)),
+        "killed by svmm: sent garbage"
+    );
+    let exit3 = ExitCause::Exited(3);
+    assert_eq!(
+        describe_death(Ok(exit3), None, gone_first.explains(&exit3)),
+        "exited with status 3"
+    );
+}

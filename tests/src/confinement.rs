@@ -609,14 +609,20 @@ fn id_of(flag: &str) -> Result<String, String> {
 /// `vm` run as [`TEST_USER`], which has a subordinate id range ([`ensure_subordinate_range`]),
 /// so its workers get subordinate ids unless `vm` says `--subids=off`. The clone may sit where
 /// that user cannot read (e.g. under /root), so svmm and the guest run from world-readable
-/// copies in `dir`. `setpriv`
+/// copies in `dir` (made by the first call for that `dir`). `setpriv`
 /// (util-linux) switches user and the `sh -c` drops the harness's own svmm path and execs the
 /// copy: the pid the harness sees is still svmm's own.
 pub fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> {
     use std::os::unix::fs::PermissionsExt;
     ensure_subordinate_range()?;
+    // Copied once per `dir`: a caller that runs several VMs with one `dir` must not rewrite the
+    // binary while the previous VM's processes may still execute it (ETXTBSY: a worker or the
+    // broker being killed at that VM's end runs the same file).
     let copy = |from: &std::path::Path, name: &str| -> Result<PathBuf, String> {
         let to = dir.path().join(name);
+        if to.exists() {
+            return Ok(to);
+        }
         std::fs::copy(from, &to).map_err(|e| format!("copy {}: {e}", from.display()))?;
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("chmod {}: {e}", to.display()))?;

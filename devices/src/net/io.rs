@@ -4,7 +4,8 @@
 //! ```text
 //!   TX kick / endpoint writable / TX timer ─▶ tx(pair): pending chain first, then
 //!       pop → tx::parse_chain (header copied and validated) → rate check →
-//!       endpoint.send_guest (a tap: one pwritev2 of the header and the guest buffers) → used
+//!       endpoint.send_guest (a tap: a frame above 4 KiB in one pwritev2 of the header and the
+//!       guest buffers, a smaller one copied and written) → used
 //!       blocked: keep the chain, watch the fd for OUT; throttled: keep it, arm the timer
 //!   endpoint readable / RX kick / RX timer ─▶ rx_port(port): pending frame first, then
 //!       endpoint.recv → header verdict → rate check → rx::deliver into the routed RX queue

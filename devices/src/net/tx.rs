@@ -7,8 +7,8 @@
 //! read as metadata, none will be, so a frame laid over its own descriptors or header is
 //! refused). The header is validated on the private copy ([`TxHeader::validate`]): what reaches
 //! the endpoint is the canonical header made from the validated one and the frame's bytes,
-//! which the host reads straight from guest memory (a tap: one `pwritev2`) or from a private
-//! copy ([`copy_frame`]). Nothing decided here depends on a payload byte — the header is
+//! which the host reads straight from guest memory (a tap, frames above 4 KiB: one `pwritev2`)
+//! or from a private copy ([`copy_frame`]). Nothing decided here depends on a payload byte — the header is
 //! checked against the frame's length only — so a driver that changes the frame while it is
 //! sent changes only what goes on the wire, as on real hardware.
 //!

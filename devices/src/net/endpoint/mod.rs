@@ -22,7 +22,7 @@ use std::os::fd::RawFd;
 use vm_memory::GuestMemoryMmap;
 
 pub use stream::{Stream, STREAM_BYTES};
-pub use tap::{Tap, TunControl, TunIoctl};
+pub use tap::{Tap, TunControl, TunIoctl, COPY_UP_TO};
 
 use super::header::VnetHdr;
 use super::{tx, Offloads, HDR_LEN};
@@ -81,10 +81,7 @@ pub trait Endpoint: Send {
         len: usize,
         scratch: &mut [u8],
     ) -> io::Result<Sent> {
-        if !tx::copy_frame(mem, frame, &mut scratch[HDR_LEN..HDR_LEN + len]) {
-            return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
-        }
-        self.send(hdr, scratch, len)
+        send_copied(self, hdr, mem, frame, len, scratch)
     }
     /// Bytes the endpoint accepted but could not pass on yet (a stream's partial write).
     fn backlog(&self) -> bool {
@@ -98,6 +95,22 @@ pub trait Endpoint: Send {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received>;
     /// Which offloaded frames (`tun_flags`) the host may hand the device from now on.
     fn set_offloads(&mut self, tun_flags: u32) -> io::Result<()>;
+}
+
+/// Copies the frame of `len` bytes in the guest buffers `frame` into `scratch` after the
+/// header's room and sends it with [`Endpoint::send`]; a buffer outside `mem` refuses it.
+fn send_copied<E: Endpoint + ?Sized>(
+    ep: &mut E,
+    hdr: &VnetHdr,
+    mem: &GuestMemoryMmap,
+    frame: &[Segment],
+    len: usize,
+    scratch: &mut [u8],
+) -> io::Result<Sent> {
+    if !tx::copy_frame(mem, frame, &mut scratch[HDR_LEN..HDR_LEN + len]) {
+        return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
+    }
+    ep.send(hdr, scratch, len)
 }
 
 /// Whether a write or read error means "try again later".

@@ -7,10 +7,17 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{fatal, would_block, Endpoint, Received, Sent};
+use super::{fatal, send_copied, would_block, Endpoint, Received, Sent};
 use crate::chain::Segment;
 use crate::net::header::VnetHdr;
 use crate::net::{sys, tun_flags, Offloads, HDR_LEN, MAX_FRAME, MIN_FRAME};
+
+/// Largest frame a tap sends from a private copy rather than from guest memory. Below it the
+/// copy costs less than the iovec list and the `pwritev2` path: in the two benchmark runs on
+/// 11a33f7 (BENCHMARKS.md, 2026-12-03), sending every frame from guest memory held the
+/// sandboxed worker to ~1.0 M frames/s for both 64 B and 1514 B frames (1.26 M with the copy
+/// in the run before, e044e81), while 64 KiB GSO frames gained ~40 % (137 → 191 Gb/s).
+pub const COPY_UP_TO: usize = 4096;
 
 /// How the endpoint switches the tap's offloads: `TUNSETOFFLOAD` on a real tap
 /// ([`TunIoctl`]); tests stand a datagram socket in for the tap and record the calls.
@@ -81,8 +88,9 @@ impl Endpoint for Tap {
         sent(rustix::io::write(&self.fd, &buf[..HDR_LEN + len]).map_err(io::Error::from))
     }
 
-    /// One `pwritev2` (as `writev`: offset -1) of the private header and the guest buffers:
-    /// the kernel copies the frame into its socket buffer, the worker copies none of it.
+    /// A frame of up to [`COPY_UP_TO`] bytes is copied and written with one `write`; a larger
+    /// one goes with one `pwritev2` (as `writev`: offset -1) of the private header and the
+    /// guest buffers: the kernel copies the frame into its socket buffer, the worker none of it.
     fn send_guest(
         &mut self,
         hdr: &VnetHdr,
@@ -91,6 +99,9 @@ impl Endpoint for Tap {
         len: usize,
         scratch: &mut [u8],
     ) -> io::Result<Sent> {
+        if len <= COPY_UP_TO {
+            return send_copied(self, hdr, mem, frame, len, scratch);
+        }
         let header = hdr.to_bytes();
         let mut iov = Vec::with_capacity(frame.len() + 1);
         iov.push(libc::iovec {
@@ -112,10 +123,7 @@ impl Endpoint for Tap {
         }
         if covered != len || iov.len() > sys::IOV_MAX {
             // Not what the walk promised (a bug), or more pieces than one call takes.
-            if !crate::net::tx::copy_frame(mem, frame, &mut scratch[HDR_LEN..HDR_LEN + len]) {
-                return Ok(Sent::Refused(io::Error::from_raw_os_error(libc::EFAULT)));
-            }
-            return self.send(hdr, scratch, len);
+            return send_copied(self, hdr, mem, frame, len, scratch);
         }
         // `header` lives until the call returns; the guest buffers lie in `mem`'s mappings,
         // borrowed for the whole call (see `sys::write_frame`).

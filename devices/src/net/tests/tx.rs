@@ -22,6 +22,33 @@ fn a_frame_split_over_descriptors_reaches_the_tap_whole() {
     assert!(rig.host_recv(0).is_none());
 }
 
+/// A tap copies frames up to `COPY_UP_TO` bytes and writes larger ones from guest memory: on
+/// both sides of the boundary the frame arrives whole and in order.
+#[test]
+fn frames_on_both_sides_of_the_copy_boundary_reach_the_tap_whole() {
+    use crate::net::endpoint::COPY_UP_TO;
+    let mem = mem();
+    let mut rig = Rig::new(&mem, config(), LINUX);
+    // Frames above the MTU: TSO frames, as a guest sends them.
+    let tso = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let small = frame(COPY_UP_TO, 4);
+    let large = frame(COPY_UP_TO + 1, 5);
+    rig.push_tx(0, BUF, &tso, &small, 3);
+    rig.push_tx(0, BUF + 0x2_0000, &tso, &large, 3);
+    rig.kick(1);
+    assert_eq!(rig.host_recv(0).map(|(_, f)| f), Some(small));
+    assert_eq!(rig.host_recv(0).map(|(_, f)| f), Some(large));
+    assert_eq!(rig.stats(1), (2, (2 * COPY_UP_TO + 1) as u64, 0, 0));
+}
+
 #[test]
 fn partial_checksum_and_tso_pass_with_the_features_and_only_the_validated_fields() {
     let mem = mem();

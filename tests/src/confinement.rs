@@ -593,7 +593,7 @@ pub fn ensure_subordinate_range() -> Result<(u32, u32), String> {
 }
 
 /// `id FLAG` of [`TEST_USER`].
-fn id_of(flag: &str) -> Result<String, String> {
+pub fn id_of(flag: &str) -> Result<String, String> {
     let out = std::process::Command::new("id")
         .args([flag, TEST_USER])
         .output()

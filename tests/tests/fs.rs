@@ -31,7 +31,6 @@ const SLEEPING: &str = "testguest: sleep ms=";
 const BAD_INPUT: i32 = 65;
 /// svmm's exit status for a bad command line.
 const BAD_USAGE: i32 = 64;
-const TEST_USER: &str = "svmm-test";
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -491,8 +490,8 @@ fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> {
             .map_err(|e| format!("chmod {}: {e}", to.display()))?;
         Ok(to)
     };
-    let uid = id("-u")?;
-    let gid = id("-g")?;
+    let uid = tests::confinement::id_of("-u")?;
+    let gid = tests::confinement::id_of("-g")?;
     // The share belongs to the user svmm runs as: its worker has svmm's ids.
     chown_tree(&dir.path().join("share"), &uid, &gid)?;
     let svmm = copy(&tests::binary::svmm_bin(), "svmm")?;
@@ -510,19 +509,6 @@ fn unprivileged(vm: TestVm, dir: &paths::TempDir) -> Result<TestVm, String> {
         "sh".into(),
     ];
     Ok(vm.kernel(kernel).wrapper(wrapper))
-}
-
-fn id(flag: &str) -> Result<String, String> {
-    let out = std::process::Command::new("id")
-        .args([flag, TEST_USER])
-        .output()
-        .map_err(|e| format!("id: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "user {TEST_USER} does not exist: tests/run.sh creates it (useradd, group kvm)"
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn chown_tree(path: &Path, uid: &str, gid: &str) -> Result<(), String> {

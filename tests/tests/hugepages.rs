@@ -8,9 +8,14 @@
 //!   `nr_hugepages` back afterwards (needs root; ignored with the reason otherwise).
 //! - Too few free pages: one line saying how many are needed, how many there are, and the
 //!   command that reserves them; exit 67. Nothing is reserved for it.
+//! - `svmm-bench` stopped by Ctrl-C (SIGINT) while it runs with a pool it grew: it finishes the
+//!   VM in progress, writes no report, exits 130, and leaves `nr_hugepages` and its scratch
+//!   directory as they were before it started.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tests::disk::{self, compare_image, expected_image_blocks};
@@ -40,6 +45,11 @@ fn main() {
     }
     suite
         .test("short_pool_is_one_line", short_pool_is_one_line)
+        .test_unless(
+            "bench_interrupted_puts_the_pool_back",
+            not_root(),
+            bench_interrupted_puts_the_pool_back,
+        )
         .run()
 }
 
@@ -155,5 +165,86 @@ fn short_pool_is_one_line() -> TrialResult {
             Ok(())
         }
         _ => Err(format!("expected one line starting {want:?}\n{}", out.report()).into()),
+    }
+}
+
+fn bench_interrupted_puts_the_pool_back() -> TrialResult {
+    require_kvm();
+    let before = tests::hugepages::counter("nr_hugepages")?;
+    // Enough pages that the bench must grow the pool: more than are free now.
+    let mem_mib = ((available()? + 1) * 2).max(64);
+    let scratch = paths::TempDir::new("bench-sigint");
+    let out = scratch.path().join("out");
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_svmm-bench"))
+        .args([
+            "--tests",
+            "bench_cpu",
+            "--reps",
+            "2",
+            "--bench-ms",
+            "50",
+            "--hugepages",
+            "on",
+        ])
+        .args(["--mem", &mem_mib.to_string(), "--image-mib", "64"])
+        .arg("--guest")
+        .arg(paths::artefact("testguest.elf"))
+        .arg("--scratch")
+        .arg(scratch.path())
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start svmm-bench: {e}"))?;
+    let mut stderr = BufReader::new(bench.stderr.take().expect("piped stderr"));
+    let mut seen = String::new();
+    // The first finished VM run (each has its own timeout in svmm-bench), then Ctrl-C's
+    // signal to svmm-bench alone.
+    let grown_to = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            let _ = bench.wait();
+            return Err(format!("svmm-bench ended before its first run:\n{seen}").into());
+        }
+        seen.push_str(&line);
+        if line.starts_with("[  1/") {
+            let grown_to = tests::hugepages::counter("nr_hugepages")?;
+            // SAFETY: kill with the pid of our own child that has not been reaped yet.
+            if unsafe { libc::kill(bench.id() as i32, libc::SIGINT) } != 0 {
+                return Err(format!("kill: {}", std::io::Error::last_os_error()).into());
+            }
+            break grown_to;
+        }
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).map_err(|e| e.to_string())?;
+    seen.push_str(&rest);
+    let status = bench.wait().map_err(|e| e.to_string())?;
+    let after = tests::hugepages::counter("nr_hugepages")?;
+    let leftovers: Vec<String> = fs::read_dir(scratch.path())
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "out")
+        .collect();
+    let problems: Vec<String> = [
+        (status.code() != Some(130)).then(|| format!("exit {status}, expected 130")),
+        (grown_to <= before).then(|| format!("the pool was not grown ({before} -> {grown_to})")),
+        (after != before).then(|| format!("nr_hugepages {after} after the run, {before} before")),
+        out.join("BENCHMARKS.md")
+            .exists()
+            .then(|| "BENCHMARKS.md was written".to_string()),
+        (!leftovers.is_empty()).then(|| format!("left in the scratch directory: {leftovers:?}")),
+        (!seen.contains("svmm-bench: error: SIGINT after "))
+            .then(|| "no line saying it stopped for SIGINT".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(format!("{}\nsvmm-bench's stderr:\n{seen}", problems.join("; ")).into()),
     }
 }

@@ -6,6 +6,7 @@
 //! |--------------|-----------------------------------------------------------------------------|
 //! | [`figures`]  | what is measured: the figure catalogue and the guest's result lines         |
 //! | [`findings`] | "Where the gaps come from": the analysis, its figures filled in from the run |
+//! | [`interrupt`] | SIGINT/SIGTERM/SIGHUP: stop after the running VM and put the host back      |
 //! | [`setup`]    | the three configurations as [`crate::TestVm`]s (the QEMU command), disk images, prerequisites, the machine |
 //! | [`runner`]   | one VM run (boot times, spawn lines, memory, guest figures) and the round robin |
 //! | [`memory`]   | `/proc/<pid>/smaps`: PSS without the guest-RAM mapping                      |
@@ -23,6 +24,7 @@
 pub mod chart;
 pub mod figures;
 pub mod findings;
+pub mod interrupt;
 pub mod memory;
 pub mod report;
 pub mod runner;

@@ -356,7 +356,8 @@ pub struct Progress<'a> {
 }
 
 /// Runs everything: a warm-up boot per configuration (not counted: it loads binaries into the
-/// page cache), then `plan.reps` repetitions of every run kind in every configuration.
+/// page cache), then `plan.reps` repetitions of every run kind in every configuration. Stops
+/// early, after the run in progress, once a signal asked for it ([`super::interrupt`]).
 pub fn run_all(plan: &Plan, mut progress: impl FnMut(&Progress)) -> Results {
     let mut results = Results::default();
     let mut schedule: Vec<(String, Config, RunKind, bool)> = Config::ALL
@@ -372,6 +373,9 @@ pub fn run_all(plan: &Plan, mut progress: impl FnMut(&Progress)) -> Results {
         }
     }
     for (label, config, kind, counted) in schedule {
+        if super::interrupt::requested().is_some() {
+            break;
+        }
         let run_label = format!("{label}, {}", kind.name());
         let begun = Instant::now();
         let failures_before = results.failures.len();

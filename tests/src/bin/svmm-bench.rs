@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tests::bench::figures;
 use tests::bench::runner::{self, Progress};
 use tests::bench::setup::{self, Machine, Plan};
-use tests::bench::{chart, report, stats, Config, Mode, RunKind};
+use tests::bench::{chart, interrupt, report, stats, Config, Mode, RunKind};
 use tests::{binary, paths};
 
 const USAGE: &str = "\
@@ -34,11 +34,14 @@ options:
                     (svmm --hugepages, QEMU memory-backend-memfd hugetlb=on) or in 4 KiB pages
                     of a shared memfd (both). auto (the default): huge pages when svmm-bench
                     runs as root and the pool can be grown by what the run needs; the harness
-                    grows nr_hugepages for the run only and puts it back at its end (an
-                    interrupted run leaves it grown). The report names the backing
+                    grows nr_hugepages for the run only and puts it back at its end, also
+                    when Ctrl-C, SIGTERM or SIGHUP stops it. The report names the backing
   --qemu-vhost on|off  QEMU's net device with vhost=on (needs /dev/vhost-net) or vhost=off
                     (default off; the report names which)
   --out DIR         where BENCHMARKS.md and benchmarks.svg go (default: the repository root)
+
+Ctrl-C (SIGINT), SIGTERM or SIGHUP: stops after the VM that is running, writes no report and
+puts the host back (pool, namespace, scratch files), exit 128+signal; a second one exits at once.
 
 environment: SVMM_BIN (the svmm binary; default: cargo builds it), QEMU_BIN (default:
 qemu-system-x86_64 on PATH), SVMM_BENCH_INVOCATION (the command to print as the one that ran).
@@ -140,6 +143,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 }
 
 fn main() -> ExitCode {
+    // First: a signal from here on stops the run in order (see tests::bench::interrupt).
+    if let Err(e) = interrupt::install() {
+        eprintln!("svmm-bench: error: {e}");
+        return ExitCode::from(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match parse_args(&args) {
         Ok(o) => o,
@@ -157,7 +165,11 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("svmm-bench: error: {e}");
-            ExitCode::from(2)
+            match interrupt::requested() {
+                // The shell's convention for a command a signal ended.
+                Some(signal) => ExitCode::from(128 + signal as u8),
+                None => ExitCode::from(2),
+            }
         }
     }
 }
@@ -325,6 +337,14 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
             p.took.as_secs_f64()
         );
     });
+    if let Some(signal) = interrupt::requested() {
+        // Returning drops the pool reservation, the namespace, weston and the scratch directory.
+        return Err(format!(
+            "{} after {done} of {total_runs} runs: nothing written to {}; the host is put back",
+            interrupt::name(signal),
+            o.out.display()
+        ));
+    }
     let total = started.elapsed();
     machine.load_after = setup::load_average();
 

@@ -14,6 +14,9 @@
 //!   gid of their own inside it, no supplementary groups, the broker too; the guest works.
 //! - With `--subids=off`, and for a user with no range (`nobody`), today's mode: the workers run
 //!   as svmm's own host ids, and `--print-sandbox` says so and why.
+//! - When `newgidmap`/`newuidmap` refuse (a fake one first on `PATH` that fails as an unsetuid
+//!   install would), svmm stops before the guest runs with one line that names the helper, its
+//!   error and `--subids=off`, and leaves no broker or worker behind.
 
 use std::time::Duration;
 
@@ -25,6 +28,8 @@ use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
 const SLEEPING: &str = "testguest: sleep ms=";
+/// svmm's exit status for a VM that could not be set up.
+const SETUP_FAILED: i32 = 67;
 
 fn main() {
     let not_root = (!is_root())
@@ -38,8 +43,13 @@ fn main() {
         )
         .test_unless(
             "unprivileged_without_subids_shares_svmm_ids",
-            not_root,
+            not_root.clone(),
             unprivileged_without_subids_shares_svmm_ids,
+        )
+        .test_unless(
+            "failing_id_map_helper_is_one_line",
+            not_root,
+            failing_id_map_helper_is_one_line,
         )
         .run()
 }
@@ -225,4 +235,78 @@ fn unprivileged_without_subids_shares_svmm_ids() -> TrialResult {
         .into());
     }
     Ok(())
+}
+
+/// With a range but id-map helpers that fail (fakes first on `PATH`, failing as
+/// `newgidmap` does when it is not setuid): one line naming the helper, its error and the way
+/// out, svmm's set-up failure status, no guest output, and no process of the VM left.
+fn failing_id_map_helper_is_one_line() -> TrialResult {
+    use std::os::unix::fs::PermissionsExt;
+    let copies = paths::TempDir::new("subids-helper-fails");
+    let bin = copies.path().join("fake-bin");
+    std::fs::create_dir(&bin).map_err(|e| format!("mkdir {}: {e}", bin.display()))?;
+    for helper in ["newuidmap", "newgidmap"] {
+        let map = &helper[3..6];
+        let script = format!(
+            "#!/bin/sh\necho \"{helper}: write to {map}_map failed: Operation not permitted\" >&2\nexit 1\n"
+        );
+        let path = bin.join(helper);
+        std::fs::write(&path, script).map_err(|e| format!("write {}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", bin.display()))?;
+    let vm = guest("testguest.run=rng@1")
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .device("rng")
+        .device("rng");
+    let out = confinement::unprivileged(vm, &copies)?.run()?;
+    out.log("svmm as svmm-test with failing newgidmap/newuidmap");
+    out.assert_status(SETUP_FAILED);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let ok = match lines[..] {
+        [line] => {
+            line.starts_with("svmm: error: ")
+                && line.contains("newgidmap ")
+                && line.contains("write to gid_map failed: Operation not permitted")
+                && line.contains("--subids=off")
+        }
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "expected one line naming newgidmap, its error and --subids=off\n{}",
+            out.report()
+        )
+        .into());
+    }
+    if !out.stdout.is_empty() {
+        return Err(format!("the guest ran\n{}", out.report()).into());
+    }
+    // The broker dies with svmm (its parent-death signal): give the kernel a moment.
+    let svmm = copies.path().join("svmm");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = running(&svmm);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("processes of this VM still running: {left:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The processes whose executable is `exe`.
+fn running(exe: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
+        .collect()
 }

@@ -470,9 +470,9 @@ fn hostile_worker_keeps_to_the_image() -> TrialResult {
         eprintln!("    {line}");
     }
     let death = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("svmm: blk#0 worker (pid "))
+        .worker_deaths("blk#0")
+        .first()
+        .copied()
         .unwrap_or_default();
     assert!(
         death.contains("killed by SIGSYS: seccomp violation, syscall fallocate"),
@@ -605,10 +605,9 @@ fn stuck_worker() -> TrialResult {
         out.report()
     );
     assert!(
-        out.stderr
-            .lines()
-            .any(|l| l.starts_with("svmm: blk#0 worker (pid ")
-                && l.contains("has not died 3 s after SIGKILL")),
+        out.worker_deaths("blk#0")
+            .iter()
+            .any(|l| l.contains("has not died 3 s after SIGKILL")),
         "no line about the stuck worker\n{}",
         out.report()
     );

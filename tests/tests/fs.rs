@@ -270,11 +270,7 @@ fn worker_sigkill() -> TrialResult {
     running.write_stdin(b"after-kill\n")?;
     let out = running.wait()?;
     out.log("svmm testguest fs + worker killed");
-    let report: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("svmm: fs#0 worker (pid "))
-        .collect();
+    let report = out.worker_deaths("fs#0");
     if report.len() != 1
         || !report[0].contains("killed by SIGKILL; restart 1 (pid ")
         || !report[0].contains("nothing to resume")
@@ -307,11 +303,7 @@ fn malicious(fault: &str) -> TrialResult {
             "svmm was built without the test-only faults (tests/run.sh builds them)".into(),
         );
     }
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("svmm: fs#0 worker (pid "))
-        .collect();
+    let lines = out.worker_deaths("fs#0");
     let needs_reset = "device needs reset: its requests cannot be taken again (its FUSE session";
     if lines.len() != 1
         || !lines[0].contains("; restart 1 (pid ")

@@ -474,12 +474,7 @@ fn blk_root_worker_restarted(layout: usize) -> TrialResult {
     let out = &boot.out;
     let worker = boot.killed.ok_or("the harness killed no worker")?;
     let want = format!("svmm: blk#0 worker (pid {worker}) killed by SIGKILL; restart 1 (pid ");
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("svmm: blk#0 worker (pid "))
-        .collect();
-    let [line] = lines[..] else {
+    let [line] = out.worker_deaths("blk#0")[..] else {
         return Err(format!(
             "want one line about the root disk's worker\n{}",
             out.report()

@@ -104,10 +104,10 @@ fn guest(device: Device, image: Option<&Path>, options: &str, args: &[&str]) -> 
 }
 
 /// svmm's restart lines for `device`, in order.
-fn restart_lines<'a>(stderr: &'a str, device: &str) -> Vec<&'a str> {
-    stderr
-        .lines()
-        .filter(|l| l.starts_with(&format!("svmm: {device} worker (pid ")) && l.contains(RESTART))
+fn restart_lines<'a>(out: &'a VmOutput, device: &str) -> Vec<&'a str> {
+    out.worker_deaths(device)
+        .into_iter()
+        .filter(|l| l.contains(RESTART))
         .collect()
 }
 
@@ -222,7 +222,7 @@ fn sigkill_mid_run(device: Device) -> TrialResult {
             return Err(format!("the device's queues were not resumed: {line}").into());
         }
     }
-    let lines = restart_lines(&out.stderr, device.name());
+    let lines = restart_lines(&out, device.name());
     if lines.len() != KILLS as usize {
         return Err(format!("want {KILLS} restart lines, one per kill\n{}", out.report()).into());
     }
@@ -253,7 +253,7 @@ fn fault_mid_run(device: Device, fault: &str) -> TrialResult {
         );
     }
     let passed = assert_loop_passed(&out, device)?;
-    let lines = restart_lines(&out.stderr, device.name());
+    let lines = restart_lines(&out, device.name());
     let [line] = lines[..] else {
         return Err(format!("want one restart line\n{}", out.report()).into());
     };
@@ -287,11 +287,7 @@ fn past_the_limit() -> TrialResult {
     )
     .run()?;
     out.log("blk_loop, every worker exits, --max-restarts=2");
-    let deaths: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("svmm: blk#0 worker (pid "))
-        .collect();
+    let deaths = out.worker_deaths("blk#0");
     let [first, second, third] = deaths[..] else {
         return Err(format!("want three deaths\n{}", out.report()).into());
     };

@@ -356,15 +356,27 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
             .collect::<Vec<_>>()
             .join(" ")
     });
-    let commands: Vec<(Config, String)> = Config::ALL
+    // Every configuration's interrupt-mode bench run; and svmm's poll-mode ones when they
+    // differ by more than `testguest.irq`, i.e. when they have the wayland device.
+    let mut commands: Vec<(String, String)> = Config::ALL
         .iter()
         .map(|c| {
+            let kind = RunKind::Bench(Mode::Irq);
             (
-                *c,
-                setup::shell_line(&plan.vm(*c, RunKind::Bench(Mode::Irq)).command()),
+                format!("{}, {}", c.name(), kind.name()),
+                setup::shell_line(&plan.vm(*c, kind).command()),
             )
         })
         .collect();
+    for c in Config::ALL {
+        let kind = RunKind::Bench(Mode::Poll);
+        if plan.wl_in(c, kind).is_some() {
+            commands.push((
+                format!("{}, {} (with the wayland device)", c.name(), kind.name()),
+                setup::shell_line(&plan.vm(c, kind).command()),
+            ));
+        }
+    }
     let r = report::Report {
         plan: &plan,
         figures: &figures,

@@ -140,6 +140,15 @@ pub(crate) trait Engine: Send {
     /// Enters the kernel with what is queued, waits until at least one operation finished
     /// (returns at once if none is in flight) and appends every finished one to `out`.
     fn wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()>;
+    /// Appends every operation that has finished to `out` without sleeping, and says whether
+    /// there was any: what the device's in-flight poll calls until one has (see `io`). An
+    /// engine that cannot look without waiting waits ([`wait`](Self::wait)) instead; its
+    /// completions are ready when this returns.
+    fn reap_ready(&mut self, out: &mut Vec<Completion>) -> io::Result<bool> {
+        let before = out.len();
+        self.wait(out)?;
+        Ok(out.len() > before || self.in_flight() == 0)
+    }
     /// Operations submitted and not yet handed back.
     fn in_flight(&self) -> usize;
     /// Most operations that may be in flight at once.

@@ -65,7 +65,8 @@ pub const POLL: OptionSpec = OptionSpec {
         unit: Some("µs"),
     },
     help: "the longest time an idle queue keeps being polled before the device waits for a \
-           notification again, 0 = off, default 32; shorter while polling finds nothing",
+           notification again (in-flight completions are polled for up to 4 times as long), 0 = off, \
+           default 32; shorter while polling finds nothing",
     hidden: false,
 };
 

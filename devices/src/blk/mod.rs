@@ -103,6 +103,22 @@
 //! never costs more than the notification it avoids. Longer windows removed hardly any more
 //! notifications there and only burn more CPU when the guest has really gone quiet.
 //!
+//! # In-flight polling
+//!
+//! With the same switch (`poll=N`, 0 turns it off), a device whose requests are in flight looks
+//! for finished operations without sleeping (`io::IN_FLIGHT_POLL_FACTOR` × the idle window,
+//! 128 µs by default) before it sleeps in `io_uring_enter`; it also takes a chain the driver
+//! publishes meanwhile. The ring is set up with `COOP_TASKRUN | TASKRUN_FLAG`, so a finished
+//! read is flagged in the ring instead of interrupting the polling thread, which then enters
+//! the kernel once to collect it. Why: a sleeping thread is woken by the host disk's
+//! completion interrupt, and when that interrupt arrives on another CPU than the thread's
+//! (the vCPU's, say), the wake-up is a cross-CPU wake-up of an idle CPU — on the virtualised
+//! development host ~33 µs, half a 4 KiB read. Which CPU the thread had landed on decided it
+//! run by run, sandboxed or in-process alike (measured in `tests/src/bench/findings.md`).
+//! The window adapts like the idle one, and grows back to its maximum whenever the completion
+//! the thread then slept for came within it (`poll::PollWindow::slept`): a 1 MiB read or a
+//! durable write that takes longer soon costs only the floor.
+//!
 //! The other direction: a driver that polls the used ring and says so with
 //! `VIRTQ_AVAIL_F_NO_INTERRUPT` (without `EVENT_IDX`) gets no interrupts, as the spec asks; the
 //! device would otherwise spend an eventfd write into KVM on every completion.

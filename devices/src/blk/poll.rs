@@ -59,6 +59,14 @@ impl PollWindow {
             (self.current / 2).max(self.floor)
         };
     }
+
+    /// A poll ran out and the caller slept until the work came, `after` the poll began: a
+    /// window of `after` would have caught it. Within the maximum → back to the maximum (so a
+    /// window that once shrank below a steady latency grows back); else halved, as by
+    /// [`polled`](Self::polled)`(false)`.
+    pub(crate) fn slept(&mut self, after: Duration) {
+        self.polled(after <= self.max && !self.max.is_zero());
+    }
 }
 
 /// Calls `has_work` until it returns `true` (→ `Ok(true)`) or `window` has passed since the
@@ -102,6 +110,26 @@ mod tests {
         assert_eq!(seen, [16, 8, 4, 4, 4], "floor: 32 / 8");
         w.polled(true);
         assert_eq!(w.current(), MAX, "work found: back to the maximum");
+    }
+
+    #[test]
+    fn a_window_grows_back_when_the_work_came_within_the_maximum() {
+        let mut w = PollWindow::new(MAX);
+        for _ in 0..5 {
+            w.polled(false);
+        }
+        assert_eq!(w.current().as_micros(), 4, "at the floor");
+        w.slept(Duration::from_micros(20));
+        assert_eq!(
+            w.current(),
+            MAX,
+            "20 µs would have been caught by the maximum"
+        );
+        w.slept(Duration::from_micros(33));
+        assert_eq!(w.current().as_micros(), 16, "33 µs is beyond it: halved");
+        let mut off = PollWindow::new(Duration::ZERO);
+        off.slept(Duration::ZERO);
+        assert_eq!(off.current(), Duration::ZERO);
     }
 
     #[test]

@@ -43,6 +43,13 @@ impl Engine for SyncEngine {
         Ok(())
     }
 
+    /// Every operation finished when it was submitted.
+    fn reap_ready(&mut self, out: &mut Vec<Completion>) -> io::Result<bool> {
+        let any = !self.done.is_empty();
+        out.extend(self.done.drain(..));
+        Ok(any)
+    }
+
     fn in_flight(&self) -> usize {
         self.done.len()
     }

@@ -57,7 +57,24 @@ impl UringEngine {
     /// Sets up a ring of `entries` entries on `image` (see the module docs). Uses
     /// `io_uring_setup` and `io_uring_register`, which the confined worker may not call.
     pub(crate) fn new(image: Arc<File>, entries: u32) -> io::Result<Self> {
-        let ring: IoUring = IoUring::builder().setup_r_disabled().build(entries)?;
+        // Cooperative task running (Linux 5.19+, else a plain ring): a completion is posted by
+        // task work that waits for this thread to enter the kernel, flagged in the ring
+        // (`IORING_SQ_TASKRUN`) instead of interrupting the thread on its CPU; a thread asleep
+        // in `io_uring_enter` is still woken. So the in-flight poll (`reap_ready`) sees a
+        // finished read without an inter-processor interrupt, which costs ~16 µs on the
+        // development host's virtual CPUs.
+        let ring: IoUring = match IoUring::builder()
+            .setup_r_disabled()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                IoUring::builder().setup_r_disabled().build(entries)?
+            }
+            Err(e) => return Err(e),
+        };
         let submitter = ring.submitter();
         submitter.register_files(&[image.as_raw_fd()])?;
         // Older kernels (< 5.15) lack the limit; the sandbox's RLIMIT_NPROC still bounds them.
@@ -191,6 +208,29 @@ impl Engine for UringEngine {
         self.reap(out)
     }
 
+    /// Hands queued entries to the kernel and runs the task work of finished operations (one
+    /// `io_uring_enter` without waiting, only when there are entries or the ring flags task
+    /// work), then reads the completion queue in user space. A device that spins here is
+    /// never woken from sleep for a completion.
+    fn reap_ready(&mut self, out: &mut Vec<Completion>) -> io::Result<bool> {
+        if !self.done.is_empty() {
+            out.append(&mut self.done);
+            return Ok(true);
+        }
+        if self.in_flight == 0 {
+            return Ok(false);
+        }
+        let pending = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.taskrun()
+        };
+        if pending {
+            // `submit_and_wait(0)` adds GETEVENTS (flags 1) when the ring flags task work.
+            self.enter(0)?;
+        }
+        Ok(self.take_finished(out) > 0)
+    }
+
     fn in_flight(&self) -> usize {
         self.in_flight + self.done.len()
     }
@@ -217,11 +257,19 @@ impl UringEngine {
             return Ok(());
         }
         self.enter(1)?;
+        self.take_finished(out);
+        Ok(())
+    }
+
+    /// Appends the operations of every entry in the completion queue to `out`, without
+    /// entering the kernel; returns how many there were.
+    fn take_finished(&mut self, out: &mut Vec<Completion>) -> usize {
         let finished: Vec<(u64, i32)> = self
             .ring
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
+        let count = finished.len();
         for (user_data, res) in finished {
             let slot = usize::try_from(user_data).unwrap_or(usize::MAX);
             let Some((token, op)) = self.slots.get_mut(slot).and_then(Option::take) else {
@@ -239,7 +287,7 @@ impl UringEngine {
             };
             out.push(Completion { token, op, result });
         }
-        Ok(())
+        count
     }
 
     /// Takes back an op whose entry never reached the queue.

@@ -7,11 +7,13 @@
 //! - `flush`: durability, with a recording engine.
 //! - `tocttou`: every metadata byte read once; racing rewrites under guard pages.
 //! - `poll`: the idle-poll window (requests served without a notification; none lost).
+//! - `inflight`: the in-flight poll (completions taken without sleeping).
 
 mod bounce;
 mod device;
 mod flush;
 pub(crate) mod guard;
+mod inflight;
 mod merge;
 mod parse;
 mod poll;

@@ -13,6 +13,9 @@
 //!
 //! `--report-timings` prints one spawn-time line per device, sandboxed and in-process alike.
 //!
+//! The broker is asked for every sandboxed worker as soon as it is forked, before svmm gives
+//! the VM its RAM: the workers come up while svmm builds the VM, not while the guest boots.
+//!
 //! Each trial is one short boot; they run one at a time (this host has few cores).
 
 use std::collections::BTreeMap;
@@ -39,6 +42,10 @@ fn main() {
         .test(
             "main_thread_confined_before_first_vcpu_run",
             main_thread_confined_before_first_vcpu_run,
+        )
+        .test(
+            "sandboxed_workers_start_while_the_vm_is_built",
+            sandboxed_workers_start_while_the_vm_is_built,
         )
         .run()
 }
@@ -560,5 +567,54 @@ fn main_thread_confined_before_first_vcpu_run() -> TrialResult {
         "each vCPU passes the gate once, after it opened, with the main thread filtered\n{}",
         out.report()
     );
+    Ok(())
+}
+
+/// svmm asks the broker for every sandboxed worker right after forking it, all at once, and
+/// only then gives the VM its guest RAM (`KVM_SET_USER_MEMORY_REGION`, milliseconds on some
+/// hosts) and builds the rest, so the workers exec and confine themselves beside svmm's own
+/// set-up instead of beside the booting guest (`vmm/src/vm.rs`). Seen from outside with
+/// `strace` on svmm's main thread alone (no `-f`): its first `sendmsg`s are the four `Start`s,
+/// one per device, back to back without waiting for an answer, and all before guest RAM's
+/// memory slot. (Before, the main thread sent each `Start` and waited for its answer once the
+/// vCPUs ran.) The guest's rng tests still pass on all four.
+fn sandboxed_workers_start_while_the_vm_is_built() -> TrialResult {
+    let dir = paths::TempDir::new("early-start-strace");
+    let trace = dir.path().join("strace.txt");
+    let out = guest("rng,rng@1,rng@2,rng@3", &["rng", "rng", "rng", "rng"])
+        .wrapper([
+            "strace".into(),
+            "-q".into(),
+            "-e".into(),
+            "trace=sendmsg,recvmsg,ioctl".into(),
+            "-o".into(),
+            trace.clone().into_os_string(),
+        ])
+        .run()
+        .map_err(|e| format!("{e} (is strace installed? images/build.sh all installs it)"))?;
+    out.log("svmm testguest rng x4, 4 sandboxed rng, main thread under strace");
+    assert_eq!(out.testguest_summary(), Some((4, 0)), "\n{}", out.report());
+    out.assert_status(0);
+    let trace = std::fs::read_to_string(&trace).map_err(|e| format!("no strace output: {e}"))?;
+    // The main thread's calls up to guest RAM's memory slot.
+    let before: Vec<&str> = trace
+        .lines()
+        .take_while(|l| !l.contains("KVM_SET_USER_MEMORY_REGION"))
+        .filter(|l| l.starts_with("sendmsg(") || l.starts_with("recvmsg("))
+        .collect();
+    if trace
+        .lines()
+        .all(|l| !l.contains("KVM_SET_USER_MEMORY_REGION"))
+    {
+        return Err(format!("strace saw no KVM_SET_USER_MEMORY_REGION:\n{trace}").into());
+    }
+    let starts = before.iter().filter(|l| l.starts_with("sendmsg(")).count();
+    if starts != 4 || before.iter().any(|l| l.starts_with("recvmsg(")) {
+        return Err(format!(
+            "before guest RAM's memory slot the main thread should send the 4 Starts and \
+             receive nothing; it made: {before:#?}"
+        )
+        .into());
+    }
     Ok(())
 }

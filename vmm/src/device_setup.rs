@@ -7,15 +7,20 @@
 //!        ─ its plan (crate::plan: fds, ids, sandbox, argv) ─ IrqStatus page ─ irqfd → KVM
 //!        GSI, one ioeventfd per queue ← KVM (QueueNotify, datamatch = queue)
 //!      then, svmm still single-threaded, the broker process is forked with every sandboxed
-//!      device's plan and host resources (crate::sandboxed)
+//!      device's plan and host resources (crate::sandboxed), and sent every such device's
+//!      Start at once (finish::request_starts; not a device whose start takes a service
+//!      channel: its svc- thread makes that in pass 2), so the workers exec and confine
+//!      themselves while svmm gives the VM its RAM and loads the kernel; between those steps
+//!      svmm notes the answers and Readys that came (VirtioDevices::note_ready), for the timing
 //!   2. [VirtioDevices::start] before the vCPUs: every thread a device needs — its host
 //!      services, sandbox=off: the kind's backend on a thread of svmm, its monitor (waiting
 //!      for its device) — and its window on the MMIO bus at addr: a gate (gate.rs) a vCPU
 //!      waits at until the device's worker is Ready
 //!   -- the vCPUs start, the main thread confines itself, the guest runs --
-//!   3. [VirtioDevices::finish] sandboxed → Sandbox::start(N), the one entry point that
-//!      starts (and restarts) device N's worker: a request to the broker, which answers once
-//!      it has spawned `svmm __worker KIND` from the plan, before the worker's exec; then
+//!   3. [VirtioDevices::finish] sandboxed → the Starts pass 1 did not send, at once, then the
+//!      broker's answers (Sandbox::request + Sandbox::answer = Sandbox::start, the one entry
+//!      point that starts, and restarts, device N's worker; the broker answers once it has
+//!      spawned `svmm __worker KIND` from the plan, before the worker's exec); then
 //!      every Ready together, each under its own deadline (5 s from its start); then, in
 //!      order: WorkerProxy (terminate hook = have the broker kill the worker), MmioTransport,
 //!      which opens the gate and goes to the monitor (crate::supervisor: socket readable →
@@ -27,8 +32,9 @@
 //! Between passes 1 and 2, as root, svmm drops to its own unprivileged uid (`crate::vm`):
 //! pass 1 needs its privileges, passes 2 and 3 do not; pass 3 runs under the main thread's
 //! seccomp filter. So a VM with N sandboxed devices waits for about one worker start, not N
-//! one after another, and the guest waits only if it touches a device before its worker is
-//! Ready. A device whose worker does not come up ends the VM with the error it always had
+//! one after another, that start runs beside svmm's own set-up rather than beside the booting
+//! guest (on a host with few cores the workers' exec and set-up took the vCPU's CPU), and the
+//! guest waits only if it touches a device before its worker is Ready. A device whose worker does not come up ends the VM with the error it always had
 //! (the gates of the devices not started by then close). The VM owns one [`Sandbox`] (the broker
 //! and, per sandboxed device, the fds KVM knows and a lease on it), so that device N can be
 //! started again. Each device's host resources live as long as the VM (the broker holds a
@@ -234,6 +240,11 @@ struct Pending {
     monitor_socket: Option<OwnedFd>,
     /// When its start began (its `Ready` deadline and `--report-timings` count from here).
     started: Instant,
+    /// A sandboxed device: whether its `Start` went to the broker (in pass 1, or pass 3).
+    requested: bool,
+    /// When set-up saw its worker's `Ready` come, if it did before pass 3
+    /// ([`VirtioDevices::note_ready`]).
+    ready_at: Option<Instant>,
 }
 
 /// The devices between [`VirtioDevices::start`] (before the vCPUs run) and
@@ -312,6 +323,8 @@ pub fn prepare(
     if !declared.is_empty() {
         let sandbox =
             Sandbox::fork(&config.sandbox, declared).map_err(DeviceSetupError::Sandbox)?;
+        // The workers start now, beside the rest of svmm's set-up.
+        finish::request_starts(&mut devices.pending, &sandbox)?;
         devices.sandbox = Some(Arc::new(sandbox));
     }
     Ok(devices)
@@ -516,6 +529,8 @@ fn set_up(
         watch: None,
         monitor_socket,
         started: Instant::now(),
+        requested: false,
+        ready_at: None,
     })
 }
 
@@ -524,7 +539,10 @@ fn set_up(
 /// it with the same code as a worker. (A sandboxed device's worker starts in pass 3.)
 fn start_threads(device: &mut Pending) -> Result<(), DeviceSetupError> {
     let name = device.name.clone();
-    device.started = Instant::now();
+    // A sandboxed device's start began with its request to the broker.
+    if !matches!(device.how, How::Sandboxed(_)) {
+        device.started = Instant::now();
+    }
     // Its host services answer before the device can ask.
     if let Some(services) = device.services.take() {
         let thread = services.spawn().map_err(|source| DeviceSetupError::Host {

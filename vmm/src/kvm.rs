@@ -84,8 +84,8 @@ pub fn open_kvm() -> Result<Kvm, KvmUnavailable> {
     Ok(kvm)
 }
 
-/// Creates the VM with its in-kernel irqchip and PIT and registers guest RAM with it.
-pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmSetupError> {
+/// Creates the VM with its in-kernel irqchip and PIT ([`register_ram`] gives it guest RAM).
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmSetupError> {
     let vm = kvm.create_vm().map_err(VmSetupError::CreateVm)?;
     vm.set_tss_address(TSS_ADDRESS).map_err(VmSetupError::Tss)?;
     vm.set_identity_map_address(IDENTITY_MAP_ADDRESS)
@@ -96,6 +96,13 @@ pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmSetupError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(VmSetupError::Pit)?;
+    Ok(vm)
+}
+
+/// Gives `vm` guest RAM, one memory slot per region. Before any vCPU runs; it may come after
+/// the devices' eventfds are bound (it does: on some hosts this one call takes milliseconds,
+/// which the sandboxed workers' start overlaps, see `crate::vm`).
+pub fn register_ram(vm: &VmFd, ram: &GuestRam) -> Result<(), VmSetupError> {
     for (slot, region) in (0u32..).zip(ram.memory.iter()) {
         let mem_region = kvm_userspace_memory_region {
             slot,
@@ -110,5 +117,5 @@ pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmSetupError> {
         unsafe { vm.set_user_memory_region(mem_region) }
             .map_err(|e| VmSetupError::MemorySlot(slot, e))?;
     }
-    Ok(vm)
+    Ok(())
 }

@@ -22,8 +22,10 @@
 //!             / Refused ═══
 //! ```
 //!
-//! [`Sandbox::start`] is one request and its answer: the thread that asks — the main thread at
-//! set-up, a monitor thread under svmm's seccomp filter when it restarts a worker — makes no
+//! [`Sandbox::start`] is one request and its answer ([`Sandbox::request`], [`Sandbox::answer`]:
+//! set-up sends every device's request at once, right after the fork, and takes the answers
+//! later): the thread that asks — the main thread at set-up, a monitor thread under svmm's
+//! seccomp filter when it restarts a worker — makes no
 //! system call beyond a `sendmsg`, a `poll` and a `recvmsg` (and, for a device with host
 //! services, a `poll` and a `recvmsg` to take the parked service channel). Nothing about a
 //! start is computed at restart time: the plan is the one the broker was given at set-up.
@@ -258,12 +260,17 @@ impl Sandbox {
     /// Has the broker start a confined worker for device `index`, as its plan says, with the
     /// device's fds and (made by the broker) a fresh control channel, stop eventfd, stderr pipe
     /// and duplicates of its host resources: the first time, or again after its worker died.
+    /// [`Sandbox::request`] and [`Sandbox::answer`] in one.
     pub fn start(&self, index: usize) -> Result<Started, SandboxError> {
-        let kept = self
-            .devices
-            .get(index)
-            .and_then(Option::as_ref)
-            .ok_or(SandboxError::NoDevice(index))?;
+        self.request(index)?;
+        self.answer(index)
+    }
+
+    /// The first half of [`Sandbox::start`]: sends device `index`'s `Start` and returns without
+    /// waiting, so that set-up can ask for every worker at once and go on with its own work
+    /// while the broker starts them; [`Sandbox::answer`] takes the broker's answer.
+    pub fn request(&self, index: usize) -> Result<(), SandboxError> {
+        let kept = self.kept(index)?;
         // The service channel goes after the guest's fds (the broker puts it after the host
         // resources); svmm keeps no copy of it once the broker has it.
         let service = match &kept.services {
@@ -277,7 +284,13 @@ impl Sandbox {
         ];
         guest.extend(kept.queue_events.iter().map(borrow));
         guest.extend(service.as_ref().map(AsFd::as_fd));
-        let started = kept.lease.start(&guest)?;
+        kept.lease.request(&guest)
+    }
+
+    /// The second half of [`Sandbox::start`]: waits for the broker's answer to device
+    /// `index`'s `Start`.
+    pub fn answer(&self, index: usize) -> Result<Started, SandboxError> {
+        let started = self.kept(index)?.lease.answer()?;
         Ok(Started {
             worker: WorkerProcess {
                 pid: started.pid,
@@ -289,6 +302,19 @@ impl Sandbox {
                 stderr: started.stderr,
             },
         })
+    }
+
+    /// Whether device `index`'s start takes a service channel, which its `svc-` thread makes
+    /// once it runs (so its `Start` cannot be sent before set-up's pass 2).
+    pub fn needs_service_channel(&self, index: usize) -> bool {
+        self.kept(index).is_ok_and(|kept| kept.services.is_some())
+    }
+
+    fn kept(&self, index: usize) -> Result<&Kept, SandboxError> {
+        self.devices
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or(SandboxError::NoDevice(index))
     }
 }
 
@@ -325,12 +351,17 @@ impl Lease {
     }
 
     /// Asks the broker to start the device's worker with `guest` (guest RAM, status page,
-    /// irqfd, queue eventfds: svmm keeps its own copies) and waits for the answer.
-    fn start(&self, guest: &[BorrowedFd<'_>]) -> Result<Answer, SandboxError> {
+    /// irqfd, queue eventfds: svmm keeps its own copies); [`Lease::answer`] waits for the
+    /// answer.
+    fn request(&self, guest: &[BorrowedFd<'_>]) -> Result<(), SandboxError> {
         let request = BrokerRequest::Start { device: self.index };
         self.channel
             .send(&request, guest)
-            .map_err(SandboxError::Channel)?;
+            .map_err(SandboxError::Channel)
+    }
+
+    /// The broker's answer to the last [`Lease::request`].
+    fn answer(&self) -> Result<Answer, SandboxError> {
         if !wait_readable(self.channel.as_fd(), START_TIMEOUT).unwrap_or(false) {
             return Err(SandboxError::Timeout(START_TIMEOUT));
         }

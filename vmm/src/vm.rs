@@ -80,7 +80,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         .map_err(|e| SvmmError::Host("install the vCPU kick handler", e))?;
     let kvm = kvm::open_kvm()?;
     let ram = create_guest_ram(config.mem_bytes, config.ram_backing)?;
-    let vm_fd = kvm::create_vm(&kvm, &ram)?;
+    let vm_fd = kvm::create_vm(&kvm)?;
     // From here on the VM owns everything, so that a failure part-way tears it down in order.
     let mut vm = Vm {
         vcpus: Vcpus::default(),
@@ -91,8 +91,15 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     let (control, events) = VmEvents::new();
     let mut mmio_bus = MmioBus::default();
     // The devices' slots, resources, plans and eventfds; the broker process for the sandboxed
-    // ones, forked now, while svmm is single-threaded.
+    // ones, forked now, while svmm is single-threaded, and asked right away to start their
+    // workers, which come up while svmm goes on building the VM.
     vm.devices = device_setup::prepare(&vm._vm, vm.memory(), config)?;
+    // Guest RAM's memory slot after the fork: on some hosts (PVM) this one call takes several
+    // milliseconds, in which the workers' exec and set-up run beside it instead of beside the
+    // booting guest.
+    kvm::register_ram(&vm._vm, vm.memory())?;
+    // (Here and below: which workers are Ready by now, for `--report-timings`; never waits.)
+    vm.devices.note_ready()?;
     let memory = &vm.memory().memory;
 
     let rsdp = if config.acpi {
@@ -136,6 +143,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
         cpu::configure_vcpu(&fd, &base_cpuid, id, config.cpus, boot)?;
         vcpus.push(fd);
     }
+    vm.devices.note_ready()?;
 
     // Everything that needs svmm's privileges is open: as root, svmm becomes an unprivileged
     // user of its own (still single-threaded, so every thread it starts is that user too).
@@ -145,7 +153,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
     }
     // The devices' threads start (in-process devices, host services, monitors) and their
     // windows go on the bus, closed until their workers are Ready.
-    let starting = vm.devices.start(config, &mut mmio_bus, &control)?;
+    let mut starting = vm.devices.start(config, &mut mmio_bus, &control)?;
 
     let raw = terminal::enter_raw_mode();
     ConsoleInput::spawn(serial, control.clone(), raw)
@@ -163,6 +171,7 @@ pub fn run(config: &VmConfig) -> Result<(Vm, VmEvent), SvmmError> {
             .spawn(id, fd, bus.clone(), mmio_bus.clone(), control.clone())
             .map_err(|e| SvmmError::Host("start a vCPU thread", e))?;
     }
+    starting.note_ready(&vm.devices)?;
     // The VM is built: from here on the main thread only waits, reports and exits. It confines
     // itself before any vCPU runs the guest (they wait, confined, at their gate).
     self_confine::enter(ThreadRole::Main)?;

@@ -2,12 +2,12 @@
 //! the sandboxed workers' starts, every `Ready`, then per device its proxy and transport,
 //! which open its [`Gate`](super::gate::Gate) and go to its waiting monitor.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
-use crate::fd_wait::wait_all_readable;
+use crate::fd_wait::{wait_all_readable, wait_readable};
 use crate::sandboxed::{Sandbox, SandboxError, Watch};
 use crate::supervisor::{Restarter, Supervised};
 use crate::virtio::mmio::MmioTransport;
@@ -34,8 +34,17 @@ impl VirtioDevices {
         config: &VmConfig,
     ) -> Result<(), DeviceSetupError> {
         let mut devices = starting.devices;
+        let sandbox = self.sandbox.as_deref();
+        // The Starts pass 1 could not send (a device whose start takes its service channel),
+        // all at once; then every answer.
         for starting in &mut devices {
-            start_sandboxed(&mut starting.device, self.sandbox.as_deref())?;
+            let device = &mut starting.device;
+            if matches!(device.how, How::Sandboxed(_)) && !device.requested {
+                request(device, sandbox)?;
+            }
+        }
+        for starting in &mut devices {
+            start_sandboxed(&mut starting.device, sandbox)?;
         }
         let deadlines = Deadlines::default();
         let waits: Vec<_> = devices
@@ -53,7 +62,9 @@ impl VirtioDevices {
             source,
         })?;
         drop(waits);
-        for (starting, ready_at) in devices.into_iter().zip(ready_at) {
+        for (starting, polled) in devices.into_iter().zip(ready_at) {
+            // A Ready set-up saw come earlier counts from then.
+            let ready_at = starting.device.ready_at.or(polled);
             let device = self.finish_one(starting, ready_at, config, deadlines)?;
             self.devices.push(device);
         }
@@ -189,31 +200,107 @@ impl VirtioDevices {
     }
 }
 
-/// Pass 3 for a sandboxed device: its worker's start — **the one place the broker plugs in**.
-///
-/// The device's start goes to `sandbox`, and [`Sandbox::start`] has the broker spawn `svmm
-/// __worker KIND` from its plan with fresh fds and duplicates of its host resources (the same
-/// call restarts it later; see `crate::sandboxed`); the worker confines itself, builds the
-/// backend and serves. A request and its answer, under svmm's filter. (An in-process device
-/// started in pass 2.)
-fn start_sandboxed(
-    device: &mut Pending,
+impl VirtioDevices {
+    /// Between svmm's own set-up steps, after pass 1 and before pass 2 (before the main thread
+    /// confines itself): takes the broker's answers that came for the `Start`s of pass 1 and
+    /// notes when each worker's `Ready` came, so that a worker's start counts to its `Ready`
+    /// (`--report-timings`), not to when pass 3 first looks. Never waits.
+    pub fn note_ready(&mut self) -> Result<(), DeviceSetupError> {
+        note_ready(self.pending.iter_mut(), self.sandbox.as_deref())
+    }
+}
+
+impl Starting {
+    /// [`VirtioDevices::note_ready`] between pass 2 and the main thread's confinement.
+    pub fn note_ready(&mut self, devices: &VirtioDevices) -> Result<(), DeviceSetupError> {
+        let pending = self.devices.iter_mut().map(|s| &mut s.device);
+        note_ready(pending, devices.sandbox.as_deref())
+    }
+}
+
+fn note_ready<'a>(
+    devices: impl Iterator<Item = &'a mut Pending>,
     sandbox: Option<&Sandbox>,
 ) -> Result<(), DeviceSetupError> {
-    if !matches!(device.how, How::Sandboxed(_)) {
-        return Ok(());
+    let now = |fd: BorrowedFd<'_>| wait_readable(fd, Duration::ZERO).unwrap_or(false);
+    for device in devices {
+        let answered = match (&device.how, sandbox) {
+            (How::Sandboxed(_), Some(sandbox)) if device.requested && device.worker.is_none() => {
+                sandbox
+                    .lease(device.index)
+                    .is_some_and(|l| now(l.channel()))
+            }
+            _ => false,
+        };
+        if answered {
+            start_sandboxed(device, sandbox)?;
+        }
+        let ready =
+            device.ready_at.is_none() && device.vmm_end.as_ref().is_some_and(|c| now(c.as_fd()));
+        if ready {
+            device.ready_at = Some(Instant::now());
+        }
     }
+    Ok(())
+}
+
+/// Pass 1, right after the broker's fork: sends the `Start` of every sandboxed device whose
+/// start needs nothing made later (a service channel comes from its `svc-` thread, pass 2), so
+/// that the broker spawns those workers, and they exec and confine themselves, while svmm goes
+/// on building the VM; pass 3 takes the answers. (The main thread is not yet confined here, but
+/// nothing of a worker depends on that: the guest runs only once it is.)
+pub(super) fn request_starts(
+    devices: &mut [Pending],
+    sandbox: &Sandbox,
+) -> Result<(), DeviceSetupError> {
+    for device in devices {
+        if matches!(device.how, How::Sandboxed(_)) && !sandbox.needs_service_channel(device.index) {
+            request(device, Some(sandbox))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a sandboxed device's `Start` to the broker; its start (the `Ready` deadline, the
+/// spawn time) counts from here.
+fn request(device: &mut Pending, sandbox: Option<&Sandbox>) -> Result<(), DeviceSetupError> {
     let failed = |source| DeviceSetupError::Spawn {
         name: device.name.clone(),
         source,
     };
     // `prepare` declares every sandboxed device to the VM's broker.
     let sandbox = sandbox.ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
+    let started = Instant::now();
+    sandbox.request(device.index).map_err(failed)?;
+    device.started = started;
+    device.requested = true;
+    Ok(())
+}
+
+/// Pass 3 for a sandboxed device: its worker's start — **the one place the broker plugs in**.
+///
+/// The device's start went to `sandbox` ([`request`]), and the broker spawns `svmm __worker
+/// KIND` from its plan with fresh fds and duplicates of its host resources ([`Sandbox::start`]
+/// restarts it later the same way; see `crate::sandboxed`); the worker confines itself, builds
+/// the backend and serves. Here: the broker's answer, under svmm's filter. (An in-process
+/// device started in pass 2.)
+fn start_sandboxed(
+    device: &mut Pending,
+    sandbox: Option<&Sandbox>,
+) -> Result<(), DeviceSetupError> {
+    // Not sandboxed, or its answer came while svmm built the VM.
+    if !matches!(device.how, How::Sandboxed(_)) || device.worker.is_some() {
+        return Ok(());
+    }
+    let failed = |source| DeviceSetupError::Spawn {
+        name: device.name.clone(),
+        source,
+    };
+    let sandbox = sandbox.ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
     let lease = sandbox
         .lease(device.index)
         .ok_or_else(|| failed(SandboxError::NoDevice(device.index)))?;
-    device.started = Instant::now();
-    let started = sandbox.start(device.index).map_err(failed)?;
+    let started = sandbox.answer(device.index).map_err(failed)?;
     device.vmm_end = Some(started.control);
     device.watch = Some(started.watch);
     device.worker = Some(Worker::Sandboxed(Supervised::new(lease, started.worker)));

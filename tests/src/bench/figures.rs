@@ -626,8 +626,12 @@ pub fn catalogue(tests: &[String]) -> Vec<Figure> {
             }
         }
     }
+    // Memory is sampled in the interrupt-mode bench run, which has no wayland device (and which
+    // a boot-only run, without tests, does not make).
+    if tests.is_empty() {
+        return out;
+    }
     out.push(memory_figure("mem.vmm", "VMM process", Scope::All));
-    // Memory is sampled in the interrupt-mode run, which has no wayland device.
     for name in devices(fs, net, false) {
         out.push(memory_figure(
             &format!("mem.worker.{name}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::figures::{Figure, Section};
 use super::findings;
-use super::runner::Results;
+use super::runner::{run_kinds, runs_per_rep, Results, BOOTS_PER_REP};
 use super::setup::{Machine, Plan};
 use super::stats::{self, fmt3, Check, Samples, Verdict};
 use super::{Config, Mode, RunKind};
@@ -350,11 +350,13 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(
         out,
-        "Medians over {} repetitions, `[min–max]` after them. `sb/ip` = sandboxed / in-process, \
+        "Medians over {} repetitions ({} boots per configuration for the boot figures, see \
+         Method), `[min–max]` after them. `sb/ip` = sandboxed / in-process, \
          `sb/qemu` = sandboxed / QEMU, ratios of the medians in the figure's own unit (for \
          times, below 1 means sandboxed is faster). `n/a`: the configuration has no such thing; \
          `FAILED`: its runs failed.\n",
-        p.reps
+        p.reps,
+        p.reps * BOOTS_PER_REP
     );
     for (section, figs) in sections(r.figures) {
         let rows: Vec<Vec<String>> = rows(samples, &figs).into_iter().map(Vec::from).collect();
@@ -405,6 +407,16 @@ pub fn markdown(r: &Report) -> String {
     out
 }
 
+/// How many svmm runs with devices a configuration makes: each gives one spawn sample per
+/// device.
+fn spawn_runs(p: &Plan) -> usize {
+    run_kinds(p)
+        .into_iter()
+        .filter(|k| k.has_devices())
+        .map(|k| p.reps * runs_per_rep(k))
+        .sum()
+}
+
 fn method(out: &mut String, r: &Report) {
     let p = r.plan;
     let _ = writeln!(out, "## Method\n");
@@ -413,13 +425,20 @@ fn method(out: &mut String, r: &Report) {
         out,
         "Three configurations boot the same test guest (`{}`) with {} MiB of RAM and one vCPU: \
          svmm with every device in a sandboxed worker process, svmm with the same devices \
-         in-process (`sandbox=off`), and QEMU microvm. Each of {} repetitions runs four VMs per \
-         configuration, the three configurations back to back in an order that rotates with the \
-         repetition; one boot per configuration before them warms the page cache and is not \
-         counted.\n",
+         in-process (`sandbox=off`), and QEMU microvm. Each of {} repetitions boots {} VMs of \
+         each boot run and makes each bench run once per configuration, the three \
+         configurations back to back in an order that rotates with every round; one boot per \
+         configuration before them warms the page cache and is not counted. So each boot figure \
+         is the median of {} boots per configuration, each bench and memory figure of {} runs, \
+         and each worker's spawn figure of one sample per svmm run with devices ({} per \
+         configuration).\n",
         p.guest.display(),
         p.mem_mib,
-        p.reps
+        p.reps,
+        BOOTS_PER_REP,
+        p.reps * BOOTS_PER_REP,
+        p.reps,
+        spawn_runs(p)
     );
     let _ = writeln!(
         out,
@@ -559,9 +578,13 @@ fn method(out: &mut String, r: &Report) {
     let _ = writeln!(
         out,
         "- **Worker spawn**: svmm `--report-timings` prints `svmm: timing device=NAME \
-         spawn_us=N` per device: from the start of spawning its worker (or building the \
-         in-process device) to the device's Ready message, svmm's monotonic clock. Every svmm \
-         run with devices contributes one sample per device. QEMU has no workers."
+         spawn_us=N` per device: from the start of spawning its worker (svmm's request to the \
+         broker, sent for every worker at once right after the broker's fork, while svmm goes on \
+         building the VM) or of building the in-process device, to the device's Ready message, \
+         svmm's monotonic clock. svmm looks for Ready messages between its own set-up steps, so \
+         one that comes during a step counts from that step's end (the longest, giving the VM \
+         its RAM, takes ~4 ms on this host). Every svmm run with devices contributes one sample \
+         per device. QEMU has no workers."
     );
     let _ = writeln!(
         out,

@@ -355,23 +355,56 @@ pub struct Progress<'a> {
     pub failure: Option<&'a str>,
 }
 
-/// Runs everything: a warm-up boot per configuration (not counted: it loads binaries into the
-/// page cache), then `plan.reps` repetitions of every run kind in every configuration. Stops
-/// early, after the run in progress, once a signal asked for it ([`super::interrupt`]).
-pub fn run_all(plan: &Plan, mut progress: impl FnMut(&Progress)) -> Results {
-    let mut results = Results::default();
+/// How many VMs of each boot run ([`RunKind::Boot0`], [`RunKind::Boot4`]) every repetition
+/// boots per configuration: a boot takes a fraction of a second, and one boot per repetition
+/// left the boot medians as noisy as the effects they were to show (the 0-device boot, where
+/// sandboxed and in-process run the same command line, read 1.08 over 5 boots).
+pub const BOOTS_PER_REP: usize = 4;
+
+/// The run kinds of `plan`: the boot runs, then the bench runs unless it has no tests
+/// (`svmm-bench --tests none`: the boot figures only).
+pub fn run_kinds(plan: &Plan) -> Vec<RunKind> {
+    RunKind::ALL
+        .into_iter()
+        .filter(|k| !matches!(k, RunKind::Bench(_)) || !plan.tests.is_empty())
+        .collect()
+}
+
+/// How many VMs of `kind` a repetition runs per configuration.
+pub fn runs_per_rep(kind: RunKind) -> usize {
+    match kind {
+        RunKind::Boot0 | RunKind::Boot4 => BOOTS_PER_REP,
+        RunKind::Bench(_) => 1,
+    }
+}
+
+/// Every run [`run_all`] makes: a warm-up boot per configuration (not counted: it loads
+/// binaries into the page cache), then `plan.reps` repetitions of every run kind in every
+/// configuration ([`runs_per_rep`] times each, the configurations' order rotating every time).
+/// (label, configuration, kind, counted).
+pub fn schedule(plan: &Plan) -> Vec<(String, Config, RunKind, bool)> {
     let mut schedule: Vec<(String, Config, RunKind, bool)> = Config::ALL
         .iter()
         .map(|c| ("warm-up".to_string(), *c, RunKind::Boot0, false))
         .collect();
     for rep in 0..plan.reps {
-        for kind in RunKind::ALL {
-            for i in 0..Config::ALL.len() {
-                let config = Config::ALL[(rep + i) % Config::ALL.len()];
-                schedule.push((format!("rep {}/{}", rep + 1, plan.reps), config, kind, true));
+        for kind in run_kinds(plan) {
+            for round in 0..runs_per_rep(kind) {
+                for i in 0..Config::ALL.len() {
+                    let config = Config::ALL[(rep + round + i) % Config::ALL.len()];
+                    schedule.push((format!("rep {}/{}", rep + 1, plan.reps), config, kind, true));
+                }
             }
         }
     }
+    schedule
+}
+
+/// Runs everything [`schedule`] lists. Stops early, after the run in progress, once a signal
+/// asked for it ([`super::interrupt`]).
+pub fn run_all(plan: &Plan, mut progress: impl FnMut(&Progress)) -> Results {
+    let mut results = Results::default();
+    let schedule = schedule(plan);
     for (label, config, kind, counted) in schedule {
         if super::interrupt::requested().is_some() {
             break;
@@ -464,6 +497,47 @@ mod tests {
 
     const SPAWNS: &str = "svmm: timing device=rng#0 spawn_us=4000\nsvmm: timing device=rng#1 spawn_us=3000\n\
                           svmm: timing device=blk#2 spawn_us=2500\nsvmm: timing device=blk#3 spawn_us=2600\n";
+
+    #[test]
+    fn each_repetition_boots_several_vms_per_configuration_in_rotating_order() {
+        let mut p = plan();
+        p.reps = 2;
+        let all = schedule(&p);
+        let counted: Vec<_> = all.iter().filter(|s| s.3).collect();
+        // Per rep: 4 boots of each boot run and one of each bench run, per configuration.
+        assert_eq!(counted.len(), 2 * 3 * (2 * BOOTS_PER_REP + 2));
+        for kind in [RunKind::Boot0, RunKind::Boot4] {
+            for config in Config::ALL {
+                let n = counted
+                    .iter()
+                    .filter(|s| s.2 == kind && s.1 == config)
+                    .count();
+                assert_eq!(n, 2 * BOOTS_PER_REP, "{kind:?} {config:?}");
+            }
+        }
+        // Within a repetition, the first configuration of each round of boots rotates.
+        let firsts: Vec<Config> = counted
+            .iter()
+            .filter(|s| s.2 == RunKind::Boot4)
+            .step_by(3)
+            .map(|s| s.1)
+            .take(3)
+            .collect();
+        assert_eq!(firsts, Config::ALL);
+        // Without tests (`--tests none`) only the boot runs.
+        p.tests.clear();
+        assert!(schedule(&p)
+            .iter()
+            .all(|s| matches!(s.2, RunKind::Boot0 | RunKind::Boot4)));
+        assert_eq!(
+            schedule(&p).len(),
+            3 + 2 * 3 * 2 * BOOTS_PER_REP,
+            "the warm-up boots, then the boots"
+        );
+        assert!(!figures::catalogue(&p.tests)
+            .iter()
+            .any(|f| f.key.starts_with("mem.")));
+    }
 
     #[test]
     fn a_good_bench_run_gives_samples_and_spawns() {

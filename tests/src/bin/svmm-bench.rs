@@ -26,7 +26,8 @@ options:
   --guest PATH      the test guest ELF (default: $SVMM_BENCH_GUEST, else images/out/testguest.elf)
   --tests LIST      the tests of the bench runs, comma-separated (default: ring3 and every
                     bench test of images/testguest/README.md; the bench_wl_* ones run in
-                    svmm's poll-mode runs only, against a headless weston svmm-bench starts)
+                    svmm's poll-mode runs only, against a headless weston svmm-bench starts);
+                    none: no bench runs, the boot and spawn figures only
   --image-mib N     size of each blk image (default 256)
   --idle-ms N       how long the guest idles for the memory sample (default 1500)
   --scratch DIR     where the disk images go (default: the system temporary directory; not tmpfs)
@@ -107,12 +108,16 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--bench-ms" => o.bench_ms = number(10)?,
             "--mem" => o.mem_mib = number(16)?,
             "--guest" => o.guest = PathBuf::from(value),
+            "--tests" if value == "none" => o.tests = Vec::new(),
             "--tests" => {
                 o.tests = value
                     .split(',')
                     .filter(|t| !t.is_empty())
                     .map(str::to_string)
-                    .collect()
+                    .collect();
+                if o.tests.is_empty() {
+                    return Err("--tests names no test (none: the boot figures only)".into());
+                }
             }
             "--image-mib" => o.image_mib = number(64)?,
             "--idle-ms" => o.idle_ms = number(500)?,
@@ -135,9 +140,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             _ => return Err(format!("unknown option {flag}")),
         }
-    }
-    if o.tests.is_empty() {
-        return Err("--tests names no test".into());
     }
     Ok(o)
 }
@@ -321,7 +323,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
             vhost: o.qemu_vhost,
         }),
     };
-    let total_runs = 3 + 3 * RunKind::ALL.len() * plan.reps;
+    let total_runs = runner::schedule(&plan).len();
     let mut done = 0;
     let results = runner::run_all(&plan, |p: &Progress| {
         done += 1;
@@ -356,15 +358,19 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
             .collect::<Vec<_>>()
             .join(" ")
     });
-    // Every configuration's interrupt-mode bench run; and svmm's poll-mode ones when they
-    // differ by more than `testguest.irq`, i.e. when they have the wayland device.
+    // Every configuration's interrupt-mode bench run (a boot-only run's: its four-device
+    // boot); and svmm's poll-mode ones when they differ by more than `testguest.irq`, i.e. when
+    // they have the wayland device.
+    let shown = match plan.tests.is_empty() {
+        true => RunKind::Boot4,
+        false => RunKind::Bench(Mode::Irq),
+    };
     let mut commands: Vec<(String, String)> = Config::ALL
         .iter()
         .map(|c| {
-            let kind = RunKind::Bench(Mode::Irq);
             (
-                format!("{}, {}", c.name(), kind.name()),
-                setup::shell_line(&plan.vm(*c, kind).command()),
+                format!("{}, {}", c.name(), shown.name()),
+                setup::shell_line(&plan.vm(*c, shown).command()),
             )
         })
         .collect();

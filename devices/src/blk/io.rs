@@ -93,7 +93,7 @@ struct InFlight {
     /// Payload bytes moved (statistics).
     bytes: u64,
     ops_left: usize,
-    /// `fdatasync` once every op succeeded (discard/write-zeroes without `FLUSH`).
+    /// `fdatasync` once every op succeeded (writes, discard and write-zeroes without `FLUSH`).
     sync_after: bool,
     /// A discard: `EOPNOTSUPP` from the file system is not an error (discard is a hint).
     discard: bool,
@@ -433,7 +433,10 @@ impl Active {
             Request::Write { sector, bufs } => match self.data_iov(sector, &bufs, true) {
                 Some((offset, iov)) => {
                     req.bytes = iov.len() as u64;
-                    let dsync = !self.flush;
+                    // Without FLUSH a write is durable before it completes: an fdatasync
+                    // after it (once per merged run), not `RWF_DSYNC` (see "Durability").
+                    req.sync_after = !self.flush;
+                    let dsync = false;
                     if self.merge && iov.bounce_bytes().is_none() {
                         let direction = Direction::Write { dsync };
                         return self.stage(req, direction, offset, iov, engine);

@@ -127,8 +127,14 @@
 //!
 //! `FLUSH` completes only after `fdatasync` of the image returned (io_uring: an `FSYNC` with
 //! `IOSQE_IO_DRAIN`, so it also waits for every write submitted before it). Without a
-//! negotiated `FLUSH`, every write is durable before it completes (`RWF_DSYNC`), and discard /
-//! write-zeroes are followed by `fdatasync`.
+//! negotiated `FLUSH`, every write is durable before it completes: it is followed by
+//! `fdatasync` (one per merged run), as discard and write-zeroes are. Not `RWF_DSYNC`: an
+//! `O_DIRECT` write with it finishes in the file system's direct-I/O completion work, which
+//! runs on a kernel worker bound to the CPU the host disk interrupted; with a guest vCPU
+//! spinning on that CPU the worker waited for the next scheduler tick (4 ms at HZ=250) in
+//! some runs, one durable write per tick (~260 MB/s instead of ~2.5 GB/s; traced in
+//! `tests/src/bench/findings.md`). The write without it completes from the interrupt, and the
+//! `fdatasync` runs on the ring's own io-wq thread, which any CPU may take.
 //!
 //! # Direct I/O
 //!

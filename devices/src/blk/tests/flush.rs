@@ -336,11 +336,19 @@ fn without_flush_writes_are_durable_before_completion() {
             Event::Write {
                 offset: 5 * 512,
                 len: 512,
-                dsync: true
+                dsync: false
             },
             Event::Fallocate {
                 offset: 9 * 512,
                 len: 1024
+            },
+            // The write's fdatasync, then the discard's; each returned before its request was
+            // used (`watched_used`).
+            Event::SyncStarted {
+                watched_used: false
+            },
+            Event::SyncReturned {
+                watched_used: false
             },
             Event::SyncStarted {
                 watched_used: false

@@ -11,8 +11,8 @@
 //!
 //! This is QEMU's `request-merging` (on by default there too). What it buys: one system call
 //! entry and one host request per run instead of one per guest request, and, for writes the
-//! driver did not make cacheable (no `FLUSH` negotiated, so every write is `RWF_DSYNC`), one
-//! cache flush of the host disk per run instead of per request. Nothing is reordered: a run is
+//! driver did not make cacheable (no `FLUSH` negotiated, so every write is followed by
+//! `fdatasync`), one cache flush of the host disk per run instead of per request. Nothing is reordered: a run is
 //! made of requests in the order the driver made them available, at ascending offsets.
 //!
 //! A merged operation completes all its members together. When it fails or transfers less than

@@ -1,6 +1,6 @@
 //! Durability, proven with a recording engine: a FLUSH is completed only after `fdatasync`
-//! returned; without a negotiated FLUSH, writes are `RWF_DSYNC` and discard is followed by
-//! `fdatasync`; host I/O errors complete requests with `IOERR`.
+//! returned; without a negotiated FLUSH, writes and discards are followed by `fdatasync`
+//! before they complete; host I/O errors complete requests with `IOERR`.
 
 use std::io;
 use std::sync::{Arc, Mutex};

@@ -317,7 +317,9 @@ build_testguest() {
     outp=$(cd "$dir" && rustup target add "$target" 2>&1) \
         || { echo "$outp" >&2; die "rustup target add $target failed"; }
     say testguest "cargo build --release (images/testguest)"
-    (cd "$dir" && cargo build --release --quiet --target "$target") \
+    # Its own target directory, also when CARGO_TARGET_DIR points elsewhere: the ELF is taken
+    # from there.
+    (cd "$dir" && cargo build --release --quiet --target "$target" --target-dir "$dir/target") \
         || die "test guest build failed"
     local elf=$dir/target/$target/release/testguest
     [ -f "$elf" ] || die "$elf not produced by cargo"

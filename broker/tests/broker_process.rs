@@ -102,17 +102,22 @@ fn hang_up(process: BrokerProcess) {
     );
 }
 
-/// The worker's first word on its control channel (5 s at most).
-fn first_word(control: OwnedFd) -> Vec<u8> {
-    let mut control = std::fs::File::from(control);
+/// Waits up to 5 s for `fd` to become readable; panics with `silence` if it does not.
+fn wait_readable(fd: &impl AsRawFd, silence: &str) {
     let mut pfd = libc::pollfd {
-        fd: control.as_raw_fd(),
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one live pollfd of an open fd.
     let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(ready, 1, "the worker said nothing");
+    assert_eq!(ready, 1, "{silence}");
+}
+
+/// The worker's first word on its control channel (5 s at most); the channel stays open.
+fn first_word(control: &OwnedFd) -> Vec<u8> {
+    wait_readable(control, "the worker said nothing");
+    let mut control = std::fs::File::from(control.try_clone().expect("dup the control channel"));
     let mut buf = [0u8; 64];
     let n = control.read(&mut buf).unwrap();
     buf[..n].to_vec()
@@ -135,7 +140,7 @@ fn two_starts_in_flight() {
         };
         assert_eq!(device, index);
         let control = fds.into_iter().next().expect("the control channel");
-        assert!(first_word(control).starts_with(b"confined"));
+        assert!(first_word(&control).starts_with(b"confined"));
         pids.push(pid);
     }
     assert_ne!(pids[0], pids[1]);
@@ -197,14 +202,7 @@ fn allow_all() -> BpfProgram {
 
 /// The broker's next reply on `channel` (5 s at most) and the fds that came with it.
 fn reply(channel: &Channel) -> (BrokerReply, Vec<OwnedFd>) {
-    let mut pfd = libc::pollfd {
-        fd: channel.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd of an open fd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(ready, 1, "no reply in 5 s");
+    wait_readable(channel, "no reply in 5 s");
     channel.recv::<BrokerReply>().expect("a reply")
 }
 
@@ -285,19 +283,11 @@ fn broker_serves_its_declared_device_only() {
         panic!("want Started, got {started:?}");
     };
     assert_eq!(fds.len(), ipc::broker::STARTED_FDS);
-    let mut control = std::fs::File::from(fds.into_iter().next().unwrap());
-    // svmm's end comes non-blocking: wait for the worker's word.
-    let mut pfd = libc::pollfd {
-        fd: control.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one live pollfd of an open fd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    assert_eq!(ready, 1, "the worker said nothing");
-    let mut buf = [0u8; 64];
-    let n = control.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"confined"), "{:?}", &buf[..n]);
+    // svmm's end comes non-blocking: wait for the worker's word (the worker runs on while
+    // `control` is open).
+    let control = fds.into_iter().next().unwrap();
+    let word = first_word(&control);
+    assert!(word.starts_with(b"confined"), "{word:?}");
     // Twice: refused while it runs.
     channel
         .send(&BrokerRequest::Start { device: 0 }, &[])

@@ -221,7 +221,7 @@ pub fn problems(
 }
 
 /// The four ids of a `Uid:` or `Gid:` line: real, effective, saved, file system.
-fn four_ids(status: &BTreeMap<String, String>, key: &str) -> Vec<u32> {
+pub fn four_ids(status: &BTreeMap<String, String>, key: &str) -> Vec<u32> {
     status
         .get(key)
         .map(|v| {

@@ -74,6 +74,16 @@ impl TestVm {
         TestVm::new(Backend::Svmm).kernel(kernel)
     }
 
+    /// The test guest (`images/out/testguest.elf`) under svmm with `cmdline` and 128 MiB of
+    /// RAM, the suites' usual VM. Checks KVM first ([`crate::require_kvm`]): it panics loudly
+    /// without it.
+    pub fn testguest(cmdline: impl Into<String>) -> TestVm {
+        crate::require_kvm();
+        TestVm::svmm(crate::paths::artefact("testguest.elf"))
+            .cmdline(cmdline)
+            .mem_mib(128)
+    }
+
     /// `kernel` booted by QEMU `-M microvm` with KVM and the exit device.
     pub fn qemu(kernel: impl Into<PathBuf>) -> TestVm {
         TestVm::new(Backend::Qemu {

@@ -26,7 +26,7 @@ use tests::output::{number_field, queue_counters, stats_line};
 use tests::procfs;
 use tests::sandbox_report::{allowed_syscalls, argument, command_line, section};
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
+use tests::{paths, Backend, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
@@ -67,12 +67,7 @@ fn main() {
 
 /// The test guest with `cmdline` and one blk device `spec`.
 fn guest(cmdline: &str, spec: String) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(cmdline)
-        .mem_mib(128)
-        .device(spec)
-        .timeout(TIMEOUT)
+    TestVm::testguest(cmdline).device(spec).timeout(TIMEOUT)
 }
 
 fn blk_spec(image: &Path, options: &str) -> String {

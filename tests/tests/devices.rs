@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
+use tests::{paths, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The rng test's result line up to its timing fields (32 requests of 64 bytes).
@@ -52,11 +52,7 @@ fn main() {
 
 /// The test guest running `tests` with `devices` (svmm `--device` specs).
 fn guest(tests: &str, devices: &[&str]) -> TestVm {
-    require_kvm();
-    let mut vm = TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(format!("testguest.run={tests}"))
-        .mem_mib(128)
-        .timeout(TIMEOUT);
+    let mut vm = TestVm::testguest(format!("testguest.run={tests}")).timeout(TIMEOUT);
     for spec in devices {
         vm = vm.device(*spec);
     }

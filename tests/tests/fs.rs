@@ -23,7 +23,7 @@ use tests::output::{queue_counters, stats_line};
 use tests::procfs;
 use tests::share::{self, tree, Share, Watch};
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
+use tests::{paths, Backend, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SLEEPING: &str = "testguest: sleep ms=";
@@ -94,12 +94,7 @@ fn is_root() -> bool {
 
 /// The test guest with `cmdline` and one fs device `spec`, run as `mode` says.
 fn guest(cmdline: &str, spec: String, mode: Mode, dir: &paths::TempDir) -> Result<TestVm, String> {
-    require_kvm();
-    let vm = TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(cmdline)
-        .mem_mib(128)
-        .device(spec)
-        .timeout(TIMEOUT);
+    let vm = TestVm::testguest(cmdline).device(spec).timeout(TIMEOUT);
     match mode {
         Mode::Unprivileged => unprivileged(vm, dir),
         _ => Ok(vm),

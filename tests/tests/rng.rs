@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tests::mode::Mode;
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Suite, TestVm, VmOutput};
+use tests::{Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The rng test's result line up to its timing fields (32 requests of 64 bytes).
@@ -37,10 +37,7 @@ fn main() {
 
 /// The test guest running `tests` with one rng device `spec`.
 fn guest(tests: &str, spec: &str) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(format!("testguest.run={tests}"))
-        .mem_mib(128)
+    TestVm::testguest(format!("testguest.run={tests}"))
         .timeout(TIMEOUT)
         .device(spec)
 }

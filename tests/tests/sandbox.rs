@@ -66,11 +66,7 @@ fn main() {
 }
 
 fn guest(cmdline: &str) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(cmdline)
-        .mem_mib(128)
-        .timeout(TIMEOUT)
+    TestVm::testguest(cmdline).timeout(TIMEOUT)
 }
 
 /// Every thread of svmm runs under its seccomp filter in trap mode through a whole VM life: an

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tests::confinement::{self, is_root};
 use tests::procfs;
 use tests::suite::TrialResult;
-use tests::{paths, require_kvm, Backend, Suite, TestVm, VmOutput};
+use tests::{paths, Backend, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
@@ -55,28 +55,18 @@ fn main() {
 }
 
 fn guest(cmdline: &str) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(cmdline)
-        .mem_mib(128)
-        .timeout(TIMEOUT)
+    TestVm::testguest(cmdline).timeout(TIMEOUT)
 }
 
 /// The ids (real, effective, saved, fs) of `pid`'s `Uid:` or `Gid:` line, and its `Groups:`.
 fn ids_of(pid: u32) -> Result<(Vec<u32>, Vec<u32>, String), String> {
     let status = procfs::status(pid).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let ids = |key: &str| -> Vec<u32> {
-        status
-            .get(key)
-            .map(|v| {
-                v.split_whitespace()
-                    .filter_map(|w| w.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let groups = status.get("Groups").cloned().unwrap_or_default();
-    Ok((ids("Uid"), ids("Gid"), groups.trim().to_string()))
+    Ok((
+        confinement::four_ids(&status, "Uid"),
+        confinement::four_ids(&status, "Gid"),
+        groups.trim().to_string(),
+    ))
 }
 
 /// svmm run as `svmm-test` with `args` and two rng devices, the guest at rest: its output

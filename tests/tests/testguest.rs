@@ -46,10 +46,7 @@ fn main() {
 
 /// The test guest under svmm with `cmdline`, answering `hello` when the echo test is ready.
 fn guest(cmdline: &str) -> TestVm {
-    require_kvm();
-    TestVm::svmm(paths::artefact("testguest.elf"))
-        .cmdline(cmdline)
-        .mem_mib(128)
+    TestVm::testguest(cmdline)
         .stdin_after_line(READY, "hello\n")
         .timeout(TIMEOUT)
 }

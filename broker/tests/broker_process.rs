@@ -306,15 +306,7 @@ fn broker_serves_its_declared_device_only() {
         other => panic!("want Exited by SIGKILL, got {other:?}"),
     }
     // svmm hangs up: the broker ends.
-    drop(process.channels);
-    let mut status = 0;
-    // SAFETY: waits for our own child into a live int.
-    let reaped = unsafe { libc::waitpid(process.pid, &mut status, 0) };
-    assert_eq!(reaped, process.pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{status:#x}"
-    );
+    hang_up(process);
     let mut text = String::new();
     log.read_to_string(&mut text).unwrap();
     for want in [

@@ -9,6 +9,7 @@
 //! | [`interrupt`] | SIGINT/SIGTERM/SIGHUP: stop after the running VM and put the host back      |
 //! | [`setup`]    | the three configurations as [`crate::TestVm`]s (the QEMU command), disk images, prerequisites, the machine |
 //! | [`runner`]   | one VM run (boot times, spawn lines, memory, guest figures) and the round robin |
+//! | [`placement`] | where the bench runs' threads run: the vCPU on one CPU, the rest of the VMM on the others |
 //! | [`memory`]   | `/proc/<pid>/smaps`: PSS without the guest-RAM mapping                      |
 //! | [`stats`]    | medians, spreads, ratios and the project's targets (`T_*`, `check_targets`)   |
 //! | [`report`]   | the stdout table and BENCHMARKS.md                                          |
@@ -26,6 +27,7 @@ pub mod figures;
 pub mod findings;
 pub mod interrupt;
 pub mod memory;
+pub mod placement;
 pub mod report;
 pub mod runner;
 pub mod setup;

@@ -298,6 +298,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(out, "- QEMU: {}", m.qemu);
     let _ = writeln!(out, "- test guest: {}", m.guest);
     let _ = writeln!(out, "- guest RAM: {}", p.ram.describe());
+    let _ = writeln!(out, "- threads: {}", p.placement.describe());
     let _ = writeln!(
         out,
         "- load average (1, 5, 15 min) before the run: {}; after: {} (other work on the machine \

@@ -17,6 +17,7 @@ use crate::{disk, procfs};
 
 use super::figures::{self, TestLine};
 use super::memory::{self, RamRule, Usage};
+use super::placement::{QEMU_VCPU, SVMM_VCPU};
 use super::setup::Plan;
 use super::stats::Samples;
 use super::{Config, Mode, RunKind};
@@ -141,6 +142,14 @@ pub fn run_one(plan: &Plan, config: Config, kind: RunKind) -> Result<RunData, St
     let start = Instant::now();
     let running = vm.spawn().map_err(|e| e.to_string())?;
     let pidfd = PidFd::open(running.pid())?;
+    if let RunKind::Bench(_) = kind {
+        let vcpu = match config {
+            Config::Qemu => QEMU_VCPU,
+            Config::Sandboxed | Config::InProcess => SVMM_VCPU,
+        };
+        plan.placement
+            .place_vcpu(running.pid(), vcpu, running.remaining())?;
+    }
     running
         .wait_for_line(BANNER, running.remaining())
         .map_err(|e| format!("no guest banner: {e}"))?;
@@ -474,6 +483,7 @@ mod tests {
             fs: None,
             wl: None,
             net: None,
+            placement: crate::bench::placement::Placement::Free,
         }
     }
 

@@ -17,14 +17,18 @@ use crate::host::qemu_bin;
 use crate::paths::TempDir;
 use crate::vm::{Backend, TestVm};
 
+use super::placement::Placement;
 use super::{Config, Mode, RunKind};
 
 /// QEMU's options beyond what [`TestVm`]'s QEMU backend always passes (`-M MACHINE -accel kvm
 /// -cpu host,-arch-capabilities -nographic -no-reboot -device isa-debug-exit,...`): seccomp on,
-/// modern virtio-mmio, nothing but what is asked for, the console on stdio.
-pub const QEMU_OPTIONS: [&str; 8] = [
+/// modern virtio-mmio, nothing but what is asked for, the console on stdio, and threads named
+/// after what they do (the vCPU's is [`super::placement::QEMU_VCPU`]; no effect on the guest).
+pub const QEMU_OPTIONS: [&str; 10] = [
     "-sandbox",
     "on",
+    "-name",
+    "bench,debug-threads=on",
     "-global",
     "virtio-mmio.force-legacy=false",
     "-nodefaults",
@@ -107,6 +111,8 @@ pub struct Plan {
     pub wl: Option<WlSetup>,
     /// The network namespace, tap and peer of bench runs with net tests.
     pub net: Option<NetSetup>,
+    /// Where the bench runs' threads run (the boot runs': wherever the host puts them).
+    pub placement: Placement,
 }
 
 /// The virtio-net side of the bench runs: a network namespace the harness made, with a tap and
@@ -292,7 +298,12 @@ impl Plan {
             .net_in(kind)
             .map(|n| vec!["ip".into(), "netns".into(), "exec".into(), n.netns.clone()])
             .unwrap_or_default();
-        let wrapper: Vec<String> = netns.into_iter().chain(wrapper).collect();
+        // A bench run's VMM starts on the placement's CPUs (runner::run_one moves its vCPU).
+        let placed = match kind {
+            RunKind::Bench(_) => self.placement.wrapper(),
+            _ => Vec::new(),
+        };
+        let wrapper: Vec<String> = netns.into_iter().chain(placed).chain(wrapper).collect();
         let vm = match wrapper.is_empty() {
             true => vm,
             false => vm.wrapper(wrapper),

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tests::bench::figures;
+use tests::bench::placement::Placement;
 use tests::bench::runner::{self, Progress};
 use tests::bench::setup::{self, Machine, Plan};
 use tests::bench::{chart, interrupt, report, stats, Config, Mode, RunKind};
@@ -36,7 +37,12 @@ options:
                     of a shared memfd (both). auto (the default): huge pages when svmm-bench
                     runs as root and the pool can be grown by what the run needs; the harness
                     grows nr_hugepages for the run only and puts it back at its end, also
-                    when Ctrl-C, SIGTERM or SIGHUP stops it. The report names the backing
+                    when Ctrl-C, SIGTERM or SIGHUP stops it. The report names the backing.
+  --placement auto|free|split|split:CPU  where the bench runs' threads run, the same for all
+                    three VMMs. split: each VMM under `taskset -c` on every allowed CPU but one,
+                    its vCPU thread moved to that one (the lowest, or CPU) once it exists;
+                    free: wherever the host puts them. auto (the default): split with two or
+                    more CPUs. Boot runs are never placed.
   --qemu-vhost on|off  QEMU's net device with vhost=on (needs /dev/vhost-net) or vhost=off
                     (default off; the report names which)
   --out DIR         where BENCHMARKS.md and benchmarks.svg go (default: the repository root)
@@ -64,6 +70,7 @@ struct Options {
     out: PathBuf,
     qemu_vhost: bool,
     hugepages: Choice,
+    placement: String,
 }
 
 /// `--hugepages`.
@@ -89,6 +96,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         out: paths::repo_root(),
         qemu_vhost: false,
         hugepages: Choice::Auto,
+        placement: "auto".to_string(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -131,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     _ => return Err(format!("{flag} {value}: expected auto, on or off")),
                 }
             }
+            "--placement" => o.placement = value.clone(),
             "--qemu-vhost" => {
                 o.qemu_vhost = match value.as_str() {
                     "on" => true,
@@ -303,6 +312,8 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
         output: w.size(),
     });
     // Held until the report is written: the pool goes back to its size when it drops.
+    let placement = Placement::parse(&o.placement, &Placement::allowed_cpus()?)?;
+    eprintln!("svmm-bench: threads: {}", placement.describe());
     let (ram, _pool) = guest_ram(o.hugepages, o.mem_mib)?;
     eprintln!("svmm-bench: guest RAM: {}", ram.describe());
     let plan = Plan {
@@ -322,6 +333,7 @@ fn run(o: Options, args: &[String]) -> Result<bool, String> {
             tap: "tap0".to_string(),
             vhost: o.qemu_vhost,
         }),
+        placement,
     };
     let total_runs = runner::schedule(&plan).len();
     let mut done = 0;

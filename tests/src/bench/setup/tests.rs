@@ -14,6 +14,7 @@ fn plan() -> Plan {
         fs: None,
         wl: None,
         net: None,
+        placement: Placement::Free,
     }
 }
 
@@ -92,7 +93,7 @@ fn qemu_gets_the_issues_options_and_the_same_devices() {
     let options = QEMU_OPTIONS.join(" ");
     assert_eq!(
         options,
-        "-sandbox on -global virtio-mmio.force-legacy=false -nodefaults -no-user-config -serial stdio"
+        "-sandbox on -name bench,debug-threads=on -global virtio-mmio.force-legacy=false -nodefaults -no-user-config -serial stdio"
     );
     assert_eq!(QEMU_MACHINE, "microvm,acpi=off");
     let devices = plan().qemu_devices(RunKind::Bench(Mode::Poll)).join(" ");
@@ -177,6 +178,48 @@ fn fs_runs_get_the_share_and_qemu_virtiofsd() {
             "--cache=auto"
         ]
     );
+}
+
+#[test]
+fn bench_runs_start_on_the_placements_cpus_and_boot_runs_anywhere() {
+    let p = Plan {
+        tests: vec!["bench_fs_meta".into(), "bench_net_tx64".into()],
+        fs: Some(FsSetup {
+            share: "/s/share".into(),
+            virtiofsd: Virtiofsd {
+                path: "/v".into(),
+                rust: true,
+            },
+            socket: "/s/vfsd.sock".into(),
+        }),
+        net: Some(NetSetup {
+            netns: "ns".into(),
+            tap: "tap0".into(),
+            vhost: false,
+        }),
+        placement: Placement::Split {
+            vcpu: 0,
+            rest: vec![1],
+        },
+        ..plan()
+    };
+    for mode in [Mode::Poll, Mode::Irq] {
+        let bench = RunKind::Bench(mode);
+        let svmm = shell_line(&p.vm(Config::Sandboxed, bench).command());
+        assert!(svmm.starts_with("ip netns exec ns taskset -c 1 "), "{svmm}");
+        // QEMU's virtiofsd starts under the same mask: the shell that starts it inherits it.
+        let qemu = shell_line(&p.vm(Config::Qemu, bench).command());
+        assert!(
+            qemu.starts_with("ip netns exec ns taskset -c 1 sh -c "),
+            "{qemu}"
+        );
+    }
+    for kind in [RunKind::Boot0, RunKind::Boot4] {
+        for config in Config::ALL {
+            let cmd = shell_line(&p.vm(config, kind).command());
+            assert!(!cmd.contains("taskset"), "{cmd}");
+        }
+    }
 }
 
 #[test]

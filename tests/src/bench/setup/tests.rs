@@ -18,6 +18,18 @@ fn plan() -> Plan {
     }
 }
 
+/// The fs set-up of a bench run with fs tests: the share, `virtiofsd` at `path`, its socket.
+fn fs_setup(path: &str, rust: bool) -> FsSetup {
+    FsSetup {
+        share: "/s/share".into(),
+        virtiofsd: Virtiofsd {
+            path: path.into(),
+            rust,
+        },
+        socket: "/s/vfsd.sock".into(),
+    }
+}
+
 #[test]
 fn both_vmms_get_the_same_kind_of_guest_ram() {
     for kind in [RunKind::Boot0, RunKind::Bench(Mode::Poll)] {
@@ -133,14 +145,7 @@ fn svmm_configs_differ_only_in_sandbox() {
 fn fs_runs_get_the_share_and_qemu_virtiofsd() {
     let p = Plan {
         tests: vec!["bench_fs_meta".into()],
-        fs: Some(FsSetup {
-            share: "/s/share".into(),
-            virtiofsd: Virtiofsd {
-                path: "/usr/lib/qemu/virtiofsd".into(),
-                rust: false,
-            },
-            socket: "/s/vfsd.sock".into(),
-        }),
+        fs: Some(fs_setup("/usr/lib/qemu/virtiofsd", false)),
         ..plan()
     };
     let bench = RunKind::Bench(Mode::Poll);
@@ -184,14 +189,7 @@ fn fs_runs_get_the_share_and_qemu_virtiofsd() {
 fn bench_runs_start_on_the_placements_cpus_and_boot_runs_anywhere() {
     let p = Plan {
         tests: vec!["bench_fs_meta".into(), "bench_net_tx64".into()],
-        fs: Some(FsSetup {
-            share: "/s/share".into(),
-            virtiofsd: Virtiofsd {
-                path: "/v".into(),
-                rust: true,
-            },
-            socket: "/s/vfsd.sock".into(),
-        }),
+        fs: Some(fs_setup("/v", true)),
         net: Some(NetSetup {
             netns: "ns".into(),
             tap: "tap0".into(),
@@ -230,14 +228,7 @@ fn wayland_runs_are_svmms_poll_runs() {
             "bench_fs_meta".into(),
             "bench_wl_sync".into(),
         ],
-        fs: Some(FsSetup {
-            share: "/s/share".into(),
-            virtiofsd: Virtiofsd {
-                path: "/v".into(),
-                rust: true,
-            },
-            socket: "/s/vfsd.sock".into(),
-        }),
+        fs: Some(fs_setup("/v", true)),
         wl: Some(WlSetup {
             socket: "/run/w/wayland-1".into(),
             output: WL_OUTPUT,

@@ -92,8 +92,14 @@ impl Placement {
 
     /// Moves the thread named `thread` of process `pid` to the vCPU's CPU once it exists
     /// (a no-op for [`Placement::Free`]). Fails if it does not appear within `timeout` or the
-    /// process ends first.
-    pub fn place_vcpu(&self, pid: u32, thread: &str, timeout: Duration) -> Result<(), String> {
+    /// process ends first (`ended`: an exited child stays in /proc until it is reaped).
+    pub fn place_vcpu(
+        &self,
+        pid: u32,
+        thread: &str,
+        timeout: Duration,
+        ended: impl Fn() -> bool,
+    ) -> Result<(), String> {
         let Placement::Split { vcpu, .. } = self else {
             return Ok(());
         };
@@ -109,6 +115,11 @@ impl Placement {
                 return sched_setaffinity(Some(tid), &set).map_err(|e| {
                     format!("cannot move the vCPU thread '{thread}' to CPU {vcpu}: {e}")
                 });
+            }
+            if ended() {
+                return Err(format!(
+                    "the VMM (pid {pid}) ended before it had a thread '{thread}'"
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -223,16 +234,38 @@ mod tests {
             rest: Vec::new(),
         };
         split
-            .place_vcpu(std::process::id(), "place-me", Duration::from_secs(5))
+            .place_vcpu(
+                std::process::id(),
+                "place-me",
+                Duration::from_secs(5),
+                || false,
+            )
             .unwrap();
         tx.send(()).unwrap();
         assert_eq!(worker.join().unwrap(), [cpu]);
         let missing = split
-            .place_vcpu(std::process::id(), "no-such", Duration::from_millis(20))
+            .place_vcpu(
+                std::process::id(),
+                "no-such",
+                Duration::from_millis(20),
+                || false,
+            )
             .unwrap_err();
         assert!(missing.contains("had no thread 'no-such'"), "{missing}");
+        let gone = split
+            .place_vcpu(
+                std::process::id(),
+                "no-such",
+                Duration::from_secs(60),
+                || true,
+            )
+            .unwrap_err();
+        assert!(
+            gone.contains("ended before it had a thread 'no-such'"),
+            "{gone}"
+        );
         assert_eq!(
-            Placement::Free.place_vcpu(1, "anything", Duration::ZERO),
+            Placement::Free.place_vcpu(1, "anything", Duration::ZERO, || false),
             Ok(())
         );
     }

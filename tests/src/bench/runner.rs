@@ -136,19 +136,30 @@ impl PidFd {
     }
 }
 
+/// How long a bench run's VMM may take to make its vCPU thread (it takes milliseconds).
+const PLACE_WITHIN: Duration = Duration::from_secs(10);
+
 /// Runs `config` once for `kind` and returns what it measured, or why it could not.
 pub fn run_one(plan: &Plan, config: Config, kind: RunKind) -> Result<RunData, String> {
     let vm = plan.vm(config, kind);
     let start = Instant::now();
-    let running = vm.spawn().map_err(|e| e.to_string())?;
+    let mut running = vm.spawn().map_err(|e| e.to_string())?;
     let pidfd = PidFd::open(running.pid())?;
     if let RunKind::Bench(_) = kind {
         let vcpu = match config {
             Config::Qemu => QEMU_VCPU,
             Config::Sandboxed | Config::InProcess => SVMM_VCPU,
         };
-        plan.placement
-            .place_vcpu(running.pid(), vcpu, running.remaining())?;
+        let look = running.remaining().min(PLACE_WITHIN);
+        let placed = plan
+            .placement
+            .place_vcpu(running.pid(), vcpu, look, || pidfd.wait(Duration::ZERO));
+        if let Err(e) = placed {
+            // Most likely the VMM failed before it made its vCPU: say what it printed.
+            running.kill();
+            let out = running.wait().map_err(|e| e.to_string())?;
+            return Err(format!("{e}\n{}", brief(&out)));
+        }
     }
     running
         .wait_for_line(BANNER, running.remaining())

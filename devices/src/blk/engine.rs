@@ -87,14 +87,12 @@ pub(crate) enum Op {
         /// Destination.
         iov: IoVecs,
     },
-    /// Write `iov` at `offset`; `dsync` makes it durable before it completes (`RWF_DSYNC`).
+    /// Write `iov` at `offset` (durable only once a later [`Op::Sync`] returned).
     Write {
         /// Byte offset in the image.
         offset: u64,
         /// Source.
         iov: IoVecs,
-        /// Durable before completion.
-        dsync: bool,
     },
     /// `fdatasync`; on io_uring also waits for everything submitted before it.
     Sync,

@@ -436,12 +436,10 @@ impl Active {
                     // Without FLUSH a write is durable before it completes: an fdatasync
                     // after it (once per merged run), not `RWF_DSYNC` (see "Durability").
                     req.sync_after = !self.flush;
-                    let dsync = false;
                     if self.merge && iov.bounce_bytes().is_none() {
-                        let direction = Direction::Write { dsync };
-                        return self.stage(req, direction, offset, iov, engine);
+                        return self.stage(req, Direction::Write, offset, iov, engine);
                     }
-                    vec![Op::Write { offset, iov, dsync }]
+                    vec![Op::Write { offset, iov }]
                 }
                 None => return self.complete(queue, seq, head, status_addr, status::IOERR, 0, 0),
             },
@@ -554,10 +552,9 @@ impl Active {
                 offset: run.offset,
                 iov,
             },
-            Direction::Write { dsync } => Op::Write {
+            Direction::Write => Op::Write {
                 offset: run.offset,
                 iov,
-                dsync,
             },
         };
         if engine.submit(leader as u64, op).is_err() {

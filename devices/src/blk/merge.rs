@@ -2,8 +2,8 @@
 //!
 //! While the queue loop pops a batch of chains, each plain read or write whose payload goes
 //! straight to guest memory (no bounce buffer) is *staged* here instead of being submitted at
-//! once. A staged request joins the open [`Run`] when it continues it: same direction (and the
-//! same durability for writes), its first byte right after the run's last, and the run stays
+//! once. A staged request joins the open [`Run`] when it continues it: same direction, its
+//! first byte right after the run's last, and the run stays
 //! within [`MAX_MERGE_BYTES`] and [`MAX_MERGE_IOVECS`]. Otherwise the run is submitted as one
 //! engine operation and a new run begins. Every other request (a flush, a discard, a bounced
 //! read, ...) submits the open run first, so a `FLUSH` still starts after every write popped
@@ -34,11 +34,8 @@ pub(crate) const MAX_MERGE_IOVECS: usize = 1024;
 pub(crate) enum Direction {
     /// A read from the image into guest memory.
     Read,
-    /// A write to the image; `dsync`: durable before completion (`RWF_DSYNC`).
-    Write {
-        /// Durable before completion.
-        dsync: bool,
-    },
+    /// A write to the image.
+    Write,
 }
 
 /// Consecutive staged requests that will be one engine operation.
@@ -109,13 +106,12 @@ mod tests {
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap());
         let mut run = Run::new(Direction::Read, 4096, iov(&mem, 0, 4096), 0);
         assert!(run.continues(Direction::Read, 8192, &iov(&mem, 0x10000, 512)));
-        // A gap, an overlap, the other direction, another durability.
+        // A gap, an overlap, the other direction.
         assert!(!run.continues(Direction::Read, 8704, &iov(&mem, 0, 512)));
         assert!(!run.continues(Direction::Read, 4096, &iov(&mem, 0, 512)));
-        let write = Direction::Write { dsync: false };
-        assert!(!run.continues(write, 8192, &iov(&mem, 0, 512)));
-        let mut w = Run::new(write, 0, iov(&mem, 0, 512), 1);
-        assert!(!w.continues(Direction::Write { dsync: true }, 512, &iov(&mem, 0, 512)));
+        assert!(!run.continues(Direction::Write, 8192, &iov(&mem, 0, 512)));
+        let mut w = Run::new(Direction::Write, 0, iov(&mem, 0, 512), 1);
+        assert!(w.continues(Direction::Write, 512, &iov(&mem, 0, 512)));
         w.push(iov(&mem, 512, 512), 2);
         assert_eq!((w.len, w.slots.clone()), (1024, vec![1, 2]));
 

@@ -432,7 +432,8 @@ fn blk_allows_image_io_only() {
     assert_eq!(allow("preadv2", [3, 0, 1, 0, 0, 0]), RET_ALLOW);
     assert_eq!(allow("preadv2", [3, 0, 1, 0, 0, RWF_NOWAIT]), RET_TRAP);
     assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, 0]), RET_ALLOW);
-    assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_DSYNC]), RET_ALLOW);
+    // Durability is an fdatasync after the write, never a flag on it.
+    assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_DSYNC]), RET_TRAP);
     assert_eq!(allow("pwritev2", [3, 0, 1, 0, 0, RWF_NOWAIT]), RET_TRAP);
     assert_eq!(allow("fdatasync", [3, 0, 0, 0, 0, 0]), RET_ALLOW);
     // PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (RLIMIT_FSIZE bounds it); not ZERO_RANGE|KEEP_SIZE

@@ -106,12 +106,9 @@ impl UringEngine {
             Op::Read { offset, iov } => opcode::Readv::new(IMAGE, iov.as_ptr(), iov.count())
                 .offset(*offset)
                 .build(),
-            Op::Write { offset, iov, dsync } => {
-                opcode::Writev::new(IMAGE, iov.as_ptr(), iov.count())
-                    .offset(*offset)
-                    .rw_flags(if *dsync { libc::RWF_DSYNC } else { 0 })
-                    .build()
-            }
+            Op::Write { offset, iov } => opcode::Writev::new(IMAGE, iov.as_ptr(), iov.count())
+                .offset(*offset)
+                .build(),
             // IO_DRAIN: starts only after everything submitted before it has completed, so
             // a FLUSH covers every write the driver had submitted before it.
             Op::Sync => opcode::Fsync::new(IMAGE)

@@ -22,7 +22,6 @@ pub(crate) enum Event {
     Write {
         offset: u64,
         len: usize,
-        dsync: bool,
     },
     Fallocate {
         offset: u64,
@@ -120,12 +119,11 @@ impl Engine for Recording {
                     return Err((op, io::Error::from_raw_os_error(errno)));
                 }
             }
-            Op::Write { offset, iov, dsync } => {
+            Op::Write { offset, iov } => {
                 self.check("write", *offset, iov.len() as u64);
                 self.record(Event::Write {
                     offset: *offset,
                     len: iov.len(),
-                    dsync: *dsync,
                 });
             }
             Op::Fallocate { offset, len, .. } => {
@@ -321,7 +319,6 @@ fn without_flush_writes_are_durable_before_completion() {
             Event::Write {
                 offset: 5 * 512,
                 len: 512,
-                dsync: false
             },
             Event::Fallocate {
                 offset: 9 * 512,
@@ -336,7 +333,6 @@ fn without_flush_writes_are_durable_before_completion() {
             Event::Write {
                 offset: 5 * 512,
                 len: 512,
-                dsync: false
             },
             Event::Fallocate {
                 offset: 9 * 512,

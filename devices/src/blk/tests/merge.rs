@@ -33,7 +33,7 @@ impl Engine for FailAt {
         self.inner.wait(out)?;
         for c in &mut out[from..] {
             let range = match &c.op {
-                Op::Read { offset, iov } | Op::Write { offset, iov, .. } => {
+                Op::Read { offset, iov } | Op::Write { offset, iov } => {
                     *offset..*offset + iov.len() as u64
                 }
                 _ => continue,
@@ -180,7 +180,7 @@ fn transfers(log: &[Event]) -> (Transfers, Transfers) {
     for e in log {
         match *e {
             Event::Read { offset, len } => reads.push((offset, len)),
-            Event::Write { offset, len, .. } => writes.push((offset, len)),
+            Event::Write { offset, len } => writes.push((offset, len)),
             _ => {}
         }
     }

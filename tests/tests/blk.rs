@@ -12,6 +12,9 @@
 //! - `direct=on`: the worker's image fd is `O_DIRECT` (`/proc/PID/fdinfo`), and the host
 //!   compares the whole image on any host (the guest's regions follow its block size).
 //! - Data across a VM restart: `blk_write` in one boot, `blk_ro` reads it back in the next.
+//! - `engine=sync`, sandboxed: the full `blk` test and `blk_write` through `preadv2`/`pwritev2`
+//!   under the worker's filter; the worker holds no io_uring instance and is confined as
+//!   planned.
 //! - The blk worker seen from `/proc`: the image and the io_uring instance in its fd table,
 //!   the very command line (config included) `--print-sandbox` shows, confined exactly as
 //!   planned (`tests::confinement`); `--print-sandbox` shows the same powers.
@@ -49,6 +52,7 @@ fn main() {
     }
     suite
         .test("direct_io_sandboxed", direct_io)
+        .test("sync_engine_sandboxed", sync_engine_sandboxed)
         .test("data_across_vm_restart", data_across_vm_restart)
         .test("worker_holds_image_and_ring", worker_holds_image_and_ring)
         .test("second_svmm_gets_lock_error", second_svmm_gets_lock_error)
@@ -93,17 +97,25 @@ fn assert_no_fallback(out: &VmOutput) {
 /// The full `blk` test on two queues with an id: the guest's checks pass, and the host finds
 /// exactly the pattern, the zeroed regions and the untouched background in the image.
 fn guest_blk(mode: Mode) -> TrialResult {
+    guest_blk_with(mode, "")
+}
+
+/// [`guest_blk`] with `options` added to the device.
+fn guest_blk_with(mode: Mode, options: &str) -> TrialResult {
     const SEED: u32 = 0x5eed_0011;
     const ID: &str = "svmm-blk-test";
     let dir = paths::TempDir::new("blk");
     let image = dir.file("disk.img", &disk::fresh_image());
-    let spec = blk_spec(&image, &format!(",id={ID},queues=2{}", mode.option()));
+    let spec = blk_spec(
+        &image,
+        &format!(",id={ID},queues=2{options}{}", mode.option()),
+    );
     let out = guest(
         &format!("testguest.run=blk testguest.blk_pattern={SEED:#x}"),
         spec,
     )
     .run()?;
-    out.log(&format!("svmm testguest blk ({})", mode.name()));
+    out.log(&format!("svmm testguest blk ({}{options})", mode.name()));
     out.assert_line("testguest: virtio-mmio 0 addr=0xd0000000 size=0x1000 irq=5 id=2");
     let blk = out.assert_line("testguest: blk ok ");
     eprintln!("    {blk}");
@@ -132,6 +144,73 @@ fn guest_blk(mode: Mode) -> TrialResult {
         out.report()
     );
     compare_image(&image, &expected_image(SEED, 4), "after blk")?;
+    Ok(())
+}
+
+/// `engine=sync`, sandboxed: every read and write is a `preadv2`/`pwritev2` system call of the
+/// worker under its seccomp filter (flags 0 only: durability is an `fdatasync`). The full `blk`
+/// test passes and the host finds exactly what the guest wrote; then, while a guest idles after
+/// `blk_write` and its FLUSH, the worker holds no io_uring instance and is confined exactly as
+/// its plan says (no io-wq threads: `RLIMIT_NPROC` 0, nothing set up before the filter), and
+/// the image holds the pattern.
+fn sync_engine_sandboxed() -> TrialResult {
+    const SEED: u32 = 0x5eed_0014;
+    guest_blk_with(Mode::Sandboxed, ",engine=sync")?;
+    let dir = paths::TempDir::new("blk-sync");
+    let image = dir.file("sync.img", &disk::fresh_image());
+    let spec = blk_spec(&image, ",engine=sync");
+    let mut vm = guest(
+        &format!(
+            "testguest.run=blk_write testguest.blk_pattern={SEED:#x} testguest.sleep_ms=30000"
+        ),
+        spec.clone(),
+    )
+    .spawn()?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)?;
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
+    let [worker] = workers[..] else {
+        return Err(format!("expected one worker under svmm, found {workers:?}").into());
+    };
+    let fds = procfs::fds(worker)?;
+    let mut problems = Vec::new();
+    let rings = fds.values().filter(|t| t.contains("io_uring")).count();
+    if rings != 0 {
+        problems.push(format!("{rings} io_uring instances, want none"));
+    }
+    let planned = Planned::parse(&planned_section(&spec)?)?;
+    if planned.rlimits.get("NPROC") != Some(&Some(0)) {
+        problems.push(format!(
+            "planned NPROC {:?}, want 0",
+            planned.rlimits.get("NPROC")
+        ));
+    }
+    let identity = if is_root() {
+        Identity::Root
+    } else {
+        Identity::Unprivileged
+    };
+    problems.extend(confinement::problems(worker, vm.pid(), identity, &planned)?);
+    vm.kill();
+    let stdout = vm.stdout_so_far();
+    if !stdout
+        .lines()
+        .any(|l| l.starts_with("testguest: blk_write ok ") && l.contains(" flush=1 "))
+    {
+        problems.push("blk_write did not pass with a flush".into());
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "blk worker (engine=sync): {}\nfds: {fds:?}\n--- stdout:\n{stdout}\n--- stderr:\n{}",
+            problems.join("; "),
+            vm.stderr_so_far()
+        )
+        .into());
+    }
+    compare_image(
+        &image,
+        &expected_image(SEED, 0),
+        "after blk_write on engine=sync",
+    )?;
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub struct BlkOptions {
     /// Request merging (QEMU's `request-merging`, see `merge`): adjacent reads or writes of
     /// one batch become one host I/O. On by default.
     pub merge: bool,
+    /// The engine to run on: io_uring (the default; the synchronous engine if the kernel
+    /// refuses it), or the synchronous engine only, with no io_uring instance at all.
+    pub engine: EngineKind,
 }
 
 impl BlkOptions {
@@ -79,6 +82,7 @@ impl Default for BlkOptions {
             queues: 1,
             poll_us: DEFAULT_POLL_US,
             merge: true,
+            engine: EngineKind::IoUring,
         }
     }
 }
@@ -93,6 +97,9 @@ pub struct Blk {
     poll: Duration,
     /// Request merging in every activation.
     merge: bool,
+    /// The engine `engine=` asked for ([`prepare_engine`](Self::prepare_engine) makes a ring
+    /// only for io_uring).
+    wanted: EngineKind,
     engine: Box<dyn Engine>,
     state: Lifecycle<Box<Active>>,
     /// Test builds: run the hostile worker's disk probe at the next queue notification.
@@ -156,6 +163,7 @@ impl Blk {
             direct,
             poll: Duration::from_micros(u64::from(options.poll_us)),
             merge: options.merge,
+            wanted: options.engine,
             state: Lifecycle::new(),
             #[cfg(feature = "test-faults")]
             probe_armed: false,
@@ -168,10 +176,14 @@ impl Blk {
     ///
     /// If the kernel refuses io_uring, the device keeps the synchronous engine (depth 1) and
     /// the error is returned for the caller to report; the device works either way. Refused
-    /// while the device is active.
+    /// while the device is active. With `engine=sync` it makes no ring and keeps the
+    /// synchronous engine.
     pub fn prepare_engine(&mut self) -> Result<EngineKind, std::io::Error> {
         if !self.state.is_inactive() {
             return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        if self.wanted == EngineKind::Sync {
+            return Ok(EngineKind::Sync);
         }
         let entries = u32::from(MAX_QUEUE_SIZE);
         let ring = UringEngine::new(Arc::clone(&self.image), entries)?;

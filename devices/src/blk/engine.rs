@@ -32,8 +32,9 @@ pub(crate) use uring::UringEngine;
 /// segments); the device pops a new chain only when the engine has room for this many.
 pub(crate) const MAX_OPS_PER_REQUEST: usize = super::MAX_DISCARD_SEG as usize;
 
-/// Which engine a device runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which engine a device runs on (and, as `engine=`, which one it is to run on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ipc::Encode, ipc::Decode)]
+#[bincode(crate = "ipc::codec::bincode")]
 pub enum EngineKind {
     /// io_uring: requests overlap.
     IoUring,

@@ -1,5 +1,6 @@
 //! virtio-blk as a device kind: `--device blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N]
-//! [,poll=N][,merge=on|off]` on a raw image svmm opens, locks and checks before any worker exists.
+//! [,poll=N][,merge=on|off][,engine=io_uring|sync]` on a raw image svmm opens, locks and checks
+//! before any worker exists.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -80,11 +81,23 @@ pub const MERGE: OptionSpec = OptionSpec {
     hidden: false,
 };
 
+/// `engine=io_uring|sync`: where the image I/O runs.
+pub const ENGINE: OptionSpec = OptionSpec {
+    name: "engine",
+    value: OptionValue::Choice(&["io_uring", "sync"]),
+    help: "io_uring (default): requests overlap on an io_uring instance the worker sets up \
+           before its filter (the synchronous engine if the kernel refuses one); sync: no \
+           io_uring at all, one request at a time with preadv2/pwritev2/fdatasync on the \
+           worker's thread (the smallest kernel surface, and no io-wq threads)",
+    hidden: false,
+};
+
 /// The virtio-blk kind.
 #[derive(Debug, Clone, Copy)]
 pub struct BlkKind;
 
-/// `blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N][,merge=on|off]`, validated.
+/// `blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N][,merge=on|off]
+/// [,engine=io_uring|sync]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq, ipc::Encode, ipc::Decode)]
 #[bincode(crate = "ipc::codec::bincode")]
 pub struct BlkConfig {
@@ -129,7 +142,8 @@ impl Kind for BlkKind {
         placeholder: "PATH",
         noun: "a path",
     };
-    const OPTIONS: &'static [&'static OptionSpec] = &[&RO, &ID, &DIRECT, &QUEUES, &POLL, &MERGE];
+    const OPTIONS: &'static [&'static OptionSpec] =
+        &[&RO, &ID, &DIRECT, &QUEUES, &POLL, &MERGE, &ENGINE];
     const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
     const MAX_QUEUE_SIZE: u16 = MAX_QUEUE_SIZE;
     const SECCOMP_PROFILE: &'static str = SECCOMP_PROFILE;
@@ -153,6 +167,10 @@ impl Kind for BlkKind {
                 queues,
                 poll_us,
                 merge: spec.switch(&MERGE)?.unwrap_or(true),
+                engine: match spec.choice(&ENGINE)? {
+                    Some("sync") => EngineKind::Sync,
+                    _ => EngineKind::IoUring,
+                },
             },
         })
     }
@@ -204,16 +222,18 @@ impl Kind for BlkKind {
     }
 
     /// The kernel's io-wq threads of its io_uring need `RLIMIT_NPROC` (its filter still has no
-    /// `clone`), and a writable device may write up to the image's size, not beyond.
+    /// `clone`), and a writable device may write up to the image's size, not beyond. With
+    /// `engine=sync` there is no ring: no io-wq threads, nothing set up before the filter.
     fn sandbox(config: &BlkConfig) -> SandboxNeeds {
+        let uring = config.options.engine == EngineKind::IoUring;
         SandboxNeeds {
-            nproc: SANDBOX_NPROC,
+            nproc: if uring { SANDBOX_NPROC } else { 0 },
             file_size: if config.options.read_only {
                 FileSize::Nothing
             } else {
                 FileSize::SizeOf(0)
             },
-            before_filter: &[RING],
+            before_filter: if uring { &[RING] } else { &[] },
             memory: MAX_BOUNCE_BYTES as u64,
             ..SandboxNeeds::default()
         }

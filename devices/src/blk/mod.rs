@@ -42,9 +42,9 @@
 //! synchronously, so the device stays correct, only shallower. [`SANDBOX_NPROC`] is the
 //! `RLIMIT_NPROC` that gives full depth.
 //!
-//! Without io_uring (no [`Blk::prepare_engine`], or a kernel that refuses the ring) the device
-//! uses a synchronous engine (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics,
-//! depth 1.
+//! Without io_uring (no [`Blk::prepare_engine`], a kernel that refuses the ring, or
+//! `engine=sync`, which makes none) the device uses a synchronous engine
+//! (`preadv2`/`pwritev2`/`fdatasync`/`fallocate`): same semantics, depth 1.
 //!
 //! # What a compromised worker can do to the host disk
 //!

@@ -38,7 +38,7 @@ fn the_registry_view_of_a_kind() {
     assert_eq!(kinds[0].usage(), "rng[,source=drbg|urandom]");
     assert_eq!(
         kinds[1].usage(),
-        "blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N][,merge=on|off]"
+        "blk=PATH[,ro][,id=STR][,direct=on|off][,queues=N][,poll=N][,merge=on|off][,engine=io_uring|sync]"
     );
     assert_eq!(kinds[1].device_type(), crate::VIRTIO_ID_BLOCK);
     assert_eq!(kinds[0].max_queue_size(), crate::rng::MAX_QUEUE_SIZE);

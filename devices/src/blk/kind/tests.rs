@@ -33,11 +33,12 @@ fn defaults_and_options() {
             queues: 1,
             poll_us: DEFAULT_POLL_US,
             merge: true,
+            engine: EngineKind::IoUring,
         },
     };
     assert_eq!(config("blk=/images/disk.img"), want);
     assert_eq!(
-        config("blk=disk.img,ro,id=root,direct=on,queues=4,poll=64,merge=off"),
+        config("blk=disk.img,ro,id=root,direct=on,queues=4,poll=64,merge=off,engine=sync"),
         BlkConfig {
             path: "disk.img".into(),
             options: BlkOptions {
@@ -47,11 +48,16 @@ fn defaults_and_options() {
                 queues: 4,
                 poll_us: 64,
                 merge: false,
+                engine: EngineKind::Sync,
             },
         }
     );
     assert_eq!(config("blk=d,poll=0").options.poll_us, 0);
     assert!(config("blk=d,merge=on").options.merge);
+    assert_eq!(
+        config("blk=d,engine=io_uring").options.engine,
+        EngineKind::IoUring
+    );
     assert_eq!(config("blk=d,poll=1000").options.poll_us, 1000);
     assert!(config("blk=d,ro=on").options.read_only);
     assert!(!config("blk=d,ro=off").options.read_only);
@@ -222,6 +228,9 @@ fn sandbox_needs_follow_the_options() {
         FileSize::Nothing,
         "a read-only device writes nothing"
     );
+    // No ring: no io-wq threads to allow, nothing set up before the filter.
+    let sync = parse("blk=d,engine=sync").unwrap().sandbox();
+    assert_eq!((sync.nproc, sync.before_filter.len()), (0, 0));
 }
 
 #[test]
@@ -238,9 +247,19 @@ fn builds_and_prepares_its_engine() {
         assert!(warning.contains("one request at a time"), "{warning}");
     }
     assert_eq!(built.into_backend().num_queues(), 1);
+    // engine=sync: no ring, so nothing to warn about. (Another image: the first one stays
+    // locked until the kernel has torn its ring down.)
+    let sync_dir = temp_dir("build-sync");
+    let sync_spec = <BlkKind as Kind>::test_spec(&sync_dir).unwrap();
+    let sync = parse(&format!("{sync_spec},engine=sync")).unwrap();
+    let opened = broker::resources::open(&sync.resources()).unwrap();
+    let fds = opened.into_iter().map(|o| o.fd).collect();
+    let mut built = sync.build(ResourceFds::new(fds)).unwrap();
+    assert_eq!(built.prepare(), None);
     assert!(matches!(
         config.build(ResourceFds::default()),
         Err(BuildError::MissingResource(0))
     ));
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(sync_dir);
 }

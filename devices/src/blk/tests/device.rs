@@ -59,6 +59,20 @@ fn describes_itself() {
     assert_eq!((u32_at(48), u32_at(52), c[56]), (1 << 22, 16, 1));
     assert_eq!(blk.held_fds(), vec![fd]);
     assert_eq!(blk.engine_kind(), EngineKind::Sync);
+    // engine=sync: preparing makes no ring.
+    let mut sync = Blk::new(
+        image.open(true),
+        BlkOptions {
+            engine: EngineKind::Sync,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(sync.prepare_engine().unwrap(), EngineKind::Sync);
+    assert_eq!(
+        (sync.engine_kind(), sync.held_fds().len()),
+        (EngineKind::Sync, 1)
+    );
 
     let ro = Blk::new(
         image.open(false),

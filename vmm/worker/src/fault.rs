@@ -8,7 +8,7 @@
 //! | mode      | does                                                                    |
 //! |-----------|-------------------------------------------------------------------------|
 //! | `syscall` | calls `openat`, which no device profile allows (dies of `SIGSYS`)        |
-//! | `garbage` | sends bytes on the control socket that decode as no message             |
+//! | `garbage` | sends bytes on the control socket that decode as no message, then serves nothing more |
 //! | `silent`  | stops answering: blocks forever, never reads the control socket again   |
 //! | `flood`   | sends valid but unsolicited messages on the control socket, without end |
 //! | `exit`    | exits with status 3                                                     |
@@ -16,12 +16,21 @@
 //! | `impostor`| its `Ready` announces another device (virtio-blk, ID 2) with a feature no kind offers (bit 50), from the start |
 //! | `unready` | never sends its `Ready`: parks for good once confined (svmm's set-up must fail at the worker's deadline) |
 //! | `stderr`  | writes terminal escape sequences, a forged `svmm: error:` line, bidirectional overrides and a flood of lines on its stderr, then serves on (svmm must show none of it raw) |
-//! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds |
+//! | `fds`     | sends a valid message with fds attached (its control socket and the stop eventfd), which svmm receives without room for fds, then serves nothing more |
 //! | `host`    | the kind's own probe against its host resources, run by the device itself (`devices::kind::Kind::arm_host_probe`; blk: tries to grow the image and allocate host disk through its ring and its system calls, then dies of `SIGSYS`); a kind without one refuses to start |
 //!
 //! The VMM must survive each of them: report it in one line, kill the worker, and keep the VM
 //! and every other device running (restarting the device's worker, or marking the device
 //! broken, as `--on-worker-exit` says).
+//!
+//! A worker that sent svmm something it must act on (`garbage`, `fds`, `flood`) serves no
+//! request after it: it waits, reading and dropping whatever comes, until svmm hangs up its
+//! control socket, and then ends as any worker whose VMM went away. What the guest sees of the
+//! device from then on is svmm's reaction alone. One that served on would race svmm's monitor
+//! thread, which on a loaded host may read the message only after the guest got every answer it
+//! wanted from the device: the guest's test then passes, and the device breaks later, at some
+//! other request (sandbox `malicious_worker_garbage` flaked that way; under a parallel build
+//! the guest got up to 27 of its 32 rng answers from a worker that had already sent garbage).
 //!
 //! With `fault-after=N` as well (`--fault-after=N` for the worker) the fault comes in the middle
 //! of the device's work instead, and once: when the device raises its N-th used-buffer
@@ -156,10 +165,10 @@ impl Faulty {
     }
 }
 
-/// Commits `fault` on the worker whose control socket is `control`. Returns only where the
-/// fault lets the worker go on (`syscall` in `--seccomp=log` mode, a `flood` the VMM stopped
-/// reading, `garbage`).
-fn misbehave(fault: Fault, control: RawFd) {
+/// Commits `fault` on the worker whose control socket is `control`. Returns (unless the fault
+/// ends the worker or parks it) whether the worker may serve on: `syscall` in `--seccomp=log`
+/// mode, `escape` and `stderr` may; after `garbage`, `fds` or a `flood` the VMM has hung up.
+fn misbehave(fault: Fault, control: RawFd) -> bool {
     crate::report::say(&format!("test fault '{}' now", fault.name()));
     match fault {
         Fault::Syscall => {
@@ -170,24 +179,30 @@ fn misbehave(fault: Fault, control: RawFd) {
                 // SAFETY: `fd` was just opened above and is owned by nothing else.
                 unsafe { libc::close(fd) };
             }
+            true
         }
         Fault::Garbage => {
             send_raw(control, &[0xff; 48]);
+            wait_for_hang_up(control);
+            false
         }
         // Parked for good (a futex wait the filter allows; no timed sleep).
         Fault::Silent => loop {
             std::thread::park();
         },
         Fault::Flood => {
-            let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) else {
-                return;
-            };
-            while send_raw(control, &bytes) {}
+            if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
+                while send_raw(control, &bytes) {}
+            }
+            false
         }
         Fault::Exit => std::process::exit(EXIT_STATUS),
-        Fault::Escape => escape(),
+        Fault::Escape => {
+            escape();
+            true
+        }
         // It lied at Ready already, or never sent it; svmm never got this far.
-        Fault::Impostor | Fault::Unready => {}
+        Fault::Impostor | Fault::Unready => true,
         Fault::Stderr => {
             use std::io::Write;
             let mut err = std::io::stderr();
@@ -198,13 +213,44 @@ fn misbehave(fault: Fault, control: RawFd) {
             for i in 0..200 {
                 let _ = writeln!(err, "flood line {i}");
             }
+            true
         }
         Fault::Fds => {
             if let Ok(bytes) = ipc::encode(&WorkerToVmm::ConfigChanged { config: Vec::new() }) {
                 send_with_fds(control, &bytes, &[control, crate::fd_numbers::STOP]);
             }
+            wait_for_hang_up(control);
+            false
         }
-        Fault::Host => {}
+        Fault::Host => true,
+    }
+}
+
+/// Blocks until the VMM hangs up `control` (the worker's blocking control socket): reads and
+/// drops every packet until end-of-file or an error, with `recvmsg` (the call every device
+/// profile allows; libc's `recv` would be `recvfrom`). svmm shuts the socket down when it
+/// breaks the device; a test holding the other end drops it.
+fn wait_for_hang_up(control: RawFd) {
+    let mut buf = [0u8; 256];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `msghdr` is plain data; all-zero means no address and no control buffer (fds
+        // sent with a packet are discarded by the kernel).
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        // SAFETY: `header` points at one iovec over `buf`, live and writable for the call, and
+        // `control` is the worker's control socket, open for the worker's whole life.
+        let n = unsafe { libc::recvmsg(control, &mut header, 0) };
+        match n {
+            0 => return,
+            n if n > 0 => {}
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
     }
 }
 
@@ -222,6 +268,8 @@ impl Interrupt for CountingInterrupt {
     fn signal_used_queue(&self) {
         self.inner.signal_used_queue();
         if self.seen.fetch_add(1, Ordering::Relaxed).wrapping_add(1) == self.at {
+            // Mid-run: the backend's loop goes on either way; after `garbage` it has waited
+            // for svmm to hang up first.
             misbehave(self.fault, self.control);
         }
     }
@@ -374,8 +422,8 @@ impl VirtioBackend for Faulty {
         index: u16,
         events: &mut dyn EventRegistry,
     ) -> Result<(), DeviceError> {
-        if self.armed {
-            misbehave(self.fault, self.control);
+        if self.armed && !misbehave(self.fault, self.control) {
+            return Ok(()); // serves nothing more (see the module docs)
         }
         self.inner.process_queue(index, events)
     }
@@ -385,8 +433,8 @@ impl VirtioBackend for Faulty {
         ready: EventSet,
         events: &mut dyn EventRegistry,
     ) -> Result<(), DeviceError> {
-        if self.armed {
-            misbehave(self.fault, self.control);
+        if self.armed && !misbehave(self.fault, self.control) {
+            return Ok(());
         }
         self.inner.process_event(token, ready, events)
     }

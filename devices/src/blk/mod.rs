@@ -7,8 +7,8 @@
 //! - `request`: **the one copy-in function**: every descriptor, the request header and the
 //!   discard/write-zeroes segments are read from guest memory exactly once into private values,
 //!   validated there and turned into a typed [`Request`].
-//! - `io`: the queue loop: pop, parse, turn a request into engine operations, complete requests
-//!   in the order the engine finishes them.
+//! - `io`: the queue loop: pop, parse, turn a request into engine operations (`io::submit`),
+//!   complete requests in the order the engine finishes them.
 //! - `merge`: request merging, adjacent reads or writes of one batch as one host I/O.
 //! - `order`: each queue's chains go back to the driver in the order they were taken, so a
 //!   restarted worker can resume at the used index.

@@ -29,7 +29,7 @@ use tests::output::{number_field, queue_counters, stats_line};
 use tests::procfs;
 use tests::sandbox_report::{allowed_syscalls, argument, command_line, section};
 use tests::suite::TrialResult;
-use tests::{paths, Backend, Suite, TestVm, VmOutput};
+use tests::{paths, Backend, RunningVm, Suite, TestVm, VmOutput};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the test guest prints when its tests are done and it idles (`testguest.sleep_ms`).
@@ -159,18 +159,7 @@ fn sync_engine_sandboxed() -> TrialResult {
     let dir = paths::TempDir::new("blk-sync");
     let image = dir.file("sync.img", &disk::fresh_image());
     let spec = blk_spec(&image, ",engine=sync");
-    let mut vm = guest(
-        &format!(
-            "testguest.run=blk_write testguest.blk_pattern={SEED:#x} testguest.sleep_ms=30000"
-        ),
-        spec.clone(),
-    )
-    .spawn()?;
-    vm.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
-    let [worker] = workers[..] else {
-        return Err(format!("expected one worker under svmm, found {workers:?}").into());
-    };
+    let (mut vm, worker) = idle_worker(&format!("testguest.blk_pattern={SEED:#x}"), &spec)?;
     let fds = procfs::fds(worker)?;
     let mut problems = Vec::new();
     let rings = fds.values().filter(|t| t.contains("io_uring")).count();
@@ -184,12 +173,12 @@ fn sync_engine_sandboxed() -> TrialResult {
             planned.rlimits.get("NPROC")
         ));
     }
-    let identity = if is_root() {
-        Identity::Root
-    } else {
-        Identity::Unprivileged
-    };
-    problems.extend(confinement::problems(worker, vm.pid(), identity, &planned)?);
+    problems.extend(confinement::problems(
+        worker,
+        vm.pid(),
+        identity(),
+        &planned,
+    )?);
     vm.kill();
     let stdout = vm.stdout_so_far();
     if !stdout
@@ -414,6 +403,33 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A test guest that ran `blk_write` (with `options` on its command line) on the blk device
+/// `spec` and now idles, and the pid of that device's worker.
+fn idle_worker(options: &str, spec: &str) -> Result<(RunningVm, u32), String> {
+    let vm = guest(
+        &format!("testguest.run=blk_write {options} testguest.sleep_ms=30000"),
+        spec.to_string(),
+    )
+    .spawn()
+    .map_err(|e| e.to_string())?;
+    vm.wait_for_line(SLEEPING, TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
+    match workers[..] {
+        [worker] => Ok((vm, worker)),
+        _ => Err(format!("expected one worker under svmm, found {workers:?}")),
+    }
+}
+
+/// Who runs these trials, for `confinement::problems`.
+fn identity() -> Identity {
+    if is_root() {
+        Identity::Root
+    } else {
+        Identity::Unprivileged
+    }
+}
+
 /// The device's section of `svmm --print-sandbox` for `spec` (the only device).
 fn planned_section(spec: &str) -> Result<String, String> {
     let out = TestVm::new(Backend::Svmm)
@@ -447,16 +463,7 @@ fn worker_holds_image_and_ring() -> TrialResult {
     let dir = paths::TempDir::new("blk-worker");
     let image = dir.file("disk.img", &disk::fresh_image());
     let spec = blk_spec(&image, ",queues=2,id=worker-test");
-    let mut vm = guest(
-        "testguest.run=blk_write testguest.sleep_ms=30000",
-        spec.clone(),
-    )
-    .spawn()?;
-    vm.wait_for_line(SLEEPING, TIMEOUT)?;
-    let workers = procfs::wait_for_workers(vm.pid(), 1, Duration::from_secs(5));
-    let [worker] = workers[..] else {
-        return Err(format!("expected one worker under svmm, found {workers:?}").into());
-    };
+    let (mut vm, worker) = idle_worker("", &spec)?;
     let cmdline = procfs::cmdline(worker)?;
     let fds = procfs::fds(worker)?;
     let mut problems = Vec::new();
@@ -481,11 +488,6 @@ fn worker_holds_image_and_ring() -> TrialResult {
     }
     // Confined like every worker, holding exactly what svmm planned: its two queues, the image
     // and its ring.
-    let identity = if is_root() {
-        Identity::Root
-    } else {
-        Identity::Unprivileged
-    };
     let planned = Planned::parse(&planned_section(&spec)?)?;
     // The plan itself, by the formulas in ARCHITECTURE.md (not read back from svmm): NPROC 9
     // (io-wq), NOFILE 3 + 8 inherited + 16, FSIZE the image, AS guest RAM + 64 MiB + room for
@@ -508,7 +510,12 @@ fn worker_holds_image_and_ring() -> TrialResult {
             ));
         }
     }
-    problems.extend(confinement::problems(worker, vm.pid(), identity, &planned)?);
+    problems.extend(confinement::problems(
+        worker,
+        vm.pid(),
+        identity(),
+        &planned,
+    )?);
     vm.kill();
     if !problems.is_empty() {
         return Err(format!(
